@@ -1,0 +1,188 @@
+//! The catalog as the coordinator's `Journal`: each call is one durable write.
+
+use std::time::Duration;
+
+use rusqlite::params;
+use shadowcopy_core::journal::{Journal, JournalError, NewCopy};
+use shadowcopy_core::model::{
+    Component, CopyId, CopyState, FileEntry, Phase, VerifyReport, VerifyState,
+};
+
+use crate::{now_ms, Catalog};
+
+impl Journal for Catalog {
+    fn begin_copy(&self, copy: &NewCopy<'_>) -> Result<CopyId, JournalError> {
+        let tx = self.conn.unchecked_transaction()?;
+        tx.execute(
+            "INSERT INTO sets (name, spec_json, updated_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT(name) DO UPDATE SET spec_json = excluded.spec_json, updated_ms = excluded.updated_ms",
+            params![copy.set_name, copy.spec_json, now_ms()],
+        )?;
+        tx.execute(
+            "INSERT INTO copies (set_name, origin, provider, state, phase, pid, created_ms,
+                                 freeze_deadline_ms, spec_json)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                copy.set_name,
+                copy.origin.as_str(),
+                copy.provider,
+                CopyState::InProgress.as_str(),
+                Phase::Identify.as_str(),
+                std::process::id(),
+                now_ms(),
+                copy.freeze_deadline.as_millis() as i64,
+                copy.spec_json,
+            ],
+        )?;
+        let id = tx.last_insert_rowid();
+        tx.commit()?;
+        Ok(id)
+    }
+
+    fn set_location(&self, id: CopyId, location: &str) -> Result<(), JournalError> {
+        self.conn.execute(
+            "UPDATE copies SET location = ?2 WHERE id = ?1",
+            params![id, location],
+        )?;
+        Ok(())
+    }
+
+    fn enter_phase(&self, id: CopyId, phase: Phase) -> Result<(), JournalError> {
+        let tx = self.conn.unchecked_transaction()?;
+        tx.execute(
+            "UPDATE copies SET phase = ?2 WHERE id = ?1",
+            params![id, phase.as_str()],
+        )?;
+        tx.execute(
+            "INSERT INTO phases (copy_id, seq, phase, started_ms)
+             VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM phases WHERE copy_id = ?1), ?2, ?3)",
+            params![id, phase.as_str(), now_ms()],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn finish_phase(
+        &self,
+        id: CopyId,
+        phase: Phase,
+        took: Duration,
+        error: Option<&str>,
+    ) -> Result<(), JournalError> {
+        let changed = self.conn.execute(
+            "UPDATE phases SET took_us = ?3, error = ?4
+             WHERE copy_id = ?1 AND seq = (SELECT MAX(seq) FROM phases WHERE copy_id = ?1 AND phase = ?2)",
+            params![id, phase.as_str(), took.as_micros() as i64, error],
+        )?;
+        if changed == 0 {
+            // The start could not be recorded (the thaw runs even then): record it now.
+            self.conn.execute(
+                "INSERT INTO phases (copy_id, seq, phase, started_ms, took_us, error)
+                 VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM phases WHERE copy_id = ?1), ?2, ?3, ?4, ?5)",
+                params![id, phase.as_str(), now_ms() - took.as_millis() as i64, took.as_micros() as i64, error],
+            )?;
+        }
+        Ok(())
+    }
+
+    fn record_components(&self, id: CopyId, components: &[Component]) -> Result<(), JournalError> {
+        let tx = self.conn.unchecked_transaction()?;
+        tx.execute("DELETE FROM components WHERE copy_id = ?1", [id])?;
+        for c in components {
+            tx.execute(
+                "INSERT INTO components (copy_id, writer, name, role, path, required)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    id,
+                    c.writer,
+                    c.name,
+                    c.role.as_str(),
+                    path_str(&c.path)?,
+                    c.required
+                ],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn record_files(&self, id: CopyId, files: &[FileEntry]) -> Result<(), JournalError> {
+        let tx = self.conn.unchecked_transaction()?;
+        tx.execute("DELETE FROM files WHERE copy_id = ?1", [id])?;
+        {
+            let mut insert = tx.prepare(
+                "INSERT INTO files (copy_id, path, size, mode, mtime_ns, blake3)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            for f in files {
+                insert.execute(params![
+                    id,
+                    path_str(&f.path)?,
+                    f.size as i64,
+                    f.mode,
+                    f.mtime_ns,
+                    f.blake3
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn record_freeze_window(&self, id: CopyId, window: Duration) -> Result<(), JournalError> {
+        self.conn.execute(
+            "UPDATE copies SET freeze_window_us = ?2 WHERE id = ?1",
+            params![id, window.as_micros() as i64],
+        )?;
+        Ok(())
+    }
+
+    fn record_verification(
+        &self,
+        id: CopyId,
+        report: &VerifyReport,
+        took: Duration,
+    ) -> Result<(), JournalError> {
+        let tx = self.conn.unchecked_transaction()?;
+        tx.execute(
+            "INSERT INTO verifications (copy_id, at_ms, ok, took_us, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![id, now_ms(), report.ok, took.as_micros() as i64, report.detail],
+        )?;
+        let state = if report.ok {
+            VerifyState::Passed
+        } else {
+            VerifyState::Failed
+        };
+        tx.execute(
+            "UPDATE copies SET verify_state = ?2 WHERE id = ?1",
+            params![id, state.as_str()],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn finish_copy(
+        &self,
+        id: CopyId,
+        state: CopyState,
+        error: Option<&str>,
+    ) -> Result<(), JournalError> {
+        self.conn.execute(
+            "UPDATE copies SET state = ?2, error = ?3, finished_ms = ?4,
+                    phase = CASE WHEN ?2 = 'usable' THEN 'done' ELSE phase END
+             WHERE id = ?1",
+            params![id, state.as_str(), error, now_ms()],
+        )?;
+        Ok(())
+    }
+}
+
+fn path_str(p: &std::path::Path) -> Result<&str, JournalError> {
+    p.to_str().ok_or_else(|| {
+        format!(
+            "path {} is not valid UTF-8, which the catalog cannot record",
+            p.display()
+        )
+        .into()
+    })
+}

@@ -1,0 +1,71 @@
+//! Cleanup of interrupted shadow sets: a copy still `in-progress` (or `deleting`) while
+//! we hold the queue belongs to a process that died. Its freeze was released with that
+//! process (the writer contract); what remains is the partial copy, discarded here, and
+//! the record, marked failed with the reason.
+
+use std::sync::Arc;
+
+use shadowcopy_core::model::{CopyId, CopyState};
+use shadowcopy_core::provider::Provider;
+
+use crate::queries::CopySummary;
+use crate::queue::QueueGuard;
+use crate::{Catalog, CatalogError};
+
+/// What recovery did with one interrupted copy.
+#[derive(Clone, Debug)]
+pub struct Recovered {
+    pub id: CopyId,
+    pub set: String,
+    pub what: String,
+}
+
+impl Catalog {
+    /// Cleans up every interrupted copy. Needs the queue (`_guard`) so that no live run is
+    /// mistaken for a dead one. `provider_for` builds the provider that made a copy.
+    pub fn recover_interrupted(
+        &self,
+        _guard: &QueueGuard,
+        provider_for: &dyn Fn(&CopySummary) -> Result<Arc<dyn Provider>, String>,
+    ) -> Result<Vec<Recovered>, CatalogError> {
+        let mut done = Vec::new();
+        for copy in self.list(None)? {
+            if !matches!(copy.state, CopyState::InProgress | CopyState::Deleting) {
+                continue;
+            }
+            let discarded = match (&copy.location, provider_for(&copy)) {
+                (None, _) => Ok("no data had been written".to_string()),
+                (Some(loc), Ok(p)) => p
+                    .delete(loc)
+                    .map(|()| format!("partial copy at {loc} discarded"))
+                    .map_err(|e| format!("discarding {loc} failed: {e}")),
+                (Some(loc), Err(e)) => Err(format!("cannot discard {loc}: {e}")),
+            };
+            let what = match (copy.state, discarded) {
+                (CopyState::Deleting, Ok(msg)) => {
+                    self.remove(copy.id)?;
+                    format!("interrupted delete finished ({msg})")
+                }
+                (CopyState::Deleting, Err(msg)) => msg,
+                (_, result) => {
+                    let msg = result.unwrap_or_else(|e| e);
+                    let reason = format!(
+                        "interrupted: process {} ended during phase {}; {msg}",
+                        copy.pid, copy.phase
+                    );
+                    self.conn.execute(
+                        "UPDATE copies SET state = 'failed', error = ?2, finished_ms = ?3 WHERE id = ?1",
+                        rusqlite::params![copy.id, reason, crate::now_ms()],
+                    )?;
+                    reason
+                }
+            };
+            done.push(Recovered {
+                id: copy.id,
+                set: copy.set.clone(),
+                what,
+            });
+        }
+        Ok(done)
+    }
+}

@@ -1,0 +1,189 @@
+//! `shadowcopy create SET | --sqlite PATH`: one shadow set, start to end.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use serde::Serialize;
+use shadowcopy_catalog::Catalog;
+use shadowcopy_core::error::{human_bytes, humanize};
+use shadowcopy_core::{Coordinator, CreatedCopy, EventSink, Origin, Provider, ShadowSetRequest};
+
+use super::WaitArgs;
+use crate::errors::UsageError;
+use crate::output::{Output, PhasePrinter};
+use crate::session::Session;
+use crate::spec::{Overrides, SetSpec};
+use crate::GlobalArgs;
+
+#[derive(Args, Debug)]
+pub struct CreateArgs {
+    /// A set named in the config file
+    #[arg(required_unless_present = "sqlite", conflicts_with = "sqlite")]
+    pub set: Option<String>,
+    /// Zero-config: copy this SQLite database (WAL or rollback journal)
+    #[arg(long, value_name = "PATH", help_heading = "Zero-config set")]
+    pub sqlite: Option<PathBuf>,
+    /// Name of the zero-config set [default: the database's file name]
+    #[arg(long, requires = "sqlite", help_heading = "Zero-config set")]
+    pub name: Option<String>,
+    /// Storage provider: auto picks the fastest that can serve the data
+    #[arg(long, value_name = "auto|copy|reflink", help_heading = "Copy")]
+    pub provider: Option<String>,
+    /// Longest time from the first freeze to the end of the commit [default: 10s]
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, help_heading = "Copy")]
+    pub freeze_deadline: Option<Duration>,
+    /// Where the copy provider keeps copies [default: beside the catalog]
+    #[arg(long, value_name = "DIR", help_heading = "Copy")]
+    pub copies_dir: Option<PathBuf>,
+    /// Skip the integrity check after the copy (the copy is recorded as not verified)
+    #[arg(long, help_heading = "Copy")]
+    pub no_verify: bool,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+    /// Print the result as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(g: &GlobalArgs, args: CreateArgs) -> anyhow::Result<()> {
+    let session = Session::new(g, args.json)?;
+    let overrides = Overrides {
+        provider: args.provider.clone(),
+        freeze_deadline: args.freeze_deadline,
+        copies_dir: args.copies_dir.clone(),
+        no_verify: args.no_verify,
+    };
+    let spec = match (&args.set, &args.sqlite) {
+        (Some(set), _) => SetSpec::from_config(&session.config, set, &overrides)?,
+        (None, Some(path)) => {
+            SetSpec::zero_config_sqlite(&session.config, path, args.name.as_deref(), &overrides)?
+        }
+        (None, None) => return Err(UsageError::new("name a set or give --sqlite PATH").into()),
+    };
+    // Everything that can be checked without writing is checked before the catalog exists.
+    spec.validate()?;
+    let provider =
+        spec.choose_provider(&spec.provider_options(session.catalog_dir.join("copies")))?;
+    let catalog = session.open_catalog()?;
+    if args.set.is_none() {
+        refuse_renamed_zero_config(&catalog, &spec)?;
+    }
+    let _queue = session.take_queue(&catalog, "create", &spec.name, args.wait.policy())?;
+    let events: Arc<dyn EventSink> = Arc::new(PhasePrinter::new(session.out, ""));
+    let created = create_copy(&catalog, &spec, provider.clone(), events)?;
+    report(session.out, &spec, &*provider, &created)
+}
+
+/// Runs the coordinator for `spec` (the caller holds the queue).
+pub fn create_copy(
+    catalog: &Catalog,
+    spec: &SetSpec,
+    provider: Arc<dyn Provider>,
+    events: Arc<dyn EventSink>,
+) -> Result<CreatedCopy, shadowcopy_core::Error> {
+    Coordinator::new(catalog, events).create(ShadowSetRequest {
+        set_name: spec.name.clone(),
+        spec_json: spec.to_json(),
+        origin: Origin::Create,
+        writers: spec.build_writers(),
+        unmanaged_components: Vec::new(),
+        provider,
+        freeze_deadline: spec.freeze_deadline(),
+        verify: spec.verify,
+    })
+}
+
+/// A zero-config set is named after its file; a second database with the same file name
+/// must not silently join the first one's history.
+fn refuse_renamed_zero_config(catalog: &Catalog, spec: &SetSpec) -> anyhow::Result<()> {
+    if let Some(old) = catalog.set_spec(&spec.name)? {
+        if let Ok(old) = SetSpec::from_json(&old) {
+            if old.writers != spec.writers {
+                return Err(UsageError::new(format!(
+                    "set `{}` already holds copies of {}; pass --name to give this database its own set",
+                    spec.name,
+                    old.paths().iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+                ))
+                .into());
+            }
+        }
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct CreateReport<'a> {
+    id: i64,
+    set: &'a str,
+    provider: &'a str,
+    location: &'a str,
+    freeze_window_us: u128,
+    freeze_deadline_ms: u64,
+    files: usize,
+    bytes: u64,
+    phases: Vec<PhaseTime>,
+    verification: Option<&'a shadowcopy_core::VerifyReport>,
+}
+
+#[derive(Serialize)]
+pub struct PhaseTime {
+    pub phase: String,
+    pub took_us: u128,
+}
+
+fn report(
+    out: Output,
+    spec: &SetSpec,
+    provider: &dyn Provider,
+    c: &CreatedCopy,
+) -> anyhow::Result<()> {
+    let bytes: u64 = c.files.iter().map(|f| f.size).sum();
+    if out.json {
+        return out.print_json(&CreateReport {
+            id: c.id,
+            set: &spec.name,
+            provider: provider.kind(),
+            location: &c.location,
+            freeze_window_us: c.freeze_window.as_micros(),
+            freeze_deadline_ms: spec.freeze_deadline_ms,
+            files: c.files.len(),
+            bytes,
+            phases: c
+                .phases
+                .iter()
+                .map(|(p, d)| PhaseTime {
+                    phase: p.to_string(),
+                    took_us: d.as_micros(),
+                })
+                .collect(),
+            verification: c.verification.as_ref(),
+        });
+    }
+    if out.quiet {
+        println!("{}", c.id);
+        return Ok(());
+    }
+    println!(
+        "copy {} of `{}` is usable: {} files, {}, provider {}",
+        c.id,
+        spec.name,
+        c.files.len(),
+        human_bytes(bytes),
+        provider.kind()
+    );
+    println!(
+        "  freeze window {} (deadline {}): the longest the application's writes waited",
+        humanize(c.freeze_window),
+        humanize(spec.freeze_deadline())
+    );
+    match &c.verification {
+        Some(v) => println!("  verified: {}", v.detail.replace('\n', "; ")),
+        None => println!(
+            "  not verified (--no-verify); run `shadowcopy verify {}`",
+            c.id
+        ),
+    }
+    Ok(())
+}

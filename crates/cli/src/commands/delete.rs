@@ -1,0 +1,163 @@
+//! `shadowcopy delete ID... | --older-than AGE | --keep-last N`: remove copies and their
+//! data. Each deletion is recorded before the provider removes anything, so an
+//! interrupted delete is finished by the next run.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use clap::Args;
+use serde::Serialize;
+use shadowcopy_catalog::CopySummary;
+use shadowcopy_core::CopyState;
+
+use super::WaitArgs;
+use crate::errors::UsageError;
+use crate::session::{provider_for, Session};
+use crate::GlobalArgs;
+
+#[derive(Args, Debug)]
+pub struct DeleteArgs {
+    /// Ids of the copies to delete
+    pub ids: Vec<i64>,
+    /// Delete copies created longer ago than this (e.g. 7d)
+    #[arg(long, value_name = "AGE", value_parser = humantime::parse_duration, conflicts_with = "ids", help_heading = "Selection")]
+    pub older_than: Option<Duration>,
+    /// Keep the N newest usable copies of each set; delete the rest
+    #[arg(
+        long,
+        value_name = "N",
+        conflicts_with = "ids",
+        help_heading = "Selection"
+    )]
+    pub keep_last: Option<usize>,
+    /// Only consider this set's copies
+    #[arg(
+        long,
+        value_name = "SET",
+        conflicts_with = "ids",
+        help_heading = "Selection"
+    )]
+    pub set: Option<String>,
+    /// Show what would be deleted, delete nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+    /// Print the result as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Serialize)]
+struct Deleted {
+    id: i64,
+    set: String,
+    deleted: bool,
+}
+
+pub fn run(g: &GlobalArgs, args: DeleteArgs) -> anyhow::Result<()> {
+    let session = Session::new(g, args.json)?;
+    if args.ids.is_empty() && args.older_than.is_none() && args.keep_last.is_none() {
+        return Err(UsageError::new(
+            "say what to delete: copy ids, --older-than AGE or --keep-last N",
+        )
+        .into());
+    }
+    let catalog = session.open_catalog()?;
+    select(&catalog.list(args.set.as_deref())?, &args)?;
+    let _queue = session.take_queue(
+        &catalog,
+        "delete",
+        args.set.as_deref().unwrap_or("*"),
+        args.wait.policy(),
+    )?;
+    let chosen = select(&catalog.list(args.set.as_deref())?, &args)?;
+    let mut report = Vec::new();
+    for copy in chosen {
+        if !args.dry_run {
+            catalog.mark_deleting(copy.id)?;
+            if let Some(location) = &copy.location {
+                let provider = provider_for(&catalog, &copy).map_err(|e| anyhow::anyhow!(e))?;
+                provider
+                    .delete(location)
+                    .map_err(|e| anyhow::anyhow!("deleting copy {} at {location} failed: {e}; it stays listed as deleting and the next run retries", copy.id))?;
+            }
+            catalog.remove(copy.id)?;
+        }
+        if session.out.human() {
+            println!(
+                "{} copy {} of `{}` ({})",
+                if args.dry_run {
+                    "would delete"
+                } else {
+                    "deleted"
+                },
+                copy.id,
+                copy.set,
+                copy.state
+            );
+        }
+        report.push(Deleted {
+            id: copy.id,
+            set: copy.set.clone(),
+            deleted: !args.dry_run,
+        });
+    }
+    if session.out.json {
+        session.out.print_json(&report)?;
+    } else if report.is_empty() && session.out.human() {
+        println!("nothing to delete");
+    }
+    Ok(())
+}
+
+/// The copies the arguments name. Copies still being made are never selected.
+fn select(copies: &[CopySummary], args: &DeleteArgs) -> anyhow::Result<Vec<CopySummary>> {
+    if !args.ids.is_empty() {
+        return args
+            .ids
+            .iter()
+            .map(|id| {
+                let copy = copies.iter().find(|c| c.id == *id).ok_or_else(|| {
+                    UsageError::new(format!(
+                        "copy {id} does not exist; `shadowcopy list` shows the copies"
+                    ))
+                })?;
+                if copy.state == CopyState::InProgress {
+                    return Err(UsageError::new(format!(
+                        "copy {id} is still being made (pid {}); wait for it to finish",
+                        copy.pid
+                    ))
+                    .into());
+                }
+                Ok(copy.clone())
+            })
+            .collect();
+    }
+    let now = chrono::Utc::now().timestamp_millis();
+    let mut kept_per_set: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut chosen = Vec::new();
+    // Newest first, so --keep-last keeps the newest usable copies.
+    for c in copies.iter().rev() {
+        if c.state == CopyState::InProgress {
+            continue;
+        }
+        if let Some(n) = args.keep_last {
+            if c.state == CopyState::Usable {
+                let kept = kept_per_set.entry(&c.set).or_default();
+                if *kept < n {
+                    *kept += 1;
+                    continue;
+                }
+            }
+        }
+        if let Some(age) = args.older_than {
+            if now - c.created_ms < age.as_millis() as i64 {
+                continue;
+            }
+        }
+        chosen.push(c.clone());
+    }
+    chosen.reverse();
+    Ok(chosen)
+}

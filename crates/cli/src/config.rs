@@ -1,0 +1,188 @@
+//! The TOML config file: global settings, defaults, and named sets. Unknown keys are
+//! errors, reported with `file:line:column` and nothing written.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+use shadowcopy_writers::WriterSpec;
+
+use crate::errors::UsageError;
+
+/// The system-wide config file, read when present and no `--config` is given.
+pub const SYSTEM_CONFIG: &str = "/etc/shadowcopy/config.toml";
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Catalog directory (overridden by --catalog and SHADOWCOPY_CATALOG).
+    pub catalog: Option<PathBuf>,
+    #[serde(default)]
+    pub defaults: SetDefaults,
+    #[serde(default)]
+    pub sets: BTreeMap<String, SetConfig>,
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
+}
+
+/// Options every set inherits unless it sets its own.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetDefaults {
+    pub provider: Option<String>,
+    pub freeze_deadline: Option<HumanDuration>,
+    pub copies_dir: Option<PathBuf>,
+    pub verify: Option<bool>,
+}
+
+/// `[sets.NAME]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetConfig {
+    pub writers: Vec<WriterSpec>,
+    pub provider: Option<String>,
+    pub freeze_deadline: Option<HumanDuration>,
+    pub copies_dir: Option<PathBuf>,
+    pub verify: Option<bool>,
+}
+
+/// A duration written the way people write them: `10s`, `500ms`, `2m`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s)
+            .map(HumanDuration)
+            .map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "invalid duration {s:?} ({e}); write it like \"10s\" or \"500ms\""
+                ))
+            })
+    }
+}
+
+impl Config {
+    /// Loads `explicit` (which must exist), else the system config when present, else
+    /// an empty config.
+    pub fn load(explicit: Option<&Path>) -> Result<Config, UsageError> {
+        let path = match explicit {
+            Some(p) => p.to_path_buf(),
+            None if Path::new(SYSTEM_CONFIG).exists() => PathBuf::from(SYSTEM_CONFIG),
+            None => return Ok(Config::default()),
+        };
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            UsageError::new(format!(
+                "cannot read the config file {}: {e}",
+                path.display()
+            ))
+        })?;
+        let mut config = Config::parse(&text, &path)?;
+        config.source = Some(path);
+        Ok(config)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Config, UsageError> {
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let (line, col) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
+            UsageError::new(format!(
+                "{}:{line}:{col}: {}; fix the config file (unknown keys are errors)",
+                path.display(),
+                e.message().trim_end()
+            ))
+        })?;
+        for (name, set) in &config.sets {
+            if set.writers.is_empty() {
+                return Err(UsageError::new(format!(
+                    "{}: set `{name}` has no writers; add a [[sets.{name}.writers]] table",
+                    path.display()
+                )));
+            }
+        }
+        Ok(config)
+    }
+
+    pub fn set(&self, name: &str) -> Result<&SetConfig, UsageError> {
+        self.sets.get(name).ok_or_else(|| {
+            let known: Vec<&str> = self.sets.keys().map(String::as_str).collect();
+            let place = self
+                .source
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| format!("no config file was read (looked for {SYSTEM_CONFIG}; give one with --config)"));
+            UsageError::new(if known.is_empty() {
+                format!("unknown set `{name}`: {place} defines no sets. For a one-off copy use `create --sqlite PATH`")
+            } else {
+                format!("unknown set `{name}`; {place} defines: {}", known.join(", "))
+            })
+        })
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before
+        .rfind('\n')
+        .map_or(before.len(), |i| before.len() - i - 1)
+        + 1;
+    (line, col)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_key_names_file_line_and_column() {
+        let text = "[sets.mail]\nprovider = \"copy\"\nfreez_deadline = \"5s\"\n[[sets.mail.writers]]\nkind = \"sqlite\"\npath = \"/x.db\"\n";
+        let err = Config::parse(text, Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("c.toml:3:1: unknown field `freez_deadline`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unknown_writer_field_is_an_error() {
+        let text =
+            "[sets.mail]\n[[sets.mail.writers]]\nkind = \"sqlite\"\npath = \"/x.db\"\nmode = 1\n";
+        let err = Config::parse(text, Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `mode`"), "{err}");
+        assert!(err.starts_with("c.toml:"), "{err}");
+    }
+
+    #[test]
+    fn full_example_parses() {
+        let text = "catalog = \"/tmp/cat\"\n[defaults]\nfreeze_deadline = \"5s\"\n[sets.mail]\nprovider = \"reflink\"\n[[sets.mail.writers]]\nkind = \"sqlite\"\npath = \"/srv/mail/index.db\"\n";
+        let c = Config::parse(text, Path::new("c.toml")).unwrap();
+        assert_eq!(
+            c.defaults.freeze_deadline,
+            Some(HumanDuration(Duration::from_secs(5)))
+        );
+        assert_eq!(c.set("mail").unwrap().writers.len(), 1);
+        assert!(c
+            .set("nope")
+            .unwrap_err()
+            .to_string()
+            .contains("defines: mail"));
+    }
+
+    #[test]
+    fn bad_duration_is_explained() {
+        let text = "[defaults]\nfreeze_deadline = \"soon\"\n";
+        let err = Config::parse(text, Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("c.toml:2:") && err.contains("invalid duration"),
+            "{err}"
+        );
+    }
+}

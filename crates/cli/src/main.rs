@@ -1,0 +1,121 @@
+//! The `shadowcopy` binary: parses the command line into a validated request, runs one
+//! subcommand, and maps errors to the documented exit codes (see README).
+
+mod commands;
+mod config;
+mod errors;
+mod output;
+mod session;
+mod spec;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "shadowcopy",
+    version,
+    about = "Application-consistent point-in-time copies of running databases: verified, and restored in seconds",
+    propagate_version = true
+)]
+struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options every subcommand takes.
+#[derive(Args, Clone, Debug)]
+pub struct GlobalArgs {
+    /// Catalog directory [default: /var/lib/shadowcopy as root, else $XDG_DATA_HOME/shadowcopy]
+    #[arg(
+        long,
+        global = true,
+        env = "SHADOWCOPY_CATALOG",
+        value_name = "DIR",
+        help_heading = "Global options"
+    )]
+    pub catalog: Option<PathBuf>,
+    /// Config file [default: /etc/shadowcopy/config.toml when it exists]
+    #[arg(
+        long,
+        global = true,
+        env = "SHADOWCOPY_CONFIG",
+        value_name = "FILE",
+        help_heading = "Global options"
+    )]
+    pub config: Option<PathBuf>,
+    /// More detail (repeat for more)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, help_heading = "Global options")]
+    pub verbose: u8,
+    /// Print only errors
+    #[arg(short, long, global = true, help_heading = "Global options")]
+    pub quiet: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the whole workflow on a sample SQLite bank: copy under load, verify, damage, restore
+    Quickstart(commands::quickstart::QuickstartArgs),
+    /// Take a shadow copy of a set (named in the config) or of one SQLite database
+    Create(commands::create::CreateArgs),
+    /// List copies
+    List(commands::list::ListArgs),
+    /// Show one copy: phases with timings, components, files, verification
+    Show(commands::show::ShowArgs),
+    /// Check a copy's integrity and record the result
+    Verify(commands::verify::VerifyArgs),
+    /// Restore a copy in place (keeping the current state as a pre-restore copy) or elsewhere
+    Restore(commands::restore::RestoreArgs),
+    /// Delete copies by id, age or count
+    Delete(commands::delete::DeleteArgs),
+    /// List writer kinds and the writers of the configured sets, with their state
+    Writers(commands::writers::WritersArgs),
+    /// List providers and whether each can serve the given paths (and why not)
+    Providers(commands::providers::ProvidersArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = match (cli.global.quiet, cli.global.verbose) {
+        (true, _) => "error",
+        (_, 0) => "warn",
+        (_, 1) => "info",
+        _ => "debug",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SHADOWCOPY_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let g = &cli.global;
+    let result = match cli.command {
+        Command::Quickstart(a) => commands::quickstart::run(g, a),
+        Command::Create(a) => commands::create::run(g, a),
+        Command::List(a) => commands::list::run(g, a),
+        Command::Show(a) => commands::show::run(g, a),
+        Command::Verify(a) => commands::verify::run(g, a),
+        Command::Restore(a) => commands::restore::run(g, a),
+        Command::Delete(a) => commands::delete::run(g, a),
+        Command::Writers(a) => commands::writers::run(g, a),
+        Command::Providers(a) => commands::providers::run(g, a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            let mut causes = err.chain();
+            if let Some(top) = causes.next() {
+                eprintln!("error: {top}");
+            }
+            for cause in causes {
+                eprintln!("  because: {cause}");
+            }
+            ExitCode::from(errors::exit_code(&err) as u8)
+        }
+    }
+}

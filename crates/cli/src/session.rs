@@ -1,0 +1,117 @@
+//! What every command shares: the config, where the catalog is, opening it, taking the
+//! queue (and cleaning up interrupted sets once we hold it).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use shadowcopy_catalog::{Catalog, CopySummary, QueueGuard, QueueHolder, Wait};
+use shadowcopy_core::Provider;
+
+use crate::config::Config;
+use crate::output::Output;
+use crate::spec::SetSpec;
+use crate::GlobalArgs;
+
+pub struct Session {
+    pub config: Config,
+    pub catalog_dir: PathBuf,
+    pub out: Output,
+}
+
+impl Session {
+    /// Reads the config and resolves the catalog directory (`--catalog`, then
+    /// `SHADOWCOPY_CATALOG`, then the config file, then the default). Writes nothing.
+    pub fn new(global: &GlobalArgs, json: bool) -> anyhow::Result<Session> {
+        let config = Config::load(global.config.as_deref())?;
+        let catalog_dir = global
+            .catalog
+            .clone()
+            .or_else(|| config.catalog.clone())
+            .unwrap_or_else(default_catalog_dir);
+        Ok(Session {
+            config,
+            catalog_dir,
+            out: Output {
+                json,
+                quiet: global.quiet,
+                verbose: global.verbose,
+            },
+        })
+    }
+
+    pub fn open_catalog(&self) -> anyhow::Result<Catalog> {
+        Ok(Catalog::open(&self.catalog_dir)?)
+    }
+
+    /// Takes the queue for `command` on `set`, telling the user (on stderr) whom they wait
+    /// behind, then cleans up sets a crashed run left behind.
+    pub fn take_queue(
+        &self,
+        catalog: &Catalog,
+        command: &str,
+        set: &str,
+        wait: Wait,
+    ) -> anyhow::Result<QueueGuard> {
+        let me = QueueHolder {
+            pid: std::process::id(),
+            set: set.to_string(),
+            command: command.to_string(),
+            since_ms: chrono::Utc::now().timestamp_millis(),
+        };
+        let quiet = self.out.quiet;
+        let guard = catalog.acquire_queue(&me, wait, |holder| {
+            if quiet {
+                return;
+            }
+            let limit = match wait {
+                Wait::Upto(d) => format!("up to {}", humantime::format_duration(d)),
+                Wait::No => "not at all".into(),
+            };
+            match holder {
+                Some(h) => eprintln!(
+                    "queued behind `{}` for set `{}` (pid {}, running for {}); waiting {limit}",
+                    h.command,
+                    h.set,
+                    h.pid,
+                    crate::output::age(h.since_ms)
+                ),
+                None => {
+                    eprintln!("queued behind another shadow set in this catalog; waiting {limit}")
+                }
+            }
+        })?;
+        let recovered = catalog
+            .recover_interrupted(&guard, &|copy| provider_for(catalog, copy))
+            .context("cleaning up interrupted shadow sets")?;
+        for r in recovered {
+            if !self.out.quiet {
+                eprintln!("recovered copy {} of set `{}`: {}", r.id, r.set, r.what);
+            }
+        }
+        Ok(guard)
+    }
+}
+
+/// The provider that made `copy`, configured as it was then.
+pub fn provider_for(catalog: &Catalog, copy: &CopySummary) -> Result<Arc<dyn Provider>, String> {
+    let spec =
+        SetSpec::from_json(&copy.spec_json).map_err(|e| format!("unreadable set spec: {e}"))?;
+    let opts = spec.provider_options(catalog.default_copies_dir());
+    shadowcopy_providers::build(&copy.provider, &opts).map_err(|e| e.to_string())
+}
+
+/// `/var/lib/shadowcopy` for root, `$XDG_DATA_HOME/shadowcopy` (or
+/// `~/.local/share/shadowcopy`) otherwise.
+pub fn default_catalog_dir() -> PathBuf {
+    if rustix::process::geteuid().is_root() {
+        return PathBuf::from("/var/lib/shadowcopy");
+    }
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|x| !x.is_empty()) {
+        return PathBuf::from(x).join("shadowcopy");
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    home.join(".local/share/shadowcopy")
+}

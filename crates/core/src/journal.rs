@@ -1,0 +1,54 @@
+//! The `Journal` contract: how the coordinator records every transition before it
+//! happens. The catalog crate implements it on SQLite.
+//!
+//! Rules an implementation MUST keep:
+//! - every call is durable when it returns (a crash right after loses nothing recorded);
+//! - `begin_copy` records the calling process so an interrupted set can be recognised;
+//! - a copy is offered for restore only once `finish_copy(.., Usable, ..)` was recorded.
+
+use std::time::Duration;
+
+use crate::model::{Component, CopyId, CopyState, FileEntry, Origin, Phase, VerifyReport};
+
+pub type JournalError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// What is known of a copy when it begins.
+#[derive(Clone, Debug)]
+pub struct NewCopy<'a> {
+    pub set_name: &'a str,
+    /// The set's specification (writers, options) as JSON, so the copy can be verified
+    /// and restored later without the config file.
+    pub spec_json: &'a str,
+    pub origin: Origin,
+    pub provider: &'a str,
+    pub freeze_deadline: Duration,
+}
+
+pub trait Journal {
+    fn begin_copy(&self, copy: &NewCopy<'_>) -> Result<CopyId, JournalError>;
+    /// Where the provider will put the copy; recorded before anything is written there.
+    fn set_location(&self, id: CopyId, location: &str) -> Result<(), JournalError>;
+    fn enter_phase(&self, id: CopyId, phase: Phase) -> Result<(), JournalError>;
+    fn finish_phase(
+        &self,
+        id: CopyId,
+        phase: Phase,
+        took: Duration,
+        error: Option<&str>,
+    ) -> Result<(), JournalError>;
+    fn record_components(&self, id: CopyId, components: &[Component]) -> Result<(), JournalError>;
+    fn record_files(&self, id: CopyId, files: &[FileEntry]) -> Result<(), JournalError>;
+    fn record_freeze_window(&self, id: CopyId, window: Duration) -> Result<(), JournalError>;
+    fn record_verification(
+        &self,
+        id: CopyId,
+        report: &VerifyReport,
+        took: Duration,
+    ) -> Result<(), JournalError>;
+    fn finish_copy(
+        &self,
+        id: CopyId,
+        state: CopyState,
+        error: Option<&str>,
+    ) -> Result<(), JournalError>;
+}

@@ -1,0 +1,169 @@
+//! The model: phases of a shadow set, states of a copy, components and file manifests.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// A copy's identifier in one catalog.
+pub type CopyId = i64;
+
+/// The steps of a shadow set, in protocol order (`Abort` is the undo path).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    Identify,
+    Prepare,
+    Freeze,
+    Commit,
+    Thaw,
+    PostSnapshot,
+    Verify,
+    BackupComplete,
+    Done,
+    Abort,
+    Restore,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 11] = [
+        Phase::Identify,
+        Phase::Prepare,
+        Phase::Freeze,
+        Phase::Commit,
+        Phase::Thaw,
+        Phase::PostSnapshot,
+        Phase::Verify,
+        Phase::BackupComplete,
+        Phase::Done,
+        Phase::Abort,
+        Phase::Restore,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Identify => "identify",
+            Phase::Prepare => "prepare",
+            Phase::Freeze => "freeze",
+            Phase::Commit => "commit",
+            Phase::Thaw => "thaw",
+            Phase::PostSnapshot => "post-snapshot",
+            Phase::Verify => "verify",
+            Phase::BackupComplete => "backup-complete",
+            Phase::Done => "done",
+            Phase::Abort => "abort",
+            Phase::Restore => "restore",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Phase> {
+        Phase::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+macro_rules! string_enum {
+    ($(#[$m:meta])* $name:ident { $($variant:ident => $s:literal),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        pub enum $name { $(#[serde(rename = $s)] $variant),+ }
+        impl $name {
+            pub fn as_str(self) -> &'static str { match self { $($name::$variant => $s),+ } }
+            pub fn parse(s: &str) -> Option<Self> { match s { $($s => Some($name::$variant),)+ _ => None } }
+        }
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result { f.write_str(self.as_str()) }
+        }
+    };
+}
+
+string_enum!(
+    /// Where a copy is in its life. Only `Usable` copies are offered for restore.
+    CopyState {
+        InProgress => "in-progress",
+        Usable => "usable",
+        Failed => "failed",
+        Deleting => "deleting",
+    }
+);
+
+string_enum!(
+    /// Why a copy was made.
+    Origin {
+        Create => "create",
+        PreRestore => "pre-restore",
+    }
+);
+
+string_enum!(
+    /// The outcome of the newest integrity check of a copy.
+    VerifyState {
+        NotVerified => "not-verified",
+        Passed => "passed",
+        Failed => "failed",
+    }
+);
+
+string_enum!(
+    /// What a component holds for its application.
+    ComponentRole {
+        Data => "data",
+        Log => "log",
+    }
+);
+
+/// One piece of an application's data as its writer reports it (the writer metadata
+/// document of the Windows framework).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Component {
+    /// The writer instance that reported it.
+    pub writer: String,
+    /// Short name within the writer: `db`, `wal`.
+    pub name: String,
+    pub role: ComponentRole,
+    /// Absolute path of a file or directory.
+    pub path: PathBuf,
+    /// A required component that is missing at commit fails the set; an optional one is
+    /// skipped (a SQLite `-wal` file that does not exist, say).
+    pub required: bool,
+}
+
+/// One file in a copy's manifest, keyed by its original absolute path.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    pub path: PathBuf,
+    pub size: u64,
+    pub mode: u32,
+    pub mtime_ns: i64,
+    /// BLAKE3 of the copied content, filled by verification.
+    pub blake3: Option<String>,
+}
+
+/// A copy made readable: each original path with where its content can be read now.
+#[derive(Clone, Debug, Default)]
+pub struct CopyView {
+    pub files: Vec<(PathBuf, PathBuf)>,
+}
+
+impl CopyView {
+    /// Where the copy of `original` can be read, if the copy holds it.
+    pub fn path_of(&self, original: &Path) -> Option<&Path> {
+        self.files
+            .iter()
+            .find(|(o, _)| o == original)
+            .map(|(_, c)| c.as_path())
+    }
+}
+
+/// What a writer found when it checked a copy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyReport {
+    pub ok: bool,
+    /// One line per check, for the catalog and `show`.
+    pub detail: String,
+}

@@ -1,0 +1,101 @@
+//! The `Provider` contract: a provider knows one kind of storage and makes the
+//! point-in-time copy of a set of components.
+//!
+//! # Required methods and what they MUST do
+//! - [`Provider::check`] says whether the provider can serve these paths, and if not, why
+//!   in words a user can act on. It MUST NOT write anything.
+//! - [`Provider::location`] names where the copy will live, before anything is written
+//!   there; the coordinator records it first so an interrupted commit can be discarded.
+//! - [`Provider::commit`] copies every existing component into `location` while the
+//!   writers are frozen and returns the manifest. It SHOULD take well under a second for
+//!   copy-on-write kinds; it MUST check `control.cancelled()` between units of work and
+//!   stop with an error once it is set (the freeze deadline passed). A failed commit
+//!   MAY leave partial data at `location`; the coordinator deletes it.
+//! - [`Provider::delete`] removes a copy. It MUST be idempotent (a missing location is
+//!   success) so that cleanup after a crash can repeat it.
+//! - [`Provider::expose`] makes the copy readable (read-only use by the caller).
+//! - [`Provider::restore_file`] writes the copy of one original file to `dest`, which
+//!   is on the target's file system; copy-on-write kinds clone instead of copying.
+//!
+//! # Capability flags
+//! - [`Provider::rank`]: lower is faster; `auto` picks the lowest rank whose `check` passes.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crate::error::BoxError;
+use crate::events::EventSink;
+use crate::model::{Component, CopyId, CopyView, FileEntry};
+
+/// Why a provider cannot serve some paths.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unsupported {
+    pub reason: String,
+}
+
+impl std::fmt::Display for Unsupported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+/// What to copy.
+#[derive(Clone, Debug)]
+pub struct CommitRequest {
+    pub copy_id: CopyId,
+    pub set_name: String,
+    pub components: Vec<Component>,
+}
+
+impl CommitRequest {
+    pub fn paths(&self) -> Vec<PathBuf> {
+        self.components.iter().map(|c| c.path.clone()).collect()
+    }
+}
+
+/// Cancellation and progress for a running commit.
+#[derive(Clone)]
+pub struct CommitControl {
+    cancelled: Arc<AtomicBool>,
+    events: Arc<dyn EventSink>,
+}
+
+impl CommitControl {
+    pub fn new(events: Arc<dyn EventSink>) -> Self {
+        CommitControl {
+            cancelled: Arc::new(AtomicBool::new(false)),
+            events,
+        }
+    }
+    pub fn cancel(&self) {
+        self.cancelled.store(true, Ordering::SeqCst);
+    }
+    pub fn cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::SeqCst)
+    }
+    pub fn bytes(&self, done: u64, total: u64) {
+        self.events.bytes(done, total);
+    }
+}
+
+pub trait Provider: Send + Sync {
+    /// The kind, as in the registry and `--provider`: `copy`, `reflink`.
+    fn kind(&self) -> &'static str;
+    fn rank(&self) -> u32;
+    fn check(&self, paths: &[PathBuf]) -> Result<(), Unsupported>;
+    fn location(&self, request: &CommitRequest) -> Result<String, BoxError>;
+    fn commit(
+        &self,
+        request: &CommitRequest,
+        location: &str,
+        control: &CommitControl,
+    ) -> Result<Vec<FileEntry>, BoxError>;
+    fn delete(&self, location: &str) -> Result<(), BoxError>;
+    fn expose(&self, location: &str, files: &[FileEntry]) -> Result<CopyView, BoxError>;
+    fn restore_file(&self, location: &str, original: &Path, dest: &Path) -> Result<(), BoxError>;
+    /// Bytes the copy occupies on its storage, when the provider can tell.
+    fn bytes_used(&self, _location: &str) -> Option<u64> {
+        None
+    }
+}

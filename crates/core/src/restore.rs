@@ -1,0 +1,329 @@
+//! Safe restore: refuse over data in use, keep the current state as a `pre-restore` copy,
+//! stage the copy's files beside their targets, let each writer finish them (a SQLite
+//! checkpoint), then swap them in by rename. Until the swap, the live data is untouched;
+//! a failed swap puts back what it moved.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::coordinator::{chain, Coordinator, ShadowSetRequest};
+use crate::error::{BoxError, Error};
+use crate::events::EventSink;
+use crate::journal::Journal;
+use crate::model::{Component, CopyId, FileEntry, Origin, Phase};
+use crate::provider::Provider;
+use crate::writer::{staged_path, RestorePlan, Writer};
+
+/// A raw copy of data nobody holds open needs no freeze; its commit may take as long as
+/// the data needs.
+const PRE_RESTORE_DEADLINE: Duration = Duration::from_secs(24 * 3600);
+
+pub struct RestoreRequest {
+    pub copy_id: CopyId,
+    pub set_name: String,
+    pub spec_json: String,
+    pub location: String,
+    pub files: Vec<FileEntry>,
+    pub components: Vec<Component>,
+    pub writers: Vec<Box<dyn Writer>>,
+    pub provider: Arc<dyn Provider>,
+    /// Restore into this directory instead of in place.
+    pub to: Option<PathBuf>,
+    /// Restore even while the data is held open.
+    pub force: bool,
+    /// Keep the state being replaced as a `pre-restore` copy (in-place restores only).
+    pub keep_current: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct RestoreOutcome {
+    pub targets: Vec<PathBuf>,
+    pub pre_restore: Option<CopyId>,
+    pub steps: Vec<(String, Duration)>,
+    pub took: Duration,
+}
+
+pub struct Restorer<'a> {
+    journal: &'a dyn Journal,
+    events: Arc<dyn EventSink>,
+}
+
+impl<'a> Restorer<'a> {
+    pub fn new(journal: &'a dyn Journal, events: Arc<dyn EventSink>) -> Self {
+        Restorer { journal, events }
+    }
+
+    pub fn restore(&self, request: RestoreRequest) -> Result<RestoreOutcome, Error> {
+        let started = Instant::now();
+        let mut steps = Vec::new();
+        let targets = map_targets(&request.files, request.to.as_deref())?;
+        let in_place = request.to.is_none();
+
+        if in_place {
+            if !request.force {
+                let live: Vec<PathBuf> = targets.iter().map(|(_, t)| t.clone()).collect();
+                for w in &request.writers {
+                    w.check_restore_target(&live).map_err(|e| Error::InUse {
+                        message: format!(
+                            "{}. Stop the application first, or pass --force to restore anyway \
+                             (it will see its files replaced underneath it)",
+                            chain(&*e)
+                        ),
+                    })?;
+                }
+            }
+        } else {
+            for (_, target) in &targets {
+                if target.exists() {
+                    return Err(Error::usage(format!(
+                        "{} already exists; restore --to needs a directory without the set's files \
+                         (choose another directory or remove it)",
+                        target.display()
+                    )));
+                }
+            }
+        }
+
+        let mut pre_restore = None;
+        if in_place && request.keep_current {
+            let t = Instant::now();
+            pre_restore = self.keep_current(&request)?;
+            steps.push((
+                "keep current state as pre-restore copy".to_string(),
+                t.elapsed(),
+            ));
+        }
+
+        // Stage every file beside its target.
+        self.events.phase_started(Phase::Restore);
+        let t = Instant::now();
+        let mut staged: Vec<(PathBuf, PathBuf)> = Vec::new();
+        let staging = (|| -> Result<(), BoxError> {
+            for (original, target) in &targets {
+                if let Some(dir) = target.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                let s = staged_path(target);
+                staged.push((target.clone(), s.clone()));
+                request
+                    .provider
+                    .restore_file(&request.location, original, &s)?;
+            }
+            Ok(())
+        })();
+        let cleanup = |staged: &[(PathBuf, PathBuf)]| {
+            for (_, s) in staged {
+                let _ = std::fs::remove_file(s);
+            }
+        };
+        if let Err(source) = staging {
+            cleanup(&staged);
+            return Err(Error::Restore {
+                step: "staging the copy's files".into(),
+                source,
+            });
+        }
+        steps.push(("stage files beside their targets".to_string(), t.elapsed()));
+
+        let t = Instant::now();
+        let plan = match self.plan(&request, &targets, &staged) {
+            Ok(plan) => plan,
+            Err(e) => {
+                cleanup(&staged);
+                return Err(e);
+            }
+        };
+        steps.push(("writers finish the staged files".to_string(), t.elapsed()));
+
+        let t = Instant::now();
+        swap(&plan).map_err(|source| {
+            cleanup(&staged);
+            Error::Restore {
+                step: "swapping the restored files in".into(),
+                source,
+            }
+        })?;
+        steps.push(("swap in by rename".to_string(), t.elapsed()));
+        self.events
+            .phase_finished(Phase::Restore, started.elapsed(), true);
+
+        Ok(RestoreOutcome {
+            targets: plan.install.iter().map(|(_, t)| t.clone()).collect(),
+            pre_restore,
+            steps,
+            took: started.elapsed(),
+        })
+    }
+
+    /// A raw copy of the live files (nobody holds them open, or --force was given).
+    fn keep_current(&self, request: &RestoreRequest) -> Result<Option<CopyId>, Error> {
+        let components: Vec<Component> = request
+            .components
+            .iter()
+            .filter(|c| c.path.exists())
+            .map(|c| Component {
+                required: false,
+                ..c.clone()
+            })
+            .collect();
+        if components.is_empty() {
+            return Ok(None);
+        }
+        if request.force {
+            self.events.warning(
+                "--force: the data may be in use, so the pre-restore copy is only crash-consistent",
+            );
+        }
+        let created = Coordinator::new(self.journal, self.events.clone())
+            .create(ShadowSetRequest {
+                set_name: request.set_name.clone(),
+                spec_json: request.spec_json.clone(),
+                origin: Origin::PreRestore,
+                writers: Vec::new(),
+                unmanaged_components: components,
+                provider: request.provider.clone(),
+                freeze_deadline: PRE_RESTORE_DEADLINE,
+                verify: false,
+            })
+            .map_err(|e| Error::Restore {
+                step: "keeping the current state as a pre-restore copy (pass --discard-current to skip it)".into(),
+                source: Box::new(e),
+            })?;
+        Ok(Some(created.id))
+    }
+
+    /// Hands each writer the staged files of its components; unclaimed files install as
+    /// they are.
+    fn plan(
+        &self,
+        request: &RestoreRequest,
+        targets: &[(PathBuf, PathBuf)],
+        staged: &[(PathBuf, PathBuf)],
+    ) -> Result<RestorePlan, Error> {
+        let mut plan = RestorePlan::default();
+        let mut claimed = BTreeSet::new();
+        for w in &request.writers {
+            let name = w.name();
+            let roots: Vec<&Path> = request
+                .components
+                .iter()
+                .filter(|c| c.writer == name)
+                .map(|c| c.path.as_path())
+                .collect();
+            let mine: Vec<(PathBuf, PathBuf)> = targets
+                .iter()
+                .zip(staged)
+                .filter(|((original, _), _)| roots.iter().any(|r| original.starts_with(r)))
+                .map(|(_, pair)| pair.clone())
+                .collect();
+            if mine.is_empty() {
+                continue;
+            }
+            claimed.extend(mine.iter().map(|(t, _)| t.clone()));
+            let part = w.finish_restore(&mine).map_err(|source| Error::Restore {
+                step: format!("{} finished the staged files", w.name()),
+                source,
+            })?;
+            plan.install.extend(part.install);
+            plan.remove.extend(part.remove);
+        }
+        for (target, s) in staged {
+            if !claimed.contains(target) {
+                plan.install.push((s.clone(), target.clone()));
+            }
+        }
+        Ok(plan)
+    }
+}
+
+/// Original path → target path. In place the two are equal; with `to`, files keep their
+/// paths relative to the deepest directory that holds them all.
+fn map_targets(files: &[FileEntry], to: Option<&Path>) -> Result<Vec<(PathBuf, PathBuf)>, Error> {
+    if files.is_empty() {
+        return Err(Error::usage("the copy holds no files; nothing to restore"));
+    }
+    let Some(to) = to else {
+        return Ok(files
+            .iter()
+            .map(|f| (f.path.clone(), f.path.clone()))
+            .collect());
+    };
+    let mut root = files[0]
+        .path
+        .parent()
+        .unwrap_or(Path::new("/"))
+        .to_path_buf();
+    for f in files {
+        while !f.path.starts_with(&root) {
+            if !root.pop() {
+                break;
+            }
+        }
+    }
+    let to = if to.is_absolute() {
+        to.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map_err(|e| Error::usage(format!("cannot resolve {}: {e}", to.display())))?
+            .join(to)
+    };
+    Ok(files
+        .iter()
+        .map(|f| {
+            let rel = f.path.strip_prefix(&root).unwrap_or(&f.path);
+            (f.path.clone(), to.join(rel))
+        })
+        .collect())
+}
+
+/// Moves stale files and current targets aside, renames staged files onto their targets,
+/// syncs the directories, then deletes what was moved aside. On any error, undoes the
+/// renames done so far.
+fn swap(plan: &RestorePlan) -> Result<(), BoxError> {
+    let mut stashed: Vec<(PathBuf, PathBuf)> = Vec::new();
+    let mut installed: Vec<PathBuf> = Vec::new();
+    let stash = |path: &Path, stashed: &mut Vec<(PathBuf, PathBuf)>| -> std::io::Result<()> {
+        if path.symlink_metadata().is_ok() {
+            let mut name = path.file_name().unwrap_or_default().to_os_string();
+            name.push(".shadowcopy-replaced");
+            let aside = path.with_file_name(name);
+            std::fs::rename(path, &aside)?;
+            stashed.push((path.to_path_buf(), aside));
+        }
+        Ok(())
+    };
+    let result = (|| -> std::io::Result<()> {
+        for r in &plan.remove {
+            stash(r, &mut stashed)?;
+        }
+        for (staged, target) in &plan.install {
+            stash(target, &mut stashed)?;
+            std::fs::rename(staged, target)?;
+            installed.push(target.clone());
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        for t in installed.iter().rev() {
+            let _ = std::fs::remove_file(t);
+        }
+        for (orig, aside) in stashed.iter().rev() {
+            let _ = std::fs::rename(aside, orig);
+        }
+        return Err(Box::new(e));
+    }
+    let dirs: BTreeSet<&Path> = plan
+        .install
+        .iter()
+        .filter_map(|(_, t)| t.parent())
+        .collect();
+    for d in dirs {
+        std::fs::File::open(d)?.sync_all()?;
+    }
+    for (_, aside) in stashed {
+        let _ = std::fs::remove_file(aside);
+    }
+    Ok(())
+}

@@ -1,0 +1,84 @@
+//! The `Writer` contract: a writer knows one application instance.
+//!
+//! # Required methods
+//! - [`Writer::identify`] reports the components (data and log files). It MUST NOT change
+//!   the application's state.
+//! - [`Writer::freeze`] brings the application to a state in which the files of every
+//!   component, copied as they are on disk, open without repair. It MUST hold that state
+//!   until [`Writer::thaw`] and MUST give up with an error at `deadline` rather than wait
+//!   past it. The freeze MUST be released by something that does not depend on this
+//!   process staying alive (a lock owned by a connection that dies with the process, a
+//!   watchdog): the coordinator can be killed at any time.
+//! - [`Writer::thaw`] releases the freeze. It MUST be idempotent and MUST succeed when
+//!   nothing is frozen: the coordinator calls it on every error path.
+//! - [`Writer::verify`] checks a copy (never the live data) and reports what it found.
+//!
+//! # Optional methods (defaults do nothing)
+//! - `prepare`: slow work before the freeze (a checkpoint), so the freeze stays short.
+//! - `post_snapshot`, `backup_complete`: after the copy exists / after it was verified
+//!   (truncating logs belongs in `backup_complete`, which only runs after a passed verify).
+//! - `check_restore_target` and `finish_restore`: refuse a restore over data in use, and
+//!   turn staged files into what is swapped in.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crate::error::BoxError;
+use crate::model::{Component, CopyView, VerifyReport};
+
+/// What the restore swaps in: each staged file renamed onto its target, and files that
+/// must not survive beside the restored data (a stale SQLite `-wal`).
+#[derive(Clone, Debug, Default)]
+pub struct RestorePlan {
+    pub install: Vec<(PathBuf, PathBuf)>,
+    pub remove: Vec<PathBuf>,
+}
+
+pub trait Writer: Send {
+    /// The kind, as in the registry and the config file: `sqlite`.
+    fn kind(&self) -> &'static str;
+    /// This instance, for messages: `sqlite:/srv/app.db`.
+    fn name(&self) -> String;
+
+    fn identify(&mut self) -> Result<Vec<Component>, BoxError>;
+
+    fn prepare(&mut self) -> Result<(), BoxError> {
+        Ok(())
+    }
+
+    fn freeze(&mut self, deadline: Instant) -> Result<(), BoxError>;
+
+    fn thaw(&mut self) -> Result<(), BoxError>;
+
+    fn post_snapshot(&mut self, _copy: &CopyView) -> Result<(), BoxError> {
+        Ok(())
+    }
+
+    fn verify(&self, copy: &CopyView) -> Result<VerifyReport, BoxError>;
+
+    fn backup_complete(&mut self, _copy: &CopyView) -> Result<(), BoxError> {
+        Ok(())
+    }
+
+    /// Refuses (with an error that names who holds the data) when `targets` are in use
+    /// and a restore over them would corrupt a running application.
+    fn check_restore_target(&self, _targets: &[PathBuf]) -> Result<(), BoxError> {
+        Ok(())
+    }
+
+    /// Given the staged files (target → staged path, all beside their targets), returns
+    /// what to swap in. The default installs every staged file as it is.
+    fn finish_restore(&self, staged: &[(PathBuf, PathBuf)]) -> Result<RestorePlan, BoxError> {
+        Ok(RestorePlan {
+            install: staged.iter().map(|(t, s)| (s.clone(), t.clone())).collect(),
+            remove: Vec::new(),
+        })
+    }
+}
+
+/// The path a restore stages `target` at: beside it, so the final rename is atomic.
+pub fn staged_path(target: &Path) -> PathBuf {
+    let mut name = target.file_name().unwrap_or_default().to_os_string();
+    name.push(".shadowcopy-restore");
+    target.with_file_name(name)
+}

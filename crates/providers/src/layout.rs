@@ -1,0 +1,475 @@
+//! The on-disk layout shared by the `copy` and `reflink` providers, and the steps of a
+//! commit that do not depend on how file data is copied.
+//!
+//! A copy's location is the directory `<base>/copy-<copy_id>`; it holds
+//! `files/<original absolute path without the leading '/'>`. A commit:
+//! 1. [`create_location`] makes the location directory and refuses an existing one;
+//! 2. [`plan`] walks the components (directories recursively, without following symlinks
+//!    below a component's root) into a list of directories, regular files and symlinks;
+//! 3. [`build_tree`] creates the directories and symlinks and returns the regular files
+//!    for the provider to fill;
+//! 4. [`finish_tree`] sets the directories' metadata (deepest first, after their files)
+//!    and fsyncs every directory the commit created.
+//!
+//! The manifest lists regular files only: it is what verification hashes and what a
+//! restore writes back. Symlinks are kept as symlinks in the copy's tree, directories
+//! keep their mode, owner and times, other file types (sockets, FIFOs, devices) are
+//! skipped. Directories named `.shadowcopy` (where copies beside the data live) and the
+//! provider's own copies directory are left out of directory components.
+
+use std::collections::BTreeSet;
+use std::fs::{File, Metadata};
+use std::io;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Component as PathComponent, Path, PathBuf};
+
+use rustix::fs::{AtFlags, Timestamps, CWD};
+use shadowcopy_core::model::{Component, CopyId, FileEntry};
+
+/// Errors of the layout steps.
+#[derive(Debug, thiserror::Error)]
+pub enum LayoutError {
+    #[error(
+        "component path {} is not a plain absolute path (it must start with '/' and contain no '..'); \
+         fix the writer's component list",
+        path.display()
+    )]
+    NotAbsolute { path: PathBuf },
+    #[error(
+        "required component {} does not exist; check the set's configuration or start the application \
+         so that it creates its files (retrying will fail the same way)",
+        path.display()
+    )]
+    MissingRequired { path: PathBuf },
+    #[error(
+        "copy location {} already exists and is never overwritten; delete it if it is left over from an \
+         interrupted copy (`shadowcopy delete`, or remove the directory)",
+        location.display()
+    )]
+    Exists { location: PathBuf },
+    #[error("the copy location {} is not valid UTF-8; choose a copies directory with a UTF-8 path", path.display())]
+    NotUtf8 { path: PathBuf },
+    #[error("the copy at {location} holds no file for {}", original.display())]
+    NotInCopy { location: String, original: PathBuf },
+    #[error("cannot {action} {}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot walk the directory component {}", path.display())]
+    Walk {
+        path: PathBuf,
+        #[source]
+        source: walkdir::Error,
+    },
+}
+
+pub(crate) fn io_err<'a>(
+    action: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(io::Error) -> LayoutError + 'a {
+    move |source| LayoutError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// `<base>/copy-<id>`.
+pub(crate) fn location_dir(base: &Path, id: CopyId) -> PathBuf {
+    base.join(format!("copy-{id}"))
+}
+
+/// The location as the string the coordinator records; refuses an existing location.
+pub(crate) fn location_string(base: &Path, id: CopyId) -> Result<String, LayoutError> {
+    let dir = location_dir(base, id);
+    if dir.symlink_metadata().is_ok() {
+        return Err(LayoutError::Exists { location: dir });
+    }
+    dir.to_str()
+        .map(str::to_string)
+        .ok_or(LayoutError::NotUtf8 { path: dir.clone() })
+}
+
+/// The relative form of an absolute original path (`/a/b` → `a/b`), refusing `..`.
+fn relative(original: &Path) -> Result<PathBuf, LayoutError> {
+    let mut rel = PathBuf::new();
+    let mut comps = original.components();
+    if comps.next() != Some(PathComponent::RootDir) {
+        return Err(LayoutError::NotAbsolute {
+            path: original.to_path_buf(),
+        });
+    }
+    for c in comps {
+        match c {
+            PathComponent::Normal(s) => rel.push(s),
+            PathComponent::CurDir => {}
+            _ => {
+                return Err(LayoutError::NotAbsolute {
+                    path: original.to_path_buf(),
+                })
+            }
+        }
+    }
+    Ok(rel)
+}
+
+/// Where the copy of `original` lives inside `location`.
+pub(crate) fn in_copy(location: &Path, original: &Path) -> Result<PathBuf, LayoutError> {
+    Ok(location.join("files").join(relative(original)?))
+}
+
+/// The copy's file for `original`, which must exist.
+pub(crate) fn existing_in_copy(location: &str, original: &Path) -> Result<PathBuf, LayoutError> {
+    let p = in_copy(Path::new(location), original)?;
+    match p.symlink_metadata() {
+        Ok(_) => Ok(p),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(LayoutError::NotInCopy {
+            location: location.to_string(),
+            original: original.to_path_buf(),
+        }),
+        Err(source) => Err(LayoutError::Io {
+            action: "inspect",
+            path: p,
+            source,
+        }),
+    }
+}
+
+/// Maps every manifest entry to its place in the copy (the `expose` of both providers).
+pub(crate) fn expose(
+    location: &str,
+    files: &[FileEntry],
+) -> Result<Vec<(PathBuf, PathBuf)>, LayoutError> {
+    let loc = Path::new(location);
+    if !loc.is_dir() {
+        return Err(LayoutError::NotInCopy {
+            location: location.to_string(),
+            original: PathBuf::from("/"),
+        });
+    }
+    files
+        .iter()
+        .map(|f| Ok((f.path.clone(), in_copy(loc, &f.path)?)))
+        .collect()
+}
+
+/// Creates `<location>` (its parents as needed) and `<location>/files`; an existing
+/// location is an error.
+pub(crate) fn create_location(location: &Path) -> Result<(), LayoutError> {
+    if let Some(base) = location.parent() {
+        std::fs::create_dir_all(base).map_err(io_err("create the copies directory", base))?;
+    }
+    match std::fs::create_dir(location) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            return Err(LayoutError::Exists {
+                location: location.to_path_buf(),
+            })
+        }
+        Err(source) => {
+            return Err(LayoutError::Io {
+                action: "create the copy directory",
+                path: location.to_path_buf(),
+                source,
+            })
+        }
+    }
+    let files = location.join("files");
+    std::fs::create_dir(&files).map_err(io_err("create", &files))
+}
+
+/// The directory name shadowcopy keeps its own files under (copies beside the data);
+/// a directory of this name inside a directory component is never copied.
+pub(crate) const RESERVED: &str = ".shadowcopy";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Dir,
+    File,
+    Symlink,
+}
+
+/// One thing to copy: its original path, what it is, and its metadata (lstat, except
+/// that a component's own path is followed if it is a symlink).
+#[derive(Debug)]
+pub(crate) struct Entry {
+    pub original: PathBuf,
+    pub kind: Kind,
+    pub meta: Metadata,
+}
+
+/// Everything a commit copies, parents before children, without duplicates, leaving
+/// out `exclude` (the copies directory) if it exists inside a directory component.
+pub(crate) fn plan(
+    components: &[Component],
+    exclude: Option<&Path>,
+) -> Result<Vec<Entry>, LayoutError> {
+    let excluded = exclude
+        .and_then(|p| std::fs::metadata(p).ok())
+        .map(|m| (m.dev(), m.ino()));
+    let mut seen = BTreeSet::new();
+    let mut entries = Vec::new();
+    for c in components {
+        relative(&c.path)?;
+        let meta = match std::fs::metadata(&c.path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                if c.required {
+                    return Err(LayoutError::MissingRequired {
+                        path: c.path.clone(),
+                    });
+                }
+                tracing::debug!(path = %c.path.display(), "optional component is missing, skipped");
+                continue;
+            }
+            Err(source) => {
+                return Err(LayoutError::Io {
+                    action: "inspect",
+                    path: c.path.clone(),
+                    source,
+                })
+            }
+        };
+        if !meta.is_dir() {
+            if meta.is_file() && seen.insert(c.path.clone()) {
+                entries.push(Entry {
+                    original: c.path.clone(),
+                    kind: Kind::File,
+                    meta,
+                });
+            }
+            continue;
+        }
+        let walk = walkdir::WalkDir::new(&c.path)
+            .follow_links(false)
+            .into_iter()
+            .filter_entry(|e| {
+                let skip = e.depth() > 0
+                    && e.file_type().is_dir()
+                    && (e.file_name() == RESERVED
+                        || (excluded.is_some()
+                            && e.metadata().ok().map(|m| (m.dev(), m.ino())) == excluded));
+                !skip
+            });
+        for item in walk {
+            let item = item.map_err(|source| LayoutError::Walk {
+                path: c.path.clone(),
+                source,
+            })?;
+            let kind = if item.depth() == 0 || item.file_type().is_dir() {
+                Kind::Dir
+            } else if item.file_type().is_file() {
+                Kind::File
+            } else if item.file_type().is_symlink() {
+                Kind::Symlink
+            } else {
+                tracing::warn!(path = %item.path().display(), "not a file, directory or symlink; skipped");
+                continue;
+            };
+            let meta = if item.depth() == 0 {
+                meta.clone()
+            } else {
+                item.metadata().map_err(|source| LayoutError::Walk {
+                    path: c.path.clone(),
+                    source,
+                })?
+            };
+            if seen.insert(item.path().to_path_buf()) {
+                entries.push(Entry {
+                    original: item.path().to_path_buf(),
+                    kind,
+                    meta,
+                });
+            }
+        }
+    }
+    Ok(entries)
+}
+
+/// Creates the directories and symlinks of the plan under `location` and returns, for
+/// each regular file, its index in `entries` and its destination.
+pub(crate) fn build_tree(
+    location: &Path,
+    entries: &[Entry],
+) -> Result<Vec<(usize, PathBuf)>, LayoutError> {
+    let mut files = Vec::new();
+    for (i, e) in entries.iter().enumerate() {
+        let dest = in_copy(location, &e.original)?;
+        match e.kind {
+            Kind::Dir => std::fs::create_dir_all(&dest).map_err(io_err("create", &dest))?,
+            Kind::File | Kind::Symlink => {
+                if let Some(parent) = dest.parent() {
+                    std::fs::create_dir_all(parent).map_err(io_err("create", parent))?;
+                }
+                if e.kind == Kind::File {
+                    files.push((i, dest));
+                } else {
+                    let target = std::fs::read_link(&e.original)
+                        .map_err(io_err("read the symlink", &e.original))?;
+                    std::os::unix::fs::symlink(&target, &dest)
+                        .map_err(io_err("create the symlink", &dest))?;
+                    set_link_metadata(&dest, &e.meta)?;
+                }
+            }
+        }
+    }
+    Ok(files)
+}
+
+/// Sets the metadata of the plan's directories (children first, so that setting a
+/// parent's times is the last change to it) and fsyncs every directory under
+/// `location`, the location itself and its parent.
+pub(crate) fn finish_tree(location: &Path, entries: &[Entry]) -> Result<(), LayoutError> {
+    let mut dirs: BTreeSet<PathBuf> = BTreeSet::new();
+    for e in entries {
+        let dest = in_copy(location, &e.original)?;
+        let mut d = if e.kind == Kind::Dir {
+            Some(dest.as_path())
+        } else {
+            dest.parent()
+        };
+        while let Some(p) = d {
+            if !p.starts_with(location) || !dirs.insert(p.to_path_buf()) {
+                break;
+            }
+            d = p.parent();
+        }
+    }
+    dirs.insert(location.join("files"));
+    dirs.insert(location.to_path_buf());
+    for e in entries.iter().rev().filter(|e| e.kind == Kind::Dir) {
+        let dest = in_copy(location, &e.original)?;
+        let dir = File::open(&dest).map_err(io_err("open", &dest))?;
+        set_metadata(&dir, &dest, &e.meta)?;
+    }
+    // Deepest first, so that every entry is durable before its parent's.
+    for d in dirs.iter().rev() {
+        sync_dir(d)?;
+    }
+    if let Some(base) = location.parent() {
+        sync_dir(base)?;
+    }
+    Ok(())
+}
+
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), LayoutError> {
+    File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(io_err("fsync the directory", dir))
+}
+
+fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+fn timestamps(meta: &Metadata) -> Timestamps {
+    Timestamps {
+        last_access: rustix::fs::Timespec {
+            tv_sec: meta.atime(),
+            tv_nsec: meta.atime_nsec() as _,
+        },
+        last_modification: rustix::fs::Timespec {
+            tv_sec: meta.mtime(),
+            tv_nsec: meta.mtime_nsec() as _,
+        },
+    }
+}
+
+/// Gives an open file or directory the owner (when running as root), mode and
+/// access/modification times of `meta`. The owner goes first because chown clears the
+/// set-user-ID bits; the times go last because every other change touches them.
+pub(crate) fn set_metadata(file: &File, path: &Path, meta: &Metadata) -> Result<(), LayoutError> {
+    if is_root() {
+        std::os::unix::fs::fchown(file, Some(meta.uid()), Some(meta.gid()))
+            .map_err(io_err("set the owner of", path))?;
+    }
+    file.set_permissions(std::fs::Permissions::from_mode(meta.mode() & 0o7777))
+        .map_err(io_err("set the mode of", path))?;
+    rustix::fs::futimens(file, &timestamps(meta)).map_err(|e| LayoutError::Io {
+        action: "set the times of",
+        path: path.to_path_buf(),
+        source: e.into(),
+    })
+}
+
+fn set_link_metadata(path: &Path, meta: &Metadata) -> Result<(), LayoutError> {
+    if is_root() {
+        std::os::unix::fs::lchown(path, Some(meta.uid()), Some(meta.gid()))
+            .map_err(io_err("set the owner of", path))?;
+    }
+    rustix::fs::utimensat(CWD, path, &timestamps(meta), AtFlags::SYMLINK_NOFOLLOW).map_err(|e| {
+        LayoutError::Io {
+            action: "set the times of",
+            path: path.to_path_buf(),
+            source: e.into(),
+        }
+    })
+}
+
+/// The manifest entry of a regular file.
+pub(crate) fn file_entry(original: &Path, meta: &Metadata) -> FileEntry {
+    FileEntry {
+        path: original.to_path_buf(),
+        size: meta.len(),
+        mode: meta.mode() & 0o7777,
+        mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+        blake3: None,
+    }
+}
+
+/// Removes a copy; a missing location is success.
+pub(crate) fn delete(location: &str) -> Result<(), LayoutError> {
+    match std::fs::remove_dir_all(location) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(LayoutError::Io {
+            action: "delete the copy",
+            path: PathBuf::from(location),
+            source,
+        }),
+    }
+}
+
+/// The nearest ancestor of `path` (itself included) that exists.
+pub(crate) fn nearest_existing(path: &Path) -> Option<PathBuf> {
+    let mut p = Some(path);
+    while let Some(q) = p {
+        if q.symlink_metadata().is_ok() {
+            return Some(q.to_path_buf());
+        }
+        p = q.parent();
+    }
+    None
+}
+
+/// `path` with its nearest existing ancestor canonicalized and the rest appended, so
+/// that not-yet-created directories can be compared with existing ones.
+pub(crate) fn resolve(path: &Path) -> PathBuf {
+    let Some(existing) = nearest_existing(path) else {
+        return path.to_path_buf();
+    };
+    let canon = std::fs::canonicalize(&existing).unwrap_or_else(|_| existing.clone());
+    match path.strip_prefix(&existing) {
+        Ok(rest) if !rest.as_os_str().is_empty() => canon.join(rest),
+        _ => canon,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_copy_strips_the_root_and_refuses_dotdot() {
+        let loc = Path::new("/c/copy-1");
+        assert_eq!(
+            in_copy(loc, Path::new("/var/lib/x.db")).unwrap(),
+            Path::new("/c/copy-1/files/var/lib/x.db")
+        );
+        assert!(in_copy(loc, Path::new("var/x")).is_err());
+        assert!(in_copy(loc, Path::new("/var/../etc/passwd")).is_err());
+    }
+}

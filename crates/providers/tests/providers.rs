@@ -1,0 +1,560 @@
+//! Integration tests of the built-in providers: the shared conformance suite for each
+//! kind on the file systems it serves, plus what is specific to a kind (sparse files,
+//! shared extents, `check` reasons, `auto`). Loop-device file systems need root; without
+//! it those tests skip (and fail under `SHADOWCOPY_TEST_REQUIRE_ROOT=1`).
+
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use shadowcopy_core::events::NoEvents;
+use shadowcopy_core::model::{Component, ComponentRole};
+use shadowcopy_core::provider::{CommitControl, CommitRequest, Provider};
+use shadowcopy_providers::{build, choose_auto, ProviderOptions, Registry, RegistryError, KINDS};
+use shadowcopy_testing::loopfs::{loopfs_or_skip, require_root, FsKind, LoopFs};
+use shadowcopy_testing::provider_suite;
+
+fn opts(copies_dir: Option<&Path>, default: &Path) -> ProviderOptions {
+    ProviderOptions {
+        copies_dir: copies_dir.map(Path::to_path_buf),
+        default_copies_dir: default.to_path_buf(),
+        parallelism: 4,
+    }
+}
+
+fn maker(kind: &'static str) -> impl Fn(&Path) -> Arc<dyn Provider> {
+    move |base| build(kind, &opts(Some(base), base)).unwrap()
+}
+
+fn component(path: &Path) -> Component {
+    Component {
+        writer: "test".into(),
+        name: path.file_name().unwrap().to_string_lossy().into(),
+        role: ComponentRole::Data,
+        path: path.to_path_buf(),
+        required: true,
+    }
+}
+
+fn request(id: i64, paths: &[&Path]) -> CommitRequest {
+    CommitRequest {
+        copy_id: id,
+        set_name: "t".into(),
+        components: paths.iter().map(|p| component(p)).collect(),
+    }
+}
+
+fn control() -> CommitControl {
+    CommitControl::new(Arc::new(NoEvents))
+}
+
+fn hash(path: &Path) -> blake3::Hash {
+    let mut h = blake3::Hasher::new();
+    h.update_reader(File::open(path).unwrap()).unwrap();
+    h.finalize()
+}
+
+mod suite {
+    use super::*;
+
+    #[test]
+    fn copy_on_the_temp_dir_file_system() {
+        let dir = tempfile::tempdir().unwrap();
+        provider_suite::run_all(&maker("copy"), dir.path());
+    }
+
+    #[test]
+    fn copy_enospc_on_a_small_ext4() {
+        let Some(fs) = loopfs_or_skip("copy_enospc_on_a_small_ext4", FsKind::Ext4, 64 << 20) else {
+            return;
+        };
+        let data = tempfile::tempdir().unwrap();
+        provider_suite::enospc(&maker("copy"), &fs.mount.join("copies"), data.path());
+    }
+
+    #[test]
+    fn copy_enospc_on_a_small_xfs() {
+        let Some(fs) = loopfs_or_skip("copy_enospc_on_a_small_xfs", FsKind::Xfs, 300 << 20) else {
+            return;
+        };
+        let data = tempfile::tempdir().unwrap();
+        provider_suite::enospc(&maker("copy"), &fs.mount.join("copies"), data.path());
+    }
+
+    #[test]
+    fn reflink_on_xfs() {
+        let Some(fs) = loopfs_or_skip("reflink_on_xfs", FsKind::Xfs, 512 << 20) else {
+            return;
+        };
+        provider_suite::run_all(&maker("reflink"), &fs.mount);
+    }
+
+    #[test]
+    fn reflink_on_btrfs() {
+        let Some(fs) = loopfs_or_skip("reflink_on_btrfs", FsKind::Btrfs, 512 << 20) else {
+            return;
+        };
+        provider_suite::run_all(&maker("reflink"), &fs.mount);
+    }
+
+    #[test]
+    fn copy_on_xfs() {
+        let Some(fs) = loopfs_or_skip("copy_on_xfs", FsKind::Xfs, 512 << 20) else {
+            return;
+        };
+        provider_suite::run_all(&maker("copy"), &fs.mount);
+    }
+}
+
+mod registry {
+    use super::*;
+
+    #[test]
+    fn unknown_kind_lists_the_kinds() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = build("lvm", &opts(None, dir.path()))
+            .err()
+            .expect("unknown kind");
+        let msg = err.to_string();
+        for k in KINDS {
+            assert!(msg.contains(k), "{msg}");
+        }
+    }
+
+    #[test]
+    fn duplicate_name_is_rejected() {
+        let mut r = Registry::builtin().unwrap();
+        let err = r
+            .register("reflink", |o| build("copy", o).unwrap())
+            .expect_err("duplicate");
+        assert!(
+            matches!(err, RegistryError::Duplicate { name: "reflink" }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("reflink"));
+    }
+
+    #[test]
+    fn every_kind_builds() {
+        let dir = tempfile::tempdir().unwrap();
+        for k in KINDS {
+            assert_eq!(build(k, &opts(None, dir.path())).unwrap().kind(), *k);
+        }
+        assert_eq!(
+            shadowcopy_providers::all(&opts(None, dir.path())).len(),
+            KINDS.len()
+        );
+    }
+
+    #[test]
+    fn auto_picks_copy_on_ext4_and_explains_reflink() {
+        let data = tempfile::tempdir().unwrap();
+        let copies = tempfile::tempdir().unwrap();
+        let db = data.path().join("app.db");
+        std::fs::write(&db, b"x").unwrap();
+        let magic = rustix::fs::statfs(data.path()).unwrap().f_type as u64;
+        if magic == 0x5846_5342 || magic == 0x9123_683E {
+            eprintln!("the temp dir is on XFS/btrfs; the ext4 case is covered by auto_on_loop_file_systems");
+            return;
+        }
+        let p = choose_auto(&opts(None, copies.path()), &[db]).unwrap();
+        assert_eq!(p.kind(), "copy");
+    }
+
+    #[test]
+    fn auto_on_loop_file_systems() {
+        let Some(xfs) = loopfs_or_skip("auto_on_loop_file_systems", FsKind::Xfs, 300 << 20) else {
+            return;
+        };
+        let Some(ext4) = loopfs_or_skip("auto_on_loop_file_systems", FsKind::Ext4, 64 << 20) else {
+            return;
+        };
+        let copies = tempfile::tempdir().unwrap();
+        let on_xfs = xfs.mount.join("data/app.db");
+        std::fs::create_dir_all(on_xfs.parent().unwrap()).unwrap();
+        std::fs::write(&on_xfs, b"x").unwrap();
+        let on_ext4 = ext4.mount.join("data/app.db");
+        std::fs::create_dir_all(on_ext4.parent().unwrap()).unwrap();
+        std::fs::write(&on_ext4, b"x").unwrap();
+        assert_eq!(
+            choose_auto(&opts(None, copies.path()), std::slice::from_ref(&on_xfs))
+                .unwrap()
+                .kind(),
+            "reflink"
+        );
+        assert_eq!(
+            choose_auto(&opts(None, copies.path()), std::slice::from_ref(&on_ext4))
+                .unwrap()
+                .kind(),
+            "copy"
+        );
+        // Nothing fits: every reason is listed.
+        let inside = opts(Some(&xfs.mount.join("data/copies")), copies.path());
+        let err = choose_auto(&inside, &[xfs.mount.join("data"), on_ext4])
+            .err()
+            .expect("nothing fits");
+        let msg = err.to_string();
+        assert!(msg.contains("copy:") && msg.contains("reflink:"), "{msg}");
+        // The probe leaves nothing behind.
+        let names: Vec<_> = std::fs::read_dir(xfs.mount.join("data"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("app.db")]);
+    }
+}
+
+mod reflink {
+    use super::*;
+
+    #[test]
+    fn check_explains_ext4_and_tmpfs() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("app.db");
+        std::fs::write(&db, b"x").unwrap();
+        let p = build("reflink", &opts(None, dir.path())).unwrap();
+        let magic = rustix::fs::statfs(dir.path()).unwrap().f_type as u64;
+        if magic == 0xEF53 {
+            let why = p
+                .check(std::slice::from_ref(&db))
+                .expect_err("ext4 cannot reflink")
+                .reason;
+            assert!(
+                why.contains(&db.display().to_string()) && why.contains("ext4"),
+                "{why}"
+            );
+            assert!(
+                why.contains("--provider copy") && why.contains("XFS"),
+                "{why}"
+            );
+        }
+        let shm = Path::new("/dev/shm");
+        if shm.is_dir()
+            && rustix::fs::statfs(shm)
+                .map(|s| s.f_type as u64 == 0x0102_1994)
+                .unwrap_or(false)
+        {
+            let d = tempfile::tempdir_in(shm).unwrap();
+            let f = d.path().join("app.db");
+            std::fs::write(&f, b"x").unwrap();
+            let why = p.check(&[f]).expect_err("tmpfs cannot reflink").reason;
+            assert!(
+                why.contains("tmpfs") && why.contains("--provider copy"),
+                "{why}"
+            );
+        }
+    }
+
+    #[test]
+    fn check_names_both_file_systems() {
+        let Some(xfs) = loopfs_or_skip("check_names_both_file_systems", FsKind::Xfs, 300 << 20)
+        else {
+            return;
+        };
+        let other = tempfile::tempdir().unwrap();
+        let a = xfs.mount.join("a.db");
+        std::fs::write(&a, b"x").unwrap();
+        let b = other.path().join("b.db");
+        std::fs::write(&b, b"x").unwrap();
+        let p = build("reflink", &opts(None, other.path())).unwrap();
+        let why = p
+            .check(&[a.clone(), b.clone()])
+            .expect_err("two file systems")
+            .reason;
+        assert!(
+            why.contains(&a.display().to_string()) && why.contains(&b.display().to_string()),
+            "{why}"
+        );
+        // The copies directory on another file system.
+        let p = build(
+            "reflink",
+            &opts(Some(&other.path().join("copies")), other.path()),
+        )
+        .unwrap();
+        let why = p
+            .check(std::slice::from_ref(&a))
+            .expect_err("copies elsewhere")
+            .reason;
+        assert!(why.contains("copies directory"), "{why}");
+        // Without copies_dir the copies go beside the data, and check passes.
+        let p = build("reflink", &opts(None, other.path())).unwrap();
+        p.check(&[a]).unwrap();
+    }
+
+    #[test]
+    fn xfs_without_reflink_is_explained() {
+        let Some(fs) = loopfs_or_skip("xfs_without_reflink_is_explained", FsKind::Xfs, 300 << 20)
+        else {
+            return;
+        };
+        // Re-make it without reflink: unmount, mkfs -m reflink=0, mount.
+        let image = fs.mount.parent().unwrap().join("fs.img");
+        let run = |args: &[&str]| {
+            let st = std::process::Command::new(args[0])
+                .args(&args[1..])
+                .status()
+                .unwrap();
+            assert!(st.success(), "{args:?}");
+        };
+        let m = fs.mount.to_str().unwrap();
+        let i = image.to_str().unwrap();
+        run(&["umount", m]);
+        run(&["mkfs.xfs", "-q", "-f", "-m", "reflink=0", i]);
+        run(&["mount", "-o", "loop", i, m]);
+        let db = fs.mount.join("app.db");
+        std::fs::write(&db, b"x").unwrap();
+        let p = build("reflink", &opts(None, &fs.mount)).unwrap();
+        let why = p.check(&[db]).expect_err("no reflink").reason;
+        assert!(
+            why.contains("reflink=0") && why.contains("--provider copy"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn default_copies_dir_and_mount_root_component() {
+        let Some(fs) = loopfs_or_skip(
+            "default_copies_dir_and_mount_root_component",
+            FsKind::Xfs,
+            300 << 20,
+        ) else {
+            return;
+        };
+        std::fs::create_dir_all(fs.mount.join("data")).unwrap();
+        std::fs::write(fs.mount.join("data/app.db"), b"hello").unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let p = build("reflink", &opts(None, elsewhere.path())).unwrap();
+        // A file component: copies beside its directory.
+        let req = request(1, &[&fs.mount.join("data/app.db")]);
+        let loc = p.location(&req).unwrap();
+        assert_eq!(
+            Path::new(&loc),
+            fs.mount.join("data/.shadowcopy/copies/copy-1")
+        );
+        p.commit(&req, &loc, &control()).unwrap();
+        // The whole file system as one component: copies inside it, left out of the copy.
+        let req = request(2, &[&fs.mount]);
+        p.check(&req.paths()).unwrap();
+        let loc = p.location(&req).unwrap();
+        assert_eq!(Path::new(&loc), fs.mount.join(".shadowcopy/copies/copy-2"));
+        let files = p.commit(&req, &loc, &control()).unwrap();
+        let listed: Vec<PathBuf> = files.iter().map(|f| f.path.clone()).collect();
+        assert_eq!(listed, vec![fs.mount.join("data/app.db")]);
+    }
+
+    #[test]
+    fn restore_across_file_systems_falls_back_to_copy() {
+        let Some(fs) = loopfs_or_skip(
+            "restore_across_file_systems_falls_back_to_copy",
+            FsKind::Xfs,
+            300 << 20,
+        ) else {
+            return;
+        };
+        let db = fs.mount.join("app.db");
+        std::fs::write(&db, vec![7u8; 3 << 20]).unwrap();
+        std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o604)).unwrap();
+        let p = build("reflink", &opts(Some(&fs.mount.join("copies")), &fs.mount)).unwrap();
+        let req = request(1, &[&db]);
+        let loc = p.location(&req).unwrap();
+        p.commit(&req, &loc, &control()).unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let dest = other.path().join("app.db");
+        p.restore_file(&loc, &db, &dest).unwrap();
+        assert_eq!(hash(&dest), hash(&db));
+        assert_eq!(std::fs::metadata(&dest).unwrap().mode() & 0o7777, 0o604);
+    }
+}
+
+mod copy {
+    use super::*;
+
+    #[test]
+    fn sparse_file_keeps_its_holes_across_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        let f = data.join("sparse.img");
+        let file = File::create(&f).unwrap();
+        let mib = 1u64 << 20;
+        file.write_all_at(&vec![1u8; mib as usize], 0).unwrap();
+        // Data across the first chunk boundary (32 MiB).
+        file.write_all_at(&vec![2u8; 3 * mib as usize / 2], 31 * mib + mib / 2)
+            .unwrap();
+        file.write_all_at(b"the end", 100 * mib - 7).unwrap();
+        drop(file);
+        let p = build("copy", &opts(Some(&dir.path().join("copies")), dir.path())).unwrap();
+        let req = request(1, &[&f]);
+        let loc = p.location(&req).unwrap();
+        let files = p.commit(&req, &loc, &control()).unwrap();
+        let view = p.expose(&loc, &files).unwrap();
+        let c = view.path_of(&f).unwrap();
+        let (orig, copy) = (
+            std::fs::metadata(&f).unwrap(),
+            std::fs::metadata(c).unwrap(),
+        );
+        assert_eq!(copy.len(), 100 * mib);
+        assert_eq!(hash(c), hash(&f));
+        eprintln!(
+            "sparse: original {} blocks, copy {} blocks",
+            orig.blocks(),
+            copy.blocks()
+        );
+        assert!(
+            copy.blocks() * 512 < 8 * mib,
+            "holes were filled: {} bytes allocated",
+            copy.blocks() * 512
+        );
+        // restore_file keeps the holes too.
+        let dest = dir.path().join("restored.img");
+        p.restore_file(&loc, &f, &dest).unwrap();
+        assert_eq!(hash(&dest), hash(&f));
+        assert!(std::fs::metadata(&dest).unwrap().blocks() * 512 < 8 * mib);
+        assert!(p.bytes_used(&loc).unwrap() < 8 * mib);
+    }
+
+    #[test]
+    fn symlinks_and_directories_keep_their_form() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("data/tree");
+        std::fs::create_dir_all(tree.join("sub")).unwrap();
+        std::fs::write(tree.join("a"), b"a").unwrap();
+        std::os::unix::fs::symlink("/nonexistent/target", tree.join("dangling")).unwrap();
+        std::fs::set_permissions(tree.join("sub"), std::fs::Permissions::from_mode(0o711)).unwrap();
+        let p = build("copy", &opts(Some(&dir.path().join("copies")), dir.path())).unwrap();
+        let req = request(1, &[&tree]);
+        let loc = p.location(&req).unwrap();
+        p.commit(&req, &loc, &control()).unwrap();
+        let in_copy = Path::new(&loc)
+            .join("files")
+            .join(tree.strip_prefix("/").unwrap());
+        assert_eq!(
+            std::fs::read_link(in_copy.join("dangling")).unwrap(),
+            Path::new("/nonexistent/target")
+        );
+        assert_eq!(
+            std::fs::metadata(in_copy.join("sub")).unwrap().mode() & 0o7777,
+            0o711
+        );
+        assert!(p.bytes_used(&loc).unwrap() > 0);
+    }
+
+    #[test]
+    fn check_refuses_copies_inside_the_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = build(
+            "copy",
+            &opts(Some(&dir.path().join("data/copies")), dir.path()),
+        )
+        .unwrap();
+        std::fs::create_dir(dir.path().join("data")).unwrap();
+        let why = p
+            .check(&[dir.path().join("data")])
+            .expect_err("copies inside the data")
+            .reason;
+        assert!(why.contains("copy itself"), "{why}");
+        p.check(&[dir.path().join("data/missing.db")]).unwrap();
+    }
+}
+
+/// 256 MiB on XFS: the full copy takes time proportional to the data, the reflink copy
+/// is a clone whose extents are shared with the original.
+#[test]
+fn large_file_copy_versus_reflink_on_xfs() {
+    let Some(fs) = loopfs_or_skip(
+        "large_file_copy_versus_reflink_on_xfs",
+        FsKind::Xfs,
+        1 << 30,
+    ) else {
+        return;
+    };
+    let data = fs.mount.join("data");
+    std::fs::create_dir(&data).unwrap();
+    let big = data.join("big.db");
+    {
+        let mut f = File::create(&big).unwrap();
+        let mut block = vec![0u8; 1 << 20];
+        for i in 0..256u32 {
+            block[..4].copy_from_slice(&i.to_le_bytes());
+            block[4096..4100].copy_from_slice(&(i ^ 0x5a5a).to_le_bytes());
+            f.write_all(&block).unwrap();
+        }
+        f.sync_all().unwrap();
+    }
+    let req = request(1, &[&big]);
+
+    let p = build("copy", &opts(Some(&fs.mount.join("full")), &fs.mount)).unwrap();
+    let loc = p.location(&req).unwrap();
+    let t = Instant::now();
+    let files = p.commit(&req, &loc, &control()).unwrap();
+    let copy_took = t.elapsed();
+    let full = p
+        .expose(&loc, &files)
+        .unwrap()
+        .path_of(&big)
+        .unwrap()
+        .to_path_buf();
+
+    let p = build("reflink", &opts(None, &fs.mount)).unwrap();
+    p.check(&req.paths()).unwrap();
+    let loc = p.location(&req).unwrap();
+    let t = Instant::now();
+    let files = p.commit(&req, &loc, &control()).unwrap();
+    let reflink_took = t.elapsed();
+    let clone = p
+        .expose(&loc, &files)
+        .unwrap()
+        .path_of(&big)
+        .unwrap()
+        .to_path_buf();
+    eprintln!("256 MiB on XFS: copy {copy_took:?}, reflink {reflink_took:?}");
+
+    assert_eq!(hash(&full), hash(&big));
+    assert_eq!(hash(&clone), hash(&big));
+    if shadowcopy_testing::loopfs::has_tool("filefrag") {
+        let shared = |p: &Path| {
+            let out = std::process::Command::new("filefrag")
+                .arg("-v")
+                .arg(p)
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).contains("shared")
+        };
+        assert!(shared(&clone), "the reflink copy must share its extents");
+        assert!(
+            !shared(&full),
+            "the full copy must not share extents (no copy_file_range)"
+        );
+    }
+}
+
+/// A test that panics still unmounts and removes its loop file system.
+#[test]
+fn loopfs_is_cleaned_up_after_a_panic() {
+    if !require_root("loopfs_is_cleaned_up_after_a_panic") {
+        return;
+    }
+    let mount = std::sync::Mutex::new(PathBuf::new());
+    let result = std::panic::catch_unwind(|| {
+        let fs = LoopFs::new(FsKind::Ext4, 16 << 20).unwrap();
+        *mount.lock().unwrap() = fs.mount.clone();
+        std::fs::write(fs.mount.join("x"), b"x").unwrap();
+        panic!("a test failing while its file system is mounted");
+    });
+    assert!(result.is_err());
+    let mount = mount.into_inner().unwrap();
+    assert!(!mount.as_os_str().is_empty());
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(
+        !mounts.contains(mount.to_str().unwrap()),
+        "{} is still mounted",
+        mount.display()
+    );
+    assert!(
+        !mount.parent().unwrap().exists(),
+        "the image directory was not removed"
+    );
+}

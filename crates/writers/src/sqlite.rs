@@ -1,0 +1,387 @@
+//! The SQLite writer.
+//!
+//! - freeze: `BEGIN IMMEDIATE` on a connection of our own takes SQLite's write lock
+//!   (RESERVED in rollback-journal mode, the WAL write lock in WAL mode): other writers
+//!   wait (their busy timeout), readers keep running, and no commit can change the
+//!   database or its WAL until thaw. The lock belongs to our connection, so it is released
+//!   by the kernel if this process dies: nothing can be left frozen.
+//! - components: the database file and, in WAL mode, its `-wal` (the copy of both opens
+//!   to the last transaction committed before the freeze). A checkpoint by another
+//!   connection while we are frozen only rewrites pages that the WAL also holds.
+//! - verify: a scratch clone of the copy's files is opened and `PRAGMA integrity_check`
+//!   runs on it, so the copy itself is never written (not even a `-shm`).
+//! - restore: refuses while a process holds the live database open; the staged copy is
+//!   checkpointed into a single file, and the live `-wal`, `-shm` and `-journal` are
+//!   removed in the swap so no stale log is replayed onto restored data.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, OpenFlags};
+use serde::{Deserialize, Serialize};
+use shadowcopy_core::model::{Component, ComponentRole, CopyView, VerifyReport};
+use shadowcopy_core::writer::RestorePlan;
+use shadowcopy_core::{BoxError, Writer};
+
+use crate::proc_scan;
+
+/// `[[sets.NAME.writers]] kind = "sqlite"`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqliteOptions {
+    /// The database file.
+    pub path: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SqliteError {
+    #[error("{} does not exist; give the path of an existing SQLite database", .0.display())]
+    Missing(PathBuf),
+    #[error("{} is not a SQLite database (its first bytes are not \"SQLite format 3\"); give the path of the database file itself", .0.display())]
+    NotSqlite(PathBuf),
+    #[error("cannot read {}", .path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("SQLite reported an error on {}", .path.display())]
+    Sql {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error(
+        "could not take the write lock of {} before the freeze deadline: another connection held \
+         it the whole time (a long write transaction?)",
+        .path.display()
+    )]
+    LockTimeout { path: PathBuf },
+    #[error("the copy holds no {}", .0.display())]
+    NotInCopy(PathBuf),
+    #[error("{} is in use by {}", .path.display(), .holders)]
+    InUse { path: PathBuf, holders: String },
+    #[error("scratch space for verification")]
+    Scratch(#[source] std::io::Error),
+}
+
+pub struct SqliteWriter {
+    options: SqliteOptions,
+    path: PathBuf,
+    frozen: Option<Connection>,
+}
+
+const HEADER: &[u8; 16] = b"SQLite format 3\0";
+
+/// How often freeze retries the write lock while another connection holds it.
+const LOCK_POLL: Duration = Duration::from_micros(200);
+
+impl SqliteWriter {
+    pub fn new(options: SqliteOptions) -> Self {
+        let path = std::path::absolute(&options.path).unwrap_or_else(|_| options.path.clone());
+        SqliteWriter {
+            options,
+            path,
+            frozen: None,
+        }
+    }
+
+    pub fn options(&self) -> &SqliteOptions {
+        &self.options
+    }
+
+    fn sql(&self) -> impl FnOnce(rusqlite::Error) -> SqliteError + '_ {
+        |source| SqliteError::Sql {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn wal_path(db: &Path) -> PathBuf {
+        suffixed(db, "-wal")
+    }
+
+    /// Opens the live database for the writer's own use; never creates one.
+    fn open_live(&self) -> Result<Connection, SqliteError> {
+        check_header(&self.path)?;
+        Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(self.sql())
+    }
+
+    /// The journal mode of the live database (`wal`, `delete`, …).
+    pub fn journal_mode(&self) -> Result<String, SqliteError> {
+        let conn = self.open_live()?;
+        conn.query_row("PRAGMA journal_mode", [], |r| r.get::<_, String>(0))
+            .map(|m| m.to_lowercase())
+            .map_err(self.sql())
+    }
+}
+
+fn suffixed(p: &Path, suffix: &str) -> PathBuf {
+    let mut s = p.as_os_str().to_os_string();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+fn check_header(path: &Path) -> Result<(), SqliteError> {
+    let mut f = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(SqliteError::Missing(path.to_path_buf()))
+        }
+        Err(source) => {
+            return Err(SqliteError::Read {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    let mut head = [0u8; 16];
+    match f.read_exact(&mut head) {
+        Ok(()) if &head == HEADER => Ok(()),
+        Ok(()) => Err(SqliteError::NotSqlite(path.to_path_buf())),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            Err(SqliteError::NotSqlite(path.to_path_buf()))
+        }
+        Err(source) => Err(SqliteError::Read {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+impl Writer for SqliteWriter {
+    fn kind(&self) -> &'static str {
+        "sqlite"
+    }
+
+    fn name(&self) -> String {
+        format!("sqlite:{}", self.path.display())
+    }
+
+    fn identify(&mut self) -> Result<Vec<Component>, BoxError> {
+        let mode = self.journal_mode()?;
+        let mut components = vec![Component {
+            writer: self.name(),
+            name: "db".into(),
+            role: ComponentRole::Data,
+            path: self.path.clone(),
+            required: true,
+        }];
+        if mode == "wal" {
+            components.push(Component {
+                writer: self.name(),
+                name: "wal".into(),
+                role: ComponentRole::Log,
+                path: Self::wal_path(&self.path),
+                required: false,
+            });
+        }
+        Ok(components)
+    }
+
+    /// A passive checkpoint moves committed pages from the WAL into the database before
+    /// the freeze, so the WAL copied while frozen is short.
+    fn prepare(&mut self) -> Result<(), BoxError> {
+        let conn = self.open_live()?;
+        conn.busy_timeout(Duration::from_secs(5))
+            .map_err(self.sql())?;
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .map_err(self.sql())?;
+        if mode.eq_ignore_ascii_case("wal") {
+            conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                .map_err(self.sql())?;
+        }
+        Ok(())
+    }
+
+    fn freeze(&mut self, deadline: Instant) -> Result<(), BoxError> {
+        let conn = self.open_live()?;
+        // SQLite's own busy handler sleeps in growing steps (up to 100ms); polling the lock
+        // every LOCK_POLL takes it as soon as the running transaction commits, which is
+        // what keeps the application's stall short.
+        conn.busy_timeout(Duration::ZERO).map_err(self.sql())?;
+        loop {
+            match conn.execute_batch("BEGIN IMMEDIATE") {
+                Ok(()) => {
+                    self.frozen = Some(conn);
+                    return Ok(());
+                }
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if e.code == rusqlite::ErrorCode::DatabaseBusy =>
+                {
+                    if Instant::now() + LOCK_POLL >= deadline {
+                        return Err(SqliteError::LockTimeout {
+                            path: self.path.clone(),
+                        }
+                        .into());
+                    }
+                    std::thread::sleep(LOCK_POLL);
+                }
+                Err(e) => return Err(self.sql()(e).into()),
+            }
+        }
+    }
+
+    fn thaw(&mut self) -> Result<(), BoxError> {
+        if let Some(conn) = self.frozen.take() {
+            // Dropping the connection would release the lock too; ROLLBACK says so explicitly
+            // and reports a failure we can record.
+            let result = conn.execute_batch("ROLLBACK");
+            drop(conn);
+            result.map_err(self.sql())?;
+        }
+        Ok(())
+    }
+
+    fn verify(&self, copy: &CopyView) -> Result<VerifyReport, BoxError> {
+        let db = copy
+            .path_of(&self.path)
+            .ok_or_else(|| SqliteError::NotInCopy(self.path.clone()))?;
+        let wal = copy.path_of(&Self::wal_path(&self.path));
+        let scratch = tempfile::Builder::new()
+            .prefix(".shadowcopy-verify-")
+            .tempdir_in(db.parent().unwrap_or(Path::new("/")))
+            .or_else(|_| {
+                tempfile::Builder::new()
+                    .prefix("shadowcopy-verify-")
+                    .tempdir()
+            })
+            .map_err(SqliteError::Scratch)?;
+        let scratch_db = scratch.path().join("db");
+        // std::fs::copy uses copy_file_range: a reflink where the file system can.
+        std::fs::copy(db, &scratch_db).map_err(SqliteError::Scratch)?;
+        if let Some(wal) = wal {
+            std::fs::copy(wal, Self::wal_path(&scratch_db)).map_err(SqliteError::Scratch)?;
+        }
+        if let Err(e) = check_header(&scratch_db) {
+            return Ok(VerifyReport {
+                ok: false,
+                detail: e.to_string(),
+            });
+        }
+        let sql = |source| SqliteError::Sql {
+            path: db.to_path_buf(),
+            source,
+        };
+        let conn = Connection::open_with_flags(&scratch_db, OpenFlags::SQLITE_OPEN_READ_WRITE)
+            .map_err(sql)?;
+        let mut problems = Vec::new();
+        let result = (|| -> rusqlite::Result<(i64, i64, String)> {
+            let mut stmt = conn.prepare("PRAGMA integrity_check")?;
+            let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+            for row in rows {
+                let row = row?;
+                if row != "ok" {
+                    problems.push(row);
+                }
+            }
+            let pages: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+            let tables: i64 = conn.query_row(
+                "SELECT COUNT(*) FROM sqlite_schema WHERE type = 'table'",
+                [],
+                |r| r.get(0),
+            )?;
+            let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
+            Ok((pages, tables, mode))
+        })();
+        Ok(match result {
+            Ok((pages, tables, mode)) if problems.is_empty() => VerifyReport {
+                ok: true,
+                detail: format!(
+                    "integrity_check ok ({pages} pages, {tables} tables, journal_mode {mode})"
+                ),
+            },
+            Ok(_) => VerifyReport {
+                ok: false,
+                detail: format!("integrity_check found: {}", problems.join("; ")),
+            },
+            Err(e) => VerifyReport {
+                ok: false,
+                detail: format!("the copy does not open: {e}"),
+            },
+        })
+    }
+
+    fn check_restore_target(&self, targets: &[PathBuf]) -> Result<(), BoxError> {
+        let mut watched = Vec::new();
+        for t in targets {
+            watched.push(t.clone());
+            if !t.as_os_str().to_string_lossy().ends_with("-wal") {
+                watched.push(suffixed(t, "-wal"));
+                watched.push(suffixed(t, "-shm"));
+                watched.push(suffixed(t, "-journal"));
+            }
+        }
+        let holders = proc_scan::holders(&watched);
+        if holders.is_empty() {
+            return Ok(());
+        }
+        let mut list: Vec<String> = holders
+            .iter()
+            .map(|h| format!("pid {} ({})", h.pid, h.command))
+            .collect();
+        list.dedup();
+        Err(SqliteError::InUse {
+            path: self.path.clone(),
+            holders: list.join(", "),
+        }
+        .into())
+    }
+
+    /// Folds the staged `-wal` into the staged database (a TRUNCATE checkpoint on a file
+    /// nobody else sees), so one rename installs the whole restored state; the live
+    /// `-wal`, `-shm` and `-journal` are removed by the swap.
+    fn finish_restore(&self, staged: &[(PathBuf, PathBuf)]) -> Result<RestorePlan, BoxError> {
+        let is_wal = |t: &Path| t.as_os_str().to_string_lossy().ends_with("-wal");
+        let (db_target, db_staged) = staged
+            .iter()
+            .find(|(t, _)| !is_wal(t))
+            .cloned()
+            .ok_or_else(|| SqliteError::NotInCopy(self.path.clone()))?;
+        if let Some((_, wal_staged)) = staged.iter().find(|(t, _)| is_wal(t)) {
+            std::fs::rename(wal_staged, Self::wal_path(&db_staged)).map_err(|source| {
+                SqliteError::Read {
+                    path: wal_staged.clone(),
+                    source,
+                }
+            })?;
+        }
+        let sql = |source| SqliteError::Sql {
+            path: db_staged.clone(),
+            source,
+        };
+        {
+            let conn = Connection::open_with_flags(&db_staged, OpenFlags::SQLITE_OPEN_READ_WRITE)
+                .map_err(sql)?;
+            let mode: String = conn
+                .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+                .map_err(sql)?;
+            if mode.eq_ignore_ascii_case("wal") {
+                conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+                    .map_err(sql)?;
+            }
+        }
+        for suffix in ["-wal", "-shm"] {
+            let _ = std::fs::remove_file(suffixed(&db_staged, suffix));
+        }
+        std::fs::File::open(&db_staged)
+            .and_then(|f| f.sync_all())
+            .map_err(|source| SqliteError::Read {
+                path: db_staged.clone(),
+                source,
+            })?;
+        Ok(RestorePlan {
+            install: vec![(db_staged, db_target.clone())],
+            remove: ["-wal", "-shm", "-journal"]
+                .iter()
+                .map(|s| suffixed(&db_target, s))
+                .collect(),
+        })
+    }
+}
