@@ -3,7 +3,8 @@
 //!
 //! # Required methods and what they MUST do
 //! - [`Provider::check`] says whether the provider can serve these paths, and if not, why
-//!   in words a user can act on. It MUST NOT write anything.
+//!   in words a user can act on. It MUST NOT change any data; it MAY create and remove
+//!   a small probe file (reflink does, to prove the file system can share blocks).
 //! - [`Provider::location`] names where the copy will live, before anything is written
 //!   there; the coordinator records it first so an interrupted commit can be discarded.
 //! - [`Provider::commit`] copies every existing component into `location` while the

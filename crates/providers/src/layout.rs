@@ -420,9 +420,22 @@ pub(crate) fn file_entry(original: &Path, meta: &Metadata) -> FileEntry {
     }
 }
 
-/// Removes a copy; a missing location is success.
+/// Removes a copy; a missing location is success. Directories the copy keeps read-only
+/// (as their originals were) are made writable first when that stops the removal.
 pub(crate) fn delete(location: &str) -> Result<(), LayoutError> {
-    match std::fs::remove_dir_all(location) {
+    let mut result = std::fs::remove_dir_all(location);
+    if matches!(&result, Err(e) if e.kind() == io::ErrorKind::PermissionDenied) {
+        for d in walkdir::WalkDir::new(location)
+            .into_iter()
+            .filter_map(Result::ok)
+        {
+            if d.file_type().is_dir() {
+                let _ = std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o700));
+            }
+        }
+        result = std::fs::remove_dir_all(location);
+    }
+    match result {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(source) => Err(LayoutError::Io {

@@ -1,6 +1,9 @@
 //! `shadowcopy-testing`: what the tests of every crate share: loop-device file systems,
-//! the SQLite bank workload, and the provider conformance suite.
+//! the sample bank workload, fault-injecting wrappers for the failure paths a real
+//! service cannot be made to produce, and the provider conformance suite.
 
-pub mod bank;
+pub mod faults;
 pub mod loopfs;
 pub mod provider_suite;
+
+pub use shadowcopy_sample as bank;

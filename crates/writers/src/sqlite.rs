@@ -74,6 +74,9 @@ pub struct SqliteWriter {
 
 const HEADER: &[u8; 16] = b"SQLite format 3\0";
 
+/// How long identify, prepare and restore checks wait for the application's locks.
+const OUTSIDE_FREEZE_BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// How often freeze retries the write lock while another connection holds it.
 const LOCK_POLL: Duration = Duration::from_micros(200);
 
@@ -102,22 +105,19 @@ impl SqliteWriter {
         suffixed(db, "-wal")
     }
 
-    /// Opens the live database for the writer's own use; never creates one.
+    /// Opens the live database for the writer's own use; never creates one. Outside the
+    /// freeze, waiting for the application's locks is fine (in rollback-journal mode even
+    /// a read waits while a transaction commits).
     fn open_live(&self) -> Result<Connection, SqliteError> {
         check_header(&self.path)?;
-        Connection::open_with_flags(
+        let conn = Connection::open_with_flags(
             &self.path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
-        .map_err(self.sql())
-    }
-
-    /// The journal mode of the live database (`wal`, `delete`, …).
-    pub fn journal_mode(&self) -> Result<String, SqliteError> {
-        let conn = self.open_live()?;
-        conn.query_row("PRAGMA journal_mode", [], |r| r.get::<_, String>(0))
-            .map(|m| m.to_lowercase())
-            .map_err(self.sql())
+        .map_err(self.sql())?;
+        conn.busy_timeout(OUTSIDE_FREEZE_BUSY_TIMEOUT)
+            .map_err(self.sql())?;
+        Ok(conn)
     }
 }
 
@@ -127,7 +127,29 @@ fn suffixed(p: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// How a database keeps its log, from header bytes 18 and 19 (1 = rollback journal,
+/// 2 = WAL): read without any lock, so it works while writers starve readers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum JournalKind {
+    Rollback,
+    Wal,
+}
+
+fn read_journal_kind(path: &Path) -> Result<JournalKind, SqliteError> {
+    let head = read_header(path)?;
+    Ok(if head[18] == 2 && head[19] == 2 {
+        JournalKind::Wal
+    } else {
+        JournalKind::Rollback
+    })
+}
+
 fn check_header(path: &Path) -> Result<(), SqliteError> {
+    read_header(path).map(|_| ())
+}
+
+/// The first 100 bytes (the database header), after checking the magic string.
+fn read_header(path: &Path) -> Result<[u8; 100], SqliteError> {
     let mut f = match std::fs::File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -140,9 +162,9 @@ fn check_header(path: &Path) -> Result<(), SqliteError> {
             })
         }
     };
-    let mut head = [0u8; 16];
+    let mut head = [0u8; 100];
     match f.read_exact(&mut head) {
-        Ok(()) if &head == HEADER => Ok(()),
+        Ok(()) if &head[..16] == HEADER => Ok(head),
         Ok(()) => Err(SqliteError::NotSqlite(path.to_path_buf())),
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
             Err(SqliteError::NotSqlite(path.to_path_buf()))
@@ -164,7 +186,7 @@ impl Writer for SqliteWriter {
     }
 
     fn identify(&mut self) -> Result<Vec<Component>, BoxError> {
-        let mode = self.journal_mode()?;
+        let journal = read_journal_kind(&self.path)?;
         let mut components = vec![Component {
             writer: self.name(),
             name: "db".into(),
@@ -172,7 +194,7 @@ impl Writer for SqliteWriter {
             path: self.path.clone(),
             required: true,
         }];
-        if mode == "wal" {
+        if journal == JournalKind::Wal {
             components.push(Component {
                 writer: self.name(),
                 name: "wal".into(),
@@ -185,15 +207,11 @@ impl Writer for SqliteWriter {
     }
 
     /// A passive checkpoint moves committed pages from the WAL into the database before
-    /// the freeze, so the WAL copied while frozen is short.
+    /// the freeze, so the WAL copied while frozen is short. Rollback-journal databases
+    /// need nothing here.
     fn prepare(&mut self) -> Result<(), BoxError> {
-        let conn = self.open_live()?;
-        conn.busy_timeout(Duration::from_secs(5))
-            .map_err(self.sql())?;
-        let mode: String = conn
-            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
-            .map_err(self.sql())?;
-        if mode.eq_ignore_ascii_case("wal") {
+        if read_journal_kind(&self.path)? == JournalKind::Wal {
+            let conn = self.open_live()?;
             conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
                 .map_err(self.sql())?;
         }

@@ -1,0 +1,286 @@
+//! Every abort path: afterwards nothing is frozen (the database takes a write at once),
+//! the failed copy is recorded as failed with its reason and its data is gone, and the
+//! next shadow set succeeds.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use shadowcopy_catalog::Catalog;
+use shadowcopy_core::journal::{Journal, NewCopy};
+use shadowcopy_core::{CopyState, Error, Origin, Phase};
+use shadowcopy_testing::bank;
+use shadowcopy_testing::faults::{FaultyProvider, FaultyWriter, ProviderFault, WriterFault};
+
+use crate::support::{assert_writable, Env};
+
+fn assert_aborted_cleanly(
+    env: &Env,
+    result: Result<shadowcopy_core::CreatedCopy, Error>,
+    expected: fn(&Error) -> bool,
+) {
+    let err = result.expect_err("the shadow set must fail");
+    assert!(expected(&err), "unexpected error: {err:?}");
+    assert_writable(&env.db);
+    let copies = env.catalog.list(None).unwrap();
+    let last = copies.last().expect("the failed copy is recorded");
+    assert_eq!(last.state, CopyState::Failed, "{last:?}");
+    assert!(
+        last.error.as_deref().is_some_and(|e| !e.is_empty()),
+        "the reason is recorded"
+    );
+    assert!(
+        copies.iter().all(|c| c.state != CopyState::Usable),
+        "nothing half-listed as usable"
+    );
+    if let Some(loc) = &last.location {
+        assert!(
+            !std::path::Path::new(loc).exists(),
+            "partial copy {loc} must be discarded"
+        );
+    }
+    let (next, _) = env.create(env.request(
+        vec![env.writer()],
+        env.provider("copy"),
+        Duration::from_secs(10),
+    ));
+    next.expect("the next shadow set succeeds");
+}
+
+#[test]
+fn writer_that_fails_after_locking_is_thawed() {
+    let env = Env::new(true, None);
+    let w = Box::new(FaultyWriter {
+        inner: env.writer(),
+        fault: WriterFault::FreezeAfterLocking,
+    });
+    let (r, _) = env.create(env.request(vec![w], env.provider("copy"), Duration::from_secs(10)));
+    assert_aborted_cleanly(&env, r, |e| {
+        matches!(
+            e,
+            Error::Writer {
+                phase: Phase::Freeze,
+                ..
+            }
+        )
+    });
+}
+
+#[test]
+fn writer_that_fails_in_prepare_aborts_before_freezing() {
+    let env = Env::new(true, None);
+    let w = Box::new(FaultyWriter {
+        inner: env.writer(),
+        fault: WriterFault::Prepare,
+    });
+    let (r, began) =
+        env.create(env.request(vec![w], env.provider("copy"), Duration::from_secs(10)));
+    assert!(began.is_none(), "no freeze after a failed prepare");
+    assert_aborted_cleanly(&env, r, |e| {
+        matches!(
+            e,
+            Error::Writer {
+                phase: Phase::Prepare,
+                ..
+            }
+        )
+    });
+}
+
+#[test]
+fn writer_whose_thaw_fails_fails_the_set() {
+    let env = Env::new(true, None);
+    let w = Box::new(FaultyWriter {
+        inner: env.writer(),
+        fault: WriterFault::Thaw,
+    });
+    let (r, _) = env.create(env.request(vec![w], env.provider("copy"), Duration::from_secs(10)));
+    assert_aborted_cleanly(&env, r, |e| {
+        matches!(
+            e,
+            Error::Writer {
+                phase: Phase::Thaw,
+                ..
+            }
+        )
+    });
+}
+
+#[test]
+fn provider_that_fails_after_writing_leaves_no_partial_copy() {
+    let env = Env::new(true, None);
+    let p = Arc::new(FaultyProvider {
+        inner: env.provider("copy"),
+        fault: ProviderFault::CommitAfterWriting,
+    });
+    let (r, _) = env.create(env.request(vec![env.writer()], p, Duration::from_secs(10)));
+    assert_aborted_cleanly(&env, r, |e| {
+        matches!(
+            e,
+            Error::Provider {
+                phase: Phase::Commit,
+                ..
+            }
+        )
+    });
+}
+
+#[test]
+fn deadline_exceeded_thaws_at_the_deadline() {
+    let env = Env::new(true, None);
+    let transfers = bank::start_transfers(&env.db, 2, Duration::from_millis(1));
+    std::thread::sleep(Duration::from_millis(100));
+    let deadline = Duration::from_millis(300);
+    let p = Arc::new(FaultyProvider {
+        inner: env.provider("copy"),
+        fault: ProviderFault::SlowCommit(Duration::from_secs(20)),
+    });
+    transfers.reset_longest_stall();
+    let started = Instant::now();
+    let (r, _) = env.create(env.request(vec![env.writer()], p, deadline));
+    let took = started.elapsed();
+    let stall = transfers.longest_stall();
+    let stats = transfers.stop();
+    assert!(stats.errors.is_empty(), "{:?}", stats.errors);
+    assert!(
+        took < deadline + Duration::from_secs(1),
+        "the set ended {took:?} after it began"
+    );
+    assert!(
+        stall < deadline + Duration::from_secs(1),
+        "the application stalled {stall:?}"
+    );
+    assert_aborted_cleanly(&env, r, |e| {
+        matches!(
+            e,
+            Error::DeadlineExceeded {
+                phase: Phase::Commit,
+                ..
+            }
+        )
+    });
+}
+
+#[test]
+fn hung_provider_is_abandoned_and_the_writers_thawed_at_the_deadline() {
+    let env = Env::new(true, None);
+    let deadline = Duration::from_millis(200);
+    let catalog_dir = env.root.join("catalog");
+    let db = env.db.clone();
+    let inner = env.provider("copy");
+    let started = Instant::now();
+    let worker = std::thread::spawn(move || {
+        let catalog = Catalog::open(&catalog_dir).unwrap();
+        let p = Arc::new(FaultyProvider {
+            inner,
+            fault: ProviderFault::HungCommit(Duration::from_secs(2)),
+        });
+        let w: Box<dyn shadowcopy_core::Writer> =
+            Box::new(shadowcopy_writers::sqlite::SqliteWriter::new(
+                shadowcopy_writers::sqlite::SqliteOptions { path: db },
+            ));
+        shadowcopy_core::Coordinator::new(&catalog, Arc::new(shadowcopy_core::NoEvents)).create(
+            shadowcopy_core::ShadowSetRequest {
+                set_name: "bank".into(),
+                spec_json: "{}".into(),
+                origin: Origin::Create,
+                writers: vec![w],
+                unmanaged_components: Vec::new(),
+                provider: p,
+                freeze_deadline: deadline,
+                verify: true,
+            },
+        )
+    });
+    // The database becomes writable at the deadline, while the provider still hangs.
+    let conn = rusqlite::Connection::open(&env.db).unwrap();
+    conn.busy_timeout(Duration::from_secs(5)).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    conn.execute_batch(
+        "BEGIN IMMEDIATE; UPDATE accounts SET balance = balance WHERE id = 1; COMMIT;",
+    )
+    .unwrap();
+    let writable_after = started.elapsed();
+    assert!(
+        writable_after < deadline + Duration::from_secs(1),
+        "writable only after {writable_after:?}"
+    );
+    assert!(!worker.is_finished() || writable_after < Duration::from_secs(2));
+    let r = worker.join().unwrap();
+    drop(conn);
+    assert_aborted_cleanly(&env, r, |e| matches!(e, Error::DeadlineExceeded { .. }));
+}
+
+#[test]
+fn long_write_transaction_times_the_freeze_out_and_keeps_its_work() {
+    let env = Env::new(true, None);
+    let other = rusqlite::Connection::open(&env.db).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE; UPDATE accounts SET balance = balance - 5 WHERE id = 1; UPDATE accounts SET balance = balance + 5 WHERE id = 2;").unwrap();
+    let deadline = Duration::from_millis(300);
+    let started = Instant::now();
+    let (r, _) = env.create(env.request(vec![env.writer()], env.provider("copy"), deadline));
+    assert!(
+        started.elapsed() < deadline + Duration::from_millis(500),
+        "gave up at the deadline"
+    );
+    let err = r.expect_err("the lock could not be taken");
+    let chain = format!("{:?}", err);
+    assert!(chain.contains("LockTimeout"), "{chain}");
+    other
+        .execute_batch("COMMIT")
+        .expect("the application's transaction commits");
+    drop(other);
+    assert_aborted_cleanly(&env, Err(err), |e| {
+        matches!(
+            e,
+            Error::Writer {
+                phase: Phase::Freeze,
+                ..
+            }
+        )
+    });
+}
+
+#[test]
+fn interrupted_run_is_discarded_by_the_next_start() {
+    let env = Env::new(true, None);
+    let id = env
+        .catalog
+        .begin_copy(&NewCopy {
+            set_name: "bank",
+            spec_json: "{}",
+            origin: Origin::Create,
+            provider: "copy",
+            freeze_deadline: Duration::from_secs(10),
+        })
+        .unwrap();
+    let location = env.root.join("copies/copy-999");
+    std::fs::create_dir_all(location.join("files")).unwrap();
+    std::fs::write(location.join("files/partial"), b"half").unwrap();
+    env.catalog
+        .set_location(id, location.to_str().unwrap())
+        .unwrap();
+    env.catalog.enter_phase(id, Phase::Commit).unwrap();
+    // The "process" ends here without finishing. The next holder of the queue cleans up.
+    let guard = env.queue();
+    let provider = env.provider("copy");
+    let recovered = env
+        .catalog
+        .recover_interrupted(&guard, &|_| Ok(provider.clone()))
+        .unwrap();
+    assert_eq!(recovered.len(), 1);
+    let s = env.catalog.summary(id).unwrap();
+    assert_eq!(s.state, CopyState::Failed);
+    assert!(
+        s.error.as_deref().unwrap().contains("interrupted"),
+        "{:?}",
+        s.error
+    );
+    assert!(!location.exists());
+    drop(guard);
+    let (next, _) = env.create(env.request(
+        vec![env.writer()],
+        env.provider("copy"),
+        Duration::from_secs(10),
+    ));
+    next.unwrap();
+}

@@ -1,0 +1,144 @@
+//! Copies taken while transfer threads run must open, pass integrity_check, keep the
+//! total balance, and hold every transfer acknowledged before the freeze began.
+
+use std::time::Duration;
+
+use shadowcopy_testing::bank;
+use shadowcopy_testing::loopfs::{loopfs_or_skip, FsKind};
+
+use crate::support::{read_bank, Env};
+
+fn copies_under_load(env: &Env, provider_kind: &str, copies: usize) {
+    let transfers = bank::start_transfers(&env.db, 4, Duration::ZERO);
+    std::thread::sleep(Duration::from_millis(200));
+    for round in 0..copies {
+        let provider = env.provider(provider_kind);
+        let (result, began) = env.create(env.request(
+            vec![env.writer()],
+            provider.clone(),
+            Duration::from_secs(10),
+        ));
+        let created = result.unwrap_or_else(|e| panic!("copy {round} failed: {e:?}"));
+        let began = began.expect("the freeze began");
+        let acked = transfers.acknowledged_before(began);
+        assert!(
+            !acked.is_empty(),
+            "the load was running before copy {round}"
+        );
+        assert!(
+            created.verification.as_ref().expect("verified").ok,
+            "{:?}",
+            created.verification
+        );
+
+        let view = provider.expose(&created.location, &created.files).unwrap();
+        let content = read_bank(view.path_of(&env.db).expect("the copy holds the database"));
+        assert_eq!(content.summary.integrity, "ok", "copy {round}");
+        assert!(
+            content.summary.balanced(),
+            "copy {round} is not balanced: {:?}",
+            content.summary
+        );
+        let missing: Vec<i64> = acked
+            .iter()
+            .copied()
+            .filter(|id| content.ids.binary_search(id).is_err())
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "copy {round} lost acknowledged transfers {missing:?}"
+        );
+
+        // The application goes on writing after the thaw.
+        let before = transfers.committed();
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            transfers.committed() > before,
+            "writes resumed after copy {round}"
+        );
+    }
+    let stats = transfers.stop();
+    assert!(stats.errors.is_empty(), "{:?}", stats.errors);
+    let live = read_bank(&env.db);
+    assert!(live.summary.balanced());
+}
+
+#[test]
+fn wal_copies_under_load_hold_every_acknowledged_transfer() {
+    copies_under_load(&Env::new(true, None), "copy", 5);
+}
+
+#[test]
+fn rollback_journal_copies_under_load_hold_every_acknowledged_transfer() {
+    copies_under_load(&Env::new(false, None), "copy", 4);
+}
+
+#[test]
+fn reflink_copies_on_xfs_under_load() {
+    let Some(fs) = loopfs_or_skip("reflink_copies_on_xfs_under_load", FsKind::Xfs, 512 << 20)
+    else {
+        return;
+    };
+    let env = Env::new(true, Some(fs.path()));
+    copies_under_load(&env, "reflink", 5);
+    drop(env);
+}
+
+#[test]
+fn reflink_copies_on_btrfs_under_load() {
+    let Some(fs) = loopfs_or_skip(
+        "reflink_copies_on_btrfs_under_load",
+        FsKind::Btrfs,
+        512 << 20,
+    ) else {
+        return;
+    };
+    let env = Env::new(false, Some(fs.path()));
+    copies_under_load(&env, "reflink", 3);
+    drop(env);
+}
+
+#[test]
+fn catalog_records_phases_in_order_with_timings_and_hashes() {
+    let env = Env::new(true, None);
+    let (result, _) = env.create(env.request(
+        vec![env.writer()],
+        env.provider("copy"),
+        Duration::from_secs(10),
+    ));
+    let created = result.unwrap();
+    let d = env.catalog.detail(created.id).unwrap();
+    let phases: Vec<&str> = d.phases.iter().map(|p| p.phase.as_str()).collect();
+    assert_eq!(
+        phases,
+        [
+            "identify",
+            "prepare",
+            "freeze",
+            "commit",
+            "thaw",
+            "post-snapshot",
+            "verify",
+            "backup-complete",
+            "done"
+        ]
+    );
+    assert!(
+        d.phases[..8]
+            .iter()
+            .all(|p| p.took_us.is_some() && p.error.is_none()),
+        "{:?}",
+        d.phases
+    );
+    assert_eq!(d.summary.state, shadowcopy_core::CopyState::Usable);
+    assert_eq!(d.summary.verify_state, shadowcopy_core::VerifyState::Passed);
+    assert!(d.summary.freeze_window_us.unwrap() > 0);
+    let names: Vec<&str> = d.components.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["db", "wal"]);
+    assert!(
+        !d.manifest.is_empty()
+            && d.manifest
+                .iter()
+                .all(|f| f.blake3.as_ref().is_some_and(|h| h.len() == 64))
+    );
+}
