@@ -20,7 +20,7 @@ use crate::GlobalArgs;
 #[derive(Args, Debug)]
 pub struct CreateArgs {
     /// A set named in the config file
-    #[arg(required_unless_present = "sqlite", conflicts_with = "sqlite")]
+    #[arg(conflicts_with = "sqlite")]
     pub set: Option<String>,
     /// Zero-config: copy this SQLite database (WAL or rollback journal)
     #[arg(long, value_name = "PATH", help_heading = "Zero-config set")]
@@ -60,7 +60,12 @@ pub fn run(g: &GlobalArgs, args: CreateArgs) -> anyhow::Result<()> {
         (None, Some(path)) => {
             SetSpec::zero_config_sqlite(&session.config, path, args.name.as_deref(), &overrides)?
         }
-        (None, None) => return Err(UsageError::new("name a set or give --sqlite PATH").into()),
+        (None, None) => {
+            return Err(UsageError::new(
+                "say what to copy: a set named in the config file (`create SET`), or one SQLite database (`create --sqlite PATH`)",
+            )
+            .into())
+        }
     };
     // Everything that can be checked without writing is checked before the catalog exists.
     spec.validate()?;

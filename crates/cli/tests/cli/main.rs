@@ -1,0 +1,9 @@
+//! End-to-end tests of the `shadowcopy` binary: what a user types, what they see, the
+//! exit codes, and what is (or is not) left on disk.
+
+mod bad_input;
+mod commands;
+mod crash;
+mod queue;
+mod quickstart;
+mod support;
