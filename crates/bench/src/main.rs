@@ -79,12 +79,16 @@ struct Run {
     restore_took: Duration,
 }
 
-/// The rows of the table: a label and how to read the figure from a run.
-const FIGURES: [(&str, fn(&Run) -> Duration); 8] = [
+/// One row of the table: a label and how to read the figure from a run.
+type Figure = (&'static str, fn(&Run) -> Duration);
+
+const FIGURES: [Figure; 8] = [
     ("freeze window (shadowcopy)", |r| r.freeze_window),
     ("commit phase", |r| r.commit),
     ("longest app stall during create", |r| r.app_stall),
-    ("longest app stall, no copy (baseline)", |r| r.baseline_stall),
+    ("longest app stall, no copy (baseline)", |r| {
+        r.baseline_stall
+    }),
     ("verify phase", |r| r.verify),
     ("create, wall time", |r| r.create_wall),
     ("restore, wall time", |r| r.restore_wall),
@@ -143,11 +147,7 @@ fn bench(args: &Args) -> anyhow::Result<()> {
     shadowcopy_sample::create(&db, ACCOUNTS, true)?;
     shadowcopy_sample::pad_to(&db, args.size)?;
     let db_bytes = std::fs::metadata(&db)?.len();
-    eprintln!(
-        "  {} in {}",
-        human_bytes(db_bytes),
-        human(t.elapsed())
-    );
+    eprintln!("  {} in {}", human_bytes(db_bytes), human(t.elapsed()));
 
     let ctx = Ctx {
         bin: &bin,
@@ -271,7 +271,8 @@ impl Ctx<'_> {
             created["verification"]
         );
         let restore_start = Instant::now();
-        let restored = self.shadowcopy("restore", &[&id.to_string(), "--json", "--discard-current"])?;
+        let restored =
+            self.shadowcopy("restore", &[&id.to_string(), "--json", "--discard-current"])?;
         let restore_wall = restore_start.elapsed();
         let restored: Value =
             serde_json::from_slice(&restored.stdout).context("restore --json output")?;
@@ -396,7 +397,18 @@ fn environment(args: &Args, db_bytes: u64, load_before: &str, load_after: &str) 
     );
     let workspace = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
     let mut rev = sh("git", &["-C", workspace, "rev-parse", "--short", "HEAD"]);
-    if sh("git", &["-C", workspace, "status", "--porcelain", "--untracked-files=no"]) != "" {
+    if !sh(
+        "git",
+        &[
+            "-C",
+            workspace,
+            "status",
+            "--porcelain",
+            "--untracked-files=no",
+        ],
+    )
+    .is_empty()
+    {
         rev += " (with uncommitted changes)";
     }
     let pause = humantime::format_duration(args.pause);

@@ -63,9 +63,7 @@ pub fn human(d: Duration) -> String {
 /// Parses `1GiB`, `64MiB`, `512KiB`, `1G`, `100M` or plain bytes (binary multiples).
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
-    let digits = s
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(s.len());
+    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(digits);
     let num: u64 = num
         .parse()
