@@ -252,6 +252,9 @@ impl Run<'_> {
             .map_err(Error::journal("file manifest"))?;
 
         let view = self.step(Phase::PostSnapshot, || {
+            provider
+                .persist(&location)
+                .map_err(provider_error(&*provider, Phase::PostSnapshot))?;
             let view = provider
                 .expose(&location, &files)
                 .map_err(provider_error(&*provider, Phase::PostSnapshot))?;

@@ -12,6 +12,9 @@
 //!   copy-on-write kinds; it MUST check `control.cancelled()` between units of work and
 //!   stop with an error once it is set (the freeze deadline passed). A failed commit
 //!   MAY leave partial data at `location`; the coordinator deletes it.
+//! - [`Provider::persist`] (optional) makes a committed copy durable. It runs after
+//!   thaw, outside the freeze window, and before the copy can be recorded usable, so a
+//!   commit need not fsync while the application waits.
 //! - [`Provider::delete`] removes a copy. It MUST be idempotent (a missing location is
 //!   success) so that cleanup after a crash can repeat it.
 //! - [`Provider::expose`] makes the copy readable (read-only use by the caller).
@@ -92,6 +95,11 @@ pub trait Provider: Send + Sync {
         location: &str,
         control: &CommitControl,
     ) -> Result<Vec<FileEntry>, BoxError>;
+    /// Makes the committed copy durable (fsync); the default does nothing, for providers
+    /// whose commit is durable by itself.
+    fn persist(&self, _location: &str) -> Result<(), BoxError> {
+        Ok(())
+    }
     fn delete(&self, location: &str) -> Result<(), BoxError>;
     fn expose(&self, location: &str, files: &[FileEntry]) -> Result<CopyView, BoxError>;
     fn restore_file(&self, location: &str, original: &Path, dest: &Path) -> Result<(), BoxError>;

@@ -11,7 +11,8 @@
 //! - uses `pread`/`pwrite`, never `copy_file_range`, which silently shares blocks on XFS
 //!   and btrfs: this copy must not depend on the original's blocks;
 //! - keeps mode, access and modification times, and the owner when running as root,
-//!   and fsyncs every file and every directory it created;
+//!   and fsyncs every file and directory it created: a restore at once, a commit in
+//!   [`Provider::persist`], after the thaw, so the application does not wait for the disk;
 //! - checks for cancellation between pieces of 1 MiB and reports progress per chunk.
 //!
 //! [`copy_file`] is the same engine for one file; the `reflink` provider falls back to it.
@@ -173,6 +174,10 @@ impl Provider for CopyProvider {
         )?)
     }
 
+    fn persist(&self, location: &str) -> Result<(), BoxError> {
+        Ok(layout::persist(Path::new(location))?)
+    }
+
     fn delete(&self, location: &str) -> Result<(), BoxError> {
         Ok(layout::delete(location)?)
     }
@@ -229,7 +234,7 @@ fn commit(
             meta: &entries[*i].meta,
         })
         .collect();
-    copy_many(&jobs, parallelism, Some(control), true)?;
+    copy_many(&jobs, parallelism, Some(control), Destination::NewInCopy)?;
     layout::finish_tree(location, &entries)?;
     if control.cancelled() {
         return Err(CopyError::Cancelled { done: total, total });
@@ -253,8 +258,18 @@ pub(crate) fn copy_file(src: &Path, dest: &Path, parallelism: usize) -> Result<(
         }],
         parallelism,
         None,
-        false,
+        Destination::Replace,
     )
+}
+
+/// Where [`copy_many`] writes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Destination {
+    /// New files in a copy being committed: created exclusively, made durable later by
+    /// `persist`.
+    NewInCopy,
+    /// A restore's staged file: replaced if present and fsynced at once.
+    Replace,
 }
 
 /// One file to copy.
@@ -273,12 +288,12 @@ struct Chunk {
 
 /// Copies every file: creates each destination at full size, then copies the chunks of
 /// all files in parallel; the thread that finishes a file's last chunk sets its
-/// metadata and fsyncs it.
+/// metadata (and, for a restore, fsyncs it).
 fn copy_many(
     files: &[FileJob],
     parallelism: usize,
     control: Option<&CommitControl>,
-    create_new: bool,
+    destination: Destination,
 ) -> Result<(), CopyError> {
     let mut chunks = Vec::new();
     let mut remaining = Vec::with_capacity(files.len());
@@ -286,7 +301,7 @@ fn copy_many(
         let size = f.meta.len();
         let mut opts = OpenOptions::new();
         opts.write(true).mode(0o600);
-        if create_new {
+        if destination == Destination::NewInCopy {
             opts.create_new(true);
         } else {
             opts.create(true).truncate(true);
@@ -329,7 +344,9 @@ fn copy_many(
                 .open(f.dest)
                 .map_err(io_err("open", f.dest))?;
             layout::set_metadata(&dest, f.dest, f.meta)?;
-            dest.sync_all().map_err(io_err("fsync", f.dest))?;
+            if destination == Destination::Replace {
+                dest.sync_all().map_err(io_err("fsync", f.dest))?;
+            }
         }
         Ok(())
     };

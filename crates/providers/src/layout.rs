@@ -320,32 +320,35 @@ pub(crate) fn build_tree(
 }
 
 /// Sets the metadata of the plan's directories (children first, so that setting a
-/// parent's times is the last change to it) and fsyncs every directory under
-/// `location`, the location itself and its parent.
+/// parent's times is the last change to it).
 pub(crate) fn finish_tree(location: &Path, entries: &[Entry]) -> Result<(), LayoutError> {
-    let mut dirs: BTreeSet<PathBuf> = BTreeSet::new();
-    for e in entries {
-        let dest = in_copy(location, &e.original)?;
-        let mut d = if e.kind == Kind::Dir {
-            Some(dest.as_path())
-        } else {
-            dest.parent()
-        };
-        while let Some(p) = d {
-            if !p.starts_with(location) || !dirs.insert(p.to_path_buf()) {
-                break;
-            }
-            d = p.parent();
-        }
-    }
-    dirs.insert(location.join("files"));
-    dirs.insert(location.to_path_buf());
     for e in entries.iter().rev().filter(|e| e.kind == Kind::Dir) {
         let dest = in_copy(location, &e.original)?;
         let dir = File::open(&dest).map_err(io_err("open", &dest))?;
         set_metadata(&dir, &dest, &e.meta)?;
     }
-    // Deepest first, so that every entry is durable before its parent's.
+    Ok(())
+}
+
+/// Makes a committed copy durable: fsyncs every regular file under `location`, then every
+/// directory deepest first (so each entry is durable before its parent's), then the
+/// location's parent. Runs after thaw, outside the freeze window.
+pub(crate) fn persist(location: &Path) -> Result<(), LayoutError> {
+    let mut dirs: BTreeSet<PathBuf> = BTreeSet::new();
+    for entry in walkdir::WalkDir::new(location) {
+        let entry = entry.map_err(|e| {
+            let path = e.path().unwrap_or(location).to_path_buf();
+            io_err("walk", &path)(e.into())
+        })?;
+        let path = entry.path();
+        if entry.file_type().is_dir() {
+            dirs.insert(path.to_path_buf());
+        } else if entry.file_type().is_file() {
+            File::open(path)
+                .and_then(|f| f.sync_all())
+                .map_err(io_err("fsync", path))?;
+        }
+    }
     for d in dirs.iter().rev() {
         sync_dir(d)?;
     }

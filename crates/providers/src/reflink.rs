@@ -315,6 +315,10 @@ impl Provider for ReflinkProvider {
         )?)
     }
 
+    fn persist(&self, location: &str) -> Result<(), BoxError> {
+        Ok(layout::persist(Path::new(location))?)
+    }
+
     fn delete(&self, location: &str) -> Result<(), BoxError> {
         Ok(layout::delete(location)?)
     }
@@ -377,7 +381,6 @@ fn commit(
             source: source.into(),
         })?;
         layout::set_metadata(&out, dest, &e.meta)?;
-        out.sync_all().map_err(io_err("fsync", dest))?;
         done_files.fetch_add(1, Ordering::SeqCst);
         let now = done_bytes.fetch_add(e.meta.len(), Ordering::SeqCst) + e.meta.len();
         control.bytes(now, total_bytes);

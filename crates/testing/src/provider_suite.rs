@@ -212,6 +212,8 @@ pub fn commit_expose_restore(make: Make, dir: &Path) {
     let mut files = p
         .commit(&req, &loc, &no_events())
         .unwrap_or_else(|e| panic!("{}: commit failed: {}", p.kind(), chain(&*e)));
+    p.persist(&loc)
+        .unwrap_or_else(|e| panic!("{}: persist failed: {}", p.kind(), chain(&*e)));
     files.sort_by(|a, b| a.path.cmp(&b.path));
     let listed: Vec<PathBuf> = files.iter().map(|f| f.path.clone()).collect();
     assert_eq!(
