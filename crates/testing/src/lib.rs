@@ -1,9 +1,10 @@
 //! `shadowcopy-testing`: what the tests of every crate share: loop-device file systems,
 //! the sample bank workload, fault-injecting wrappers for the failure paths a real
-//! service cannot be made to produce, and the provider conformance suite.
+//! service cannot be made to produce, and the provider and writer conformance suites.
 
 pub mod faults;
 pub mod loopfs;
 pub mod provider_suite;
+pub mod writer_suite;
 
 pub use shadowcopy_sample as bank;

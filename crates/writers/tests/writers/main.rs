@@ -2,6 +2,7 @@
 //! providers: consistency under a concurrent write load, every abort path, and restore.
 
 mod aborts;
+mod conformance;
 mod consistency;
 mod restore;
 mod support;
