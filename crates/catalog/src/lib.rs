@@ -18,7 +18,7 @@ use rusqlite::Connection;
 
 pub use queries::{CopyDetail, CopySummary, PhaseRecord, VerificationRecord};
 pub use queue::{QueueError, QueueGuard, QueueHolder, Wait};
-pub use recovery::Recovered;
+pub use recovery::{ProviderFor, Recovered};
 
 pub const CATALOG_FILE: &str = "catalog.db";
 

@@ -12,6 +12,9 @@ use crate::queries::CopySummary;
 use crate::queue::QueueGuard;
 use crate::{Catalog, CatalogError};
 
+/// Builds the provider that made a copy (or says why it cannot).
+pub type ProviderFor<'a> = &'a dyn Fn(&CopySummary) -> Result<Arc<dyn Provider>, String>;
+
 /// What recovery did with one interrupted copy.
 #[derive(Clone, Debug)]
 pub struct Recovered {
@@ -26,7 +29,7 @@ impl Catalog {
     pub fn recover_interrupted(
         &self,
         _guard: &QueueGuard,
-        provider_for: &dyn Fn(&CopySummary) -> Result<Arc<dyn Provider>, String>,
+        provider_for: ProviderFor<'_>,
     ) -> Result<Vec<Recovered>, CatalogError> {
         let mut done = Vec::new();
         for copy in self.list(None)? {

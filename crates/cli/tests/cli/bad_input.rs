@@ -15,22 +15,41 @@ fn assert_refused(cli: &Cli, args: &[&str], code: i32, needles: &[&str]) {
 #[test]
 fn unknown_set_names_the_config_and_writes_nothing() {
     let cli = Cli::new();
-    assert_refused(&cli, &["create", "mail"], 2, &["unknown set `mail`", "--sqlite"]);
+    assert_refused(
+        &cli,
+        &["create", "mail"],
+        2,
+        &["unknown set `mail`", "--sqlite"],
+    );
     assert!(!cli.catalog.exists(), "no catalog was created");
 }
 
 #[test]
 fn missing_database_file() {
     let cli = Cli::new();
-    assert_refused(&cli, &["create", "--sqlite", "nope.db"], 2, &["nope.db does not exist"]);
+    assert_refused(
+        &cli,
+        &["create", "--sqlite", "nope.db"],
+        2,
+        &["nope.db does not exist"],
+    );
     assert!(!cli.catalog.exists());
 }
 
 #[test]
 fn file_that_is_not_a_sqlite_database() {
     let cli = Cli::new();
-    std::fs::write(cli.path("notes.db"), "just some text, not a database\n".repeat(10)).unwrap();
-    assert_refused(&cli, &["create", "--sqlite", "notes.db"], 2, &["is not a SQLite database"]);
+    std::fs::write(
+        cli.path("notes.db"),
+        "just some text, not a database\n".repeat(10),
+    )
+    .unwrap();
+    assert_refused(
+        &cli,
+        &["create", "--sqlite", "notes.db"],
+        2,
+        &["is not a SQLite database"],
+    );
     assert!(!cli.catalog.exists());
 }
 
@@ -45,7 +64,12 @@ fn config_with_unknown_key_reports_file_line_and_column() {
     )
     .unwrap();
     let c = config.to_str().unwrap();
-    assert_refused(&cli, &["--config", c, "create", "mail"], 2, &[&format!("{c}:3:1: unknown field `freez_deadline`")]);
+    assert_refused(
+        &cli,
+        &["--config", c, "create", "mail"],
+        2,
+        &[&format!("{c}:3:1: unknown field `freez_deadline`")],
+    );
     assert!(!cli.catalog.exists());
 }
 
@@ -73,16 +97,31 @@ fn config_set_works_once_fixed() {
 fn unknown_provider_and_usage_errors_exit_2() {
     let cli = Cli::new();
     cli.bank("a.db", 0);
-    assert_refused(&cli, &["create", "--sqlite", "a.db", "--provider", "zfs"], 2, &["unknown provider `zfs`", "copy, reflink"]);
+    assert_refused(
+        &cli,
+        &["create", "--sqlite", "a.db", "--provider", "zfs"],
+        2,
+        &["unknown provider `zfs`", "copy, reflink"],
+    );
     assert_refused(&cli, &["create"], 2, &["--sqlite"]);
-    assert_refused(&cli, &["create", "--sqlite", "a.db", "--freeze-deadline", "soon"], 2, &["freeze-deadline"]);
+    assert_refused(
+        &cli,
+        &["create", "--sqlite", "a.db", "--freeze-deadline", "soon"],
+        2,
+        &["freeze-deadline"],
+    );
     assert!(!cli.catalog.exists());
 }
 
 #[test]
 fn unknown_copy_id() {
     let cli = Cli::new();
-    assert_refused(&cli, &["show", "42"], 2, &["copy 42 does not exist", "shadowcopy list"]);
+    assert_refused(
+        &cli,
+        &["show", "42"],
+        2,
+        &["copy 42 does not exist", "shadowcopy list"],
+    );
     assert_refused(&cli, &["restore", "42"], 2, &["copy 42 does not exist"]);
 }
 
@@ -104,11 +143,17 @@ impl ReadOnlyDir {
                 .unwrap()
                 .success();
             assert!(ok, "mount a read-only tmpfs");
-            ReadOnlyDir { path, mounted: true }
+            ReadOnlyDir {
+                path,
+                mounted: true,
+            }
         } else {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o555)).unwrap();
-            ReadOnlyDir { path, mounted: false }
+            ReadOnlyDir {
+                path,
+                mounted: false,
+            }
         }
     }
 }
@@ -116,7 +161,9 @@ impl ReadOnlyDir {
 impl Drop for ReadOnlyDir {
     fn drop(&mut self) {
         if self.mounted {
-            let _ = std::process::Command::new("umount").arg(&self.path).status();
+            let _ = std::process::Command::new("umount")
+                .arg(&self.path)
+                .status();
         } else {
             use std::os::unix::fs::PermissionsExt;
             let _ = std::fs::set_permissions(&self.path, std::fs::Permissions::from_mode(0o755));
@@ -131,12 +178,21 @@ fn catalog_on_a_read_only_directory() {
     let before = std::fs::read(&db).unwrap();
     let ro = ReadOnlyDir::new(cli.path("ro"));
     let cat = ro.path.join("catalog");
-    let out = cli.run(&["create", "--sqlite", "a.db", "--catalog", cat.to_str().unwrap()]);
+    let out = cli.run(&[
+        "create",
+        "--sqlite",
+        "a.db",
+        "--catalog",
+        cat.to_str().unwrap(),
+    ]);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("cannot create the catalog directory"), "{err}");
     assert!(err.contains("--catalog DIR or SHADOWCOPY_CATALOG"), "{err}");
-    assert!(err.contains("Read-only file system") || err.contains("Permission denied"), "{err}");
+    assert!(
+        err.contains("Read-only file system") || err.contains("Permission denied"),
+        "{err}"
+    );
     assert_eq!(std::fs::read(&db).unwrap(), before);
     crate::support::assert_writable(&db);
 }

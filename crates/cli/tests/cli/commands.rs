@@ -10,14 +10,23 @@ use crate::support::{stderr, Cli};
 fn copy_file_of(cli: &Cli, id: i64, original: &Path) -> std::path::PathBuf {
     let show = cli.json(&["show", &id.to_string(), "--json"]);
     let location = show["location"].as_str().unwrap();
-    Path::new(location).join("files").join(original.strip_prefix("/").unwrap())
+    Path::new(location)
+        .join("files")
+        .join(original.strip_prefix("/").unwrap())
 }
 
 #[test]
 fn create_list_show_verify_delete() {
     let cli = Cli::new();
     let db = cli.bank("bank.db", 0);
-    let created = cli.json(&["create", "--sqlite", "bank.db", "--provider", "copy", "--json"]);
+    let created = cli.json(&[
+        "create",
+        "--sqlite",
+        "bank.db",
+        "--provider",
+        "copy",
+        "--json",
+    ]);
     let id = created["id"].as_i64().unwrap();
     assert_eq!(created["set"], "bank.db");
     assert_eq!(created["verification"]["ok"], true);
@@ -28,10 +37,18 @@ fn create_list_show_verify_delete() {
     assert_eq!(list[0]["state"], "usable");
     assert_eq!(list[0]["verify_state"], "passed");
     let human = cli.ok(&["list"]);
-    assert!(human.contains("bank.db") && human.contains("usable"), "{human}");
+    assert!(
+        human.contains("bank.db") && human.contains("usable"),
+        "{human}"
+    );
 
     let show = cli.json(&["show", &id.to_string(), "--json"]);
-    let phases: Vec<&str> = show["phases"].as_array().unwrap().iter().map(|p| p["phase"].as_str().unwrap()).collect();
+    let phases: Vec<&str> = show["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["phase"].as_str().unwrap())
+        .collect();
     assert_eq!(phases.first(), Some(&"identify"));
     assert_eq!(phases.last(), Some(&"done"));
     assert_eq!(show["components"][0]["name"], "db");
@@ -48,10 +65,15 @@ fn create_list_show_verify_delete() {
     std::fs::write(&in_copy, bytes).unwrap();
     let out = cli.run(&["verify", &id.to_string()]);
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("content changed since it was first verified"));
+    assert!(String::from_utf8_lossy(&out.stdout)
+        .contains("content changed since it was first verified"));
     let out = cli.run(&["restore", &id.to_string()]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("failed verification"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("failed verification"),
+        "{}",
+        stderr(&out)
+    );
 
     let deleted = cli.json(&["delete", &id.to_string(), "--json"]);
     assert_eq!(deleted[0]["id"], id);
@@ -68,12 +90,18 @@ fn delete_by_count_and_age() {
     }
     let dry = cli.json(&["delete", "--keep-last", "1", "--dry-run", "--json"]);
     assert_eq!(dry.as_array().unwrap().len(), 2);
-    assert_eq!(cli.json(&["list", "--json"]).as_array().unwrap().len(), 3, "dry run deletes nothing");
+    assert_eq!(
+        cli.json(&["list", "--json"]).as_array().unwrap().len(),
+        3,
+        "dry run deletes nothing"
+    );
     cli.ok(&["delete", "--keep-last", "1"]);
     let list = cli.json(&["list", "--json"]);
     assert_eq!(list.as_array().unwrap().len(), 1);
     assert_eq!(list[0]["id"], 3, "the newest is kept");
-    assert!(cli.ok(&["delete", "--older-than", "1h"]).contains("nothing to delete"));
+    assert!(cli
+        .ok(&["delete", "--older-than", "1h"])
+        .contains("nothing to delete"));
     std::thread::sleep(Duration::from_millis(1100));
     cli.ok(&["delete", "--older-than", "1s"]);
     assert_eq!(cli.json(&["list", "--json"]).as_array().unwrap().len(), 0);
@@ -85,32 +113,65 @@ fn delete_by_count_and_age() {
 fn restore_in_place_to_a_directory_and_refused_while_open() {
     let cli = Cli::new();
     let db = cli.bank("bank.db", 0);
-    let id = cli.json(&["create", "--sqlite", "bank.db", "--json"])["id"].as_i64().unwrap();
+    let id = cli.json(&["create", "--sqlite", "bank.db", "--json"])["id"]
+        .as_i64()
+        .unwrap();
     let conn = rusqlite::Connection::open(&db).unwrap();
-    conn.execute("INSERT INTO transfers (from_id, to_id, amount, at_ms) VALUES (1, 2, 0, 0)", []).unwrap();
+    conn.execute(
+        "INSERT INTO transfers (from_id, to_id, amount, at_ms) VALUES (1, 2, 0, 0)",
+        [],
+    )
+    .unwrap();
     drop(conn);
 
     // Held open by another process: refused with its pid, exit 5.
-    let mut holder = Command::new("sh").arg("-c").arg("exec 3<\"$0\"; exec sleep 60").arg(&db).spawn().unwrap();
+    let mut holder = Command::new("sh")
+        .arg("-c")
+        .arg("exec 3<\"$0\"; exec sleep 60")
+        .arg(&db)
+        .spawn()
+        .unwrap();
     std::thread::sleep(Duration::from_millis(200));
     let out = cli.run(&["restore", &id.to_string()]);
     let _ = holder.kill();
     let _ = holder.wait();
     assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
-    assert!(stderr(&out).contains(&format!("pid {}", holder.id())), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("pid {}", holder.id())),
+        "{}",
+        stderr(&out)
+    );
 
     let to = cli.path("restored");
-    let v = cli.json(&["restore", &id.to_string(), "--to", to.to_str().unwrap(), "--json"]);
+    let v = cli.json(&[
+        "restore",
+        &id.to_string(),
+        "--to",
+        to.to_str().unwrap(),
+        "--json",
+    ]);
     assert_eq!(v["pre_restore"], serde_json::Value::Null);
-    assert_eq!(shadowcopy_testing::bank::transfer_ids(&to.join("bank.db")).unwrap().len(), 0);
+    assert_eq!(
+        shadowcopy_testing::bank::transfer_ids(&to.join("bank.db"))
+            .unwrap()
+            .len(),
+        0
+    );
 
     let v = cli.json(&["restore", &id.to_string(), "--json"]);
     let pre = v["pre_restore"].as_i64().expect("pre-restore copy");
-    assert_eq!(shadowcopy_testing::bank::transfer_ids(&db).unwrap().len(), 0);
+    assert_eq!(
+        shadowcopy_testing::bank::transfer_ids(&db).unwrap().len(),
+        0
+    );
     let list = cli.json(&["list", "--json"]);
     assert_eq!(list[1]["origin"], "pre-restore");
     cli.ok(&["restore", &pre.to_string(), "--discard-current"]);
-    assert_eq!(shadowcopy_testing::bank::transfer_ids(&db).unwrap().len(), 1, "undo brings the later row back");
+    assert_eq!(
+        shadowcopy_testing::bank::transfer_ids(&db).unwrap().len(),
+        1,
+        "undo brings the later row back"
+    );
 }
 
 #[test]
@@ -123,7 +184,14 @@ fn zero_config_names_do_not_collide() {
     let out = cli.run(&["create", "--sqlite", "other/bank.db"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("pass --name"), "{}", stderr(&out));
-    cli.ok(&["create", "--sqlite", "other/bank.db", "--name", "other-bank", "-q"]);
+    cli.ok(&[
+        "create",
+        "--sqlite",
+        "other/bank.db",
+        "--name",
+        "other-bank",
+        "-q",
+    ]);
 }
 
 #[test]
@@ -136,7 +204,13 @@ fn providers_explain_what_they_can_serve() {
     assert_eq!(copy["can_serve"], true);
     let reflink = rows.iter().find(|r| r["provider"] == "reflink").unwrap();
     if reflink["can_serve"] == false {
-        assert!(reflink["reason"].as_str().unwrap().contains("--provider copy"), "{reflink}");
+        assert!(
+            reflink["reason"]
+                .as_str()
+                .unwrap()
+                .contains("--provider copy"),
+            "{reflink}"
+        );
     }
     assert!(v["auto"].is_string());
     let w = cli.json(&["writers", "--json"]);

@@ -10,7 +10,15 @@ use crate::support::{assert_writable, kill9, stderr, Cli};
 fn kill_9_during_the_freeze_leaves_nothing_frozen_or_half_listed() {
     let cli = Cli::new();
     let db = cli.bank("bank.db", 256 << 20);
-    let mut child = cli.spawn(&["create", "--sqlite", "bank.db", "--provider", "copy", "--freeze-deadline", "120s"]);
+    let mut child = cli.spawn(&[
+        "create",
+        "--sqlite",
+        "bank.db",
+        "--provider",
+        "copy",
+        "--freeze-deadline",
+        "120s",
+    ]);
     let id = cli.wait_for_phase("commit", Duration::from_secs(60));
     kill9(&mut child);
 
@@ -19,14 +27,37 @@ fn kill_9_during_the_freeze_leaves_nothing_frozen_or_half_listed() {
     let list = cli.json(&["list", "--json"]);
     assert_eq!(list[0]["id"], id);
     assert_eq!(list[0]["state"], "in-progress", "never usable");
-    let location = list[0]["location"].as_str().expect("location recorded before the commit").to_string();
+    let location = list[0]["location"]
+        .as_str()
+        .expect("location recorded before the commit")
+        .to_string();
 
-    let out = cli.run(&["create", "--sqlite", "bank.db", "--provider", "copy", "--freeze-deadline", "120s", "--no-verify"]);
+    let out = cli.run(&[
+        "create",
+        "--sqlite",
+        "bank.db",
+        "--provider",
+        "copy",
+        "--freeze-deadline",
+        "120s",
+        "--no-verify",
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains(&format!("recovered copy {id}")), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("recovered copy {id}")),
+        "{}",
+        stderr(&out)
+    );
     let list = cli.json(&["list", "--json"]);
     assert_eq!(list[0]["state"], "failed");
-    assert!(list[0]["error"].as_str().unwrap().contains("interrupted"), "{}", list[0]);
+    assert!(
+        list[0]["error"].as_str().unwrap().contains("interrupted"),
+        "{}",
+        list[0]
+    );
     assert_eq!(list[1]["state"], "usable");
-    assert!(!Path::new(&location).exists(), "the partial copy was discarded");
+    assert!(
+        !Path::new(&location).exists(),
+        "the partial copy was discarded"
+    );
 }

@@ -60,7 +60,11 @@ impl Cli {
     }
 
     pub fn spawn(&self, args: &[&str]) -> Child {
-        self.cmd(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+        self.cmd(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
     }
 
     /// The newest copy's row as the catalog holds it, read directly (no recovery runs).
@@ -69,11 +73,15 @@ impl Cli {
         if !db.exists() {
             return None;
         }
-        let conn = rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).ok()?;
+        let conn =
+            rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .ok()?;
         conn.busy_timeout(Duration::from_secs(1)).ok()?;
-        conn.query_row("SELECT id, state, phase FROM copies ORDER BY id DESC LIMIT 1", [], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-        })
+        conn.query_row(
+            "SELECT id, state, phase FROM copies ORDER BY id DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
         .ok()
     }
 
@@ -88,7 +96,10 @@ impl Cli {
             }
             std::thread::sleep(Duration::from_millis(2));
         }
-        panic!("no copy reached phase {phase} within {limit:?}; newest: {:?}", self.newest_copy());
+        panic!(
+            "no copy reached phase {phase} within {limit:?}; newest: {:?}",
+            self.newest_copy()
+        );
     }
 }
 
@@ -109,8 +120,10 @@ pub fn stderr(out: &Output) -> String {
 pub fn assert_writable(db: &Path) {
     let conn = rusqlite::Connection::open(db).unwrap();
     conn.busy_timeout(Duration::ZERO).unwrap();
-    conn.execute_batch("BEGIN IMMEDIATE; UPDATE accounts SET balance = balance WHERE id = 1; COMMIT;")
-        .expect("the database must be writable");
+    conn.execute_batch(
+        "BEGIN IMMEDIATE; UPDATE accounts SET balance = balance WHERE id = 1; COMMIT;",
+    )
+    .expect("the database must be writable");
 }
 
 pub fn kill9(child: &mut Child) {
