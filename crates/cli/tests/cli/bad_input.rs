@@ -196,3 +196,45 @@ fn catalog_on_a_read_only_directory() {
     assert_eq!(std::fs::read(&db).unwrap(), before);
     crate::support::assert_writable(&db);
 }
+
+#[test]
+fn catalog_location_precedence_flag_then_env_then_config() {
+    let cli = Cli::new();
+    cli.bank("a.db", 0);
+    let from_config = cli.path("cat-config");
+    let from_env = cli.path("cat-env");
+    let from_flag = cli.path("cat-flag");
+    let config = cli.path("c.toml");
+    std::fs::write(
+        &config,
+        format!("catalog = \"{}\"\n", from_config.display()),
+    )
+    .unwrap();
+    let c = config.to_str().unwrap();
+    let run = |env: Option<&std::path::Path>, flag: Option<&std::path::Path>| {
+        let mut cmd = cli.cmd(&[
+            "--config",
+            c,
+            "create",
+            "--sqlite",
+            "a.db",
+            "-q",
+            "--no-verify",
+        ]);
+        cmd.env_remove("SHADOWCOPY_CATALOG");
+        if let Some(e) = env {
+            cmd.env("SHADOWCOPY_CATALOG", e);
+        }
+        if let Some(f) = flag {
+            cmd.arg("--catalog").arg(f);
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    };
+    run(None, None);
+    assert!(from_config.join("catalog.db").exists());
+    run(Some(&from_env), None);
+    assert!(from_env.join("catalog.db").exists());
+    run(Some(&from_env), Some(&from_flag));
+    assert!(from_flag.join("catalog.db").exists());
+}
