@@ -1,6 +1,6 @@
 //! The catalog as the coordinator's `Journal`: each call is one durable write.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use rusqlite::params;
 use shadowcopy_core::journal::{Journal, JournalError, NewCopy};
@@ -82,6 +82,25 @@ impl Journal for Catalog {
                 params![id, phase.as_str(), now_ms() - took.as_millis() as i64, took.as_micros() as i64, error],
             )?;
         }
+        Ok(())
+    }
+
+    fn record_phase(
+        &self,
+        id: CopyId,
+        phase: Phase,
+        started: SystemTime,
+        took: Duration,
+        error: Option<&str>,
+    ) -> Result<(), JournalError> {
+        let started_ms = started
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        self.conn.execute(
+            "INSERT INTO phases (copy_id, seq, phase, started_ms, took_us, error)
+             VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM phases WHERE copy_id = ?1), ?2, ?3, ?4, ?5)",
+            params![id, phase.as_str(), started_ms, took.as_micros() as i64, error],
+        )?;
         Ok(())
     }
 

@@ -52,9 +52,14 @@ impl Catalog {
                 (CopyState::Deleting, Err(msg)) => msg,
                 (_, result) => {
                     let msg = result.unwrap_or_else(|e| e);
+                    let during = if copy.phase == "freeze" {
+                        "the freeze window (freeze, commit or thaw; the freeze was released with the process)".to_string()
+                    } else {
+                        format!("phase {}", copy.phase)
+                    };
                     let reason = format!(
-                        "interrupted: process {} ended during phase {}; {msg}",
-                        copy.pid, copy.phase
+                        "interrupted: process {} ended during {during}; {msg}",
+                        copy.pid
                     );
                     self.conn.execute(
                         "UPDATE copies SET state = 'failed', error = ?2, finished_ms = ?3 WHERE id = ?1",

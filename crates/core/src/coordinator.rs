@@ -9,7 +9,7 @@
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::error::{BoxError, Error};
 use crate::events::EventSink;
@@ -108,16 +108,6 @@ impl Run<'_> {
         self.journal
             .enter_phase(self.id, phase)
             .map_err(Error::journal("phase start"))?;
-        self.run_recorded(phase, f)
-    }
-
-    /// Runs `phase` and records how it ended; does not need the journal to start (used
-    /// for thaw, which must run even when the catalog cannot be written).
-    fn run_recorded<T>(
-        &mut self,
-        phase: Phase,
-        f: impl FnOnce() -> Result<T, Error>,
-    ) -> Result<T, Error> {
         self.events.phase_started(phase);
         let started = Instant::now();
         let result = f();
@@ -175,26 +165,27 @@ impl Run<'_> {
             .map_err(Error::journal("copy location"))?;
         self.location = Some(location.clone());
 
-        // Freeze, commit, thaw: the thaw runs whatever happened before it.
+        // Freeze, commit, thaw: the thaw runs whatever happened before it. The freeze's
+        // start is recorded before it; nothing is written to the journal inside the
+        // window (see journal.rs), the phases in it are recorded after the thaw.
         let deadline_len = request.freeze_deadline;
+        self.journal
+            .enter_phase(self.id, Phase::Freeze)
+            .map_err(Error::journal("phase start"))?;
         let freeze_started = Instant::now();
         let deadline = freeze_started + deadline_len;
+        let mut window = Window::default();
         let mut frozen = Frozen::new(&mut request.writers);
-        let mut result = self.step(Phase::Freeze, || frozen.freeze_all(deadline, deadline_len));
-        if result.is_ok() {
-            result = self
-                .journal
-                .enter_phase(self.id, Phase::Commit)
-                .map_err(Error::journal("phase start"));
-        }
-        let files = match result {
+        let events = self.events.clone();
+        let froze = window.run(&*events, Phase::Freeze, || {
+            frozen.freeze_all(deadline, deadline_len)
+        });
+        let files = match froze {
             Ok(()) => {
-                let events = self.events.clone();
-                let control = CommitControl::new(events);
+                let control = CommitControl::new(events.clone());
                 let (tx, rx) = mpsc::channel();
-                let thread = {
+                let spawned = {
                     let provider = provider.clone();
-                    let kind = provider.kind();
                     let request = commit_request.clone();
                     let location = location.clone();
                     let control = control.clone();
@@ -203,47 +194,42 @@ impl Run<'_> {
                         .spawn(move || {
                             let _ = tx.send(provider.commit(&request, &location, &control));
                         })
-                        .map_err(|e| Error::Provider {
-                            provider: kind.into(),
-                            phase: Phase::Commit,
-                            source: Box::new(e),
-                        })
                 };
-                match thread {
-                    Ok(handle) => {
-                        self.commit_thread = Some(handle);
-                        self.run_recorded(Phase::Commit, || {
-                            let remaining = deadline.saturating_duration_since(Instant::now());
-                            match rx.recv_timeout(remaining) {
-                                Ok(Ok(files)) => Ok(files),
-                                Ok(Err(e)) => Err(provider_error(&*provider, Phase::Commit)(e)),
-                                Err(mpsc::RecvTimeoutError::Timeout) => {
-                                    control.cancel();
-                                    Err(Error::DeadlineExceeded {
-                                        deadline: deadline_len,
-                                        phase: Phase::Commit,
-                                    })
-                                }
-                                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                                    Err(provider_error(&*provider, Phase::Commit)(
-                                        "the commit thread panicked".into(),
-                                    ))
-                                }
-                            }
-                        })
+                window.run(&*events, Phase::Commit, || {
+                    self.commit_thread = Some(
+                        spawned
+                            .map_err(|e| provider_error(&*provider, Phase::Commit)(Box::new(e)))?,
+                    );
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    match rx.recv_timeout(remaining) {
+                        Ok(Ok(files)) => Ok(files),
+                        Ok(Err(e)) => Err(provider_error(&*provider, Phase::Commit)(e)),
+                        Err(mpsc::RecvTimeoutError::Timeout) => {
+                            control.cancel();
+                            Err(Error::DeadlineExceeded {
+                                deadline: deadline_len,
+                                phase: Phase::Commit,
+                            })
+                        }
+                        Err(mpsc::RecvTimeoutError::Disconnected) => {
+                            Err(provider_error(&*provider, Phase::Commit)(
+                                "the commit thread panicked".into(),
+                            ))
+                        }
                     }
-                    Err(e) => Err(e),
-                }
+                })
             }
             Err(e) => Err(e),
         };
-        let _ = self.journal.enter_phase(self.id, Phase::Thaw);
-        let thawed = self.run_recorded(Phase::Thaw, || frozen.thaw_all());
-        let window = freeze_started.elapsed();
-        let _ = self.journal.record_freeze_window(self.id, window);
+        let thawed = window.run(&*events, Phase::Thaw, || frozen.thaw_all());
+        let freeze_window = freeze_started.elapsed();
         drop(frozen);
+        let recorded = window.record(self.journal, self.id, freeze_window);
+        self.phases
+            .extend(window.phases.iter().map(|p| (p.phase, p.took)));
         let mut files = files?;
         thawed?;
+        recorded?;
         if let Some(t) = self.commit_thread.take() {
             let _ = t.join();
         }
@@ -308,7 +294,7 @@ impl Run<'_> {
         Ok(CreatedCopy {
             id: self.id,
             location,
-            freeze_window: window,
+            freeze_window,
             files,
             verification,
             phases: std::mem::take(&mut self.phases),
@@ -365,6 +351,70 @@ impl Run<'_> {
         let _ = self
             .journal
             .finish_copy(self.id, CopyState::Failed, Some(&reason));
+    }
+}
+
+/// The phases run inside the freeze window, recorded in the journal after the thaw.
+#[derive(Default)]
+struct Window {
+    phases: Vec<WindowPhase>,
+}
+
+struct WindowPhase {
+    phase: Phase,
+    started: SystemTime,
+    took: Duration,
+    error: Option<String>,
+}
+
+impl Window {
+    fn run<T>(
+        &mut self,
+        events: &dyn EventSink,
+        phase: Phase,
+        f: impl FnOnce() -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        events.phase_started(phase);
+        let started = SystemTime::now();
+        let clock = Instant::now();
+        let result = f();
+        let took = clock.elapsed();
+        events.phase_finished(phase, took, result.is_ok());
+        self.phases.push(WindowPhase {
+            phase,
+            started,
+            took,
+            error: result.as_ref().err().map(error_chain),
+        });
+        result
+    }
+
+    /// The freeze's start was recorded before the window: this finishes it and adds the
+    /// rest. Every record is attempted even if one fails.
+    fn record(
+        &self,
+        journal: &dyn Journal,
+        id: CopyId,
+        freeze_window: Duration,
+    ) -> Result<(), Error> {
+        let mut first_error = journal.record_freeze_window(id, freeze_window).err();
+        for p in &self.phases {
+            let r = if p.phase == Phase::Freeze {
+                journal.finish_phase(id, p.phase, p.took, p.error.as_deref())
+            } else {
+                journal.record_phase(id, p.phase, p.started, p.took, p.error.as_deref())
+            };
+            if let Err(e) = r {
+                first_error.get_or_insert(e);
+            }
+        }
+        match first_error {
+            Some(source) => Err(Error::Journal {
+                what: "phases of the freeze window",
+                source,
+            }),
+            None => Ok(()),
+        }
     }
 }
 

@@ -5,8 +5,13 @@
 //! - every call is durable when it returns (a crash right after loses nothing recorded);
 //! - `begin_copy` records the calling process so an interrupted set can be recognised;
 //! - a copy is offered for restore only once `finish_copy(.., Usable, ..)` was recorded.
+//!
+//! The coordinator writes nothing between the first freeze and the last thaw: the
+//! `freeze` phase start (with the location recorded before it) is what recovery needs,
+//! and the phases inside the window are recorded with [`Journal::record_phase`] after
+//! the thaw, so the application never waits for the catalog's fsync.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use crate::model::{Component, CopyId, CopyState, FileEntry, Origin, Phase, VerifyReport};
 
@@ -33,6 +38,15 @@ pub trait Journal {
         &self,
         id: CopyId,
         phase: Phase,
+        took: Duration,
+        error: Option<&str>,
+    ) -> Result<(), JournalError>;
+    /// Records a phase that already ran (one inside the freeze window), with its start.
+    fn record_phase(
+        &self,
+        id: CopyId,
+        phase: Phase,
+        started: SystemTime,
         took: Duration,
         error: Option<&str>,
     ) -> Result<(), JournalError>;

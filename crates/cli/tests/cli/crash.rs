@@ -19,7 +19,7 @@ fn kill_9_during_the_freeze_leaves_nothing_frozen_or_half_listed() {
         "--freeze-deadline",
         "120s",
     ]);
-    let id = cli.wait_for_phase("commit", Duration::from_secs(60));
+    let id = cli.wait_for_phase("freeze", Duration::from_secs(60));
     kill9(&mut child);
 
     // The write lock died with the process.
