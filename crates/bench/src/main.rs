@@ -64,6 +64,9 @@ struct Args {
     /// Also write the results into this Markdown file, between the bench:sqlite markers
     #[arg(long, value_name = "FILE")]
     markdown: Option<PathBuf>,
+    /// Pass --no-verify to create (to see what the verify phase costs the application)
+    #[arg(long)]
+    no_verify: bool,
 }
 
 /// What one run measured.
@@ -77,18 +80,27 @@ struct Run {
     baseline_stall: Duration,
     restore_wall: Duration,
     restore_took: Duration,
+    post_snapshot: Duration,
+    /// When the longest app stall ended and when the freeze began and ended, after the
+    /// spawn (phase offsets are sums of phase times, so slightly early).
+    stall_ended: Duration,
+    frozen_at: Duration,
+    thawed_at: Duration,
+    /// The restore's own steps with their times, for the log.
+    restore_steps: String,
 }
 
 /// One row of the table: a label and how to read the figure from a run.
 type Figure = (&'static str, fn(&Run) -> Duration);
 
-const FIGURES: [Figure; 8] = [
+const FIGURES: [Figure; 9] = [
     ("freeze window (shadowcopy)", |r| r.freeze_window),
     ("commit phase", |r| r.commit),
     ("longest app stall during create", |r| r.app_stall),
     ("longest app stall, no copy (baseline)", |r| {
         r.baseline_stall
     }),
+    ("post-snapshot phase (fsyncs the copy)", |r| r.post_snapshot),
     ("verify phase", |r| r.verify),
     ("create, wall time", |r| r.create_wall),
     ("restore, wall time", |r| r.restore_wall),
@@ -165,13 +177,20 @@ fn bench(args: &Args) -> anyhow::Result<()> {
                 .run_once(provider)
                 .with_context(|| format!("{provider} run {i}"))?;
             eprintln!(
-                "  freeze window {}, commit {}, app stall {} (baseline {}), create {}, restore {}",
+                "  freeze window {}, commit {}, app stall {} (baseline {}), create {}, restore {}\n  \
+                 after spawn: frozen at ≈{}, thawed at ≈{}, longest app stall from {} to {}\n  \
+                 restore steps: {}",
                 human(run.freeze_window),
                 human(run.commit),
                 human(run.app_stall),
                 human(run.baseline_stall),
                 human(run.create_wall),
-                human(run.restore_wall)
+                human(run.restore_wall),
+                human(run.frozen_at),
+                human(run.thawed_at),
+                human(run.stall_ended.saturating_sub(run.app_stall)),
+                human(run.stall_ended),
+                run.restore_steps,
             );
             runs.push(run);
         }
@@ -182,7 +201,7 @@ fn bench(args: &Args) -> anyhow::Result<()> {
     println!("{table}");
     if let Some(path) = &args.markdown {
         let section = format!(
-            "{}\n{table}\n{}",
+            "{}\n{table}\n\n{}",
             environment(args, db_bytes, &load_before, &loadavg()),
             "Cells: median (min – max) over the runs."
         );
@@ -202,22 +221,26 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn shadowcopy(&self, sub: &str, rest: &[&str]) -> anyhow::Result<Output> {
-        let out = Command::new(self.bin)
-            .arg(sub)
-            .args(rest)
-            .arg("--catalog")
-            .arg(self.catalog)
-            .output()
-            .with_context(|| format!("cannot run {}", self.bin.display()))?;
-        ensure!(
-            out.status.success(),
-            "`shadowcopy {sub} {}` failed ({}): {}",
-            rest.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-        Ok(out)
+    fn shadowcopy(&self, sub: &str, rest: &[String]) -> anyhow::Result<Output> {
+        shadowcopy(self.bin, self.catalog, sub, rest)
+    }
+
+    fn create_args(&self, provider: &str) -> Vec<String> {
+        let mut args: Vec<String> = vec![
+            "--sqlite".into(),
+            self.db.to_string_lossy().into(),
+            "--provider".into(),
+            provider.into(),
+            "--json".into(),
+            "--freeze-deadline".into(),
+            "120s".into(),
+            "--copies-dir".into(),
+            self.copies.to_string_lossy().into(),
+        ];
+        if self.args.no_verify {
+            args.push("--no-verify".into());
+        }
+        args
     }
 
     fn run_once(&self, provider: &str) -> anyhow::Result<Run> {
@@ -226,24 +249,28 @@ impl Ctx<'_> {
         std::thread::sleep(Duration::from_secs(1));
 
         // The copy, under load: the stall counter covers exactly the child's lifetime.
+        // While it runs we note when the longest stall so far grew, to place it in time.
         load.reset_longest_stall();
         let spawned = Instant::now();
-        let created = self.shadowcopy(
-            "create",
-            &[
-                "--sqlite",
-                &self.db.to_string_lossy(),
-                "--provider",
-                provider,
-                "--json",
-                "--freeze-deadline",
-                "120s",
-                "--copies-dir",
-                &self.copies.to_string_lossy(),
-            ],
-        );
+        let child = {
+            let ctx = (self.bin.to_path_buf(), self.catalog.to_path_buf());
+            let args = self.create_args(provider);
+            std::thread::spawn(move || shadowcopy(&ctx.0, &ctx.1, "create", &args))
+        };
+        let mut stall_end = (Duration::ZERO, Duration::ZERO); // (longest, when it ended)
+        while !child.is_finished() {
+            std::thread::sleep(Duration::from_millis(5));
+            let longest = load.longest_stall();
+            if longest > stall_end.0 {
+                stall_end = (longest, spawned.elapsed());
+            }
+        }
+        let created = child.join().expect("create thread panicked");
         let create_wall = spawned.elapsed();
         let app_stall = load.longest_stall();
+        if app_stall > stall_end.0 {
+            stall_end.1 = create_wall;
+        }
         let created: Value = match created {
             Ok(out) => serde_json::from_slice(&out.stdout).context("create --json output")?,
             Err(e) => {
@@ -266,30 +293,75 @@ impl Ctx<'_> {
 
         let id = created["id"].as_i64().context("create --json has no id")?;
         ensure!(
-            created["verification"]["ok"].as_bool() == Some(true),
+            self.args.no_verify || created["verification"]["ok"].as_bool() == Some(true),
             "copy {id} did not pass verification: {}",
             created["verification"]
         );
         let restore_start = Instant::now();
-        let restored =
-            self.shadowcopy("restore", &[&id.to_string(), "--json", "--discard-current"])?;
+        let restored = self.shadowcopy(
+            "restore",
+            &[id.to_string(), "--json".into(), "--discard-current".into()],
+        )?;
         let restore_wall = restore_start.elapsed();
         let restored: Value =
             serde_json::from_slice(&restored.stdout).context("restore --json output")?;
         check_restored(self.db, &must_hold)?;
-        self.shadowcopy("delete", &[&id.to_string()])?;
+        self.shadowcopy("delete", &[id.to_string()])?;
 
+        let offset = |upto: &[&str]| -> anyhow::Result<Duration> {
+            upto.iter().map(|p| phase(&created, p)).sum()
+        };
+        let restore_steps = restored["steps"]
+            .as_array()
+            .map(|steps| {
+                steps
+                    .iter()
+                    .map(|st| {
+                        let took = Duration::from_micros(st["took_us"].as_u64().unwrap_or(0));
+                        format!("{} {}", st["phase"].as_str().unwrap_or("?"), human(took))
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default();
         Ok(Run {
+            post_snapshot: phase(&created, "post-snapshot")?,
+            stall_ended: stall_end.1,
+            frozen_at: offset(&["identify", "prepare"])?,
+            thawed_at: offset(&["identify", "prepare", "freeze", "commit", "thaw"])?,
+            restore_steps,
             create_wall,
             freeze_window: micros(&created["freeze_window_us"])?,
             commit: phase(&created, "commit")?,
-            verify: phase(&created, "verify")?,
+            verify: match self.args.no_verify {
+                true => Duration::ZERO,
+                false => phase(&created, "verify")?,
+            },
             app_stall,
             baseline_stall,
             restore_wall,
             restore_took: micros(&restored["took_us"])?,
         })
     }
+}
+
+/// Runs `shadowcopy SUB REST... --catalog CATALOG`; a failure is an error with its stderr.
+fn shadowcopy(bin: &Path, catalog: &Path, sub: &str, rest: &[String]) -> anyhow::Result<Output> {
+    let out = Command::new(bin)
+        .arg(sub)
+        .args(rest)
+        .arg("--catalog")
+        .arg(catalog)
+        .output()
+        .with_context(|| format!("cannot run {}", bin.display()))?;
+    ensure!(
+        out.status.success(),
+        "`shadowcopy {sub} {}` failed ({}): {}",
+        rest.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(out)
 }
 
 /// The restored bank must be intact, balanced, and hold every transfer that was
