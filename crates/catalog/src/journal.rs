@@ -109,15 +109,16 @@ impl Journal for Catalog {
         tx.execute("DELETE FROM components WHERE copy_id = ?1", [id])?;
         for c in components {
             tx.execute(
-                "INSERT INTO components (copy_id, writer, name, role, path, required)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO components (copy_id, writer, name, role, path, required, pinned)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 params![
                     id,
                     c.writer,
                     c.name,
                     c.role.as_str(),
                     path_str(&c.path)?,
-                    c.required
+                    c.required,
+                    c.pinned
                 ],
             )?;
         }

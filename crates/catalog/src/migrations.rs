@@ -67,6 +67,8 @@ const MIGRATIONS: &[&str] = &[
         detail      TEXT NOT NULL
     );
     ",
+    // 2: components a writer pins from prepare to thaw (copied before the freeze).
+    "ALTER TABLE components ADD COLUMN pinned INTEGER NOT NULL DEFAULT 0;",
 ];
 
 pub(crate) fn migrate(conn: &Connection, path: &Path) -> Result<(), CatalogError> {

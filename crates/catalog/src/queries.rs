@@ -162,7 +162,7 @@ impl Catalog {
 
     pub fn components(&self, id: CopyId) -> Result<Vec<Component>, CatalogError> {
         let mut stmt = self.conn.prepare(
-            "SELECT writer, name, role, path, required FROM components WHERE copy_id = ?1 ORDER BY rowid",
+            "SELECT writer, name, role, path, required, pinned FROM components WHERE copy_id = ?1 ORDER BY rowid",
         )?;
         let rows = stmt.query_map([id], |r| {
             let role: String = r.get(2)?;
@@ -172,6 +172,7 @@ impl Catalog {
                 role: ComponentRole::parse(&role).unwrap_or(ComponentRole::Data),
                 path: PathBuf::from(r.get::<_, String>(3)?),
                 required: r.get(4)?,
+                pinned: r.get(5)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)

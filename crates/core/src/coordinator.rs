@@ -144,6 +144,7 @@ impl Run<'_> {
             copy_id: self.id,
             set_name: request.set_name.clone(),
             components,
+            continues: false,
         };
 
         let location = self.step(Phase::Prepare, || {
@@ -164,6 +165,36 @@ impl Run<'_> {
             .set_location(self.id, &location)
             .map_err(Error::journal("copy location"))?;
         self.location = Some(location.clone());
+
+        // Pinned components go first, outside the freeze, where the provider wants that.
+        let (early, late): (Vec<Component>, Vec<Component>) = if provider.copies_pinned_early() {
+            commit_request
+                .components
+                .iter()
+                .cloned()
+                .partition(|c| c.pinned)
+        } else {
+            (Vec::new(), commit_request.components.clone())
+        };
+        let mut early_files = Vec::new();
+        let precommitted = !early.is_empty();
+        if precommitted {
+            let early_request = CommitRequest {
+                components: early,
+                ..commit_request.clone()
+            };
+            let control = CommitControl::new(self.events.clone());
+            early_files = self.step(Phase::Precommit, || {
+                provider
+                    .commit(&early_request, &location, &control)
+                    .map_err(provider_error(&*provider, Phase::Precommit))
+            })?;
+        }
+        let frozen_request = CommitRequest {
+            components: late,
+            continues: precommitted,
+            ..commit_request
+        };
 
         // Freeze, commit, thaw: the thaw runs whatever happened before it. The freeze's
         // start is recorded before it; nothing is written to the journal inside the
@@ -186,7 +217,7 @@ impl Run<'_> {
                 let (tx, rx) = mpsc::channel();
                 let spawned = {
                     let provider = provider.clone();
-                    let request = commit_request.clone();
+                    let request = frozen_request.clone();
                     let location = location.clone();
                     let control = control.clone();
                     std::thread::Builder::new()
@@ -230,6 +261,7 @@ impl Run<'_> {
         let mut files = files?;
         thawed?;
         recorded?;
+        files.extend(early_files);
         if let Some(t) = self.commit_thread.take() {
             let _ = t.join();
         }

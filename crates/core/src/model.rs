@@ -14,6 +14,7 @@ pub type CopyId = i64;
 pub enum Phase {
     Identify,
     Prepare,
+    Precommit,
     Freeze,
     Commit,
     Thaw,
@@ -26,9 +27,10 @@ pub enum Phase {
 }
 
 impl Phase {
-    pub const ALL: [Phase; 11] = [
+    pub const ALL: [Phase; 12] = [
         Phase::Identify,
         Phase::Prepare,
+        Phase::Precommit,
         Phase::Freeze,
         Phase::Commit,
         Phase::Thaw,
@@ -44,6 +46,7 @@ impl Phase {
         match self {
             Phase::Identify => "identify",
             Phase::Prepare => "prepare",
+            Phase::Precommit => "precommit",
             Phase::Freeze => "freeze",
             Phase::Commit => "commit",
             Phase::Thaw => "thaw",
@@ -131,6 +134,13 @@ pub struct Component {
     /// A required component that is missing at commit fails the set; an optional one is
     /// skipped (a SQLite `-wal` file that does not exist, say).
     pub required: bool,
+    /// The writer pins this component from the end of `prepare` until `thaw`: a copy of
+    /// it taken any time in that span, together with the unpinned components copied
+    /// while frozen, opens as the application's state at the freeze. Providers whose
+    /// commit is proportional to the data copy pinned components before the freeze
+    /// (SQLite in WAL mode pins its database file; only the WAL is copied while frozen).
+    #[serde(default)]
+    pub pinned: bool,
 }
 
 /// One file in a copy's manifest, keyed by its original absolute path.

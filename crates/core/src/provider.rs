@@ -23,6 +23,10 @@
 //!
 //! # Capability flags
 //! - [`Provider::rank`]: lower is faster; `auto` picks the lowest rank whose `check` passes.
+//! - [`Provider::copies_pinned_early`]: the coordinator commits the pinned components
+//!   (see [`Component::pinned`]) before the freeze, in a first `commit` call, and only the
+//!   rest inside the freeze window, in a second call with `continues` set. Worth it for
+//!   providers whose commit time grows with the data.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -50,6 +54,9 @@ pub struct CommitRequest {
     pub copy_id: CopyId,
     pub set_name: String,
     pub components: Vec<Component>,
+    /// `false`: the location must not exist yet. `true`: it holds this copy's earlier
+    /// stage (the pinned components) and these components are added to it.
+    pub continues: bool,
 }
 
 impl CommitRequest {
@@ -87,6 +94,9 @@ pub trait Provider: Send + Sync {
     /// The kind, as in the registry and `--provider`: `copy`, `reflink`.
     fn kind(&self) -> &'static str;
     fn rank(&self) -> u32;
+    fn copies_pinned_early(&self) -> bool {
+        false
+    }
     fn check(&self, paths: &[PathBuf]) -> Result<(), Unsupported>;
     fn location(&self, request: &CommitRequest) -> Result<String, BoxError>;
     fn commit(

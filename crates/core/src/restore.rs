@@ -165,6 +165,7 @@ impl<'a> Restorer<'a> {
             .filter(|c| c.path.exists())
             .map(|c| Component {
                 required: false,
+                pinned: false,
                 ..c.clone()
             })
             .collect();

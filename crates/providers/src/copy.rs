@@ -120,6 +120,12 @@ impl Provider for CopyProvider {
         30
     }
 
+    /// A full copy takes time in proportion to the data: pinned components (a SQLite
+    /// database in WAL mode) are copied before the freeze, the rest inside it.
+    fn copies_pinned_early(&self) -> bool {
+        true
+    }
+
     /// Passes for any file system; fails when the copies directory lies inside one of
     /// the paths (each copy would contain the earlier ones). Missing paths are ignored
     /// here: whether a component may be missing is decided at commit.
@@ -224,7 +230,7 @@ fn commit(
     if control.cancelled() {
         return Err(CopyError::Cancelled { done: 0, total });
     }
-    layout::create_location(location)?;
+    layout::open_location(location, request.continues)?;
     let files = layout::build_tree(location, &entries)?;
     let jobs: Vec<FileJob> = files
         .iter()

@@ -3,13 +3,14 @@
 //!
 //! A copy's location is the directory `<base>/copy-<copy_id>`; it holds
 //! `files/<original absolute path without the leading '/'>`. A commit:
-//! 1. [`create_location`] makes the location directory and refuses an existing one;
+//! 1. [`open_location`] makes the location directory and refuses an existing one (or,
+//!    for the second stage of a copy whose pinned components went first, requires it);
 //! 2. [`plan`] walks the components (directories recursively, without following symlinks
 //!    below a component's root) into a list of directories, regular files and symlinks;
 //! 3. [`build_tree`] creates the directories and symlinks and returns the regular files
 //!    for the provider to fill;
-//! 4. [`finish_tree`] sets the directories' metadata (deepest first, after their files)
-//!    and fsyncs every directory the commit created.
+//! 4. [`finish_tree`] sets the directories' metadata (deepest first, after their files);
+//! 5. after the thaw, [`persist`] fsyncs every file and directory of the copy.
 //!
 //! The manifest lists regular files only: it is what verification hashes and what a
 //! restore writes back. Symlinks are kept as symlinks in the copy's tree, directories
@@ -47,6 +48,11 @@ pub enum LayoutError {
         location.display()
     )]
     Exists { location: PathBuf },
+    #[error(
+        "copy location {} does not hold the first stage of this copy; this is a bug in shadowcopy, please report it",
+        location.display()
+    )]
+    NotStarted { location: PathBuf },
     #[error("the copy location {} is not valid UTF-8; choose a copies directory with a UTF-8 path", path.display())]
     NotUtf8 { path: PathBuf },
     #[error("the copy at {location} holds no file for {}", original.display())]
@@ -154,6 +160,21 @@ pub(crate) fn expose(
         .iter()
         .map(|f| Ok((f.path.clone(), in_copy(loc, &f.path)?)))
         .collect()
+}
+
+/// For a first commit, creates the location (see [`create_location`]); for a commit that
+/// `continues` one whose pinned components were copied first, requires it to exist.
+pub(crate) fn open_location(location: &Path, continues: bool) -> Result<(), LayoutError> {
+    if !continues {
+        return create_location(location);
+    }
+    if location.join("files").is_dir() {
+        Ok(())
+    } else {
+        Err(LayoutError::NotStarted {
+            location: location.to_path_buf(),
+        })
+    }
 }
 
 /// Creates `<location>` (its parents as needed) and `<location>/files`; an existing

@@ -360,7 +360,7 @@ fn commit(
             total: count,
         });
     }
-    layout::create_location(location)?;
+    layout::open_location(location, request.continues)?;
     let files = layout::build_tree(location, &entries)?;
     let done_bytes = AtomicU64::new(0);
     let done_files = AtomicU64::new(0);

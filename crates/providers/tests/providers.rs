@@ -36,6 +36,7 @@ fn component(path: &Path) -> Component {
         role: ComponentRole::Data,
         path: path.to_path_buf(),
         required: true,
+        pinned: false,
     }
 }
 
@@ -44,6 +45,7 @@ fn request(id: i64, paths: &[&Path]) -> CommitRequest {
         copy_id: id,
         set_name: "t".into(),
         components: paths.iter().map(|p| component(p)).collect(),
+        continues: false,
     }
 }
 

@@ -43,6 +43,50 @@ pub fn run_all(make: Make, data_dir: &Path) {
     cancel_before_commit(make, &case_dir(data_dir, "cancel-before"));
     cancel_during_commit(make, &case_dir(data_dir, "cancel-during"));
     location_never_overwritten(make, &case_dir(data_dir, "no-overwrite"));
+    two_stage_commit(make, &case_dir(data_dir, "two-stage"));
+}
+
+/// A commit in two stages (pinned components first, the rest with `continues`) gives one
+/// copy holding both; a continuing commit into a location that was never started fails.
+/// Every provider must accept this, whether or not it asks for it.
+pub fn two_stage_commit(make: Make, dir: &Path) {
+    let fx = fixture(dir);
+    let p = make(&fx.copies);
+    let (first, rest) = fx.components.split_at(1);
+    let req = request(7, first);
+    let loc = p.location(&req).expect("location");
+    let mut files = p.commit(&req, &loc, &no_events()).expect("first stage");
+    let second = CommitRequest {
+        continues: true,
+        ..request(7, rest)
+    };
+    files.extend(p.commit(&second, &loc, &no_events()).expect("second stage"));
+    p.persist(&loc).expect("persist");
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    let listed: Vec<PathBuf> = files.iter().map(|f| f.path.clone()).collect();
+    assert_eq!(listed, fx.files, "{}: both stages make one copy", p.kind());
+    let view = p.expose(&loc, &files).expect("expose");
+    for f in &files {
+        let in_copy = view.path_of(&f.path).expect("exposed");
+        assert_eq!(
+            std::fs::read(in_copy).unwrap(),
+            std::fs::read(&f.path).unwrap(),
+            "{}",
+            f.path.display()
+        );
+    }
+    let never = request(8, rest);
+    let never_loc = p.location(&never).expect("location");
+    let continuing = CommitRequest {
+        continues: true,
+        ..never
+    };
+    assert!(
+        p.commit(&continuing, &never_loc, &no_events()).is_err(),
+        "{}: a continuing commit needs its first stage",
+        p.kind()
+    );
+    p.delete(&loc).expect("delete");
 }
 
 fn case_dir(data_dir: &Path, name: &str) -> PathBuf {
@@ -91,6 +135,7 @@ fn component(name: &str, path: PathBuf, required: bool) -> Component {
         role: ComponentRole::Data,
         path,
         required,
+        pinned: false,
     }
 }
 
@@ -162,6 +207,7 @@ fn request(id: CopyId, components: &[Component]) -> CommitRequest {
         copy_id: id,
         set_name: "suite".into(),
         components: components.to_vec(),
+        continues: false,
     }
 }
 

@@ -8,6 +8,14 @@
 //! - components: the database file and, in WAL mode, its `-wal` (the copy of both opens
 //!   to the last transaction committed before the freeze). A checkpoint by another
 //!   connection while we are frozen only rewrites pages that the WAL also holds.
+//! - pin (WAL mode): at the end of prepare a read transaction of our own is opened and
+//!   held until thaw, and the database file is reported `pinned`, so a provider may copy
+//!   it before the freeze. While that read transaction lives, no writer can restart the
+//!   WAL (frames are never overwritten), and a checkpoint can only write pages into the
+//!   database file that WAL frames still hold (with read mark 0 it cannot write at all).
+//!   So the database file copied at any time in the span, plus the WAL copied while
+//!   frozen, opens as the state at the freeze: every page a checkpoint changed under the
+//!   copy is superseded by a frame in the copied WAL.
 //! - verify: a scratch clone of the copy's files is opened and `PRAGMA integrity_check`
 //!   runs on it, so the copy itself is never written (not even a `-shm`).
 //! - restore: refuses while a process holds the live database open; the staged copy is
@@ -58,6 +66,11 @@ pub enum SqliteError {
         .path.display()
     )]
     LockTimeout { path: PathBuf },
+    #[error(
+        "the journal mode of {} changed while the shadow set ran (WAL on or off); try again",
+        .path.display()
+    )]
+    JournalModeChanged { path: PathBuf },
     #[error("the copy holds no {}", .0.display())]
     NotInCopy(PathBuf),
     #[error("{} is in use by {}", .path.display(), .holders)]
@@ -70,6 +83,10 @@ pub struct SqliteWriter {
     options: SqliteOptions,
     path: PathBuf,
     frozen: Option<Connection>,
+    /// The read transaction that pins the database file (WAL mode), prepare to thaw.
+    pin: Option<Connection>,
+    /// identify reported the database file as pinned: prepare must pin it.
+    reports_pinned: bool,
 }
 
 const HEADER: &[u8; 16] = b"SQLite format 3\0";
@@ -87,6 +104,8 @@ impl SqliteWriter {
             options,
             path,
             frozen: None,
+            pin: None,
+            reports_pinned: false,
         }
     }
 
@@ -187,12 +206,14 @@ impl Writer for SqliteWriter {
 
     fn identify(&mut self) -> Result<Vec<Component>, BoxError> {
         let journal = read_journal_kind(&self.path)?;
+        self.reports_pinned = journal == JournalKind::Wal;
         let mut components = vec![Component {
             writer: self.name(),
             name: "db".into(),
             role: ComponentRole::Data,
             path: self.path.clone(),
             required: true,
+            pinned: self.reports_pinned,
         }];
         if journal == JournalKind::Wal {
             components.push(Component {
@@ -201,19 +222,40 @@ impl Writer for SqliteWriter {
                 role: ComponentRole::Log,
                 path: Self::wal_path(&self.path),
                 required: false,
+                pinned: false,
             });
         }
         Ok(components)
     }
 
-    /// A passive checkpoint moves committed pages from the WAL into the database before
-    /// the freeze, so the WAL copied while frozen is short. Rollback-journal databases
-    /// need nothing here.
+    /// In WAL mode: a passive checkpoint moves committed pages from the WAL into the
+    /// database, so the WAL copied while frozen is short; then the pin (see the module
+    /// documentation). Rollback-journal databases need nothing here.
     fn prepare(&mut self) -> Result<(), BoxError> {
-        if read_journal_kind(&self.path)? == JournalKind::Wal {
+        let wal = read_journal_kind(&self.path)? == JournalKind::Wal;
+        if self.reports_pinned && !wal {
+            return Err(SqliteError::JournalModeChanged {
+                path: self.path.clone(),
+            }
+            .into());
+        }
+        if wal {
             let conn = self.open_live()?;
             conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
                 .map_err(self.sql())?;
+        }
+        if self.reports_pinned {
+            let pin = self.open_live()?;
+            pin.execute_batch("BEGIN")
+                .and_then(|()| pin.query_row("SELECT COUNT(*) FROM sqlite_schema", [], |_| Ok(())))
+                .map_err(self.sql())?;
+            if read_journal_kind(&self.path)? != JournalKind::Wal {
+                return Err(SqliteError::JournalModeChanged {
+                    path: self.path.clone(),
+                }
+                .into());
+            }
+            self.pin = Some(pin);
         }
         Ok(())
     }
@@ -246,14 +288,18 @@ impl Writer for SqliteWriter {
         }
     }
 
+    /// Releases the write lock, then the pin. Dropping a connection releases its locks
+    /// too; ROLLBACK says so explicitly and reports a failure we can record.
     fn thaw(&mut self) -> Result<(), BoxError> {
-        if let Some(conn) = self.frozen.take() {
-            // Dropping the connection would release the lock too; ROLLBACK says so explicitly
-            // and reports a failure we can record.
+        let mut first = Ok(());
+        for conn in [self.frozen.take(), self.pin.take()].into_iter().flatten() {
             let result = conn.execute_batch("ROLLBACK");
             drop(conn);
-            result.map_err(self.sql())?;
+            if first.is_ok() {
+                first = result;
+            }
         }
+        first.map_err(self.sql())?;
         Ok(())
     }
 

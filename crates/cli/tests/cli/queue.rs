@@ -18,7 +18,7 @@ fn second_create_is_queued_behind_the_first_and_never_overlaps() {
         "--freeze-deadline",
         "120s",
     ]);
-    cli.wait_for_phase("freeze", Duration::from_secs(60));
+    cli.wait_for_phase("precommit", Duration::from_secs(60));
 
     let out = cli.run(&["create", "--sqlite", "bank.db", "--no-wait"]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
@@ -71,7 +71,7 @@ fn wait_limit_exceeded_exits_3_and_a_killed_holder_frees_the_queue() {
         "--freeze-deadline",
         "120s",
     ]);
-    cli.wait_for_phase("freeze", Duration::from_secs(60));
+    cli.wait_for_phase("precommit", Duration::from_secs(60));
     let out = cli.run(&["create", "--sqlite", "bank.db", "--wait", "300ms"]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(stderr(&out).contains("for longer than"), "{}", stderr(&out));

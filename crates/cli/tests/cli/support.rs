@@ -23,10 +23,15 @@ impl Cli {
         self.dir.path().join(name)
     }
 
-    /// A bank database in the temp dir, optionally padded to `pad` bytes.
+    /// A bank database (WAL mode) in the temp dir, optionally padded to `pad` bytes.
     pub fn bank(&self, name: &str, pad: u64) -> PathBuf {
+        self.bank_in_mode(name, pad, true)
+    }
+
+    /// A bank database in WAL mode or with a rollback journal.
+    pub fn bank_in_mode(&self, name: &str, pad: u64, wal: bool) -> PathBuf {
         let db = self.path(name);
-        bank::create(&db, 20, true).unwrap();
+        bank::create(&db, 20, wal).unwrap();
         if pad > 0 {
             bank::pad_to(&db, pad).unwrap();
         }
@@ -85,7 +90,8 @@ impl Cli {
         .ok()
     }
 
-    /// Waits until the newest copy is in `phase` (and still in progress).
+    /// Waits until the newest copy is in `phase` (and still in progress): `freeze` covers
+    /// the whole freeze window, `precommit` the copy of pinned files before it.
     pub fn wait_for_phase(&self, phase: &str, limit: Duration) -> i64 {
         let started = Instant::now();
         while started.elapsed() < limit {

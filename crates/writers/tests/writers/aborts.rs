@@ -285,40 +285,40 @@ fn interrupted_run_is_discarded_by_the_next_start() {
     next.unwrap();
 }
 
+/// The copy provider runs out of space: before the freeze (WAL mode, the pinned database
+/// file) or inside it (rollback journal).
 #[test]
-fn full_disk_during_commit_aborts_cleanly() {
+fn full_disk_during_the_copy_aborts_cleanly() {
     use shadowcopy_testing::loopfs::{loopfs_or_skip, FsKind};
-    let Some(fs) = loopfs_or_skip(
-        "full_disk_during_commit_aborts_cleanly",
-        FsKind::Ext4,
-        64 << 20,
-    ) else {
-        return;
-    };
-    let env = Env::new(true, None);
-    bank::pad_to(&env.db, 96 << 20).unwrap();
-    let opts = shadowcopy_providers::ProviderOptions {
-        copies_dir: Some(fs.path().join("copies")),
-        default_copies_dir: env.root.join("copies"),
-        parallelism: 2,
-    };
-    let full = shadowcopy_providers::build("copy", &opts).unwrap();
-    let (r, _) = env.create(env.request(vec![env.writer()], full, Duration::from_secs(60)));
-    let err = r.expect_err("the copy cannot fit");
-    assert!(format!("{err:?}").contains("NoSpace"), "{err:?}");
-    assert!(
-        std::fs::read_dir(fs.path().join("copies")).map_or(true, |mut d| d.next().is_none()),
-        "partial copy discarded"
-    );
-    assert_aborted_cleanly(&env, Err(err), |e| {
-        matches!(
-            e,
-            Error::Provider {
-                phase: Phase::Commit,
-                ..
-            }
-        )
-    });
-    drop(env);
-    drop(fs);
+    for (wal, phase) in [(true, Phase::Precommit), (false, Phase::Commit)] {
+        let Some(fs) = loopfs_or_skip(
+            "full_disk_during_the_copy_aborts_cleanly",
+            FsKind::Ext4,
+            64 << 20,
+        ) else {
+            return;
+        };
+        let env = Env::new(wal, None);
+        bank::pad_to(&env.db, 96 << 20).unwrap();
+        let opts = shadowcopy_providers::ProviderOptions {
+            copies_dir: Some(fs.path().join("copies")),
+            default_copies_dir: env.root.join("copies"),
+            parallelism: 2,
+        };
+        let full = shadowcopy_providers::build("copy", &opts).unwrap();
+        let (r, _) = env.create(env.request(vec![env.writer()], full, Duration::from_secs(60)));
+        let err = r.expect_err("the copy cannot fit");
+        assert!(format!("{err:?}").contains("NoSpace"), "{err:?}");
+        assert!(
+            matches!(err, Error::Provider { phase: p, .. } if p == phase),
+            "wal={wal}: {err:?}"
+        );
+        assert!(
+            std::fs::read_dir(fs.path().join("copies")).map_or(true, |mut d| d.next().is_none()),
+            "partial copy discarded"
+        );
+        assert_aborted_cleanly(&env, Err(err), |e| matches!(e, Error::Provider { .. }));
+        drop(env);
+        drop(fs);
+    }
 }

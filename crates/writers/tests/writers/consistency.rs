@@ -114,6 +114,7 @@ fn catalog_records_phases_in_order_with_timings_and_hashes() {
         [
             "identify",
             "prepare",
+            "precommit",
             "freeze",
             "commit",
             "thaw",
@@ -124,7 +125,7 @@ fn catalog_records_phases_in_order_with_timings_and_hashes() {
         ]
     );
     assert!(
-        d.phases[..8]
+        d.phases[..9]
             .iter()
             .all(|p| p.took_us.is_some() && p.error.is_none()),
         "{:?}",
@@ -133,12 +134,107 @@ fn catalog_records_phases_in_order_with_timings_and_hashes() {
     assert_eq!(d.summary.state, shadowcopy_core::CopyState::Usable);
     assert_eq!(d.summary.verify_state, shadowcopy_core::VerifyState::Passed);
     assert!(d.summary.freeze_window_us.unwrap() > 0);
-    let names: Vec<&str> = d.components.iter().map(|c| c.name.as_str()).collect();
-    assert_eq!(names, ["db", "wal"]);
+    let names: Vec<(&str, bool)> = d
+        .components
+        .iter()
+        .map(|c| (c.name.as_str(), c.pinned))
+        .collect();
+    assert_eq!(
+        names,
+        [("db", true), ("wal", false)],
+        "WAL mode pins the database file"
+    );
     assert!(
         !d.manifest.is_empty()
             && d.manifest
                 .iter()
                 .all(|f| f.blake3.as_ref().is_some_and(|h| h.len() == 64))
+    );
+}
+
+/// The pinned database file is copied before the freeze while pages all over it change
+/// and checkpoints (passive ones, and restarts that try to reset the WAL) run
+/// continuously: every copy must still open as the state at the freeze.
+#[test]
+fn pinned_database_copied_under_churn_and_checkpoints_stays_consistent() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let env = Env::new(true, None);
+    bank::pad_to(&env.db, 64 << 20).unwrap();
+    let stop = AtomicBool::new(false);
+    let checkpoints = AtomicU64::new(0);
+    /// Stops the churn thread however the scope ends (a failed assertion included).
+    struct StopOnDrop<'a>(&'a AtomicBool);
+    impl Drop for StopOnDrop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+    std::thread::scope(|scope| {
+        let _stop_churn = StopOnDrop(&stop);
+        // Rewrites filler rows across the file and checkpoints aggressively.
+        scope.spawn(|| {
+            let conn = rusqlite::Connection::open(&env.db).unwrap();
+            conn.busy_timeout(Duration::from_millis(20)).unwrap();
+            let rows: i64 = conn
+                .query_row("SELECT MAX(id) FROM filler", [], |r| r.get(0))
+                .unwrap();
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                let id = (i.wrapping_mul(7919) % rows as u64) as i64 + 1;
+                let _ = conn.execute(
+                    "UPDATE filler SET data = randomblob(length(data)) WHERE id = ?1",
+                    [id],
+                );
+                let pragma = if i % 5 == 0 {
+                    "PRAGMA wal_checkpoint(RESTART)"
+                } else {
+                    "PRAGMA wal_checkpoint(PASSIVE)"
+                };
+                if conn.query_row(pragma, [], |_| Ok(())).is_ok() {
+                    checkpoints.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+        let transfers = bank::start_transfers(&env.db, 2, Duration::ZERO);
+        std::thread::sleep(Duration::from_millis(200));
+        for round in 0..4 {
+            let provider = env.provider("copy");
+            let (result, began) = env.create(env.request(
+                vec![env.writer()],
+                provider.clone(),
+                Duration::from_secs(30),
+            ));
+            let created = result.unwrap_or_else(|e| panic!("copy {round} failed: {e:?}"));
+            assert!(
+                created
+                    .phases
+                    .iter()
+                    .any(|(p, _)| *p == shadowcopy_core::Phase::Precommit),
+                "the database file was copied before the freeze"
+            );
+            let verification = created.verification.as_ref().expect("verified");
+            assert!(verification.ok, "copy {round}: {}", verification.detail);
+            let acked = transfers.acknowledged_before(began.unwrap());
+            let view = provider.expose(&created.location, &created.files).unwrap();
+            let content = read_bank(view.path_of(&env.db).unwrap());
+            assert_eq!(content.summary.integrity, "ok", "copy {round}");
+            assert!(
+                content.summary.balanced(),
+                "copy {round}: {:?}",
+                content.summary
+            );
+            let missing = acked
+                .iter()
+                .filter(|id| content.ids.binary_search(id).is_err())
+                .count();
+            assert_eq!(missing, 0, "copy {round} lost acknowledged transfers");
+        }
+        let stats = transfers.stop();
+        assert!(stats.errors.is_empty(), "{:?}", stats.errors);
+    });
+    assert!(
+        checkpoints.load(Ordering::Relaxed) > 10,
+        "checkpoints ran during the test"
     );
 }
