@@ -12,7 +12,7 @@ use crate::coordinator::{chain, Coordinator, ShadowSetRequest};
 use crate::error::{BoxError, Error};
 use crate::events::EventSink;
 use crate::journal::Journal;
-use crate::model::{Component, CopyId, FileEntry, Origin, Phase};
+use crate::model::{Component, ComponentRole, CopyId, FileEntry, Origin, Phase};
 use crate::provider::Provider;
 use crate::writer::{staged_path, RestorePlan, Writer};
 
@@ -86,69 +86,12 @@ impl<'a> Restorer<'a> {
             }
         }
 
-        let mut pre_restore = None;
-        if in_place && request.keep_current {
-            let t = Instant::now();
-            pre_restore = self.keep_current(&request)?;
-            steps.push((
-                "keep current state as pre-restore copy".to_string(),
-                t.elapsed(),
-            ));
-        }
-
-        // Stage every file beside its target.
+        // Stage every file beside its target; the live data is not touched until the swap.
         self.events.phase_started(Phase::Restore);
-        let t = Instant::now();
-        let mut staged: Vec<(PathBuf, PathBuf)> = Vec::new();
-        let staging = (|| -> Result<(), BoxError> {
-            for (original, target) in &targets {
-                if let Some(dir) = target.parent() {
-                    std::fs::create_dir_all(dir)?;
-                }
-                let s = staged_path(target);
-                staged.push((target.clone(), s.clone()));
-                request
-                    .provider
-                    .restore_file(&request.location, original, &s)?;
-            }
-            Ok(())
-        })();
-        let cleanup = |staged: &[(PathBuf, PathBuf)]| {
-            for (_, s) in staged {
-                let _ = std::fs::remove_file(s);
-            }
-        };
-        if let Err(source) = staging {
-            cleanup(&staged);
-            return Err(Error::Restore {
-                step: "staging the copy's files".into(),
-                source,
-            });
-        }
-        steps.push(("stage files beside their targets".to_string(), t.elapsed()));
-
-        let t = Instant::now();
-        let plan = match self.plan(&request, &targets, &staged) {
-            Ok(plan) => plan,
-            Err(e) => {
-                cleanup(&staged);
-                return Err(e);
-            }
-        };
-        steps.push(("writers finish the staged files".to_string(), t.elapsed()));
-
-        let t = Instant::now();
-        swap(&plan).map_err(|source| {
-            cleanup(&staged);
-            Error::Restore {
-                step: "swapping the restored files in".into(),
-                source,
-            }
-        })?;
-        steps.push(("swap in by rename".to_string(), t.elapsed()));
+        let result = self.stage_keep_and_swap(&request, &targets, in_place, &mut steps);
         self.events
-            .phase_finished(Phase::Restore, started.elapsed(), true);
-
+            .phase_finished(Phase::Restore, started.elapsed(), result.is_ok());
+        let (plan, pre_restore) = result?;
         Ok(RestoreOutcome {
             targets: plan.install.iter().map(|(_, t)| t.clone()).collect(),
             pre_restore,
@@ -157,16 +100,93 @@ impl<'a> Restorer<'a> {
         })
     }
 
-    /// A raw copy of the live files (nobody holds them open, or --force was given).
-    fn keep_current(&self, request: &RestoreRequest) -> Result<Option<CopyId>, Error> {
-        let components: Vec<Component> = request
-            .components
+    /// Stages the copy's files, lets the writers finish them, keeps what the swap will
+    /// replace as a `pre-restore` copy, then swaps. Staged files are removed on any error.
+    fn stage_keep_and_swap(
+        &self,
+        request: &RestoreRequest,
+        targets: &[(PathBuf, PathBuf)],
+        in_place: bool,
+        steps: &mut Vec<(String, Duration)>,
+    ) -> Result<(RestorePlan, Option<CopyId>), Error> {
+        let t = Instant::now();
+        let mut staged: Vec<(PathBuf, PathBuf)> = Vec::new();
+        let staging = (|| -> Result<(), BoxError> {
+            for (original, target) in targets {
+                if let Some(dir) = target.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                let s = staged_path(target);
+                remove_staged_leftovers(&s);
+                staged.push((target.clone(), s.clone()));
+                request
+                    .provider
+                    .restore_file(&request.location, original, &s)?;
+            }
+            Ok(())
+        })();
+        let result = staging
+            .map_err(|source| Error::Restore {
+                step: "staging the copy's files".into(),
+                source,
+            })
+            .and_then(|()| {
+                steps.push(("stage files beside their targets".to_string(), t.elapsed()));
+                let t = Instant::now();
+                let (plan, owners) = self.plan(request, targets, &staged)?;
+                steps.push(("writers finish the staged files".to_string(), t.elapsed()));
+                let mut pre_restore = None;
+                if in_place && request.keep_current {
+                    let t = Instant::now();
+                    pre_restore = self.keep_current(request, &plan, &owners)?;
+                    steps.push((
+                        "keep current state as pre-restore copy".to_string(),
+                        t.elapsed(),
+                    ));
+                }
+                let t = Instant::now();
+                swap(&plan, &*self.events)?;
+                steps.push(("swap in by rename".to_string(), t.elapsed()));
+                Ok((plan, pre_restore))
+            });
+        if result.is_err() {
+            for (_, s) in &staged {
+                remove_staged_leftovers(s);
+            }
+        }
+        result
+    }
+
+    /// A raw copy of every live file the swap will replace or remove (nobody holds them
+    /// open, or --force was given), so that restoring it undoes this restore exactly.
+    /// Each file is recorded under the writer whose plan touches it, so that restoring the
+    /// pre-restore copy hands it to that writer again (a hot journal gets rolled back).
+    fn keep_current(
+        &self,
+        request: &RestoreRequest,
+        plan: &RestorePlan,
+        owners: &Owners,
+    ) -> Result<Option<CopyId>, Error> {
+        let mut seen = BTreeSet::new();
+        let components: Vec<Component> = plan
+            .install
             .iter()
-            .filter(|c| c.path.exists())
-            .map(|c| Component {
+            .map(|(_, target)| target)
+            .chain(&plan.remove)
+            .filter(|p| p.exists() && seen.insert((*p).clone()))
+            .map(|p| Component {
+                writer: owners
+                    .get(p)
+                    .cloned()
+                    .unwrap_or_else(|| "pre-restore".into()),
+                name: p
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                role: ComponentRole::Data,
+                path: p.clone(),
                 required: false,
                 pinned: false,
-                ..c.clone()
             })
             .collect();
         if components.is_empty() {
@@ -202,8 +222,9 @@ impl<'a> Restorer<'a> {
         request: &RestoreRequest,
         targets: &[(PathBuf, PathBuf)],
         staged: &[(PathBuf, PathBuf)],
-    ) -> Result<RestorePlan, Error> {
+    ) -> Result<(RestorePlan, Owners), Error> {
         let mut plan = RestorePlan::default();
+        let mut owners = Owners::new();
         let mut claimed = BTreeSet::new();
         for w in &request.writers {
             let name = w.name();
@@ -227,17 +248,24 @@ impl<'a> Restorer<'a> {
                 step: format!("{} finished the staged files", w.name()),
                 source,
             })?;
+            for path in part.install.iter().map(|(_, t)| t).chain(&part.remove) {
+                owners.insert(path.clone(), name.clone());
+            }
             plan.install.extend(part.install);
             plan.remove.extend(part.remove);
+            plan.discard.extend(part.discard);
         }
         for (target, s) in staged {
             if !claimed.contains(target) {
                 plan.install.push((s.clone(), target.clone()));
             }
         }
-        Ok(plan)
+        Ok((plan, owners))
     }
 }
+
+/// Which writer's restore plan names a file (target or removed path).
+type Owners = std::collections::BTreeMap<PathBuf, String>;
 
 /// Original path → target path. In place the two are equal; with `to`, files keep their
 /// paths relative to the deepest directory that holds them all.
@@ -279,10 +307,45 @@ fn map_targets(files: &[FileEntry], to: Option<&Path>) -> Result<Vec<(PathBuf, P
         .collect())
 }
 
-/// Moves stale files and current targets aside, renames staged files onto their targets,
-/// syncs the directories, then deletes what was moved aside. On any error, undoes the
-/// renames done so far.
-fn swap(plan: &RestorePlan) -> Result<(), BoxError> {
+/// Removes a staged file and anything a writer derived from it (`<staged>-wal`, …),
+/// from this restore or an interrupted earlier one.
+fn remove_staged_leftovers(staged: &Path) {
+    let (Some(dir), Some(name)) = (staged.parent(), staged.file_name()) else {
+        return;
+    };
+    let name = name.to_string_lossy();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with(name.as_ref()) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+/// Why a swap did not complete.
+#[derive(Debug, thiserror::Error)]
+enum SwapError {
+    #[error("renaming {} failed", .path.display())]
+    Rename {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("renaming {} failed, and putting back what was moved aside failed too: {}", .path.display(), .stranded.join("; "))]
+    UndoFailed {
+        path: PathBuf,
+        stranded: Vec<String>,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Moves the files to remove and the current targets aside, renames staged files onto
+/// their targets, then syncs the directories and deletes what was moved aside. A failed
+/// rename undoes the renames done so far (and says which files it could not put back).
+/// After the last rename the restore has happened: a failed directory fsync is a warning.
+fn swap(plan: &RestorePlan, events: &dyn EventSink) -> Result<(), Error> {
     let mut stashed: Vec<(PathBuf, PathBuf)> = Vec::new();
     let mut installed: Vec<PathBuf> = Vec::new();
     let stash = |path: &Path, stashed: &mut Vec<(PathBuf, PathBuf)>| -> std::io::Result<()> {
@@ -295,25 +358,46 @@ fn swap(plan: &RestorePlan) -> Result<(), BoxError> {
         }
         Ok(())
     };
-    let result = (|| -> std::io::Result<()> {
-        for r in &plan.remove {
-            stash(r, &mut stashed)?;
+    let result = (|| -> Result<(), (PathBuf, std::io::Error)> {
+        for r in plan.remove.iter().chain(&plan.discard) {
+            stash(r, &mut stashed).map_err(|e| (r.clone(), e))?;
         }
         for (staged, target) in &plan.install {
-            stash(target, &mut stashed)?;
-            std::fs::rename(staged, target)?;
+            stash(target, &mut stashed).map_err(|e| (target.clone(), e))?;
+            std::fs::rename(staged, target).map_err(|e| (staged.clone(), e))?;
             installed.push(target.clone());
         }
         Ok(())
     })();
-    if let Err(e) = result {
+    if let Err((path, source)) = result {
+        let mut stranded = Vec::new();
         for t in installed.iter().rev() {
-            let _ = std::fs::remove_file(t);
+            if let Err(e) = std::fs::remove_file(t) {
+                stranded.push(format!("{} ({e})", t.display()));
+            }
         }
         for (orig, aside) in stashed.iter().rev() {
-            let _ = std::fs::rename(aside, orig);
+            if let Err(e) = std::fs::rename(aside, orig) {
+                stranded.push(format!(
+                    "{} is at {} ({e})",
+                    orig.display(),
+                    aside.display()
+                ));
+            }
         }
-        return Err(Box::new(e));
+        let source: BoxError = if stranded.is_empty() {
+            Box::new(SwapError::Rename { path, source })
+        } else {
+            Box::new(SwapError::UndoFailed {
+                path,
+                stranded,
+                source,
+            })
+        };
+        return Err(Error::Restore {
+            step: "swapping the restored files in".into(),
+            source,
+        });
     }
     let dirs: BTreeSet<&Path> = plan
         .install
@@ -321,7 +405,12 @@ fn swap(plan: &RestorePlan) -> Result<(), BoxError> {
         .filter_map(|(_, t)| t.parent())
         .collect();
     for d in dirs {
-        std::fs::File::open(d)?.sync_all()?;
+        if let Err(e) = std::fs::File::open(d).and_then(|f| f.sync_all()) {
+            events.warning(&format!(
+                "the restore is in place, but syncing {} failed ({e}); a power loss now could undo it",
+                d.display()
+            ));
+        }
     }
     for (_, aside) in stashed {
         let _ = std::fs::remove_file(aside);

@@ -27,11 +27,15 @@ use crate::error::BoxError;
 use crate::model::{Component, CopyView, VerifyReport};
 
 /// What the restore swaps in: each staged file renamed onto its target, and files that
-/// must not survive beside the restored data (a stale SQLite `-wal`).
+/// must not survive beside the restored data. The state being replaced is kept as a
+/// `pre-restore` copy of every existing target and `remove` path (so restoring it undoes
+/// the restore, a stale SQLite `-wal` or hot `-journal` included); `discard` paths hold
+/// nothing worth keeping (a `-shm` index) and are simply removed.
 #[derive(Clone, Debug, Default)]
 pub struct RestorePlan {
     pub install: Vec<(PathBuf, PathBuf)>,
     pub remove: Vec<PathBuf>,
+    pub discard: Vec<PathBuf>,
 }
 
 pub trait Writer: Send {
@@ -72,6 +76,7 @@ pub trait Writer: Send {
         Ok(RestorePlan {
             install: staged.iter().map(|(t, s)| (s.clone(), t.clone())).collect(),
             remove: Vec::new(),
+            discard: Vec::new(),
         })
     }
 }

@@ -71,6 +71,16 @@ pub enum SqliteError {
         .path.display()
     )]
     JournalModeChanged { path: PathBuf },
+    #[error("cannot prepare the staged file {}", .path.display())]
+    Stage {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the checkpoint of the staged database {} reported busy; is another process using it?", .path.display())]
+    CheckpointBusy { path: PathBuf },
+    #[error("{} still holds data after the staged database was finished; the restore stops here", .path.display())]
+    NotFolded { path: PathBuf },
     #[error("the copy holds no {}", .0.display())]
     NotInCopy(PathBuf),
     #[error("{} is in use by {}", .path.display(), .holders)]
@@ -90,6 +100,15 @@ pub struct SqliteWriter {
 }
 
 const HEADER: &[u8; 16] = b"SQLite format 3\0";
+
+/// The files SQLite keeps beside a database.
+const SIDECARS: [&str; 3] = ["-wal", "-journal", "-shm"];
+
+/// Which sidecar `path` is, if it is one.
+fn sidecar_of(path: &Path) -> Option<&'static str> {
+    let name = path.file_name()?.to_string_lossy();
+    SIDECARS.into_iter().find(|s| name.ends_with(s))
+}
 
 /// How long identify, prepare and restore checks wait for the application's locks.
 const OUTSIDE_FREEZE_BUSY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -376,10 +395,8 @@ impl Writer for SqliteWriter {
         let mut watched = Vec::new();
         for t in targets {
             watched.push(t.clone());
-            if !t.as_os_str().to_string_lossy().ends_with("-wal") {
-                watched.push(suffixed(t, "-wal"));
-                watched.push(suffixed(t, "-shm"));
-                watched.push(suffixed(t, "-journal"));
+            if sidecar_of(t).is_none() {
+                watched.extend(SIDECARS.iter().map(|s| suffixed(t, s)));
             }
         }
         let holders = proc_scan::holders(&watched);
@@ -398,23 +415,38 @@ impl Writer for SqliteWriter {
         .into())
     }
 
-    /// Folds the staged `-wal` into the staged database (a TRUNCATE checkpoint on a file
-    /// nobody else sees), so one rename installs the whole restored state; the live
-    /// `-wal`, `-shm` and `-journal` are removed by the swap.
+    /// Folds the staged sidecars into the staged database: a `-wal` is checkpointed
+    /// (TRUNCATE), a hot `-journal` (in a pre-restore copy of a crashed rollback-journal
+    /// application) is rolled back by SQLite on the first read. Both happen on files
+    /// nobody else sees, so one rename installs the whole restored state. The live
+    /// `-wal` and `-journal` are replaced (and kept in the pre-restore copy), the `-shm`
+    /// index is discarded.
     fn finish_restore(&self, staged: &[(PathBuf, PathBuf)]) -> Result<RestorePlan, BoxError> {
-        let is_wal = |t: &Path| t.as_os_str().to_string_lossy().ends_with("-wal");
         let (db_target, db_staged) = staged
             .iter()
-            .find(|(t, _)| !is_wal(t))
+            .find(|(t, _)| sidecar_of(t).is_none())
             .cloned()
             .ok_or_else(|| SqliteError::NotInCopy(self.path.clone()))?;
-        if let Some((_, wal_staged)) = staged.iter().find(|(t, _)| is_wal(t)) {
-            std::fs::rename(wal_staged, Self::wal_path(&db_staged)).map_err(|source| {
-                SqliteError::Read {
-                    path: wal_staged.clone(),
-                    source,
+        let stage_err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| SqliteError::Stage { path, source }
+        };
+        for suffix in SIDECARS {
+            let derived = suffixed(&db_staged, suffix);
+            match std::fs::remove_file(&derived) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(stage_err(&derived)(e).into()),
+            }
+        }
+        for (target, file) in staged {
+            match sidecar_of(target) {
+                Some(suffix @ ("-wal" | "-journal")) => {
+                    std::fs::rename(file, suffixed(&db_staged, suffix)).map_err(stage_err(file))?
                 }
-            })?;
+                Some(_) => std::fs::remove_file(file).map_err(stage_err(file))?,
+                None => {}
+            }
         }
         let sql = |source| SqliteError::Sql {
             path: db_staged.clone(),
@@ -423,29 +455,39 @@ impl Writer for SqliteWriter {
         {
             let conn = Connection::open_with_flags(&db_staged, OpenFlags::SQLITE_OPEN_READ_WRITE)
                 .map_err(sql)?;
+            // The first read rolls back a hot journal.
             let mode: String = conn
                 .query_row("PRAGMA journal_mode", [], |r| r.get(0))
                 .map_err(sql)?;
             if mode.eq_ignore_ascii_case("wal") {
-                conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+                let busy: i64 = conn
+                    .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
                     .map_err(sql)?;
+                if busy != 0 {
+                    return Err(SqliteError::CheckpointBusy {
+                        path: db_staged.clone(),
+                    }
+                    .into());
+                }
             }
         }
-        for suffix in ["-wal", "-shm"] {
-            let _ = std::fs::remove_file(suffixed(&db_staged, suffix));
+        for suffix in SIDECARS {
+            let derived = suffixed(&db_staged, suffix);
+            if std::fs::metadata(&derived).is_ok_and(|m| m.len() > 0) && suffix != "-shm" {
+                return Err(SqliteError::NotFolded { path: derived }.into());
+            }
+            let _ = std::fs::remove_file(derived);
         }
         std::fs::File::open(&db_staged)
             .and_then(|f| f.sync_all())
-            .map_err(|source| SqliteError::Read {
-                path: db_staged.clone(),
-                source,
-            })?;
+            .map_err(stage_err(&db_staged))?;
         Ok(RestorePlan {
             install: vec![(db_staged, db_target.clone())],
-            remove: ["-wal", "-shm", "-journal"]
-                .iter()
-                .map(|s| suffixed(&db_target, s))
-                .collect(),
+            remove: vec![
+                suffixed(&db_target, "-wal"),
+                suffixed(&db_target, "-journal"),
+            ],
+            discard: vec![suffixed(&db_target, "-shm")],
         })
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::Args;
 use serde::Serialize;
 use shadowcopy_catalog::CopySummary;
-use shadowcopy_core::CopyState;
+use shadowcopy_core::{CopyState, Origin, VerifyState};
 
 use super::WaitArgs;
 use crate::errors::UsageError;
@@ -22,14 +22,10 @@ pub struct DeleteArgs {
     /// Delete copies created longer ago than this (e.g. 7d)
     #[arg(long, value_name = "AGE", value_parser = humantime::parse_duration, conflicts_with = "ids", help_heading = "Selection")]
     pub older_than: Option<Duration>,
-    /// Keep the N newest usable copies of each set; delete the rest
-    #[arg(
-        long,
-        value_name = "N",
-        conflicts_with = "ids",
-        help_heading = "Selection"
-    )]
-    pub keep_last: Option<usize>,
+    /// Keep each set's copies down to its N-th newest verified copy; delete older ones
+    /// (pre-restore copies only go by id or --older-than)
+    #[arg(long, value_name = "N", conflicts_with = "ids", value_parser = clap::value_parser!(u64).range(1..), help_heading = "Selection")]
+    pub keep_last: Option<u64>,
     /// Only consider this set's copies
     #[arg(
         long,
@@ -64,14 +60,22 @@ pub fn run(g: &GlobalArgs, args: DeleteArgs) -> anyhow::Result<()> {
         .into());
     }
     let catalog = session.open_catalog()?;
-    select(&catalog.list(args.set.as_deref())?, &args)?;
-    let _queue = session.take_queue(
-        &catalog,
-        "delete",
-        args.set.as_deref().unwrap_or("*"),
-        args.wait.policy(),
-    )?;
-    let chosen = select(&catalog.list(args.set.as_deref())?, &args)?;
+    // Checked once before waiting for the queue (bad ids fail at once), and again under
+    // it, after recovery has settled copies a dead process left in progress. A dry run
+    // neither waits nor recovers: it writes nothing.
+    select(&catalog.list(args.set.as_deref())?, &args, Settled::No)?;
+    let _queue = if args.dry_run {
+        None
+    } else {
+        let scope = args.set.as_deref().unwrap_or("*");
+        Some(session.take_queue(&catalog, "delete", scope, args.wait.policy())?)
+    };
+    let settled = if args.dry_run {
+        Settled::No
+    } else {
+        Settled::Yes
+    };
+    let chosen = select(&catalog.list(args.set.as_deref())?, &args, settled)?;
     let mut report = Vec::new();
     for copy in chosen {
         if !args.dry_run {
@@ -111,8 +115,23 @@ pub fn run(g: &GlobalArgs, args: DeleteArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The copies the arguments name. Copies still being made are never selected.
-fn select(copies: &[CopySummary], args: &DeleteArgs) -> anyhow::Result<Vec<CopySummary>> {
+/// Whether recovery has run (we hold the queue): only then does `in-progress` surely
+/// mean a live shadow set.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Settled {
+    Yes,
+    No,
+}
+
+/// The copies the arguments name. Copies in progress are never selected. --keep-last N
+/// keeps every copy down to the N-th newest verified one of its set, so a damaged or
+/// unverified copy never pushes out the last good one; pre-restore copies are left to
+/// --older-than. With both, a copy goes only if both say so.
+fn select(
+    copies: &[CopySummary],
+    args: &DeleteArgs,
+    settled: Settled,
+) -> anyhow::Result<Vec<CopySummary>> {
     if !args.ids.is_empty() {
         return args
             .ids
@@ -123,7 +142,7 @@ fn select(copies: &[CopySummary], args: &DeleteArgs) -> anyhow::Result<Vec<CopyS
                         "copy {id} does not exist; `shadowcopy list` shows the copies"
                     ))
                 })?;
-                if copy.state == CopyState::InProgress {
+                if copy.state == CopyState::InProgress && settled == Settled::Yes {
                     return Err(UsageError::new(format!(
                         "copy {id} is still being made (pid {}); wait for it to finish",
                         copy.pid
@@ -135,7 +154,7 @@ fn select(copies: &[CopySummary], args: &DeleteArgs) -> anyhow::Result<Vec<CopyS
             .collect();
     }
     let now = chrono::Utc::now().timestamp_millis();
-    let mut kept_per_set: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut kept_per_set: BTreeMap<&str, u64> = BTreeMap::new();
     let mut chosen = Vec::new();
     // Newest first, so --keep-last keeps the newest usable copies.
     for c in copies.iter().rev() {
@@ -143,12 +162,16 @@ fn select(copies: &[CopySummary], args: &DeleteArgs) -> anyhow::Result<Vec<CopyS
             continue;
         }
         if let Some(n) = args.keep_last {
-            if c.state == CopyState::Usable {
-                let kept = kept_per_set.entry(&c.set).or_default();
-                if *kept < n {
-                    *kept += 1;
-                    continue;
+            // Everything down to the set's N-th newest verified copy stays.
+            let verified = kept_per_set.entry(&c.set).or_default();
+            if *verified < n {
+                if c.state == CopyState::Usable && c.verify_state == VerifyState::Passed {
+                    *verified += 1;
                 }
+                continue;
+            }
+            if c.origin == Origin::PreRestore && args.older_than.is_none() {
+                continue;
             }
         }
         if let Some(age) = args.older_than {

@@ -216,3 +216,49 @@ fn providers_explain_what_they_can_serve() {
     let w = cli.json(&["writers", "--json"]);
     assert_eq!(w["kinds"][0]["kind"], "sqlite");
 }
+
+#[test]
+fn keep_last_never_trades_a_verified_copy_for_a_damaged_one() {
+    let cli = Cli::new();
+    let db = cli.bank("bank.db", 0);
+    for _ in 0..2 {
+        cli.ok(&["create", "--sqlite", "bank.db", "--provider", "copy", "-q"]);
+    }
+    // The newest copy is damaged at rest and fails its next verification.
+    let in_copy = copy_file_of(&cli, 2, &db);
+    let mut bytes = std::fs::read(&in_copy).unwrap();
+    bytes[100] ^= 0xFF;
+    std::fs::write(&in_copy, bytes).unwrap();
+    assert_eq!(cli.run(&["verify", "2"]).status.code(), Some(4));
+    cli.ok(&[
+        "create",
+        "--sqlite",
+        "bank.db",
+        "--provider",
+        "copy",
+        "--no-verify",
+        "-q",
+    ]);
+
+    let dry = cli.json(&["delete", "--keep-last", "1", "--dry-run", "--json"]);
+    assert_eq!(
+        dry.as_array().unwrap().len(),
+        0,
+        "copy 1 is the newest verified one: nothing older to delete"
+    );
+    let out = cli.run(&["delete", "--keep-last", "0"]);
+    assert_eq!(out.status.code(), Some(2), "keeping none is refused");
+    cli.ok(&["create", "--sqlite", "bank.db", "--provider", "copy", "-q"]);
+    let gone = cli.json(&["delete", "--keep-last", "1", "--json"]);
+    let ids: Vec<i64> = gone
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [1, 2, 3],
+        "everything older than the newest verified copy (4) goes"
+    );
+}

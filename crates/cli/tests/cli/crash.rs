@@ -10,15 +10,7 @@ use crate::support::{assert_writable, kill9, stderr, Cli};
 fn kill_9_in(phase: &str, wal: bool) {
     let cli = Cli::new();
     let db = cli.bank_in_mode("bank.db", 256 << 20, wal);
-    let mut child = cli.spawn(&[
-        "create",
-        "--sqlite",
-        "bank.db",
-        "--provider",
-        "copy",
-        "--freeze-deadline",
-        "120s",
-    ]);
+    let mut child = cli.spawn_copy_of_bank();
     let id = cli.wait_for_phase(phase, Duration::from_secs(60));
     kill9(&mut child);
 

@@ -9,15 +9,7 @@ use crate::support::{kill9, stderr, Cli};
 fn second_create_is_queued_behind_the_first_and_never_overlaps() {
     let cli = Cli::new();
     cli.bank("bank.db", 256 << 20);
-    let first = cli.spawn(&[
-        "create",
-        "--sqlite",
-        "bank.db",
-        "--provider",
-        "copy",
-        "--freeze-deadline",
-        "120s",
-    ]);
+    let first = cli.spawn_copy_of_bank();
     cli.wait_for_phase("precommit", Duration::from_secs(60));
 
     let out = cli.run(&["create", "--sqlite", "bank.db", "--no-wait"]);
@@ -62,15 +54,7 @@ fn second_create_is_queued_behind_the_first_and_never_overlaps() {
 fn wait_limit_exceeded_exits_3_and_a_killed_holder_frees_the_queue() {
     let cli = Cli::new();
     cli.bank("bank.db", 256 << 20);
-    let mut first = cli.spawn(&[
-        "create",
-        "--sqlite",
-        "bank.db",
-        "--provider",
-        "copy",
-        "--freeze-deadline",
-        "120s",
-    ]);
+    let mut first = cli.spawn_copy_of_bank();
     cli.wait_for_phase("precommit", Duration::from_secs(60));
     let out = cli.run(&["create", "--sqlite", "bank.db", "--wait", "300ms"]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));

@@ -64,6 +64,20 @@ impl Cli {
         serde_json::from_str(&self.ok(args)).unwrap()
     }
 
+    /// `create` of `bank.db` with the full-copy provider and a deadline long enough for
+    /// a large database: a shadow set that runs long enough to be caught mid-way.
+    pub fn spawn_copy_of_bank(&self) -> Child {
+        self.spawn(&[
+            "create",
+            "--sqlite",
+            "bank.db",
+            "--provider",
+            "copy",
+            "--freeze-deadline",
+            "120s",
+        ])
+    }
+
     pub fn spawn(&self, args: &[&str]) -> Child {
         self.cmd(args)
             .stdout(Stdio::piped())

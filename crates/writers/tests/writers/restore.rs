@@ -195,3 +195,63 @@ fn failed_restore_leaves_the_live_data_exactly_as_it_was() {
     );
     assert!(read_bank(&env.db).summary.balanced());
 }
+
+/// A rollback-journal application crashed mid-transaction: its database file holds
+/// uncommitted pages and a hot `-journal` holds what undoes them. Restoring over it keeps
+/// both in the pre-restore copy, so undoing the restore gives back the committed state.
+#[test]
+fn pre_restore_copy_keeps_a_hot_journal_and_undo_rolls_it_back() {
+    let env = Env::new(false, None);
+    bank::pad_to(&env.db, 4 << 20).unwrap();
+    let copy = take_copy(&env);
+    run_transfers(&env, Duration::from_millis(150));
+    let committed = read_bank(&env.db).ids;
+    // A process that dies inside a transaction whose pages already spilled to the file.
+    let crash = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import sqlite3, sys, os\n\
+             c = sqlite3.connect(sys.argv[1], isolation_level=None)\n\
+             c.execute('PRAGMA cache_size=1')\n\
+             c.execute('BEGIN')\n\
+             c.execute('UPDATE filler SET data = randomblob(length(data))')\n\
+             c.execute('UPDATE accounts SET balance = balance + 1000')\n\
+             os._exit(0)\n",
+        )
+        .arg(&env.db)
+        .status()
+        .expect("python3 runs");
+    assert!(crash.success());
+    let journal = with_suffix(&env.db, "-journal");
+    assert!(
+        std::fs::metadata(&journal).is_ok_and(|m| m.len() > 0),
+        "a hot journal was left"
+    );
+
+    let outcome = restore(&env, copy.id, None, false).unwrap();
+    assert!(
+        !journal.exists(),
+        "the stale journal is not replayed onto the restored data"
+    );
+    assert!(read_bank(&env.db).summary.balanced());
+    let pre = outcome.pre_restore.expect("pre-restore copy");
+    let kept: Vec<String> = env
+        .catalog
+        .manifest(pre)
+        .unwrap()
+        .iter()
+        .map(|f| f.path.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert!(kept.contains(&"bank.db-journal".to_string()), "{kept:?}");
+
+    restore(&env, pre, None, false).unwrap();
+    let back = read_bank(&env.db);
+    assert_eq!(back.summary.integrity, "ok");
+    assert!(
+        back.summary.balanced(),
+        "the crashed transaction was rolled back: {:?}",
+        back.summary
+    );
+    assert_eq!(back.ids, committed);
+    assert!(!journal.exists());
+}
