@@ -47,6 +47,10 @@ impl Journal for Catalog {
         Ok(())
     }
 
+    fn discarded(&self, id: CopyId) -> Result<(), JournalError> {
+        Ok(self.forget_location(id)?)
+    }
+
     fn enter_phase(&self, id: CopyId, phase: Phase) -> Result<(), JournalError> {
         let tx = self.conn.unchecked_transaction()?;
         tx.execute(

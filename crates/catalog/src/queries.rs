@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use rusqlite::{params, OptionalExtension, Row};
 use serde::Serialize;
 use shadowcopy_core::model::{
-    Component, ComponentRole, CopyId, CopyState, FileEntry, Origin, Phase, VerifyState,
+    Component, ComponentRole, CopyId, CopyState, FileEntry, Origin, VerifyState,
 };
 
 use crate::{Catalog, CatalogError};
@@ -208,12 +208,20 @@ impl Catalog {
     /// finished by the next run's recovery.
     pub fn mark_deleting(&self, id: CopyId) -> Result<(), CatalogError> {
         let n = self.conn.execute(
-            "UPDATE copies SET state = ?2, phase = ?3 WHERE id = ?1",
-            params![id, CopyState::Deleting.as_str(), Phase::Abort.as_str()],
+            "UPDATE copies SET state = ?2, phase = 'delete' WHERE id = ?1",
+            params![id, CopyState::Deleting.as_str()],
         )?;
         if n == 0 {
             return Err(CatalogError::NoSuchCopy(id));
         }
+        Ok(())
+    }
+
+    /// The copy's data is gone: its location is no longer recorded (see
+    /// `Journal::set_location`).
+    pub(crate) fn forget_location(&self, id: CopyId) -> Result<(), CatalogError> {
+        self.conn
+            .execute("UPDATE copies SET location = NULL WHERE id = ?1", [id])?;
         Ok(())
     }
 

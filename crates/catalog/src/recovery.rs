@@ -1,7 +1,8 @@
-//! Cleanup of interrupted shadow sets: a copy still `in-progress` (or `deleting`) while
-//! we hold the queue belongs to a process that died. Its freeze was released with that
-//! process (the writer contract); what remains is the partial copy, discarded here, and
-//! the record, marked failed with the reason.
+//! Cleanup of interrupted shadow sets. While we hold the queue, a copy still
+//! `in-progress` (or `deleting`) belongs to a process that died: its freeze was released
+//! with that process (the writer contract); what remains is the partial copy, discarded
+//! here, and the record, marked failed with the reason. A `failed` copy that still has a
+//! location is one whose data the abort path could not discard: that is retried here.
 
 use std::sync::Arc;
 
@@ -33,7 +34,8 @@ impl Catalog {
     ) -> Result<Vec<Recovered>, CatalogError> {
         let mut done = Vec::new();
         for copy in self.list(None)? {
-            if !matches!(copy.state, CopyState::InProgress | CopyState::Deleting) {
+            let leftover = copy.state == CopyState::Failed && copy.location.is_some();
+            if !matches!(copy.state, CopyState::InProgress | CopyState::Deleting) && !leftover {
                 continue;
             }
             let discarded = match (&copy.location, provider_for(&copy)) {
@@ -44,7 +46,12 @@ impl Catalog {
                     .map_err(|e| format!("discarding {loc} failed: {e}")),
                 (Some(loc), Err(e)) => Err(format!("cannot discard {loc}: {e}")),
             };
+            if discarded.is_ok() && copy.location.is_some() {
+                self.forget_location(copy.id)?;
+            }
             let what = match (copy.state, discarded) {
+                (CopyState::Failed, Ok(msg)) => format!("leftover data of the failed copy: {msg}"),
+                (CopyState::Failed, Err(msg)) => msg,
                 (CopyState::Deleting, Ok(msg)) => {
                     self.remove(copy.id)?;
                     format!("interrupted delete finished ({msg})")

@@ -1,7 +1,10 @@
-//! The coordinator: drives one shadow set through identify → prepare → freeze → commit →
-//! thaw → post-snapshot → verify → backup-complete → done, recording each step in the
-//! journal before it runs. Any error takes the abort path: thaw every writer that was
-//! asked to freeze, stop the commit, discard the partial copy, record why.
+//! The coordinator: drives one shadow set through identify → prepare → precommit →
+//! freeze → commit → thaw → post-snapshot → verify → backup-complete → done, recording
+//! each step in the journal before it runs, except inside the freeze window: there the
+//! freeze's start (and the copy's location) are recorded before it, and the phases in it
+//! right after the thaw, so the application never waits for the catalog. Any error takes
+//! the abort path: thaw every writer that was asked to freeze, stop the commit, discard
+//! the partial copy, record why.
 //!
 //! Freeze and thaw are a do/undo pair held by [`Frozen`]: whatever happens after the
 //! first `freeze` call (an error, the deadline, a panic), every writer is thawed.
@@ -287,8 +290,17 @@ impl Run<'_> {
         if request.verify {
             let started = Instant::now();
             let events = self.events.clone();
+            // A check that cannot run (no scratch space, say) counts as failed: the copy is
+            // kept, and no log is truncated on its account.
             let report = self.step(Phase::Verify, || {
-                verify_copy(&view, &mut files, &request.writers, &*events)
+                Ok(
+                    verify_copy(&view, &mut files, &request.writers, &*events).unwrap_or_else(
+                        |e| VerifyReport {
+                            ok: false,
+                            detail: format!("the check could not run: {}", error_chain(&e)),
+                        },
+                    ),
+                )
             })?;
             self.journal
                 .record_files(self.id, &files)
@@ -357,16 +369,19 @@ impl Run<'_> {
                 problems.push(
                     "the provider did not stop after cancellation; its partial copy is left for the next run to discard".into(),
                 );
-                // Leave the location recorded: recovery deletes it on the next start.
+                // The location stays recorded: recovery discards it on the next start.
                 self.location = None;
             }
         }
         if let Some(location) = &self.location {
-            if let Err(e) = request.provider.delete(location) {
-                problems.push(format!(
-                    "discarding the partial copy at {location} failed: {}",
+            match request.provider.delete(location) {
+                Ok(()) => {
+                    let _ = self.journal.discarded(self.id);
+                }
+                Err(e) => problems.push(format!(
+                    "discarding the partial copy at {location} failed (the next run retries): {}",
                     chain(&*e)
-                ));
+                )),
             }
         }
         for p in &problems {

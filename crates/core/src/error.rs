@@ -15,8 +15,6 @@ pub enum ErrorKind {
     Failed,
     /// Bad input: unknown set, missing file, wrong kind of file (exit 2).
     Usage,
-    /// Waited for the queue longer than allowed (exit 3).
-    QueueTimeout,
     /// The copy exists but failed its integrity check (exit 4).
     VerifyFailed,
     /// Refused because the live data is in use (exit 5).
@@ -28,7 +26,6 @@ impl ErrorKind {
         match self {
             ErrorKind::Failed => 1,
             ErrorKind::Usage => 2,
-            ErrorKind::QueueTimeout => 3,
             ErrorKind::VerifyFailed => 4,
             ErrorKind::InUse => 5,
         }

@@ -32,7 +32,11 @@ pub struct NewCopy<'a> {
 pub trait Journal {
     fn begin_copy(&self, copy: &NewCopy<'_>) -> Result<CopyId, JournalError>;
     /// Where the provider will put the copy; recorded before anything is written there.
+    /// A recorded location means data may exist there: recovery discards the location of
+    /// every copy that is not usable until [`Journal::discarded`] is recorded.
     fn set_location(&self, id: CopyId, location: &str) -> Result<(), JournalError>;
+    /// The data of a failed copy is gone (its location is forgotten).
+    fn discarded(&self, id: CopyId) -> Result<(), JournalError>;
     fn enter_phase(&self, id: CopyId, phase: Phase) -> Result<(), JournalError>;
     fn finish_phase(
         &self,

@@ -5,7 +5,6 @@ use std::fs::File;
 use std::io::Read;
 use std::path::Path;
 
-use crate::coordinator::chain;
 use crate::error::Error;
 use crate::events::EventSink;
 use crate::model::{CopyView, FileEntry, Phase, VerifyReport};
@@ -112,9 +111,4 @@ fn hash_file(path: &Path) -> std::io::Result<(String, u64)> {
         hasher.update(&buf[..read]);
     }
     Ok((hasher.finalize().to_hex().to_string(), n))
-}
-
-/// A boxed error as one line, for reports.
-pub fn describe(e: &crate::error::BoxError) -> String {
-    chain(&**e)
 }

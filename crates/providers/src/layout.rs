@@ -83,9 +83,14 @@ pub(crate) fn io_err<'a>(
     }
 }
 
-/// `<base>/copy-<id>`.
+/// `<base>/copy-<id>-<nonce>`: the nonce keeps two catalogs that share a copies
+/// directory (root's and a user's, say) from ever naming the same location.
 pub(crate) fn location_dir(base: &Path, id: CopyId) -> PathBuf {
-    base.join(format!("copy-{id}"))
+    let clock = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let nonce = (clock ^ (u64::from(std::process::id()) << 32)) & 0xffff_ffff;
+    base.join(format!("copy-{id}-{nonce:08x}"))
 }
 
 /// The location as the string the coordinator records; refuses an existing location.

@@ -7,7 +7,7 @@
 //! | [`copy`](copy::CopyProvider) | 30 | a full, independent, sparse-aware parallel copy | any file system |
 //!
 //! Both share one on-disk layout (see `layout`): a copy is the directory
-//! `<base>/copy-<id>` holding `files/<original absolute path without '/'>`, and a commit
+//! `<base>/copy-<id>-<nonce>` holding `files/<original absolute path without '/'>`, and a commit
 //! never writes into an existing location.
 //!
 //! A new provider is one module, one line in [`Registry::builtin`] (a duplicate name is

@@ -10,9 +10,10 @@
 //!   connection while we are frozen only rewrites pages that the WAL also holds.
 //! - pin (WAL mode): at the end of prepare a read transaction of our own is opened and
 //!   held until thaw, and the database file is reported `pinned`, so a provider may copy
-//!   it before the freeze. While that read transaction lives, no writer can restart the
-//!   WAL (frames are never overwritten), and a checkpoint can only write pages into the
-//!   database file that WAL frames still hold (with read mark 0 it cannot write at all).
+//!   it before the freeze. While that read transaction lives on a read mark above 0, no
+//!   writer can restart the WAL (frames are never overwritten) and a checkpoint can only
+//!   write pages into the database file that WAL frames still hold; on read mark 0 (the
+//!   WAL was empty) the WAL may restart, but no checkpoint can write to the file at all.
 //!   So the database file copied at any time in the span, plus the WAL copied while
 //!   frozen, opens as the state at the freeze: every page a checkpoint changed under the
 //!   copy is superseded by a frame in the copied WAL.

@@ -322,3 +322,47 @@ fn full_disk_during_the_copy_aborts_cleanly() {
         drop(fs);
     }
 }
+
+#[test]
+fn data_a_failed_abort_left_behind_is_discarded_by_the_next_start() {
+    let env = Env::new(true, None);
+    let id = env
+        .catalog
+        .begin_copy(&NewCopy {
+            set_name: "bank",
+            spec_json: "{}",
+            origin: Origin::Create,
+            provider: "copy",
+            freeze_deadline: Duration::from_secs(10),
+        })
+        .unwrap();
+    let location = env.root.join("copies/copy-998-leftover");
+    std::fs::create_dir_all(location.join("files")).unwrap();
+    env.catalog
+        .set_location(id, location.to_str().unwrap())
+        .unwrap();
+    // The abort could not discard it (a provider that would not stop, a busy mount).
+    env.catalog
+        .finish_copy(id, CopyState::Failed, Some("injected"))
+        .unwrap();
+    let guard = env.queue();
+    let provider = env.provider("copy");
+    let recovered = env
+        .catalog
+        .recover_interrupted(&guard, &|_| Ok(provider.clone()))
+        .unwrap();
+    assert_eq!(recovered.len(), 1, "{recovered:?}");
+    assert!(!location.exists());
+    let s = env.catalog.summary(id).unwrap();
+    assert_eq!(
+        (s.state, s.location.as_deref(), s.error.as_deref()),
+        (CopyState::Failed, None, Some("injected"))
+    );
+    assert!(
+        env.catalog
+            .recover_interrupted(&guard, &|_| Ok(provider.clone()))
+            .unwrap()
+            .is_empty(),
+        "done once"
+    );
+}

@@ -186,7 +186,7 @@ fn pinned_database_copied_under_churn_and_checkpoints_stays_consistent() {
                     "UPDATE filler SET data = randomblob(length(data)) WHERE id = ?1",
                     [id],
                 );
-                let pragma = if i % 5 == 0 {
+                let pragma = if i.is_multiple_of(5) {
                     "PRAGMA wal_checkpoint(RESTART)"
                 } else {
                     "PRAGMA wal_checkpoint(PASSIVE)"
