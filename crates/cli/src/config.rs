@@ -40,7 +40,14 @@ pub struct SetDefaults {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SetConfig {
+    /// Application writers (`kind = "sqlite"`, …).
+    #[serde(default)]
     pub writers: Vec<WriterSpec>,
+    /// Plain files and directories copied without an application writer.
+    #[serde(default)]
+    pub paths: Vec<PathBuf>,
+    /// Freeze the file systems of the set's data (crash-consistent copies).
+    pub fsfreeze: Option<bool>,
     pub provider: Option<String>,
     pub freeze_deadline: Option<HumanDuration>,
     pub copies_dir: Option<PathBuf>,
@@ -94,9 +101,9 @@ impl Config {
             ))
         })?;
         for (name, set) in &config.sets {
-            if set.writers.is_empty() {
+            if set.writers.is_empty() && set.paths.is_empty() {
                 return Err(UsageError::new(format!(
-                    "{}: set `{name}` has no writers; add a [[sets.{name}.writers]] table",
+                    "{}: set `{name}` names no data; add a [[sets.{name}.writers]] table or `paths = [...]`",
                     path.display()
                 )));
             }

@@ -1,15 +1,17 @@
-//! A set's specification: its writers and options, resolved from the config file or from
-//! zero-config flags, validated before any work starts, and recorded with every copy
+//! A set's specification: its writers, plain paths and options, resolved from the config
+//! file or from zero-config flags, validated before any work starts, and recorded with every copy
 //! (as JSON) so the copy can be verified and restored without the config file.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use shadowcopy_core::coordinator::DEFAULT_FREEZE_DEADLINE;
+use shadowcopy_core::{Component, ComponentRole};
 use shadowcopy_core::{Provider, Writer};
 use shadowcopy_providers::ProviderOptions;
+use shadowcopy_writers::fsfreeze::{mount_point, FsfreezeOptions};
 use shadowcopy_writers::sqlite::SqliteOptions;
 use shadowcopy_writers::WriterSpec;
 
@@ -20,7 +22,14 @@ use crate::errors::UsageError;
 #[serde(deny_unknown_fields)]
 pub struct SetSpec {
     pub name: String,
+    /// Application writers, frozen in this order.
     pub writers: Vec<WriterSpec>,
+    /// Plain files and directories copied without an application writer.
+    #[serde(default)]
+    pub paths: Vec<PathBuf>,
+    /// Freeze the file systems of all the set's data, after the application writers.
+    #[serde(default)]
+    pub fsfreeze: bool,
     /// `auto` or a provider kind.
     pub provider: String,
     pub freeze_deadline_ms: u64,
@@ -37,11 +46,30 @@ pub struct Overrides {
     pub no_verify: bool,
 }
 
+/// What a set is made of, before defaults and overrides are applied.
+struct SetSource {
+    name: String,
+    writers: Vec<WriterSpec>,
+    paths: Vec<PathBuf>,
+    fsfreeze: bool,
+    provider: Option<String>,
+    deadline: Option<Duration>,
+    copies_dir: Option<PathBuf>,
+    verify: Option<bool>,
+}
+
+/// What `create` names without a config file.
+pub struct ZeroConfig<'a> {
+    pub sqlite: Option<&'a Path>,
+    pub paths: &'a [PathBuf],
+    pub fsfreeze: bool,
+    pub name: Option<&'a str>,
+}
+
 impl SetSpec {
     /// A set named in the config file.
     pub fn from_config(config: &Config, name: &str, o: &Overrides) -> Result<SetSpec, UsageError> {
         let set = config.set(name)?;
-        let d = &config.defaults;
         let writers = set
             .writers
             .iter()
@@ -49,35 +77,49 @@ impl SetSpec {
                 WriterSpec::Sqlite(s) => WriterSpec::Sqlite(SqliteOptions {
                     path: absolute(&s.path),
                 }),
+                WriterSpec::Fsfreeze(f) => WriterSpec::Fsfreeze(FsfreezeOptions {
+                    paths: f.paths.iter().map(|p| absolute(p)).collect(),
+                }),
             })
             .collect();
         SetSpec::resolve(
-            name.to_string(),
-            writers,
-            d,
-            set.provider.clone(),
-            set.freeze_deadline.map(|h| h.0),
-            set.copies_dir.clone(),
-            set.verify,
+            SetSource {
+                name: name.to_string(),
+                writers,
+                paths: set.paths.iter().map(|p| absolute(p)).collect(),
+                fsfreeze: set.fsfreeze.unwrap_or(false),
+                provider: set.provider.clone(),
+                deadline: set.freeze_deadline.map(|h| h.0),
+                copies_dir: set.copies_dir.clone(),
+                verify: set.verify,
+            },
+            &config.defaults,
             o,
         )
     }
 
-    /// `create --sqlite PATH`: a one-writer set named after the database file unless
-    /// `--name` is given.
-    pub fn zero_config_sqlite(
+    /// `create --sqlite PATH` and/or `create --path DIR...`: a set named after the
+    /// database (or the first path) unless `--name` is given.
+    pub fn zero_config(
         config: &Config,
-        path: &std::path::Path,
-        name: Option<&str>,
+        z: &ZeroConfig<'_>,
         o: &Overrides,
     ) -> Result<SetSpec, UsageError> {
-        let path = absolute(path);
-        let name = match name {
+        let sqlite = z.sqlite.map(absolute);
+        let paths: Vec<PathBuf> = z.paths.iter().map(|p| absolute(p)).collect();
+        let first = sqlite.as_ref().or(paths.first()).ok_or_else(|| {
+            UsageError::new(
+                "say what to copy: --sqlite PATH, --path DIR, or a set from the config file",
+            )
+        })?;
+        let name = match z.name {
             Some(n) => n.to_string(),
-            None => path
+            None => first
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
-                .ok_or_else(|| UsageError::new(format!("{} names no file", path.display())))?,
+                .ok_or_else(|| {
+                    UsageError::new(format!("{} names no file; pass --name", first.display()))
+                })?,
         };
         if config.sets.contains_key(&name) {
             return Err(UsageError::new(format!(
@@ -85,38 +127,35 @@ impl SetSpec {
             )));
         }
         SetSpec::resolve(
-            name,
-            vec![WriterSpec::Sqlite(SqliteOptions { path })],
+            SetSource {
+                name,
+                writers: sqlite
+                    .map(|path| WriterSpec::Sqlite(SqliteOptions { path }))
+                    .into_iter()
+                    .collect(),
+                paths,
+                fsfreeze: z.fsfreeze,
+                provider: None,
+                deadline: None,
+                copies_dir: None,
+                verify: None,
+            },
             &config.defaults,
-            None,
-            None,
-            None,
-            None,
             o,
         )
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn resolve(
-        name: String,
-        writers: Vec<WriterSpec>,
-        d: &SetDefaults,
-        provider: Option<String>,
-        deadline: Option<Duration>,
-        copies_dir: Option<PathBuf>,
-        verify: Option<bool>,
-        o: &Overrides,
-    ) -> Result<SetSpec, UsageError> {
+    fn resolve(source: SetSource, d: &SetDefaults, o: &Overrides) -> Result<SetSpec, UsageError> {
         let provider = o
             .provider
             .clone()
-            .or(provider)
+            .or(source.provider)
             .or(d.provider.clone())
             .unwrap_or_else(|| "auto".into());
         check_provider_name(&provider)?;
         let deadline = o
             .freeze_deadline
-            .or(deadline)
+            .or(source.deadline)
             .or(d.freeze_deadline.map(|h| h.0))
             .unwrap_or(DEFAULT_FREEZE_DEADLINE);
         if deadline.is_zero() {
@@ -124,18 +163,26 @@ impl SetSpec {
                 "the freeze deadline must be longer than zero",
             ));
         }
+        if source.writers.is_empty() && source.paths.is_empty() {
+            return Err(UsageError::new(format!(
+                "set `{}` names no data: give writers or paths",
+                source.name
+            )));
+        }
         Ok(SetSpec {
-            name,
-            writers,
+            name: source.name,
+            writers: source.writers,
+            paths: source.paths,
+            fsfreeze: source.fsfreeze,
             provider,
             freeze_deadline_ms: deadline.as_millis() as u64,
             copies_dir: o
                 .copies_dir
                 .clone()
-                .or(copies_dir)
+                .or(source.copies_dir)
                 .or(d.copies_dir.clone())
                 .map(|p| absolute(&p)),
-            verify: !o.no_verify && verify.or(d.verify).unwrap_or(true),
+            verify: !o.no_verify && source.verify.or(d.verify).unwrap_or(true),
         })
     }
 
@@ -151,23 +198,65 @@ impl SetSpec {
         Duration::from_millis(self.freeze_deadline_ms)
     }
 
-    /// The data paths the writers name (what a provider must be able to serve).
-    pub fn paths(&self) -> Vec<PathBuf> {
-        self.writers
+    /// Every data path of the set (what a provider must be able to serve).
+    pub fn data_paths(&self) -> Vec<PathBuf> {
+        let mut all: Vec<PathBuf> = Vec::new();
+        for w in &self.writers {
+            match w {
+                WriterSpec::Sqlite(s) => all.push(s.path.clone()),
+                WriterSpec::Fsfreeze(f) => all.extend(f.paths.iter().cloned()),
+            }
+        }
+        all.extend(self.paths.iter().cloned());
+        all.dedup();
+        all
+    }
+
+    /// The application writers in order, then (with `fsfreeze`) the file-system freeze
+    /// of all the data: applications flush first, file systems freeze last.
+    pub fn build_writers(&self) -> Vec<Box<dyn Writer>> {
+        let mut writers: Vec<Box<dyn Writer>> =
+            self.writers.iter().map(shadowcopy_writers::build).collect();
+        if self.fsfreeze {
+            writers.push(shadowcopy_writers::build(&WriterSpec::Fsfreeze(
+                FsfreezeOptions {
+                    paths: self.data_paths(),
+                },
+            )));
+        }
+        writers
+    }
+
+    /// The plain paths, as components without a writer.
+    pub fn unmanaged_components(&self) -> Vec<Component> {
+        self.paths
             .iter()
-            .map(|w| match w {
-                WriterSpec::Sqlite(s) => s.path.clone(),
+            .map(|p| Component {
+                writer: "path".into(),
+                name: p
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "/".into()),
+                role: ComponentRole::Data,
+                path: p.clone(),
+                required: true,
+                pinned: false,
             })
             .collect()
     }
 
-    pub fn build_writers(&self) -> Vec<Box<dyn Writer>> {
-        self.writers.iter().map(shadowcopy_writers::build).collect()
-    }
-
-    /// Runs every writer's `identify` (reads only): a missing file or a file of the wrong
-    /// kind is reported here, before the catalog is touched.
+    /// Runs every writer's `identify` (reads only) and checks the plain paths: a missing
+    /// file or a file of the wrong kind is reported here, before the catalog is touched.
     pub fn validate(&self) -> Result<(), UsageError> {
+        for p in &self.paths {
+            if p.symlink_metadata().is_err() {
+                return Err(UsageError::new(format!(
+                    "set `{}`: {} does not exist",
+                    self.name,
+                    p.display()
+                )));
+            }
+        }
         for mut w in self.build_writers() {
             w.identify()
                 .map_err(|e| UsageError::new(format!("set `{}`: {e}", self.name)))?;
@@ -185,22 +274,73 @@ impl SetSpec {
         }
     }
 
-    /// The provider this set asks for; `auto` picks the fastest that can serve it.
+    /// The provider this set asks for; `auto` picks the fastest that can serve it. A set
+    /// that freezes its file systems needs a provider that writes elsewhere: a clone on a
+    /// frozen file system would wait for the thaw.
     pub fn choose_provider(&self, opts: &ProviderOptions) -> Result<Arc<dyn Provider>, UsageError> {
-        let chosen = if self.provider == "auto" {
-            shadowcopy_providers::choose_auto(opts, &self.paths())
-        } else {
-            shadowcopy_providers::build(&self.provider, opts)
+        let chosen = match self.provider.as_str() {
+            "auto" if self.fsfreeze => shadowcopy_providers::build("copy", opts),
+            "auto" => shadowcopy_providers::choose_auto(opts, &self.data_paths()),
+            kind => shadowcopy_providers::build(kind, opts),
         };
         let provider = chosen.map_err(|e| UsageError::new(e.to_string()))?;
-        if let Err(why) = provider.check(&self.paths()) {
+        if let Err(why) = provider.check(&self.data_paths()) {
             return Err(UsageError::new(format!(
                 "provider {} cannot serve set `{}`: {why}",
                 provider.kind(),
                 self.name
             )));
         }
+        if self.fsfreeze && provider.kind() == "reflink" {
+            return Err(UsageError::new(format!(
+                "set `{}` freezes its file systems, and reflink clones onto the frozen file system would wait for the thaw; use --provider copy with a copies directory elsewhere",
+                self.name
+            )));
+        }
         Ok(provider)
+    }
+
+    /// With `fsfreeze`, nothing shadowcopy writes during the freeze may live on a file
+    /// system it freezes: not the catalog, not the copies.
+    pub fn check_frozen_file_systems(
+        &self,
+        catalog_dir: &Path,
+        opts: &ProviderOptions,
+    ) -> Result<(), UsageError> {
+        if !self.fsfreeze {
+            return Ok(());
+        }
+        let mut frozen = Vec::new();
+        for p in self.data_paths() {
+            let m = mount_point(&p)
+                .map_err(|e| UsageError::new(format!("set `{}`: {e}", self.name)))?;
+            if !frozen.contains(&m) {
+                frozen.push(m);
+            }
+        }
+        let copies = opts
+            .copies_dir
+            .clone()
+            .unwrap_or_else(|| opts.default_copies_dir.clone());
+        for (what, dir) in [
+            ("catalog", catalog_dir.to_path_buf()),
+            ("copies directory", copies),
+        ] {
+            let existing = dir
+                .ancestors()
+                .find(|a| a.exists())
+                .unwrap_or(Path::new("/"))
+                .to_path_buf();
+            let m = mount_point(&existing).map_err(|e| UsageError::new(e.to_string()))?;
+            if frozen.contains(&m) {
+                return Err(UsageError::new(format!(
+                    "the {what} {} is on {}, a file system this set freezes; put it elsewhere (--catalog, --copies-dir)",
+                    dir.display(),
+                    m.display()
+                )));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -215,6 +355,6 @@ pub fn check_provider_name(name: &str) -> Result<(), UsageError> {
     }
 }
 
-fn absolute(p: &std::path::Path) -> PathBuf {
+fn absolute(p: &Path) -> PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }

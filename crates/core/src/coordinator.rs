@@ -236,7 +236,13 @@ impl Run<'_> {
                     );
                     let remaining = deadline.saturating_duration_since(Instant::now());
                     match rx.recv_timeout(remaining) {
-                        Ok(Ok(files)) => Ok(files),
+                        // A commit that ends after the deadline (this process was stopped,
+                        // say) may have copied from thawed data: a watchdog thaws then.
+                        Ok(Ok(files)) if Instant::now() <= deadline => Ok(files),
+                        Ok(Ok(_)) => Err(Error::DeadlineExceeded {
+                            deadline: deadline_len,
+                            phase: Phase::Commit,
+                        }),
                         Ok(Err(e)) => Err(provider_error(&*provider, Phase::Commit)(e)),
                         Err(mpsc::RecvTimeoutError::Timeout) => {
                             control.cancel();

@@ -14,19 +14,26 @@ use super::WaitArgs;
 use crate::errors::UsageError;
 use crate::output::{Output, PhasePrinter};
 use crate::session::Session;
-use crate::spec::{Overrides, SetSpec};
+use crate::spec::{Overrides, SetSpec, ZeroConfig};
 use crate::GlobalArgs;
 
 #[derive(Args, Debug)]
 pub struct CreateArgs {
     /// A set named in the config file
-    #[arg(conflicts_with = "sqlite")]
+    #[arg(conflicts_with_all = ["sqlite", "path", "fsfreeze", "name"])]
     pub set: Option<String>,
     /// Zero-config: copy this SQLite database (WAL or rollback journal)
     #[arg(long, value_name = "PATH", help_heading = "Zero-config set")]
     pub sqlite: Option<PathBuf>,
-    /// Name of the zero-config set [default: the database's file name]
-    #[arg(long, requires = "sqlite", help_heading = "Zero-config set")]
+    /// Zero-config: copy this file or directory as it is (repeat for more)
+    #[arg(long = "path", value_name = "DIR", help_heading = "Zero-config set")]
+    pub path: Vec<PathBuf>,
+    /// Freeze the file systems of the data (FIFREEZE) for a crash-consistent copy; a
+    /// watchdog process thaws them if shadowcopy dies or hangs
+    #[arg(long, help_heading = "Zero-config set")]
+    pub fsfreeze: bool,
+    /// Name of the zero-config set [default: the database's or first path's file name]
+    #[arg(long, help_heading = "Zero-config set")]
     pub name: Option<String>,
     /// Storage provider: auto picks the fastest that can serve the data
     #[arg(long, value_name = "auto|copy|reflink", help_heading = "Copy")]
@@ -55,22 +62,30 @@ pub fn run(g: &GlobalArgs, args: CreateArgs) -> anyhow::Result<()> {
         copies_dir: args.copies_dir.clone(),
         no_verify: args.no_verify,
     };
-    let spec = match (&args.set, &args.sqlite) {
-        (Some(set), _) => SetSpec::from_config(&session.config, set, &overrides)?,
-        (None, Some(path)) => {
-            SetSpec::zero_config_sqlite(&session.config, path, args.name.as_deref(), &overrides)?
-        }
-        (None, None) => {
+    let spec = match &args.set {
+        Some(set) => SetSpec::from_config(&session.config, set, &overrides)?,
+        None if args.sqlite.is_none() && args.path.is_empty() => {
             return Err(UsageError::new(
-                "say what to copy: a set named in the config file (`create SET`), or one SQLite database (`create --sqlite PATH`)",
+                "say what to copy: a set named in the config file (`create SET`), one SQLite database (`create --sqlite PATH`), or files and directories (`create --path DIR`)",
             )
             .into())
         }
+        None => SetSpec::zero_config(
+            &session.config,
+            &ZeroConfig {
+                sqlite: args.sqlite.as_deref(),
+                paths: &args.path,
+                fsfreeze: args.fsfreeze,
+                name: args.name.as_deref(),
+            },
+            &overrides,
+        )?,
     };
     // Everything that can be checked without writing is checked before the catalog exists.
     spec.validate()?;
-    let provider =
-        spec.choose_provider(&spec.provider_options(session.catalog_dir.join("copies")))?;
+    let provider_options = spec.provider_options(session.catalog_dir.join("copies"));
+    let provider = spec.choose_provider(&provider_options)?;
+    spec.check_frozen_file_systems(&session.catalog_dir, &provider_options)?;
     let catalog = session.open_catalog()?;
     if args.set.is_none() {
         refuse_renamed_zero_config(&catalog, &spec)?;
@@ -93,23 +108,23 @@ pub fn create_copy(
         spec_json: spec.to_json(),
         origin: Origin::Create,
         writers: spec.build_writers(),
-        unmanaged_components: Vec::new(),
+        unmanaged_components: spec.unmanaged_components(),
         provider,
         freeze_deadline: spec.freeze_deadline(),
         verify: spec.verify,
     })
 }
 
-/// A zero-config set is named after its file; a second database with the same file name
-/// must not silently join the first one's history.
+/// A zero-config set is named after its file; a second database (or directory) with the
+/// same file name must not silently join the first one's history.
 fn refuse_renamed_zero_config(catalog: &Catalog, spec: &SetSpec) -> anyhow::Result<()> {
     if let Some(old) = catalog.set_spec(&spec.name)? {
         if let Ok(old) = SetSpec::from_json(&old) {
-            if old.writers != spec.writers {
+            if old.writers != spec.writers || old.paths != spec.paths {
                 return Err(UsageError::new(format!(
                     "set `{}` already holds copies of {}; pass --name to give this database its own set",
                     spec.name,
-                    old.paths().iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+                    old.data_paths().iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
                 ))
                 .into());
             }

@@ -44,7 +44,7 @@ pub fn run(g: &GlobalArgs, args: ProvidersArgs) -> anyhow::Result<()> {
     if paths.is_empty() {
         for name in session.config.sets.keys() {
             paths.extend(
-                SetSpec::from_config(&session.config, name, &Overrides::default())?.paths(),
+                SetSpec::from_config(&session.config, name, &Overrides::default())?.data_paths(),
             );
         }
     }

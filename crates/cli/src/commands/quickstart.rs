@@ -16,7 +16,7 @@ use shadowcopy_sample as bank;
 
 use crate::output::{Output, PhasePrinter};
 use crate::session::Session;
-use crate::spec::{Overrides, SetSpec};
+use crate::spec::{Overrides, SetSpec, ZeroConfig};
 use crate::GlobalArgs;
 
 #[derive(Args, Debug)]
@@ -95,10 +95,14 @@ pub fn run(g: &GlobalArgs, args: QuickstartArgs) -> anyhow::Result<()> {
         transfers.committed()
     ));
 
-    let spec = SetSpec::zero_config_sqlite(
+    let spec = SetSpec::zero_config(
         &session.config,
-        &db,
-        None,
+        &ZeroConfig {
+            sqlite: Some(&db),
+            paths: &[],
+            fsfreeze: false,
+            name: None,
+        },
         &Overrides {
             provider: Some(args.provider.clone()),
             ..Overrides::default()

@@ -45,8 +45,8 @@ pub fn run(g: &GlobalArgs, args: WritersArgs) -> anyhow::Result<()> {
     let mut configured = Vec::new();
     for name in session.config.sets.keys() {
         let spec = SetSpec::from_config(&session.config, name, &Overrides::default())?;
-        for (mut w, path) in spec.build_writers().into_iter().zip(spec.paths()) {
-            let (state, detail) = match w.identify() {
+        for mut w in spec.build_writers() {
+            let (state, detail, paths) = match w.identify() {
                 Ok(components) => (
                     "stable",
                     components
@@ -54,10 +54,11 @@ pub fn run(g: &GlobalArgs, args: WritersArgs) -> anyhow::Result<()> {
                         .map(|c| format!("{} {}", c.name, c.path.display()))
                         .collect::<Vec<_>>()
                         .join(", "),
+                    components.into_iter().map(|c| c.path).collect(),
                 ),
-                Err(e) => ("failed", e.to_string()),
+                Err(e) => ("failed", e.to_string(), Vec::new()),
             };
-            let in_use_by = shadowcopy_writers::proc_scan::holders(&[path])
+            let in_use_by = shadowcopy_writers::proc_scan::holders(&paths)
                 .into_iter()
                 .map(|h| h.pid)
                 .collect();

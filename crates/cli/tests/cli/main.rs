@@ -4,6 +4,7 @@
 mod bad_input;
 mod commands;
 mod crash;
+mod fsfreeze;
 mod queue;
 mod quickstart;
 mod support;
