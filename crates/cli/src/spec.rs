@@ -291,10 +291,11 @@ impl SetSpec {
                 self.name
             )));
         }
-        if self.fsfreeze && provider.kind() == "reflink" {
+        if self.fsfreeze && matches!(provider.kind(), "reflink" | "btrfs") {
             return Err(UsageError::new(format!(
-                "set `{}` freezes its file systems, and reflink clones onto the frozen file system would wait for the thaw; use --provider copy with a copies directory elsewhere",
-                self.name
+                "set `{}` freezes its file systems, and {} clones onto the frozen file system would wait for the thaw; use --provider copy with a copies directory elsewhere",
+                self.name,
+                provider.kind()
             )));
         }
         Ok(provider)

@@ -3,10 +3,11 @@
 //!
 //! | kind | rank | what a copy is | needs |
 //! |---|---|---|---|
+//! | [`btrfs`](btrfs::BtrfsProvider) | 10 | a read-only snapshot of the subvolume holding the data, O(1) | the data in a btrfs subvolume of its own |
 //! | [`reflink`](reflink::ReflinkProvider) | 20 | a `FICLONE` clone of every file, O(1) in data size | XFS (reflink=1) or btrfs, copies on the data's file system |
 //! | [`copy`](copy::CopyProvider) | 30 | a full, independent, sparse-aware parallel copy | any file system |
 //!
-//! Both share one on-disk layout (see `layout`): a copy is the directory
+//! `copy` and `reflink` share one on-disk layout (see `layout`): a copy is the directory
 //! `<base>/copy-<id>-<nonce>` holding `files/<original absolute path without '/'>`, and a commit
 //! never writes into an existing location.
 //!
@@ -19,6 +20,7 @@ use std::sync::{Arc, OnceLock};
 
 use shadowcopy_core::provider::Provider;
 
+pub mod btrfs;
 pub mod copy;
 mod layout;
 mod pool;
@@ -51,7 +53,7 @@ impl ProviderOptions {
 }
 
 /// The built-in kinds, in registry order.
-pub const KINDS: &[&str] = &["copy", "reflink"];
+pub const KINDS: &[&str] = &["copy", "reflink", "btrfs"];
 
 /// Errors of the registry.
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +97,7 @@ impl Registry {
         let mut r = Registry::new();
         r.register("copy", |o| Arc::new(copy::CopyProvider::new(o)))?;
         r.register("reflink", |o| Arc::new(reflink::ReflinkProvider::new(o)))?;
+        r.register("btrfs", |o| Arc::new(btrfs::BtrfsProvider::new(o)))?;
         Ok(r)
     }
 

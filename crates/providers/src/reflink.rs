@@ -26,7 +26,7 @@ use crate::pool::{self, Stop};
 use crate::ProviderOptions;
 
 const XFS_MAGIC: u64 = 0x5846_5342;
-const BTRFS_MAGIC: u64 = 0x9123_683E;
+pub(crate) const BTRFS_MAGIC: u64 = 0x9123_683E;
 
 /// Errors of the `reflink` provider.
 #[derive(Debug, thiserror::Error)]
@@ -120,7 +120,7 @@ fn unsupported(reason: String) -> Unsupported {
 }
 
 /// The name of a file system type, from `statfs`'s `f_type`.
-fn fs_name(magic: u64) -> String {
+pub(crate) fn fs_name(magic: u64) -> String {
     match magic {
         XFS_MAGIC => "XFS".into(),
         BTRFS_MAGIC => "btrfs".into(),
@@ -137,7 +137,7 @@ fn fs_name(magic: u64) -> String {
     }
 }
 
-fn fs_magic(path: &Path) -> io::Result<u64> {
+pub(crate) fn fs_magic(path: &Path) -> io::Result<u64> {
     let st = rustix::fs::statfs(path)?;
     Ok((st.f_type as u64) & 0xFFFF_FFFF)
 }
@@ -411,7 +411,8 @@ fn commit(
         .collect())
 }
 
-fn restore(src: &Path, dest: &Path, parallelism: usize) -> Result<(), ReflinkError> {
+/// Clones `src` to `dest` (falling back to a full copy across file systems).
+pub(crate) fn restore(src: &Path, dest: &Path, parallelism: usize) -> Result<(), ReflinkError> {
     let meta = std::fs::metadata(src).map_err(io_err("inspect", src))?;
     let input = File::open(src).map_err(io_err("open", src))?;
     let out = OpenOptions::new()

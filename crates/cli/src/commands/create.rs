@@ -36,7 +36,7 @@ pub struct CreateArgs {
     #[arg(long, help_heading = "Zero-config set")]
     pub name: Option<String>,
     /// Storage provider: auto picks the fastest that can serve the data
-    #[arg(long, value_name = "auto|copy|reflink", help_heading = "Copy")]
+    #[arg(long, value_name = "auto|btrfs|reflink|copy", help_heading = "Copy")]
     pub provider: Option<String>,
     /// Longest time from the first freeze to the end of the commit [default: 10s]
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, help_heading = "Copy")]

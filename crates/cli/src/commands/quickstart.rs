@@ -25,7 +25,7 @@ pub struct QuickstartArgs {
     #[arg(long, default_value = "shadowcopy-quickstart", value_name = "DIR")]
     pub dir: PathBuf,
     /// Storage provider for the copy
-    #[arg(long, default_value = "auto", value_name = "auto|copy|reflink")]
+    #[arg(long, default_value = "auto", value_name = "auto|btrfs|reflink|copy")]
     pub provider: String,
     /// Transfer threads running during the copy
     #[arg(long, default_value_t = 4)]

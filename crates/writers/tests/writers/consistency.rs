@@ -238,3 +238,56 @@ fn pinned_database_copied_under_churn_and_checkpoints_stays_consistent() {
         "checkpoints ran during the test"
     );
 }
+
+#[test]
+fn btrfs_snapshots_under_load_and_restore_from_a_snapshot() {
+    let Some(fs) = loopfs_or_skip(
+        "btrfs_snapshots_under_load_and_restore_from_a_snapshot",
+        FsKind::Btrfs,
+        512 << 20,
+    ) else {
+        return;
+    };
+    let subvolume = fs.path().join("app");
+    let ok = std::process::Command::new("btrfs")
+        .args(["subvolume", "create"])
+        .arg(&subvolume)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let env = Env::new(true, Some(&subvolume));
+    copies_under_load(&env, "btrfs", 4);
+    let last = env.catalog.list(None).unwrap().pop().unwrap();
+    assert_eq!(last.provider, "btrfs");
+    let provider = env.provider("btrfs");
+    let files = env.catalog.manifest(last.id).unwrap();
+    let view = provider
+        .expose(last.location.as_deref().unwrap(), &files)
+        .unwrap();
+    let in_snapshot = read_bank(view.path_of(&env.db).unwrap()).ids;
+    let outcome = shadowcopy_core::Restorer::new(
+        &env.catalog,
+        std::sync::Arc::new(shadowcopy_core::NoEvents),
+    )
+    .restore(shadowcopy_core::RestoreRequest {
+        copy_id: last.id,
+        set_name: last.set.clone(),
+        spec_json: last.spec_json.clone(),
+        location: last.location.clone().unwrap(),
+        files,
+        components: env.catalog.components(last.id).unwrap(),
+        writers: vec![env.writer()],
+        provider,
+        to: None,
+        force: false,
+        keep_current: true,
+    })
+    .unwrap();
+    let restored = read_bank(&env.db);
+    assert_eq!(restored.ids, in_snapshot);
+    assert!(restored.summary.balanced());
+    assert!(outcome.pre_restore.is_some());
+    drop(env);
+}
