@@ -3,9 +3,8 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 use shadowcopy_writers::WriterSpec;
 
 use crate::errors::UsageError;
@@ -54,22 +53,7 @@ pub struct SetConfig {
     pub verify: Option<bool>,
 }
 
-/// A duration written the way people write them: `10s`, `500ms`, `2m`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HumanDuration(pub Duration);
-
-impl<'de> Deserialize<'de> for HumanDuration {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(&s)
-            .map(HumanDuration)
-            .map_err(|e| {
-                serde::de::Error::custom(format!(
-                    "invalid duration {s:?} ({e}); write it like \"10s\" or \"500ms\""
-                ))
-            })
-    }
-}
+pub use shadowcopy_writers::HumanDuration;
 
 impl Config {
     /// Loads `explicit` (which must exist), else the system config when present, else
@@ -140,6 +124,8 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]

@@ -11,9 +11,10 @@ use shadowcopy_core::coordinator::DEFAULT_FREEZE_DEADLINE;
 use shadowcopy_core::{Component, ComponentRole};
 use shadowcopy_core::{Provider, Writer};
 use shadowcopy_providers::ProviderOptions;
+use shadowcopy_writers::exec::ExecOptions;
 use shadowcopy_writers::fsfreeze::{mount_point, FsfreezeOptions};
 use shadowcopy_writers::sqlite::SqliteOptions;
-use shadowcopy_writers::WriterSpec;
+use shadowcopy_writers::{SetContext, WriterSpec};
 
 use crate::config::{Config, SetDefaults};
 use crate::errors::UsageError;
@@ -61,6 +62,8 @@ struct SetSource {
 /// What `create` names without a config file.
 pub struct ZeroConfig<'a> {
     pub sqlite: Option<&'a Path>,
+    /// Hook scripts (`exec` writers), after the database's writer.
+    pub exec_writers: &'a [PathBuf],
     pub paths: &'a [PathBuf],
     pub fsfreeze: bool,
     pub name: Option<&'a str>,
@@ -79,6 +82,10 @@ impl SetSpec {
                 }),
                 WriterSpec::Fsfreeze(f) => WriterSpec::Fsfreeze(FsfreezeOptions {
                     paths: f.paths.iter().map(|p| absolute(p)).collect(),
+                }),
+                WriterSpec::Exec(e) => WriterSpec::Exec(ExecOptions {
+                    script: absolute(&e.script),
+                    ..e.clone()
                 }),
             })
             .collect();
@@ -132,6 +139,13 @@ impl SetSpec {
                 writers: sqlite
                     .map(|path| WriterSpec::Sqlite(SqliteOptions { path }))
                     .into_iter()
+                    .chain(z.exec_writers.iter().map(|script| {
+                        WriterSpec::Exec(ExecOptions {
+                            script: absolute(script),
+                            timeout: None,
+                            events: None,
+                        })
+                    }))
                     .collect(),
                 paths,
                 fsfreeze: z.fsfreeze,
@@ -163,9 +177,13 @@ impl SetSpec {
                 "the freeze deadline must be longer than zero",
             ));
         }
-        if source.writers.is_empty() && source.paths.is_empty() {
+        let holds_data = source
+            .writers
+            .iter()
+            .any(|w| !matches!(w, WriterSpec::Exec(_)));
+        if !holds_data && source.paths.is_empty() {
             return Err(UsageError::new(format!(
-                "set `{}` names no data: give writers or paths",
+                "set `{}` names no data: give a database writer or paths (hooks alone copy nothing)",
                 source.name
             )));
         }
@@ -205,6 +223,7 @@ impl SetSpec {
             match w {
                 WriterSpec::Sqlite(s) => all.push(s.path.clone()),
                 WriterSpec::Fsfreeze(f) => all.extend(f.paths.iter().cloned()),
+                WriterSpec::Exec(_) => {}
             }
         }
         all.extend(self.paths.iter().cloned());
@@ -215,14 +234,20 @@ impl SetSpec {
     /// The application writers in order, then (with `fsfreeze`) the file-system freeze
     /// of all the data: applications flush first, file systems freeze last.
     pub fn build_writers(&self) -> Vec<Box<dyn Writer>> {
-        let mut writers: Vec<Box<dyn Writer>> =
-            self.writers.iter().map(shadowcopy_writers::build).collect();
+        let context = SetContext {
+            set_name: self.name.clone(),
+            data_paths: self.data_paths(),
+        };
+        let mut writers: Vec<Box<dyn Writer>> = self
+            .writers
+            .iter()
+            .map(|w| shadowcopy_writers::build(w, &context))
+            .collect();
         if self.fsfreeze {
-            writers.push(shadowcopy_writers::build(&WriterSpec::Fsfreeze(
-                FsfreezeOptions {
-                    paths: self.data_paths(),
-                },
-            )));
+            let fs = WriterSpec::Fsfreeze(FsfreezeOptions {
+                paths: self.data_paths(),
+            });
+            writers.push(shadowcopy_writers::build(&fs, &context));
         }
         writers
     }

@@ -366,6 +366,11 @@ impl Run<'_> {
                 problems.push(format!("thaw of {} failed: {}", w.name(), chain(&*e)));
             }
         }
+        for w in request.writers.iter_mut() {
+            if let Err(e) = w.abort() {
+                problems.push(format!("abort of {} failed: {}", w.name(), chain(&*e)));
+            }
+        }
         if let Some(thread) = self.commit_thread.take() {
             let waited = Instant::now();
             while !thread.is_finished() && waited.elapsed() < CANCELLED_COMMIT_GRACE {

@@ -92,6 +92,16 @@ impl<'a> Restorer<'a> {
         self.events
             .phase_finished(Phase::Restore, started.elapsed(), result.is_ok());
         let (plan, pre_restore) = result?;
+        let installed: Vec<PathBuf> = plan.install.iter().map(|(_, t)| t.clone()).collect();
+        for w in &request.writers {
+            if let Err(e) = w.post_restore(&installed) {
+                self.events.warning(&format!(
+                    "the data is restored, but {} failed after it: {}",
+                    w.name(),
+                    chain(&*e)
+                ));
+            }
+        }
         Ok(RestoreOutcome {
             targets: plan.install.iter().map(|(_, t)| t.clone()).collect(),
             pre_restore,

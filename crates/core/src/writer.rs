@@ -17,8 +17,11 @@
 //! - `prepare`: slow work before the freeze (a checkpoint), so the freeze stays short.
 //! - `post_snapshot`, `backup_complete`: after the copy exists / after it was verified
 //!   (truncating logs belongs in `backup_complete`, which only runs after a passed verify).
+//! - `abort`: the set failed (after the thaw), so the application can drop what it
+//!   prepared for it.
 //! - `check_restore_target` and `finish_restore`: refuse a restore over data in use, and
-//!   turn staged files into what is swapped in.
+//!   turn staged files into what is swapped in; `post_restore` after the swap (start the
+//!   application again, say).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -58,6 +61,10 @@ pub trait Writer: Send {
         Ok(())
     }
 
+    fn abort(&mut self) -> Result<(), BoxError> {
+        Ok(())
+    }
+
     fn verify(&self, copy: &CopyView) -> Result<VerifyReport, BoxError>;
 
     fn backup_complete(&mut self, _copy: &CopyView) -> Result<(), BoxError> {
@@ -67,6 +74,11 @@ pub trait Writer: Send {
     /// Refuses (with an error that names who holds the data) when `targets` are in use
     /// and a restore over them would corrupt a running application.
     fn check_restore_target(&self, _targets: &[PathBuf]) -> Result<(), BoxError> {
+        Ok(())
+    }
+
+    /// After the restored files were swapped in (in place or into `--to`).
+    fn post_restore(&self, _targets: &[PathBuf]) -> Result<(), BoxError> {
         Ok(())
     }
 

@@ -5,27 +5,19 @@
 //! last (it is the last writer of a set), and it thaws first.
 //!
 //! A frozen file system has no owner: if this process died, it would stay frozen. So
-//! every freeze starts a watchdog, a separate `bash` process in its own process group
-//! (terminal signals do not reach it), that holds the other end of a pipe:
-//! - the normal path: thaw unfreezes the file systems, then writes `done`, and the
-//!   watchdog exits without touching them;
-//! - the coordinator dies (SIGKILL included): the pipe closes, the watchdog thaws at once;
-//! - the coordinator hangs: at the deadline plus [`WATCHDOG_GRACE`] the watchdog thaws.
-//!
-//! Thaw waits for the watchdog to exit, so a late watchdog can never thaw a later set.
+//! every freeze first starts a [`Watchdog`] whose release commands are
+//! `fsfreeze -u MOUNT`: it thaws at once if this process dies, and at the deadline plus
+//! [`crate::watchdog::GRACE`] if it hangs.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use shadowcopy_core::model::{Component, CopyView, VerifyReport};
 use shadowcopy_core::{BoxError, Writer};
 
-/// How long after the freeze deadline the watchdog thaws on its own. The coordinator's
-/// own abort thaws at the deadline; the watchdog is for when it cannot.
-pub const WATCHDOG_GRACE: Duration = Duration::from_millis(500);
+use crate::watchdog::Watchdog;
 
 /// `[[sets.NAME.writers]] kind = "fsfreeze"`: the file systems holding these paths.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,7 +52,7 @@ pub struct FsfreezeWriter {
     options: FsfreezeOptions,
     mounts: Vec<PathBuf>,
     frozen: Vec<PathBuf>,
-    watchdog: Option<(Child, ChildStdin)>,
+    watchdog: Option<Watchdog>,
 }
 
 impl FsfreezeWriter {
@@ -90,36 +82,18 @@ impl FsfreezeWriter {
     }
 
     fn start_watchdog(&mut self, deadline: Instant) -> Result<(), FsfreezeError> {
-        let wait = deadline.saturating_duration_since(Instant::now()) + WATCHDOG_GRACE;
-        let script = r#"if IFS= read -r -t "$1" line && [ "$line" = done ]; then exit 0; fi
-shift; for m in "$@"; do fsfreeze -u "$m" 2>/dev/null; done; exit 0"#;
-        let mut command = Command::new("bash");
-        command
-            .arg("-c")
-            .arg(script)
-            .arg("shadowcopy-watchdog")
-            .arg(format!("{:.3}", wait.as_secs_f64()))
-            .args(&self.mounts)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        std::os::unix::process::CommandExt::process_group(&mut command, 0);
-        let mut child = command.spawn().map_err(|source| FsfreezeError::Spawn {
-            command: "bash".into(),
-            source,
-        })?;
-        let stdin = child.stdin.take().expect("stdin is piped");
-        self.watchdog = Some((child, stdin));
+        let release: Vec<Vec<std::ffi::OsString>> = self
+            .mounts
+            .iter()
+            .map(|m| vec!["fsfreeze".into(), "-u".into(), m.clone().into_os_string()])
+            .collect();
+        let watchdog =
+            Watchdog::start(deadline, &release).map_err(|source| FsfreezeError::Spawn {
+                command: "bash (the watchdog)".into(),
+                source,
+            })?;
+        self.watchdog = Some(watchdog);
         Ok(())
-    }
-
-    /// Tells the watchdog the file systems are thawed and waits until it is gone.
-    fn stop_watchdog(&mut self) {
-        if let Some((mut child, mut stdin)) = self.watchdog.take() {
-            let _ = stdin.write_all(b"done\n");
-            drop(stdin);
-            let _ = child.wait();
-        }
     }
 }
 
@@ -202,7 +176,9 @@ impl Writer for FsfreezeWriter {
                 }
             }
         }
-        self.stop_watchdog();
+        if let Some(w) = self.watchdog.take() {
+            w.disarm();
+        }
         first.map_or(Ok(()), |e| Err(e.into()))
     }
 

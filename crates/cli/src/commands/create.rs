@@ -20,7 +20,7 @@ use crate::GlobalArgs;
 #[derive(Args, Debug)]
 pub struct CreateArgs {
     /// A set named in the config file
-    #[arg(conflicts_with_all = ["sqlite", "path", "fsfreeze", "name"])]
+    #[arg(conflicts_with_all = ["sqlite", "path", "fsfreeze", "name", "exec_writer"])]
     pub set: Option<String>,
     /// Zero-config: copy this SQLite database (WAL or rollback journal)
     #[arg(long, value_name = "PATH", help_heading = "Zero-config set")]
@@ -28,6 +28,13 @@ pub struct CreateArgs {
     /// Zero-config: copy this file or directory as it is (repeat for more)
     #[arg(long = "path", value_name = "DIR", help_heading = "Zero-config set")]
     pub path: Vec<PathBuf>,
+    /// Zero-config: a hook script called with each event (freeze, thaw, …); repeat for more
+    #[arg(
+        long = "exec-writer",
+        value_name = "SCRIPT",
+        help_heading = "Zero-config set"
+    )]
+    pub exec_writer: Vec<PathBuf>,
     /// Freeze the file systems of the data (FIFREEZE) for a crash-consistent copy; a
     /// watchdog process thaws them if shadowcopy dies or hangs
     #[arg(long, help_heading = "Zero-config set")]
@@ -74,6 +81,7 @@ pub fn run(g: &GlobalArgs, args: CreateArgs) -> anyhow::Result<()> {
             &session.config,
             &ZeroConfig {
                 sqlite: args.sqlite.as_deref(),
+                exec_writers: &args.exec_writer,
                 paths: &args.path,
                 fsfreeze: args.fsfreeze,
                 name: args.name.as_deref(),

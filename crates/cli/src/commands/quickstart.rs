@@ -99,6 +99,7 @@ pub fn run(g: &GlobalArgs, args: QuickstartArgs) -> anyhow::Result<()> {
         &session.config,
         &ZeroConfig {
             sqlite: Some(&db),
+            exec_writers: &[],
             paths: &[],
             fsfreeze: false,
             name: None,

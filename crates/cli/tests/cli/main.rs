@@ -5,6 +5,7 @@ mod bad_input;
 mod commands;
 mod crash;
 mod fsfreeze;
+mod hooks;
 mod queue;
 mod quickstart;
 mod support;

@@ -1,0 +1,295 @@
+//! The `exec` writer: a hook script, for applications shadowcopy has no writer for. The
+//! script is called with the event as its first argument (`prepare`, `freeze`, `thaw`,
+//! `post-snapshot`, `backup-complete`, `abort`, `pre-restore`, `post-restore`), the
+//! qemu-guest-agent fsfreeze-hook convention: exit 0 means done, anything else fails the
+//! step, and a hook should exit 0 for events it does not handle (or list the events it
+//! wants in `events`). The set's facts are in the environment: `SHADOWCOPY_EVENT`,
+//! `SHADOWCOPY_SET`, `SHADOWCOPY_PATHS` (colon-separated), `SHADOWCOPY_DEADLINE_MS`
+//! (time left for `freeze`).
+//!
+//! Every call has a timeout (`freeze`: the time left before the freeze deadline; others:
+//! `timeout`, default 60 s); a hook that overruns is killed with its whole process
+//! group. Its output (stdout and stderr, the last 4 KiB) goes into the error, and so into
+//! the catalog's record of the failed phase. While frozen, a [`Watchdog`] runs
+//! `SCRIPT thaw` if shadowcopy dies or hangs.
+
+use std::io::{Read, Seek};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use shadowcopy_core::model::{Component, CopyView, VerifyReport};
+use shadowcopy_core::{BoxError, Writer};
+
+use crate::watchdog::Watchdog;
+use crate::{HumanDuration, SetContext};
+
+/// `[[sets.NAME.writers]] kind = "exec"`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecOptions {
+    pub script: PathBuf,
+    /// Limit for every event but `freeze` (which has the freeze deadline).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<HumanDuration>,
+    /// The events the script is called for [default: all].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<Vec<String>>,
+}
+
+pub const EVENTS: [&str; 8] = [
+    "prepare",
+    "freeze",
+    "thaw",
+    "post-snapshot",
+    "backup-complete",
+    "abort",
+    "pre-restore",
+    "post-restore",
+];
+
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+const OUTPUT_KEPT: usize = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error("the hook {} does not exist", .0.display())]
+    Missing(PathBuf),
+    #[error("the hook {} is not executable; `chmod +x` it", .0.display())]
+    NotExecutable(PathBuf),
+    #[error("unknown hook event `{}`; the events are {}", .0, EVENTS.join(", "))]
+    UnknownEvent(String),
+    #[error("the hook `{} {event}` exited with {status}; its output: {output}", .script.display())]
+    Failed {
+        script: PathBuf,
+        event: &'static str,
+        status: String,
+        output: String,
+    },
+    #[error("the hook `{} {event}` did not finish within {} and was killed; its output: {output}", .script.display(), shadowcopy_core::error::humanize(*.limit))]
+    TimedOut {
+        script: PathBuf,
+        event: &'static str,
+        limit: Duration,
+        output: String,
+    },
+    #[error("cannot run the hook {}", .script.display())]
+    Spawn {
+        script: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub struct ExecWriter {
+    options: ExecOptions,
+    context: SetContext,
+    frozen: bool,
+    watchdog: Option<Watchdog>,
+}
+
+impl ExecWriter {
+    pub fn new(options: ExecOptions, context: SetContext) -> Self {
+        ExecWriter {
+            options,
+            context,
+            frozen: false,
+            watchdog: None,
+        }
+    }
+
+    fn timeout(&self) -> Duration {
+        self.options.timeout.map_or(DEFAULT_TIMEOUT, |t| t.0)
+    }
+
+    fn wants(&self, event: &str) -> bool {
+        self.options
+            .events
+            .as_ref()
+            .is_none_or(|e| e.iter().any(|x| x == event))
+    }
+
+    /// Runs `SCRIPT EVENT`, killing its process group at `limit`.
+    fn run(&self, event: &'static str, limit: Duration) -> Result<(), ExecError> {
+        if !self.wants(event) {
+            return Ok(());
+        }
+        let script = &self.options.script;
+        let spawn_err = |source| ExecError::Spawn {
+            script: script.clone(),
+            source,
+        };
+        let mut output = tempfile::tempfile().map_err(spawn_err)?;
+        let paths: Vec<String> = self
+            .context
+            .data_paths
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        let mut command = Command::new(script);
+        command
+            .arg(event)
+            .env("SHADOWCOPY_EVENT", event)
+            .env("SHADOWCOPY_SET", &self.context.set_name)
+            .env("SHADOWCOPY_PATHS", paths.join(":"))
+            .env("SHADOWCOPY_DEADLINE_MS", limit.as_millis().to_string())
+            .stdin(Stdio::null())
+            .stdout(output.try_clone().map_err(spawn_err)?)
+            .stderr(output.try_clone().map_err(spawn_err)?);
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
+        let mut child = command.spawn().map_err(spawn_err)?;
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().map_err(spawn_err)? {
+                break Some(status);
+            }
+            if started.elapsed() >= limit {
+                if let Some(group) = rustix::process::Pid::from_raw(child.id() as i32) {
+                    let _ =
+                        rustix::process::kill_process_group(group, rustix::process::Signal::Kill);
+                }
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        let output = tail(&mut output);
+        match status {
+            Some(s) if s.success() => {
+                if !output.is_empty() {
+                    tracing::info!(hook = %script.display(), event, "{output}");
+                }
+                Ok(())
+            }
+            Some(s) => Err(ExecError::Failed {
+                script: script.clone(),
+                event,
+                status: s.to_string(),
+                output,
+            }),
+            None => Err(ExecError::TimedOut {
+                script: script.clone(),
+                event,
+                limit,
+                output,
+            }),
+        }
+    }
+}
+
+/// The last [`OUTPUT_KEPT`] bytes of what the hook printed, on one line.
+fn tail(file: &mut std::fs::File) -> String {
+    let mut bytes = Vec::new();
+    let _ = file.rewind().and_then(|()| file.read_to_end(&mut bytes));
+    let start = bytes.len().saturating_sub(OUTPUT_KEPT);
+    let text = String::from_utf8_lossy(&bytes[start..])
+        .trim()
+        .replace('\n', " | ");
+    if text.is_empty() {
+        "(none)".into()
+    } else {
+        text
+    }
+}
+
+fn check_script(script: &Path) -> Result<(), ExecError> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(script).map_err(|_| ExecError::Missing(script.to_path_buf()))?;
+    if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+        return Err(ExecError::NotExecutable(script.to_path_buf()));
+    }
+    Ok(())
+}
+
+impl Writer for ExecWriter {
+    fn kind(&self) -> &'static str {
+        "exec"
+    }
+
+    fn name(&self) -> String {
+        format!("exec:{}", self.options.script.display())
+    }
+
+    /// Checks the script; a hook reports no components (the set's paths are the data).
+    fn identify(&mut self) -> Result<Vec<Component>, BoxError> {
+        check_script(&self.options.script)?;
+        if let Some(events) = &self.options.events {
+            if let Some(bad) = events.iter().find(|e| !EVENTS.contains(&e.as_str())) {
+                return Err(ExecError::UnknownEvent(bad.clone()).into());
+            }
+        }
+        Ok(Vec::new())
+    }
+
+    fn prepare(&mut self) -> Result<(), BoxError> {
+        Ok(self.run("prepare", self.timeout())?)
+    }
+
+    fn freeze(&mut self, deadline: Instant) -> Result<(), BoxError> {
+        if self.wants("thaw") {
+            let release = vec![vec![
+                self.options.script.clone().into_os_string(),
+                "thaw".into(),
+            ]];
+            self.watchdog =
+                Some(
+                    Watchdog::start(deadline, &release).map_err(|source| ExecError::Spawn {
+                        script: "bash (the watchdog)".into(),
+                        source,
+                    })?,
+                );
+        }
+        // Thawed on every path from here, even if the freeze hook fails halfway.
+        self.frozen = true;
+        Ok(self.run("freeze", deadline.saturating_duration_since(Instant::now()))?)
+    }
+
+    fn thaw(&mut self) -> Result<(), BoxError> {
+        let result = if self.frozen {
+            self.run("thaw", self.timeout())
+        } else {
+            Ok(())
+        };
+        self.frozen = false;
+        if let Some(w) = self.watchdog.take() {
+            w.disarm();
+        }
+        Ok(result?)
+    }
+
+    fn abort(&mut self) -> Result<(), BoxError> {
+        Ok(self.run("abort", self.timeout())?)
+    }
+
+    fn post_snapshot(&mut self, _copy: &CopyView) -> Result<(), BoxError> {
+        Ok(self.run("post-snapshot", self.timeout())?)
+    }
+
+    fn verify(&self, _copy: &CopyView) -> Result<VerifyReport, BoxError> {
+        Ok(VerifyReport {
+            ok: true,
+            detail: "a hook has no check of its own".into(),
+        })
+    }
+
+    fn backup_complete(&mut self, _copy: &CopyView) -> Result<(), BoxError> {
+        Ok(self.run("backup-complete", self.timeout())?)
+    }
+
+    /// `pre-restore`: a hook that exits non-zero refuses the restore (it may stop the
+    /// application first).
+    fn check_restore_target(&self, _targets: &[PathBuf]) -> Result<(), BoxError> {
+        Ok(self.run("pre-restore", self.timeout())?)
+    }
+
+    fn post_restore(&self, _targets: &[PathBuf]) -> Result<(), BoxError> {
+        Ok(self.run("post-restore", self.timeout())?)
+    }
+}
+
+impl Drop for ExecWriter {
+    fn drop(&mut self) {
+        let _ = self.thaw();
+    }
+}
