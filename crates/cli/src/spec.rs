@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use shadowcopy_core::coordinator::DEFAULT_FREEZE_DEADLINE;
 use shadowcopy_core::{Component, ComponentRole};
 use shadowcopy_core::{Provider, Writer};
+use shadowcopy_providers::multi::{MultiVolumeProvider, Volume};
 use shadowcopy_providers::ProviderOptions;
 use shadowcopy_writers::exec::ExecOptions;
 use shadowcopy_writers::fsfreeze::{mount_point, FsfreezeOptions};
@@ -299,19 +300,62 @@ impl SetSpec {
         }
     }
 
-    /// The provider this set asks for; `auto` picks the fastest that can serve it. A set
-    /// that freezes its file systems needs a provider that writes elsewhere: a clone on a
-    /// frozen file system would wait for the thaw.
+    /// The provider this set asks for. Data on one file system gets one provider (`auto`:
+    /// the fastest that can serve it); data on several gets the multi-volume provider,
+    /// with one provider per volume chosen the same way.
     pub fn choose_provider(&self, opts: &ProviderOptions) -> Result<Arc<dyn Provider>, UsageError> {
+        let volumes = self.volumes()?;
+        if volumes.len() <= 1 {
+            return self.choose_for(&self.data_paths(), None, opts);
+        }
+        let volumes = volumes
+            .into_iter()
+            .map(|(root, paths)| {
+                Ok(Volume {
+                    provider: self.choose_for(&paths, Some(&root), opts)?,
+                    root,
+                })
+            })
+            .collect::<Result<Vec<_>, UsageError>>()?;
+        Ok(Arc::new(MultiVolumeProvider::new(volumes, opts)))
+    }
+
+    /// The set's data paths grouped by the file system (mount point) that holds them.
+    pub fn volumes(&self) -> Result<Vec<(PathBuf, Vec<PathBuf>)>, UsageError> {
+        let mut volumes: Vec<(PathBuf, Vec<PathBuf>)> = Vec::new();
+        for p in self.data_paths() {
+            let root = mount_point(&p)
+                .map_err(|e| UsageError::new(format!("set `{}`: {e}", self.name)))?;
+            match volumes.iter_mut().find(|(r, _)| *r == root) {
+                Some((_, paths)) => paths.push(p),
+                None => volumes.push((root, vec![p])),
+            }
+        }
+        Ok(volumes)
+    }
+
+    /// One provider for `paths` (on `volume`, when the set spans several). A set that
+    /// freezes its file systems needs a provider that writes elsewhere: a clone on a
+    /// frozen file system would wait for the thaw.
+    fn choose_for(
+        &self,
+        paths: &[PathBuf],
+        volume: Option<&Path>,
+        opts: &ProviderOptions,
+    ) -> Result<Arc<dyn Provider>, UsageError> {
+        let on = volume
+            .map(|v| format!(" (volume {})", v.display()))
+            .unwrap_or_default();
         let chosen = match self.provider.as_str() {
             "auto" if self.fsfreeze => shadowcopy_providers::build("copy", opts),
-            "auto" => shadowcopy_providers::choose_auto(opts, &self.data_paths()),
+            "auto" => shadowcopy_providers::choose_auto(opts, paths),
             kind => shadowcopy_providers::build(kind, opts),
         };
-        let provider = chosen.map_err(|e| UsageError::new(e.to_string()))?;
-        if let Err(why) = provider.check(&self.data_paths()) {
+        let provider =
+            chosen.map_err(|e| UsageError::new(format!("set `{}`{on}: {e}", self.name)))?;
+        if let Err(why) = provider.check(paths) {
             return Err(UsageError::new(format!(
-                "provider {} cannot serve set `{}`: {why}",
+                "provider {} cannot serve set `{}`{on}: {why}",
                 provider.kind(),
                 self.name
             )));

@@ -7,6 +7,9 @@
 //! | [`reflink`](reflink::ReflinkProvider) | 20 | a `FICLONE` clone of every file, O(1) in data size | XFS (reflink=1) or btrfs, copies on the data's file system |
 //! | [`copy`](copy::CopyProvider) | 30 | a full, independent, sparse-aware parallel copy | any file system |
 //!
+//! A set whose data spans several file systems is copied by [`multi`], one provider per
+//! volume in one freeze window.
+//!
 //! `copy` and `reflink` share one on-disk layout (see `layout`): a copy is the directory
 //! `<base>/copy-<id>-<nonce>` holding `files/<original absolute path without '/'>`, and a commit
 //! never writes into an existing location.
@@ -23,6 +26,7 @@ use shadowcopy_core::provider::Provider;
 pub mod btrfs;
 pub mod copy;
 mod layout;
+pub mod multi;
 mod pool;
 pub mod reflink;
 
@@ -170,7 +174,12 @@ fn registry() -> &'static Registry {
 }
 
 /// Builds the provider of this kind; an unknown kind is an error listing [`KINDS`].
+/// [`multi::MULTI`] gives the multi-volume provider of an existing copy (its volumes
+/// come from the copy's location).
 pub fn build(kind: &str, opts: &ProviderOptions) -> Result<Arc<dyn Provider>, RegistryError> {
+    if kind == multi::MULTI {
+        return Ok(Arc::new(multi::MultiVolumeProvider::for_existing(opts)));
+    }
     registry().build(kind, opts)
 }
 

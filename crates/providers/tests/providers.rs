@@ -679,3 +679,119 @@ fn loopfs_is_cleaned_up_after_a_panic() {
         "the image directory was not removed"
     );
 }
+
+mod multi {
+    use super::*;
+    use shadowcopy_providers::multi::{MultiVolumeProvider, Volume, MULTI};
+    use shadowcopy_testing::faults::{FaultyProvider, ProviderFault};
+
+    fn two_volumes(dir: &Path) -> (PathBuf, PathBuf) {
+        let (a, b) = (dir.join("vol-a"), dir.join("vol-b"));
+        for (v, content) in [(&a, b"alpha".as_slice()), (&b, b"beta".as_slice())] {
+            std::fs::create_dir_all(v.join("data")).unwrap();
+            std::fs::write(v.join("data/file"), content).unwrap();
+        }
+        (a, b)
+    }
+
+    #[test]
+    fn one_copy_across_volumes_read_and_restored_from_its_location_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = two_volumes(dir.path());
+        let o = opts(None, &dir.path().join("copies"));
+        let p = MultiVolumeProvider::new(
+            vec![
+                Volume {
+                    root: a.clone(),
+                    provider: build("copy", &o).unwrap(),
+                },
+                Volume {
+                    root: b.clone(),
+                    provider: build("copy", &o).unwrap(),
+                },
+            ],
+            &o,
+        );
+        let req = request(1, &[&a.join("data"), &b.join("data")]);
+        p.check(&req.paths()).unwrap();
+        let loc = p.location(&req).unwrap();
+        let files = p.commit(&req, &loc, &control()).unwrap();
+        p.persist(&loc).unwrap();
+        assert_eq!(files.len(), 2);
+
+        // Later, from the catalog: only the kind and the location.
+        let later = build(MULTI, &o).unwrap();
+        let view = later.expose(&loc, &files).unwrap();
+        assert_eq!(
+            std::fs::read(view.path_of(&b.join("data/file")).unwrap()).unwrap(),
+            b"beta"
+        );
+        let staged = dir.path().join("staged");
+        later
+            .restore_file(&loc, &a.join("data/file"), &staged)
+            .unwrap();
+        assert_eq!(std::fs::read(&staged).unwrap(), b"alpha");
+        later.delete(&loc).unwrap();
+        later.delete(&loc).unwrap();
+        assert!(
+            std::fs::read_dir(dir.path().join("copies"))
+                .unwrap()
+                .next()
+                .is_none(),
+            "every volume's copy is gone"
+        );
+
+        let outside = request(2, &[&dir.path().join("elsewhere")]);
+        assert!(p
+            .location(&outside)
+            .unwrap_err()
+            .to_string()
+            .contains("on none of the set's volumes"));
+    }
+
+    #[test]
+    fn a_failure_on_the_second_volume_fails_the_commit_and_delete_discards_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = two_volumes(dir.path());
+        let o = opts(None, &dir.path().join("copies"));
+        let failing = Arc::new(FaultyProvider {
+            inner: build("copy", &o).unwrap(),
+            fault: ProviderFault::CommitAfterWriting,
+        });
+        let p = MultiVolumeProvider::new(
+            vec![
+                Volume {
+                    root: a.clone(),
+                    provider: build("copy", &o).unwrap(),
+                },
+                Volume {
+                    root: b.clone(),
+                    provider: failing,
+                },
+            ],
+            &o,
+        );
+        let req = request(1, &[&a.join("data"), &b.join("data")]);
+        let loc = p.location(&req).unwrap();
+        let err = p.commit(&req, &loc, &control()).unwrap_err();
+        assert!(
+            err.to_string().contains(&format!("volume {}", b.display())),
+            "{err}"
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("copies"))
+                .unwrap()
+                .count(),
+            2,
+            "both volumes had written"
+        );
+        p.delete(&loc).unwrap();
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("copies"))
+                .unwrap()
+                .count(),
+            0,
+            "all or nothing"
+        );
+    }
+}

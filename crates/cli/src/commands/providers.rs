@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::Args;
 use serde::Serialize;
 
+use crate::errors::UsageError;
 use crate::session::Session;
 use crate::spec::{Overrides, SetSpec};
 use crate::GlobalArgs;
@@ -28,10 +29,19 @@ struct Row {
 }
 
 #[derive(Serialize)]
+struct VolumeChoice {
+    volume: PathBuf,
+    paths: Vec<PathBuf>,
+    auto: Option<&'static str>,
+}
+
+#[derive(Serialize)]
 struct ProvidersOutput {
     paths: Vec<PathBuf>,
     providers: Vec<Row>,
     auto: Option<&'static str>,
+    /// When the paths span file systems: what `auto` picks for each (a multi-volume set).
+    volumes: Vec<VolumeChoice>,
 }
 
 pub fn run(g: &GlobalArgs, args: ProvidersArgs) -> anyhow::Result<()> {
@@ -70,10 +80,33 @@ pub fn run(g: &GlobalArgs, args: ProvidersArgs) -> anyhow::Result<()> {
         .collect();
     rows.sort_by_key(|r| r.rank);
     let auto = rows.iter().find(|r| r.can_serve).map(|r| r.provider);
+    let mut volumes: Vec<VolumeChoice> = Vec::new();
+    for p in &paths {
+        let volume = shadowcopy_writers::fsfreeze::mount_point(p)
+            .map_err(|e| UsageError::new(e.to_string()))?;
+        match volumes.iter_mut().find(|v| v.volume == volume) {
+            Some(v) => v.paths.push(p.clone()),
+            None => volumes.push(VolumeChoice {
+                volume,
+                paths: vec![p.clone()],
+                auto: None,
+            }),
+        }
+    }
+    if volumes.len() > 1 {
+        for v in &mut volumes {
+            v.auto = shadowcopy_providers::choose_auto(&opts, &v.paths)
+                .ok()
+                .map(|p| p.kind());
+        }
+    } else {
+        volumes.clear();
+    }
     let out = ProvidersOutput {
         paths,
         providers: rows,
         auto,
+        volumes,
     };
     if session.out.json {
         return session.out.print_json(&out);
@@ -92,10 +125,24 @@ pub fn run(g: &GlobalArgs, args: ProvidersArgs) -> anyhow::Result<()> {
             Some(why) => println!("  {:<8} cannot serve: {why}", r.provider),
         }
     }
-    println!(
-        "auto picks: {}",
-        out.auto
-            .unwrap_or("nothing (no provider can serve these paths)")
-    );
+    if out.volumes.is_empty() {
+        println!(
+            "auto picks: {}",
+            out.auto
+                .unwrap_or("nothing (no provider can serve these paths)")
+        );
+    } else {
+        println!(
+            "the paths span {} file systems: one multi-volume copy, auto picks per volume:",
+            out.volumes.len()
+        );
+        for v in &out.volumes {
+            println!(
+                "  {:<30} {}",
+                v.volume.display(),
+                v.auto.unwrap_or("nothing can serve it")
+            );
+        }
+    }
     Ok(())
 }

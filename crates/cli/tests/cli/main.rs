@@ -6,6 +6,7 @@ mod commands;
 mod crash;
 mod fsfreeze;
 mod hooks;
+mod multivolume;
 mod queue;
 mod quickstart;
 mod support;
