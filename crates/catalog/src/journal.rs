@@ -100,11 +100,17 @@ impl Journal for Catalog {
         let started_ms = started
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
-        self.conn.execute(
+        let tx = self.conn.unchecked_transaction()?;
+        tx.execute(
+            "UPDATE copies SET phase = ?2 WHERE id = ?1",
+            params![id, phase.as_str()],
+        )?;
+        tx.execute(
             "INSERT INTO phases (copy_id, seq, phase, started_ms, took_us, error)
              VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM phases WHERE copy_id = ?1), ?2, ?3, ?4, ?5)",
             params![id, phase.as_str(), started_ms, took.as_micros() as i64, error],
         )?;
+        tx.commit()?;
         Ok(())
     }
 

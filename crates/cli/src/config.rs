@@ -21,6 +21,9 @@ pub struct Config {
     pub defaults: SetDefaults,
     #[serde(default)]
     pub sets: BTreeMap<String, SetConfig>,
+    /// `[providers.NAME]`: exec providers, used as `provider = "exec:NAME"`.
+    #[serde(default)]
+    pub providers: BTreeMap<String, ExecProviderOptions>,
     #[serde(skip)]
     pub source: Option<PathBuf>,
 }
@@ -53,6 +56,7 @@ pub struct SetConfig {
     pub verify: Option<bool>,
 }
 
+use shadowcopy_providers::exec::ExecProviderOptions;
 pub use shadowcopy_writers::HumanDuration;
 
 impl Config {
@@ -93,6 +97,17 @@ impl Config {
             }
         }
         Ok(config)
+    }
+
+    /// The configured exec providers, each knowing its name.
+    pub fn exec_providers(&self) -> Vec<ExecProviderOptions> {
+        self.providers
+            .iter()
+            .map(|(name, o)| ExecProviderOptions {
+                name: name.clone(),
+                ..o.clone()
+            })
+            .collect()
     }
 
     pub fn set(&self, name: &str) -> Result<&SetConfig, UsageError> {

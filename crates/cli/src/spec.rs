@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use shadowcopy_core::coordinator::DEFAULT_FREEZE_DEADLINE;
 use shadowcopy_core::{Component, ComponentRole};
 use shadowcopy_core::{Provider, Writer};
+use shadowcopy_providers::exec::ExecProviderOptions;
 use shadowcopy_providers::multi::{MultiVolumeProvider, Volume};
 use shadowcopy_providers::ProviderOptions;
 use shadowcopy_writers::exec::ExecOptions;
@@ -17,7 +18,7 @@ use shadowcopy_writers::fsfreeze::{mount_point, FsfreezeOptions};
 use shadowcopy_writers::sqlite::SqliteOptions;
 use shadowcopy_writers::{SetContext, WriterSpec};
 
-use crate::config::{Config, SetDefaults};
+use crate::config::Config;
 use crate::errors::UsageError;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -37,6 +38,10 @@ pub struct SetSpec {
     pub freeze_deadline_ms: u64,
     pub copies_dir: Option<PathBuf>,
     pub verify: bool,
+    /// The exec provider this set uses (`provider = "exec:NAME"`), as configured when the
+    /// copy was made, so the copy can be read and deleted without the config file.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exec_providers: Vec<ExecProviderOptions>,
 }
 
 /// Flags of `create` that override what the config says.
@@ -101,7 +106,7 @@ impl SetSpec {
                 copies_dir: set.copies_dir.clone(),
                 verify: set.verify,
             },
-            &config.defaults,
+            config,
             o,
         )
     }
@@ -155,19 +160,20 @@ impl SetSpec {
                 copies_dir: None,
                 verify: None,
             },
-            &config.defaults,
+            config,
             o,
         )
     }
 
-    fn resolve(source: SetSource, d: &SetDefaults, o: &Overrides) -> Result<SetSpec, UsageError> {
+    fn resolve(source: SetSource, config: &Config, o: &Overrides) -> Result<SetSpec, UsageError> {
+        let d = &config.defaults;
         let provider = o
             .provider
             .clone()
             .or(source.provider)
             .or(d.provider.clone())
             .unwrap_or_else(|| "auto".into());
-        check_provider_name(&provider)?;
+        let exec_providers = check_provider_name(&provider, config)?;
         let deadline = o
             .freeze_deadline
             .or(source.deadline)
@@ -202,6 +208,7 @@ impl SetSpec {
                 .or(d.copies_dir.clone())
                 .map(|p| absolute(&p)),
             verify: !o.no_verify && source.verify.or(d.verify).unwrap_or(true),
+            exec_providers,
         })
     }
 
@@ -294,6 +301,7 @@ impl SetSpec {
         ProviderOptions {
             copies_dir: self.copies_dir.clone(),
             default_copies_dir,
+            exec: self.exec_providers.clone(),
             parallelism: std::thread::available_parallelism()
                 .map_or(2, |n| n.get())
                 .max(2),
@@ -414,15 +422,31 @@ impl SetSpec {
     }
 }
 
-pub fn check_provider_name(name: &str) -> Result<(), UsageError> {
+/// Checks a provider name: `auto`, a built-in kind, or `exec:NAME` defined in the config
+/// (whose options are returned, to be recorded with the set).
+pub fn check_provider_name(
+    name: &str,
+    config: &Config,
+) -> Result<Vec<ExecProviderOptions>, UsageError> {
     if name == "auto" || shadowcopy_providers::KINDS.contains(&name) {
-        Ok(())
-    } else {
-        Err(UsageError::new(format!(
-            "unknown provider `{name}`; choose auto or one of: {}",
-            shadowcopy_providers::KINDS.join(", ")
-        )))
+        return Ok(Vec::new());
     }
+    if let Some(exec) = name.strip_prefix(shadowcopy_providers::exec::PREFIX) {
+        return config
+            .exec_providers()
+            .into_iter()
+            .find(|p| p.name == exec)
+            .map(|p| vec![p])
+            .ok_or_else(|| {
+                UsageError::new(format!(
+                    "unknown provider `{name}`; define it in the config file as [providers.{exec}] with a `command`"
+                ))
+            });
+    }
+    Err(UsageError::new(format!(
+        "unknown provider `{name}`; choose auto, one of: {}, or exec:NAME for a [providers.NAME] of the config file",
+        shadowcopy_providers::KINDS.join(", ")
+    )))
 }
 
 fn absolute(p: &Path) -> PathBuf {

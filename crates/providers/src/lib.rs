@@ -5,6 +5,7 @@
 //! |---|---|---|---|
 //! | [`btrfs`](btrfs::BtrfsProvider) | 10 | a read-only snapshot of the subvolume holding the data, O(1) | the data in a btrfs subvolume of its own |
 //! | [`reflink`](reflink::ReflinkProvider) | 20 | a `FICLONE` clone of every file, O(1) in data size | XFS (reflink=1) or btrfs, copies on the data's file system |
+//! | [`exec`](exec::ExecProvider) | 50 | whatever a command does (`exec:NAME`; a storage array, a cloud snapshot) | `[providers.NAME] command = ...`; never picked by `auto` |
 //! | [`copy`](copy::CopyProvider) | 30 | a full, independent, sparse-aware parallel copy | any file system |
 //!
 //! A set whose data spans several file systems is copied by [`multi`], one provider per
@@ -25,6 +26,7 @@ use shadowcopy_core::provider::Provider;
 
 pub mod btrfs;
 pub mod copy;
+pub mod exec;
 mod layout;
 pub mod multi;
 mod pool;
@@ -41,6 +43,8 @@ pub struct ProviderOptions {
     pub default_copies_dir: PathBuf,
     /// Threads a commit may use; 0 means one per CPU.
     pub parallelism: usize,
+    /// The exec providers the config file defines (`exec:NAME`).
+    pub exec: Vec<exec::ExecProviderOptions>,
 }
 
 impl ProviderOptions {
@@ -67,6 +71,8 @@ pub enum RegistryError {
         kind: String,
         known: Vec<&'static str>,
     },
+    #[error("{0}")]
+    Exec(String),
     #[error(
         "provider kind `{name}` is registered twice; every provider module needs its own name"
     )]
@@ -179,6 +185,11 @@ fn registry() -> &'static Registry {
 pub fn build(kind: &str, opts: &ProviderOptions) -> Result<Arc<dyn Provider>, RegistryError> {
     if kind == multi::MULTI {
         return Ok(Arc::new(multi::MultiVolumeProvider::for_existing(opts)));
+    }
+    if let Some(found) = exec::build(kind, &opts.exec) {
+        return found
+            .map(|p| Arc::new(p) as Arc<dyn Provider>)
+            .map_err(|e| RegistryError::Exec(e.to_string()));
     }
     registry().build(kind, opts)
 }

@@ -22,6 +22,7 @@ fn opts(copies_dir: Option<&Path>, default: &Path) -> ProviderOptions {
         copies_dir: copies_dir.map(Path::to_path_buf),
         default_copies_dir: default.to_path_buf(),
         parallelism: 4,
+        exec: Vec::new(),
     }
 }
 

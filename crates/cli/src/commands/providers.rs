@@ -65,6 +65,7 @@ pub fn run(g: &GlobalArgs, args: ProvidersArgs) -> anyhow::Result<()> {
         copies_dir: None,
         default_copies_dir: session.catalog_dir.join("copies"),
         parallelism: 2,
+        exec: session.config.exec_providers(),
     };
     let mut rows: Vec<Row> = shadowcopy_providers::all(&opts)
         .iter()

@@ -4,6 +4,7 @@
 mod bad_input;
 mod commands;
 mod crash;
+mod exec_provider;
 mod fsfreeze;
 mod hooks;
 mod multivolume;

@@ -304,6 +304,7 @@ fn full_disk_during_the_copy_aborts_cleanly() {
             copies_dir: Some(fs.path().join("copies")),
             default_copies_dir: env.root.join("copies"),
             parallelism: 2,
+            exec: Vec::new(),
         };
         let full = shadowcopy_providers::build("copy", &opts).unwrap();
         let (r, _) = env.create(env.request(vec![env.writer()], full, Duration::from_secs(60)));

@@ -46,6 +46,7 @@ impl Env {
             copies_dir: None,
             default_copies_dir: self.root.join("copies"),
             parallelism: 2,
+            exec: Vec::new(),
         };
         shadowcopy_providers::build(kind, &opts).unwrap()
     }

@@ -1,0 +1,338 @@
+//! The `exec` provider: a storage system driven by a command, so that a storage array's
+//! snapshot, a cloud volume snapshot or an in-house tool can serve shadow copies without
+//! Rust. Configured as `[providers.NAME] command = "/path/to/cmd"`, chosen with
+//! `--provider exec:NAME`.
+//!
+//! # The contract (see `examples/exec-provider.py` for a worked example)
+//! The command is run as `COMMAND OPERATION` with one JSON object on stdin, and answers
+//! with one JSON object on stdout and exit status 0; any other status fails the step,
+//! with stderr as the reason. Operations, request → answer:
+//! - `check` `{"paths": [...]}` → `{"ok": true}` or `{"ok": false, "reason": "..."}`
+//! - `location` `{"copy_id": 7, "set": "mail", "paths": [...]}` → `{"location": "..."}`:
+//!   names where the copy will be; recorded before `commit` runs
+//! - `commit` `{"copy_id", "set", "location", "components": [{"path", "required"}]}` →
+//!   `{"files": [{"path", "size", "mode", "mtime_ns"}]}`: runs while the applications are
+//!   frozen and must take well under the freeze deadline; it is killed at the deadline
+//! - `persist` `{"location"}` → `{}` (make the copy durable; after the thaw)
+//! - `delete` `{"location"}` → `{}`: idempotent, a missing copy is success
+//! - `expose` `{"location", "paths": [...]}` → `{"files": [{"original", "path"}]}`: where
+//!   each original file's copy can be read
+//! - `restore` `{"location", "original", "dest"}` → `{}`: write the copy of `original` to
+//!   `dest` (a path beside the live file)
+
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use shadowcopy_core::error::BoxError;
+use shadowcopy_core::model::{CopyView, FileEntry};
+use shadowcopy_core::provider::{CommitControl, CommitRequest, Provider, Unsupported};
+
+/// `[providers.NAME]` in the config file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecProviderOptions {
+    #[serde(default)]
+    pub name: String,
+    pub command: PathBuf,
+    /// Limit for every operation but `commit` (which has the freeze deadline) [default 10m].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<u64>,
+}
+
+/// The prefix of exec provider kinds: `exec:NAME`.
+pub const PREFIX: &str = "exec:";
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExecProviderError {
+    #[error("no exec provider named `{name}`; define it as [providers.{name}] with a `command` in the config file")]
+    Unknown { name: String },
+    #[error("cannot run the provider command {}", .command.display())]
+    Spawn {
+        command: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`{} {operation}` exited with {status}: {stderr}", .command.display())]
+    Failed {
+        command: PathBuf,
+        operation: &'static str,
+        status: String,
+        stderr: String,
+    },
+    #[error("`{} {operation}` did not finish in time and was killed", .command.display())]
+    Killed {
+        command: PathBuf,
+        operation: &'static str,
+    },
+    #[error("`{} {operation}` answered something that is not the expected JSON ({answer:?})", .command.display())]
+    BadAnswer {
+        command: PathBuf,
+        operation: &'static str,
+        answer: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+pub struct ExecProvider {
+    options: ExecProviderOptions,
+    kind: &'static str,
+}
+
+#[derive(Deserialize)]
+struct CheckAnswer {
+    ok: bool,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct LocationAnswer {
+    location: String,
+}
+
+#[derive(Deserialize)]
+struct FilesAnswer {
+    files: Vec<FileEntryAnswer>,
+}
+
+#[derive(Deserialize)]
+struct FileEntryAnswer {
+    path: PathBuf,
+    size: u64,
+    #[serde(default)]
+    mode: u32,
+    #[serde(default)]
+    mtime_ns: i64,
+}
+
+#[derive(Deserialize)]
+struct ExposeAnswer {
+    files: Vec<ExposedFile>,
+}
+
+#[derive(Deserialize)]
+struct ExposedFile {
+    original: PathBuf,
+    path: PathBuf,
+}
+
+impl ExecProvider {
+    pub fn new(options: ExecProviderOptions) -> Self {
+        let kind = intern(&format!("{PREFIX}{}", options.name));
+        ExecProvider { options, kind }
+    }
+
+    fn timeout(&self) -> Duration {
+        self.options
+            .timeout_secs
+            .map_or(DEFAULT_TIMEOUT, Duration::from_secs)
+    }
+
+    /// Runs `COMMAND OPERATION` with `request` on stdin; stops it when `stop` says so.
+    fn call<T: for<'de> Deserialize<'de>>(
+        &self,
+        operation: &'static str,
+        request: Value,
+        stop: &dyn Fn(Instant) -> bool,
+    ) -> Result<T, ExecProviderError> {
+        let command = &self.options.command;
+        let spawn_err = |source| ExecProviderError::Spawn {
+            command: command.clone(),
+            source,
+        };
+        let mut out = tempfile::tempfile().map_err(spawn_err)?;
+        let mut err = tempfile::tempfile().map_err(spawn_err)?;
+        let mut cmd = Command::new(command);
+        cmd.arg(operation)
+            .stdin(Stdio::piped())
+            .stdout(out.try_clone().map_err(spawn_err)?)
+            .stderr(err.try_clone().map_err(spawn_err)?);
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let mut child = cmd.spawn().map_err(spawn_err)?;
+        if let Some(mut stdin) = child.stdin.take() {
+            // A command that does not read its request is fine.
+            let _ = stdin.write_all(request.to_string().as_bytes());
+        }
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().map_err(spawn_err)? {
+                break status;
+            }
+            if stop(started) {
+                if let Some(group) = rustix::process::Pid::from_raw(child.id() as i32) {
+                    let _ =
+                        rustix::process::kill_process_group(group, rustix::process::Signal::Kill);
+                }
+                let _ = child.wait();
+                return Err(ExecProviderError::Killed {
+                    command: command.clone(),
+                    operation,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        let read = |f: &mut std::fs::File| {
+            let mut s = String::new();
+            let _ = f.rewind().and_then(|()| f.read_to_string(&mut s));
+            s
+        };
+        if !status.success() {
+            return Err(ExecProviderError::Failed {
+                command: command.clone(),
+                operation,
+                status: status.to_string(),
+                stderr: read(&mut err).trim().to_string(),
+            });
+        }
+        let answer = read(&mut out);
+        serde_json::from_str(&answer).map_err(|source| ExecProviderError::BadAnswer {
+            command: command.clone(),
+            operation,
+            answer: answer.chars().take(500).collect(),
+            source,
+        })
+    }
+
+    fn within(&self, operation: &'static str, request: Value) -> Result<Value, ExecProviderError> {
+        let limit = self.timeout();
+        self.call(operation, request, &|started| started.elapsed() >= limit)
+    }
+}
+
+impl Provider for ExecProvider {
+    fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    fn rank(&self) -> u32 {
+        50
+    }
+
+    fn check(&self, paths: &[PathBuf]) -> Result<(), Unsupported> {
+        let limit = self.timeout();
+        let answer: Result<CheckAnswer, _> = self.call("check", json!({ "paths": paths }), &|s| {
+            s.elapsed() >= limit
+        });
+        match answer {
+            Ok(CheckAnswer { ok: true, .. }) => Ok(()),
+            Ok(CheckAnswer { reason, .. }) => Err(Unsupported {
+                reason: reason.unwrap_or_else(|| "the provider command said no".into()),
+            }),
+            Err(e) => Err(Unsupported {
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    fn location(&self, request: &CommitRequest) -> Result<String, BoxError> {
+        let limit = self.timeout();
+        let answer: LocationAnswer = self.call(
+            "location",
+            json!({ "copy_id": request.copy_id, "set": request.set_name, "paths": request.paths() }),
+            &|s| s.elapsed() >= limit,
+        )?;
+        Ok(answer.location)
+    }
+
+    /// Killed when the coordinator cancels (the freeze deadline passed).
+    fn commit(
+        &self,
+        request: &CommitRequest,
+        location: &str,
+        control: &CommitControl,
+    ) -> Result<Vec<FileEntry>, BoxError> {
+        let components: Vec<Value> = request
+            .components
+            .iter()
+            .map(|c| json!({ "path": c.path, "required": c.required }))
+            .collect();
+        let answer: FilesAnswer = self.call(
+            "commit",
+            json!({ "copy_id": request.copy_id, "set": request.set_name, "location": location, "components": components, "continues": request.continues }),
+            &|_| control.cancelled(),
+        )?;
+        Ok(answer
+            .files
+            .into_iter()
+            .map(|f| FileEntry {
+                path: f.path,
+                size: f.size,
+                mode: f.mode,
+                mtime_ns: f.mtime_ns,
+                blake3: None,
+            })
+            .collect())
+    }
+
+    fn persist(&self, location: &str) -> Result<(), BoxError> {
+        self.within("persist", json!({ "location": location }))?;
+        Ok(())
+    }
+
+    fn delete(&self, location: &str) -> Result<(), BoxError> {
+        self.within("delete", json!({ "location": location }))?;
+        Ok(())
+    }
+
+    fn expose(&self, location: &str, files: &[FileEntry]) -> Result<CopyView, BoxError> {
+        let paths: Vec<&Path> = files.iter().map(|f| f.path.as_path()).collect();
+        let limit = self.timeout();
+        let answer: ExposeAnswer = self.call(
+            "expose",
+            json!({ "location": location, "paths": paths }),
+            &|s| s.elapsed() >= limit,
+        )?;
+        Ok(CopyView {
+            files: answer
+                .files
+                .into_iter()
+                .map(|f| (f.original, f.path))
+                .collect(),
+        })
+    }
+
+    fn restore_file(&self, location: &str, original: &Path, dest: &Path) -> Result<(), BoxError> {
+        self.within(
+            "restore",
+            json!({ "location": location, "original": original, "dest": dest }),
+        )?;
+        Ok(())
+    }
+}
+
+/// Kinds are `&'static str` throughout: each distinct exec provider name is leaked once.
+fn intern(kind: &str) -> &'static str {
+    use std::collections::BTreeSet;
+    use std::sync::Mutex;
+    static NAMES: Mutex<BTreeSet<&'static str>> = Mutex::new(BTreeSet::new());
+    let mut names = NAMES.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(known) = names.get(kind) {
+        return known;
+    }
+    let leaked: &'static str = Box::leak(kind.to_string().into_boxed_str());
+    names.insert(leaked);
+    leaked
+}
+
+/// Finds `exec:NAME` among the configured exec providers.
+pub fn build(
+    kind: &str,
+    configured: &[ExecProviderOptions],
+) -> Option<Result<ExecProvider, ExecProviderError>> {
+    let name = kind.strip_prefix(PREFIX)?;
+    Some(
+        configured
+            .iter()
+            .find(|o| o.name == name)
+            .map(|o| ExecProvider::new(o.clone()))
+            .ok_or_else(|| ExecProviderError::Unknown {
+                name: name.to_string(),
+            }),
+    )
+}
