@@ -1,14 +1,23 @@
 #!/usr/bin/env bash
 # Builds shadowcopy and its benchmark in release mode, runs the benchmark as root (it
-# mounts an XFS loop file system and drops the page cache) and writes the results into
-# docs/benchmarks.md. Extra arguments go to the benchmark, e.g.
-#   sudo ./scripts/bench.sh --size 64MiB --runs 1
+# mounts loop file systems and drops the page cache) and writes the results into
+# docs/benchmarks.md. The first argument may name the workload (default: sqlite); the
+# rest go to the benchmark, e.g.
+#   sudo ./scripts/bench.sh --size 64MiB --runs 1          # SQLite under load, quick check
+#   sudo ./scripts/bench.sh sqlite                         # SQLite, 1 GiB, 3 runs
+#   sudo ./scripts/bench.sh sizes                          # copy/reflink/btrfs at 1, 4, 16 GiB
+#   sudo ./scripts/bench.sh sizes --sizes 256MiB --runs 1  # quick check
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+workload=sqlite
+case "${1:-}" in
+    sqlite | sizes) workload=$1; shift ;;
+esac
+
 cargo build --release -p shadowcopy -p shadowcopy-bench
 target_dir=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
-bench=("$target_dir/release/shadowcopy-bench" --markdown docs/benchmarks.md "$@")
+bench=("$target_dir/release/shadowcopy-bench" "$workload" --markdown docs/benchmarks.md "$@")
 
 if [ "$(id -u)" -eq 0 ]; then
     exec "${bench[@]}"

@@ -83,8 +83,10 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 pub fn human_bytes(b: u64) -> String {
     if b >= 1 << 30 {
         format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64)
-    } else {
+    } else if b >= 1 << 20 {
         format!("{} MiB", b >> 20)
+    } else {
+        format!("{} KiB", b >> 10)
     }
 }
 

@@ -224,6 +224,15 @@ impl SetSpec {
         Duration::from_millis(self.freeze_deadline_ms)
     }
 
+    /// The set freezes file systems: `--fsfreeze`, or a configured `fsfreeze` writer.
+    pub fn freezes_file_systems(&self) -> bool {
+        self.fsfreeze
+            || self
+                .writers
+                .iter()
+                .any(|w| matches!(w, WriterSpec::Fsfreeze(_)))
+    }
+
     /// Every data path of the set (what a provider must be able to serve).
     pub fn data_paths(&self) -> Vec<PathBuf> {
         let mut all: Vec<PathBuf> = Vec::new();
@@ -355,7 +364,7 @@ impl SetSpec {
             .map(|v| format!(" (volume {})", v.display()))
             .unwrap_or_default();
         let chosen = match self.provider.as_str() {
-            "auto" if self.fsfreeze => shadowcopy_providers::build("copy", opts),
+            "auto" if self.freezes_file_systems() => shadowcopy_providers::build("copy", opts),
             "auto" => shadowcopy_providers::choose_auto(opts, paths),
             kind => shadowcopy_providers::build(kind, opts),
         };
@@ -368,7 +377,7 @@ impl SetSpec {
                 self.name
             )));
         }
-        if self.fsfreeze && matches!(provider.kind(), "reflink" | "btrfs") {
+        if self.freezes_file_systems() && matches!(provider.kind(), "reflink" | "btrfs") {
             return Err(UsageError::new(format!(
                 "set `{}` freezes its file systems, and {} clones onto the frozen file system would wait for the thaw; use --provider copy with a copies directory elsewhere",
                 self.name,
@@ -385,7 +394,7 @@ impl SetSpec {
         catalog_dir: &Path,
         opts: &ProviderOptions,
     ) -> Result<(), UsageError> {
-        if !self.fsfreeze {
+        if !self.freezes_file_systems() {
             return Ok(());
         }
         let mut frozen = Vec::new();

@@ -67,6 +67,12 @@ pub enum Error {
     VerifyFailed { id: CopyId, detail: String },
     #[error("{message}")]
     InUse { message: String },
+    #[error("the data was restored, but {writer} failed after it; check the application (start it by hand if needed)")]
+    AfterRestore {
+        writer: String,
+        #[source]
+        source: BoxError,
+    },
     #[error("restore failed while {step}; the live data was left as it was")]
     Restore {
         step: String,

@@ -12,6 +12,7 @@ pub mod error;
 pub mod events;
 pub mod journal;
 pub mod model;
+pub mod process;
 pub mod provider;
 pub mod restore;
 pub mod verify;

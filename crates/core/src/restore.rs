@@ -55,12 +55,50 @@ impl<'a> Restorer<'a> {
         Restorer { journal, events }
     }
 
+    /// Runs the writers' `pre_restore` hooks, the restore, then `post_restore` for every
+    /// writer whose `pre_restore` was called, whatever happened in between.
     pub fn restore(&self, request: RestoreRequest) -> Result<RestoreOutcome, Error> {
+        let targets = map_targets(&request.files, request.to.as_deref())?;
+        let live: Vec<PathBuf> = targets.iter().map(|(_, t)| t.clone()).collect();
+        let mut called = 0;
+        let mut result = Ok(());
+        for w in &request.writers {
+            called += 1;
+            if let Err(source) = w.pre_restore(&live) {
+                result = Err(Error::Writer {
+                    writer: w.name(),
+                    phase: Phase::Restore,
+                    source,
+                });
+                break;
+            }
+        }
+        let result = result.and_then(|()| self.restore_data(&request, &targets));
+        let mut after = None;
+        for w in &request.writers[..called] {
+            if let Err(source) = w.post_restore(&live) {
+                let message = format!("{} failed after the restore: {}", w.name(), chain(&*source));
+                self.events.warning(&message);
+                after.get_or_insert(Error::AfterRestore {
+                    writer: w.name(),
+                    source,
+                });
+            }
+        }
+        match (result, after) {
+            (Ok(_), Some(e)) => Err(e),
+            (result, _) => result,
+        }
+    }
+
+    fn restore_data(
+        &self,
+        request: &RestoreRequest,
+        targets: &[(PathBuf, PathBuf)],
+    ) -> Result<RestoreOutcome, Error> {
         let started = Instant::now();
         let mut steps = Vec::new();
-        let targets = map_targets(&request.files, request.to.as_deref())?;
         let in_place = request.to.is_none();
-
         if in_place {
             if !request.force {
                 let live: Vec<PathBuf> = targets.iter().map(|(_, t)| t.clone()).collect();
@@ -75,7 +113,7 @@ impl<'a> Restorer<'a> {
                 }
             }
         } else {
-            for (_, target) in &targets {
+            for (_, target) in targets {
                 if target.exists() {
                     return Err(Error::usage(format!(
                         "{} already exists; restore --to needs a directory without the set's files \
@@ -88,20 +126,10 @@ impl<'a> Restorer<'a> {
 
         // Stage every file beside its target; the live data is not touched until the swap.
         self.events.phase_started(Phase::Restore);
-        let result = self.stage_keep_and_swap(&request, &targets, in_place, &mut steps);
+        let result = self.stage_keep_and_swap(request, targets, in_place, &mut steps);
         self.events
             .phase_finished(Phase::Restore, started.elapsed(), result.is_ok());
         let (plan, pre_restore) = result?;
-        let installed: Vec<PathBuf> = plan.install.iter().map(|(_, t)| t.clone()).collect();
-        for w in &request.writers {
-            if let Err(e) = w.post_restore(&installed) {
-                self.events.warning(&format!(
-                    "the data is restored, but {} failed after it: {}",
-                    w.name(),
-                    chain(&*e)
-                ));
-            }
-        }
         Ok(RestoreOutcome {
             targets: plan.install.iter().map(|(_, t)| t.clone()).collect(),
             pre_restore,

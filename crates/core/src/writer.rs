@@ -20,8 +20,8 @@
 //! - `abort`: the set failed (after the thaw), so the application can drop what it
 //!   prepared for it.
 //! - `check_restore_target` and `finish_restore`: refuse a restore over data in use, and
-//!   turn staged files into what is swapped in; `post_restore` after the swap (start the
-//!   application again, say).
+//!   turn staged files into what is swapped in; `pre_restore` / `post_restore` around
+//!   the whole restore (stop and start the application, say).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -77,7 +77,13 @@ pub trait Writer: Send {
         Ok(())
     }
 
-    /// After the restored files were swapped in (in place or into `--to`).
+    /// Before a restore touches anything (stop the application, say); an error refuses
+    /// the restore. Once it ran, `post_restore` runs too, whether the restore worked or not.
+    fn pre_restore(&self, _targets: &[PathBuf]) -> Result<(), BoxError> {
+        Ok(())
+    }
+
+    /// After the restore, whether it worked or not (start the application again, say).
     fn post_restore(&self, _targets: &[PathBuf]) -> Result<(), BoxError> {
         Ok(())
     }

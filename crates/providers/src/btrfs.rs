@@ -18,10 +18,12 @@
 //!   the core swaps it in; `delete` deletes the snapshot subvolume.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
+use std::time::Duration;
 
 use shadowcopy_core::error::BoxError;
 use shadowcopy_core::model::{Component, CopyView, FileEntry};
+use shadowcopy_core::process;
 use shadowcopy_core::provider::{CommitControl, CommitRequest, Provider, Unsupported};
 
 use crate::layout::{self, LayoutError};
@@ -30,6 +32,9 @@ use crate::ProviderOptions;
 
 /// Inode number of every subvolume's root directory (`BTRFS_FIRST_FREE_OBJECTID`).
 const SUBVOLUME_ROOT_INODE: u64 = 256;
+/// Inode of the placeholder a snapshot holds for a nested subvolume
+/// (`BTRFS_EMPTY_SUBVOL_DIR_OBJECTID`).
+const EMPTY_SUBVOLUME_INODE: u64 = 2;
 /// The id of a btrfs file system's top-level subvolume.
 const TOP_LEVEL_ID: u64 = 5;
 
@@ -39,12 +44,17 @@ pub enum BtrfsError {
     Layout(#[from] LayoutError),
     #[error("`{command}` failed: {stderr}")]
     Tool { command: String, stderr: String },
-    #[error("cannot run `{command}`; install btrfs-progs")]
-    Spawn {
+    #[error("`{command}` could not run to its end (is btrfs-progs installed?)")]
+    Process {
         command: String,
         #[source]
-        source: std::io::Error,
+        source: process::ProcessError,
     },
+    #[error(
+        "{} is a btrfs subvolume inside the snapshotted one, and a snapshot leaves nested subvolumes out; keep the set's data in one subvolume, or use --provider reflink",
+        .0.display()
+    )]
+    NestedSubvolume(PathBuf),
     #[error("{}", .0)]
     Unsupported(String),
     #[error("the copy at {} does not say which subvolume it was taken of ({}.subvolume is missing)", .0.display(), .0.display())]
@@ -165,9 +175,16 @@ fn subvolume_id(subvolume: &Path) -> Result<u64, BtrfsError> {
     })
 }
 
+/// How long one `btrfs`, `findmnt` or `sync` call may take.
+const TOOL_LIMIT: Duration = Duration::from_secs(120);
+
 fn btrfs(args: &[&str], paths: &[&Path]) -> Result<String, BtrfsError> {
+    tool("btrfs", args, paths)
+}
+
+fn tool(program: &str, args: &[&str], paths: &[&Path]) -> Result<String, BtrfsError> {
     let command = format!(
-        "btrfs {} {}",
+        "{program} {} {}",
         args.join(" "),
         paths
             .iter()
@@ -175,22 +192,24 @@ fn btrfs(args: &[&str], paths: &[&Path]) -> Result<String, BtrfsError> {
             .collect::<Vec<_>>()
             .join(" ")
     );
-    let out = Command::new("btrfs")
-        .args(args)
-        .args(paths)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|source| BtrfsError::Spawn {
+    let out = process::run_within(Command::new(program).args(args).args(paths), TOOL_LIMIT)
+        .map_err(|source| BtrfsError::Process {
             command: command.clone(),
             source,
         })?;
     if !out.status.success() {
         return Err(BtrfsError::Tool {
             command,
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            stderr: out.stderr.trim().to_string(),
         });
     }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    Ok(out.stdout)
+}
+
+/// The device a path's file system lives on (`findmnt` SOURCE without its `[/subvol]`).
+fn source_device(path: &Path) -> Result<String, BtrfsError> {
+    let out = tool("findmnt", &["-n", "-o", "SOURCE", "-T"], &[path])?;
+    Ok(out.trim().split('[').next().unwrap_or_default().to_string())
 }
 
 fn source_file(location: &Path) -> PathBuf {
@@ -233,16 +252,17 @@ impl Provider for BtrfsProvider {
         })?;
         let base = self.base(&subvolume);
         let existing = layout::nearest_existing(&base).unwrap_or_else(|| subvolume.clone());
-        use std::os::unix::fs::MetadataExt;
-        let same_fs = match (std::fs::metadata(&existing), std::fs::metadata(&subvolume)) {
-            (Ok(a), Ok(b)) => {
-                a.dev() == b.dev() || reflink::fs_magic(&existing).is_ok_and(|m| m == BTRFS_MAGIC)
-            }
+        let same_fs = match (source_device(&existing), source_device(&subvolume)) {
+            (Ok(a), Ok(b)) => a == b,
             _ => false,
         };
         if !same_fs {
             return Err(Unsupported {
-                reason: format!("the snapshots directory {} is not on the btrfs file system of {}; set copies_dir inside it", base.display(), subvolume.display()),
+                reason: format!(
+                    "the snapshots directory {} is not on the btrfs file system of {}; set copies_dir inside it",
+                    base.display(),
+                    subvolume.display()
+                ),
             });
         }
         Ok(())
@@ -307,6 +327,19 @@ impl Provider for BtrfsProvider {
             },
             other => other,
         })?;
+        // A nested subvolume is an empty placeholder directory in the snapshot (inode
+        // 2): its data is not in the copy, so the copy must not pass for complete.
+        use std::os::unix::fs::MetadataExt;
+        if let Some(nested) = entries
+            .iter()
+            .find(|e| e.kind == layout::Kind::Dir && e.meta.ino() == EMPTY_SUBVOLUME_INODE)
+        {
+            let rel = nested
+                .original
+                .strip_prefix(location)
+                .unwrap_or(&nested.original);
+            return Err(BtrfsError::NestedSubvolume(subvolume.join(rel)).into());
+        }
         let total: u64 = entries
             .iter()
             .filter(|e| e.kind == layout::Kind::File)
@@ -332,21 +365,7 @@ impl Provider for BtrfsProvider {
 
     /// Makes the snapshot durable (`sync -f`: one syncfs of its file system).
     fn persist(&self, location: &str) -> Result<(), BoxError> {
-        let out = Command::new("sync")
-            .arg("-f")
-            .arg(location)
-            .output()
-            .map_err(|source| BtrfsError::Spawn {
-                command: format!("sync -f {location}"),
-                source,
-            })?;
-        if !out.status.success() {
-            return Err(BtrfsError::Tool {
-                command: format!("sync -f {location}"),
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            }
-            .into());
-        }
+        tool("sync", &["-f"], &[Path::new(location)])?;
         Ok(())
     }
 

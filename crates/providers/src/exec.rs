@@ -20,15 +20,15 @@
 //! - `restore` `{"location", "original", "dest"}` → `{}`: write the copy of `original` to
 //!   `dest` (a path beside the live file)
 
-use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use shadowcopy_core::error::BoxError;
 use shadowcopy_core::model::{CopyView, FileEntry};
+use shadowcopy_core::process;
 use shadowcopy_core::provider::{CommitControl, CommitRequest, Provider, Unsupported};
 
 /// `[providers.NAME]` in the config file.
@@ -68,6 +68,12 @@ pub enum ExecProviderError {
     Killed {
         command: PathBuf,
         operation: &'static str,
+    },
+    #[error("`{} {operation}` answered {problem}; a copy is never trusted beyond what the set asked for", .command.display())]
+    Untrusted {
+        command: PathBuf,
+        operation: &'static str,
+        problem: String,
     },
     #[error("`{} {operation}` answered something that is not the expected JSON ({answer:?})", .command.display())]
     BadAnswer {
@@ -142,61 +148,44 @@ impl ExecProvider {
         stop: &dyn Fn(Instant) -> bool,
     ) -> Result<T, ExecProviderError> {
         let command = &self.options.command;
-        let spawn_err = |source| ExecProviderError::Spawn {
-            command: command.clone(),
-            source,
-        };
-        let mut out = tempfile::tempfile().map_err(spawn_err)?;
-        let mut err = tempfile::tempfile().map_err(spawn_err)?;
-        let mut cmd = Command::new(command);
-        cmd.arg(operation)
-            .stdin(Stdio::piped())
-            .stdout(out.try_clone().map_err(spawn_err)?)
-            .stderr(err.try_clone().map_err(spawn_err)?);
-        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        let mut child = cmd.spawn().map_err(spawn_err)?;
-        if let Some(mut stdin) = child.stdin.take() {
-            // A command that does not read its request is fine.
-            let _ = stdin.write_all(request.to_string().as_bytes());
-        }
-        let started = Instant::now();
-        let status = loop {
-            if let Some(status) = child.try_wait().map_err(spawn_err)? {
-                break status;
-            }
-            if stop(started) {
-                if let Some(group) = rustix::process::Pid::from_raw(child.id() as i32) {
-                    let _ =
-                        rustix::process::kill_process_group(group, rustix::process::Signal::Kill);
-                }
-                let _ = child.wait();
-                return Err(ExecProviderError::Killed {
-                    command: command.clone(),
-                    operation,
-                });
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        };
-        let read = |f: &mut std::fs::File| {
-            let mut s = String::new();
-            let _ = f.rewind().and_then(|()| f.read_to_string(&mut s));
-            s
-        };
-        if !status.success() {
+        let out = process::run(
+            Command::new(command).arg(operation),
+            request.to_string().as_bytes(),
+            &mut |_| {},
+            stop,
+        )
+        .map_err(|e| match e {
+            process::ProcessError::Killed { .. } => ExecProviderError::Killed {
+                command: command.clone(),
+                operation,
+            },
+            process::ProcessError::Spawn { source, .. } => ExecProviderError::Spawn {
+                command: command.clone(),
+                source,
+            },
+        })?;
+        if !out.status.success() {
             return Err(ExecProviderError::Failed {
                 command: command.clone(),
                 operation,
-                status: status.to_string(),
-                stderr: read(&mut err).trim().to_string(),
+                status: out.status.to_string(),
+                stderr: out.stderr.trim().to_string(),
             });
         }
-        let answer = read(&mut out);
-        serde_json::from_str(&answer).map_err(|source| ExecProviderError::BadAnswer {
+        serde_json::from_str(&out.stdout).map_err(|source| ExecProviderError::BadAnswer {
             command: command.clone(),
             operation,
-            answer: answer.chars().take(500).collect(),
+            answer: out.stdout.chars().take(500).collect(),
             source,
         })
+    }
+
+    fn untrusted(&self, operation: &'static str, problem: String) -> ExecProviderError {
+        ExecProviderError::Untrusted {
+            command: self.options.command.clone(),
+            operation,
+            problem,
+        }
     }
 
     fn within(&self, operation: &'static str, request: Value) -> Result<Value, ExecProviderError> {
@@ -237,6 +226,11 @@ impl Provider for ExecProvider {
             json!({ "copy_id": request.copy_id, "set": request.set_name, "paths": request.paths() }),
             &|s| s.elapsed() >= limit,
         )?;
+        if answer.location.trim().is_empty() {
+            return Err(self
+                .untrusted("location", "an empty location".into())
+                .into());
+        }
         Ok(answer.location)
     }
 
@@ -257,6 +251,31 @@ impl Provider for ExecProvider {
             json!({ "copy_id": request.copy_id, "set": request.set_name, "location": location, "components": components, "continues": request.continues }),
             &|_| control.cancelled(),
         )?;
+        // Only files of the request's components, and every required component present.
+        for f in &answer.files {
+            if !request
+                .components
+                .iter()
+                .any(|c| f.path.starts_with(&c.path))
+            {
+                return Err(self
+                    .untrusted(
+                        "commit",
+                        format!("{}, which is not in the set", f.path.display()),
+                    )
+                    .into());
+            }
+        }
+        for c in request.components.iter().filter(|c| c.required) {
+            if !answer.files.iter().any(|f| f.path.starts_with(&c.path)) {
+                return Err(self
+                    .untrusted(
+                        "commit",
+                        format!("no file for the required component {}", c.path.display()),
+                    )
+                    .into());
+            }
+        }
         Ok(answer
             .files
             .into_iter()
@@ -288,6 +307,16 @@ impl Provider for ExecProvider {
             json!({ "location": location, "paths": paths }),
             &|s| s.elapsed() >= limit,
         )?;
+        // Exactly the files asked for: a copy is never read from somewhere else.
+        let mut asked: Vec<&Path> = paths.clone();
+        let mut got: Vec<&Path> = answer.files.iter().map(|f| f.original.as_path()).collect();
+        asked.sort();
+        got.sort();
+        if asked != got {
+            return Err(self
+                .untrusted("expose", "other files than the ones asked for".into())
+                .into());
+        }
         Ok(CopyView {
             files: answer
                 .files

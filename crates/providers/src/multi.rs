@@ -156,6 +156,15 @@ impl MultiVolumeProvider {
         })
     }
 
+    /// The recorded volume holding `path`: the longest root that is a prefix of it.
+    fn recorded_volume<'a>(recorded: &'a MultiLocation, path: &Path) -> Option<&'a VolumeLocation> {
+        recorded
+            .volumes
+            .iter()
+            .filter(|v| path.starts_with(&v.root))
+            .max_by_key(|v| v.root.as_os_str().len())
+    }
+
     fn on_volume(v: &VolumeLocation) -> impl FnOnce(BoxError) -> MultiError + '_ {
         move |source| MultiError::Volume {
             root: v.root.clone(),
@@ -269,16 +278,20 @@ impl Provider for MultiVolumeProvider {
 
     fn expose(&self, location: &str, files: &[FileEntry]) -> Result<CopyView, BoxError> {
         let mut view = CopyView::default();
-        for v in Self::parse(location)?.volumes {
+        let recorded = Self::parse(location)?;
+        for v in &recorded.volumes {
+            // Each file belongs to the volume with the longest root holding it.
             let mine: Vec<FileEntry> = files
                 .iter()
-                .filter(|f| f.path.starts_with(&v.root))
+                .filter(|f| {
+                    Self::recorded_volume(&recorded, &f.path).is_some_and(|r| r.root == v.root)
+                })
                 .cloned()
                 .collect();
             let part = self
-                .provider_of(&v)?
+                .provider_of(v)?
                 .expose(&v.location, &mine)
-                .map_err(Self::on_volume(&v))?;
+                .map_err(Self::on_volume(v))?;
             view.files.extend(part.files);
         }
         Ok(view)
@@ -286,19 +299,14 @@ impl Provider for MultiVolumeProvider {
 
     fn restore_file(&self, location: &str, original: &Path, dest: &Path) -> Result<(), BoxError> {
         let recorded = Self::parse(location)?;
-        let v = recorded
-            .volumes
-            .iter()
-            .filter(|v| original.starts_with(&v.root))
-            .max_by_key(|v| v.root.as_os_str().len())
-            .ok_or_else(|| MultiError::NoVolume {
-                path: original.to_path_buf(),
-                roots: recorded
-                    .volumes
-                    .iter()
-                    .map(|v| v.root.display().to_string())
-                    .collect(),
-            })?;
+        let v = Self::recorded_volume(&recorded, original).ok_or_else(|| MultiError::NoVolume {
+            path: original.to_path_buf(),
+            roots: recorded
+                .volumes
+                .iter()
+                .map(|v| v.root.display().to_string())
+                .collect(),
+        })?;
         self.provider_of(v)?
             .restore_file(&v.location, original, dest)
             .map_err(|e| Self::on_volume(v)(e).into())

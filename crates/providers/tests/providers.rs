@@ -796,3 +796,31 @@ mod multi {
         );
     }
 }
+
+mod btrfs_nested {
+    use super::*;
+
+    #[test]
+    fn a_nested_subvolume_fails_the_snapshot_instead_of_going_missing() {
+        let Some(fs) = loopfs_or_skip(
+            "a_nested_subvolume_fails_the_snapshot_instead_of_going_missing",
+            FsKind::Btrfs,
+            512 << 20,
+        ) else {
+            return;
+        };
+        let app = fs.mount.join("app");
+        btrfs_subvolume_create(&app);
+        btrfs_subvolume_create(&app.join("inner"));
+        std::fs::write(app.join("inner/data"), b"not in a snapshot of app").unwrap();
+        let p = build("btrfs", &opts(None, fs.mount.as_path())).unwrap();
+        let req = request(1, &[&app]);
+        let loc = p.location(&req).unwrap();
+        let err = p.commit(&req, &loc, &control()).unwrap_err().to_string();
+        assert!(
+            err.contains("inner") && err.contains("nested subvolumes out"),
+            "{err}"
+        );
+        p.delete(&loc).unwrap();
+    }
+}

@@ -166,6 +166,10 @@ impl LoopFs {
 impl Drop for LoopFs {
     fn drop(&mut self) {
         if self.mounted {
+            // A test that failed while the file system was frozen must not leave it so:
+            // thaw first (harmless when not frozen), or unmounting would detach a frozen
+            // file system that nothing could thaw any more.
+            let _ = Command::new("fsfreeze").arg("-u").arg(&self.mount).output();
             let mut ok = false;
             for attempt in 0..5 {
                 if Command::new("umount")

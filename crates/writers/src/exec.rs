@@ -13,14 +13,13 @@
 //! the catalog's record of the failed phase. While frozen, a [`Watchdog`] runs
 //! `SCRIPT thaw` if shadowcopy dies or hangs.
 
-use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use shadowcopy_core::model::{Component, CopyView, VerifyReport};
-use shadowcopy_core::{BoxError, Writer};
+use shadowcopy_core::{process, BoxError, Writer};
 
 use crate::watchdog::Watchdog;
 use crate::{HumanDuration, SetContext};
@@ -58,6 +57,8 @@ pub enum ExecError {
     Missing(PathBuf),
     #[error("the hook {} is not executable; `chmod +x` it", .0.display())]
     NotExecutable(PathBuf),
+    #[error("the hook {} handles `freeze` but not `thaw`; a freeze must be undoable, add `thaw` to its events", .0.display())]
+    FreezeWithoutThaw(PathBuf),
     #[error("unknown hook event `{}`; the events are {}", .0, EVENTS.join(", "))]
     UnknownEvent(String),
     #[error("the hook `{} {event}` exited with {status}; its output: {output}", .script.display())]
@@ -110,54 +111,55 @@ impl ExecWriter {
             .is_none_or(|e| e.iter().any(|x| x == event))
     }
 
-    /// Runs `SCRIPT EVENT`, killing its process group at `limit`.
-    fn run(&self, event: &'static str, limit: Duration) -> Result<(), ExecError> {
-        if !self.wants(event) {
-            return Ok(());
-        }
-        let script = &self.options.script;
-        let spawn_err = |source| ExecError::Spawn {
-            script: script.clone(),
-            source,
-        };
-        let mut output = tempfile::tempfile().map_err(spawn_err)?;
+    /// The environment every call (and the watchdog's `thaw`) gets.
+    fn env(&self, event: &str, limit: Duration) -> Vec<(String, String)> {
         let paths: Vec<String> = self
             .context
             .data_paths
             .iter()
             .map(|p| p.display().to_string())
             .collect();
+        vec![
+            ("SHADOWCOPY_EVENT".into(), event.into()),
+            ("SHADOWCOPY_SET".into(), self.context.set_name.clone()),
+            ("SHADOWCOPY_PATHS".into(), paths.join(":")),
+            (
+                "SHADOWCOPY_DEADLINE_MS".into(),
+                limit.as_millis().to_string(),
+            ),
+        ]
+    }
+
+    /// Runs `SCRIPT EVENT`, killing its process group at `limit`; `started` gets the
+    /// group (the watchdog guards a running freeze).
+    fn run_guarded(
+        &self,
+        event: &'static str,
+        limit: Duration,
+        started: &mut dyn FnMut(u32),
+    ) -> Result<(), ExecError> {
+        if !self.wants(event) {
+            return Ok(());
+        }
+        let script = &self.options.script;
         let mut command = Command::new(script);
-        command
-            .arg(event)
-            .env("SHADOWCOPY_EVENT", event)
-            .env("SHADOWCOPY_SET", &self.context.set_name)
-            .env("SHADOWCOPY_PATHS", paths.join(":"))
-            .env("SHADOWCOPY_DEADLINE_MS", limit.as_millis().to_string())
-            .stdin(Stdio::null())
-            .stdout(output.try_clone().map_err(spawn_err)?)
-            .stderr(output.try_clone().map_err(spawn_err)?);
-        std::os::unix::process::CommandExt::process_group(&mut command, 0);
-        let mut child = command.spawn().map_err(spawn_err)?;
-        let started = Instant::now();
-        let status = loop {
-            if let Some(status) = child.try_wait().map_err(spawn_err)? {
-                break Some(status);
+        command.arg(event).envs(self.env(event, limit));
+        let out = process::run(&mut command, b"", started, &|began| {
+            began.elapsed() >= limit
+        });
+        let (status, output) = match out {
+            Ok(f) => (Some(f.status), tail(&format!("{}{}", f.stdout, f.stderr))),
+            Err(process::ProcessError::Killed { .. }) => (None, "(killed)".into()),
+            Err(process::ProcessError::Spawn { source, .. }) => {
+                return Err(ExecError::Spawn {
+                    script: script.clone(),
+                    source,
+                })
             }
-            if started.elapsed() >= limit {
-                if let Some(group) = rustix::process::Pid::from_raw(child.id() as i32) {
-                    let _ =
-                        rustix::process::kill_process_group(group, rustix::process::Signal::Kill);
-                }
-                let _ = child.wait();
-                break None;
-            }
-            std::thread::sleep(Duration::from_millis(5));
         };
-        let output = tail(&mut output);
         match status {
             Some(s) if s.success() => {
-                if !output.is_empty() {
+                if output != "(none)" {
                     tracing::info!(hook = %script.display(), event, "{output}");
                 }
                 Ok(())
@@ -176,16 +178,19 @@ impl ExecWriter {
             }),
         }
     }
+
+    fn run(&self, event: &'static str, limit: Duration) -> Result<(), ExecError> {
+        self.run_guarded(event, limit, &mut |_| {})
+    }
 }
 
 /// The last [`OUTPUT_KEPT`] bytes of what the hook printed, on one line.
-fn tail(file: &mut std::fs::File) -> String {
-    let mut bytes = Vec::new();
-    let _ = file.rewind().and_then(|()| file.read_to_end(&mut bytes));
-    let start = bytes.len().saturating_sub(OUTPUT_KEPT);
-    let text = String::from_utf8_lossy(&bytes[start..])
-        .trim()
-        .replace('\n', " | ");
+fn tail(output: &str) -> String {
+    let start = output.len().saturating_sub(OUTPUT_KEPT);
+    let start = (start..=output.len())
+        .find(|i| output.is_char_boundary(*i))
+        .unwrap_or(output.len());
+    let text = output[start..].trim().replace('\n', " | ");
     if text.is_empty() {
         "(none)".into()
     } else {
@@ -218,6 +223,9 @@ impl Writer for ExecWriter {
             if let Some(bad) = events.iter().find(|e| !EVENTS.contains(&e.as_str())) {
                 return Err(ExecError::UnknownEvent(bad.clone()).into());
             }
+            if self.wants("freeze") && !self.wants("thaw") {
+                return Err(ExecError::FreezeWithoutThaw(self.options.script.clone()).into());
+            }
         }
         Ok(Vec::new())
     }
@@ -227,24 +235,30 @@ impl Writer for ExecWriter {
     }
 
     fn freeze(&mut self, deadline: Instant) -> Result<(), BoxError> {
-        if self.wants("thaw") {
-            let release = vec![vec![
-                self.options.script.clone().into_os_string(),
-                "thaw".into(),
-            ]];
-            self.watchdog =
-                Some(
-                    Watchdog::start(deadline, &release).map_err(|source| ExecError::Spawn {
-                        script: "bash (the watchdog)".into(),
-                        source,
-                    })?,
-                );
+        if !self.wants("freeze") {
+            return Ok(());
         }
-        // Thawed on every path from here, even if the freeze hook fails halfway.
+        let left = deadline.saturating_duration_since(Instant::now());
+        let release = vec![vec![
+            self.options.script.clone().into_os_string(),
+            "thaw".into(),
+        ]];
+        let mut watchdog = Watchdog::start(deadline, &release, &self.env("thaw", self.timeout()))
+            .map_err(|source| ExecError::Spawn {
+            script: "bash (the watchdog)".into(),
+            source,
+        })?;
+        // Thawed on every path from here, even if the freeze hook fails halfway; while
+        // it runs, the watchdog would kill it before running `thaw`.
         self.frozen = true;
-        Ok(self.run("freeze", deadline.saturating_duration_since(Instant::now()))?)
+        let result = self.run_guarded("freeze", left, &mut |group| watchdog.guard(group));
+        watchdog.unguard();
+        self.watchdog = Some(watchdog);
+        Ok(result?)
     }
 
+    /// Runs `thaw`; if it fails, the watchdog runs it once more right away instead of
+    /// being disarmed.
     fn thaw(&mut self) -> Result<(), BoxError> {
         let result = if self.frozen {
             self.run("thaw", self.timeout())
@@ -253,7 +267,11 @@ impl Writer for ExecWriter {
         };
         self.frozen = false;
         if let Some(w) = self.watchdog.take() {
-            w.disarm();
+            if result.is_err() {
+                w.release_now();
+            } else {
+                w.disarm();
+            }
         }
         Ok(result?)
     }
@@ -279,7 +297,7 @@ impl Writer for ExecWriter {
 
     /// `pre-restore`: a hook that exits non-zero refuses the restore (it may stop the
     /// application first).
-    fn check_restore_target(&self, _targets: &[PathBuf]) -> Result<(), BoxError> {
+    fn pre_restore(&self, _targets: &[PathBuf]) -> Result<(), BoxError> {
         Ok(self.run("pre-restore", self.timeout())?)
     }
 

@@ -10,12 +10,12 @@
 //! [`crate::watchdog::GRACE`] if it hangs.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::process::Command;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use shadowcopy_core::model::{Component, CopyView, VerifyReport};
-use shadowcopy_core::{BoxError, Writer};
+use shadowcopy_core::{process, BoxError, Writer};
 
 use crate::watchdog::Watchdog;
 
@@ -43,6 +43,12 @@ pub enum FsfreezeError {
         command: String,
         #[source]
         source: std::io::Error,
+    },
+    #[error("`{command}` could not run to its end")]
+    Process {
+        command: String,
+        #[source]
+        source: process::ProcessError,
     },
     #[error("the freeze deadline passed before the file systems could be frozen")]
     Deadline,
@@ -88,7 +94,7 @@ impl FsfreezeWriter {
             .map(|m| vec!["fsfreeze".into(), "-u".into(), m.clone().into_os_string()])
             .collect();
         let watchdog =
-            Watchdog::start(deadline, &release).map_err(|source| FsfreezeError::Spawn {
+            Watchdog::start(deadline, &release, &[]).map_err(|source| FsfreezeError::Spawn {
                 command: "bash (the watchdog)".into(),
                 source,
             })?;
@@ -107,24 +113,40 @@ pub fn mount_point(path: &Path) -> Result<PathBuf, FsfreezeError> {
     Ok(PathBuf::from(out.trim()))
 }
 
+/// How long `findmnt` and `fsfreeze -u` may take.
+const COMMAND_LIMIT: Duration = Duration::from_secs(30);
+
 fn run(program: &str, args: &[&str], path: &Path) -> Result<String, FsfreezeError> {
+    run_guarded(program, args, path, &mut |_| {}, COMMAND_LIMIT)
+}
+
+/// Runs `program args path`; `started` gets its process group, and it is killed at
+/// `limit`.
+fn run_guarded(
+    program: &str,
+    args: &[&str],
+    path: &Path,
+    started: &mut dyn FnMut(u32),
+    limit: Duration,
+) -> Result<String, FsfreezeError> {
     let command = format!("{program} {} {}", args.join(" "), path.display());
-    let out = Command::new(program)
-        .args(args)
-        .arg(path)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|source| FsfreezeError::Spawn {
-            command: command.clone(),
-            source,
-        })?;
+    let out = process::run(
+        Command::new(program).args(args).arg(path),
+        b"",
+        started,
+        &|began| began.elapsed() >= limit,
+    )
+    .map_err(|source| FsfreezeError::Process {
+        command: command.clone(),
+        source,
+    })?;
     if !out.status.success() {
         return Err(FsfreezeError::Command {
             command,
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            stderr: out.stderr.trim().to_string(),
         });
     }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    Ok(out.stdout)
 }
 
 impl Writer for FsfreezeWriter {
@@ -156,28 +178,47 @@ impl Writer for FsfreezeWriter {
         // process must be able to undo it.
         self.start_watchdog(deadline)?;
         for m in self.mounts.clone() {
-            if Instant::now() >= deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
                 return Err(FsfreezeError::Deadline.into());
             }
-            self.frozen.push(m.clone());
-            run("fsfreeze", &["-f"], &m)?;
+            let watchdog = self.watchdog.as_mut().expect("started above");
+            // While `fsfreeze -f` runs, the watchdog would kill it before thawing.
+            run_guarded(
+                "fsfreeze",
+                &["-f"],
+                &m,
+                &mut |group| watchdog.guard(group),
+                left,
+            )?;
+            watchdog.unguard();
+            self.frozen.push(m);
         }
         Ok(())
     }
 
     /// Thaws in reverse order; a file system already thawed (by the watchdog) is fine.
+    /// A mount whose thaw failed stays listed, and the watchdog releases everything at
+    /// once instead of being disarmed.
     fn thaw(&mut self) -> Result<(), BoxError> {
+        let mut failed = Vec::new();
         let mut first = None;
         while let Some(m) = self.frozen.pop() {
             if let Err(e) = run("fsfreeze", &["-u"], &m) {
                 let not_frozen = matches!(&e, FsfreezeError::Command { stderr, .. } if stderr.contains("Invalid argument"));
                 if !not_frozen {
                     first.get_or_insert(e);
+                    failed.push(m);
                 }
             }
         }
+        self.frozen = failed;
         if let Some(w) = self.watchdog.take() {
-            w.disarm();
+            if first.is_some() {
+                w.release_now();
+            } else {
+                w.disarm();
+            }
         }
         first.map_or(Ok(()), |e| Err(e.into()))
     }

@@ -162,6 +162,30 @@ fn wait_writable(dir: &Path, limit: Duration) -> Instant {
     }
 }
 
+/// A coordinator process that is continued and killed if the test ends early, so a
+/// failed assertion never leaves it stopped with a file system frozen.
+struct Coordinator(Option<std::process::Child>);
+
+impl Coordinator {
+    fn pid(&self) -> rustix::process::Pid {
+        rustix::process::Pid::from_raw(self.0.as_ref().unwrap().id() as i32).unwrap()
+    }
+    fn wait(mut self) -> std::process::Output {
+        self.0.take().unwrap().wait_with_output().unwrap()
+    }
+}
+
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::Cont);
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// A create whose commit copies 256 MiB from the frozen file system.
 fn slow_fsfreeze_create(cli: &Cli, data: &Path, deadline: &str) -> std::process::Child {
     std::fs::write(data.join("big"), vec![7u8; 256 << 20]).unwrap();
@@ -263,15 +287,15 @@ fn a_stopped_coordinator_is_thawed_at_the_deadline_and_its_copy_discarded() {
     // Stop the coordinator inside its freeze window; under load it may have thawed by
     // the time the stop lands, and then that attempt proves nothing: try again.
     for attempt in 0..5 {
-        let child = slow_fsfreeze_create(&cli, &data, "2s");
+        let child = Coordinator(Some(slow_fsfreeze_create(&cli, &data, "2s")));
         cli.wait_for_phase("freeze", Duration::from_secs(60));
         let frozen_at = Instant::now();
         let frozen = wait_frozen(&data, Duration::from_secs(2));
-        let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+        let pid = child.pid();
         rustix::process::kill_process(pid, rustix::process::Signal::Stop).unwrap();
         if !frozen || !write_is_held(&data, Duration::from_millis(200)) {
             rustix::process::kill_process(pid, rustix::process::Signal::Cont).unwrap();
-            let _ = child.wait_with_output();
+            let _ = child.wait();
             eprintln!("attempt {attempt}: the stop landed after the thaw; again");
             continue;
         }
@@ -282,7 +306,7 @@ fn a_stopped_coordinator_is_thawed_at_the_deadline_and_its_copy_discarded() {
             writable_at - frozen_at
         );
         rustix::process::kill_process(pid, rustix::process::Signal::Cont).unwrap();
-        let out = child.wait_with_output().unwrap();
+        let out = child.wait();
         assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
         assert!(stderr(&out).contains("freeze deadline"), "{}", stderr(&out));
         let list = cli.json(&["list", "--json"]);
