@@ -80,11 +80,10 @@ impl Journal for Catalog {
         )?;
         if changed == 0 {
             // The start could not be recorded (the thaw runs even then): record it now.
-            self.conn.execute(
-                "INSERT INTO phases (copy_id, seq, phase, started_ms, took_us, error)
-                 VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM phases WHERE copy_id = ?1), ?2, ?3, ?4, ?5)",
-                params![id, phase.as_str(), now_ms() - took.as_millis() as i64, took.as_micros() as i64, error],
-            )?;
+            let started = SystemTime::now()
+                .checked_sub(took)
+                .unwrap_or(SystemTime::UNIX_EPOCH);
+            self.record_phase(id, phase, started, took, error)?;
         }
         Ok(())
     }
