@@ -52,18 +52,7 @@ impl Journal for Catalog {
     }
 
     fn enter_phase(&self, id: CopyId, phase: Phase) -> Result<(), JournalError> {
-        let tx = self.conn.unchecked_transaction()?;
-        tx.execute(
-            "UPDATE copies SET phase = ?2 WHERE id = ?1",
-            params![id, phase.as_str()],
-        )?;
-        tx.execute(
-            "INSERT INTO phases (copy_id, seq, phase, started_ms)
-             VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM phases WHERE copy_id = ?1), ?2, ?3)",
-            params![id, phase.as_str(), now_ms()],
-        )?;
-        tx.commit()?;
-        Ok(())
+        Ok(self.append_phase(id, phase, now_ms(), None, None)?)
     }
 
     fn finish_phase(
@@ -99,18 +88,8 @@ impl Journal for Catalog {
         let started_ms = started
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
-        let tx = self.conn.unchecked_transaction()?;
-        tx.execute(
-            "UPDATE copies SET phase = ?2 WHERE id = ?1",
-            params![id, phase.as_str()],
-        )?;
-        tx.execute(
-            "INSERT INTO phases (copy_id, seq, phase, started_ms, took_us, error)
-             VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM phases WHERE copy_id = ?1), ?2, ?3, ?4, ?5)",
-            params![id, phase.as_str(), started_ms, took.as_micros() as i64, error],
-        )?;
-        tx.commit()?;
-        Ok(())
+        let took_us = took.as_micros() as i64;
+        Ok(self.append_phase(id, phase, started_ms, Some(took_us), error)?)
     }
 
     fn record_components(&self, id: CopyId, components: &[Component]) -> Result<(), JournalError> {
@@ -214,4 +193,29 @@ fn path_str(p: &std::path::Path) -> Result<&str, JournalError> {
         )
         .into()
     })
+}
+
+impl Catalog {
+    /// Makes `phase` the copy's current phase and appends its row (open when `took_us`
+    /// is `None`), in one transaction.
+    fn append_phase(
+        &self,
+        id: CopyId,
+        phase: Phase,
+        started_ms: i64,
+        took_us: Option<i64>,
+        error: Option<&str>,
+    ) -> rusqlite::Result<()> {
+        let tx = self.conn.unchecked_transaction()?;
+        tx.execute(
+            "UPDATE copies SET phase = ?2 WHERE id = ?1",
+            params![id, phase.as_str()],
+        )?;
+        tx.execute(
+            "INSERT INTO phases (copy_id, seq, phase, started_ms, took_us, error)
+             VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM phases WHERE copy_id = ?1), ?2, ?3, ?4, ?5)",
+            params![id, phase.as_str(), started_ms, took_us, error],
+        )?;
+        tx.commit()
+    }
 }
