@@ -102,6 +102,12 @@ impl EventSink for PhasePrinter {
             eprintln!("warning: {message}");
         }
     }
+
+    fn note(&self, message: &str) {
+        if self.out.human() {
+            println!("{}  note: {message}", self.indent);
+        }
+    }
 }
 
 /// A catalog timestamp as local time.

@@ -12,6 +12,8 @@ pub trait EventSink: Send + Sync {
     /// Bytes committed so far out of the total (providers call it from worker threads).
     fn bytes(&self, _done: u64, _total: u64) {}
     fn warning(&self, _message: &str) {}
+    /// Something the user should know that is not a problem (how a restore went about it).
+    fn note(&self, _message: &str) {}
 }
 
 /// An event sink that ignores everything.

@@ -23,6 +23,9 @@
 //!
 //! # Capability flags
 //! - [`Provider::rank`]: lower is faster; `auto` picks the lowest rank whose `check` passes.
+//! - [`Provider::volume_swap`] / [`Provider::swap_volume`]: an in-place restore of a
+//!   copy that holds a whole volume (a btrfs subvolume) replaces the volume in one step
+//!   instead of staging and renaming file by file.
 //! - [`Provider::copies_pinned_early`]: the coordinator commits the pinned components
 //!   (see [`Component::pinned`]) before the freeze, in a first `commit` call, and only the
 //!   rest inside the freeze window, in a second call with `continues` set. Worth it for
@@ -116,5 +119,25 @@ pub trait Provider: Send + Sync {
     /// Bytes the copy occupies on its storage, when the provider can tell.
     fn bytes_used(&self, _location: &str) -> Option<u64> {
         None
+    }
+    /// Whether restoring this copy in place can replace a whole volume in one step
+    /// instead of file by file. `None`: this provider always restores file by file.
+    /// `Some(Err(reason))`: it swaps volumes, but not for this copy, and why (the set
+    /// holds part of the volume, …). `Some(Ok(volume))`: the live volume a
+    /// [`Provider::swap_volume`] replaces. `roots` are the set's component paths.
+    fn volume_swap(&self, _location: &str, _roots: &[PathBuf]) -> Option<Result<PathBuf, String>> {
+        None
+    }
+    /// Replaces the live `volume` by a writable clone of the copy in one atomic step and
+    /// removes the volume it replaced (the caller keeps it first, as a pre-restore copy).
+    /// Returns notes for the user (a leftover it could not remove). Only called after
+    /// [`Provider::volume_swap`] returned that volume.
+    fn swap_volume(&self, _location: &str, volume: &Path) -> Result<Vec<String>, BoxError> {
+        Err(format!(
+            "the {} provider cannot swap {} as a whole",
+            self.kind(),
+            volume.display()
+        )
+        .into())
     }
 }

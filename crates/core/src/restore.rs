@@ -1,7 +1,9 @@
 //! Safe restore: refuse over data in use, keep the current state as a `pre-restore` copy,
 //! stage the copy's files beside their targets, let each writer finish them (a SQLite
 //! checkpoint), then swap them in by rename. Until the swap, the live data is untouched;
-//! a failed swap puts back what it moved.
+//! a failed swap puts back what it moved. A copy holding a whole volume (a btrfs
+//! subvolume) whose provider can swap volumes is restored by replacing the volume in one
+//! step instead (`Provider::swap_volume`), after keeping the replaced one.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -124,6 +126,19 @@ impl<'a> Restorer<'a> {
             }
         }
 
+        if in_place {
+            let roots: Vec<PathBuf> = request.components.iter().map(|c| c.path.clone()).collect();
+            match request.provider.volume_swap(&request.location, &roots) {
+                Some(Ok(volume)) => {
+                    return self.swap_whole_volume(request, targets, &volume, started);
+                }
+                Some(Err(reason)) => self
+                    .events
+                    .note(&format!("restoring file by file: {reason}")),
+                None => {}
+            }
+        }
+
         // Stage every file beside its target; the live data is not touched until the swap.
         self.events.phase_started(Phase::Restore);
         let result = self.stage_keep_and_swap(request, targets, in_place, &mut steps);
@@ -133,6 +148,55 @@ impl<'a> Restorer<'a> {
         Ok(RestoreOutcome {
             targets: plan.install.iter().map(|(_, t)| t.clone()).collect(),
             pre_restore,
+            steps,
+            took: started.elapsed(),
+        })
+    }
+
+    /// Replaces the whole live volume by a clone of the copy in one step (keeping the
+    /// volume it replaces as a `pre-restore` copy first): files created since the copy
+    /// disappear with it, and the time does not depend on the data's size.
+    fn swap_whole_volume(
+        &self,
+        request: &RestoreRequest,
+        targets: &[(PathBuf, PathBuf)],
+        volume: &Path,
+        started: Instant,
+    ) -> Result<RestoreOutcome, Error> {
+        let mut steps = Vec::new();
+        self.events.phase_started(Phase::Restore);
+        let result = (|| -> Result<Option<CopyId>, Error> {
+            let mut pre_restore = None;
+            if request.keep_current && volume.exists() {
+                let t = Instant::now();
+                pre_restore = self.keep(request, vec![unmanaged_component(volume, None)])?;
+                steps.push((
+                    "keep current volume as pre-restore copy".to_string(),
+                    t.elapsed(),
+                ));
+            }
+            let t = Instant::now();
+            let notes = request
+                .provider
+                .swap_volume(&request.location, volume)
+                .map_err(|source| Error::Restore {
+                    step: format!("swapping {} for a clone of the copy", volume.display()),
+                    source,
+                })?;
+            steps.push((
+                "swap the volume for a clone of the copy".to_string(),
+                t.elapsed(),
+            ));
+            for n in notes {
+                self.events.warning(&n);
+            }
+            Ok(pre_restore)
+        })();
+        self.events
+            .phase_finished(Phase::Restore, started.elapsed(), result.is_ok());
+        Ok(RestoreOutcome {
+            targets: targets.iter().map(|(_, t)| t.clone()).collect(),
+            pre_restore: result?,
             steps,
             took: started.elapsed(),
         })
@@ -212,21 +276,17 @@ impl<'a> Restorer<'a> {
             .map(|(_, target)| target)
             .chain(&plan.remove)
             .filter(|p| p.exists() && seen.insert((*p).clone()))
-            .map(|p| Component {
-                writer: owners
-                    .get(p)
-                    .cloned()
-                    .unwrap_or_else(|| "pre-restore".into()),
-                name: p
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default(),
-                role: ComponentRole::Data,
-                path: p.clone(),
-                required: false,
-                pinned: false,
-            })
+            .map(|p| unmanaged_component(p, owners.get(p).cloned()))
             .collect();
+        self.keep(request, components)
+    }
+
+    /// Copies `components` (live data nobody holds open) as a `pre-restore` copy.
+    fn keep(
+        &self,
+        request: &RestoreRequest,
+        components: Vec<Component>,
+    ) -> Result<Option<CopyId>, Error> {
         if components.is_empty() {
             return Ok(None);
         }
@@ -299,6 +359,21 @@ impl<'a> Restorer<'a> {
             }
         }
         Ok((plan, owners))
+    }
+}
+
+/// A live path kept by a pre-restore copy, under the writer that owns it (if any).
+fn unmanaged_component(path: &Path, writer: Option<String>) -> Component {
+    Component {
+        writer: writer.unwrap_or_else(|| "pre-restore".into()),
+        name: path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        role: ComponentRole::Data,
+        path: path.to_path_buf(),
+        required: false,
+        pinned: false,
     }
 }
 

@@ -9,13 +9,21 @@
 //!
 //! - The data must live in a subvolume of its own (not the file system's top level): a
 //!   snapshot holds the whole subvolume, so this keeps it to the application's data.
-//! - Snapshots go to `copies_dir` when set (on the same file system), else to
+//! - Snapshots go to `copies_dir` when set (on the same file system), else beside the
+//!   subvolume in `<parent>/.shadowcopy-snapshots/<subvolume name>/`, else (the
+//!   subvolume is mounted on its own, or its parent is not writable) inside it, in
 //!   `<subvolume>/.shadowcopy/snapshots/`. A snapshot never contains other snapshots:
 //!   nested subvolumes are left out of a snapshot, and `.shadowcopy` out of manifests.
 //! - Beside each snapshot, `<snapshot>.subvolume` records the subvolume it was taken of,
 //!   so the copy can be read and restored even when the live data is gone.
-//! - Restore stages each file as a clone of the snapshot's file (FICLONE, instant), then
-//!   the core swaps it in; `delete` deletes the snapshot subvolume.
+//! - Restore of a set that holds the whole subvolume swaps subvolumes: a writable
+//!   snapshot of the copy is made beside the live subvolume and exchanged with it in one
+//!   `renameat2(RENAME_EXCHANGE)`, then the replaced subvolume is deleted (the core keeps
+//!   it first as a `pre-restore` snapshot). O(1) in data size, and files created after
+//!   the copy are gone with the old subvolume. It needs the subvolume not to be a mount
+//!   point and the copy not to live inside it.
+//! - Any other restore stages each file as a clone of the snapshot's file (FICLONE,
+//!   instant), then the core swaps it in; `delete` deletes the snapshot subvolume.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -134,11 +142,35 @@ impl BtrfsProvider {
         Ok(subvolume)
     }
 
-    fn base(&self, subvolume: &Path) -> PathBuf {
-        self.copies_dir
-            .clone()
-            .unwrap_or_else(|| subvolume.join(".shadowcopy").join("snapshots"))
+    /// Where the snapshots of `subvolume` go (see the module documentation).
+    fn base(&self, subvolume: &Path) -> Result<PathBuf, BtrfsError> {
+        if let Some(dir) = &self.copies_dir {
+            return Ok(dir.clone());
+        }
+        let inside = subvolume.join(".shadowcopy").join("snapshots");
+        let (Some(parent), Some(name)) = (subvolume.parent(), subvolume.file_name()) else {
+            return Ok(inside);
+        };
+        let writable =
+            rustix::fs::access(parent, rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK)
+                .is_ok();
+        if !writable || is_mount_point(subvolume)? {
+            return Ok(inside);
+        }
+        Ok(parent.join(".shadowcopy-snapshots").join(name))
     }
+}
+
+/// Whether a file system (or a subvolume mounted with `subvol=`) is mounted at `path`.
+fn is_mount_point(path: &Path) -> Result<bool, BtrfsError> {
+    let out = tool("findmnt", &["-n", "-o", "TARGET", "-T"], &[path])?;
+    Ok(Path::new(out.trim()) == path)
+}
+
+/// Whether `path` is the root directory of a btrfs subvolume.
+fn is_subvolume(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir() && m.ino() == SUBVOLUME_ROOT_INODE)
 }
 
 /// The root of the subvolume holding `dir` (its nearest ancestor with inode 256 on the
@@ -250,7 +282,9 @@ impl Provider for BtrfsProvider {
         let subvolume = BtrfsProvider::subvolume_of(paths).map_err(|e| Unsupported {
             reason: e.to_string(),
         })?;
-        let base = self.base(&subvolume);
+        let base = self.base(&subvolume).map_err(|e| Unsupported {
+            reason: e.to_string(),
+        })?;
         let existing = layout::nearest_existing(&base).unwrap_or_else(|| subvolume.clone());
         let same_fs = match (source_device(&existing), source_device(&subvolume)) {
             (Ok(a), Ok(b)) => a == b,
@@ -271,7 +305,7 @@ impl Provider for BtrfsProvider {
     fn location(&self, request: &CommitRequest) -> Result<String, BoxError> {
         let subvolume = BtrfsProvider::subvolume_of(&request.paths())?;
         Ok(layout::location_string(
-            &self.base(&subvolume),
+            &self.base(&subvolume)?,
             request.copy_id,
         )?)
     }
@@ -372,10 +406,7 @@ impl Provider for BtrfsProvider {
     fn delete(&self, location: &str) -> Result<(), BoxError> {
         let loc = Path::new(location);
         if loc.symlink_metadata().is_ok() {
-            use std::os::unix::fs::MetadataExt;
-            let is_subvolume =
-                std::fs::metadata(loc).is_ok_and(|m| m.ino() == SUBVOLUME_ROOT_INODE);
-            if is_subvolume {
+            if is_subvolume(loc) {
                 btrfs(&["subvolume", "delete"], &[loc])?;
             } else {
                 layout::delete(location)?;
@@ -403,6 +434,72 @@ impl Provider for BtrfsProvider {
         Ok(CopyView { files })
     }
 
+    fn volume_swap(&self, location: &str, roots: &[PathBuf]) -> Option<Result<PathBuf, String>> {
+        Some(swappable(Path::new(location), roots))
+    }
+
+    /// Exchanges the live subvolume with a writable snapshot of the copy, then deletes
+    /// the replaced subvolume. Until the exchange the live subvolume is untouched; after
+    /// it the restore has happened, and a replaced subvolume that cannot be deleted is
+    /// left (and named) rather than failing the restore.
+    fn swap_volume(&self, location: &str, volume: &Path) -> Result<Vec<String>, BoxError> {
+        let loc = Path::new(location);
+        let (Some(parent), Some(name)) = (volume.parent(), volume.file_name()) else {
+            return Err(BtrfsError::Unsupported(format!(
+                "{} has no parent directory to swap it in",
+                volume.display()
+            ))
+            .into());
+        };
+        let mut side_name = std::ffi::OsString::from(".");
+        side_name.push(name);
+        side_name.push(".shadowcopy-restore");
+        let side = parent.join(side_name);
+        if side.symlink_metadata().is_ok() {
+            // Left by an interrupted restore: either the clone it was making or the
+            // subvolume it replaced (the restore had happened by then).
+            delete_subvolume_or_tree(&side)?;
+        }
+        btrfs(&["subvolume", "snapshot"], &[loc, &side])?;
+        let swapped = if volume.symlink_metadata().is_ok() {
+            rustix::fs::renameat_with(
+                rustix::fs::CWD,
+                &side,
+                rustix::fs::CWD,
+                volume,
+                rustix::fs::RenameFlags::EXCHANGE,
+            )
+        } else {
+            rustix::fs::rename(&side, volume)
+        };
+        if let Err(e) = swapped {
+            let _ = btrfs(&["subvolume", "delete"], &[&side]);
+            return Err(BtrfsError::Io {
+                action: "swap in the clone of the copy at",
+                path: volume.to_path_buf(),
+                source: e.into(),
+            }
+            .into());
+        }
+        let mut notes = Vec::new();
+        if let Err(e) = std::fs::File::open(parent).and_then(|d| d.sync_all()) {
+            notes.push(format!(
+                "the restore is in place, but syncing {} failed ({e}); a power loss now could undo it",
+                parent.display()
+            ));
+        }
+        if side.symlink_metadata().is_ok() {
+            if let Err(e) = delete_subvolume_or_tree(&side) {
+                notes.push(format!(
+                    "the replaced subvolume is left at {} ({e}); delete it with `btrfs subvolume delete {}`",
+                    side.display(),
+                    side.display()
+                ));
+            }
+        }
+        Ok(notes)
+    }
+
     fn restore_file(&self, location: &str, original: &Path, dest: &Path) -> Result<(), BoxError> {
         let loc = Path::new(location);
         let src = in_snapshot(loc, &source_of(loc)?, original)?;
@@ -415,4 +512,53 @@ impl Provider for BtrfsProvider {
         }
         Ok(reflink::restore(&src, dest, self.parallelism)?)
     }
+}
+
+/// The live subvolume a restore of the copy at `location` can swap, or why it must go
+/// file by file.
+fn swappable(location: &Path, roots: &[PathBuf]) -> Result<PathBuf, String> {
+    let subvolume = source_of(location).map_err(|e| e.to_string())?;
+    let covers = roots.iter().any(|r| {
+        r == &subvolume || std::fs::canonicalize(r).is_ok_and(|c| c == subvolume)
+    });
+    if !covers {
+        return Err(format!(
+            "the set holds part of the subvolume {}, and swapping it would also roll back the rest",
+            subvolume.display()
+        ));
+    }
+    if location.starts_with(&subvolume) {
+        return Err(format!(
+            "the copy is stored inside the subvolume {} it would replace; set copies_dir outside it (on the same file system) for an instant subvolume swap",
+            subvolume.display()
+        ));
+    }
+    if subvolume.symlink_metadata().is_ok() {
+        if !is_subvolume(&subvolume) {
+            return Err(format!(
+                "{} is no longer a btrfs subvolume",
+                subvolume.display()
+            ));
+        }
+        if is_mount_point(&subvolume).map_err(|e| e.to_string())? {
+            return Err(format!(
+                "{} is mounted on its own (subvol=), and a mount point cannot be swapped",
+                subvolume.display()
+            ));
+        }
+    }
+    Ok(subvolume)
+}
+
+/// Deletes a subvolume, or a plain directory tree left where one was expected.
+fn delete_subvolume_or_tree(path: &Path) -> Result<(), BtrfsError> {
+    if is_subvolume(path) {
+        btrfs(&["subvolume", "delete"], &[path])?;
+        return Ok(());
+    }
+    std::fs::remove_dir_all(path).map_err(|source| BtrfsError::Io {
+        action: "remove",
+        path: path.to_path_buf(),
+        source,
+    })
 }

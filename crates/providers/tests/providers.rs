@@ -203,8 +203,8 @@ mod btrfs {
         let req = request(1, &[&db]);
         let loc = p.location(&req).unwrap();
         assert!(
-            loc.starts_with(sub.join(".shadowcopy/snapshots").to_str().unwrap()),
-            "{loc}"
+            loc.starts_with(fs.mount.join(".shadowcopy-snapshots/app").to_str().unwrap()),
+            "snapshots go beside the subvolume: {loc}"
         );
         let files = p.commit(&req, &loc, &control()).unwrap();
         p.persist(&loc).unwrap();

@@ -2,6 +2,7 @@
 //! exit codes, and what is (or is not) left on disk.
 
 mod bad_input;
+mod btrfs_restore;
 mod commands;
 mod crash;
 mod exec_provider;

@@ -207,9 +207,11 @@ fn auto_picks_a_provider_per_volume() {
     assert_eq!(kinds, ["reflink", "btrfs"]);
     assert!(cli.ok(&["verify", "1"]).contains("passed"));
     cli.ok(&["delete", "1"]);
+    // btrfs snapshots live beside the subvolume they copy.
     assert!(!v
         .b
-        .join(".shadowcopy/snapshots")
+        .with_file_name(".shadowcopy-snapshots")
+        .join("app")
         .read_dir()
         .unwrap()
         .any(|e| e
