@@ -76,6 +76,8 @@ enum Command {
     Writers(commands::writers::WritersArgs),
     /// List providers and whether each can serve the given paths (and why not)
     Providers(commands::providers::ProvidersArgs),
+    /// PostgreSQL: WAL archive commands for archive_command/restore_command, setup
+    Pg(commands::pg::PgArgs),
 }
 
 fn main() -> ExitCode {
@@ -104,6 +106,7 @@ fn main() -> ExitCode {
         Command::Delete(a) => commands::delete::run(g, a),
         Command::Writers(a) => commands::writers::run(g, a),
         Command::Providers(a) => commands::providers::run(g, a),
+        Command::Pg(a) => commands::pg::run(g, a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

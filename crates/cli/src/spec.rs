@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use shadowcopy_core::coordinator::DEFAULT_FREEZE_DEADLINE;
 use shadowcopy_core::{Component, ComponentRole};
 use shadowcopy_core::{Provider, Writer};
+use shadowcopy_postgres::PostgresOptions;
 use shadowcopy_providers::exec::ExecProviderOptions;
 use shadowcopy_providers::multi::{MultiVolumeProvider, Volume};
 use shadowcopy_providers::ProviderOptions;
@@ -68,6 +69,9 @@ struct SetSource {
 /// What `create` names without a config file.
 pub struct ZeroConfig<'a> {
     pub sqlite: Option<&'a Path>,
+    /// `--postgres URL`, with `--pg-archive DIR`.
+    pub postgres: Option<&'a str>,
+    pub pg_archive: Option<&'a Path>,
     /// Hook scripts (`exec` writers), after the database's writer.
     pub exec_writers: &'a [PathBuf],
     pub paths: &'a [PathBuf],
@@ -92,6 +96,10 @@ impl SetSpec {
                 WriterSpec::Exec(e) => WriterSpec::Exec(ExecOptions {
                     script: absolute(&e.script),
                     ..e.clone()
+                }),
+                WriterSpec::Postgres(p) => WriterSpec::Postgres(PostgresOptions {
+                    archive: p.archive.as_deref().map(absolute),
+                    ..p.clone()
                 }),
             })
             .collect();
@@ -120,14 +128,26 @@ impl SetSpec {
     ) -> Result<SetSpec, UsageError> {
         let sqlite = z.sqlite.map(absolute);
         let paths: Vec<PathBuf> = z.paths.iter().map(|p| absolute(p)).collect();
-        let first = sqlite.as_ref().or(paths.first()).ok_or_else(|| {
-            UsageError::new(
-                "say what to copy: --sqlite PATH, --path DIR, or a set from the config file",
-            )
-        })?;
-        let name = match z.name {
-            Some(n) => n.to_string(),
-            None => first
+        let postgres = z.postgres.map(|url| PostgresOptions {
+            url: url.to_string(),
+            archive: z.pg_archive.map(absolute),
+            layout: None,
+        });
+        if z.pg_archive.is_some() && postgres.is_none() {
+            return Err(UsageError::new(
+                "--pg-archive names the WAL archive of a --postgres cluster; give --postgres URL too",
+            ));
+        }
+        let first = sqlite.as_ref().or(paths.first());
+        if first.is_none() && postgres.is_none() {
+            return Err(UsageError::new(
+                "say what to copy: --sqlite PATH, --postgres URL, --path DIR, or a set from the config file",
+            ));
+        }
+        let name = match (z.name, first) {
+            (Some(n), _) => n.to_string(),
+            (None, None) => "postgres".to_string(),
+            (None, Some(first)) => first
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .ok_or_else(|| {
@@ -145,6 +165,7 @@ impl SetSpec {
                 writers: sqlite
                     .map(|path| WriterSpec::Sqlite(SqliteOptions { path }))
                     .into_iter()
+                    .chain(postgres.map(WriterSpec::Postgres))
                     .chain(z.exec_writers.iter().map(|script| {
                         WriterSpec::Exec(ExecOptions {
                             script: absolute(script),
@@ -165,7 +186,20 @@ impl SetSpec {
         )
     }
 
-    fn resolve(source: SetSource, config: &Config, o: &Overrides) -> Result<SetSpec, UsageError> {
+    fn resolve(
+        mut source: SetSource,
+        config: &Config,
+        o: &Overrides,
+    ) -> Result<SetSpec, UsageError> {
+        // A PostgreSQL cluster's paths (data, WAL, tablespaces) come from the server.
+        for w in source.writers.iter_mut() {
+            if let WriterSpec::Postgres(p) = w {
+                let layout = shadowcopy_postgres::cluster::discover_url(&p.url).map_err(|e| {
+                    UsageError::new(format!("set `{}`: {}", source.name, chain_of(&e)))
+                })?;
+                p.layout = Some(layout);
+            }
+        }
         let d = &config.defaults;
         let provider = o
             .provider
@@ -241,6 +275,9 @@ impl SetSpec {
                 WriterSpec::Sqlite(s) => all.push(s.path.clone()),
                 WriterSpec::Fsfreeze(f) => all.extend(f.paths.iter().cloned()),
                 WriterSpec::Exec(_) => {}
+                WriterSpec::Postgres(p) => {
+                    all.extend(p.layout.iter().flat_map(|l| l.paths()));
+                }
             }
         }
         all.extend(self.paths.iter().cloned());
@@ -456,6 +493,21 @@ pub fn check_provider_name(
         "unknown provider `{name}`; choose auto, one of: {}, or exec:NAME for a [providers.NAME] of the config file",
         shadowcopy_providers::KINDS.join(", ")
     )))
+}
+
+/// An error with its causes, for a one-line message.
+fn chain_of(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        let text = inner.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        source = inner.source();
+    }
+    s
 }
 
 fn absolute(p: &Path) -> PathBuf {

@@ -274,11 +274,24 @@ impl Run<'_> {
         if let Some(t) = self.commit_thread.take() {
             let _ = t.join();
         }
-        self.journal
-            .record_files(self.id, &files)
-            .map_err(Error::journal("file manifest"))?;
 
         let view = self.step(Phase::PostSnapshot, || {
+            let mut added = Vec::new();
+            for w in request.writers.iter_mut() {
+                added.extend(
+                    w.after_thaw_files()
+                        .map_err(writer_error(&**w, Phase::PostSnapshot))?,
+                );
+            }
+            if !added.is_empty() {
+                let entries = provider
+                    .add_files(&location, &added)
+                    .map_err(provider_error(&*provider, Phase::PostSnapshot))?;
+                let replaced: std::collections::BTreeSet<&std::path::Path> =
+                    entries.iter().map(|e| e.path.as_path()).collect();
+                files.retain(|f| !replaced.contains(f.path.as_path()));
+                files.extend(entries);
+            }
             provider
                 .persist(&location)
                 .map_err(provider_error(&*provider, Phase::PostSnapshot))?;
@@ -291,6 +304,9 @@ impl Run<'_> {
             }
             Ok(view)
         })?;
+        self.journal
+            .record_files(self.id, &files)
+            .map_err(Error::journal("file manifest"))?;
 
         let mut verification = None;
         if request.verify {

@@ -15,6 +15,7 @@
 //! - [`Provider::persist`] (optional) makes a committed copy durable. It runs after
 //!   thaw, outside the freeze window, and before the copy can be recorded usable, so a
 //!   commit need not fsync while the application waits.
+//! - [`Provider::add_files`] (optional) adds files a writer produced after the thaw.
 //! - [`Provider::delete`] removes a copy. It MUST be idempotent (a missing location is
 //!   success) so that cleanup after a crash can repeat it.
 //! - [`Provider::expose`] makes the copy readable (read-only use by the caller).
@@ -114,6 +115,22 @@ pub trait Provider: Send + Sync {
         Ok(())
     }
     fn delete(&self, location: &str) -> Result<(), BoxError>;
+    /// Adds files to a committed copy after the thaw, before [`Provider::persist`]:
+    /// `(original, source)` pairs, the copy holding `source`'s content (and owner and
+    /// mode) under `original`, replacing what it held there. For what exists only once
+    /// the writers are thawed (PostgreSQL's `backup_label`, the WAL up to the end of the
+    /// backup). Returns their manifest entries. The default refuses.
+    fn add_files(
+        &self,
+        _location: &str,
+        _files: &[(PathBuf, PathBuf)],
+    ) -> Result<Vec<FileEntry>, BoxError> {
+        Err(format!(
+            "the {} provider cannot add files to a copy after the thaw, which this set's writers need; use copy, reflink or btrfs",
+            self.kind()
+        )
+        .into())
+    }
     fn expose(&self, location: &str, files: &[FileEntry]) -> Result<CopyView, BoxError>;
     fn restore_file(&self, location: &str, original: &Path, dest: &Path) -> Result<(), BoxError>;
     /// Bytes the copy occupies on its storage, when the provider can tell.

@@ -16,7 +16,7 @@ use crate::events::EventSink;
 use crate::journal::Journal;
 use crate::model::{Component, ComponentRole, CopyId, FileEntry, Origin, Phase};
 use crate::provider::Provider;
-use crate::writer::{staged_path, RestorePlan, Writer};
+use crate::writer::{staged_path, RestoreMode, RestorePlan, Writer};
 
 /// A raw copy of data nobody holds open needs no freeze; its commit may take as long as
 /// the data needs.
@@ -37,6 +37,7 @@ pub struct RestoreRequest {
     pub force: bool,
     /// Keep the state being replaced as a `pre-restore` copy (in-place restores only).
     pub keep_current: bool,
+    pub mode: RestoreMode,
 }
 
 #[derive(Clone, Debug)]
@@ -60,6 +61,20 @@ impl<'a> Restorer<'a> {
     /// Runs the writers' `pre_restore` hooks, the restore, then `post_restore` for every
     /// writer whose `pre_restore` was called, whatever happened in between.
     pub fn restore(&self, request: RestoreRequest) -> Result<RestoreOutcome, Error> {
+        if request.mode != RestoreMode::PointInTime
+            && !request.writers.iter().any(|w| w.can_roll_forward())
+        {
+            return Err(Error::usage(format!(
+                "{} restore replays an application's logs kept since the copy, and none of this set's writers keeps any ({}); use --mode point-in-time",
+                request.mode.as_str(),
+                request
+                    .writers
+                    .iter()
+                    .map(|w| w.kind())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
         let targets = map_targets(&request.files, request.to.as_deref())?;
         let live: Vec<PathBuf> = targets.iter().map(|(_, t)| t.clone()).collect();
         let mut called = 0;
@@ -126,7 +141,13 @@ impl<'a> Restorer<'a> {
             }
         }
 
-        if in_place {
+        // A writer that owns files may turn the staged copy into something else (fold a
+        // log, leave out a lock file): only unowned data is swapped as a whole volume.
+        let owned = request
+            .components
+            .iter()
+            .any(|c| request.writers.iter().any(|w| w.name() == c.writer));
+        if in_place && !owned {
             let roots: Vec<PathBuf> = request.components.iter().map(|c| c.path.clone()).collect();
             match request.provider.volume_swap(&request.location, &roots) {
                 Some(Ok(volume)) => {
@@ -342,10 +363,12 @@ impl<'a> Restorer<'a> {
                 continue;
             }
             claimed.extend(mine.iter().map(|(t, _)| t.clone()));
-            let part = w.finish_restore(&mine).map_err(|source| Error::Restore {
-                step: format!("{} finished the staged files", w.name()),
-                source,
-            })?;
+            let part = w
+                .finish_restore(&mine, &request.mode)
+                .map_err(|source| Error::Restore {
+                    step: format!("{} finished the staged files", w.name()),
+                    source,
+                })?;
             for path in part.install.iter().map(|(_, t)| t).chain(&part.remove) {
                 owners.insert(path.clone(), name.clone());
             }

@@ -15,6 +15,7 @@
 //!
 //! # Optional methods (defaults do nothing)
 //! - `prepare`: slow work before the freeze (a checkpoint), so the freeze stays short.
+//! - `after_thaw_files`: what the copy needs that only exists after the thaw.
 //! - `post_snapshot`, `backup_complete`: after the copy exists / after it was verified
 //!   (truncating logs belongs in `backup_complete`, which only runs after a passed verify).
 //! - `abort`: the set failed (after the thaw), so the application can drop what it
@@ -41,6 +42,27 @@ pub struct RestorePlan {
     pub discard: Vec<PathBuf>,
 }
 
+/// What a restore brings back.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum RestoreMode {
+    /// The data exactly as it was in the copy.
+    #[default]
+    PointInTime,
+    /// The copy, then the application's logs kept since (an archive, the live log
+    /// directory) replayed to their end, or to `until` (a time, log position or
+    /// transaction, in the writer's terms).
+    RollForward { until: Option<String> },
+}
+
+impl RestoreMode {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RestoreMode::PointInTime => "point-in-time",
+            RestoreMode::RollForward { .. } => "roll-forward",
+        }
+    }
+}
+
 pub trait Writer: Send {
     /// The kind, as in the registry and the config file: `sqlite`.
     fn kind(&self) -> &'static str;
@@ -56,6 +78,14 @@ pub trait Writer: Send {
     fn freeze(&mut self, deadline: Instant) -> Result<(), BoxError>;
 
     fn thaw(&mut self) -> Result<(), BoxError>;
+
+    /// Files the copy must also hold that exist only after the thaw (PostgreSQL's
+    /// `backup_label`, the WAL up to the end of the backup): `(path in the copy, file to
+    /// read)`. Called once after a successful thaw; the provider adds them before the
+    /// copy is made durable, and the set fails if it cannot.
+    fn after_thaw_files(&mut self) -> Result<Vec<(PathBuf, PathBuf)>, BoxError> {
+        Ok(Vec::new())
+    }
 
     fn post_snapshot(&mut self, _copy: &CopyView) -> Result<(), BoxError> {
         Ok(())
@@ -88,9 +118,19 @@ pub trait Writer: Send {
         Ok(())
     }
 
+    /// Whether [`RestoreMode::RollForward`] means something for this writer (it keeps
+    /// logs beyond the copy).
+    fn can_roll_forward(&self) -> bool {
+        false
+    }
+
     /// Given the staged files (target → staged path, all beside their targets), returns
-    /// what to swap in. The default installs every staged file as it is.
-    fn finish_restore(&self, staged: &[(PathBuf, PathBuf)]) -> Result<RestorePlan, BoxError> {
+    /// what to swap in for `mode`. The default installs every staged file as it is.
+    fn finish_restore(
+        &self,
+        staged: &[(PathBuf, PathBuf)],
+        _mode: &RestoreMode,
+    ) -> Result<RestorePlan, BoxError> {
         Ok(RestorePlan {
             install: staged.iter().map(|(t, s)| (s.clone(), t.clone())).collect(),
             remove: Vec::new(),

@@ -151,9 +151,11 @@ impl BtrfsProvider {
         let (Some(parent), Some(name)) = (subvolume.parent(), subvolume.file_name()) else {
             return Ok(inside);
         };
-        let writable =
-            rustix::fs::access(parent, rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK)
-                .is_ok();
+        let writable = rustix::fs::access(
+            parent,
+            rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK,
+        )
+        .is_ok();
         if !writable || is_mount_point(subvolume)? {
             return Ok(inside);
         }
@@ -424,6 +426,33 @@ impl Provider for BtrfsProvider {
         }
     }
 
+    /// Makes the snapshot writable for the time it takes to write the files, then
+    /// read-only again (also when writing failed).
+    fn add_files(
+        &self,
+        location: &str,
+        files: &[(PathBuf, PathBuf)],
+    ) -> Result<Vec<FileEntry>, BoxError> {
+        let loc = Path::new(location);
+        let subvolume = source_of(loc)?;
+        btrfs(
+            &["property", "set", "-ts"],
+            &[loc, Path::new("ro"), Path::new("false")],
+        )?;
+        let added = layout::add_files(files, |original| {
+            in_snapshot(loc, &subvolume, original).map_err(|e| LayoutError::Io {
+                action: "place in the snapshot",
+                path: original.to_path_buf(),
+                source: std::io::Error::other(e.to_string()),
+            })
+        });
+        btrfs(
+            &["property", "set", "-ts"],
+            &[loc, Path::new("ro"), Path::new("true")],
+        )?;
+        Ok(added?)
+    }
+
     fn expose(&self, location: &str, files: &[FileEntry]) -> Result<CopyView, BoxError> {
         let loc = Path::new(location);
         let subvolume = source_of(loc)?;
@@ -518,9 +547,9 @@ impl Provider for BtrfsProvider {
 /// file by file.
 fn swappable(location: &Path, roots: &[PathBuf]) -> Result<PathBuf, String> {
     let subvolume = source_of(location).map_err(|e| e.to_string())?;
-    let covers = roots.iter().any(|r| {
-        r == &subvolume || std::fs::canonicalize(r).is_ok_and(|c| c == subvolume)
-    });
+    let covers = roots
+        .iter()
+        .any(|r| r == &subvolume || std::fs::canonicalize(r).is_ok_and(|c| c == subvolume));
     if !covers {
         return Err(format!(
             "the set holds part of the subvolume {}, and swapping it would also roll back the rest",

@@ -438,6 +438,36 @@ fn set_link_metadata(path: &Path, meta: &Metadata) -> Result<(), LayoutError> {
     })
 }
 
+/// Writes `(original, source)` files into a copy after its commit: each `source` is
+/// copied (a clone where the file system shares blocks) to a temporary name beside its
+/// place `dest(original)`, given the source's owner, mode and times, then renamed over
+/// whatever was there. Durability comes with the copy's `persist`.
+pub(crate) fn add_files(
+    files: &[(PathBuf, PathBuf)],
+    dest: impl Fn(&Path) -> Result<PathBuf, LayoutError>,
+) -> Result<Vec<FileEntry>, LayoutError> {
+    let mut entries = Vec::with_capacity(files.len());
+    for (original, source) in files {
+        let target = dest(original)?;
+        let meta = std::fs::metadata(source).map_err(io_err("inspect", source))?;
+        if let Some(dir) = target.parent() {
+            std::fs::create_dir_all(dir).map_err(io_err("create", dir))?;
+        }
+        let mut name = target.file_name().unwrap_or_default().to_os_string();
+        name.push(".shadowcopy-adding");
+        let temp = target.with_file_name(name);
+        let _ = std::fs::remove_file(&temp);
+        // std::fs::copy uses copy_file_range: a clone where the file system can.
+        std::fs::copy(source, &temp).map_err(io_err("copy into the copy", source))?;
+        let file = File::open(&temp).map_err(io_err("open", &temp))?;
+        set_metadata(&file, &temp, &meta)?;
+        drop(file);
+        std::fs::rename(&temp, &target).map_err(io_err("rename into place", &target))?;
+        entries.push(file_entry(original, &meta));
+    }
+    Ok(entries)
+}
+
 /// The manifest entry of a regular file.
 pub(crate) fn file_entry(original: &Path, meta: &Metadata) -> FileEntry {
     FileEntry {

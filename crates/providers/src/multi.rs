@@ -297,6 +297,47 @@ impl Provider for MultiVolumeProvider {
         Ok(view)
     }
 
+    fn add_files(
+        &self,
+        location: &str,
+        files: &[(PathBuf, PathBuf)],
+    ) -> Result<Vec<FileEntry>, BoxError> {
+        let recorded = Self::parse(location)?;
+        let mut entries = Vec::new();
+        for v in &recorded.volumes {
+            let mine: Vec<(PathBuf, PathBuf)> = files
+                .iter()
+                .filter(|(original, _)| {
+                    Self::recorded_volume(&recorded, original).is_some_and(|r| r.root == v.root)
+                })
+                .cloned()
+                .collect();
+            if mine.is_empty() {
+                continue;
+            }
+            entries.extend(
+                self.provider_of(v)?
+                    .add_files(&v.location, &mine)
+                    .map_err(Self::on_volume(v))?,
+            );
+        }
+        if entries.len() != files.len() {
+            let placed: Vec<&Path> = entries.iter().map(|e| e.path.as_path()).collect();
+            if let Some((missing, _)) = files.iter().find(|(o, _)| !placed.contains(&o.as_path())) {
+                return Err(MultiError::NoVolume {
+                    path: missing.clone(),
+                    roots: recorded
+                        .volumes
+                        .iter()
+                        .map(|v| v.root.display().to_string())
+                        .collect(),
+                }
+                .into());
+            }
+        }
+        Ok(entries)
+    }
+
     fn restore_file(&self, location: &str, original: &Path, dest: &Path) -> Result<(), BoxError> {
         let recorded = Self::parse(location)?;
         let v = Self::recorded_volume(&recorded, original).ok_or_else(|| MultiError::NoVolume {

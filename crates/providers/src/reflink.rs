@@ -323,6 +323,17 @@ impl Provider for ReflinkProvider {
         Ok(layout::delete(location)?)
     }
 
+    fn add_files(
+        &self,
+        location: &str,
+        files: &[(PathBuf, PathBuf)],
+    ) -> Result<Vec<FileEntry>, BoxError> {
+        let loc = Path::new(location);
+        Ok(layout::add_files(files, |original| {
+            layout::in_copy(loc, original)
+        })?)
+    }
+
     fn expose(&self, location: &str, files: &[FileEntry]) -> Result<CopyView, BoxError> {
         Ok(CopyView {
             files: layout::expose(location, files)?,

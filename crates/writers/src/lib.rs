@@ -51,6 +51,7 @@ pub enum WriterSpec {
     Sqlite(sqlite::SqliteOptions),
     Fsfreeze(fsfreeze::FsfreezeOptions),
     Exec(exec::ExecOptions),
+    Postgres(shadowcopy_postgres::PostgresOptions),
 }
 
 /// The writer kinds this build knows, with one line on what each is for.
@@ -58,6 +59,10 @@ pub const KINDS: &[(&str, &str)] = &[
     (
         "sqlite",
         "a SQLite database (WAL or rollback journal): holds the write lock while frozen, readers keep running",
+    ),
+    (
+        "postgres",
+        "a PostgreSQL cluster: backup mode (pg_backup_start/stop), copies carry their own WAL, verified on a sandbox",
     ),
     (
         "exec",
@@ -74,6 +79,7 @@ pub fn build(spec: &WriterSpec, context: &SetContext) -> Box<dyn Writer> {
         WriterSpec::Sqlite(o) => Box::new(sqlite::SqliteWriter::new(o.clone())),
         WriterSpec::Fsfreeze(o) => Box::new(fsfreeze::FsfreezeWriter::new(o.clone())),
         WriterSpec::Exec(o) => Box::new(exec::ExecWriter::new(o.clone(), context.clone())),
+        WriterSpec::Postgres(o) => Box::new(shadowcopy_postgres::PostgresWriter::new(o.clone())),
     }
 }
 
@@ -83,6 +89,7 @@ impl WriterSpec {
             WriterSpec::Sqlite(_) => "sqlite",
             WriterSpec::Fsfreeze(_) => "fsfreeze",
             WriterSpec::Exec(_) => "exec",
+            WriterSpec::Postgres(_) => "postgres",
         }
     }
 }

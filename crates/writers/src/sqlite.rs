@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, OpenFlags};
 use serde::{Deserialize, Serialize};
 use shadowcopy_core::model::{Component, ComponentRole, CopyView, VerifyReport};
-use shadowcopy_core::writer::RestorePlan;
+use shadowcopy_core::writer::{RestoreMode, RestorePlan};
 use shadowcopy_core::{BoxError, Writer};
 
 use crate::proc_scan;
@@ -422,7 +422,11 @@ impl Writer for SqliteWriter {
     /// nobody else sees, so one rename installs the whole restored state. The live
     /// `-wal` and `-journal` are replaced (and kept in the pre-restore copy), the `-shm`
     /// index is discarded.
-    fn finish_restore(&self, staged: &[(PathBuf, PathBuf)]) -> Result<RestorePlan, BoxError> {
+    fn finish_restore(
+        &self,
+        staged: &[(PathBuf, PathBuf)],
+        _mode: &RestoreMode,
+    ) -> Result<RestorePlan, BoxError> {
         let (db_target, db_staged) = staged
             .iter()
             .find(|(t, _)| sidecar_of(t).is_none())

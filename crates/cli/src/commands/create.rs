@@ -20,11 +20,23 @@ use crate::GlobalArgs;
 #[derive(Args, Debug)]
 pub struct CreateArgs {
     /// A set named in the config file
-    #[arg(conflicts_with_all = ["sqlite", "path", "fsfreeze", "name", "exec_writer"])]
+    #[arg(conflicts_with_all = ["sqlite", "postgres", "path", "fsfreeze", "name", "exec_writer"])]
     pub set: Option<String>,
     /// Zero-config: copy this SQLite database (WAL or rollback journal)
     #[arg(long, value_name = "PATH", help_heading = "Zero-config set")]
     pub sqlite: Option<PathBuf>,
+    /// Zero-config: copy this PostgreSQL cluster, given by a libpq URL of a superuser
+    /// connection (postgresql:///postgres?host=/run/postgresql&port=5432)
+    #[arg(long, value_name = "URL", help_heading = "Zero-config set")]
+    pub postgres: Option<String>,
+    /// With --postgres: the cluster's WAL archive (for roll-forward restores; see `pg setup`)
+    #[arg(
+        long,
+        value_name = "DIR",
+        requires = "postgres",
+        help_heading = "Zero-config set"
+    )]
+    pub pg_archive: Option<PathBuf>,
     /// Zero-config: copy this file or directory as it is (repeat for more)
     #[arg(long = "path", value_name = "DIR", help_heading = "Zero-config set")]
     pub path: Vec<PathBuf>,
@@ -71,9 +83,9 @@ pub fn run(g: &GlobalArgs, args: CreateArgs) -> anyhow::Result<()> {
     };
     let spec = match &args.set {
         Some(set) => SetSpec::from_config(&session.config, set, &overrides)?,
-        None if args.sqlite.is_none() && args.path.is_empty() => {
+        None if args.sqlite.is_none() && args.postgres.is_none() && args.path.is_empty() => {
             return Err(UsageError::new(
-                "say what to copy: a set named in the config file (`create SET`), one SQLite database (`create --sqlite PATH`), or files and directories (`create --path DIR`)",
+                "say what to copy: a set named in the config file (`create SET`), one SQLite database (`create --sqlite PATH`), a PostgreSQL cluster (`create --postgres URL`), or files and directories (`create --path DIR`)",
             )
             .into())
         }
@@ -81,6 +93,8 @@ pub fn run(g: &GlobalArgs, args: CreateArgs) -> anyhow::Result<()> {
             &session.config,
             &ZeroConfig {
                 sqlite: args.sqlite.as_deref(),
+                postgres: args.postgres.as_deref(),
+                pg_archive: args.pg_archive.as_deref(),
                 exec_writers: &args.exec_writer,
                 paths: &args.path,
                 fsfreeze: args.fsfreeze,

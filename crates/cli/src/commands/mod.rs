@@ -3,6 +3,7 @@
 pub mod create;
 pub mod delete;
 pub mod list;
+pub mod pg;
 pub mod providers;
 pub mod quickstart;
 pub mod restore;

@@ -99,6 +99,8 @@ pub fn run(g: &GlobalArgs, args: QuickstartArgs) -> anyhow::Result<()> {
         &session.config,
         &ZeroConfig {
             sqlite: Some(&db),
+            postgres: None,
+            pg_archive: None,
             exec_writers: &[],
             paths: &[],
             fsfreeze: false,
@@ -228,6 +230,7 @@ pub fn run(g: &GlobalArgs, args: QuickstartArgs) -> anyhow::Result<()> {
             to: None,
             force: false,
             keep_current: true,
+            mode: Default::default(),
         },
     )?;
     drop(queue);

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use clap::Args;
 use serde::Serialize;
 use shadowcopy_core::error::humanize;
-use shadowcopy_core::{EventSink, RestoreRequest, Restorer, VerifyState};
+use shadowcopy_core::{EventSink, RestoreMode, RestoreRequest, Restorer, VerifyState};
 
 use super::{UsableCopy, WaitArgs};
 use crate::errors::UsageError;
@@ -28,9 +28,14 @@ pub struct RestoreArgs {
     /// Do not keep the state being replaced as a pre-restore copy
     #[arg(long)]
     pub discard_current: bool,
-    /// Restore mode (point-in-time: the data exactly as in the copy)
-    #[arg(long, value_name = "MODE", default_value = "point-in-time", value_parser = ["point-in-time"])]
+    /// point-in-time: the data exactly as in the copy. roll-forward: the copy, then the
+    /// database's logs kept since (WAL archive, live WAL directory) replayed to their end
+    #[arg(long, value_name = "MODE", default_value = "point-in-time", value_parser = ["point-in-time", "roll-forward"])]
     pub mode: String,
+    /// With --mode roll-forward: stop replaying at this point (PostgreSQL: a time such as
+    /// "2026-11-22 10:00:00+00", an LSN such as 0/3000060, or xid:NNN)
+    #[arg(long, value_name = "TARGET", requires = "mode")]
+    pub until: Option<String>,
     #[command(flatten)]
     pub wait: WaitArgs,
     /// Print the result as JSON
@@ -72,6 +77,7 @@ pub fn run(g: &GlobalArgs, args: RestoreArgs) -> anyhow::Result<()> {
         to: args.to.clone(),
         force: args.force,
         keep_current: !args.discard_current,
+        mode: restore_mode(&args)?,
     })?;
     if session.out.json {
         return session.out.print_json(&RestoreOutput {
@@ -107,6 +113,19 @@ pub fn run(g: &GlobalArgs, args: RestoreArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn restore_mode(args: &RestoreArgs) -> anyhow::Result<RestoreMode> {
+    match (args.mode.as_str(), &args.until) {
+        ("roll-forward", until) => Ok(RestoreMode::RollForward {
+            until: until.clone(),
+        }),
+        (_, Some(_)) => Err(UsageError::new(
+            "--until stops a roll-forward; use it with --mode roll-forward",
+        )
+        .into()),
+        _ => Ok(RestoreMode::PointInTime),
+    }
 }
 
 fn check(copy: &UsableCopy, args: &RestoreArgs) -> anyhow::Result<()> {

@@ -120,9 +120,15 @@ fn whole_subvolume_restore_swaps_the_subvolume_and_keeps_the_replaced_one() {
     assert!(leftovers.is_empty(), "{leftovers:?}");
 
     // The replaced state is a pre-restore copy; restoring it undoes the restore.
-    let pre = restored["pre_restore"].as_i64().expect("a pre-restore copy");
+    let pre = restored["pre_restore"]
+        .as_i64()
+        .expect("a pre-restore copy");
     cli.ok(&["restore", &pre.to_string(), "--discard-current"]);
-    assert_eq!(tree(&v.path), changed, "the pre-restore copy undoes the restore");
+    assert_eq!(
+        tree(&v.path),
+        changed,
+        "the pre-restore copy undoes the restore"
+    );
 
     // Both copies stay usable and are deleted with their snapshots.
     let listed = cli.json(&["list", "--json"]);
@@ -179,8 +185,7 @@ fn part_of_a_subvolume_is_restored_file_by_file() {
 
 #[test]
 fn copies_stored_inside_the_subvolume_are_restored_file_by_file() {
-    let Some(v) = subvolume("copies_stored_inside_the_subvolume_are_restored_file_by_file")
-    else {
+    let Some(v) = subvolume("copies_stored_inside_the_subvolume_are_restored_file_by_file") else {
         return;
     };
     let cli = Cli::new();
@@ -199,5 +204,8 @@ fn copies_stored_inside_the_subvolume_are_restored_file_by_file() {
     std::fs::write(v.path.join("a"), b"changed").unwrap();
     let out = cli.ok(&["restore", &id.to_string(), "--discard-current"]);
     assert!(out.contains("set copies_dir outside it"), "{out}");
-    assert_eq!(std::fs::read(v.path.join("a")).unwrap(), vec![b'a'; 1 << 20]);
+    assert_eq!(
+        std::fs::read(v.path.join("a")).unwrap(),
+        vec![b'a'; 1 << 20]
+    );
 }

@@ -9,6 +9,7 @@ mod exec_provider;
 mod fsfreeze;
 mod hooks;
 mod multivolume;
+mod postgres;
 mod queue;
 mod quickstart;
 mod support;

@@ -288,6 +288,7 @@ fn btrfs_snapshots_under_load_and_restore_from_a_snapshot() {
         to: None,
         force: false,
         keep_current: true,
+        mode: Default::default(),
     })
     .unwrap();
     let restored = read_bank(&env.db);

@@ -45,6 +45,7 @@ fn restore(env: &Env, id: CopyId, to: Option<&Path>, force: bool) -> Result<Rest
         to: to.map(Path::to_path_buf),
         force,
         keep_current: true,
+        mode: Default::default(),
     })
 }
 

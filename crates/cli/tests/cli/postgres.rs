@@ -1,0 +1,248 @@
+//! A real PostgreSQL cluster under a ledger load: copies in backup mode verify on a
+//! sandbox and hold every commit acknowledged before them; after the data files are
+//! destroyed, a roll-forward restore loses no acknowledged commit; a point-in-time
+//! restore brings back the copy's state and nothing later; abort paths leave no backup
+//! running on the server.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use shadowcopy_testing::postgres::{
+    make_postgres_dir, postgres_or_skip, Ledger, PgCluster, PgOptions,
+};
+
+use crate::support::{describe, Cli};
+
+const BIN: &str = env!("CARGO_BIN_EXE_shadowcopy");
+
+/// A cluster archiving into `archive` through `shadowcopy pg archive-push`.
+fn archiving_cluster(test: &str, cli: &Cli) -> Option<(PgCluster, PathBuf)> {
+    let archive = cli.path("wal-archive");
+    make_postgres_dir(&archive).unwrap();
+    let command = format!("{BIN} pg archive-push --archive {} %p", archive.display());
+    let cluster = postgres_or_skip(
+        test,
+        PgOptions::new()
+            .data_checksums(true)
+            .setting("archive_mode", "on")
+            .setting("archive_command", &command),
+    )?;
+    // `pg setup --apply` creates the archive (owned by the server's user) and sets the
+    // same archive_command.
+    cli.ok(&[
+        "pg",
+        "setup",
+        &cluster.url(),
+        "--archive",
+        archive.to_str().unwrap(),
+        "--apply",
+    ]);
+    Some((cluster, archive))
+}
+
+fn create(cli: &Cli, cluster: &PgCluster, archive: &Path) -> serde_json::Value {
+    let out = cli.run(&[
+        "create",
+        "--postgres",
+        &cluster.url(),
+        "--pg-archive",
+        archive.to_str().unwrap(),
+        "--provider",
+        "copy",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}\nserver log:\n{}",
+        describe(&out),
+        cluster.log()
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// No backup left running and no slot of ours left behind.
+fn assert_server_clean(cluster: &PgCluster) {
+    assert_eq!(
+        cluster
+            .psql("SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'shadowcopy%'"),
+        "0"
+    );
+    assert_eq!(
+        cluster.psql("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'shadowcopy'"),
+        "0",
+        "the backup connection is gone"
+    );
+}
+
+#[test]
+fn copies_under_load_verify_and_restores_lose_no_acknowledged_commit() {
+    let cli = Cli::new();
+    let Some((cluster, archive)) = archiving_cluster("copies_under_load_verify_and_restores", &cli)
+    else {
+        return;
+    };
+    Ledger::setup(&mut cluster.connect()).unwrap();
+    let ledger = Ledger::start(&cluster.config(), 3, Duration::ZERO);
+    assert!(ledger.wait_for_commits(50, Duration::from_secs(20)));
+
+    let began = Instant::now();
+    let created = create(&cli, &cluster, &archive);
+    let acked_before_copy = ledger.acknowledged_before(began);
+    assert!(!acked_before_copy.is_empty());
+    let verification = &created["verification"];
+    assert_eq!(verification["ok"], true, "{verification}");
+    let detail = verification["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("pg_amcheck") && detail.contains("pg_checksums"),
+        "{detail}"
+    );
+    let id = created["id"].as_i64().unwrap().to_string();
+    let components = cli.json(&["show", &id, "--json"]).to_string();
+    assert!(
+        components.contains("backup_label"),
+        "the copy carries its backup_label"
+    );
+    assert_server_clean(&cluster);
+
+    // The load goes on after the copy; then the server stops and its data files are
+    // destroyed (the WAL directory survives).
+    let more = ledger.committed() + 200;
+    assert!(ledger.wait_for_commits(more, Duration::from_secs(30)));
+    let stats = ledger.stop();
+    let acked_all = stats.acknowledged.clone();
+    assert!(acked_all.len() > acked_before_copy.len());
+    cluster.stop();
+
+    // Restores are refused while the server runs.
+    cluster.start();
+    let out = cli.run(&["restore", &id, "--force"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("PostgreSQL is running"),
+        "{}",
+        describe(&out)
+    );
+    cluster.stop();
+
+    for d in ["base", "global"] {
+        std::fs::remove_dir_all(cluster.data_dir().join(d)).unwrap();
+    }
+    let out = cli.run(&[
+        "restore",
+        &id,
+        "--mode",
+        "roll-forward",
+        "--discard-current",
+    ]);
+    assert!(out.status.success(), "{}", describe(&out));
+    cluster.start();
+    let state = wait_for_promotion(&cluster);
+    let lost = state.missing(&acked_all);
+    assert!(
+        lost.is_empty(),
+        "roll-forward lost {} acknowledged commits, e.g. {:?}\n{}",
+        lost.len(),
+        &lost[..lost.len().min(5)],
+        cluster.log()
+    );
+    assert!(state.balanced(), "{state:?}");
+    cluster.stop();
+
+    // Point in time: the copy's state, nothing acknowledged after the create returned.
+    let out = cli.run(&["restore", &id, "--discard-current"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    cluster.start();
+    let state = Ledger::check(&mut cluster.connect()).unwrap();
+    assert!(state.missing(&acked_before_copy).is_empty(), "{state:?}");
+    assert!(state.balanced());
+    assert!(
+        state.ids.len() < acked_all.len(),
+        "point in time stops at the copy ({} rows, {} acknowledged in all)",
+        state.ids.len(),
+        acked_all.len()
+    );
+}
+
+/// Waits for archive recovery to end (the server promotes) and reads the ledger.
+fn wait_for_promotion(cluster: &PgCluster) -> shadowcopy_testing::postgres::LedgerState {
+    let waited = Instant::now();
+    loop {
+        if cluster.try_psql("SELECT pg_is_in_recovery()").as_deref() == Ok("f") {
+            return Ledger::check(&mut cluster.connect()).unwrap();
+        }
+        assert!(
+            waited.elapsed() < Duration::from_secs(120),
+            "recovery did not end:\n{}",
+            cluster.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_server_lost_mid_set_aborts_cleanly_and_the_next_create_succeeds() {
+    let cli = Cli::new();
+    let Some((cluster, archive)) = archiving_cluster("a_server_lost_mid_set_aborts", &cli) else {
+        return;
+    };
+    Ledger::setup(&mut cluster.connect()).unwrap();
+    // The backup connection is killed from another session as soon as it appears.
+    let killer = {
+        let config = cluster.config();
+        std::thread::spawn(move || {
+            let mut c = config.connect(postgres::NoTls).unwrap();
+            let waited = Instant::now();
+            while waited.elapsed() < Duration::from_secs(30) {
+                let killed: i64 = c
+                    .query_one(
+                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+                          WHERE application_name = 'shadowcopy' AND query ILIKE '%backup_start%'",
+                        &[],
+                    )
+                    .unwrap()
+                    .get(0);
+                if killed > 0 {
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            false
+        })
+    };
+    let mut failed = None;
+    for _ in 0..20 {
+        let out = cli.run(&[
+            "create",
+            "--postgres",
+            &cluster.url(),
+            "--pg-archive",
+            archive.to_str().unwrap(),
+            "--provider",
+            "copy",
+            "--json",
+        ]);
+        if !out.status.success() {
+            failed = Some(out);
+            break;
+        }
+        if killer.is_finished() {
+            break;
+        }
+    }
+    assert!(killer.join().unwrap(), "the backup connection was seen");
+    let out = failed.expect("a create whose connection was killed fails");
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert_server_clean(&cluster);
+    let listed = cli.json(&["list", "--json"]);
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["state"] != "in-progress"),
+        "{listed}"
+    );
+    let created = create(&cli, &cluster, &archive);
+    assert_eq!(created["verification"]["ok"], true);
+    assert_server_clean(&cluster);
+}

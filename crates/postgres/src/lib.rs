@@ -1,0 +1,16 @@
+//! PostgreSQL support for shadowcopy: the `postgres` writer (backup mode, copies that
+//! carry their own WAL), verification on a sandbox, restore plans for point-in-time and
+//! roll-forward, the WAL archive `archive_command` and `restore_command` call into, and
+//! WAL segment arithmetic.
+
+pub mod archive;
+pub mod bin;
+pub mod cluster;
+mod files;
+pub mod recovery;
+mod sandbox;
+pub mod wal;
+pub mod writer;
+
+pub use cluster::{ClusterLayout, PostgresOptions};
+pub use writer::PostgresWriter;

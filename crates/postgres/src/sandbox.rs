@@ -1,0 +1,376 @@
+//! Verification of a copy on a sandbox: a writable clone of the copy (a reflink where
+//! the file system can, a full copy otherwise) is started as a throw-away postmaster on
+//! a private unix socket with networking off and archiving off, recovers to consistency
+//! from the copy's own WAL, then `pg_amcheck` checks every database (heap and btree) and,
+//! after a clean stop, `pg_checksums --check` reads every page when the cluster has
+//! checksums. The copy itself is never written; the sandbox is removed afterwards, and
+//! its server stopped even when a check fails.
+
+use std::fmt::Write as _;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use shadowcopy_core::model::{CopyView, VerifyReport};
+use shadowcopy_core::{process, BoxError};
+
+use crate::bin::pg_bin;
+use crate::cluster::ClusterLayout;
+use crate::files;
+
+/// How long recovery to consistency may take before the check counts as failed.
+const START_LIMIT: Duration = Duration::from_secs(1800);
+/// How long the integrity checks may take.
+const CHECK_LIMIT: Duration = Duration::from_secs(6 * 3600);
+/// The port the sandbox listens on: only its socket file's name, in a private directory.
+const SANDBOX_PORT: u16 = 5432;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("the copy holds no {what} ({}); it is not a copy of this cluster", .path.display())]
+    NotInCopy { what: &'static str, path: PathBuf },
+    #[error("cannot build the sandbox: {action} {}", .path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`{command}` could not run")]
+    Process {
+        command: String,
+        #[source]
+        source: process::ProcessError,
+    },
+}
+
+fn io<'a>(
+    action: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> SandboxError + 'a {
+    move |source| SandboxError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A started (or startable) throw-away cluster made from a copy.
+struct Sandbox<'a> {
+    layout: &'a ClusterLayout,
+    dir: tempfile::TempDir,
+    socket: tempfile::TempDir,
+    data: PathBuf,
+    started: bool,
+}
+
+/// Clones the copy into a sandbox, starts it, checks it; see the module documentation.
+pub fn verify_copy(layout: &ClusterLayout, copy: &CopyView) -> Result<VerifyReport, BoxError> {
+    let began = Instant::now();
+    let mut sandbox = Sandbox::build(layout, copy)?;
+    let built = began.elapsed();
+    let mut detail = String::new();
+    let _ = write!(detail, "sandbox clone {}", humanize(built));
+    let t = Instant::now();
+    let started = sandbox.run("pg_ctl", &sandbox.start_args(), START_LIMIT)?;
+    if !started.0 {
+        let _ = write!(
+            detail,
+            "; the copy did not start: {}; server log: {}",
+            started.1,
+            sandbox.log_tail()
+        );
+        return Ok(VerifyReport { ok: false, detail });
+    }
+    sandbox.started = true;
+    let _ = write!(
+        detail,
+        "; recovered to consistency and started in {}",
+        humanize(t.elapsed())
+    );
+
+    let t = Instant::now();
+    let socket = sandbox.socket.path().display().to_string();
+    let port = SANDBOX_PORT.to_string();
+    let amcheck = sandbox.run(
+        "pg_amcheck",
+        &[
+            "-h",
+            &socket,
+            "-p",
+            &port,
+            "-U",
+            &layout.superuser,
+            "--no-password",
+            "--all",
+            "--install-missing",
+        ],
+        CHECK_LIMIT,
+    )?;
+    let mut ok = amcheck.0;
+    if amcheck.0 {
+        let _ = write!(
+            detail,
+            "; pg_amcheck (heap, btree, all databases): no corruption ({})",
+            humanize(t.elapsed())
+        );
+    } else {
+        let _ = write!(detail, "; pg_amcheck FAILED: {}", amcheck.1);
+    }
+
+    let stop = sandbox.stop("fast")?;
+    if !stop.0 {
+        ok = false;
+        let _ = write!(detail, "; the sandbox did not stop cleanly: {}", stop.1);
+    } else if layout.data_checksums {
+        let t = Instant::now();
+        let data = sandbox.data.display().to_string();
+        let checksums = sandbox.run("pg_checksums", &["--check", "-D", &data], CHECK_LIMIT)?;
+        if checksums.0 {
+            let _ = write!(
+                detail,
+                "; pg_checksums: every page's checksum matches ({})",
+                humanize(t.elapsed())
+            );
+        } else {
+            ok = false;
+            let _ = write!(detail, "; pg_checksums FAILED: {}", checksums.1);
+        }
+    }
+    Ok(VerifyReport { ok, detail })
+}
+
+impl<'a> Sandbox<'a> {
+    fn build(layout: &'a ClusterLayout, copy: &CopyView) -> Result<Sandbox<'a>, BoxError> {
+        let copy_data =
+            files::copy_root(copy, &layout.data_dir).ok_or_else(|| SandboxError::NotInCopy {
+                what: "data directory",
+                path: layout.data_dir.clone(),
+            })?;
+        let owner = files::Owner::of(layout);
+        let dir = scratch_near(&copy_data, &owner)?;
+        owner.chown(dir.path())?;
+        let data = dir.path().join("data");
+        files::clone_tree(&copy_data, &data, &owner, &|rel: &Path| {
+            // Not the live server's lock file, and not the symlinks into live storage.
+            rel == Path::new("postmaster.pid")
+                || rel == Path::new("postmaster.opts")
+                || rel == Path::new("pg_wal")
+                || rel.starts_with("pg_tblspc")
+        })?;
+        std::fs::set_permissions(&data, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .map_err(io("set the mode of", &data))?;
+        // WAL: a real directory in the sandbox, from the copy's WAL directory.
+        let copy_wal = if layout.separate_wal() {
+            files::copy_root(copy, &layout.wal_dir).ok_or_else(|| SandboxError::NotInCopy {
+                what: "WAL directory",
+                path: layout.wal_dir.clone(),
+            })?
+        } else {
+            copy_data.join("pg_wal")
+        };
+        files::clone_tree(&copy_wal, &data.join("pg_wal"), &owner, &|_| false)?;
+        // Tablespaces: cloned beside the data, linked from pg_tblspc and the map.
+        let tblspc = data.join("pg_tblspc");
+        std::fs::create_dir_all(&tblspc).map_err(io("create", &tblspc))?;
+        owner.chown(&tblspc)?;
+        let mut map = String::new();
+        for ts in &layout.tablespaces {
+            let src =
+                files::copy_root(copy, &ts.location).ok_or_else(|| SandboxError::NotInCopy {
+                    what: "tablespace",
+                    path: ts.location.clone(),
+                })?;
+            let dest = dir.path().join(format!("tablespace-{}", ts.oid));
+            files::clone_tree(&src, &dest, &owner, &|_| false)?;
+            let link = tblspc.join(ts.oid.to_string());
+            std::os::unix::fs::symlink(&dest, &link).map_err(io("link", &link))?;
+            owner.lchown(&link)?;
+            let _ = writeln!(map, "{} {}", ts.oid, dest.display());
+        }
+        let map_file = data.join("tablespace_map");
+        if map_file.exists() {
+            std::fs::write(&map_file, map).map_err(io("write", &map_file))?;
+        }
+        let socket = tempfile::Builder::new()
+            .prefix("shadowcopy-pg-")
+            .tempdir()
+            .map_err(io("create a socket directory in", &std::env::temp_dir()))?;
+        owner.chown(socket.path())?;
+        let hba = dir.path().join("sandbox_hba.conf");
+        std::fs::write(&hba, "local all all trust\n").map_err(io("write", &hba))?;
+        let ident = dir.path().join("sandbox_ident.conf");
+        std::fs::write(&ident, "").map_err(io("write", &ident))?;
+        // The sandbox's own settings go on the command line, which overrides the copy's
+        // postgresql.auto.conf (ALTER SYSTEM): a sandbox must never archive into the
+        // live cluster's archive, fetch from it, or listen where the live server does.
+        let conf = dir.path().join("sandbox.conf");
+        std::fs::write(
+            &conf,
+            "# A throw-away server checking a shadowcopy copy (settings on its command line).\n",
+        )
+        .map_err(io("write", &conf))?;
+        for f in [&hba, &ident, &conf] {
+            owner.chown(f)?;
+        }
+        Ok(Sandbox {
+            layout,
+            dir,
+            socket,
+            data,
+            started: false,
+        })
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("server.log")
+    }
+
+    fn start_args(&self) -> Vec<String> {
+        vec![
+            "start".into(),
+            "-w".into(),
+            "-t".into(),
+            START_LIMIT.as_secs().to_string(),
+            "-D".into(),
+            self.data.display().to_string(),
+            "-l".into(),
+            self.log_path().display().to_string(),
+            "-o".into(),
+            self.settings()
+                .iter()
+                .map(|(k, v)| format!("-c {k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+        ]
+    }
+
+    /// The sandbox's settings: private socket, no network, no archiving, no restore
+    /// command, no durability (it is thrown away). Values hold no spaces or quotes
+    /// (temp dir names), as `pg_ctl -o` splits on spaces.
+    fn settings(&self) -> Vec<(&'static str, String)> {
+        let d = self.dir.path();
+        vec![
+            ("config_file", d.join("sandbox.conf").display().to_string()),
+            ("hba_file", d.join("sandbox_hba.conf").display().to_string()),
+            (
+                "ident_file",
+                d.join("sandbox_ident.conf").display().to_string(),
+            ),
+            ("listen_addresses", "''".into()),
+            ("port", SANDBOX_PORT.to_string()),
+            (
+                "unix_socket_directories",
+                self.socket.path().display().to_string(),
+            ),
+            ("archive_mode", "off".into()),
+            ("archive_command", "''".into()),
+            ("restore_command", "''".into()),
+            ("primary_conninfo", "''".into()),
+            ("fsync", "off".into()),
+            ("synchronous_commit", "off".into()),
+            ("shared_buffers", "64MB".into()),
+            ("max_wal_senders", "0".into()),
+            ("logging_collector", "off".into()),
+        ]
+    }
+
+    fn stop(&mut self, mode: &str) -> Result<(bool, String), BoxError> {
+        let data = self.data.display().to_string();
+        let out = self.run(
+            "pg_ctl",
+            &["stop", "-w", "-m", mode, "-D", &data],
+            START_LIMIT,
+        )?;
+        if out.0 {
+            self.started = false;
+        }
+        Ok(out)
+    }
+
+    /// Runs a PostgreSQL program as the cluster's owner: (success, what it said).
+    fn run<S: AsRef<str>>(
+        &self,
+        program: &str,
+        args: &[S],
+        limit: Duration,
+    ) -> Result<(bool, String), BoxError> {
+        let path = pg_bin(self.layout.version_num, program)?;
+        let mut cmd = Command::new(&path);
+        cmd.args(args.iter().map(|a| a.as_ref()))
+            .current_dir(self.dir.path());
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("PG") {
+                cmd.env_remove(k);
+            }
+        }
+        if rustix::process::geteuid().is_root() {
+            cmd.uid(self.layout.owner_uid).gid(self.layout.owner_gid);
+        }
+        let command = format!(
+            "{program} {}",
+            args.iter()
+                .map(|a| a.as_ref())
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        let out = process::run_within(&mut cmd, limit).map_err(|source| SandboxError::Process {
+            command: command.clone(),
+            source,
+        })?;
+        let said = format!("{}{}", out.stdout.trim(), out.stderr.trim());
+        Ok((out.status.success(), last_lines(&said, 20)))
+    }
+
+    fn log_tail(&self) -> String {
+        std::fs::read_to_string(self.log_path())
+            .map(|s| last_lines(&s, 20))
+            .unwrap_or_else(|e| format!("(no server log: {e})"))
+    }
+}
+
+impl Drop for Sandbox<'_> {
+    fn drop(&mut self) {
+        if self.started || self.data.join("postmaster.pid").exists() {
+            let _ = self.stop("immediate");
+        }
+        if let Some(pid) = std::fs::read_to_string(self.data.join("postmaster.pid"))
+            .ok()
+            .and_then(|s| s.lines().next().and_then(|l| l.trim().parse::<i32>().ok()))
+        {
+            if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::Kill);
+            }
+        }
+    }
+}
+
+/// A scratch directory as close to the copy as possible (same file system, so the clone
+/// shares blocks): the nearest writable ancestor of `copy_data` that the cluster's owner
+/// can reach, else the temp dir.
+fn scratch_near(copy_data: &Path, owner: &files::Owner) -> Result<tempfile::TempDir, SandboxError> {
+    for dir in copy_data.ancestors().skip(1) {
+        if let Ok(t) = tempfile::Builder::new()
+            .prefix(".shadowcopy-pg-sandbox-")
+            .tempdir_in(dir)
+        {
+            if owner.chown(t.path()).is_ok() && owner.can_enter(t.path()) {
+                return Ok(t);
+            }
+        }
+    }
+    tempfile::Builder::new()
+        .prefix("shadowcopy-pg-sandbox-")
+        .tempdir()
+        .map_err(io("create a sandbox in", &std::env::temp_dir()))
+}
+
+fn last_lines(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join(" | ")
+}
+
+fn humanize(d: Duration) -> String {
+    shadowcopy_core::error::humanize(d)
+}

@@ -1,0 +1,384 @@
+//! The `postgres` writer: consistent copies of a running cluster in backup mode.
+//!
+//! - identify: connects, discovers the data directory, WAL directory and tablespaces
+//!   (one component each) and checks they are still where the set recorded them.
+//! - prepare (outside the freeze): on a connection held for the whole set, a temporary
+//!   physical replication slot reserves the WAL from here on (dropped with the
+//!   connection), then `pg_backup_start(label, fast => true)` checkpoints.
+//! - freeze: the server keeps running (backup mode needs no pause); the freeze checks
+//!   the connection is alive, so a server lost since prepare aborts the set.
+//! - thaw: `pg_backup_stop(false)` returns the stop LSN, `backup_label` and
+//!   `tablespace_map`. A killed shadowcopy leaves nothing behind: the server ends a
+//!   non-exclusive backup and drops the temporary slot when the connection goes.
+//! - after the thaw, the copy gets `backup_label`, `tablespace_map` and every WAL segment
+//!   from the backup's start to its stop, so it starts without any archive.
+//! - verify: a sandbox started from a clone of the copy (see `sandbox.rs`).
+//! - restore: refused while the server runs (even with --force). Point-in-time installs
+//!   the copy and removes live WAL the copy does not hold, so recovery stops exactly at
+//!   the copy's end of backup. Roll-forward installs the copy's data files but keeps the
+//!   live WAL directory, adds `recovery.signal` and recovery settings (restore_command
+//!   reading the archive, an optional target), so replay reaches the newest commit.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use postgres::Client;
+use shadowcopy_core::model::{Component, ComponentRole, CopyView, VerifyReport};
+use shadowcopy_core::writer::{RestoreMode, RestorePlan};
+use shadowcopy_core::{BoxError, Writer};
+
+use crate::cluster::{self, ClusterLayout, PostgresOptions};
+use crate::files::Owner;
+use crate::recovery;
+use crate::wal::{Lsn, SegmentName, WalSegSize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PostgresError {
+    #[error("the server at {url} now has its data directory at {}, but this set was made for {}; make a new set for the new cluster", .now.display(), .recorded.display())]
+    Moved {
+        url: String,
+        now: PathBuf,
+        recorded: PathBuf,
+    },
+    #[error("{what} failed: {}", chain(.source))]
+    Query {
+        what: &'static str,
+        #[source]
+        source: postgres::Error,
+    },
+    #[error("no connection: prepare did not run or the set was aborted")]
+    NotPrepared,
+    #[error("the WAL segment {} the copy needs is gone from {} (it was removed before it could be copied)", .name, .dir.display())]
+    WalGone { name: String, dir: PathBuf },
+    #[error("PostgreSQL is running on {} (postmaster pid {pid}); stop it first (pg_ctl stop -D {}), then restore", .data_dir.display(), .data_dir.display())]
+    Running { data_dir: PathBuf, pid: i32 },
+    #[error("this set was recorded without its cluster layout; cannot restore or verify it")]
+    NoLayout,
+    #[error("cannot {action} {}", .path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// `postgres::Error`'s own message is only "db error"; the server's message is below.
+fn chain(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.severity(), db.message()),
+        None => {
+            let mut s = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(inner) = source {
+                s.push_str(": ");
+                s.push_str(&inner.to_string());
+                source = inner.source();
+            }
+            s
+        }
+    }
+}
+
+fn query(what: &'static str) -> impl Fn(postgres::Error) -> PostgresError {
+    move |source| PostgresError::Query { what, source }
+}
+
+/// What `pg_backup_start` and `pg_backup_stop` said.
+#[derive(Clone, Debug)]
+struct Backup {
+    start: Lsn,
+    timeline: u32,
+    stop: Option<Stopped>,
+}
+
+#[derive(Clone, Debug)]
+struct Stopped {
+    lsn: Lsn,
+    label: String,
+    tablespace_map: String,
+}
+
+pub struct PostgresWriter {
+    options: PostgresOptions,
+    layout: Option<ClusterLayout>,
+    client: Option<Client>,
+    backup: Option<Backup>,
+    /// backup_label and tablespace_map, written for the provider to add to the copy.
+    extra: Option<tempfile::TempDir>,
+}
+
+impl PostgresWriter {
+    pub fn new(options: PostgresOptions) -> Self {
+        let layout = options.layout.clone();
+        PostgresWriter {
+            options,
+            layout,
+            client: None,
+            backup: None,
+            extra: None,
+        }
+    }
+
+    fn layout(&self) -> Result<&ClusterLayout, PostgresError> {
+        self.layout.as_ref().ok_or(PostgresError::NoLayout)
+    }
+
+    fn client(&mut self) -> Result<&mut Client, PostgresError> {
+        self.client.as_mut().ok_or(PostgresError::NotPrepared)
+    }
+
+    /// Ends a backup still running on our connection and drops the connection (which
+    /// drops the temporary slot).
+    fn release(&mut self) {
+        if let (Some(client), Some(b)) = (self.client.as_mut(), self.backup.as_ref()) {
+            if b.stop.is_none() {
+                let _ = client.simple_query("SELECT pg_backup_stop(false)");
+            }
+        }
+        self.client = None;
+    }
+
+    fn write_extra(&mut self, stopped: &Stopped) -> Result<Vec<(PathBuf, PathBuf)>, BoxError> {
+        let layout = self.layout()?.clone();
+        let owner = Owner::of(&layout);
+        let dir = tempfile::Builder::new()
+            .prefix("shadowcopy-pg-label-")
+            .tempdir()
+            .map_err(|source| PostgresError::Io {
+                action: "create a temp dir in",
+                path: std::env::temp_dir(),
+                source,
+            })?;
+        let mut out = Vec::new();
+        for (name, content) in [
+            ("backup_label", &stopped.label),
+            ("tablespace_map", &stopped.tablespace_map),
+        ] {
+            if content.is_empty() {
+                continue;
+            }
+            let path = dir.path().join(name);
+            std::fs::write(&path, content).map_err(|source| PostgresError::Io {
+                action: "write",
+                path: path.clone(),
+                source,
+            })?;
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .map_err(|source| PostgresError::Io {
+                    action: "set the mode of",
+                    path: path.clone(),
+                    source,
+                })?;
+            owner.chown(&path)?;
+            out.push((layout.data_dir.join(name), path));
+        }
+        self.extra = Some(dir);
+        Ok(out)
+    }
+}
+
+impl Writer for PostgresWriter {
+    fn kind(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn name(&self) -> String {
+        format!("postgres:{}", self.options.url)
+    }
+
+    fn identify(&mut self) -> Result<Vec<Component>, BoxError> {
+        let mut client = cluster::connect(&self.options.url)?;
+        let now = cluster::discover(&mut client, &self.options.url)?;
+        if let Some(recorded) = &self.layout {
+            if recorded.data_dir != now.data_dir {
+                return Err(PostgresError::Moved {
+                    url: self.options.url.clone(),
+                    now: now.data_dir,
+                    recorded: recorded.data_dir.clone(),
+                }
+                .into());
+            }
+        }
+        let name = self.name();
+        let component = |label: String, role, path: &Path| Component {
+            writer: name.clone(),
+            name: label,
+            role,
+            path: path.to_path_buf(),
+            required: true,
+            pinned: false,
+        };
+        let mut components = vec![component("data".into(), ComponentRole::Data, &now.data_dir)];
+        if now.separate_wal() {
+            components.push(component("wal".into(), ComponentRole::Log, &now.wal_dir));
+        }
+        for t in &now.tablespaces {
+            components.push(component(
+                format!("tablespace {}", t.name),
+                ComponentRole::Data,
+                &t.location,
+            ));
+        }
+        self.layout = Some(now);
+        self.client = Some(client);
+        Ok(components)
+    }
+
+    fn prepare(&mut self) -> Result<(), BoxError> {
+        if self.client.is_none() {
+            self.identify()?;
+        }
+        let slot = format!(
+            "shadowcopy_{}_{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_micros())
+                .unwrap_or_default()
+        );
+        let client = self.client()?;
+        client
+            .execute(
+                "SELECT pg_create_physical_replication_slot($1, true, true)",
+                &[&slot],
+            )
+            .map_err(query("reserving WAL with a temporary replication slot"))?;
+        let row = client
+            .query_one(
+                "SELECT pg_backup_start($1, true)::text,
+                        (SELECT timeline_id FROM pg_control_checkpoint())",
+                &[&"shadowcopy"],
+            )
+            .map_err(query("pg_backup_start"))?;
+        let start: Lsn = row.get::<_, String>(0).parse()?;
+        let timeline: i32 = row.get(1);
+        self.backup = Some(Backup {
+            start,
+            timeline: timeline as u32,
+            stop: None,
+        });
+        Ok(())
+    }
+
+    fn freeze(&mut self, _deadline: Instant) -> Result<(), BoxError> {
+        self.client()?
+            .simple_query("SELECT 1")
+            .map_err(query("checking the backup connection"))?;
+        Ok(())
+    }
+
+    fn thaw(&mut self) -> Result<(), BoxError> {
+        let Some(backup) = self.backup.as_mut() else {
+            return Ok(());
+        };
+        if backup.stop.is_some() {
+            return Ok(());
+        }
+        let Some(client) = self.client.as_mut() else {
+            return Ok(());
+        };
+        let row = client
+            .query_one(
+                "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(false)",
+                &[],
+            )
+            .map_err(query("pg_backup_stop"));
+        let row = match row {
+            Ok(r) => r,
+            Err(e) => {
+                // The server ends the backup when the connection goes.
+                self.client = None;
+                self.backup = None;
+                return Err(e.into());
+            }
+        };
+        backup.stop = Some(Stopped {
+            lsn: row.get::<_, String>(0).parse()?,
+            label: row.get(1),
+            tablespace_map: row.get::<_, Option<String>>(2).unwrap_or_default(),
+        });
+        Ok(())
+    }
+
+    fn after_thaw_files(&mut self) -> Result<Vec<(PathBuf, PathBuf)>, BoxError> {
+        let Some(Backup {
+            start,
+            timeline,
+            stop: Some(stopped),
+        }) = self.backup.clone()
+        else {
+            return Err(PostgresError::NotPrepared.into());
+        };
+        let mut files = self.write_extra(&stopped)?;
+        let layout = self.layout()?;
+        let seg_size = WalSegSize::new(layout.wal_segment_size)?;
+        let last = SegmentName::from_lsn(timeline, stopped.lsn, seg_size);
+        let mut seg = SegmentName::from_lsn(timeline, start, seg_size);
+        loop {
+            let name = seg.file_name(seg_size);
+            let path = layout.wal_dir.join(&name);
+            if !path.is_file() {
+                return Err(PostgresError::WalGone {
+                    name,
+                    dir: layout.wal_dir.clone(),
+                }
+                .into());
+            }
+            files.push((path.clone(), path));
+            if seg.segno >= last.segno {
+                break;
+            }
+            seg = seg.next();
+        }
+        Ok(files)
+    }
+
+    fn post_snapshot(&mut self, _copy: &CopyView) -> Result<(), BoxError> {
+        // The WAL is in the copy: the slot (and the connection) can go.
+        self.release();
+        self.extra = None;
+        Ok(())
+    }
+
+    fn abort(&mut self) -> Result<(), BoxError> {
+        self.release();
+        self.backup = None;
+        self.extra = None;
+        Ok(())
+    }
+
+    fn verify(&self, copy: &CopyView) -> Result<VerifyReport, BoxError> {
+        crate::sandbox::verify_copy(self.layout()?, copy)
+    }
+
+    fn pre_restore(&self, _targets: &[PathBuf]) -> Result<(), BoxError> {
+        let layout = self.layout()?;
+        if let Some(pid) = recovery::running_postmaster(&layout.data_dir) {
+            return Err(PostgresError::Running {
+                data_dir: layout.data_dir.clone(),
+                pid,
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    fn can_roll_forward(&self) -> bool {
+        true
+    }
+
+    fn finish_restore(
+        &self,
+        staged: &[(PathBuf, PathBuf)],
+        mode: &RestoreMode,
+    ) -> Result<RestorePlan, BoxError> {
+        let layout = self.layout()?;
+        Ok(recovery::plan(
+            layout,
+            self.options.archive.as_deref(),
+            staged,
+            mode,
+        )?)
+    }
+}
