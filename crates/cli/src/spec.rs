@@ -195,7 +195,11 @@ impl SetSpec {
         for w in source.writers.iter_mut() {
             if let WriterSpec::Postgres(p) = w {
                 let layout = shadowcopy_postgres::cluster::discover_url(&p.url).map_err(|e| {
-                    UsageError::new(format!("set `{}`: {}", source.name, chain_of(&e)))
+                    UsageError::new(format!(
+                        "set `{}`: {}",
+                        source.name,
+                        shadowcopy_core::coordinator::chain(&e)
+                    ))
                 })?;
                 p.layout = Some(layout);
             }
@@ -493,21 +497,6 @@ pub fn check_provider_name(
         "unknown provider `{name}`; choose auto, one of: {}, or exec:NAME for a [providers.NAME] of the config file",
         shadowcopy_providers::KINDS.join(", ")
     )))
-}
-
-/// An error with its causes, for a one-line message.
-fn chain_of(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        let text = inner.to_string();
-        if !s.contains(&text) {
-            s.push_str(": ");
-            s.push_str(&text);
-        }
-        source = inner.source();
-    }
-    s
 }
 
 fn absolute(p: &Path) -> PathBuf {

@@ -570,12 +570,17 @@ pub fn error_chain(e: &Error) -> String {
     chain(e)
 }
 
-pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+/// Any error and its sources on one line; a source whose text the line already holds
+/// (an error that prints its source itself) is not repeated.
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(inner) = cur {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
+        let text = inner.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
         cur = inner.source();
     }
     s

@@ -468,6 +468,15 @@ pub(crate) fn add_files(
     Ok(entries)
 }
 
+/// [`add_files`] into a `copy`/`reflink` location, each file at its [`in_copy`] place.
+pub(crate) fn add_files_in_copy(
+    location: &str,
+    files: &[(PathBuf, PathBuf)],
+) -> Result<Vec<FileEntry>, LayoutError> {
+    let loc = Path::new(location);
+    add_files(files, |original| in_copy(loc, original))
+}
+
 /// The manifest entry of a regular file.
 pub(crate) fn file_entry(original: &Path, meta: &Metadata) -> FileEntry {
     FileEntry {

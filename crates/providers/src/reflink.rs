@@ -328,10 +328,7 @@ impl Provider for ReflinkProvider {
         location: &str,
         files: &[(PathBuf, PathBuf)],
     ) -> Result<Vec<FileEntry>, BoxError> {
-        let loc = Path::new(location);
-        Ok(layout::add_files(files, |original| {
-            layout::in_copy(loc, original)
-        })?)
+        Ok(layout::add_files_in_copy(location, files)?)
     }
 
     fn expose(&self, location: &str, files: &[FileEntry]) -> Result<CopyView, BoxError> {

@@ -40,8 +40,9 @@ fn archiving_cluster(test: &str, cli: &Cli) -> Option<(PgCluster, PathBuf)> {
     Some((cluster, archive))
 }
 
-fn create(cli: &Cli, cluster: &PgCluster, archive: &Path) -> serde_json::Value {
-    let out = cli.run(&[
+/// `create --postgres URL --pg-archive DIR --provider copy --json`.
+fn run_create(cli: &Cli, cluster: &PgCluster, archive: &Path) -> std::process::Output {
+    cli.run(&[
         "create",
         "--postgres",
         &cluster.url(),
@@ -50,7 +51,11 @@ fn create(cli: &Cli, cluster: &PgCluster, archive: &Path) -> serde_json::Value {
         "--provider",
         "copy",
         "--json",
-    ]);
+    ])
+}
+
+fn create(cli: &Cli, cluster: &PgCluster, archive: &Path) -> serde_json::Value {
+    let out = run_create(cli, cluster, archive);
     assert!(
         out.status.success(),
         "{}\nserver log:\n{}",
@@ -211,16 +216,7 @@ fn a_server_lost_mid_set_aborts_cleanly_and_the_next_create_succeeds() {
     };
     let mut failed = None;
     for _ in 0..20 {
-        let out = cli.run(&[
-            "create",
-            "--postgres",
-            &cluster.url(),
-            "--pg-archive",
-            archive.to_str().unwrap(),
-            "--provider",
-            "copy",
-            "--json",
-        ]);
+        let out = run_create(&cli, &cluster, &archive);
         if !out.status.success() {
             failed = Some(out);
             break;
