@@ -20,7 +20,7 @@ use crate::journal::{Journal, NewCopy};
 use crate::model::{Component, CopyId, CopyState, FileEntry, Origin, Phase, VerifyReport};
 use crate::provider::{CommitControl, CommitRequest, Provider};
 use crate::verify::verify_copy;
-use crate::writer::Writer;
+use crate::writer::{KeptCopies, Writer};
 
 /// The default window from the first freeze to the end of the commit.
 pub const DEFAULT_FREEZE_DEADLINE: Duration = Duration::from_secs(10);
@@ -41,6 +41,9 @@ pub struct ShadowSetRequest {
     pub provider: Arc<dyn Provider>,
     pub freeze_deadline: Duration,
     pub verify: bool,
+    /// The set's other usable copies, for writers that truncate logs after a verified
+    /// copy (`backup_complete`).
+    pub kept_copies: Box<dyn KeptCopies>,
 }
 
 /// A copy that was made and recorded as usable.
@@ -52,6 +55,10 @@ pub struct CreatedCopy {
     pub files: Vec<FileEntry>,
     pub verification: Option<VerifyReport>,
     pub phases: Vec<(Phase, Duration)>,
+    /// What writers did after the verified copy (logs truncated), one line each.
+    pub notes: Vec<String>,
+    /// Problems that did not make the copy unusable (a failed log truncation).
+    pub warnings: Vec<String>,
 }
 
 pub struct Coordinator<'a> {
@@ -127,6 +134,29 @@ impl Run<'_> {
             (Ok(_), Err(e)) => Err(e),
             (Ok(v), Ok(())) => Ok(v),
         }
+    }
+
+    /// Like [`Run::step`] for a phase whose failures do not fail the set: `f` returns what
+    /// went right and what went wrong; the latter is recorded as the phase's error.
+    fn step_keeping_failures(
+        &mut self,
+        phase: Phase,
+        f: impl FnOnce() -> (Vec<String>, Vec<String>),
+    ) -> Result<(Vec<String>, Vec<String>), Error> {
+        self.journal
+            .enter_phase(self.id, phase)
+            .map_err(Error::journal("phase start"))?;
+        self.events.phase_started(phase);
+        let started = Instant::now();
+        let (done, failed) = f();
+        let took = started.elapsed();
+        self.phases.push((phase, took));
+        self.events.phase_finished(phase, took, failed.is_empty());
+        let message = (!failed.is_empty()).then(|| failed.join("; "));
+        self.journal
+            .finish_phase(self.id, phase, took, message.as_deref())
+            .map_err(Error::journal("phase end"))?;
+        Ok((done, failed))
     }
 
     fn execute(&mut self, request: &mut ShadowSetRequest) -> Result<CreatedCopy, Error> {
@@ -309,6 +339,8 @@ impl Run<'_> {
             .map_err(Error::journal("file manifest"))?;
 
         let mut verification = None;
+        let mut notes = Vec::new();
+        let mut warnings = Vec::new();
         if request.verify {
             let started = Instant::now();
             let events = self.events.clone();
@@ -341,13 +373,30 @@ impl Run<'_> {
                     detail: report.detail,
                 });
             }
-            self.step(Phase::BackupComplete, || {
+            // A writer failing here (say, a log truncation) leaves a verified copy: the
+            // failure is recorded on the phase and reported, and the copy stays usable.
+            let kept = &*request.kept_copies;
+            let (done, failed) = self.step_keeping_failures(Phase::BackupComplete, || {
+                let mut done = Vec::new();
+                let mut failed = Vec::new();
                 for w in request.writers.iter_mut() {
-                    w.backup_complete(&view)
-                        .map_err(writer_error(&**w, Phase::BackupComplete))?;
+                    match w.backup_complete(&view, kept) {
+                        Ok(note) => done.extend(note),
+                        Err(e) => {
+                            failed.push(format!("{} at backup-complete: {}", w.name(), chain(&*e)))
+                        }
+                    }
                 }
-                Ok(())
+                (done, failed)
             })?;
+            for line in &done {
+                self.events.note(line);
+            }
+            for line in &failed {
+                self.events.warning(line);
+            }
+            notes = done;
+            warnings = failed;
             verification = Some(report);
         }
 
@@ -364,6 +413,8 @@ impl Run<'_> {
             files,
             verification,
             phases: std::mem::take(&mut self.phases),
+            notes,
+            warnings,
         })
     }
 

@@ -25,4 +25,4 @@ pub use journal::{Journal, JournalError, NewCopy};
 pub use model::*;
 pub use provider::{CommitControl, CommitRequest, Provider, Unsupported};
 pub use restore::{RestoreOutcome, RestoreRequest, Restorer};
-pub use writer::{RestoreMode, RestorePlan, Writer};
+pub use writer::{KeptCopies, KeptCopiesUnknown, KeptCopy, RestoreMode, RestorePlan, Writer};

@@ -16,7 +16,7 @@ use crate::events::EventSink;
 use crate::journal::Journal;
 use crate::model::{Component, ComponentRole, CopyId, FileEntry, Origin, Phase};
 use crate::provider::Provider;
-use crate::writer::{staged_path, RestoreMode, RestorePlan, Writer};
+use crate::writer::{staged_path, KeptCopiesUnknown, RestoreMode, RestorePlan, Writer};
 
 /// A raw copy of data nobody holds open needs no freeze; its commit may take as long as
 /// the data needs.
@@ -74,6 +74,10 @@ impl<'a> Restorer<'a> {
                     .collect::<Vec<_>>()
                     .join(", ")
             )));
+        }
+        for w in &request.writers {
+            w.check_restore_mode(&request.mode)
+                .map_err(|e| Error::usage(chain(&*e)))?;
         }
         let targets = map_targets(&request.files, request.to.as_deref())?;
         let live: Vec<PathBuf> = targets.iter().map(|(_, t)| t.clone()).collect();
@@ -326,6 +330,7 @@ impl<'a> Restorer<'a> {
                 provider: request.provider.clone(),
                 freeze_deadline: PRE_RESTORE_DEADLINE,
                 verify: false,
+                kept_copies: Box::new(KeptCopiesUnknown),
             })
             .map_err(|e| Error::Restore {
                 step: "keeping the current state as a pre-restore copy (pass --discard-current to skip it)".into(),

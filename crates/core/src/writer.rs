@@ -16,8 +16,10 @@
 //! # Optional methods (defaults do nothing)
 //! - `prepare`: slow work before the freeze (a checkpoint), so the freeze stays short.
 //! - `after_thaw_files`: what the copy needs that only exists after the thaw.
-//! - `post_snapshot`, `backup_complete`: after the copy exists / after it was verified
-//!   (truncating logs belongs in `backup_complete`, which only runs after a passed verify).
+//! - `post_snapshot`, `backup_complete`: after the copy exists / after it was verified.
+//!   Truncating logs belongs in `backup_complete`, which only runs after a passed verify
+//!   and is told which other copies of the set are kept: it MUST NOT drop a log one of
+//!   them needs. Its failure is a warning: the verified copy stays usable.
 //! - `abort`: the set failed (after the thaw), so the application can drop what it
 //!   prepared for it.
 //! - `check_restore_target` and `finish_restore`: refuse a restore over data in use, and
@@ -28,7 +30,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::error::BoxError;
-use crate::model::{Component, CopyView, VerifyReport};
+use crate::model::{Component, CopyId, CopyView, VerifyReport};
 
 /// What the restore swaps in: each staged file renamed onto its target, and files that
 /// must not survive beside the restored data. The state being replaced is kept as a
@@ -97,8 +99,14 @@ pub trait Writer: Send {
 
     fn verify(&self, copy: &CopyView) -> Result<VerifyReport, BoxError>;
 
-    fn backup_complete(&mut self, _copy: &CopyView) -> Result<(), BoxError> {
-        Ok(())
+    /// The copy passed verification. Returns a line for the user when it did something
+    /// (logs truncated); an error is reported as a warning and the copy stays usable.
+    fn backup_complete(
+        &mut self,
+        _copy: &CopyView,
+        _kept: &dyn KeptCopies,
+    ) -> Result<Option<String>, BoxError> {
+        Ok(None)
     }
 
     /// Refuses (with an error that names who holds the data) when `targets` are in use
@@ -124,6 +132,12 @@ pub trait Writer: Send {
         false
     }
 
+    /// Refuses a restore mode this writer cannot carry out as asked (an `until` it cannot
+    /// parse), before anything is written; the error is a usage error.
+    fn check_restore_mode(&self, _mode: &RestoreMode) -> Result<(), BoxError> {
+        Ok(())
+    }
+
     /// Given the staged files (target → staged path, all beside their targets), returns
     /// what to swap in for `mode`. The default installs every staged file as it is.
     fn finish_restore(
@@ -136,6 +150,37 @@ pub trait Writer: Send {
             remove: Vec::new(),
             discard: Vec::new(),
         })
+    }
+}
+
+/// One usable copy of the set, as a writer's `backup_complete` sees it.
+#[derive(Clone, Debug)]
+pub struct KeptCopy {
+    pub id: CopyId,
+    pub view: CopyView,
+}
+
+/// The set's other usable copies (the one being completed is not among them). Read only
+/// when a writer asks, since exposing a copy can cost something.
+pub trait KeptCopies {
+    /// Every other usable copy of the set, oldest first. An error means "not known":
+    /// a writer then truncates nothing.
+    fn kept(&self) -> Result<Vec<KeptCopy>, BoxError>;
+}
+
+/// For sets whose writers never look (the raw `pre-restore` copy): asking is an error,
+/// so nothing is ever truncated on the strength of it.
+pub struct KeptCopiesUnknown;
+
+impl KeptCopies for KeptCopiesUnknown {
+    fn kept(&self) -> Result<Vec<KeptCopy>, BoxError> {
+        Err("the set's other copies are not known here".into())
+    }
+}
+
+impl KeptCopies for Vec<KeptCopy> {
+    fn kept(&self) -> Result<Vec<KeptCopy>, BoxError> {
+        Ok(self.clone())
     }
 }
 

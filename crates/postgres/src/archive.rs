@@ -594,8 +594,20 @@ impl WalArchive {
     /// The segments a roll-forward starting at `start` can replay from the archive, and
     /// where the chain has holes. Follows timeline switches recorded in history files.
     pub fn chain_from(&self, start: &SegmentName, seg_size: WalSegSize) -> Result<Chain> {
+        self.chain_from_with(start, seg_size, &[])
+    }
+
+    /// [`WalArchive::chain_from`] counting `elsewhere` (segments a restore also finds: in
+    /// the copy, in the live WAL directory) as present too.
+    pub fn chain_from_with(
+        &self,
+        start: &SegmentName,
+        seg_size: WalSegSize,
+        elsewhere: &[SegmentName],
+    ) -> Result<Chain> {
         let files = self.list()?;
-        let mut present: HashSet<(u32, u64)> = HashSet::new();
+        let mut present: HashSet<(u32, u64)> =
+            elsewhere.iter().map(|s| (s.timeline, s.segno)).collect();
         let mut history_timelines = Vec::new();
         for f in &files {
             match f.kind {
@@ -646,42 +658,12 @@ impl WalArchive {
                 .find(|e| e.begin_segno <= segno)
                 .map_or(target, |e| e.timeline)
         };
-        let mut on_path: Vec<u64> = present
+        let on_path: Vec<u64> = present
             .iter()
             .filter(|(tli, segno)| *segno >= start.segno && owner(*segno) == *tli)
             .map(|(_, segno)| *segno)
             .collect();
-        on_path.sort_unstable();
-        let seg = |segno: u64| SegmentName {
-            timeline: owner(segno),
-            segno,
-        };
-        let mut contiguous = Vec::new();
-        let mut gaps = Vec::new();
-        let mut expected = start.segno;
-        for segno in &on_path {
-            if *segno > expected {
-                gaps.push(Gap {
-                    first: seg(expected),
-                    last: seg(segno - 1),
-                });
-            } else if gaps.is_empty() {
-                contiguous.push(seg(*segno));
-            }
-            expected = segno + 1;
-        }
-        let first_missing = match gaps.first() {
-            Some(g) => g.first,
-            None => seg(expected),
-        };
-        Ok(Chain {
-            start: *start,
-            timeline: target,
-            contiguous,
-            first_missing,
-            gaps,
-            last_present: on_path.last().map(|s| seg(*s)),
-        })
+        Ok(walk_chain(start, target, on_path, owner))
     }
 
     /// Removes temp files left by crashed pushes (older than a minute and not locked by a
@@ -873,6 +855,59 @@ enum Existing {
 }
 
 /// A timeline on the path to the followed timeline, and the segment where it begins.
+/// The chain from `start` over the segment numbers present on the followed path,
+/// `owner` naming the timeline of each.
+fn walk_chain(
+    start: &SegmentName,
+    timeline: u32,
+    mut on_path: Vec<u64>,
+    owner: impl Fn(u64) -> u32,
+) -> Chain {
+    on_path.sort_unstable();
+    on_path.dedup();
+    let seg = |segno: u64| SegmentName {
+        timeline: owner(segno),
+        segno,
+    };
+    let mut contiguous = Vec::new();
+    let mut gaps = Vec::new();
+    let mut expected = start.segno;
+    for segno in &on_path {
+        if *segno > expected {
+            gaps.push(Gap {
+                first: seg(expected),
+                last: seg(segno - 1),
+            });
+        } else if gaps.is_empty() {
+            contiguous.push(seg(*segno));
+        }
+        expected = segno + 1;
+    }
+    let first_missing = match gaps.first() {
+        Some(g) => g.first,
+        None => seg(expected),
+    };
+    Chain {
+        start: *start,
+        timeline,
+        contiguous,
+        first_missing,
+        gaps,
+        last_present: on_path.last().map(|s| seg(*s)),
+    }
+}
+
+/// The chain from `start` over `present` alone (no archive): segments of the start's
+/// timeline only, since no history file says where another one branched.
+pub fn chain_without_archive(start: &SegmentName, present: &[SegmentName]) -> Chain {
+    let on_path = present
+        .iter()
+        .filter(|s| s.timeline == start.timeline && s.segno >= start.segno)
+        .map(|s| s.segno)
+        .collect();
+    walk_chain(start, start.timeline, on_path, |_| start.timeline)
+}
+
 struct TimelineEntry {
     timeline: u32,
     begin_segno: u64,

@@ -13,6 +13,8 @@
 //! - after the thaw, the copy gets `backup_label`, `tablespace_map` and every WAL segment
 //!   from the backup's start to its stop, so it starts without any archive.
 //! - verify: a sandbox started from a clone of the copy (see `sandbox.rs`).
+//! - backup-complete (after a passed verify): archived WAL that neither this copy nor
+//!   any kept copy of the set needs is expired (see `retention.rs`).
 //! - restore: refused while the server runs (even with --force). Point-in-time installs
 //!   the copy and removes live WAL the copy does not hold, so recovery stops exactly at
 //!   the copy's end of backup. Roll-forward installs the copy's data files but keeps the
@@ -24,12 +26,14 @@ use std::time::Instant;
 
 use postgres::Client;
 use shadowcopy_core::model::{Component, ComponentRole, CopyView, VerifyReport};
-use shadowcopy_core::writer::{RestoreMode, RestorePlan};
+use shadowcopy_core::writer::{KeptCopies, RestoreMode, RestorePlan};
 use shadowcopy_core::{BoxError, Writer};
 
 use crate::cluster::{self, ClusterLayout, PostgresOptions};
 use crate::files::Owner;
+use crate::label;
 use crate::recovery;
+use crate::retention::{self, RetentionError};
 use crate::wal::{Lsn, SegmentName, WalSegSize};
 
 #[derive(Debug, thiserror::Error)]
@@ -331,6 +335,14 @@ impl Writer for PostgresWriter {
             }
             seg = seg.next();
         }
+        // The backup history file says where the copy ends (STOP WAL LOCATION, STOP
+        // TIME); `pg log-analysis` reads it. The server may already have removed it.
+        let history = layout
+            .wal_dir
+            .join(label::history_file_name(timeline, start, seg_size));
+        if history.is_file() {
+            files.push((history.clone(), history));
+        }
         Ok(files)
     }
 
@@ -352,6 +364,21 @@ impl Writer for PostgresWriter {
         crate::sandbox::verify_copy(self.layout()?, copy)
     }
 
+    fn backup_complete(
+        &mut self,
+        copy: &CopyView,
+        kept: &dyn KeptCopies,
+    ) -> Result<Option<String>, BoxError> {
+        let Some(archive) = self.options.archive.clone() else {
+            return Ok(None);
+        };
+        let kept = kept
+            .kept()
+            .map_err(|e| RetentionError::KeptUnknown(e.to_string()))?;
+        let truncation = retention::expire_unneeded(&archive, self.layout()?, copy, &kept)?;
+        Ok(Some(truncation.summary(&archive)))
+    }
+
     fn pre_restore(&self, _targets: &[PathBuf]) -> Result<(), BoxError> {
         let layout = self.layout()?;
         if let Some(pid) = recovery::running_postmaster(&layout.data_dir) {
@@ -366,6 +393,13 @@ impl Writer for PostgresWriter {
 
     fn can_roll_forward(&self) -> bool {
         true
+    }
+
+    fn check_restore_mode(&self, mode: &RestoreMode) -> Result<(), BoxError> {
+        if let RestoreMode::RollForward { until: Some(u) } = mode {
+            recovery::target_settings(u)?;
+        }
+        Ok(())
     }
 
     fn finish_restore(

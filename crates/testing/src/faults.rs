@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use shadowcopy_core::model::{Component, CopyView, FileEntry, VerifyReport};
 use shadowcopy_core::provider::{CommitControl, CommitRequest, Provider, Unsupported};
-use shadowcopy_core::{BoxError, Writer};
+use shadowcopy_core::{BoxError, KeptCopies, Writer};
 
 /// Where a [`FaultyWriter`] fails.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -18,6 +18,9 @@ pub enum WriterFault {
     FreezeAfterLocking,
     Prepare,
     Thaw,
+    /// The copy verified, then the writer's log truncation fails: the copy must stay
+    /// usable and the failure be reported.
+    BackupComplete,
 }
 
 pub struct FaultyWriter {
@@ -67,6 +70,17 @@ impl Writer for FaultyWriter {
     }
     fn verify(&self, copy: &CopyView) -> Result<VerifyReport, BoxError> {
         self.inner.verify(copy)
+    }
+    fn backup_complete(
+        &mut self,
+        copy: &CopyView,
+        kept: &dyn KeptCopies,
+    ) -> Result<Option<String>, BoxError> {
+        let note = self.inner.backup_complete(copy, kept)?;
+        if self.fault == WriterFault::BackupComplete {
+            return Err(injected("backup-complete"));
+        }
+        Ok(note)
     }
 }
 

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use shadowcopy_core::model::{Component, CopyView, VerifyReport};
-use shadowcopy_core::{process, BoxError, Writer};
+use shadowcopy_core::{process, BoxError, KeptCopies, Writer};
 
 use crate::watchdog::Watchdog;
 use crate::{HumanDuration, SetContext};
@@ -291,8 +291,13 @@ impl Writer for ExecWriter {
         })
     }
 
-    fn backup_complete(&mut self, _copy: &CopyView) -> Result<(), BoxError> {
-        Ok(self.run("backup-complete", self.timeout())?)
+    fn backup_complete(
+        &mut self,
+        _copy: &CopyView,
+        _kept: &dyn KeptCopies,
+    ) -> Result<Option<String>, BoxError> {
+        self.run("backup-complete", self.timeout())?;
+        Ok(None)
     }
 
     /// `pre-restore`: a hook that exits non-zero refuses the restore (it may stop the

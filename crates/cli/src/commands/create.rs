@@ -8,9 +8,11 @@ use clap::Args;
 use serde::Serialize;
 use shadowcopy_catalog::Catalog;
 use shadowcopy_core::error::{human_bytes, humanize};
-use shadowcopy_core::{Coordinator, CreatedCopy, EventSink, Origin, Provider, ShadowSetRequest};
+use shadowcopy_core::{
+    Coordinator, CreatedCopy, EventSink, KeptCopies, Origin, Provider, ShadowSetRequest,
+};
 
-use super::WaitArgs;
+use super::{CatalogKeptCopies, WaitArgs};
 use crate::errors::UsageError;
 use crate::output::{Output, PhasePrinter};
 use crate::session::Session;
@@ -114,7 +116,11 @@ pub fn run(g: &GlobalArgs, args: CreateArgs) -> anyhow::Result<()> {
     }
     let _queue = session.take_queue(&catalog, "create", &spec.name, args.wait.policy())?;
     let events: Arc<dyn EventSink> = Arc::new(PhasePrinter::new(session.out, ""));
-    let created = create_copy(&catalog, &spec, provider.clone(), events)?;
+    let kept = Box::new(CatalogKeptCopies {
+        catalog_dir: session.catalog_dir.clone(),
+        set: spec.name.clone(),
+    });
+    let created = create_copy(&catalog, &spec, provider.clone(), events, kept)?;
     report(session.out, &spec, &*provider, &created)
 }
 
@@ -124,6 +130,7 @@ pub fn create_copy(
     spec: &SetSpec,
     provider: Arc<dyn Provider>,
     events: Arc<dyn EventSink>,
+    kept_copies: Box<dyn KeptCopies>,
 ) -> Result<CreatedCopy, shadowcopy_core::Error> {
     Coordinator::new(catalog, events).create(ShadowSetRequest {
         set_name: spec.name.clone(),
@@ -134,6 +141,7 @@ pub fn create_copy(
         provider,
         freeze_deadline: spec.freeze_deadline(),
         verify: spec.verify,
+        kept_copies,
     })
 }
 
@@ -167,6 +175,10 @@ struct CreateReport<'a> {
     bytes: u64,
     phases: Vec<PhaseTime>,
     verification: Option<&'a shadowcopy_core::VerifyReport>,
+    /// What writers did after the verified copy (WAL expired from the archive).
+    notes: &'a [String],
+    /// Problems that left the copy usable (a log truncation that failed).
+    warnings: &'a [String],
 }
 
 #[derive(Serialize)]
@@ -201,6 +213,8 @@ fn report(
                 })
                 .collect(),
             verification: c.verification.as_ref(),
+            notes: &c.notes,
+            warnings: &c.warnings,
         });
     }
     if out.quiet {

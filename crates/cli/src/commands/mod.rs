@@ -40,7 +40,7 @@ impl WaitArgs {
 use std::sync::Arc;
 
 use shadowcopy_catalog::{Catalog, CopySummary};
-use shadowcopy_core::{CopyState, Provider};
+use shadowcopy_core::{BoxError, CopyState, KeptCopies, KeptCopy, Provider};
 
 use crate::errors::UsageError;
 use crate::session::provider_for;
@@ -79,5 +79,32 @@ impl UsableCopy {
             provider,
             location,
         })
+    }
+}
+
+/// The usable copies of a set, read from the catalog only when a writer asks: a writer
+/// truncating logs after a verified copy must keep what each of them still needs.
+pub struct CatalogKeptCopies {
+    pub catalog_dir: std::path::PathBuf,
+    pub set: String,
+}
+
+impl KeptCopies for CatalogKeptCopies {
+    fn kept(&self) -> Result<Vec<KeptCopy>, BoxError> {
+        let catalog = Catalog::open(&self.catalog_dir)?;
+        let mut kept = Vec::new();
+        for summary in catalog.list(Some(&self.set))? {
+            if summary.state != CopyState::Usable {
+                continue;
+            }
+            let copy = UsableCopy::load(&catalog, summary.id, "read")?;
+            let files = catalog.manifest(summary.id)?;
+            let view = copy.provider.expose(&copy.location, &files)?;
+            kept.push(KeptCopy {
+                id: summary.id,
+                view,
+            });
+        }
+        Ok(kept)
     }
 }

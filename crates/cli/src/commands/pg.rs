@@ -1,6 +1,7 @@
 //! `shadowcopy pg …`: the PostgreSQL side of the tool. `archive-push` and `archive-get`
 //! are what the server's `archive_command` and `restore_command` call; `setup` prints
-//! (or applies) the settings that make a cluster archive its WAL there.
+//! (or applies) the settings that make a cluster archive its WAL there; `log-analysis`
+//! tells what WAL a copy's restores would find.
 
 use std::path::PathBuf;
 
@@ -8,8 +9,12 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use shadowcopy_postgres::archive::{Got, Pushed, WalArchive};
 use shadowcopy_postgres::cluster;
+use shadowcopy_postgres::log_analysis::{self, Found, LogAnalysis};
+use shadowcopy_writers::WriterSpec;
 
+use super::UsableCopy;
 use crate::errors::UsageError;
+use crate::session::Session;
 use crate::GlobalArgs;
 
 #[derive(Args, Debug)]
@@ -47,9 +52,18 @@ pub enum PgCommand {
         #[arg(long)]
         apply: bool,
     },
+    /// For one copy: the WAL after it (in the copy, the archive, the live pg_wal), where
+    /// the chain has holes, and what point-in-time and roll-forward restores would reach
+    LogAnalysis {
+        /// The copy's id
+        id: i64,
+        /// Print the result as JSON
+        #[arg(long)]
+        json: bool,
+    },
 }
 
-pub fn run(_g: &GlobalArgs, args: PgArgs) -> anyhow::Result<()> {
+pub fn run(g: &GlobalArgs, args: PgArgs) -> anyhow::Result<()> {
     match args.command {
         PgCommand::ArchivePush { archive, path } => {
             let name = path
@@ -79,6 +93,110 @@ pub fn run(_g: &GlobalArgs, args: PgArgs) -> anyhow::Result<()> {
             archive,
             apply,
         } => setup(&url, &archive, apply),
+        PgCommand::LogAnalysis { id, json } => log_analysis(g, id, json),
+    }
+}
+
+fn log_analysis(g: &GlobalArgs, id: i64, json: bool) -> anyhow::Result<()> {
+    let session = Session::new(g, json)?;
+    let catalog = session.open_catalog()?;
+    let copy = UsableCopy::load(&catalog, id, "analysed")?;
+    let Some(options) = copy.spec.writers.iter().find_map(|w| match w {
+        WriterSpec::Postgres(o) => Some(o),
+        _ => None,
+    }) else {
+        return Err(UsageError::new(format!(
+            "copy {id} (set `{}`) holds no PostgreSQL cluster; log-analysis is for copies made with --postgres or a set of kind postgres",
+            copy.summary.set
+        ))
+        .into());
+    };
+    let layout = options.layout.as_ref().ok_or_else(|| {
+        anyhow::anyhow!("copy {id} was recorded without its cluster layout; it cannot be analysed")
+    })?;
+    let files = catalog.manifest(id)?;
+    let view = copy
+        .provider
+        .expose(&copy.location, &files)
+        .map_err(|e| anyhow::anyhow!(e).context(format!("cannot read copy {id}")))?;
+    let analysis = log_analysis::analyze(layout, options.archive.as_deref(), &view)?;
+    if session.out.json {
+        return session.out.print_json(&analysis);
+    }
+    print_analysis(id, &analysis);
+    Ok(())
+}
+
+fn print_analysis(id: i64, a: &LogAnalysis) {
+    let range = |f: &Found| match (&f.first, &f.last) {
+        (Some(first), Some(last)) if first == last => format!("{first} (1 segment)"),
+        (Some(first), Some(last)) => format!("{first} .. {last} ({} segments)", f.count),
+        _ => "none".to_string(),
+    };
+    println!("copy {id} of the cluster in {}", a.data_dir.display());
+    println!(
+        "  replay starts at {} (from its {}){}",
+        a.start_segment,
+        a.start_from,
+        a.backup
+            .start_time
+            .as_deref()
+            .map(|t| format!("; backup started {t}"))
+            .unwrap_or_default()
+    );
+    println!("  WAL in the copy      {}", range(&a.in_copy));
+    match &a.archive {
+        Some(f) => println!("  WAL in the archive   {} in {}", range(f), f.dir.display()),
+        None => {
+            println!("  WAL in the archive   no archive for this set (create with --pg-archive)")
+        }
+    }
+    match &a.live {
+        Some(f) => println!("  WAL in live pg_wal   {} in {}", range(f), f.dir.display()),
+        None => println!("  WAL in live pg_wal   none: the WAL directory is gone"),
+    }
+    println!("a restore would reach:");
+    let pit = &a.point_in_time;
+    match (&pit.stop_lsn, &pit.stop_time) {
+        (Some(lsn), Some(time)) => {
+            println!("  point-in-time  the end of the backup: {lsn} ({time})")
+        }
+        _ => println!(
+            "  point-in-time  the end of the copy's WAL{}",
+            pit.last_segment
+                .as_deref()
+                .map(|s| format!(" (segment {s})"))
+                .unwrap_or_default()
+        ),
+    }
+    let rf = &a.roll_forward;
+    match &rf.last_segment {
+        Some(last) => println!(
+            "  roll-forward   the end of segment {last} on timeline {}{}",
+            rf.timeline,
+            rf.newest_commit
+                .as_ref()
+                .map(|c| format!(": newest commit xid {} at {} ({})", c.xid, c.lsn, c.time))
+                .unwrap_or_default()
+        ),
+        None => println!(
+            "  roll-forward   nothing beyond the copy: {} is missing",
+            rf.first_missing
+        ),
+    }
+    if rf.holes.is_empty() {
+        println!("                 the chain has no holes; replay stops where the WAL ends ({} is not there yet)", rf.first_missing);
+    } else {
+        for h in &rf.holes {
+            println!(
+                "  HOLE           {} .. {} ({} segments) are missing everywhere",
+                h.first, h.last, h.segments
+            );
+        }
+        println!(
+            "                 {} segment(s) after the first hole cannot be replayed; use --until to stop before it, or find the missing WAL",
+            rf.unreachable_segments
+        );
     }
 }
 

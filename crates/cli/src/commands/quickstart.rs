@@ -132,7 +132,12 @@ pub fn run(g: &GlobalArgs, args: QuickstartArgs) -> anyhow::Result<()> {
     });
     let stall_before_copy = transfers.longest_stall();
     transfers.reset_longest_stall();
-    let created = super::create::create_copy(&catalog, &spec, provider.clone(), clock.clone());
+    let kept = Box::new(super::CatalogKeptCopies {
+        catalog_dir: catalog.dir().to_path_buf(),
+        set: spec.name.clone(),
+    });
+    let created =
+        super::create::create_copy(&catalog, &spec, provider.clone(), clock.clone(), kept);
     let stall_during_copy = transfers.longest_stall();
     let created = match created {
         Ok(c) => c,

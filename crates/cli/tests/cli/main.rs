@@ -10,6 +10,7 @@ mod fsfreeze;
 mod hooks;
 mod multivolume;
 mod postgres;
+mod postgres_wal;
 mod queue;
 mod quickstart;
 mod support;

@@ -16,7 +16,7 @@ use crate::support::{describe, Cli};
 const BIN: &str = env!("CARGO_BIN_EXE_shadowcopy");
 
 /// A cluster archiving into `archive` through `shadowcopy pg archive-push`.
-fn archiving_cluster(test: &str, cli: &Cli) -> Option<(PgCluster, PathBuf)> {
+pub(crate) fn archiving_cluster(test: &str, cli: &Cli) -> Option<(PgCluster, PathBuf)> {
     let archive = cli.path("wal-archive");
     make_postgres_dir(&archive).unwrap();
     let command = format!("{BIN} pg archive-push --archive {} %p", archive.display());
@@ -41,7 +41,7 @@ fn archiving_cluster(test: &str, cli: &Cli) -> Option<(PgCluster, PathBuf)> {
 }
 
 /// `create --postgres URL --pg-archive DIR --provider copy --json`.
-fn run_create(cli: &Cli, cluster: &PgCluster, archive: &Path) -> std::process::Output {
+pub(crate) fn run_create(cli: &Cli, cluster: &PgCluster, archive: &Path) -> std::process::Output {
     cli.run(&[
         "create",
         "--postgres",
@@ -54,7 +54,7 @@ fn run_create(cli: &Cli, cluster: &PgCluster, archive: &Path) -> std::process::O
     ])
 }
 
-fn create(cli: &Cli, cluster: &PgCluster, archive: &Path) -> serde_json::Value {
+pub(crate) fn create(cli: &Cli, cluster: &PgCluster, archive: &Path) -> serde_json::Value {
     let out = run_create(cli, cluster, archive);
     assert!(
         out.status.success(),
@@ -66,7 +66,7 @@ fn create(cli: &Cli, cluster: &PgCluster, archive: &Path) -> serde_json::Value {
 }
 
 /// No backup left running and no slot of ours left behind.
-fn assert_server_clean(cluster: &PgCluster) {
+pub(crate) fn assert_server_clean(cluster: &PgCluster) {
     assert_eq!(
         cluster
             .psql("SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'shadowcopy%'"),
@@ -169,7 +169,7 @@ fn copies_under_load_verify_and_restores_lose_no_acknowledged_commit() {
 }
 
 /// Waits for archive recovery to end (the server promotes) and reads the ledger.
-fn wait_for_promotion(cluster: &PgCluster) -> shadowcopy_testing::postgres::LedgerState {
+pub(crate) fn wait_for_promotion(cluster: &PgCluster) -> shadowcopy_testing::postgres::LedgerState {
     let waited = Instant::now();
     loop {
         if cluster.try_psql("SELECT pg_is_in_recovery()").as_deref() == Ok("f") {

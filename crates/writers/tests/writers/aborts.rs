@@ -106,6 +106,39 @@ fn writer_whose_thaw_fails_fails_the_set() {
 }
 
 #[test]
+fn writer_whose_backup_complete_fails_leaves_the_verified_copy_usable() {
+    let env = Env::new(true, None);
+    let w = Box::new(FaultyWriter {
+        inner: env.writer(),
+        fault: WriterFault::BackupComplete,
+    });
+    let (r, _) = env.create(env.request(vec![w], env.provider("copy"), Duration::from_secs(10)));
+    let created = r.expect("a failed backup-complete does not fail the set");
+    assert_eq!(created.warnings.len(), 1, "{:?}", created.warnings);
+    assert!(
+        created.warnings[0].contains("injected fault in backup-complete"),
+        "{:?}",
+        created.warnings
+    );
+    let summary = env.catalog.summary(created.id).unwrap();
+    assert_eq!(summary.state, CopyState::Usable);
+    let detail = env.catalog.detail(created.id).unwrap();
+    let phase = detail
+        .phases
+        .iter()
+        .find(|p| p.phase == "backup-complete")
+        .expect("the phase is recorded");
+    assert!(
+        phase
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .contains("injected fault"),
+        "{phase:?}"
+    );
+}
+
+#[test]
 fn provider_that_fails_after_writing_leaves_no_partial_copy() {
     let env = Env::new(true, None);
     let p = Arc::new(FaultyProvider {
@@ -188,6 +221,7 @@ fn hung_provider_is_abandoned_and_the_writers_thawed_at_the_deadline() {
                 provider: p,
                 freeze_deadline: deadline,
                 verify: true,
+                kept_copies: Box::new(Vec::<shadowcopy_core::KeptCopy>::new()),
             },
         )
     });
