@@ -98,6 +98,17 @@ pub fn provider_for(catalog: &Catalog, copy: &CopySummary) -> Result<Arc<dyn Pro
     let spec =
         SetSpec::from_json(&copy.spec_json).map_err(|e| format!("unreadable set spec: {e}"))?;
     let opts = spec.provider_options(catalog.default_copies_dir());
+    // A multi-volume copy's volumes are in its location: an in-place restore makes its
+    // pre-restore copy of the same volumes with this provider.
+    if copy.provider == shadowcopy_providers::multi::MULTI {
+        if let Some(Ok(multi)) = copy
+            .location
+            .as_deref()
+            .map(|l| shadowcopy_providers::multi::MultiVolumeProvider::for_location(l, &opts))
+        {
+            return Ok(Arc::new(multi));
+        }
+    }
     shadowcopy_providers::build(&copy.provider, &opts).map_err(|e| e.to_string())
 }
 

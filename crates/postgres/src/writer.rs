@@ -44,11 +44,12 @@ pub enum PostgresError {
         now: PathBuf,
         recorded: PathBuf,
     },
-    #[error("{what} failed: {}", chain(.source))]
+    /// The server's message is in the text (`postgres::Error` itself only says "db
+    /// error"), so the error is not also given as a source to be printed again.
+    #[error("{what} failed: {}", chain(.error))]
     Query {
         what: &'static str,
-        #[source]
-        source: postgres::Error,
+        error: postgres::Error,
     },
     #[error("no connection: prepare did not run or the set was aborted")]
     NotPrepared,
@@ -85,7 +86,7 @@ fn chain(e: &postgres::Error) -> String {
 }
 
 fn query(what: &'static str) -> impl Fn(postgres::Error) -> PostgresError {
-    move |source| PostgresError::Query { what, source }
+    move |error| PostgresError::Query { what, error }
 }
 
 /// What `pg_backup_start` and `pg_backup_stop` said.

@@ -90,6 +90,21 @@ impl MultiVolumeProvider {
         }
     }
 
+    /// For an existing copy, able to make new copies of the same volumes with the same
+    /// kinds of provider (the pre-restore copy an in-place restore keeps first): the
+    /// volumes and provider kinds `location` recorded.
+    pub fn for_location(location: &str, opts: &ProviderOptions) -> Result<Self, MultiError> {
+        let mut multi = Self::for_existing(opts);
+        for v in Self::parse(location)?.volumes {
+            let provider = multi.provider_of(&v)?;
+            multi.volumes.push(Volume {
+                root: v.root,
+                provider,
+            });
+        }
+        Ok(multi)
+    }
+
     fn roots(&self) -> Vec<String> {
         self.volumes
             .iter()

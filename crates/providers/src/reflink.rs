@@ -372,6 +372,10 @@ fn commit(
     let files = layout::build_tree(location, &entries)?;
     let done_bytes = AtomicU64::new(0);
     let done_files = AtomicU64::new(0);
+    // What each clone holds: a file the application writes during the commit (PostgreSQL
+    // in backup mode is not frozen) may have grown or shrunk since the plan's stat, and a
+    // clone takes the whole file as it is at the clone.
+    let cloned_sizes: Vec<AtomicU64> = files.iter().map(|_| AtomicU64::new(0)).collect();
     let cancelled = || control.cancelled();
     let work = |j: usize| -> Result<(), ReflinkError> {
         let (i, dest) = &files[j];
@@ -389,6 +393,8 @@ fn commit(
             source: source.into(),
         })?;
         layout::set_metadata(&out, dest, &e.meta)?;
+        let cloned = out.metadata().map_err(io_err("inspect", dest))?;
+        cloned_sizes[j].store(cloned.len(), Ordering::SeqCst);
         done_files.fetch_add(1, Ordering::SeqCst);
         let now = done_bytes.fetch_add(e.meta.len(), Ordering::SeqCst) + e.meta.len();
         control.bytes(now, total_bytes);
@@ -412,10 +418,13 @@ fn commit(
             total: count,
         });
     }
-    Ok(entries
+    Ok(files
         .iter()
-        .filter(|e| e.kind == layout::Kind::File)
-        .map(|e| layout::file_entry(&e.original, &e.meta))
+        .zip(&cloned_sizes)
+        .map(|((i, _), size)| FileEntry {
+            size: size.load(Ordering::SeqCst),
+            ..layout::file_entry(&entries[*i].original, &entries[*i].meta)
+        })
         .collect())
 }
 

@@ -5,6 +5,7 @@
 pub mod faults;
 pub mod loopfs;
 pub mod mariadb;
+pub mod pgbench;
 pub mod postgres;
 pub mod provider_suite;
 pub mod writer_suite;

@@ -291,7 +291,7 @@ fn signal(pid: u32, sig: Signal) {
 }
 
 /// Removes `PG*` variables (PGHOST, PGPORT, PGDATA, …) so they cannot redirect a command.
-fn clean_env(cmd: &mut Command) {
+pub(crate) fn clean_env(cmd: &mut Command) {
     for (k, _) in std::env::vars_os() {
         if k.to_string_lossy().starts_with("PG") {
             cmd.env_remove(k);

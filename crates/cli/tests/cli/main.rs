@@ -10,6 +10,8 @@ mod fsfreeze;
 mod hooks;
 mod multivolume;
 mod postgres;
+mod postgres_aborts;
+mod postgres_layout;
 mod postgres_wal;
 mod queue;
 mod quickstart;

@@ -1,4 +1,4 @@
-//! A real PostgreSQL cluster under a ledger load: copies in backup mode verify on a
+//! A real PostgreSQL cluster under a ledger load and pgbench: copies in backup mode verify on a
 //! sandbox and hold every commit acknowledged before them; after the data files are
 //! destroyed, a roll-forward restore loses no acknowledged commit; a point-in-time
 //! restore brings back the copy's state and nothing later; abort paths leave no backup
@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use shadowcopy_testing::pgbench;
 use shadowcopy_testing::postgres::{
     make_postgres_dir, postgres_or_skip, Ledger, PgCluster, PgOptions,
 };
@@ -87,6 +88,8 @@ fn copies_under_load_verify_and_restores_lose_no_acknowledged_commit() {
         return;
     };
     Ledger::setup(&mut cluster.connect()).unwrap();
+    pgbench::init(&cluster, 1).unwrap();
+    let bench = pgbench::start(&cluster, 2, Duration::from_secs(600));
     let ledger = Ledger::start(&cluster.config(), 3, Duration::ZERO);
     assert!(ledger.wait_for_commits(50, Duration::from_secs(20)));
 
@@ -114,6 +117,9 @@ fn copies_under_load_verify_and_restores_lose_no_acknowledged_commit() {
     let more = ledger.committed() + 200;
     assert!(ledger.wait_for_commits(more, Duration::from_secs(30)));
     let stats = ledger.stop();
+    bench.stop();
+    let bench_history = pgbench::check(&cluster).unwrap();
+    assert!(bench_history > 0, "pgbench committed transactions");
     let acked_all = stats.acknowledged.clone();
     assert!(acked_all.len() > acked_before_copy.len());
     cluster.stop();
@@ -151,6 +157,11 @@ fn copies_under_load_verify_and_restores_lose_no_acknowledged_commit() {
         cluster.log()
     );
     assert!(state.balanced(), "{state:?}");
+    assert_eq!(
+        pgbench::check(&cluster),
+        Ok(bench_history),
+        "roll-forward brings back every pgbench transaction"
+    );
     cluster.stop();
 
     // Point in time: the copy's state, nothing acknowledged after the create returned.
@@ -160,6 +171,11 @@ fn copies_under_load_verify_and_restores_lose_no_acknowledged_commit() {
     let state = Ledger::check(&mut cluster.connect()).unwrap();
     assert!(state.missing(&acked_before_copy).is_empty(), "{state:?}");
     assert!(state.balanced());
+    let at_copy = pgbench::check(&cluster).unwrap();
+    assert!(
+        at_copy < bench_history,
+        "pgbench's state at the copy is consistent and earlier"
+    );
     assert!(
         state.ids.len() < acked_all.len(),
         "point in time stops at the copy ({} rows, {} acknowledged in all)",
