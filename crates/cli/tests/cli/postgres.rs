@@ -135,9 +135,7 @@ fn copies_under_load_verify_and_restores_lose_no_acknowledged_commit() {
     );
     cluster.stop();
 
-    for d in ["base", "global"] {
-        std::fs::remove_dir_all(cluster.data_dir().join(d)).unwrap();
-    }
+    destroy_data_files(&cluster);
     let out = cli.run(&[
         "restore",
         &id,
@@ -182,6 +180,14 @@ fn copies_under_load_verify_and_restores_lose_no_acknowledged_commit() {
         state.ids.len(),
         acked_all.len()
     );
+}
+
+/// The disaster the roll-forward tests recover from: the data files are destroyed (the
+/// WAL directory survives).
+pub(crate) fn destroy_data_files(cluster: &PgCluster) {
+    for d in ["base", "global"] {
+        std::fs::remove_dir_all(cluster.data_dir().join(d)).unwrap();
+    }
 }
 
 /// Waits for archive recovery to end (the server promotes) and reads the ledger.

@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use shadowcopy_testing::loopfs::{loopfs_or_skip, FsKind, LoopFs};
 use shadowcopy_testing::postgres::{
-    make_postgres_dir, postgres_or_skip, Ledger, LedgerState, PgCluster, PgOptions,
-    LEDGER_ACCOUNTS, TABLESPACE,
+    make_postgres_dir, postgres_or_skip, Ledger, PgCluster, PgOptions, LEDGER_ACCOUNTS, TABLESPACE,
 };
 
+use crate::postgres::wait_for_promotion;
 use crate::support::{describe, Cli};
 
 const BIN: &str = env!("CARGO_BIN_EXE_shadowcopy");
@@ -99,22 +99,6 @@ impl Spread {
 
     fn tablespace(&self) -> &Path {
         self.cluster.tablespace_dir().unwrap()
-    }
-}
-
-/// Waits for archive recovery to end (the server promotes) and reads the ledger.
-fn wait_for_promotion(cluster: &PgCluster) -> LedgerState {
-    let waited = Instant::now();
-    loop {
-        if cluster.try_psql("SELECT pg_is_in_recovery()").as_deref() == Ok("f") {
-            return Ledger::check(&mut cluster.connect()).unwrap();
-        }
-        assert!(
-            waited.elapsed() < Duration::from_secs(120),
-            "recovery did not end:\n{}",
-            cluster.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use shadowcopy_testing::postgres::{Ledger, PgCluster};
 
-use crate::postgres::{archiving_cluster, create, wait_for_promotion};
+use crate::postgres::{archiving_cluster, create, destroy_data_files, wait_for_promotion};
 use crate::support::{describe, Cli};
 
 /// Segment names (24 hex digits) held by the archive, `.zst` stripped.
@@ -152,9 +152,7 @@ fn postgres_truncation_never_removes_wal_a_kept_copy_needs() {
     // B, the oldest kept copy, still rolls forward to the last acknowledged commit.
     let stats = ledger.stop();
     cluster.stop();
-    for d in ["base", "global"] {
-        std::fs::remove_dir_all(cluster.data_dir().join(d)).unwrap();
-    }
+    destroy_data_files(&cluster);
     let out = cli.run(&[
         "restore",
         &b_id,
@@ -267,9 +265,7 @@ fn postgres_roll_forward_until_a_time_stops_there() {
     );
     assert!(!cluster.data_dir().join("recovery.signal").exists());
 
-    for d in ["base", "global"] {
-        std::fs::remove_dir_all(cluster.data_dir().join(d)).unwrap();
-    }
+    destroy_data_files(&cluster);
     let out = cli.run(&[
         "restore",
         &id,
