@@ -187,46 +187,74 @@ pub fn plan(
                     plan.remove.push(p);
                 }
             }
+            // Recovery ends as soon as the copy is consistent (its backup's stop, not
+            // whatever later WAL its last segment holds) and the server promotes to a
+            // new timeline: WAL it writes from then on never reuses a name the archive
+            // holds from the old timeline. restore_command lets it see the archive's
+            // timeline history files, so the new timeline is a new number.
+            let mut settings = vec![
+                ("restore_command", restore_command(archive)?),
+                ("recovery_target", "immediate".to_string()),
+                ("recovery_target_timeline", "current".to_string()),
+            ];
+            if !in_place {
+                // A second cluster started from the same copy must not push its WAL into
+                // the original's archive.
+                settings.push(("archive_mode", "off".to_string()));
+            }
+            add_recovery(&mut plan, &data_dir, staged, &owner, settings)?;
         }
         RestoreMode::RollForward { until } => {
-            let auto_conf = data_dir.join("postgresql.auto.conf");
-            let staged_conf = staged
-                .iter()
-                .find(|(t, _)| *t == auto_conf)
-                .map(|(_, s)| s.clone());
-            let conf_path = match &staged_conf {
-                Some(s) => s.clone(),
-                None => {
-                    let s = staged_path(&auto_conf);
-                    plan.install.push((s.clone(), auto_conf.clone()));
-                    s
-                }
-            };
-            let old = std::fs::read_to_string(&conf_path).unwrap_or_default();
-            let restore_command = match archive {
-                Some(dir) => format!(
-                    "{} pg archive-get --archive {} %f %p",
-                    shell_word(&current_exe()?),
-                    shell_word(dir)
-                ),
-                None => "/bin/false".to_string(),
-            };
-            let mut settings = vec![
-                ("restore_command", restore_command),
-                ("recovery_target_action", "promote".to_string()),
-            ];
+            let mut settings = vec![("restore_command", restore_command(archive)?)];
             if let Some(u) = until {
                 settings.extend(target_settings(u)?);
             }
-            let conf = with_recovery_block(&old, &settings);
-            write_owned(&conf_path, &conf, &owner)?;
-            let signal = data_dir.join("recovery.signal");
-            let staged_signal = staged_path(&signal);
-            write_owned(&staged_signal, "", &owner)?;
-            plan.install.push((staged_signal, signal));
+            add_recovery(&mut plan, &data_dir, staged, &owner, settings)?;
         }
     }
     Ok(plan)
+}
+
+/// `restore_command` reading `archive` through `shadowcopy pg archive-get`, or
+/// `/bin/false` (nothing archived) when the set has no archive.
+fn restore_command(archive: Option<&Path>) -> Result<String, RecoveryError> {
+    Ok(match archive {
+        Some(dir) => format!(
+            "{} pg archive-get --archive {} %f %p",
+            shell_word(&current_exe()?),
+            shell_word(dir)
+        ),
+        None => "/bin/false".to_string(),
+    })
+}
+
+/// Adds `recovery.signal` and our block of recovery settings (plus promotion at the end
+/// of recovery) to the restored `postgresql.auto.conf`: the copy's own, staged, or a
+/// new one.
+fn add_recovery(
+    plan: &mut RestorePlan,
+    data_dir: &Path,
+    staged: &[(PathBuf, PathBuf)],
+    owner: &Owner,
+    mut settings: Vec<(&'static str, String)>,
+) -> Result<(), RecoveryError> {
+    settings.push(("recovery_target_action", "promote".to_string()));
+    let auto_conf = data_dir.join("postgresql.auto.conf");
+    let conf_path = match staged.iter().find(|(t, _)| *t == auto_conf) {
+        Some((_, s)) => s.clone(),
+        None => {
+            let s = staged_path(&auto_conf);
+            plan.install.push((s.clone(), auto_conf.clone()));
+            s
+        }
+    };
+    let old = std::fs::read_to_string(&conf_path).unwrap_or_default();
+    write_owned(&conf_path, &with_recovery_block(&old, &settings), owner)?;
+    let signal = data_dir.join("recovery.signal");
+    let staged_signal = staged_path(&signal);
+    write_owned(&staged_signal, "", owner)?;
+    plan.install.push((staged_signal, signal));
+    Ok(())
 }
 
 /// Gives the data directory (and the directories the restore created under the

@@ -166,7 +166,7 @@ fn copies_under_load_verify_and_restores_lose_no_acknowledged_commit() {
     let out = cli.run(&["restore", &id, "--discard-current"]);
     assert!(out.status.success(), "{}", describe(&out));
     cluster.start();
-    let state = Ledger::check(&mut cluster.connect()).unwrap();
+    let state = wait_for_promotion(&cluster);
     assert!(state.missing(&acked_before_copy).is_empty(), "{state:?}");
     assert!(state.balanced());
     let at_copy = pgbench::check(&cluster).unwrap();
@@ -179,6 +179,32 @@ fn copies_under_load_verify_and_restores_lose_no_acknowledged_commit() {
         "point in time stops at the copy ({} rows, {} acknowledged in all)",
         state.ids.len(),
         acked_all.len()
+    );
+    // The restored cluster went on on a new timeline (after the roll-forward's): the WAL
+    // it writes now never collides with what the archive holds from before the restore.
+    cluster.psql("CHECKPOINT");
+    let timeline: u32 = cluster
+        .psql("SELECT timeline_id FROM pg_control_checkpoint()")
+        .parse()
+        .unwrap();
+    assert!(timeline >= 3, "timeline {timeline}");
+    cluster.psql("CREATE TABLE after_restore AS SELECT 1 AS x");
+    let ended = cluster.psql("SELECT pg_walfile_name(pg_switch_wal())");
+    let waited = Instant::now();
+    while cluster.psql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver") < ended {
+        assert!(
+            waited.elapsed() < Duration::from_secs(60),
+            "archiving after the restore is stuck: {}\n{}",
+            cluster.psql("SELECT row(a.*)::text FROM pg_stat_archiver a"),
+            cluster.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        cluster.psql("SELECT failed_count FROM pg_stat_archiver"),
+        "0",
+        "{}",
+        cluster.log()
     );
 }
 
