@@ -7,12 +7,16 @@
 #   sudo ./scripts/bench.sh sqlite                         # SQLite, 1 GiB, 3 runs
 #   sudo ./scripts/bench.sh sizes                          # copy/reflink/btrfs at 1, 4, 16 GiB
 #   sudo ./scripts/bench.sh sizes --sizes 256MiB --runs 1  # quick check
+#   sudo ./scripts/bench.sh postgres                       # pgbench scale 100 and 1000, 3 runs (hours)
+#   sudo ./scripts/bench.sh postgres --scale 5 --runs 1 --tps-seconds 20   # quick check
+#   sudo ./scripts/bench.sh mariadb                        # 1 GiB, copy/reflink/btrfs, 3 runs
+#   sudo ./scripts/bench.sh mariadb --size 64MiB --runs 1  # quick check
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 workload=sqlite
 case "${1:-}" in
-    sqlite | sizes) workload=$1; shift ;;
+    sqlite | sizes | postgres | mariadb) workload=$1; shift ;;
 esac
 
 cargo build --release -p shadowcopy -p shadowcopy-bench

@@ -1,14 +1,22 @@
 //! `shadowcopy-bench`: what shadowcopy costs, measured on loop-device file systems with
-//! the real release binary. Two workloads:
+//! the real release binary. Four workloads:
 //!
 //! - `sqlite` (the default, also when no workload is named): freeze window, application
 //!   stall, create and restore time of a busy SQLite database (see [`sqlite`]);
 //! - `sizes`: create, commit, post-snapshot and restore time of plain directories of
-//!   1, 4 and 16 GiB with the `copy`, `reflink` and `btrfs` providers (see [`sizes`]).
+//!   1, 4 and 16 GiB with the `copy`, `reflink` and `btrfs` providers (see [`sizes`]);
+//! - `postgres`: create, freeze window, verify and restore time (point-in-time and
+//!   roll-forward) of a pgbench database under load, and pgbench's TPS with a copy every
+//!   10 s against none (see [`postgres`]);
+//! - `mariadb`: freeze window as shadowcopy and as a ledger load's commits see it, create
+//!   phases, and roll-forward and point-in-time restore time of a busy MariaDB server
+//!   (see [`mariadb`]).
 //!
-//! Both need root (loop devices, dropping caches) and exit with code 2 without it.
+//! All need root (loop devices, dropping caches) and exit with code 2 without it.
 
 mod common;
+mod mariadb;
+mod postgres;
 mod sizes;
 mod sqlite;
 mod stats;
@@ -37,6 +45,10 @@ enum Workload {
     Sqlite(sqlite::SqliteArgs),
     /// Create, commit, post-snapshot and restore time versus data size (plain files)
     Sizes(sizes::SizesArgs),
+    /// Create, freeze window, verify and restore time, and TPS under copies, on a pgbench database
+    Postgres(postgres::PostgresArgs),
+    /// Freeze window (shadowcopy's and the load's longest commit stall), create and restore time of a busy MariaDB server
+    Mariadb(mariadb::MariadbArgs),
 }
 
 fn main() -> ExitCode {
@@ -52,6 +64,8 @@ fn main() -> ExitCode {
     let tools = match &workload {
         Workload::Sqlite(_) => vec!["mkfs.xfs"],
         Workload::Sizes(args) => args.tools(),
+        Workload::Postgres(args) => args.tools(),
+        Workload::Mariadb(args) => args.tools(),
     };
     if let Some(missing) = tools.iter().find(|t| !has_tool(t)) {
         eprintln!("shadowcopy-bench needs {missing} (apt-get install xfsprogs btrfs-progs)");
@@ -60,6 +74,8 @@ fn main() -> ExitCode {
     let result = match &workload {
         Workload::Sqlite(args) => sqlite::bench(args),
         Workload::Sizes(args) => sizes::bench(args),
+        Workload::Postgres(args) => postgres::bench(args),
+        Workload::Mariadb(args) => mariadb::bench(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use shadowcopy_core::coordinator::DEFAULT_FREEZE_DEADLINE;
 use shadowcopy_core::{Component, ComponentRole};
 use shadowcopy_core::{Provider, Writer};
+use shadowcopy_mariadb::MariaDbOptions;
 use shadowcopy_postgres::PostgresOptions;
 use shadowcopy_providers::exec::ExecProviderOptions;
 use shadowcopy_providers::multi::{MultiVolumeProvider, Volume};
@@ -72,6 +73,9 @@ pub struct ZeroConfig<'a> {
     /// `--postgres URL`, with `--pg-archive DIR`.
     pub postgres: Option<&'a str>,
     pub pg_archive: Option<&'a Path>,
+    /// `--mariadb URL`, with `--mariadb-keep-binlogs`.
+    pub mariadb: Option<&'a str>,
+    pub mariadb_keep_binlogs: bool,
     /// Hook scripts (`exec` writers), after the database's writer.
     pub exec_writers: &'a [PathBuf],
     pub paths: &'a [PathBuf],
@@ -101,6 +105,7 @@ impl SetSpec {
                     archive: p.archive.as_deref().map(absolute),
                     ..p.clone()
                 }),
+                WriterSpec::Mariadb(m) => WriterSpec::Mariadb(m.clone()),
             })
             .collect();
         SetSpec::resolve(
@@ -133,19 +138,24 @@ impl SetSpec {
             archive: z.pg_archive.map(absolute),
             layout: None,
         });
+        let mariadb = z.mariadb.map(|url| MariaDbOptions {
+            purge_binlogs: !z.mariadb_keep_binlogs,
+            ..MariaDbOptions::new(url)
+        });
         if z.pg_archive.is_some() && postgres.is_none() {
             return Err(UsageError::new(
                 "--pg-archive names the WAL archive of a --postgres cluster; give --postgres URL too",
             ));
         }
         let first = sqlite.as_ref().or(paths.first());
-        if first.is_none() && postgres.is_none() {
+        if first.is_none() && postgres.is_none() && mariadb.is_none() {
             return Err(UsageError::new(
-                "say what to copy: --sqlite PATH, --postgres URL, --path DIR, or a set from the config file",
+                "say what to copy: --sqlite PATH, --postgres URL, --mariadb URL, --path DIR, or a set from the config file",
             ));
         }
         let name = match (z.name, first) {
             (Some(n), _) => n.to_string(),
+            (None, None) if postgres.is_none() => "mariadb".to_string(),
             (None, None) => "postgres".to_string(),
             (None, Some(first)) => first
                 .file_name()
@@ -166,6 +176,7 @@ impl SetSpec {
                     .map(|path| WriterSpec::Sqlite(SqliteOptions { path }))
                     .into_iter()
                     .chain(postgres.map(WriterSpec::Postgres))
+                    .chain(mariadb.map(WriterSpec::Mariadb))
                     .chain(z.exec_writers.iter().map(|script| {
                         WriterSpec::Exec(ExecOptions {
                             script: absolute(script),
@@ -202,6 +213,17 @@ impl SetSpec {
                     ))
                 })?;
                 p.layout = Some(layout);
+            }
+            // A MariaDB server's paths (data, redo, undo, binlogs) come from the server too.
+            if let WriterSpec::Mariadb(m) = w {
+                let layout = shadowcopy_mariadb::server::discover_url(&m.url).map_err(|e| {
+                    UsageError::new(format!(
+                        "set `{}`: {}",
+                        source.name,
+                        shadowcopy_core::coordinator::chain(&e)
+                    ))
+                })?;
+                m.layout = Some(layout);
             }
         }
         let d = &config.defaults;
@@ -282,11 +304,27 @@ impl SetSpec {
                 WriterSpec::Postgres(p) => {
                     all.extend(p.layout.iter().flat_map(|l| l.paths()));
                 }
+                WriterSpec::Mariadb(m) => {
+                    all.extend(m.layout.iter().flat_map(|l| l.paths()));
+                }
             }
         }
         all.extend(self.paths.iter().cloned());
         all.dedup();
         all
+    }
+
+    /// This set with its MariaDB writers told that the provider snapshots every file at
+    /// one instant (`atomic`: a btrfs snapshot of one volume), so they skip the check
+    /// that file-by-file copies need. For this run only; never recorded.
+    pub fn with_atomic_snapshot(&self, atomic: bool) -> SetSpec {
+        let mut spec = self.clone();
+        for w in spec.writers.iter_mut() {
+            if let WriterSpec::Mariadb(m) = w {
+                m.atomic_snapshot = atomic;
+            }
+        }
+        spec
     }
 
     /// The application writers in order, then (with `fsfreeze`) the file-system freeze

@@ -8,6 +8,7 @@
 //! implements it) *before* it happens, so an interrupted run can be cleaned up later.
 
 pub mod coordinator;
+pub mod dbfiles;
 pub mod error;
 pub mod events;
 pub mod journal;

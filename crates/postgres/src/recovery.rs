@@ -130,7 +130,7 @@ pub fn plan(
     if let RestoreMode::RollForward { until: Some(u) } = mode {
         target_settings(u)?;
     }
-    let owner = Owner::of(layout);
+    let owner = crate::files::owner_of(layout);
     let wal_dir = if in_place {
         layout.wal_dir.clone()
     } else {

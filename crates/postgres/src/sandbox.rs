@@ -148,7 +148,7 @@ impl<'a> Sandbox<'a> {
                 what: "data directory",
                 path: layout.data_dir.clone(),
             })?;
-        let owner = files::Owner::of(layout);
+        let owner = files::owner_of(layout);
         let dir = scratch_near(&copy_data, &owner)?;
         owner.chown(dir.path())?;
         let data = dir.path().join("data");

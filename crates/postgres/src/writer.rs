@@ -30,7 +30,6 @@ use shadowcopy_core::writer::{KeptCopies, RestoreMode, RestorePlan};
 use shadowcopy_core::{BoxError, Writer};
 
 use crate::cluster::{self, ClusterLayout, PostgresOptions};
-use crate::files::Owner;
 use crate::label;
 use crate::recovery;
 use crate::retention::{self, RetentionError};
@@ -146,7 +145,7 @@ impl PostgresWriter {
 
     fn write_extra(&mut self, stopped: &Stopped) -> Result<Vec<(PathBuf, PathBuf)>, BoxError> {
         let layout = self.layout()?.clone();
-        let owner = Owner::of(&layout);
+        let owner = crate::files::owner_of(&layout);
         let dir = tempfile::Builder::new()
             .prefix("shadowcopy-pg-label-")
             .tempdir()

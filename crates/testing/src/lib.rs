@@ -3,6 +3,7 @@
 //! service cannot be made to produce, and the provider and writer conformance suites.
 
 pub mod faults;
+pub mod ledger;
 pub mod loopfs;
 pub mod mariadb;
 pub mod pgbench;

@@ -27,30 +27,33 @@
 //! `None` — unless `SHADOWCOPY_TEST_REQUIRE_ROOT=1` ([`REQUIRE_ROOT_ENV`]), under which a
 //! skip is a failure.
 //!
-//! The ledger's state and statistics are the PostgreSQL ledger's types ([`LedgerState`],
-//! [`LedgerStats`], re-exported here): the invariants are the same.
+//! The ledger's writer threads, state and statistics are [`crate::ledger`]'s, shared with
+//! the PostgreSQL ledger ([`LedgerRun`], [`LedgerState`], [`LedgerStats`], re-exported
+//! here): the invariants are the same. So are the directory and process helpers.
 
 use std::fs;
 use std::io::Read;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
 
 use mysql::prelude::Queryable;
 use mysql::{Conn, Opts, OptsBuilder, TxOpts};
-use rand::Rng;
 use rustix::process::Signal;
 
 pub use crate::bank::Ack;
+pub use crate::ledger::{
+    error_chain, LedgerRun, LedgerState, LedgerStats, LEDGER_ACCOUNTS, LEDGER_INITIAL_BALANCE,
+};
+use crate::ledger::{LedgerConn, Transfer};
 pub use crate::loopfs::REQUIRE_ROOT_ENV;
-pub use crate::postgres::{
-    error_chain, processes_in, LedgerState, LedgerStats, LEDGER_ACCOUNTS, LEDGER_INITIAL_BALANCE,
+pub use crate::postgres::processes_in;
+use crate::postgres::{
+    canonical, chmod, chown, chown_tree, free_port, kill_processes_in, make_traversable, open_log,
+    output_of, read_log, remove_env_prefixed, server_dir, server_user, signal, skip, ServerChild,
 };
 
 /// The binary logs' base name: files `mariadb-bin.000001`, … and the index
@@ -107,38 +110,13 @@ pub fn mariadb_bin(name: &str) -> PathBuf {
 }
 
 /// The user and group the server runs as: `mysql` when we are root, `None` (ourselves)
-/// otherwise.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct MariaDbUser {
-    pub uid: u32,
-    pub gid: u32,
-}
+/// otherwise. The postgres module's user type, so that the directory helpers serve both.
+pub type MariaDbUser = crate::postgres::PgUser;
 
 /// `Ok(Some(mysql))` as root, `Ok(None)` otherwise; an error when root has no `mysql` user
 /// to run the server as.
 pub fn mariadb_user() -> Result<Option<MariaDbUser>, String> {
-    if !rustix::process::geteuid().is_root() {
-        return Ok(None);
-    }
-    let passwd =
-        fs::read_to_string("/etc/passwd").map_err(|e| format!("cannot read /etc/passwd: {e}"))?;
-    for line in passwd.lines() {
-        let f: Vec<&str> = line.split(':').collect();
-        if f.len() >= 4 && f[0] == "mysql" {
-            let uid = f[2]
-                .parse()
-                .map_err(|_| format!("bad passwd line {line:?}"))?;
-            let gid = f[3]
-                .parse()
-                .map_err(|_| format!("bad passwd line {line:?}"))?;
-            return Ok(Some(MariaDbUser { uid, gid }));
-        }
-    }
-    Err(
-        "running as root, but there is no `mysql` user to run MariaDB as \
-         (mariadbd refuses to run as root)"
-            .into(),
-    )
+    server_user("mysql", "MariaDB", "mariadbd")
 }
 
 /// Why MariaDB cannot run here, if it cannot.
@@ -155,16 +133,6 @@ pub fn mariadb_unavailable() -> Option<String> {
         ));
     }
     mariadb_user().err()
-}
-
-// The same convention as `loopfs` and `postgres`: print and pass, or fail under
-// SHADOWCOPY_TEST_REQUIRE_ROOT=1.
-fn skip(test: &str, why: &str) -> bool {
-    if std::env::var(REQUIRE_ROOT_ENV).is_ok_and(|v| v == "1") {
-        panic!("{test} cannot run: {why}; a skip is a failure under {REQUIRE_ROOT_ENV}=1");
-    }
-    eprintln!("skipping {test}: {why}");
-    false
 }
 
 /// True when MariaDB can run here; otherwise prints why `test` skips and returns false, or
@@ -189,54 +157,7 @@ pub fn mariadb_or_skip(test: &str, opts: MariaDbOptions) -> Option<MariaDbInstan
 }
 
 // ---------------------------------------------------------------------------------------
-// Directories and processes (the postgres module's private helpers, for the `mysql` user)
-
-fn chown(path: &Path, user: MariaDbUser) -> Result<(), String> {
-    std::os::unix::fs::lchown(path, Some(user.uid), Some(user.gid))
-        .map_err(|e| format!("cannot chown {}: {e}", path.display()))
-}
-
-fn chmod(path: &Path, mode: u32) -> Result<(), String> {
-    fs::set_permissions(path, fs::Permissions::from_mode(mode))
-        .map_err(|e| format!("cannot chmod {}: {e}", path.display()))
-}
-
-/// Gives `o+x` to every ancestor of `path` the server user could not traverse (only when
-/// the server runs as another user, i.e. as root).
-fn make_traversable(path: &Path, user: Option<MariaDbUser>) -> Result<(), String> {
-    let Some(user) = user else { return Ok(()) };
-    for a in path.ancestors().skip(1) {
-        let Ok(md) = fs::metadata(a) else { continue };
-        if md.uid() != user.uid && md.mode() & 0o001 == 0 {
-            chmod(a, (md.mode() & 0o7777) | 0o001)?;
-        }
-    }
-    Ok(())
-}
-
-/// Creates `path` (and its parents) if missing, requires it to be an empty directory when
-/// `empty`, and makes it the server user's with `mode`, its ancestors traversable.
-fn server_dir(
-    path: &Path,
-    user: Option<MariaDbUser>,
-    mode: u32,
-    empty: bool,
-) -> Result<(), String> {
-    if path.exists() {
-        let mut entries =
-            fs::read_dir(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        if empty && entries.next().is_some() {
-            return Err(format!("{} exists and is not empty", path.display()));
-        }
-    } else {
-        fs::create_dir_all(path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
-    }
-    chmod(path, mode)?;
-    if let Some(u) = user {
-        chown(path, u)?;
-    }
-    make_traversable(path, user)
-}
+// Directories and processes (the rest is shared with the postgres module)
 
 /// Makes `path` (created if missing) a directory the MariaDB server can write, e.g. for
 /// [`Ledger::setup_with`]'s `DATA DIRECTORY`: owned by `mysql` when we are root, ancestors
@@ -245,75 +166,10 @@ pub fn make_mariadb_dir(path: &Path) -> Result<(), String> {
     server_dir(path, mariadb_user()?, 0o750, false)
 }
 
-/// Chowns `path` and everything below it (symlinks themselves, not followed).
-fn chown_tree(path: &Path, user: MariaDbUser) -> Result<(), String> {
-    chown(path, user)?;
-    let md = fs::symlink_metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    if md.is_dir() {
-        for e in fs::read_dir(path).map_err(|e| format!("{}: {e}", path.display()))? {
-            let e = e.map_err(|e| format!("{}: {e}", path.display()))?;
-            chown_tree(&e.path(), user)?;
-        }
-    }
-    Ok(())
-}
-
-fn canonical(path: &Path) -> PathBuf {
-    fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
-}
-
-/// Whether process `pid` exists and is not a zombie.
-fn pid_alive(pid: u32) -> bool {
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => match stat.rfind(')') {
-            Some(i) => !matches!(stat[i + 1..].trim_start().chars().next(), Some('Z' | 'X')),
-            None => true,
-        },
-        Err(_) => false,
-    }
-}
-
-fn signal(pid: u32, sig: Signal) {
-    if let Some(pid) = i32::try_from(pid)
-        .ok()
-        .and_then(rustix::process::Pid::from_raw)
-    {
-        let _ = rustix::process::kill_process(pid, sig);
-    }
-}
-
 /// Removes `MYSQL*` and `MARIADB*` variables (MYSQL_HOST, MYSQL_UNIX_PORT, MYSQL_PWD, …)
 /// so they cannot redirect a command.
 fn clean_env(cmd: &mut Command) {
-    for (k, _) in std::env::vars_os() {
-        let k2 = k.to_string_lossy();
-        if k2.starts_with("MYSQL") || k2.starts_with("MARIADB") {
-            cmd.env_remove(k);
-        }
-    }
-}
-
-fn output_of(cmd: &mut Command) -> Result<String, String> {
-    let out = cmd
-        .output()
-        .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!(
-            "{cmd:?} failed ({}): {}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|_| rand::thread_rng().gen_range(20_000..60_000))
+    remove_env_prefixed(cmd, &["MYSQL", "MARIADB"]);
 }
 
 fn quote_literal(s: &str) -> String {
@@ -513,7 +369,7 @@ pub struct MariaDbInstance {
     user: Option<MariaDbUser>,
     settings: Vec<(String, String)>,
     /// The `mariadbd` we started, reaped by us.
-    child: Mutex<Option<Child>>,
+    child: ServerChild,
 }
 
 impl MariaDbInstance {
@@ -714,7 +570,7 @@ impl MariaDbInstance {
             server_id: server_id.unwrap_or(1),
             user,
             settings: Vec::new(),
-            child: Mutex::new(None),
+            child: ServerChild::default(),
         })
     }
 
@@ -903,33 +759,15 @@ impl MariaDbInstance {
 
     /// The server's error log (every start appends to it).
     pub fn log(&self) -> String {
-        fs::read(&self.log_path)
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default()
-    }
-
-    fn child(&self) -> MutexGuard<'_, Option<Child>> {
-        self.child.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Reaps our server if it exited.
-    fn reap(slot: &mut Option<Child>) {
-        if let Some(c) = slot.as_mut() {
-            if !matches!(c.try_wait(), Ok(None)) {
-                *slot = None;
-            }
-        }
+        read_log(&self.log_path)
     }
 
     /// The live server's pid: ours, or the one our pid file names if it runs in our data
     /// directory.
     pub fn server_pid(&self) -> Option<u32> {
-        let mut slot = self.child();
-        MariaDbInstance::reap(&mut slot);
-        if let Some(c) = slot.as_ref() {
-            return Some(c.id());
+        if let Some(pid) = self.child.pid() {
+            return Some(pid);
         }
-        drop(slot);
         let text = fs::read_to_string(&self.pid_file).ok()?;
         let pid: u32 = text.trim().parse().ok()?;
         processes_in(&self.data_dir).contains(&pid).then_some(pid)
@@ -957,14 +795,7 @@ impl MariaDbInstance {
         // A socket left by a killed server: mariadbd replaces it, but we must not take it
         // for the new server's.
         let _ = fs::remove_file(&self.socket);
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log_path)
-            .map_err(|e| format!("cannot open {}: {e}", self.log_path.display()))?;
-        let log2 = log
-            .try_clone()
-            .map_err(|e| format!("cannot dup the log: {e}"))?;
+        let (log, log2) = open_log(&self.log_path)?;
         let mut cmd = self.command("mariadbd");
         cmd.args(self.server_args())
             .stdin(Stdio::null())
@@ -973,39 +804,15 @@ impl MariaDbInstance {
         let child = cmd
             .spawn()
             .map_err(|e| format!("cannot start {cmd:?}: {e}"))?;
-        *self.child() = Some(child);
-
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            {
-                let mut slot = self.child();
-                match slot.as_mut().map(|c| c.try_wait()) {
-                    Some(Ok(None)) => {}
-                    other => {
-                        *slot = None;
-                        let status = match other {
-                            Some(Ok(Some(s))) => s.to_string(),
-                            _ => "gone".into(),
-                        };
-                        return Err(format!(
-                            "mariadbd exited while starting ({status}); server log:\n{}",
-                            self.log()
-                        ));
-                    }
-                }
-            }
-            if socket_greets(&self.socket) {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                self.kill9();
-                return Err(format!(
-                    "mariadbd did not become ready within {START_TIMEOUT:?}; server log:\n{}",
-                    self.log()
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        self.child.set(child);
+        self.child
+            .wait_ready(
+                "mariadbd",
+                START_TIMEOUT,
+                || socket_greets(&self.socket),
+                || self.kill9(),
+            )
+            .map_err(|e| format!("{e}; server log:\n{}", self.log()))
     }
 
     /// [`MariaDbInstance::try_start`], panicking on failure.
@@ -1017,34 +824,9 @@ impl MariaDbInstance {
     /// Sends `sig` to the server and waits up to `timeout` for it to exit. Ok when no server
     /// runs (any more).
     fn signal_and_wait(&self, sig: Signal, timeout: Duration) -> Result<(), String> {
-        let Some(pid) = self.server_pid() else {
-            return Ok(());
-        };
-        signal(pid, sig);
-        let deadline = Instant::now() + timeout;
-        loop {
-            let gone = {
-                let mut slot = self.child();
-                match slot.as_mut() {
-                    Some(c) if c.id() == pid => match c.try_wait() {
-                        Ok(None) => false,
-                        _ => {
-                            *slot = None;
-                            true
-                        }
-                    },
-                    _ => !pid_alive(pid),
-                }
-            };
-            if gone {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "mariadbd (pid {pid}) did not stop within {timeout:?} after {sig:?}"
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(10));
+        match self.server_pid() {
+            Some(pid) => self.child.signal_and_wait(pid, sig, timeout, "mariadbd"),
+            None => Ok(()),
         }
     }
 
@@ -1062,36 +844,8 @@ impl MariaDbInstance {
         if let Some(pid) = self.server_pid() {
             signal(pid, Signal::Kill);
         }
-        {
-            let mut slot = self.child();
-            if let Some(mut c) = slot.take() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
-        self.kill_leftovers(Duration::from_secs(10));
-    }
-
-    /// SIGKILL to every process in the data directory until none is left (or `timeout`).
-    fn kill_leftovers(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let pids = processes_in(&self.data_dir);
-            if pids.is_empty() {
-                return true;
-            }
-            if Instant::now() > deadline {
-                eprintln!(
-                    "MariaDbInstance: processes {pids:?} in {} survive SIGKILL",
-                    self.data_dir.display()
-                );
-                return false;
-            }
-            for pid in pids {
-                signal(pid, Signal::Kill);
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        self.child.kill();
+        kill_processes_in(&self.data_dir, Duration::from_secs(10), "MariaDbInstance");
     }
 }
 
@@ -1110,63 +864,19 @@ impl Drop for MariaDbInstance {
 // ---------------------------------------------------------------------------------------
 // Ledger
 
-const MIN_BACKOFF: Duration = Duration::from_millis(10);
-const MAX_BACKOFF: Duration = Duration::from_millis(500);
-const MAX_KEPT_ERRORS: usize = 1_000;
-const STOP_TIMEOUT_WRITERS: Duration = Duration::from_secs(30);
+/// A load with an invariant on MariaDB, the same as the PostgreSQL one
+/// ([`crate::postgres::Ledger`]): the [`crate::ledger`] load (what its writers do, the
+/// invariants any consistent state keeps) on InnoDB tables `accounts`, `ledger` (an
+/// AUTO_INCREMENT id) and `ledger_meta` in database [`LEDGER_DATABASE`]. With
+/// [`Ledger::setup_with`]'s `DATA DIRECTORY` the fee invariant spans two directories. What
+/// the writers acknowledged is read through [`LedgerRun`] (`Deref`); [`Ledger::stop`]
+/// stops them and reports.
+pub struct Ledger(LedgerRun);
 
-/// A load with an invariant on MariaDB (InnoDB tables in database [`LEDGER_DATABASE`]),
-/// the same as the PostgreSQL one ([`crate::postgres::Ledger`]). Each writer thread, on its
-/// own connection, runs transactions that move money between two of the `accounts`, pay a
-/// fee of 1 into the writer's own fee account (id `-writer-1`) and insert one `ledger` row
-/// (AUTO_INCREMENT id), then records the row's id as acknowledged with the `Instant` its
-/// COMMIT returned.
-///
-/// Invariants of any consistent state ([`LedgerState::balanced`]): the total balance never
-/// changes, and the fee accounts hold exactly one unit per `ledger` row (a cross-table, and
-/// with [`Ledger::setup_with`]'s `DATA DIRECTORY` a cross-directory, check). A copy taken
-/// at instant T also holds every id acknowledged before T ([`LedgerState::verify`]).
-///
-/// Writers survive a server that stops, crashes or restarts: they record the error, back
-/// off (10 ms doubling to 500 ms), reconnect, and go on until [`Ledger::stop`].
-pub struct Ledger {
-    shared: Arc<Shared>,
-    threads: Vec<JoinHandle<()>>,
-    started: Instant,
-}
-
-// The postgres ledger's bookkeeping, for `mysql::Error` (it is private there).
-struct Shared {
-    stop: AtomicBool,
-    acks: Mutex<Vec<Ack>>,
-    errors: Mutex<Vec<String>>,
-    error_count: AtomicUsize,
-    longest_us: AtomicU64,
-}
-
-impl Shared {
-    fn record(&self, writer: i32, what: &str, e: &mysql::Error) {
-        self.error_count.fetch_add(1, Ordering::Relaxed);
-        let mut errors = self.errors.lock().unwrap_or_else(|p| p.into_inner());
-        if errors.len() < MAX_KEPT_ERRORS {
-            errors.push(format!("writer {writer}: {what}: {}", error_chain(e)));
-        }
-    }
-
-    /// Sleeps `d` unless told to stop meanwhile.
-    fn sleep(&self, d: Duration) {
-        let until = Instant::now() + d;
-        while !self.stop.load(Ordering::Relaxed) {
-            let now = Instant::now();
-            if now >= until {
-                return;
-            }
-            std::thread::sleep((until - now).min(Duration::from_millis(10)));
-        }
-    }
-
-    fn acks(&self) -> MutexGuard<'_, Vec<Ack>> {
-        self.acks.lock().unwrap_or_else(|p| p.into_inner())
+impl std::ops::Deref for Ledger {
+    type Target = LedgerRun;
+    fn deref(&self) -> &LedgerRun {
+        &self.0
     }
 }
 
@@ -1184,84 +894,30 @@ fn writer_connect(opts: &Opts) -> Result<WriterConn, mysql::Error> {
     })
 }
 
-fn transfer(
-    c: &mut WriterConn,
-    writer: i32,
-    seq: i64,
-    rng: &mut impl Rng,
-) -> Result<i64, mysql::Error> {
-    let from = rng.gen_range(1..=c.accounts);
-    let mut to = rng.gen_range(1..c.accounts.max(2));
-    if to >= from {
-        to += 1;
-    }
-    let amount: i64 = rng.gen_range(1..=50);
-    // Lock the two accounts in id order: no deadlocks between writers.
-    let (lo, lo_delta, hi, hi_delta) = if from < to {
-        (from, -amount, to, amount - 1)
-    } else {
-        (to, amount - 1, from, -amount)
-    };
-    let fee_account = -writer - 1;
-    let mut tx = c.conn.start_transaction(TxOpts::default())?;
-    let debit_credit = "UPDATE accounts SET balance = balance + ? WHERE id = ?";
-    tx.exec_drop(debit_credit, (lo_delta, lo))?;
-    tx.exec_drop(debit_credit, (hi_delta, hi))?;
-    tx.exec_drop(
-        "INSERT INTO accounts (id, balance) VALUES (?, 1) \
-         ON DUPLICATE KEY UPDATE balance = balance + 1",
-        (fee_account,),
-    )?;
-    tx.exec_drop(
-        "INSERT INTO ledger (writer, seq, amount) VALUES (?, ?, ?)",
-        (writer, seq, amount),
-    )?;
-    let id = tx.last_insert_id().unwrap_or(0) as i64;
-    tx.commit()?;
-    Ok(id)
-}
+impl LedgerConn for WriterConn {
+    type Error = mysql::Error;
 
-fn writer_loop(writer: i32, opts: Opts, shared: Arc<Shared>, pause: Duration) {
-    let mut rng = rand::thread_rng();
-    let mut conn: Option<WriterConn> = None;
-    let mut seq: i64 = 0;
-    let mut backoff = MIN_BACKOFF;
-    while !shared.stop.load(Ordering::Relaxed) {
-        if conn.is_none() {
-            match writer_connect(&opts) {
-                Ok(c) => conn = Some(c),
-                Err(e) => {
-                    shared.record(writer, "connect", &e);
-                    shared.sleep(backoff);
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                    continue;
-                }
-            }
-        }
-        let Some(c) = conn.as_mut() else { continue };
-        seq += 1;
-        let began = Instant::now();
-        match transfer(c, writer, seq, &mut rng) {
-            Ok(id) => {
-                let at = Instant::now();
-                shared
-                    .longest_us
-                    .fetch_max((at - began).as_micros() as u64, Ordering::Relaxed);
-                shared.acks().push(Ack { id, at });
-                backoff = MIN_BACKOFF;
-                if !pause.is_zero() {
-                    shared.sleep(pause);
-                }
-            }
-            Err(e) => {
-                // Whatever it was (shutdown, crash, a deadlock), a new connection is the
-                // simplest way on.
-                shared.record(writer, "transaction", &e);
-                conn = None;
-                shared.sleep(backoff);
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-            }
-        }
+    fn accounts(&self) -> i32 {
+        self.accounts
+    }
+
+    fn transfer(&mut self, t: &Transfer) -> Result<i64, mysql::Error> {
+        let mut tx = self.conn.start_transaction(TxOpts::default())?;
+        let debit_credit = "UPDATE accounts SET balance = balance + ? WHERE id = ?";
+        tx.exec_drop(debit_credit, (t.lo_delta, t.lo))?;
+        tx.exec_drop(debit_credit, (t.hi_delta, t.hi))?;
+        tx.exec_drop(
+            "INSERT INTO accounts (id, balance) VALUES (?, 1) \
+             ON DUPLICATE KEY UPDATE balance = balance + 1",
+            (t.fee_account,),
+        )?;
+        tx.exec_drop(
+            "INSERT INTO ledger (writer, seq, amount) VALUES (?, ?, ?)",
+            (t.writer, t.seq, t.amount),
+        )?;
+        let id = tx.last_insert_id().unwrap_or(0) as i64;
+        tx.commit()?;
+        Ok(id)
     }
 }
 
@@ -1324,120 +980,18 @@ impl Ledger {
     /// database is set to [`LEDGER_DATABASE`]), each pausing `pause` between transactions
     /// (zero: as fast as possible).
     pub fn start(opts: &Opts, writers: usize, pause: Duration) -> Ledger {
-        let shared = Arc::new(Shared {
-            stop: AtomicBool::new(false),
-            acks: Mutex::new(Vec::new()),
-            errors: Mutex::new(Vec::new()),
-            error_count: AtomicUsize::new(0),
-            longest_us: AtomicU64::new(0),
-        });
-        let threads = (0..writers)
-            .map(|w| {
-                let (opts, shared) = (opts.clone(), shared.clone());
-                std::thread::Builder::new()
-                    .name(format!("mariadb-ledger-{w}"))
-                    .spawn(move || writer_loop(w as i32, opts, shared, pause))
-                    .expect("spawn a ledger writer")
-            })
-            .collect();
-        Ledger {
-            shared,
-            threads,
-            started: Instant::now(),
-        }
+        let opts = opts.clone();
+        Ledger(LedgerRun::start(
+            "mariadb-ledger",
+            writers,
+            pause,
+            move || writer_connect(&opts),
+        ))
     }
 
-    /// Ids acknowledged strictly before `t`, ascending.
-    pub fn acknowledged_before(&self, t: Instant) -> Vec<i64> {
-        let mut ids: Vec<i64> = self
-            .shared
-            .acks()
-            .iter()
-            .filter(|a| a.at < t)
-            .map(|a| a.id)
-            .collect();
-        ids.sort_unstable();
-        ids
-    }
-
-    /// Every id acknowledged so far, ascending.
-    pub fn acknowledged(&self) -> Vec<i64> {
-        let mut ids: Vec<i64> = self.shared.acks().iter().map(|a| a.id).collect();
-        ids.sort_unstable();
-        ids
-    }
-
-    pub fn committed(&self) -> usize {
-        self.shared.acks().len()
-    }
-
-    pub fn error_count(&self) -> usize {
-        self.shared.error_count.load(Ordering::Relaxed)
-    }
-
-    /// Waits until at least `n` transactions are acknowledged in all; false on timeout.
-    pub fn wait_for_commits(&self, n: usize, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        while self.committed() < n {
-            if Instant::now() > deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        true
-    }
-
-    /// The longest stall so far; [`Ledger::reset_longest_stall`] starts a new window.
-    pub fn longest_stall(&self) -> Duration {
-        Duration::from_micros(self.shared.longest_us.load(Ordering::Relaxed))
-    }
-
-    pub fn reset_longest_stall(&self) {
-        self.shared.longest_us.store(0, Ordering::Relaxed);
-    }
-
-    /// Stops the writers (each finishes or abandons its transaction) and reports. A writer
-    /// stuck for 30 s (e.g. in a COMMIT on a frozen server) is left behind and reported in
-    /// `errors`.
-    pub fn stop(mut self) -> LedgerStats {
-        self.shared.stop.store(true, Ordering::Relaxed);
-        let deadline = Instant::now() + STOP_TIMEOUT_WRITERS;
-        let mut stuck = Vec::new();
-        for (w, t) in std::mem::take(&mut self.threads).into_iter().enumerate() {
-            while !t.is_finished() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            if t.is_finished() {
-                if t.join().is_err() {
-                    stuck.push(format!("writer {w}: panicked"));
-                }
-            } else {
-                stuck.push(format!(
-                    "writer {w}: did not stop within {STOP_TIMEOUT_WRITERS:?}"
-                ));
-            }
-        }
-        let acks = self.shared.acks();
-        let committed = acks.len();
-        let mut acknowledged: Vec<i64> = acks.iter().map(|a| a.id).collect();
-        drop(acks);
-        acknowledged.sort_unstable();
-        let mut errors = self
-            .shared
-            .errors
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let error_count = self.error_count() + stuck.len();
-        errors.extend(stuck);
-        LedgerStats {
-            committed,
-            acknowledged,
-            longest_stall: self.longest_stall(),
-            ran_for: self.started.elapsed(),
-            error_count,
-            errors,
-        }
+    /// Stops the writers and reports: [`LedgerRun::stop`].
+    pub fn stop(self) -> LedgerStats {
+        self.0.stop()
     }
 
     /// Reads the ledger's state in one REPEATABLE READ, read-only transaction WITH
@@ -1474,13 +1028,5 @@ impl Ledger {
             expected_total,
             fees,
         })
-    }
-}
-
-impl Drop for Ledger {
-    /// A ledger dropped without [`Ledger::stop`] (a failing test) tells its writers to stop
-    /// and does not wait for them.
-    fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::Relaxed);
     }
 }

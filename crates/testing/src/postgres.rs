@@ -28,9 +28,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::thread::JoinHandle;
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use postgres::{Client, NoTls};
@@ -38,6 +36,10 @@ use rand::Rng;
 use rustix::process::Signal;
 
 pub use crate::bank::Ack;
+pub use crate::ledger::{
+    error_chain, LedgerRun, LedgerState, LedgerStats, LEDGER_ACCOUNTS, LEDGER_INITIAL_BALANCE,
+};
+use crate::ledger::{LedgerConn, Transfer};
 pub use crate::loopfs::REQUIRE_ROOT_ENV;
 
 /// The tablespace [`PgOptions::tablespace_dir`] creates.
@@ -93,7 +95,7 @@ pub fn pg_bin(name: &str) -> PathBuf {
 }
 
 /// The user and group the server runs as: `postgres` when we are root, `None` (ourselves)
-/// otherwise.
+/// otherwise. (The MariaDB module's `MariaDbUser`, `mysql`, is this type too.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PgUser {
     pub uid: u32,
@@ -103,6 +105,16 @@ pub struct PgUser {
 /// `Ok(Some(postgres))` as root, `Ok(None)` otherwise; an error when root has no
 /// `postgres` user to run the server as.
 pub fn pg_user() -> Result<Option<PgUser>, String> {
+    server_user("postgres", "PostgreSQL", "PostgreSQL")
+}
+
+/// As root, system user `name` (from `/etc/passwd`) to run `server` as, `Ok(None)` when
+/// not root; an error when root has no such user (`program` refuses to run as root).
+pub(crate) fn server_user(
+    name: &str,
+    server: &str,
+    program: &str,
+) -> Result<Option<PgUser>, String> {
     if !rustix::process::geteuid().is_root() {
         return Ok(None);
     }
@@ -110,7 +122,7 @@ pub fn pg_user() -> Result<Option<PgUser>, String> {
         fs::read_to_string("/etc/passwd").map_err(|e| format!("cannot read /etc/passwd: {e}"))?;
     for line in passwd.lines() {
         let f: Vec<&str> = line.split(':').collect();
-        if f.len() >= 4 && f[0] == "postgres" {
+        if f.len() >= 4 && f[0] == name {
             let uid = f[2]
                 .parse()
                 .map_err(|_| format!("bad passwd line {line:?}"))?;
@@ -120,11 +132,10 @@ pub fn pg_user() -> Result<Option<PgUser>, String> {
             return Ok(Some(PgUser { uid, gid }));
         }
     }
-    Err(
-        "running as root, but there is no `postgres` user to run PostgreSQL as \
-         (PostgreSQL refuses to run as root)"
-            .into(),
-    )
+    Err(format!(
+        "running as root, but there is no `{name}` user to run {server} as \
+         ({program} refuses to run as root)"
+    ))
 }
 
 /// Why PostgreSQL cannot run here, if it cannot.
@@ -145,8 +156,8 @@ pub fn postgres_unavailable() -> Option<String> {
 }
 
 // The same convention as `loopfs` (whose `skip` is private): print and pass, or fail under
-// SHADOWCOPY_TEST_REQUIRE_ROOT=1.
-fn skip(test: &str, why: &str) -> bool {
+// SHADOWCOPY_TEST_REQUIRE_ROOT=1. The mariadb module's too.
+pub(crate) fn skip(test: &str, why: &str) -> bool {
     if std::env::var(REQUIRE_ROOT_ENV).is_ok_and(|v| v == "1") {
         panic!("{test} cannot run: {why}; a skip is a failure under {REQUIRE_ROOT_ENV}=1");
     }
@@ -176,21 +187,21 @@ pub fn postgres_or_skip(test: &str, opts: PgOptions) -> Option<PgCluster> {
 }
 
 // ---------------------------------------------------------------------------------------
-// Directories and processes
+// Directories and processes (the mariadb module's too, for the `mysql` user)
 
-fn chown(path: &Path, user: PgUser) -> Result<(), String> {
+pub(crate) fn chown(path: &Path, user: PgUser) -> Result<(), String> {
     std::os::unix::fs::lchown(path, Some(user.uid), Some(user.gid))
         .map_err(|e| format!("cannot chown {}: {e}", path.display()))
 }
 
-fn chmod(path: &Path, mode: u32) -> Result<(), String> {
+pub(crate) fn chmod(path: &Path, mode: u32) -> Result<(), String> {
     fs::set_permissions(path, fs::Permissions::from_mode(mode))
         .map_err(|e| format!("cannot chmod {}: {e}", path.display()))
 }
 
 /// Gives `o+x` to every ancestor of `path` the server user could not traverse (only when
 /// the server runs as another user, i.e. as root).
-fn make_traversable(path: &Path, user: Option<PgUser>) -> Result<(), String> {
+pub(crate) fn make_traversable(path: &Path, user: Option<PgUser>) -> Result<(), String> {
     let Some(user) = user else { return Ok(()) };
     for a in path.ancestors().skip(1) {
         let Ok(md) = fs::metadata(a) else { continue };
@@ -203,7 +214,12 @@ fn make_traversable(path: &Path, user: Option<PgUser>) -> Result<(), String> {
 
 /// Creates `path` (and its parents) if missing, requires it to be an empty directory when
 /// `empty`, and makes it the server user's with `mode`, its ancestors traversable.
-fn server_dir(path: &Path, user: Option<PgUser>, mode: u32, empty: bool) -> Result<(), String> {
+pub(crate) fn server_dir(
+    path: &Path,
+    user: Option<PgUser>,
+    mode: u32,
+    empty: bool,
+) -> Result<(), String> {
     if path.exists() {
         let mut entries =
             fs::read_dir(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
@@ -227,7 +243,7 @@ pub fn make_postgres_dir(path: &Path) -> Result<(), String> {
 }
 
 /// Chowns `path` and everything below it (symlinks themselves, not followed).
-fn chown_tree(path: &Path, user: PgUser) -> Result<(), String> {
+pub(crate) fn chown_tree(path: &Path, user: PgUser) -> Result<(), String> {
     chown(path, user)?;
     let md = fs::symlink_metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
     if md.is_dir() {
@@ -239,7 +255,7 @@ fn chown_tree(path: &Path, user: PgUser) -> Result<(), String> {
     Ok(())
 }
 
-fn canonical(path: &Path) -> PathBuf {
+pub(crate) fn canonical(path: &Path) -> PathBuf {
     fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
@@ -281,7 +297,7 @@ pub fn processes_in(dir: &Path) -> Vec<u32> {
     pids
 }
 
-fn signal(pid: u32, sig: Signal) {
+pub(crate) fn signal(pid: u32, sig: Signal) {
     if let Some(pid) = i32::try_from(pid)
         .ok()
         .and_then(rustix::process::Pid::from_raw)
@@ -292,14 +308,20 @@ fn signal(pid: u32, sig: Signal) {
 
 /// Removes `PG*` variables (PGHOST, PGPORT, PGDATA, …) so they cannot redirect a command.
 pub(crate) fn clean_env(cmd: &mut Command) {
+    remove_env_prefixed(cmd, &["PG"]);
+}
+
+/// Removes from `cmd`'s environment every variable whose name starts with one of `prefixes`.
+pub(crate) fn remove_env_prefixed(cmd: &mut Command, prefixes: &[&str]) {
     for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("PG") {
+        let name = k.to_string_lossy();
+        if prefixes.iter().any(|p| name.starts_with(p)) {
             cmd.env_remove(k);
         }
     }
 }
 
-fn output_of(cmd: &mut Command) -> Result<String, String> {
+pub(crate) fn output_of(cmd: &mut Command) -> Result<String, String> {
     let out = cmd
         .output()
         .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
@@ -315,7 +337,7 @@ fn output_of(cmd: &mut Command) -> Result<String, String> {
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -330,16 +352,159 @@ fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
-/// An error with its sources (`postgres::Error`'s Display alone says only "db error").
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
+/// A server log: `path` opened for appending, twice (the server's stdout and stderr).
+pub(crate) fn open_log(path: &Path) -> Result<(fs::File, fs::File), String> {
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let log2 = log
+        .try_clone()
+        .map_err(|e| format!("cannot dup the log: {e}"))?;
+    Ok((log, log2))
+}
+
+/// The text of a server log (empty when unreadable).
+pub(crate) fn read_log(path: &Path) -> String {
+    fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
+}
+
+/// The server process a test started: a child of the test process, which we signal and
+/// reap (see the module docs).
+#[derive(Debug, Default)]
+pub(crate) struct ServerChild(Mutex<Option<Child>>);
+
+impl ServerChild {
+    fn lock(&self) -> MutexGuard<'_, Option<Child>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
-    s
+
+    /// Takes `child` as the server.
+    pub(crate) fn set(&self, child: Child) {
+        *self.lock() = Some(child);
+    }
+
+    /// Our server's pid while it runs (reaped once it exited).
+    pub(crate) fn pid(&self) -> Option<u32> {
+        let mut slot = self.lock();
+        if let Some(c) = slot.as_mut() {
+            if !matches!(c.try_wait(), Ok(None)) {
+                *slot = None;
+            }
+        }
+        slot.as_ref().map(|c| c.id())
+    }
+
+    /// `None` while our server runs; else how it ended (reaped), "gone" when there is none.
+    pub(crate) fn exited(&self) -> Option<String> {
+        let mut slot = self.lock();
+        match slot.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(None)) => None,
+            other => {
+                *slot = None;
+                Some(match other {
+                    Some(Ok(Some(s))) => s.to_string(),
+                    _ => "gone".into(),
+                })
+            }
+        }
+    }
+
+    /// Waits up to `timeout` until `ready()` while our server, `program`, runs. An error
+    /// when it exited, or when time ran out (after `on_timeout`, e.g. a kill).
+    pub(crate) fn wait_ready(
+        &self,
+        program: &str,
+        timeout: Duration,
+        ready: impl Fn() -> bool,
+        on_timeout: impl FnOnce(),
+    ) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.exited() {
+                return Err(format!("{program} exited while starting ({status})"));
+            }
+            if ready() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                on_timeout();
+                return Err(format!("{program} did not become ready within {timeout:?}"));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGKILL to our server, and reap it.
+    pub(crate) fn kill(&self) {
+        if let Some(mut c) = self.lock().take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Sends `sig` to server `pid` (ours or not) and waits up to `timeout` for it to exit
+    /// (reaped when ours); `program` names it in the error.
+    pub(crate) fn signal_and_wait(
+        &self,
+        pid: u32,
+        sig: Signal,
+        timeout: Duration,
+        program: &str,
+    ) -> Result<(), String> {
+        signal(pid, sig);
+        let deadline = Instant::now() + timeout;
+        loop {
+            let gone = {
+                let mut slot = self.lock();
+                match slot.as_mut() {
+                    Some(c) if c.id() == pid => match c.try_wait() {
+                        Ok(None) => false,
+                        _ => {
+                            *slot = None;
+                            true
+                        }
+                    },
+                    _ => !pid_alive(pid),
+                }
+            };
+            if gone {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "{program} (pid {pid}) did not stop within {timeout:?} after {sig:?}"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// SIGKILL to every process in `dir` until none is left (true) or `timeout` passed (false,
+/// reported as `who`'s).
+pub(crate) fn kill_processes_in(dir: &Path, timeout: Duration, who: &str) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let pids = processes_in(dir);
+        if pids.is_empty() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            eprintln!(
+                "{who}: processes {pids:?} in {} survive SIGKILL",
+                dir.display()
+            );
+            return false;
+        }
+        for pid in pids {
+            signal(pid, Signal::Kill);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -445,7 +610,7 @@ pub struct PgCluster {
     /// `-c` settings of every start (adopted clusters).
     start_settings: Vec<(String, String)>,
     /// The postmaster we started, reaped by us.
-    child: Mutex<Option<Child>>,
+    child: ServerChild,
 }
 
 impl PgCluster {
@@ -596,7 +761,7 @@ impl PgCluster {
             port: free_port(),
             user,
             start_settings: Vec::new(),
-            child: Mutex::new(None),
+            child: ServerChild::default(),
         })
     }
 
@@ -708,33 +873,15 @@ impl PgCluster {
 
     /// The server log (every start appends to it).
     pub fn log(&self) -> String {
-        fs::read(&self.log_path)
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default()
-    }
-
-    fn child(&self) -> MutexGuard<'_, Option<Child>> {
-        self.child.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Reaps our postmaster if it exited.
-    fn reap(slot: &mut Option<Child>) {
-        if let Some(c) = slot.as_mut() {
-            if !matches!(c.try_wait(), Ok(None)) {
-                *slot = None;
-            }
-        }
+        read_log(&self.log_path)
     }
 
     /// The live postmaster's pid: ours, or one `postmaster.pid` names that runs in our data
     /// directory (a server someone else started on it).
     pub fn postmaster_pid(&self) -> Option<u32> {
-        let mut slot = self.child();
-        PgCluster::reap(&mut slot);
-        if let Some(c) = slot.as_ref() {
-            return Some(c.id());
+        if let Some(pid) = self.child.pid() {
+            return Some(pid);
         }
-        drop(slot);
         let text = fs::read_to_string(self.data_dir.join("postmaster.pid")).ok()?;
         let pid: u32 = text.lines().next()?.trim().parse().ok()?;
         processes_in(&self.data_dir).contains(&pid).then_some(pid)
@@ -750,14 +897,7 @@ impl PgCluster {
         if let Some(pid) = self.postmaster_pid() {
             return Err(format!("the server is already running (pid {pid})"));
         }
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log_path)
-            .map_err(|e| format!("cannot open {}: {e}", self.log_path.display()))?;
-        let log2 = log
-            .try_clone()
-            .map_err(|e| format!("cannot dup the log: {e}"))?;
+        let (log, log2) = open_log(&self.log_path)?;
         let mut cmd = self.command("postgres");
         cmd.arg("-D")
             .arg(&self.data_dir)
@@ -774,47 +914,21 @@ impl PgCluster {
             .spawn()
             .map_err(|e| format!("cannot start {cmd:?}: {e}"))?;
         let pid = child.id();
-        *self.child() = Some(child);
+        self.child.set(child);
 
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            {
-                let mut slot = self.child();
-                match slot.as_mut().map(|c| c.try_wait()) {
-                    Some(Ok(None)) => {}
-                    other => {
-                        *slot = None;
-                        let status = match other {
-                            Some(Ok(Some(s))) => s.to_string(),
-                            _ => "gone".into(),
-                        };
-                        return Err(format!(
-                            "postgres exited while starting ({status}); server log:\n{}",
-                            self.log()
-                        ));
-                    }
-                }
-            }
-            // pg_ctl's test: line 1 is our pid, line 8 "ready" (or "standby": a hot standby
-            // accepting read-only connections).
-            if let Ok(text) = fs::read_to_string(self.data_dir.join("postmaster.pid")) {
+        // pg_ctl's test: line 1 is our pid, line 8 "ready" (or "standby": a hot standby
+        // accepting read-only connections).
+        let ready = || {
+            fs::read_to_string(self.data_dir.join("postmaster.pid")).is_ok_and(|text| {
                 let lines: Vec<&str> = text.lines().collect();
-                if lines.len() >= 8
+                lines.len() >= 8
                     && lines[0].trim() == pid.to_string()
                     && matches!(lines[7].trim(), "ready" | "standby")
-                {
-                    return Ok(());
-                }
-            }
-            if Instant::now() > deadline {
-                self.kill9();
-                return Err(format!(
-                    "postgres did not become ready within {START_TIMEOUT:?}; server log:\n{}",
-                    self.log()
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+            })
+        };
+        self.child
+            .wait_ready("postgres", START_TIMEOUT, ready, || self.kill9())
+            .map_err(|e| format!("{e}; server log:\n{}", self.log()))
     }
 
     /// [`PgCluster::try_start`], panicking on failure.
@@ -826,34 +940,9 @@ impl PgCluster {
     /// Sends `sig` to the postmaster and waits up to `timeout` for it to exit. Ok when no
     /// server runs (any more).
     fn signal_and_wait(&self, sig: Signal, timeout: Duration) -> Result<(), String> {
-        let Some(pid) = self.postmaster_pid() else {
-            return Ok(());
-        };
-        signal(pid, sig);
-        let deadline = Instant::now() + timeout;
-        loop {
-            let gone = {
-                let mut slot = self.child();
-                match slot.as_mut() {
-                    Some(c) if c.id() == pid => match c.try_wait() {
-                        Ok(None) => false,
-                        _ => {
-                            *slot = None;
-                            true
-                        }
-                    },
-                    _ => !pid_alive(pid),
-                }
-            };
-            if gone {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "postgres (pid {pid}) did not stop within {timeout:?} after {sig:?}"
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(10));
+        match self.postmaster_pid() {
+            Some(pid) => self.child.signal_and_wait(pid, sig, timeout, "postgres"),
+            None => Ok(()),
         }
     }
 
@@ -878,36 +967,8 @@ impl PgCluster {
         if let Some(pid) = self.postmaster_pid() {
             signal(pid, Signal::Kill);
         }
-        {
-            let mut slot = self.child();
-            if let Some(mut c) = slot.take() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
-        self.kill_leftovers(Duration::from_secs(10));
-    }
-
-    /// SIGKILL to every process in the data directory until none is left (or `timeout`).
-    fn kill_leftovers(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let pids = processes_in(&self.data_dir);
-            if pids.is_empty() {
-                return true;
-            }
-            if Instant::now() > deadline {
-                eprintln!(
-                    "PgCluster: processes {pids:?} in {} survive SIGKILL",
-                    self.data_dir.display()
-                );
-                return false;
-            }
-            for pid in pids {
-                signal(pid, Signal::Kill);
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        self.child.kill();
+        kill_processes_in(&self.data_dir, Duration::from_secs(10), "PgCluster");
     }
 }
 
@@ -926,152 +987,18 @@ impl Drop for PgCluster {
 // ---------------------------------------------------------------------------------------
 // Ledger
 
-/// Regular accounts [`Ledger::setup`] creates.
-pub const LEDGER_ACCOUNTS: i64 = 1_000;
-/// Each regular account's opening balance.
-pub const LEDGER_INITIAL_BALANCE: i64 = 1_000;
-
-const MIN_BACKOFF: Duration = Duration::from_millis(10);
-const MAX_BACKOFF: Duration = Duration::from_millis(500);
-const MAX_KEPT_ERRORS: usize = 1_000;
-const STOP_TIMEOUT_WRITERS: Duration = Duration::from_secs(30);
-
 /// A load with an invariant on PostgreSQL, the counterpart of the SQLite bank
-/// ([`crate::bank`]). Each writer thread, on its own connection, runs transactions that
-/// move money between two of the `accounts`, pay a fee of 1 into the writer's own fee
-/// account (id `-writer-1`) and insert one `ledger` row, then records the row's id as
-/// acknowledged with the `Instant` its COMMIT returned.
-///
-/// Invariants of any consistent state ([`LedgerState::balanced`]): the total balance never
-/// changes, and the fee accounts hold exactly one unit per `ledger` row (a cross-table,
-/// and with [`Ledger::setup_with`]'s tablespace a cross-directory, check). A copy taken at
-/// instant T also holds every id acknowledged before T ([`LedgerState::verify`]).
-///
-/// Writers survive a server that stops, crashes or restarts: they record the error, back
-/// off (10 ms doubling to 500 ms), reconnect, and go on until [`Ledger::stop`].
-pub struct Ledger {
-    shared: Arc<Shared>,
-    threads: Vec<JoinHandle<()>>,
-    started: Instant,
-}
+/// ([`crate::bank`]): the [`crate::ledger`] load (what its writers do, the invariants any
+/// consistent state keeps) on tables `accounts`, `ledger` (a `bigserial` id) and
+/// `ledger_meta`. With [`Ledger::setup_with`]'s tablespace the fee invariant spans two
+/// directories. What the writers acknowledged is read through [`LedgerRun`] (`Deref`);
+/// [`Ledger::stop`] stops them and reports.
+pub struct Ledger(LedgerRun);
 
-struct Shared {
-    stop: AtomicBool,
-    acks: Mutex<Vec<Ack>>,
-    errors: Mutex<Vec<String>>,
-    error_count: AtomicUsize,
-    longest_us: AtomicU64,
-}
-
-impl Shared {
-    fn record(&self, writer: i32, what: &str, e: &postgres::Error) {
-        self.error_count.fetch_add(1, Ordering::Relaxed);
-        let mut errors = self.errors.lock().unwrap_or_else(|p| p.into_inner());
-        if errors.len() < MAX_KEPT_ERRORS {
-            errors.push(format!("writer {writer}: {what}: {}", error_chain(e)));
-        }
-    }
-
-    /// Sleeps `d` unless told to stop meanwhile.
-    fn sleep(&self, d: Duration) {
-        let until = Instant::now() + d;
-        while !self.stop.load(Ordering::Relaxed) {
-            let now = Instant::now();
-            if now >= until {
-                return;
-            }
-            std::thread::sleep((until - now).min(Duration::from_millis(10)));
-        }
-    }
-
-    fn acks(&self) -> MutexGuard<'_, Vec<Ack>> {
-        self.acks.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-/// What [`Ledger::stop`] reports.
-#[derive(Clone, Debug)]
-pub struct LedgerStats {
-    pub committed: usize,
-    /// Every acknowledged ledger id, ascending.
-    pub acknowledged: Vec<i64>,
-    /// The longest time one transaction took from BEGIN to acknowledged COMMIT.
-    pub longest_stall: Duration,
-    pub ran_for: Duration,
-    /// How many errors the writers met (connects included).
-    pub error_count: usize,
-    /// The first 1000 of them, as "writer N: what: error".
-    pub errors: Vec<String>,
-}
-
-/// What a cluster (live, a copy, a restore) holds, read by [`Ledger::check`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LedgerState {
-    /// The ledger ids, ascending.
-    pub ids: Vec<i64>,
-    /// Regular accounts present, and how many [`Ledger::setup_with`] made.
-    pub accounts: i64,
-    pub expected_accounts: i64,
-    /// The sum of all balances (fee accounts included), and what it must be.
-    pub total_balance: i64,
-    pub expected_total: i64,
-    /// The sum of the fee accounts: one per ledger row.
-    pub fees: i64,
-}
-
-impl LedgerState {
-    /// Money neither created nor destroyed, one fee per ledger row, no account lost.
-    pub fn balanced(&self) -> bool {
-        self.total_balance == self.expected_total
-            && self.fees == self.ids.len() as i64
-            && self.accounts == self.expected_accounts
-    }
-
-    /// The ids of `acknowledged` this state lacks.
-    pub fn missing(&self, acknowledged: &[i64]) -> Vec<i64> {
-        acknowledged
-            .iter()
-            .copied()
-            .filter(|id| self.ids.binary_search(id).is_err())
-            .collect()
-    }
-
-    /// Ok when balanced and holding every id of `acknowledged`; else what is wrong.
-    pub fn verify(&self, acknowledged: &[i64]) -> Result<(), String> {
-        let mut problems = Vec::new();
-        if self.total_balance != self.expected_total {
-            problems.push(format!(
-                "total balance {} instead of {}",
-                self.total_balance, self.expected_total
-            ));
-        }
-        if self.fees != self.ids.len() as i64 {
-            problems.push(format!(
-                "fee accounts hold {} for {} ledger rows",
-                self.fees,
-                self.ids.len()
-            ));
-        }
-        if self.accounts != self.expected_accounts {
-            problems.push(format!(
-                "{} accounts instead of {}",
-                self.accounts, self.expected_accounts
-            ));
-        }
-        let missing = self.missing(acknowledged);
-        if !missing.is_empty() {
-            problems.push(format!(
-                "{} of {} acknowledged ids missing, e.g. {:?}",
-                missing.len(),
-                acknowledged.len(),
-                &missing[..missing.len().min(10)]
-            ));
-        }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(problems.join("; "))
-        }
+impl std::ops::Deref for Ledger {
+    type Target = LedgerRun;
+    fn deref(&self) -> &LedgerRun {
+        &self.0
     }
 }
 
@@ -1105,75 +1032,27 @@ fn writer_connect(config: &postgres::Config) -> Result<WriterConn, postgres::Err
     })
 }
 
-fn transfer(
-    c: &mut WriterConn,
-    writer: i32,
-    seq: i64,
-    rng: &mut impl Rng,
-) -> Result<i64, postgres::Error> {
-    let from = rng.gen_range(1..=c.accounts);
-    let mut to = rng.gen_range(1..c.accounts.max(2));
-    if to >= from {
-        to += 1;
-    }
-    let amount: i64 = rng.gen_range(1..=50);
-    // Lock the two accounts in id order: no deadlocks between writers.
-    let (lo, lo_delta, hi, hi_delta) = if from < to {
-        (from, -amount, to, amount - 1)
-    } else {
-        (to, amount - 1, from, -amount)
-    };
-    let fee_account = -writer - 1;
-    let mut tx = c.client.transaction()?;
-    tx.execute(&c.debit_credit, &[&lo, &lo_delta])?;
-    tx.execute(&c.debit_credit, &[&hi, &hi_delta])?;
-    tx.execute(&c.fee, &[&fee_account])?;
-    let id: i64 = tx.query_one(&c.insert, &[&writer, &seq, &amount])?.get(0);
-    tx.commit()?;
-    Ok(id)
-}
+impl LedgerConn for WriterConn {
+    type Error = postgres::Error;
 
-fn writer_loop(writer: i32, config: postgres::Config, shared: Arc<Shared>, pause: Duration) {
-    let mut rng = rand::thread_rng();
-    let mut conn: Option<WriterConn> = None;
-    let mut seq: i64 = 0;
-    let mut backoff = MIN_BACKOFF;
-    while !shared.stop.load(Ordering::Relaxed) {
-        if !matches!(&conn, Some(c) if !c.client.is_closed()) {
-            match writer_connect(&config) {
-                Ok(c) => conn = Some(c),
-                Err(e) => {
-                    shared.record(writer, "connect", &e);
-                    shared.sleep(backoff);
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                    continue;
-                }
-            }
-        }
-        let Some(c) = conn.as_mut() else { continue };
-        seq += 1;
-        let began = Instant::now();
-        match transfer(c, writer, seq, &mut rng) {
-            Ok(id) => {
-                let at = Instant::now();
-                shared
-                    .longest_us
-                    .fetch_max((at - began).as_micros() as u64, Ordering::Relaxed);
-                shared.acks().push(Ack { id, at });
-                backoff = MIN_BACKOFF;
-                if !pause.is_zero() {
-                    shared.sleep(pause);
-                }
-            }
-            Err(e) => {
-                // Whatever it was (shutdown, crash, recovery in progress), a new connection
-                // is the simplest way on.
-                shared.record(writer, "transaction", &e);
-                conn = None;
-                shared.sleep(backoff);
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-            }
-        }
+    fn accounts(&self) -> i32 {
+        self.accounts
+    }
+
+    fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+
+    fn transfer(&mut self, t: &Transfer) -> Result<i64, postgres::Error> {
+        let mut tx = self.client.transaction()?;
+        tx.execute(&self.debit_credit, &[&t.lo, &t.lo_delta])?;
+        tx.execute(&self.debit_credit, &[&t.hi, &t.hi_delta])?;
+        tx.execute(&self.fee, &[&t.fee_account])?;
+        let id: i64 = tx
+            .query_one(&self.insert, &[&t.writer, &t.seq, &t.amount])?
+            .get(0);
+        tx.commit()?;
+        Ok(id)
     }
 }
 
@@ -1211,120 +1090,15 @@ impl Ledger {
     /// Starts `writers` writer threads against `config` (e.g. [`PgCluster::config`]), each
     /// pausing `pause` between transactions (zero: as fast as possible).
     pub fn start(config: &postgres::Config, writers: usize, pause: Duration) -> Ledger {
-        let shared = Arc::new(Shared {
-            stop: AtomicBool::new(false),
-            acks: Mutex::new(Vec::new()),
-            errors: Mutex::new(Vec::new()),
-            error_count: AtomicUsize::new(0),
-            longest_us: AtomicU64::new(0),
-        });
-        let threads = (0..writers)
-            .map(|w| {
-                let (config, shared) = (config.clone(), shared.clone());
-                std::thread::Builder::new()
-                    .name(format!("ledger-{w}"))
-                    .spawn(move || writer_loop(w as i32, config, shared, pause))
-                    .expect("spawn a ledger writer")
-            })
-            .collect();
-        Ledger {
-            shared,
-            threads,
-            started: Instant::now(),
-        }
+        let config = config.clone();
+        Ledger(LedgerRun::start("ledger", writers, pause, move || {
+            writer_connect(&config)
+        }))
     }
 
-    /// Ids acknowledged strictly before `t`, ascending.
-    pub fn acknowledged_before(&self, t: Instant) -> Vec<i64> {
-        let mut ids: Vec<i64> = self
-            .shared
-            .acks()
-            .iter()
-            .filter(|a| a.at < t)
-            .map(|a| a.id)
-            .collect();
-        ids.sort_unstable();
-        ids
-    }
-
-    /// Every id acknowledged so far, ascending.
-    pub fn acknowledged(&self) -> Vec<i64> {
-        let mut ids: Vec<i64> = self.shared.acks().iter().map(|a| a.id).collect();
-        ids.sort_unstable();
-        ids
-    }
-
-    pub fn committed(&self) -> usize {
-        self.shared.acks().len()
-    }
-
-    pub fn error_count(&self) -> usize {
-        self.shared.error_count.load(Ordering::Relaxed)
-    }
-
-    /// Waits until at least `n` transactions are acknowledged in all; false on timeout.
-    pub fn wait_for_commits(&self, n: usize, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        while self.committed() < n {
-            if Instant::now() > deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        true
-    }
-
-    /// The longest stall so far; [`Ledger::reset_longest_stall`] starts a new window.
-    pub fn longest_stall(&self) -> Duration {
-        Duration::from_micros(self.shared.longest_us.load(Ordering::Relaxed))
-    }
-
-    pub fn reset_longest_stall(&self) {
-        self.shared.longest_us.store(0, Ordering::Relaxed);
-    }
-
-    /// Stops the writers (each finishes or abandons its transaction) and reports. A writer
-    /// stuck for 30 s (e.g. in a COMMIT on a server that never comes back) is left behind
-    /// and reported in `errors`.
-    pub fn stop(mut self) -> LedgerStats {
-        self.shared.stop.store(true, Ordering::Relaxed);
-        let deadline = Instant::now() + STOP_TIMEOUT_WRITERS;
-        let mut stuck = Vec::new();
-        for (w, t) in std::mem::take(&mut self.threads).into_iter().enumerate() {
-            while !t.is_finished() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            if t.is_finished() {
-                if t.join().is_err() {
-                    stuck.push(format!("writer {w}: panicked"));
-                }
-            } else {
-                stuck.push(format!(
-                    "writer {w}: did not stop within {STOP_TIMEOUT_WRITERS:?}"
-                ));
-            }
-        }
-        let acks = self.shared.acks();
-        let committed = acks.len();
-        let mut acknowledged: Vec<i64> = acks.iter().map(|a| a.id).collect();
-        drop(acks);
-        acknowledged.sort_unstable();
-        let mut errors = self
-            .shared
-            .errors
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let error_count = self.error_count() + stuck.len();
-        errors.extend(stuck);
-        LedgerStats {
-            committed,
-            acknowledged,
-            longest_stall: self.longest_stall(),
-            ran_for: self.started.elapsed(),
-            error_count,
-            errors,
-        }
+    /// Stops the writers and reports: [`LedgerRun::stop`].
+    pub fn stop(self) -> LedgerStats {
+        self.0.stop()
     }
 
     /// Reads the ledger's state in one REPEATABLE READ, read-only transaction (consistent
@@ -1357,13 +1131,5 @@ impl Ledger {
             expected_total: meta.get(1),
             fees: row.get(2),
         })
-    }
-}
-
-impl Drop for Ledger {
-    /// A ledger dropped without [`Ledger::stop`] (a failing test) tells its writers to stop
-    /// and does not wait for them.
-    fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::Relaxed);
     }
 }

@@ -52,6 +52,8 @@ pub enum WriterSpec {
     Fsfreeze(fsfreeze::FsfreezeOptions),
     Exec(exec::ExecOptions),
     Postgres(shadowcopy_postgres::PostgresOptions),
+    #[serde(alias = "mysql")]
+    Mariadb(shadowcopy_mariadb::MariaDbOptions),
 }
 
 /// The writer kinds this build knows, with one line on what each is for.
@@ -63,6 +65,10 @@ pub const KINDS: &[(&str, &str)] = &[
     (
         "postgres",
         "a PostgreSQL cluster: backup mode (pg_backup_start/stop), copies carry their own WAL, verified on a sandbox",
+    ),
+    (
+        "mariadb",
+        "a MariaDB (or MySQL) server: BACKUP STAGE freeze, binlog position in each copy, verified on a sandbox, binlogs purged, roll-forward",
     ),
     (
         "exec",
@@ -80,6 +86,7 @@ pub fn build(spec: &WriterSpec, context: &SetContext) -> Box<dyn Writer> {
         WriterSpec::Fsfreeze(o) => Box::new(fsfreeze::FsfreezeWriter::new(o.clone())),
         WriterSpec::Exec(o) => Box::new(exec::ExecWriter::new(o.clone(), context.clone())),
         WriterSpec::Postgres(o) => Box::new(shadowcopy_postgres::PostgresWriter::new(o.clone())),
+        WriterSpec::Mariadb(o) => Box::new(shadowcopy_mariadb::MariaDbWriter::new(o.clone())),
     }
 }
 
@@ -90,6 +97,7 @@ impl WriterSpec {
             WriterSpec::Fsfreeze(_) => "fsfreeze",
             WriterSpec::Exec(_) => "exec",
             WriterSpec::Postgres(_) => "postgres",
+            WriterSpec::Mariadb(_) => "mariadb",
         }
     }
 }

@@ -22,7 +22,7 @@ use crate::GlobalArgs;
 #[derive(Args, Debug)]
 pub struct CreateArgs {
     /// A set named in the config file
-    #[arg(conflicts_with_all = ["sqlite", "postgres", "path", "fsfreeze", "name", "exec_writer"])]
+    #[arg(conflicts_with_all = ["sqlite", "postgres", "mariadb", "path", "fsfreeze", "name", "exec_writer"])]
     pub set: Option<String>,
     /// Zero-config: copy this SQLite database (WAL or rollback journal)
     #[arg(long, value_name = "PATH", help_heading = "Zero-config set")]
@@ -39,6 +39,15 @@ pub struct CreateArgs {
         help_heading = "Zero-config set"
     )]
     pub pg_archive: Option<PathBuf>,
+    /// Zero-config: copy this MariaDB (or MySQL) server, given by a URL of a connection
+    /// with the RELOAD privilege (mysql://root@localhost/?socket=/run/mysqld/mysqld.sock)
+    /// or its unix socket's path
+    #[arg(long, value_name = "URL", help_heading = "Zero-config set")]
+    pub mariadb: Option<String>,
+    /// With --mariadb: keep every binary log (by default a verified copy purges the ones
+    /// no kept copy needs for a roll-forward)
+    #[arg(long, requires = "mariadb", help_heading = "Zero-config set")]
+    pub mariadb_keep_binlogs: bool,
     /// Zero-config: copy this file or directory as it is (repeat for more)
     #[arg(long = "path", value_name = "DIR", help_heading = "Zero-config set")]
     pub path: Vec<PathBuf>,
@@ -85,9 +94,13 @@ pub fn run(g: &GlobalArgs, args: CreateArgs) -> anyhow::Result<()> {
     };
     let spec = match &args.set {
         Some(set) => SetSpec::from_config(&session.config, set, &overrides)?,
-        None if args.sqlite.is_none() && args.postgres.is_none() && args.path.is_empty() => {
+        None if args.sqlite.is_none()
+            && args.postgres.is_none()
+            && args.mariadb.is_none()
+            && args.path.is_empty() =>
+        {
             return Err(UsageError::new(
-                "say what to copy: a set named in the config file (`create SET`), one SQLite database (`create --sqlite PATH`), a PostgreSQL cluster (`create --postgres URL`), or files and directories (`create --path DIR`)",
+                "say what to copy: a set named in the config file (`create SET`), one SQLite database (`create --sqlite PATH`), a PostgreSQL cluster (`create --postgres URL`), a MariaDB server (`create --mariadb URL`), or files and directories (`create --path DIR`)",
             )
             .into())
         }
@@ -97,6 +110,8 @@ pub fn run(g: &GlobalArgs, args: CreateArgs) -> anyhow::Result<()> {
                 sqlite: args.sqlite.as_deref(),
                 postgres: args.postgres.as_deref(),
                 pg_archive: args.pg_archive.as_deref(),
+                mariadb: args.mariadb.as_deref(),
+                mariadb_keep_binlogs: args.mariadb_keep_binlogs,
                 exec_writers: &args.exec_writer,
                 paths: &args.path,
                 fsfreeze: args.fsfreeze,
@@ -120,7 +135,11 @@ pub fn run(g: &GlobalArgs, args: CreateArgs) -> anyhow::Result<()> {
         catalog_dir: session.catalog_dir.clone(),
         set: spec.name.clone(),
     });
-    let created = create_copy(&catalog, &spec, provider.clone(), events, kept)?;
+    // One btrfs snapshot, or a copy of frozen file systems, holds every file at one
+    // instant (MariaDB then needs no check of InnoDB's background writes).
+    let run_spec =
+        spec.with_atomic_snapshot(provider.kind() == "btrfs" || spec.freezes_file_systems());
+    let created = create_copy(&catalog, &run_spec, provider.clone(), events, kept)?;
     report(session.out, &spec, &*provider, &created)
 }
 

@@ -101,6 +101,8 @@ pub fn run(g: &GlobalArgs, args: QuickstartArgs) -> anyhow::Result<()> {
             sqlite: Some(&db),
             postgres: None,
             pg_archive: None,
+            mariadb: None,
+            mariadb_keep_binlogs: false,
             exec_writers: &[],
             paths: &[],
             fsfreeze: false,

@@ -29,11 +29,14 @@ pub struct RestoreArgs {
     #[arg(long)]
     pub discard_current: bool,
     /// point-in-time: the data exactly as in the copy. roll-forward: the copy, then the
-    /// database's logs kept since (WAL archive, live WAL directory) replayed to their end
+    /// database's logs kept since (WAL archive, live WAL directory, MariaDB's binary
+    /// logs) replayed to their end
     #[arg(long, value_name = "MODE", default_value = "point-in-time", value_parser = ["point-in-time", "roll-forward"])]
     pub mode: String,
     /// With --mode roll-forward: stop replaying at this point (PostgreSQL: a time such as
-    /// "2026-11-22 10:00:00+00", an LSN such as 0/3000060, or xid:NNN)
+    /// "2026-11-22 10:00:00+00", an LSN such as 0/3000060, or xid:NNN; MariaDB: a time
+    /// such as "2026-11-22 10:00:00Z", a binlog position such as mariadb-bin.000042:1234,
+    /// or a GTID position such as 0-1-100)
     #[arg(long, value_name = "TARGET", requires = "mode")]
     pub until: Option<String>,
     #[command(flatten)]

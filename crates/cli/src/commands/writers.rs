@@ -28,6 +28,10 @@ struct Instance {
     state: &'static str,
     detail: String,
     in_use_by: Vec<u32>,
+    /// What discovery found (database writers: the server's layout, flavour, version,
+    /// engines in use), as recorded with copies.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    discovered: Option<serde_json::Value>,
 }
 
 #[derive(Serialize)]
@@ -45,7 +49,20 @@ pub fn run(g: &GlobalArgs, args: WritersArgs) -> anyhow::Result<()> {
     let mut configured = Vec::new();
     for name in session.config.sets.keys() {
         let spec = SetSpec::from_config(&session.config, name, &Overrides::default())?;
-        for mut w in spec.build_writers() {
+        let discovered: Vec<Option<serde_json::Value>> = spec
+            .writers
+            .iter()
+            .map(|w| match w {
+                shadowcopy_writers::WriterSpec::Postgres(p) => {
+                    p.layout.as_ref().and_then(|l| serde_json::to_value(l).ok())
+                }
+                shadowcopy_writers::WriterSpec::Mariadb(m) => {
+                    m.layout.as_ref().and_then(|l| serde_json::to_value(l).ok())
+                }
+                _ => None,
+            })
+            .collect();
+        for (i, mut w) in spec.build_writers().into_iter().enumerate() {
             let (state, detail, paths) = match w.identify() {
                 Ok(components) => (
                     "stable",
@@ -68,6 +85,7 @@ pub fn run(g: &GlobalArgs, args: WritersArgs) -> anyhow::Result<()> {
                 state,
                 detail,
                 in_use_by,
+                discovered: discovered.get(i).cloned().flatten(),
             });
         }
     }

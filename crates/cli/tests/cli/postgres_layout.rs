@@ -15,7 +15,7 @@ use shadowcopy_testing::postgres::{
     make_postgres_dir, postgres_or_skip, Ledger, PgCluster, PgOptions, LEDGER_ACCOUNTS, TABLESPACE,
 };
 
-use crate::postgres::wait_for_promotion;
+use crate::postgres::{destroy_data_files, wait_for_promotion};
 use crate::support::{describe, Cli};
 
 const BIN: &str = env!("CARGO_BIN_EXE_shadowcopy");
@@ -265,9 +265,7 @@ fn postgres_data_wal_and_tablespace_on_three_file_systems_copy_verify_and_restor
     let acked_all = stats.acknowledged;
     assert!(acked_all.len() > acked_before_copy.len());
     cluster.stop();
-    for d in ["base", "global"] {
-        std::fs::remove_dir_all(data.join(d)).unwrap();
-    }
+    destroy_data_files(cluster);
     for e in std::fs::read_dir(&ts).unwrap() {
         std::fs::remove_dir_all(e.unwrap().path()).unwrap();
     }
@@ -302,7 +300,8 @@ fn postgres_data_wal_and_tablespace_on_three_file_systems_copy_verify_and_restor
     assert!(out.status.success(), "{}", describe(&out));
     assert_pre_restore_kept(&cli, &out);
     cluster.start();
-    let state = Ledger::check(&mut cluster.connect()).unwrap();
+    // Recovery stops where the copy is consistent, then the server promotes.
+    let state = wait_for_promotion(cluster);
     if let Err(e) = state.verify(&acked_before_copy) {
         panic!("point in time: {e}\n{}", cluster.log());
     }

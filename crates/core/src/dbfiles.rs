@@ -1,0 +1,173 @@
+//! Files of a database server, as the database writers (PostgreSQL, MariaDB) handle them:
+//! finding a directory inside a copy, cloning a tree to scratch (a reflink where the file
+//! system can) and giving files to the user the server runs as.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+
+use crate::model::CopyView;
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot {action} {}", .path.display())]
+pub struct FileError {
+    pub action: &'static str,
+    pub path: PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
+
+pub fn err<'a>(
+    action: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> FileError + 'a {
+    move |source| FileError {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Where the copy holds the directory `original` (found through any file under it).
+pub fn copy_root(copy: &CopyView, original: &Path) -> Option<PathBuf> {
+    copy.files.iter().find_map(|(o, c)| {
+        let rel = o.strip_prefix(original).ok()?;
+        let mut root = c.clone();
+        for _ in rel.components() {
+            root.pop();
+        }
+        Some(root)
+    })
+}
+
+/// The user files are given to: the server's owner (`uid`, `gid` of its data directory)
+/// when we run as root, else nobody (files stay ours, which is the owner's).
+#[derive(Clone, Copy, Debug)]
+pub struct Owner {
+    pub ids: Option<(u32, u32)>,
+}
+
+impl Owner {
+    pub fn new(uid: u32, gid: u32) -> Owner {
+        Owner {
+            ids: rustix::process::geteuid().is_root().then_some((uid, gid)),
+        }
+    }
+
+    pub fn chown(&self, path: &Path) -> Result<(), FileError> {
+        if let Some((uid, gid)) = self.ids {
+            std::os::unix::fs::chown(path, Some(uid), Some(gid))
+                .map_err(err("give to the server's owner", path))?;
+        }
+        Ok(())
+    }
+
+    pub fn lchown(&self, path: &Path) -> Result<(), FileError> {
+        if let Some((uid, gid)) = self.ids {
+            std::os::unix::fs::lchown(path, Some(uid), Some(gid))
+                .map_err(err("give to the server's owner", path))?;
+        }
+        Ok(())
+    }
+
+    /// Whether the owner can reach and write `dir` (every ancestor traversable).
+    pub fn can_enter(&self, dir: &Path) -> bool {
+        let Some((uid, gid)) = self.ids else {
+            return true;
+        };
+        std::process::Command::new("test")
+            .arg("-w")
+            .arg(dir)
+            .uid(uid)
+            .gid(gid)
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// Chowns `path` and everything below it (symlinks themselves, not their targets).
+    pub fn chown_tree(&self, path: &Path) -> Result<(), FileError> {
+        if self.ids.is_none() {
+            return Ok(());
+        }
+        for e in walkdir::WalkDir::new(path).follow_links(false) {
+            let e = e.map_err(walk_error(path))?;
+            self.lchown(e.path())?;
+        }
+        Ok(())
+    }
+}
+
+/// Makes `dir` and every ancestor traversable by others (`o+x`) where the owner could
+/// not pass (a scratch directory under /root, say).
+pub fn make_traversable(dir: &Path, owner: &Owner) -> Result<(), FileError> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let Some((uid, _)) = owner.ids else {
+        return Ok(());
+    };
+    for a in dir.ancestors() {
+        let Ok(md) = std::fs::metadata(a) else {
+            continue;
+        };
+        if md.uid() != uid && md.mode() & 0o001 == 0 {
+            std::fs::set_permissions(
+                a,
+                std::fs::Permissions::from_mode((md.mode() & 0o7777) | 0o001),
+            )
+            .map_err(err("make traversable", a))?;
+        }
+    }
+    Ok(())
+}
+
+fn walk_error(root: &Path) -> impl Fn(walkdir::Error) -> FileError + '_ {
+    move |e| FileError {
+        action: "read",
+        path: e.path().unwrap_or(root).to_path_buf(),
+        source: e
+            .into_io_error()
+            .unwrap_or_else(|| std::io::Error::other("loop")),
+    }
+}
+
+/// Copies the tree at `src` to `dest` (which must not exist): directories with their
+/// modes, symlinks as symlinks, regular files by `std::fs::copy` (copy_file_range: a
+/// clone on XFS and btrfs when both are on one file system). Everything created is
+/// given to `owner`. `skip` gets paths relative to `src` and leaves those out.
+pub fn clone_tree(
+    src: &Path,
+    dest: &Path,
+    owner: &Owner,
+    skip: &dyn Fn(&Path) -> bool,
+) -> Result<(), FileError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut walk = walkdir::WalkDir::new(src).follow_links(false).into_iter();
+    while let Some(entry) = walk.next() {
+        let entry = entry.map_err(walk_error(src))?;
+        let rel = entry.path().strip_prefix(src).unwrap_or(entry.path());
+        if !rel.as_os_str().is_empty() && skip(rel) {
+            if entry.file_type().is_dir() {
+                walk.skip_current_dir();
+            }
+            continue;
+        }
+        let target = dest.join(rel);
+        let ft = entry.file_type();
+        if ft.is_dir() {
+            std::fs::create_dir_all(&target).map_err(err("create", &target))?;
+            let mode = entry
+                .metadata()
+                .map(|m| m.permissions().mode() & 0o7777)
+                .unwrap_or(0o700);
+            std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode | 0o700))
+                .map_err(err("set the mode of", &target))?;
+            owner.chown(&target)?;
+        } else if ft.is_symlink() {
+            let to = std::fs::read_link(entry.path()).map_err(err("read", entry.path()))?;
+            std::os::unix::fs::symlink(&to, &target).map_err(err("create", &target))?;
+            owner.lchown(&target)?;
+        } else if ft.is_file() {
+            std::fs::copy(entry.path(), &target).map_err(err("clone", entry.path()))?;
+            owner.chown(&target)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,20 @@
+//! MariaDB (and MySQL) support for shadowcopy: the `mariadb` writer. Discovery of a
+//! running server, the freeze (BACKUP STAGE on MariaDB, LOCK INSTANCE FOR BACKUP plus
+//! FLUSH TABLES WITH READ LOCK on MySQL) on a connection the server releases when it
+//! goes, the binlog position stored in each copy, verification on a sandbox server,
+//! binlog truncation after a verified copy, and point-in-time and roll-forward restores.
+
+pub mod bin;
+mod files;
+mod instance;
+pub mod lock;
+pub mod position;
+mod replay;
+pub mod restore;
+pub mod retention;
+mod sandbox;
+pub mod server;
+pub mod writer;
+
+pub use server::{MariaDbOptions, ServerLayout};
+pub use writer::MariaDbWriter;
