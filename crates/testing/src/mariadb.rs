@@ -370,6 +370,10 @@ pub struct MariaDbInstance {
     settings: Vec<(String, String)>,
     /// The `mariadbd` we started, reaped by us.
     child: ServerChild,
+    /// Whether this instance ever started a server: one that never did (an adoption
+    /// refused because another server runs in the data directory) must not kill that
+    /// server when it is killed or dropped.
+    started: std::sync::atomic::AtomicBool,
 }
 
 impl MariaDbInstance {
@@ -571,6 +575,7 @@ impl MariaDbInstance {
             user,
             settings: Vec::new(),
             child: ServerChild::default(),
+            started: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -805,6 +810,8 @@ impl MariaDbInstance {
             .spawn()
             .map_err(|e| format!("cannot start {cmd:?}: {e}"))?;
         self.child.set(child);
+        self.started
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         self.child
             .wait_ready(
                 "mariadbd",
@@ -845,7 +852,9 @@ impl MariaDbInstance {
             signal(pid, Signal::Kill);
         }
         self.child.kill();
-        kill_processes_in(&self.data_dir, Duration::from_secs(10), "MariaDbInstance");
+        if self.started.load(std::sync::atomic::Ordering::Relaxed) {
+            kill_processes_in(&self.data_dir, Duration::from_secs(10), "MariaDbInstance");
+        }
     }
 }
 
