@@ -7,6 +7,7 @@ use std::process::{Command, Output};
 
 use anyhow::{anyhow, bail, ensure, Context};
 use serde_json::Value;
+use shadowcopy_testing::loopfs::FsKind;
 use std::time::Duration;
 
 /// The `shadowcopy` binary: `explicit`, else the one beside this binary.
@@ -187,4 +188,32 @@ pub fn write_section(path: &Path, name: &str, section: &str) -> anyhow::Result<(
         ),
     };
     std::fs::write(path, new).with_context(|| format!("writing {}", path.display()))
+}
+
+/// The loop file system a provider is measured on (`copy` and `reflink` on XFS, `btrfs`
+/// on btrfs); `None` for a provider no workload measures.
+pub fn fs_for(provider: &str) -> Option<FsKind> {
+    match provider {
+        "copy" | "reflink" => Some(FsKind::Xfs),
+        "btrfs" => Some(FsKind::Btrfs),
+        _ => None,
+    }
+}
+
+/// The chosen providers that run on file systems of `kind`, in the order given.
+pub fn providers_on(providers: &[String], kind: FsKind) -> Vec<&str> {
+    providers
+        .iter()
+        .map(String::as_str)
+        .filter(|p| fs_for(p) == Some(kind))
+        .collect()
+}
+
+/// The mkfs tools the chosen providers need.
+pub fn mkfs_tools(providers: &[String]) -> Vec<&'static str> {
+    [(FsKind::Xfs, "mkfs.xfs"), (FsKind::Btrfs, "mkfs.btrfs")]
+        .into_iter()
+        .filter(|(kind, _)| !providers_on(providers, *kind).is_empty())
+        .map(|(_, tool)| tool)
+        .collect()
 }

@@ -116,31 +116,12 @@ pub struct PostgresArgs {
 impl PostgresArgs {
     /// The mkfs tools the chosen providers need.
     pub fn tools(&self) -> Vec<&'static str> {
-        let mut tools = Vec::new();
-        for (kind, tool) in [(FsKind::Xfs, "mkfs.xfs"), (FsKind::Btrfs, "mkfs.btrfs")] {
-            if !self.providers_on(kind).is_empty() {
-                tools.push(tool);
-            }
-        }
-        tools
+        common::mkfs_tools(&self.providers)
     }
 
     /// The chosen providers that run on file systems of `kind`.
     fn providers_on(&self, kind: FsKind) -> Vec<&str> {
-        self.providers
-            .iter()
-            .map(String::as_str)
-            .filter(|p| fs_for(p) == Some(kind))
-            .collect()
-    }
-}
-
-/// The loop file system a provider is measured on.
-fn fs_for(provider: &str) -> Option<FsKind> {
-    match provider {
-        "copy" | "reflink" => Some(FsKind::Xfs),
-        "btrfs" => Some(FsKind::Btrfs),
-        _ => None,
+        common::providers_on(&self.providers, kind)
     }
 }
 
@@ -201,7 +182,7 @@ struct ScaleResult {
 
 /// Runs the PostgreSQL workload (as root).
 pub fn bench(args: &PostgresArgs) -> anyhow::Result<()> {
-    if let Some(p) = args.providers.iter().find(|p| fs_for(p).is_none()) {
+    if let Some(p) = args.providers.iter().find(|p| common::fs_for(p).is_none()) {
         bail!("unknown provider `{p}` for the postgres workload (copy, reflink, btrfs)");
     }
     if let Some(dir) = &args.dir {
