@@ -21,7 +21,7 @@ use std::fs::{File, Metadata, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use rustix::fs::SeekFrom;
 use shadowcopy_core::error::BoxError;
@@ -246,17 +246,19 @@ fn commit(
             src: &entries[*i].original,
             dest,
             meta: &entries[*i].meta,
+            entry: Some(&entries[*i]),
         })
         .collect();
-    copy_many(&jobs, parallelism, Some(control), Destination::NewInCopy)?;
+    let gone = copy_many(&jobs, parallelism, Some(control), Destination::NewInCopy)?;
     layout::finish_tree(location, &entries)?;
     if control.cancelled() {
         return Err(CopyError::Cancelled { done: total, total });
     }
-    Ok(entries
+    Ok(files
         .iter()
-        .filter(|e| e.kind == layout::Kind::File)
-        .map(|e| layout::file_entry(&e.original, &e.meta))
+        .zip(gone)
+        .filter(|(_, gone)| !gone)
+        .map(|((i, _), _)| layout::file_entry(&entries[*i].original, &entries[*i].meta))
         .collect())
 }
 
@@ -269,11 +271,13 @@ pub(crate) fn copy_file(src: &Path, dest: &Path, parallelism: usize) -> Result<(
             src,
             dest,
             meta: &meta,
+            entry: None,
         }],
         parallelism,
         None,
         Destination::Replace,
     )
+    .map(|_| ())
 }
 
 /// Where [`copy_many`] writes.
@@ -291,6 +295,9 @@ struct FileJob<'a> {
     src: &'a Path,
     dest: &'a Path,
     meta: &'a Metadata,
+    /// The plan's entry, in a commit: a file the application removes meanwhile may be
+    /// left out (see [`layout::Entry::may_vanish`]).
+    entry: Option<&'a layout::Entry>,
 }
 
 /// One unit of work: a range of one file.
@@ -302,13 +309,14 @@ struct Chunk {
 
 /// Copies every file: creates each destination at full size, then copies the chunks of
 /// all files in parallel; the thread that finishes a file's last chunk sets its
-/// metadata (and, for a restore, fsyncs it).
+/// metadata (and, for a restore, fsyncs it). Returns, per file, whether it was left out
+/// because the application removed it meanwhile (its destination is removed too).
 fn copy_many(
     files: &[FileJob],
     parallelism: usize,
     control: Option<&CommitControl>,
     destination: Destination,
-) -> Result<(), CopyError> {
+) -> Result<Vec<bool>, CopyError> {
     let mut chunks = Vec::new();
     let mut remaining = Vec::with_capacity(files.len());
     for (i, f) in files.iter().enumerate() {
@@ -336,23 +344,34 @@ fn copy_many(
     }
     let total: u64 = files.iter().map(|f| f.meta.len()).sum();
     let done = AtomicU64::new(0);
+    let gone: Vec<AtomicBool> = files.iter().map(|_| AtomicBool::new(false)).collect();
     let cancelled = || control.is_some_and(CommitControl::cancelled);
     let work = |j: usize| -> Result<(), CopyError> {
         let c = &chunks[j];
         let f = &files[c.file];
-        if c.len > 0 {
-            let src = File::open(f.src).map_err(io_err("open", f.src))?;
-            let dest = OpenOptions::new()
-                .write(true)
-                .open(f.dest)
-                .map_err(io_err("open", f.dest))?;
-            copy_range(&src, &dest, f, c.offset, c.offset + c.len, &cancelled)?;
+        if c.len > 0 && !gone[c.file].load(Ordering::SeqCst) {
+            match File::open(f.src) {
+                Ok(src) => {
+                    let dest = OpenOptions::new()
+                        .write(true)
+                        .open(f.dest)
+                        .map_err(io_err("open", f.dest))?;
+                    copy_range(&src, &dest, f, c.offset, c.offset + c.len, &cancelled)?;
+                }
+                Err(e) if f.entry.is_some_and(|entry| layout::vanished(entry, &e)) => {
+                    gone[c.file].store(true, Ordering::SeqCst);
+                }
+                Err(e) => return Err(io_err("open", f.src)(e)),
+            }
         }
         let now = done.fetch_add(c.len, Ordering::SeqCst) + c.len;
         if let Some(control) = control {
             control.bytes(now, total);
         }
         if remaining[c.file].fetch_sub(1, Ordering::SeqCst) == 1 {
+            if gone[c.file].load(Ordering::SeqCst) {
+                return std::fs::remove_file(f.dest).map_err(io_err("remove", f.dest));
+            }
             let dest = OpenOptions::new()
                 .write(true)
                 .open(f.dest)
@@ -365,7 +384,7 @@ fn copy_many(
         Ok(())
     };
     match pool::run(chunks.len(), parallelism, &cancelled, &work) {
-        Ok(()) => Ok(()),
+        Ok(()) => Ok(gone.into_iter().map(AtomicBool::into_inner).collect()),
         Err(Stop::Failed(CopyError::Cancelled { .. }) | Stop::Cancelled) => {
             Err(CopyError::Cancelled {
                 done: done.load(Ordering::SeqCst),

@@ -225,6 +225,22 @@ pub(crate) struct Entry {
     pub original: PathBuf,
     pub kind: Kind,
     pub meta: Metadata,
+    /// Found inside a directory component, so the application may remove it while the
+    /// commit runs (PostgreSQL in backup mode is not paused: the archiver renames
+    /// `archive_status` files, checkpoints remove old WAL). A file that is gone when the
+    /// provider opens it is left out of the copy, as it would be had the walk come a
+    /// moment later; a component named by the writer must be there.
+    pub may_vanish: bool,
+}
+
+/// Whether `e` is a file the application removed after the plan saw it (see
+/// [`Entry::may_vanish`]); the provider leaves it out.
+pub(crate) fn vanished(e: &Entry, err: &io::Error) -> bool {
+    let gone = e.may_vanish && err.kind() == io::ErrorKind::NotFound;
+    if gone {
+        tracing::debug!(path = %e.original.display(), "removed by the application during the commit; left out of the copy");
+    }
+    gone
 }
 
 /// Everything a commit copies, parents before children, without duplicates, leaving
@@ -265,6 +281,7 @@ pub(crate) fn plan(
                     original: c.path.clone(),
                     kind: Kind::File,
                     meta,
+                    may_vanish: false,
                 });
             }
             continue;
@@ -281,10 +298,18 @@ pub(crate) fn plan(
                 !skip
             });
         for item in walk {
-            let item = item.map_err(|source| LayoutError::Walk {
-                path: c.path.clone(),
-                source,
-            })?;
+            let item = match item {
+                Ok(item) => item,
+                // A file or directory the application removed between the listing of
+                // its directory and its lstat.
+                Err(e) if e.depth() > 0 && is_not_found(&e) => continue,
+                Err(source) => {
+                    return Err(LayoutError::Walk {
+                        path: c.path.clone(),
+                        source,
+                    })
+                }
+            };
             let kind = if item.depth() == 0 || item.file_type().is_dir() {
                 Kind::Dir
             } else if item.file_type().is_file() {
@@ -298,21 +323,33 @@ pub(crate) fn plan(
             let meta = if item.depth() == 0 {
                 meta.clone()
             } else {
-                item.metadata().map_err(|source| LayoutError::Walk {
-                    path: c.path.clone(),
-                    source,
-                })?
+                match item.metadata() {
+                    Ok(m) => m,
+                    Err(e) if is_not_found(&e) => continue,
+                    Err(source) => {
+                        return Err(LayoutError::Walk {
+                            path: c.path.clone(),
+                            source,
+                        })
+                    }
+                }
             };
             if seen.insert(item.path().to_path_buf()) {
                 entries.push(Entry {
                     original: item.path().to_path_buf(),
                     kind,
                     meta,
+                    may_vanish: item.depth() > 0,
                 });
             }
         }
     }
     Ok(entries)
+}
+
+fn is_not_found(e: &walkdir::Error) -> bool {
+    e.io_error()
+        .is_some_and(|io| io.kind() == io::ErrorKind::NotFound)
 }
 
 /// Creates the directories and symlinks of the plan under `location` and returns, for
@@ -333,8 +370,11 @@ pub(crate) fn build_tree(
                 if e.kind == Kind::File {
                     files.push((i, dest));
                 } else {
-                    let target = std::fs::read_link(&e.original)
-                        .map_err(io_err("read the symlink", &e.original))?;
+                    let target = match std::fs::read_link(&e.original) {
+                        Ok(target) => target,
+                        Err(err) if vanished(e, &err) => continue,
+                        Err(err) => return Err(io_err("read the symlink", &e.original)(err)),
+                    };
                     std::os::unix::fs::symlink(&target, &dest)
                         .map_err(io_err("create the symlink", &dest))?;
                     set_link_metadata(&dest, &e.meta)?;

@@ -13,7 +13,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use rustix::io::Errno;
 use shadowcopy_core::error::BoxError;
@@ -376,11 +376,20 @@ fn commit(
     // in backup mode is not frozen) may have grown or shrunk since the plan's stat, and a
     // clone takes the whole file as it is at the clone.
     let cloned_sizes: Vec<AtomicU64> = files.iter().map(|_| AtomicU64::new(0)).collect();
+    let gone: Vec<AtomicBool> = files.iter().map(|_| AtomicBool::new(false)).collect();
     let cancelled = || control.cancelled();
     let work = |j: usize| -> Result<(), ReflinkError> {
         let (i, dest) = &files[j];
         let e = &entries[*i];
-        let src = File::open(&e.original).map_err(io_err("open", &e.original))?;
+        let src = match File::open(&e.original) {
+            Ok(src) => src,
+            Err(err) if layout::vanished(e, &err) => {
+                gone[j].store(true, Ordering::SeqCst);
+                done_bytes.fetch_add(e.meta.len(), Ordering::SeqCst);
+                return Ok(());
+            }
+            Err(err) => return Err(io_err("open", &e.original)(err)),
+        };
         let out = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -421,7 +430,9 @@ fn commit(
     Ok(files
         .iter()
         .zip(&cloned_sizes)
-        .map(|((i, _), size)| FileEntry {
+        .zip(&gone)
+        .filter(|(_, gone)| !gone.load(Ordering::SeqCst))
+        .map(|(((i, _), size), _)| FileEntry {
             size: size.load(Ordering::SeqCst),
             ..layout::file_entry(&entries[*i].original, &entries[*i].meta)
         })

@@ -44,6 +44,7 @@ pub fn run_all(make: Make, data_dir: &Path) {
     cancel_during_commit(make, &case_dir(data_dir, "cancel-during"));
     location_never_overwritten(make, &case_dir(data_dir, "no-overwrite"));
     two_stage_commit(make, &case_dir(data_dir, "two-stage"));
+    files_removed_during_commit(make, &case_dir(data_dir, "removed-during"));
 }
 
 /// For providers that copy pinned components early: a commit in two stages (pinned
@@ -448,6 +449,99 @@ pub fn cancel_before_commit(make: Make, dir: &Path) {
     );
     p.delete(&loc).unwrap();
     assert_gone(&loc);
+}
+
+/// Removes `doomed` at the first progress report, as PostgreSQL's archiver and
+/// checkpointer remove files while a copy in backup mode runs.
+struct RemoveOnProgress {
+    doomed: Vec<PathBuf>,
+    removed: AtomicUsize,
+}
+
+impl EventSink for RemoveOnProgress {
+    fn bytes(&self, _done: u64, _total: u64) {
+        if self.removed.load(Ordering::SeqCst) == 0 {
+            for f in &self.doomed {
+                if std::fs::remove_file(f).is_ok() {
+                    self.removed.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }
+    }
+}
+
+/// Files inside a directory component that the application removes while the commit
+/// runs are left out of the copy instead of failing it; every file the manifest lists is
+/// in the copy with the content it had, and the copy holds nothing the manifest does not
+/// list.
+pub fn files_removed_during_commit(make: Make, dir: &Path) {
+    let fx = fixture(dir);
+    let p = make(&fx.copies);
+    let doomed: Vec<PathBuf> = fx
+        .files
+        .iter()
+        .filter(|f| f.starts_with(fx.data.join("tree/many")))
+        .cloned()
+        .collect();
+    let before: Vec<(PathBuf, Vec<u8>)> = fx.files.iter().map(|f| (f.clone(), read(f))).collect();
+    let sink = Arc::new(RemoveOnProgress {
+        doomed: doomed.clone(),
+        removed: AtomicUsize::new(0),
+    });
+    let req = request(8, &fx.components);
+    let loc = p.location(&req).unwrap();
+    let files = p
+        .commit(&req, &loc, &CommitControl::new(sink.clone()))
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}: files removed during the commit failed it: {}",
+                p.kind(),
+                chain(e.as_ref())
+            )
+        });
+    assert_eq!(
+        sink.removed.load(Ordering::SeqCst),
+        doomed.len(),
+        "{}: the files were not removed during the commit",
+        p.kind()
+    );
+    p.persist(&loc).unwrap();
+    let view = p.expose(&loc, &files).unwrap();
+    let listed: Vec<&PathBuf> = files.iter().map(|f| &f.path).collect();
+    // Where the copy keeps the tree: beside the copy of tree/a.txt, never removed.
+    let anchor = fx.data.join("tree/a.txt");
+    let tree_in_copy = view
+        .path_of(&anchor)
+        .and_then(Path::parent)
+        .unwrap_or_else(|| panic!("{}: tree/a.txt is not in the copy", p.kind()))
+        .to_path_buf();
+    for (path, content) in &before {
+        if listed.contains(&path) {
+            let in_copy = view.path_of(path).unwrap();
+            assert_eq!(
+                &read(in_copy),
+                content,
+                "{}: {} differs in the copy",
+                p.kind(),
+                path.display()
+            );
+        } else {
+            assert!(
+                doomed.contains(path),
+                "{}: {} is missing from the manifest but was never removed",
+                p.kind(),
+                path.display()
+            );
+            let in_copy = tree_in_copy.join(path.strip_prefix(fx.data.join("tree")).unwrap());
+            assert!(
+                !in_copy.exists(),
+                "{}: {} is in the copy but not in its manifest",
+                p.kind(),
+                path.display()
+            );
+        }
+    }
+    p.delete(&loc).unwrap();
 }
 
 /// Cancels at the first progress report.
