@@ -11,17 +11,37 @@
 #   sudo ./scripts/bench.sh postgres --scale 5 --runs 1 --tps-seconds 20   # quick check
 #   sudo ./scripts/bench.sh mariadb                        # 1 GiB, copy/reflink/btrfs, 3 runs
 #   sudo ./scripts/bench.sh mariadb --size 64MiB --runs 1  # quick check
+# and the comparison with the tools users would pick instead (installs them when missing):
+#   sudo ./scripts/bench.sh peers sqlite                   # 1 and 8 GiB, 3 runs
+#   sudo ./scripts/bench.sh peers postgres                 # pgbench scale 100 and 1000, 3 runs (hours)
+#   sudo ./scripts/bench.sh peers mariadb                  # 4 GiB, 3 runs
+#   sudo ./scripts/bench.sh peers sqlite --size 64MiB --runs 1   # quick check
+#   ./scripts/bench.sh peers report                        # table and plots again from docs/bench-data
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 workload=sqlite
 case "${1:-}" in
-    sqlite | sizes | postgres | mariadb) workload=$1; shift ;;
+    sqlite | sizes | postgres | mariadb | peers) workload=$1; shift ;;
 esac
 
+# The file-system tools, the databases, the peers and the plots' font.
+if [ "$(id -u)" -eq 0 ]; then
+    scripts/install-deps.sh --bench
+else
+    sudo scripts/install-deps.sh --bench
+fi
 cargo build --release -p shadowcopy -p shadowcopy-bench
 target_dir=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
-bench=("$target_dir/release/shadowcopy-bench" "$workload" --markdown docs/benchmarks.md "$@")
+if [ "$workload" = peers ]; then
+    # The output options belong to the peer workload: `peers sqlite --markdown ...`.
+    [ $# -ge 1 ] || { echo "usage: $0 peers sqlite|postgres|mariadb|report [options]" >&2; exit 2; }
+    peer=$1; shift
+    bench=("$target_dir/release/shadowcopy-bench" peers "$peer" --markdown docs/benchmarks.md "$@")
+    if [ "$peer" = report ]; then exec "${bench[@]}"; fi
+else
+    bench=("$target_dir/release/shadowcopy-bench" "$workload" --markdown docs/benchmarks.md "$@")
+fi
 
 if [ "$(id -u)" -eq 0 ]; then
     exec "${bench[@]}"

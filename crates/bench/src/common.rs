@@ -89,6 +89,16 @@ pub fn restore_steps(restored: &Value) -> String {
         .unwrap_or_default()
 }
 
+/// Makes `dir` (when given) the temp dir: loop images, catalogs and the servers' sockets
+/// all go through tempfile, which follows TMPDIR. Call it before anything else runs.
+pub fn use_dir(dir: Option<&Path>) -> anyhow::Result<()> {
+    if let Some(dir) = dir {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::env::set_var("TMPDIR", std::fs::canonicalize(dir)?);
+    }
+    Ok(())
+}
+
 /// Writes dirty pages out and empties the page cache, so every run starts cold.
 pub fn drop_caches() -> anyhow::Result<()> {
     ensure!(Command::new("sync").status()?.success(), "sync failed");

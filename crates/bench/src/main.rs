@@ -10,12 +10,16 @@
 //!   10 s against none (see [`postgres`]);
 //! - `mariadb`: freeze window as shadowcopy and as a ledger load's commits see it, create
 //!   phases, and roll-forward and point-in-time restore time of a busy MariaDB server
-//!   (see [`mariadb`]).
+//!   (see [`mariadb`]);
+//! - `peers sqlite|postgres|mariadb|report`: shadowcopy against the tools users would
+//!   pick instead (sqlite3 `.backup` and `VACUUM INTO`, pgbackrest and pg_basebackup,
+//!   mariabackup), same data, same load, same run; a table and plots (see [`peers`]).
 //!
 //! All need root (loop devices, dropping caches) and exit with code 2 without it.
 
 mod common;
 mod mariadb;
+mod peers;
 mod postgres;
 mod sizes;
 mod sqlite;
@@ -49,12 +53,19 @@ enum Workload {
     Postgres(postgres::PostgresArgs),
     /// Freeze window (shadowcopy's and the load's longest commit stall), create and restore time of a busy MariaDB server
     Mariadb(mariadb::MariadbArgs),
+    /// shadowcopy against sqlite3 .backup/VACUUM INTO, pgbackrest/pg_basebackup and mariabackup, in the same runs
+    Peers(peers::PeersArgs),
+}
+
+/// Every workload measures on loop file systems; regenerating the peers' report does not.
+fn workload_needs_root(workload: &Workload) -> bool {
+    !matches!(workload, Workload::Peers(args) if args.only_reports())
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let workload = cli.workload.unwrap_or(Workload::Sqlite(cli.sqlite));
-    if !rustix::process::geteuid().is_root() {
+    if workload_needs_root(&workload) && !rustix::process::geteuid().is_root() {
         eprintln!(
             "shadowcopy-bench needs root: it mounts loop file systems and drops the page cache.\n\
              Run `sudo ./scripts/bench.sh` (or this binary under sudo)."
@@ -66,9 +77,13 @@ fn main() -> ExitCode {
         Workload::Sizes(args) => args.tools(),
         Workload::Postgres(args) => args.tools(),
         Workload::Mariadb(args) => args.tools(),
+        Workload::Peers(args) => args.tools(),
     };
     if let Some(missing) = tools.iter().find(|t| !has_tool(t)) {
-        eprintln!("shadowcopy-bench needs {missing} (apt-get install xfsprogs btrfs-progs)");
+        eprintln!(
+            "shadowcopy-bench needs {missing}; `scripts/bench.sh` installs what the workloads need \
+             (or apt-get install xfsprogs btrfs-progs sqlite3 pgbackrest mariadb-backup)"
+        );
         return ExitCode::from(2);
     }
     let result = match &workload {
@@ -76,6 +91,7 @@ fn main() -> ExitCode {
         Workload::Sizes(args) => sizes::bench(args),
         Workload::Postgres(args) => postgres::bench(args),
         Workload::Mariadb(args) => mariadb::bench(args),
+        Workload::Peers(args) => peers::bench(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

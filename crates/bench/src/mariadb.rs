@@ -61,11 +61,11 @@ use shadowcopy_testing::mariadb::{
 };
 
 use crate::common::{self, drop_caches, loadavg, micros, phase, shadowcopy};
-use crate::stats::{self, human, human_bytes, Spread};
+use crate::stats::{self, human, human_bytes, number_cell, Spread};
 
 const GIB: u64 = 1 << 30;
 /// Disk space left to others when deciding whether the file systems fit.
-const RESERVE: u64 = 2 * GIB;
+pub(crate) const RESERVE: u64 = 2 * GIB;
 /// The freeze deadline of every create.
 const FREEZE_DEADLINE: &str = "60s";
 /// Tries of a create the InnoDB safety check refused before the bench gives up.
@@ -160,16 +160,7 @@ pub fn bench(args: &MariadbArgs) -> anyhow::Result<()> {
     if let Some(p) = args.providers.iter().find(|p| common::fs_for(p).is_none()) {
         bail!("unknown provider `{p}` for the mariadb workload (copy, reflink, btrfs)");
     }
-    if let Some(dir) = &args.dir {
-        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let dir = fs::canonicalize(dir)?;
-        // Loop images, catalogs and the servers' sockets all go through tempfile, which
-        // follows TMPDIR; nothing else runs yet.
-        std::env::set_var("TMPDIR", &dir);
-    }
-    if let Some(why) = mariadb_unavailable() {
-        bail!("{why}");
-    }
+    work_in(args.dir.as_deref())?;
     let bin = common::shadowcopy_bin(args.shadowcopy.as_deref())?;
     // Run order: btrfs first, so that its file system is gone before the XFS one fills
     // with full copies.
@@ -224,11 +215,22 @@ pub fn bench(args: &MariadbArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Makes `dir` (when given) the directory the loop images, catalogs and the servers'
+/// sockets go to, and checks that MariaDB can run. Call before anything else runs:
+/// they all go through tempfile, which follows TMPDIR.
+pub(crate) fn work_in(dir: Option<&Path>) -> anyhow::Result<()> {
+    common::use_dir(dir)?;
+    if let Some(why) = mariadb_unavailable() {
+        bail!("{why}");
+    }
+    Ok(())
+}
+
 /// What the image of a file system of `kind` may hold at once for `size` bytes of data:
 /// on XFS the live data, a full `copy`, and the files a restore stages beside the live
 /// ones (roll-forward's temporary server works on them); on btrfs the data and what
 /// changes after the snapshot. Binary logs and the sandboxes' clones are small beside it.
-fn peak_bytes(kind: FsKind, size: u64) -> u64 {
+pub(crate) fn peak_bytes(kind: FsKind, size: u64) -> u64 {
     match kind {
         FsKind::Btrfs => 2 * size + GIB,
         _ => 3 * size + GIB,
@@ -236,16 +238,25 @@ fn peak_bytes(kind: FsKind, size: u64) -> u64 {
 }
 
 /// Bytes free for others in the directory the loop images go to.
-fn host_free() -> anyhow::Result<u64> {
+pub(crate) fn host_free() -> anyhow::Result<u64> {
     let s = rustix::fs::statvfs(std::env::temp_dir()).context("statvfs of the temp dir")?;
     Ok(s.f_bavail * s.f_frsize)
 }
 
 /// A loop file system with its MariaDB server. Fields drop in order: the server stops
 /// before the file system is unmounted.
-struct Setup {
-    db: MariaDbInstance,
-    fs: LoopFs,
+pub(crate) struct Setup {
+    pub(crate) db: MariaDbInstance,
+    pub(crate) fs: LoopFs,
+}
+
+/// A [`Setup`] with its data in place, and what making it took.
+pub(crate) struct Made {
+    pub(crate) setup: Setup,
+    /// The data directory's bytes after the padding.
+    pub(crate) data_bytes: u64,
+    pub(crate) init_took: Duration,
+    pub(crate) fill_took: Duration,
 }
 
 /// Makes the file system and the server, pads the database, and measures the providers
@@ -256,7 +267,50 @@ fn bench_fs(
     kind: FsKind,
     notes: &mut Vec<String>,
 ) -> anyhow::Result<FsResult> {
-    let fs = LoopFs::new(kind, peak_bytes(kind, args.size) + 4 * GIB).map_err(|e| anyhow!(e))?;
+    let Made {
+        setup,
+        data_bytes,
+        init_took,
+        fill_took,
+    } = make(kind, args.size)?;
+    let catalog = tempfile::Builder::new()
+        .prefix("shadowcopy-bench-catalog-")
+        .tempdir()?;
+    let ctx = Ctx {
+        writers: args.writers,
+        warmup: args.warmup,
+        bin,
+        catalog: catalog.path(),
+        setup: &setup,
+    };
+    let mut providers = Vec::new();
+    for provider in args.providers_on(kind) {
+        let mut runs = Vec::new();
+        for i in 1..=args.runs {
+            eprintln!("{provider}: run {i}/{} ({}) ...", args.runs, kind.name());
+            let run = ctx
+                .run_once(provider, notes)
+                .with_context(|| format!("{provider} run {i}"))?;
+            runs.push(run);
+        }
+        providers.push((provider.to_string(), runs));
+    }
+    drop(setup);
+    Ok(FsResult {
+        kind,
+        data_bytes,
+        init_took,
+        fill_took,
+        providers,
+    })
+}
+
+/// Makes a loop file system of `kind` (room for [`peak_bytes`] and 4 GiB more), a server
+/// in `mariadb/` on it (a subvolume on btrfs) with its data directory in `mariadb/data`
+/// and its binary logs in `mariadb/binlog`, the ledger tables, and pads the data
+/// directory to `size` (see [`fill`]).
+pub(crate) fn make(kind: FsKind, size: u64) -> anyhow::Result<Made> {
+    let fs = LoopFs::new(kind, peak_bytes(kind, size) + 4 * GIB).map_err(|e| anyhow!(e))?;
     let root = fs.path().join("mariadb");
     if kind == FsKind::Btrfs {
         run_ok(
@@ -284,7 +338,7 @@ fn bench_fs(
     let setup = Setup { db, fs };
 
     let t = Instant::now();
-    let data_bytes = fill(&setup.db, args.size)?;
+    let data_bytes = fill(&setup.db, size)?;
     let fill_took = t.elapsed();
     eprintln!(
         "  padded the data directory to {} in {} (server made in {})",
@@ -292,40 +346,16 @@ fn bench_fs(
         human(fill_took),
         human(init_took)
     );
-
-    let catalog = tempfile::Builder::new()
-        .prefix("shadowcopy-bench-catalog-")
-        .tempdir()?;
-    let ctx = Ctx {
-        args,
-        bin,
-        catalog: catalog.path(),
-        setup: &setup,
-    };
-    let mut providers = Vec::new();
-    for provider in args.providers_on(kind) {
-        let mut runs = Vec::new();
-        for i in 1..=args.runs {
-            eprintln!("{provider}: run {i}/{} ({}) ...", args.runs, kind.name());
-            let run = ctx
-                .run_once(provider, notes)
-                .with_context(|| format!("{provider} run {i}"))?;
-            runs.push(run);
-        }
-        providers.push((provider.to_string(), runs));
-    }
-    drop(setup);
-    Ok(FsResult {
-        kind,
+    Ok(Made {
+        setup,
         data_bytes,
         init_took,
         fill_took,
-        providers,
     })
 }
 
 /// A connection to `db` as root over its socket.
-fn connect(db: &MariaDbInstance) -> anyhow::Result<Conn> {
+pub(crate) fn connect(db: &MariaDbInstance) -> anyhow::Result<Conn> {
     Conn::new(db.opts()).map_err(|e| anyhow!("cannot connect to {}: {e}", db.url()))
 }
 
@@ -379,20 +409,24 @@ fn fill(db: &MariaDbInstance, size: u64) -> anyhow::Result<u64> {
 }
 
 /// Everything the runs on one file system need.
-struct Ctx<'a> {
-    args: &'a MariadbArgs,
-    bin: &'a Path,
-    catalog: &'a Path,
-    setup: &'a Setup,
+pub(crate) struct Ctx<'a> {
+    /// Ledger writer threads, and how long the load runs before a measured create.
+    pub(crate) writers: u32,
+    pub(crate) warmup: Duration,
+    pub(crate) bin: &'a Path,
+    pub(crate) catalog: &'a Path,
+    pub(crate) setup: &'a Setup,
 }
 
 /// A create that succeeded, with what the load saw meanwhile.
-struct Created {
-    out: Value,
-    /// When the create process was spawned.
-    spawned: Instant,
+pub(crate) struct Created {
+    pub(crate) out: Value,
+    /// When the create process (the last attempt's) was spawned.
+    pub(crate) spawned: Instant,
     wall: Duration,
     app_stall: Duration,
+    /// The longest transaction over all attempts (a retried create's earlier ones too).
+    pub(crate) app_stall_all_attempts: Duration,
     commits: usize,
     /// When (after the spawn) the longest stall ended, as far as polling every 5 ms tells.
     stall_ended: Duration,
@@ -466,6 +500,7 @@ impl Ctx<'_> {
                 spawned,
                 wall,
                 app_stall,
+                app_stall_all_attempts: app_stall,
                 commits,
                 stall_ended: stall_end.1,
             },
@@ -475,17 +510,20 @@ impl Ctx<'_> {
     /// [`Ctx::create_once`], retried (up to [`CREATE_ATTEMPTS`] in all) when the InnoDB
     /// safety check discarded the copy; each retry goes into `notes`. Any other failure
     /// is an error.
-    fn create(
+    pub(crate) fn create(
         &self,
         provider: &str,
         load: &Ledger,
         notes: &mut Vec<String>,
     ) -> anyhow::Result<Created> {
+        let mut longest = Duration::ZERO;
         for attempt in 1.. {
             let (out, mut created) = self.create_once(provider, load);
+            longest = longest.max(created.app_stall);
             match out {
                 Ok(out) => {
                     created.out = out;
+                    created.app_stall_all_attempts = longest;
                     return Ok(created);
                 }
                 Err(e) if attempt < CREATE_ATTEMPTS && format!("{e:#}").contains(INNODB_MOVED) => {
@@ -509,13 +547,10 @@ impl Ctx<'_> {
         unreachable!("the loop returns")
     }
 
-    fn run_once(&self, provider: &str, notes: &mut Vec<String>) -> anyhow::Result<Run> {
-        drop_caches()?;
-        let load = Ledger::start(
-            &self.db().opts(),
-            self.args.writers as usize,
-            Duration::ZERO,
-        );
+    /// Starts the ledger load (`writers` threads, no pause) and returns once it has
+    /// committed and run for `warmup`.
+    pub(crate) fn start_load(&self) -> anyhow::Result<Ledger> {
+        let load = Ledger::start(&self.db().opts(), self.writers as usize, Duration::ZERO);
         let warm = Instant::now();
         while load.committed() == 0 {
             ensure!(
@@ -524,7 +559,13 @@ impl Ctx<'_> {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
-        std::thread::sleep(self.args.warmup);
+        std::thread::sleep(self.warmup);
+        Ok(load)
+    }
+
+    fn run_once(&self, provider: &str, notes: &mut Vec<String>) -> anyhow::Result<Run> {
+        drop_caches()?;
+        let load = self.start_load()?;
 
         let created = match self.create(provider, &load, notes) {
             Ok(c) => c,
@@ -663,7 +704,7 @@ impl Ctx<'_> {
     /// With the server stopped: drops the page cache, restores copy `id` in `mode`,
     /// starts the server and waits until it answers a query on the ledger. Returns the
     /// restore's wall time and the time from the server's start until that answer.
-    fn restore(&self, id: i64, mode: &str) -> anyhow::Result<(Duration, Duration)> {
+    pub(crate) fn restore(&self, id: i64, mode: &str) -> anyhow::Result<(Duration, Duration)> {
         drop_caches()?;
         let t = Instant::now();
         let out = shadowcopy(
@@ -681,30 +722,7 @@ impl Ctx<'_> {
         let wall = t.elapsed();
         let restored: Value =
             serde_json::from_slice(&out.stdout).context("restore --json output")?;
-        let t = Instant::now();
-        self.db()
-            .try_start()
-            .map_err(|e| anyhow!("the server does not start after the {mode} restore: {e}"))?;
-        let query = format!("SELECT accounts FROM {LEDGER_DATABASE}.ledger_meta");
-        loop {
-            let answered = connect(self.db()).and_then(|mut c| {
-                c.query_drop(&query)
-                    .map_err(|e| anyhow!("`{query}` failed: {e}"))
-            });
-            match answered {
-                Ok(()) => break,
-                Err(e) if t.elapsed() > QUERYABLE_TIMEOUT => {
-                    bail!(
-                        "the server started after the {mode} restore does not answer within {}: \
-                         {e:#}\nserver log (end):\n{}",
-                        human(QUERYABLE_TIMEOUT),
-                        tail(&self.db().log(), 20)
-                    )
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(10)),
-            }
-        }
-        let start = t.elapsed();
+        let start = start_until_queryable(self.db(), &format!("after the {mode} restore"))?;
         eprintln!(
             "  {mode}: restore {} ({}), then the server answered {} after its start",
             human(wall),
@@ -712,6 +730,34 @@ impl Ctx<'_> {
             human(start)
         );
         Ok((wall, start))
+    }
+}
+
+/// Starts the (stopped) server and waits until a query on the ledger answers; returns
+/// the time from the start until that answer. `after` says what came before, for errors
+/// ("after the point-in-time restore").
+pub(crate) fn start_until_queryable(db: &MariaDbInstance, after: &str) -> anyhow::Result<Duration> {
+    let t = Instant::now();
+    db.try_start()
+        .map_err(|e| anyhow!("the server does not start {after}: {e}"))?;
+    let query = format!("SELECT accounts FROM {LEDGER_DATABASE}.ledger_meta");
+    loop {
+        let answered = connect(db).and_then(|mut c| {
+            c.query_drop(&query)
+                .map_err(|e| anyhow!("`{query}` failed: {e}"))
+        });
+        match answered {
+            Ok(()) => return Ok(t.elapsed()),
+            Err(e) if t.elapsed() > QUERYABLE_TIMEOUT => {
+                bail!(
+                    "the server started {after} does not answer within {}: \
+                     {e:#}\nserver log (end):\n{}",
+                    human(QUERYABLE_TIMEOUT),
+                    tail(&db.log(), 20)
+                )
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
     }
 }
 
@@ -741,29 +787,9 @@ fn first_line_with(s: &str, needle: &str) -> String {
 }
 
 /// The last `n` lines of `s`.
-fn tail(s: &str, n: usize) -> String {
+pub(crate) fn tail(s: &str, n: usize) -> String {
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-/// Median (min – max) of plain numbers, printed with `fmt`.
-fn number_cell(values: &[f64], fmt: fn(f64) -> String) -> String {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n == 0 {
-        return "–".into();
-    }
-    let median = if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    };
-    if v[0] == v[n - 1] {
-        fmt(median)
-    } else {
-        format!("{} ({} – {})", fmt(median), fmt(v[0]), fmt(v[n - 1]))
-    }
 }
 
 /// One row of the table: a label and how to read the figure from a run.
@@ -844,6 +870,47 @@ fn table(args: &MariadbArgs, results: &[FsResult]) -> String {
     t
 }
 
+/// The server [`make`] makes, for the environment lists.
+pub(crate) const SERVER: &str = "a throw-away server (test support crate: buffer pool 64 MB, \
+    redo log 32 MB, binary log ROW with sync_binlog=1, innodb_flush_log_at_trx_commit=1, unix socket \
+    only), data directory and binary logs in two directories of one file system";
+
+/// What `mariadbd --version` prints (`?` when it cannot run).
+pub(crate) fn server_version() -> String {
+    Command::new(mariadb_bin("mariadbd"))
+        .arg("--version")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "?".into())
+}
+
+/// The environment list's item on the data [`make`] puts in a server of `size`.
+pub(crate) fn data_item(size: u64) -> String {
+    format!(
+        "- data: the ledger tables plus an InnoDB table of {} rows of pseudo-random bytes (not \
+         in the binary log) padding the data directory to {}\n",
+        human_bytes(FILL_ROW as u64),
+        human_bytes(size)
+    )
+}
+
+/// The environment list's item on how long [`make`] took on a file system of `kind`.
+pub(crate) fn setup_item(
+    kind: FsKind,
+    init_took: Duration,
+    data_bytes: u64,
+    fill_took: Duration,
+) -> String {
+    format!(
+        "- {}: server made in {}, data directory padded to {} in {}\n",
+        kind.name(),
+        human(init_took),
+        human_bytes(data_bytes),
+        human(fill_took),
+    )
+}
+
 /// Date, machine, version and workload, as a Markdown list.
 fn environment(
     args: &MariadbArgs,
@@ -851,30 +918,15 @@ fn environment(
     load_before: &str,
     load_after: &str,
 ) -> String {
-    let version = Command::new(mariadb_bin("mariadbd"))
-        .arg("--version")
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|| "?".into());
     let mut setup = String::new();
     for r in results {
-        setup += &format!(
-            "- {}: server made in {}, data directory padded to {} in {}\n",
-            r.kind.name(),
-            human(r.init_took),
-            human_bytes(r.data_bytes),
-            human(r.fill_took),
-        );
+        setup += &setup_item(r.kind, r.init_took, r.data_bytes, r.fill_took);
     }
     format!(
         "{common}\
-         - MariaDB: {version}, a throw-away server (test support crate: buffer pool 64 MB, redo log 32 MB, \
-           binary log ROW with sync_binlog=1, innodb_flush_log_at_trx_commit=1, unix socket only), data directory \
-           and binary logs in two directories of one file system; `copy` and `reflink` on one XFS (`copy` keeps \
+         - MariaDB: {version}, {SERVER}; `copy` and `reflink` on one XFS (`copy` keeps \
            its copies in `copies/` on it), `btrfs` on a btrfs where both are in one subvolume\n\
-         - data: the ledger tables plus an InnoDB table of {row} rows of pseudo-random bytes (not in the binary \
-           log) padding the data directory to {size}\n\
+         {data}\
          {setup}\
          - load: the ledger, {writers} writer threads committing money moves with no pause, from {warmup} before \
            each create until the server is stopped for the restores; create: `shadowcopy create --mariadb URL \
@@ -883,8 +935,8 @@ fn environment(
          - runs: {runs} per provider; page cache dropped before each run and each restore \
            (`sync; echo 3 > /proc/sys/vm/drop_caches`)\n",
         common = common::environment("XFS and btrfs file systems, each", load_before, load_after),
-        row = human_bytes(FILL_ROW as u64),
-        size = human_bytes(args.size),
+        version = server_version(),
+        data = data_item(args.size),
         writers = args.writers,
         warmup = humantime::format_duration(args.warmup),
         runs = args.runs,
@@ -894,14 +946,6 @@ fn environment(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn number_cells_give_median_and_range() {
-        let f = |v: f64| format!("{v:.0}");
-        assert_eq!(number_cell(&[3.0, 1.0, 2.0], f), "2 (1 – 3)");
-        assert_eq!(number_cell(&[5.0], f), "5");
-        assert_eq!(number_cell(&[], f), "–");
-    }
 
     #[test]
     fn the_safety_check_line_is_found() {

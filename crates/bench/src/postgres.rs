@@ -65,8 +65,8 @@ use crate::common::{self, drop_caches, loadavg, micros, phase, shadowcopy};
 use crate::stats::{human, human_bytes, Spread};
 
 /// Rows of `pgbench_accounts` per unit of scale.
-const ROWS_PER_SCALE: i64 = 100_000;
-const GIB: u64 = 1 << 30;
+pub(crate) const ROWS_PER_SCALE: i64 = 100_000;
+pub(crate) const GIB: u64 = 1 << 30;
 /// Disk space left to others when deciding whether a scale fits.
 const RESERVE: u64 = 2 * GIB;
 /// The postgres writer's freeze does not pause the server (backup mode), so a long
@@ -78,8 +78,8 @@ const SERVER_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Tries of a create before the bench gives up.
 const CREATE_ATTEMPTS: u32 = 3;
 /// pgbench's clients and threads.
-const CLIENTS: &str = "4";
-const THREADS: &str = "2";
+pub(crate) const CLIENTS: &str = "4";
+pub(crate) const THREADS: &str = "2";
 
 /// Options of the PostgreSQL workload.
 #[derive(clap::Args, Debug)]
@@ -185,21 +185,7 @@ pub fn bench(args: &PostgresArgs) -> anyhow::Result<()> {
     if let Some(p) = args.providers.iter().find(|p| common::fs_for(p).is_none()) {
         bail!("unknown provider `{p}` for the postgres workload (copy, reflink, btrfs)");
     }
-    if let Some(dir) = &args.dir {
-        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let dir = fs::canonicalize(dir)?;
-        // Loop images, catalogs and the servers' sockets all go through tempfile, which
-        // follows TMPDIR; nothing else runs yet.
-        std::env::set_var("TMPDIR", &dir);
-    }
-    if let Some(why) = postgres_unavailable() {
-        bail!("{why}");
-    }
-    ensure!(
-        pg_bin("pgbench").is_file(),
-        "pgbench not found beside postgres ({}); apt-get install postgresql-contrib",
-        pg_bin("pgbench").display()
-    );
+    prepare(args.dir.as_deref())?;
     let bin = common::shadowcopy_bin(args.shadowcopy.as_deref())?;
     let load_before = loadavg();
     let began = Instant::now();
@@ -235,9 +221,24 @@ pub fn bench(args: &PostgresArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Points the temp dir at `dir` (when given) and checks that PostgreSQL and pgbench are
+/// installed.
+pub(crate) fn prepare(dir: Option<&Path>) -> anyhow::Result<()> {
+    common::use_dir(dir)?;
+    if let Some(why) = postgres_unavailable() {
+        bail!("{why}");
+    }
+    ensure!(
+        pg_bin("pgbench").is_file(),
+        "pgbench not found beside postgres ({}); apt-get install postgresql-contrib",
+        pg_bin("pgbench").display()
+    );
+    Ok(())
+}
+
 /// Rough size of a pgbench database of `scale` with its WAL (pgbench -i makes about
 /// 15 MiB per unit; max_wal_size is 1 GB).
-fn data_estimate(scale: u32) -> u64 {
+pub(crate) fn data_estimate(scale: u32) -> u64 {
     u64::from(scale) * (16 << 20) + 1536 * (1 << 20)
 }
 
@@ -259,9 +260,9 @@ fn host_free() -> anyhow::Result<u64> {
 
 /// A loop file system with its PostgreSQL server. Fields drop in order: the server stops
 /// before the file system is unmounted.
-struct Setup {
-    server: Server,
-    fs: LoopFs,
+pub(crate) struct Setup {
+    pub(crate) server: Server,
+    pub(crate) fs: LoopFs,
 }
 
 /// Measures one scale: makes the database once, copies it to the other file system, then
@@ -278,11 +279,6 @@ fn bench_scale(
         .into_iter()
         .filter(|k| !args.providers_on(*k).is_empty())
         .collect();
-    let init_kind = if kinds.contains(&FsKind::Xfs) {
-        FsKind::Xfs
-    } else {
-        FsKind::Btrfs
-    };
     let data = data_estimate(scale);
     // What the images may hold at once: on XFS data, copy, staged restore and WAL; while
     // btrfs is measured the XFS image already holds the data.
@@ -293,21 +289,68 @@ fn bench_scale(
         (true, false) => btrfs_peak,
         _ => xfs_peak,
     };
-    let free = host_free()?;
-    if free < peak + RESERVE {
-        let note = format!(
-            "scale {scale} skipped: its file systems may need {} and {} is free in {} \
-             (keeping {} for others)",
-            human_bytes(peak),
-            human_bytes(free),
-            std::env::temp_dir().display(),
-            human_bytes(RESERVE)
-        );
-        eprintln!("{note}");
+    if let Some(note) = too_big(scale, peak)? {
         notes.push(note);
         return Ok(None);
     }
 
+    let made = make_clusters(scale, &kinds)?;
+    let mut providers = Vec::new();
+    for (kind, mut setup) in made.setups {
+        providers.extend(bench_fs(args, bin, scale, kind, &mut setup, notes)?);
+        // The server stops and the file system goes before the next one is measured.
+        drop(setup);
+    }
+    Ok(Some(ScaleResult {
+        scale,
+        db_bytes: made.db_bytes,
+        init_took: made.init_took,
+        copy_over: made.copy_over,
+        providers,
+    }))
+}
+
+/// Whether file systems that may hold `peak` bytes leave [`RESERVE`] free on the host:
+/// `Some(why scale is skipped)` (also printed) when they do not.
+pub(crate) fn too_big(scale: u32, peak: u64) -> anyhow::Result<Option<String>> {
+    let free = host_free()?;
+    if free >= peak + RESERVE {
+        return Ok(None);
+    }
+    let note = format!(
+        "scale {scale} skipped: its file systems may need {} and {} is free in {} \
+         (keeping {} for others)",
+        human_bytes(peak),
+        human_bytes(free),
+        std::env::temp_dir().display(),
+        human_bytes(RESERVE)
+    );
+    eprintln!("{note}");
+    Ok(Some(note))
+}
+
+/// The pgbench database of one scale on each kind of file system asked for.
+pub(crate) struct Clusters {
+    /// One stopped cluster per kind, in the order of the kinds asked for.
+    pub(crate) setups: Vec<(FsKind, Setup)>,
+    /// `pg_database_size` of the pgbench database when made.
+    pub(crate) db_bytes: u64,
+    /// `pgbench -i`.
+    pub(crate) init_took: Duration,
+    /// `cp -a` of the stopped data directory to the other file system.
+    pub(crate) copy_over: Option<Duration>,
+}
+
+/// Makes the pgbench database of `scale` once (`pgbench -i -s N -q`, data checksums on)
+/// on a loop file system (XFS when `kinds` has it), stops the server, and copies the data
+/// directory (`cp -a`) onto a file system of each other kind (btrfs: into a subvolume).
+pub(crate) fn make_clusters(scale: u32, kinds: &[FsKind]) -> anyhow::Result<Clusters> {
+    let init_kind = if kinds.contains(&FsKind::Xfs) {
+        FsKind::Xfs
+    } else {
+        FsKind::Btrfs
+    };
+    let data = data_estimate(scale);
     let init_fs = make_fs(init_kind, data)?;
     let init_data = init_fs.path().join("data");
     let cluster = PgCluster::try_init(PgOptions::new().data_dir(&init_data).data_checksums(true))
@@ -344,7 +387,7 @@ fn bench_scale(
 
     let mut setups = Vec::new();
     let mut copy_over = None;
-    for &kind in &kinds {
+    for &kind in kinds {
         if kind == init_kind {
             continue;
         }
@@ -373,25 +416,17 @@ fn bench_scale(
     }
     setups.push((init_kind, init));
     setups.sort_by_key(|(k, _)| kinds.iter().position(|x| x == k));
-
-    let mut providers = Vec::new();
-    for (kind, mut setup) in setups {
-        providers.extend(bench_fs(args, bin, scale, kind, &mut setup, notes)?);
-        // The server stops and the file system goes before the next one is measured.
-        drop(setup);
-    }
-    Ok(Some(ScaleResult {
-        scale,
+    Ok(Clusters {
+        setups,
         db_bytes,
         init_took,
         copy_over,
-        providers,
-    }))
+    })
 }
 
 /// A loop file system of `kind` for `data` bytes with an empty `data` directory (a
 /// subvolume on btrfs: the `btrfs` provider snapshots the subvolume holding the data).
-fn make_fs(kind: FsKind, data: u64) -> anyhow::Result<LoopFs> {
+pub(crate) fn make_fs(kind: FsKind, data: u64) -> anyhow::Result<LoopFs> {
     let fs = LoopFs::new(kind, image_size(kind, data)).map_err(|e| anyhow!(e))?;
     let dir = fs.path().join("data");
     if kind == FsKind::Btrfs {
@@ -422,32 +457,9 @@ fn bench_fs(
     let work = tempfile::Builder::new()
         .prefix("shadowcopy-bench-pg-")
         .tempdir()?;
-    if !setup.server.cluster.is_running() {
-        setup.server.start()?;
-    }
-    let url = setup.server.cluster.url();
-    shadowcopy(
-        bin,
-        catalog.path(),
-        "pg",
-        &[
-            "setup".into(),
-            url.clone(),
-            "--archive".into(),
-            archive.to_string_lossy().into(),
-            "--apply".into(),
-        ],
-    )?;
-    // archive_mode takes effect at a restart.
-    setup.server.stop();
-    setup.server.start()?;
-    ensure!(
-        psql(&setup.server.cluster, "SHOW archive_mode")? == "on",
-        "archive_mode is not on after `pg setup --apply` and a restart"
-    );
+    let url = setup_archive(bin, catalog.path(), setup, &archive)?;
 
     let mut ctx = Ctx {
-        args,
         bin,
         catalog: catalog.path(),
         archive: &archive,
@@ -467,7 +479,7 @@ fn bench_fs(
                 kind.name()
             );
             let run = ctx
-                .run_once(provider)
+                .run_once(args, provider)
                 .with_context(|| format!("{provider} run {i}"))?;
             runs.push(run);
         }
@@ -477,7 +489,7 @@ fn bench_fs(
             humantime::format_duration(args.copy_every)
         );
         let tps = ctx
-            .tps(provider)
+            .tps(args, provider)
             .with_context(|| format!("{provider} TPS"))?;
         results.push(ProviderResult {
             provider: provider.to_string(),
@@ -492,31 +504,64 @@ fn bench_fs(
     Ok(results)
 }
 
+/// Starts the server of `setup` if needed, sets up the WAL archive `archive` with
+/// `shadowcopy pg setup URL --archive DIR --apply` and restarts the server (archive_mode
+/// takes effect at a restart). Returns the server's URL.
+pub(crate) fn setup_archive(
+    bin: &Path,
+    catalog: &Path,
+    setup: &mut Setup,
+    archive: &Path,
+) -> anyhow::Result<String> {
+    if !setup.server.cluster.is_running() {
+        setup.server.start()?;
+    }
+    let url = setup.server.cluster.url();
+    shadowcopy(
+        bin,
+        catalog,
+        "pg",
+        &[
+            "setup".into(),
+            url.clone(),
+            "--archive".into(),
+            archive.to_string_lossy().into(),
+            "--apply".into(),
+        ],
+    )?;
+    setup.server.stop();
+    setup.server.start()?;
+    ensure!(
+        psql(&setup.server.cluster, "SHOW archive_mode")? == "on",
+        "archive_mode is not on after `pg setup --apply` and a restart"
+    );
+    Ok(url)
+}
+
 /// Everything the runs on one file system need.
-struct Ctx<'a> {
-    args: &'a PostgresArgs,
-    bin: &'a Path,
-    catalog: &'a Path,
-    archive: &'a Path,
+pub(crate) struct Ctx<'a> {
+    pub(crate) bin: &'a Path,
+    pub(crate) catalog: &'a Path,
+    pub(crate) archive: &'a Path,
     /// pgbench's output and logs.
-    work: &'a Path,
-    scale: u32,
-    url: String,
-    setup: &'a mut Setup,
+    pub(crate) work: &'a Path,
+    pub(crate) scale: u32,
+    pub(crate) url: String,
+    pub(crate) setup: &'a mut Setup,
     /// Creates that failed (product problems), reported under the tables.
-    failures: RefCell<Vec<String>>,
+    pub(crate) failures: RefCell<Vec<String>>,
 }
 
 impl Ctx<'_> {
-    fn cluster(&self) -> &PgCluster {
+    pub(crate) fn cluster(&self) -> &PgCluster {
         &self.setup.server.cluster
     }
 
-    fn psql(&self, sql: &str) -> anyhow::Result<String> {
+    pub(crate) fn psql(&self, sql: &str) -> anyhow::Result<String> {
         psql(self.cluster(), sql)
     }
 
-    fn count(&self, table: &str) -> anyhow::Result<i64> {
+    pub(crate) fn count(&self, table: &str) -> anyhow::Result<i64> {
         self.psql(&format!("SELECT count(*) FROM {table}"))?
             .parse()
             .with_context(|| format!("count of {table}"))
@@ -550,7 +595,7 @@ impl Ctx<'_> {
 
     /// `shadowcopy create` of the cluster: the parsed `--json` output, which must say the
     /// copy passed verification.
-    fn create(&self, provider: &str) -> anyhow::Result<Value> {
+    pub(crate) fn create(&self, provider: &str) -> anyhow::Result<Value> {
         let out = shadowcopy(
             self.bin,
             self.catalog,
@@ -602,7 +647,7 @@ impl Ctx<'_> {
     }
 
     /// Deletes every copy in the catalog (best effort): what a failed create kept.
-    fn delete_all(&self) {
+    pub(crate) fn delete_all(&self) {
         let Ok(out) = shadowcopy(self.bin, self.catalog, "list", &["--json".into()]) else {
             return;
         };
@@ -617,25 +662,41 @@ impl Ctx<'_> {
         self.trim();
     }
 
-    fn delete(&self, id: i64) -> anyhow::Result<()> {
+    pub(crate) fn delete(&self, id: i64) -> anyhow::Result<()> {
         shadowcopy(self.bin, self.catalog, "delete", &[id.to_string()])?;
         Ok(())
     }
 
     /// Gives the blocks freed by a deleted copy back to the host (the loop device punches
     /// holes in its image); best effort.
-    fn trim(&self) {
+    pub(crate) fn trim(&self) {
         let _ = Command::new("fstrim").arg(self.setup.fs.path()).output();
     }
 
-    fn run_once(&mut self, provider: &str) -> anyhow::Result<Run> {
-        drop_caches()?;
-        let load = Pgbench::spawn(self.cluster(), &["-T", "86400"], &self.work.join("load"))?;
+    /// Starts pgbench (`-c 4 -j 2 EXTRA`, output in `dir`) and waits until it commits.
+    pub(crate) fn start_load(&self, extra: &[&str], dir: &Path) -> anyhow::Result<Pgbench> {
+        let load = Pgbench::spawn(self.cluster(), extra, dir)?;
         // pgbench truncates pgbench_history before its clients start: rows mean the load runs.
         self.wait_for(Duration::from_secs(300), "pgbench to commit", |c| {
             Ok(c.count("pgbench_history")? > 0)
         })?;
-        std::thread::sleep(self.args.warmup);
+        Ok(load)
+    }
+
+    /// Waits until every pgbench session is gone, so no commit is still on its way.
+    pub(crate) fn wait_sessions_ended(&self) -> anyhow::Result<()> {
+        self.wait_for(Duration::from_secs(60), "pgbench's sessions to end", |c| {
+            Ok(c.psql(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
+            )? == "0")
+        })
+    }
+
+    fn run_once(&mut self, args: &PostgresArgs, provider: &str) -> anyhow::Result<Run> {
+        drop_caches()?;
+        let load = self.start_load(&["-T", "86400"], &self.work.join("load"))?;
+        std::thread::sleep(args.warmup);
         let rows_before = self.count("pgbench_history")?;
         let lsn_before = self.wal_lsn()?;
 
@@ -645,13 +706,7 @@ impl Ctx<'_> {
         stopped?;
         let id = created["id"].as_i64().context("create --json has no id")?;
 
-        // Every pgbench session gone, so no commit is still on its way.
-        self.wait_for(Duration::from_secs(60), "pgbench's sessions to end", |c| {
-            Ok(c.psql(
-                "SELECT count(*) FROM pg_stat_activity \
-                 WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
-            )? == "0")
-        })?;
+        self.wait_sessions_ended()?;
         let rows_after = self.count("pgbench_history")?;
         let wal_since = self.wal_lsn()?.saturating_sub(lsn_before);
         self.archive_all()?;
@@ -756,7 +811,7 @@ impl Ctx<'_> {
     }
 
     /// `pgbench_accounts` must hold scale × 100000 rows.
-    fn check_accounts(&self) -> anyhow::Result<()> {
+    pub(crate) fn check_accounts(&self) -> anyhow::Result<()> {
         let rows = self.count("pgbench_accounts")?;
         let want = i64::from(self.scale) * ROWS_PER_SCALE;
         ensure!(
@@ -769,7 +824,7 @@ impl Ctx<'_> {
     /// With the server stopped: drops the page cache, restores copy `id` in `mode`, starts
     /// the server and waits until it is out of recovery. Returns the restore's wall time
     /// and the time from the server's start until it answered `pg_is_in_recovery() = f`.
-    fn restore(&mut self, id: i64, mode: &str) -> anyhow::Result<(Duration, Duration)> {
+    pub(crate) fn restore(&mut self, id: i64, mode: &str) -> anyhow::Result<(Duration, Duration)> {
         drop_caches()?;
         let t = Instant::now();
         let out = shadowcopy(
@@ -787,12 +842,7 @@ impl Ctx<'_> {
         let wall = t.elapsed();
         let restored: Value =
             serde_json::from_slice(&out.stdout).context("restore --json output")?;
-        let t = Instant::now();
-        self.setup.server.start()?;
-        self.wait_for(SERVER_TIMEOUT, "the end of recovery", |c| {
-            Ok(c.psql("SELECT pg_is_in_recovery()")? == "f")
-        })?;
-        let start = t.elapsed();
+        let start = self.start_until_writable()?;
         eprintln!(
             "  {mode}: restore {} ({}), then the server took {} to leave recovery",
             human(wall),
@@ -802,8 +852,19 @@ impl Ctx<'_> {
         Ok((wall, start))
     }
 
+    /// Starts the server and waits until it answers `SELECT pg_is_in_recovery()` with `f`;
+    /// returns how long that took.
+    pub(crate) fn start_until_writable(&mut self) -> anyhow::Result<Duration> {
+        let t = Instant::now();
+        self.setup.server.start()?;
+        self.wait_for(SERVER_TIMEOUT, "the end of recovery", |c| {
+            Ok(c.psql("SELECT pg_is_in_recovery()")? == "f")
+        })?;
+        Ok(t.elapsed())
+    }
+
     /// Polls `ready` every 20 ms until it is true; an error after `limit`.
-    fn wait_for(
+    pub(crate) fn wait_for(
         &self,
         limit: Duration,
         what: &str,
@@ -830,16 +891,16 @@ impl Ctx<'_> {
     /// pgbench for `--tps-seconds` without copies, then with a copy started every
     /// `--copy-every` (the first after half of it, once pgbench runs), after the data is
     /// read into the page cache and an unmeasured pgbench of `--warmup`.
-    fn tps(&self, provider: &str) -> anyhow::Result<Tps> {
+    fn tps(&self, args: &PostgresArgs, provider: &str) -> anyhow::Result<Tps> {
         prewarm(self.cluster().data_dir())?;
-        let warmup = self.args.warmup.as_secs().max(1).to_string();
+        let warmup = args.warmup.as_secs().max(1).to_string();
         Pgbench::spawn(
             self.cluster(),
             &["-T", &warmup],
             &self.work.join("tps-warmup"),
         )?
         .finish_unlogged()?;
-        let seconds = self.args.tps_seconds.to_string();
+        let seconds = args.tps_seconds.to_string();
         let logged = ["-T", seconds.as_str(), "-l", "--aggregate-interval", "1"];
 
         let none =
@@ -847,8 +908,8 @@ impl Ctx<'_> {
 
         let pgbench = Pgbench::spawn(self.cluster(), &logged, &self.work.join("tps-copies"))?;
         let start = Instant::now();
-        let end = start + Duration::from_secs(self.args.tps_seconds);
-        let mut next = start + self.args.copy_every / 2;
+        let end = start + Duration::from_secs(args.tps_seconds);
+        let mut next = start + args.copy_every / 2;
         let mut creates = Vec::new();
         let mut late = 0;
         let result = (|| -> anyhow::Result<()> {
@@ -866,7 +927,7 @@ impl Ctx<'_> {
                 creates.push(took);
                 self.delete(created["id"].as_i64().context("create --json has no id")?)?;
                 let done = Instant::now();
-                let slot = began + self.args.copy_every;
+                let slot = began + args.copy_every;
                 if done > slot {
                     // The next create starts right away, late (if pgbench still runs).
                     if done < end {
@@ -906,8 +967,8 @@ impl Ctx<'_> {
 
 /// A PostgreSQL cluster of the test support crate, started by us (so the start may take
 /// as long as recovery needs) and stopped by its `stop` (fast shutdown).
-struct Server {
-    cluster: PgCluster,
+pub(crate) struct Server {
+    pub(crate) cluster: PgCluster,
     /// Postmasters we started, reaped after each stop.
     children: Vec<Child>,
 }
@@ -923,7 +984,7 @@ impl Server {
     /// Starts the postmaster like `PgCluster::try_start` (same socket, port and log) and
     /// waits until `postmaster.pid` says ready (or standby: consistent in archive
     /// recovery), for up to [`SERVER_TIMEOUT`].
-    fn start(&mut self) -> anyhow::Result<()> {
+    pub(crate) fn start(&mut self) -> anyhow::Result<()> {
         let c = &self.cluster;
         let log_path = c.run_dir().join("server.log");
         let log = fs::OpenOptions::new()
@@ -976,7 +1037,7 @@ impl Server {
     }
 
     /// Fast shutdown; waits for it (panics with the server log if it does not stop).
-    fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         self.cluster.stop();
         for mut c in self.children.drain(..) {
             let _ = c.wait();
@@ -985,13 +1046,17 @@ impl Server {
 }
 
 /// A pgbench client run: `pgbench -c 4 -j 2 EXTRA postgres` with its output in `dir`.
-struct Pgbench {
+pub(crate) struct Pgbench {
     child: Child,
     dir: PathBuf,
 }
 
 impl Pgbench {
-    fn spawn(cluster: &PgCluster, extra: &[&str], dir: &Path) -> anyhow::Result<Pgbench> {
+    pub(crate) fn spawn(
+        cluster: &PgCluster,
+        extra: &[&str],
+        dir: &Path,
+    ) -> anyhow::Result<Pgbench> {
         if dir.exists() {
             fs::remove_dir_all(dir)?;
         }
@@ -1034,7 +1099,7 @@ impl Pgbench {
 
     /// Stops a load meant to run until told (SIGTERM) and reaps it; an error when it had
     /// already ended on its own.
-    fn interrupt(mut self) -> anyhow::Result<()> {
+    pub(crate) fn interrupt(mut self) -> anyhow::Result<()> {
         if let Some(status) = self.child.try_wait()? {
             bail!(
                 "pgbench ended on its own ({status}): {}",
@@ -1121,7 +1186,7 @@ fn aggregates(dir: &Path) -> anyhow::Result<(Option<u64>, Option<Duration>)> {
 
 /// `pgbench ARGS postgres` against `cluster` as its `postgres` user, without `PG*`
 /// variables that could redirect it.
-fn pgbench_cmd(cluster: &PgCluster, args: &[&str]) -> Command {
+pub(crate) fn pgbench_cmd(cluster: &PgCluster, args: &[&str]) -> Command {
     let mut cmd = Command::new(pg_bin("pgbench"));
     for (k, _) in std::env::vars_os() {
         if k.to_string_lossy().starts_with("PG") {
@@ -1138,12 +1203,12 @@ fn pgbench_cmd(cluster: &PgCluster, args: &[&str]) -> Command {
     cmd
 }
 
-fn psql(cluster: &PgCluster, sql: &str) -> anyhow::Result<String> {
+pub(crate) fn psql(cluster: &PgCluster, sql: &str) -> anyhow::Result<String> {
     cluster.try_psql(sql).map_err(|e| anyhow!(e))
 }
 
-/// Runs `cmd`; an error with its output when it fails.
-fn run_ok(cmd: &mut Command) -> anyhow::Result<()> {
+/// Runs `cmd`; an error with its output when it fails, else its output.
+pub(crate) fn run_ok(cmd: &mut Command) -> anyhow::Result<std::process::Output> {
     let out = cmd
         .output()
         .with_context(|| format!("cannot run {cmd:?}"))?;
@@ -1154,12 +1219,12 @@ fn run_ok(cmd: &mut Command) -> anyhow::Result<()> {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    Ok(())
+    Ok(out)
 }
 
 /// Reads every file under `dir` once, so the measurement starts with the data in the
 /// page cache (as a server that has been running a while would have it).
-fn prewarm(dir: &Path) -> anyhow::Result<()> {
+pub(crate) fn prewarm(dir: &Path) -> anyhow::Result<()> {
     let mut buf = vec![0u8; 1 << 20];
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -1180,12 +1245,12 @@ fn prewarm(dir: &Path) -> anyhow::Result<()> {
 }
 
 /// The first `n` lines of `s`, joined by ` | `.
-fn first_lines(s: &str, n: usize) -> String {
+pub(crate) fn first_lines(s: &str, n: usize) -> String {
     s.lines().take(n).collect::<Vec<_>>().join(" | ")
 }
 
 /// The last `n` lines of `s`.
-fn tail(s: &str, n: usize) -> String {
+pub(crate) fn tail(s: &str, n: usize) -> String {
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }

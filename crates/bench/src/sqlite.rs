@@ -31,7 +31,7 @@ use shadowcopy_testing::loopfs::{FsKind, LoopFs};
 use crate::common::{self, drop_caches, loadavg, micros, phase, shadowcopy};
 use crate::stats::{self, human, human_bytes, Spread};
 
-const ACCOUNTS: i64 = 1_000;
+pub(crate) const ACCOUNTS: i64 = 1_000;
 
 /// Options of the SQLite workload.
 #[derive(clap::Args, Debug)]
@@ -245,12 +245,7 @@ impl Ctx<'_> {
         std::thread::sleep(create_wall);
         let baseline_stall = load.longest_stall();
         let must_hold = load.acknowledged_before(spawned);
-        let stats = load.stop();
-        ensure!(
-            stats.errors.is_empty(),
-            "transfer threads failed: {}",
-            stats.errors.join("; ")
-        );
+        stop_load(load)?;
 
         let id = created["id"].as_i64().context("create --json has no id")?;
         ensure!(
@@ -294,9 +289,20 @@ impl Ctx<'_> {
     }
 }
 
+/// Stops the transfer threads; an error when any of them failed.
+pub(crate) fn stop_load(load: shadowcopy_sample::Transfers) -> anyhow::Result<()> {
+    let errors = load.stop().errors;
+    ensure!(
+        errors.is_empty(),
+        "transfer threads failed: {}",
+        errors.join("; ")
+    );
+    Ok(())
+}
+
 /// The restored bank must be intact, balanced, and hold every transfer that was
 /// acknowledged before the copy started.
-fn check_restored(db: &Path, must_hold: &[i64]) -> anyhow::Result<()> {
+pub(crate) fn check_restored(db: &Path, must_hold: &[i64]) -> anyhow::Result<()> {
     let s = shadowcopy_sample::summarize(db).context("reading the restored bank")?;
     ensure!(
         s.integrity == "ok",

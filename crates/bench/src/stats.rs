@@ -1,5 +1,6 @@
-//! Small helpers for the benchmark: median/min/max of a series, byte sizes with binary
-//! suffixes (`64MiB`, `1GiB`), and durations printed at a readable scale.
+//! Small helpers for the benchmark: median/min/max of a series (of durations or plain
+//! numbers), byte sizes with binary suffixes (`64MiB`, `1GiB`), and durations printed at
+//! a readable scale.
 
 use std::time::Duration;
 
@@ -90,6 +91,26 @@ pub fn human_bytes(b: u64) -> String {
     }
 }
 
+/// Median (min – max) of plain numbers, printed with `fmt`.
+pub fn number_cell(values: &[f64], fmt: fn(f64) -> String) -> String {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n == 0 {
+        return "–".into();
+    }
+    let median = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    };
+    if v[0] == v[n - 1] {
+        fmt(median)
+    } else {
+        format!("{} ({} – {})", fmt(median), fmt(v[0]), fmt(v[n - 1]))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,5 +132,13 @@ mod tests {
         assert_eq!(parse_size("4096"), Ok(4096));
         assert!(parse_size("1TB").is_err());
         assert!(parse_size("GiB").is_err());
+    }
+
+    #[test]
+    fn number_cells_give_median_and_range() {
+        let f = |v: f64| format!("{v:.0}");
+        assert_eq!(number_cell(&[3.0, 1.0, 2.0], f), "2 (1 – 3)");
+        assert_eq!(number_cell(&[5.0], f), "5");
+        assert_eq!(number_cell(&[], f), "–");
     }
 }

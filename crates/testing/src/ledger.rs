@@ -262,6 +262,16 @@ impl LedgerRun {
         self.shared.acks().len()
     }
 
+    /// How many transactions were acknowledged at or after `from` and before `to`: the
+    /// load's throughput over that window is this divided by `to - from`.
+    pub fn committed_between(&self, from: Instant, to: Instant) -> usize {
+        self.shared
+            .acks()
+            .iter()
+            .filter(|a| a.at >= from && a.at < to)
+            .count()
+    }
+
     pub fn error_count(&self) -> usize {
         self.shared.error_count.load(Ordering::Relaxed)
     }
@@ -423,5 +433,46 @@ impl LedgerState {
         } else {
             Err(problems.join("; "))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connection whose transfers all succeed, after 200 µs.
+    #[derive(Clone)]
+    struct Immediate(i64);
+
+    impl LedgerConn for Immediate {
+        type Error = std::io::Error;
+        fn accounts(&self) -> i32 {
+            10
+        }
+        fn transfer(&mut self, _: &Transfer) -> Result<i64, std::io::Error> {
+            self.0 += 1;
+            std::thread::sleep(Duration::from_micros(200));
+            Ok(self.0)
+        }
+    }
+
+    #[test]
+    fn commits_are_counted_per_window() {
+        let run = LedgerRun::start("fake-ledger", 2, Duration::ZERO, || {
+            Ok::<_, std::io::Error>(Immediate(0))
+        });
+        let began = run.started;
+        assert!(run.wait_for_commits(10, Duration::from_secs(10)));
+        let mid = Instant::now();
+        let at_mid = run.committed();
+        assert!(run.wait_for_commits(at_mid + 10, Duration::from_secs(10)));
+        let end = Instant::now();
+        let (before, after) = (
+            run.committed_between(began, mid),
+            run.committed_between(mid, end),
+        );
+        let stats = run.stop();
+        assert!(before >= 10 && after >= 10, "{before} {after}");
+        assert!(before + after <= stats.committed);
     }
 }
