@@ -25,11 +25,14 @@ case "${1:-}" in
     sqlite | sizes | postgres | mariadb | peers) workload=$1; shift ;;
 esac
 
-# The file-system tools, the databases, the peers and the plots' font.
-if [ "$(id -u)" -eq 0 ]; then
-    scripts/install-deps.sh --bench
-else
-    sudo scripts/install-deps.sh --bench
+# The file-system tools, the databases, the peers and the plots' font (not needed to
+# regenerate the peers' report).
+if [ "$workload" != peers ] || [ "${1:-}" != report ]; then
+    if [ "$(id -u)" -eq 0 ]; then
+        scripts/install-deps.sh --bench
+    else
+        sudo scripts/install-deps.sh --bench
+    fi
 fi
 cargo build --release -p shadowcopy -p shadowcopy-bench
 target_dir=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')

@@ -208,7 +208,9 @@ fn bench_size(args: &SqliteArgs, bin: &Path, size: u64) -> anyhow::Result<Group>
                 "btrfs" => btrfs.as_ref().expect("btrfs is set up when chosen"),
                 _ => &xfs,
             };
-            let dot_backup_limit = (slowest_other * 3).max(DOT_BACKUP_MIN_LIMIT);
+            // Whole seconds, so the note reads well.
+            let dot_backup_limit =
+                Duration::from_secs((slowest_other * 3).as_secs()).max(DOT_BACKUP_MIN_LIMIT);
             eprintln!("SQLite {}, run {run}: {method} ...", human_bytes(size));
             let outcome = match ctx.measure(key, place, dot_backup_limit) {
                 Ok(f) => {
