@@ -6,7 +6,6 @@
 //! The copy itself is never written; the sandbox is removed afterwards.
 
 use std::fmt::Write as _;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -217,7 +216,7 @@ fn scratch_near(copy_data: &Path, owner: &Owner) -> Result<tempfile::TempDir, Bo
             .prefix(".shadowcopy-mariadb-sandbox-")
             .tempdir_in(dir)
         {
-            if owner.chown(t.path()).is_ok() && can_enter(owner, t.path()) {
+            if owner.chown(t.path()).is_ok() && owner.can_enter(t.path()) {
                 return Ok(t);
             }
         }
@@ -229,20 +228,6 @@ fn scratch_near(copy_data: &Path, owner: &Owner) -> Result<tempfile::TempDir, Bo
     owner.chown(t.path())?;
     files::make_traversable(t.path(), owner)?;
     Ok(t)
-}
-
-/// Whether the owner can reach and write `dir` (every ancestor traversable).
-fn can_enter(owner: &Owner, dir: &Path) -> bool {
-    let Some((uid, gid)) = owner.ids else {
-        return true;
-    };
-    std::process::Command::new("test")
-        .arg("-w")
-        .arg(dir)
-        .uid(uid)
-        .gid(gid)
-        .status()
-        .is_ok_and(|s| s.success())
 }
 
 #[cfg(test)]
