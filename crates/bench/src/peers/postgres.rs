@@ -279,9 +279,12 @@ fn bench_scale(
 ) -> anyhow::Result<Option<Group>> {
     let kinds = args.kinds();
     let data = data_estimate(scale);
-    // XFS: data, a full copy or base backup, a staged restore, the repository and WAL;
-    // btrfs: the data and what changes under the load.
-    let mut peak = 3 * data + 4 * GIB;
+    // XFS: the data, a full copy (shadowcopy copy, or the base backup) and, for `copy`, its
+    // restore staged beside the live files (the peers restore into an emptied directory;
+    // `cp -a` and reflink clone), the repository and WAL; btrfs: the data and what changes
+    // under the load.
+    let full_copies = if args.methods.contains(&Method::Copy) { 3 } else { 2 };
+    let mut peak = full_copies * data + 4 * GIB;
     if kinds.contains(&FsKind::Btrfs) {
         peak += data + 4 * GIB;
     }
@@ -329,6 +332,43 @@ fn bench_scale(
             .tempdir()?,
     };
 
+    // Every finished run is saved at once: a scale 1000 measurement takes hours, and a
+    // later failure or a stopped bench keeps the runs that finished.
+    let group_so_far = |samples: Vec<Sample>, mut notes: Vec<String>, runs_done: u32| {
+        if runs_done < args.common.runs {
+            notes.push(format!(
+                "Only {runs_done} of the {} runs asked for finished: the bench stopped after run \
+                 {runs_done}.",
+                args.common.runs
+            ));
+        }
+        notes.extend(group_notes(args));
+        Group {
+            workload: "postgres".into(),
+            size: format!("scale {scale}"),
+            data_bytes,
+            reference: args.reference().row().into(),
+            environment: environment(
+                &format!(
+                    "- data: `pgbench -i -s {scale} -q` took {}, database {} (all databases: {})\n",
+                    human(made.init_took),
+                    human_bytes(made.db_bytes),
+                    human_bytes(data_bytes)
+                ),
+                load_before,
+            ),
+            load: format!(
+                "`pgbench -c {CLIENTS} -j {THREADS}` (TPC-B-like, full speed, no `-R`), every \
+                 transaction logged; per sample the page cache is dropped and the data directory \
+                 read back, {} of load unmeasured, then {} of baseline, then the copy; figures \
+                 from the transactions within each window",
+                humantime::format_duration(args.warmup),
+                humantime::format_duration(args.baseline)
+            ),
+            notes,
+            samples,
+        }
+    };
     let mut samples = Vec::new();
     let mut notes = Vec::new();
     for run in 1..=args.common.runs {
@@ -386,36 +426,17 @@ fn bench_scale(
                 outcome,
             });
         }
+        if run < args.common.runs {
+            let so_far = group_so_far(samples.clone(), notes.clone(), run);
+            if let Err(e) = args.common.output.add(so_far) {
+                eprintln!("could not save run {run}'s results (the bench goes on): {e:#}");
+            }
+        }
     }
     for s in &mut sites {
         s.setup.server.stop();
     }
-    notes.extend(group_notes(args));
-    Ok(Some(Group {
-        workload: "postgres".into(),
-        size: format!("scale {scale}"),
-        data_bytes,
-        reference: args.reference().row().into(),
-        environment: environment(
-            &format!(
-                "- data: `pgbench -i -s {scale} -q` took {}, database {} (all databases: {})\n",
-                human(made.init_took),
-                human_bytes(made.db_bytes),
-                human_bytes(data_bytes)
-            ),
-            load_before,
-        ),
-        load: format!(
-            "`pgbench -c {CLIENTS} -j {THREADS}` (TPC-B-like, full speed, no `-R`), every \
-             transaction logged; per sample the page cache is dropped and the data directory read \
-             back, {} of load unmeasured, then {} of baseline, then the copy; figures from the \
-             transactions within each window",
-            humantime::format_duration(args.warmup),
-            humantime::format_duration(args.baseline)
-        ),
-        notes,
-        samples,
-    }))
+    Ok(Some(group_so_far(samples, notes, args.common.runs)))
 }
 
 impl Site {
