@@ -14,6 +14,8 @@
 # and the comparison with the tools users would pick instead (installs them when missing):
 #   sudo ./scripts/bench.sh peers sqlite                   # 1 and 8 GiB, 3 runs
 #   sudo ./scripts/bench.sh peers postgres                 # pgbench scale 100 and 1000, 3 runs (hours)
+#   sudo ./scripts/bench.sh peers postgres --scale 1000 --methods reflink,btrfs,pgbackrest,pgbackrest-pm2,pg_basebackup
+#                                                          # as measured in docs (2 h; ~60 GiB free; copy needs ~20 more)
 #   sudo ./scripts/bench.sh peers mariadb                  # 4 GiB, 3 runs
 #   sudo ./scripts/bench.sh peers sqlite --size 64MiB --runs 1   # quick check
 #   ./scripts/bench.sh peers report                        # table and plots again from docs/bench-data

@@ -283,7 +283,11 @@ fn bench_scale(
     // restore staged beside the live files (the peers restore into an emptied directory;
     // `cp -a` and reflink clone), the repository and WAL; btrfs: the data and what changes
     // under the load.
-    let full_copies = if args.methods.contains(&Method::Copy) { 3 } else { 2 };
+    let full_copies = if args.methods.contains(&Method::Copy) {
+        3
+    } else {
+        2
+    };
     let mut peak = full_copies * data + 4 * GIB;
     if kinds.contains(&FsKind::Btrfs) {
         peak += data + 4 * GIB;
@@ -1064,7 +1068,8 @@ fn environment(data: &str, load_before: &str) -> String {
 
 /// What the reader should know about every group.
 fn group_notes(args: &PostgresArgs) -> Vec<String> {
-    let mut notes = vec![
+    let mut notes: Vec<String> = left_out(&args.methods).into_iter().collect();
+    notes.extend([
         "Space used: the copy's file system's used bytes after the copy minus before; it also \
          counts what the load wrote meanwhile (tables, WAL, and the WAL archived into \
          shadowcopy's archive and, on XFS, pgBackRest's repository)."
@@ -1074,7 +1079,7 @@ fn group_notes(args: &PostgresArgs) -> Vec<String> {
          the page cache dropped first; every restore recovers to the copy's consistent point \
          and promotes to a new timeline."
             .to_string(),
-    ];
+    ]);
     if args.methods.iter().any(|m| m.is_pgbackrest()) {
         notes.push(
             "pgBackRest: repository on the cluster's XFS, compression at its default (gz), \
@@ -1101,6 +1106,23 @@ fn group_notes(args: &PostgresArgs) -> Vec<String> {
         );
     }
     notes
+}
+
+/// The note naming the methods a measurement left out, so its table is not read as
+/// complete: `None` when every method was measured.
+fn left_out(methods: &[Method]) -> Option<String> {
+    use clap::ValueEnum;
+    let missing: Vec<&str> = Method::value_variants()
+        .iter()
+        .filter(|m| !methods.contains(m))
+        .map(|m| m.row())
+        .collect();
+    (!missing.is_empty()).then(|| {
+        format!(
+            "Not measured at this size (left out of `--methods`): {}.",
+            missing.join(", ")
+        )
+    })
 }
 
 #[cfg(test)]
@@ -1170,5 +1192,18 @@ mod tests {
         assert_eq!(Method::PgbackrestPm2.row(), "pgbackrest process-max=2");
         assert_eq!(Method::Btrfs.fs(), FsKind::Btrfs);
         assert_eq!(Method::PgBasebackup.fs(), FsKind::Xfs);
+    }
+
+    #[test]
+    fn a_measurement_without_every_method_says_which_it_left_out() {
+        use clap::ValueEnum;
+        assert_eq!(left_out(Method::value_variants()), None);
+        assert_eq!(
+            left_out(&[Method::Reflink, Method::Btrfs, Method::PgBasebackup]).as_deref(),
+            Some(
+                "Not measured at this size (left out of `--methods`): shadowcopy copy, \
+                 pgbackrest, pgbackrest process-max=2."
+            )
+        );
     }
 }
