@@ -129,6 +129,24 @@ impl Output {
         self.regenerate(&store)
     }
 
+    /// Adds the finished runs of a measurement still under way (see
+    /// [`Store::put_unfinished`]), so a stopped bench keeps them.
+    pub fn add_unfinished(&self, group: Group) -> anyhow::Result<()> {
+        let mut store = Store::load(&self.results)?;
+        let (size, runs) = (group.size.clone(), group.runs());
+        if !store.put_unfinished(group) {
+            eprintln!(
+                "{} holds a fuller measurement of {size} than these {runs} runs; it stays until \
+                 this one finishes",
+                self.results.display()
+            );
+            return Ok(());
+        }
+        store.save(&self.results)?;
+        eprintln!("added the runs so far to {}", self.results.display());
+        self.regenerate(&store)
+    }
+
     /// Writes the plots and, with `--markdown`, the bench:peers section.
     fn regenerate(&self, store: &Store) -> anyhow::Result<()> {
         let plots = plot::draw_all(store, &self.plots)?;

@@ -432,7 +432,7 @@ fn bench_scale(
         }
         if run < args.common.runs {
             let so_far = group_so_far(samples.clone(), notes.clone(), run);
-            if let Err(e) = args.common.output.add(so_far) {
+            if let Err(e) = args.common.output.add_unfinished(so_far) {
                 eprintln!("could not save run {run}'s results (the bench goes on): {e:#}");
             }
         }

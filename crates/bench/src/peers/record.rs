@@ -118,9 +118,27 @@ impl Store {
             None => self.groups.push(group),
         }
     }
+
+    /// Like [`Store::put`] for a measurement still under way: it does not replace an
+    /// earlier group of the same size with more runs, so a bench stopped early keeps the
+    /// older, fuller measurement. Returns whether `group` went in.
+    pub fn put_unfinished(&mut self, group: Group) -> bool {
+        let fuller = self.groups.iter().any(|g| {
+            g.workload == group.workload && g.size == group.size && g.runs() > group.runs()
+        });
+        if !fuller {
+            self.put(group);
+        }
+        !fuller
+    }
 }
 
 impl Group {
+    /// How many runs it holds (the highest run number).
+    pub fn runs(&self) -> u32 {
+        self.samples.iter().map(|s| s.run).max().unwrap_or(0)
+    }
+
     /// The methods in the order they first appear.
     pub fn methods(&self) -> Vec<&str> {
         let mut methods: Vec<&str> = Vec::new();
@@ -217,6 +235,27 @@ mod tests {
         assert_eq!(g.ratios("peer", |f| f.copy_s), [5.0, 3.0]);
         assert_eq!(g.tried("peer"), 3);
         assert_eq!(g.done("peer").len(), 2);
+    }
+
+    #[test]
+    fn unfinished_runs_do_not_replace_a_fuller_measurement() {
+        let mut store = Store::default();
+        store.put(group("1 GiB"));
+        let mut first_run = group("1 GiB");
+        first_run.samples.retain(|s| s.run == 1);
+        first_run.notes.push("run 1 only".into());
+        assert_eq!(first_run.runs(), 1);
+        assert!(!store.put_unfinished(first_run.clone()));
+        assert_eq!(store.groups[0].runs(), 3);
+        assert!(store.groups[0].notes.is_empty());
+
+        let mut elsewhere = first_run.clone();
+        elsewhere.size = "8 GiB".into();
+        assert!(store.put_unfinished(elsewhere));
+        let mut more = group("8 GiB");
+        more.notes.push("runs 1-3".into());
+        assert!(store.put_unfinished(more));
+        assert_eq!(store.groups[1].notes, ["runs 1-3"]);
     }
 
     #[test]
