@@ -183,6 +183,30 @@ impl Journal for Catalog {
         )?;
         Ok(())
     }
+
+    fn begin_restore(&self, copy_id: CopyId, record: &str) -> Result<i64, JournalError> {
+        self.conn.execute(
+            "INSERT INTO restores (copy_id, pid, started_ms, record) VALUES (?1, ?2, ?3, ?4)",
+            params![copy_id, std::process::id(), now_ms(), record],
+        )?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    fn record_restore(&self, restore: i64, record: &str) -> Result<(), JournalError> {
+        self.conn.execute(
+            "UPDATE restores SET record = ?2 WHERE id = ?1",
+            params![restore, record],
+        )?;
+        Ok(())
+    }
+
+    fn end_restore(&self, restore: i64) -> Result<(), JournalError> {
+        self.conn.execute(
+            "UPDATE restores SET ended_ms = ?2 WHERE id = ?1",
+            params![restore, now_ms()],
+        )?;
+        Ok(())
+    }
 }
 
 fn path_str(p: &std::path::Path) -> Result<&str, JournalError> {

@@ -69,6 +69,18 @@ const MIGRATIONS: &[&str] = &[
     ",
     // 2: components a writer pins from prepare to thaw (copied before the freeze).
     "ALTER TABLE components ADD COLUMN pinned INTEGER NOT NULL DEFAULT 0;",
+    // 3: restores while they run: staging areas and the swap's renames, so that the next
+    // command finishes one that was interrupted.
+    "
+    CREATE TABLE restores (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        copy_id     INTEGER NOT NULL,
+        pid         INTEGER NOT NULL,
+        started_ms  INTEGER NOT NULL,
+        record      TEXT NOT NULL,
+        ended_ms    INTEGER
+    );
+    ",
 ];
 
 pub(crate) fn migrate(conn: &Connection, path: &Path) -> Result<(), CatalogError> {

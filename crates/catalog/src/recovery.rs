@@ -6,8 +6,10 @@
 
 use std::sync::Arc;
 
+use shadowcopy_core::events::EventSink;
 use shadowcopy_core::model::{CopyId, CopyState};
 use shadowcopy_core::provider::Provider;
+use shadowcopy_core::swap::{finish_interrupted, SwapRecord};
 
 use crate::queries::CopySummary;
 use crate::queue::QueueGuard;
@@ -25,6 +27,55 @@ pub struct Recovered {
 }
 
 impl Catalog {
+    /// Finishes every restore a dead process left unfinished (see `shadowcopy_core::swap`):
+    /// its renames are replayed and its staging areas removed. Needs the queue, like
+    /// [`Catalog::recover_interrupted`]. Returns one line per restore for the user; a
+    /// restore that cannot be finished stays recorded and its line says why.
+    pub fn recover_interrupted_restores(
+        &self,
+        _guard: &QueueGuard,
+        events: &dyn EventSink,
+    ) -> Result<Vec<String>, CatalogError> {
+        let open: Vec<(i64, i64, String)> = self
+            .conn
+            .prepare("SELECT id, pid, record FROM restores WHERE ended_ms IS NULL ORDER BY id")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<Result<_, _>>()?;
+        let mut lines = Vec::new();
+        for (id, pid, json) in open {
+            let line = match serde_json::from_str::<SwapRecord>(&json) {
+                Err(e) => format!(
+                    "restore {id} (process {pid}) was interrupted, but its record cannot be read ({e}); \
+                     check the restored paths by hand"
+                ),
+                Ok(record) => match finish_interrupted(&record, events) {
+                    Ok(done) => {
+                        self.conn.execute(
+                            "UPDATE restores SET ended_ms = ?2 WHERE id = ?1",
+                            rusqlite::params![id, crate::now_ms()],
+                        )?;
+                        format!("process {pid} was killed during a restore: {done}")
+                    }
+                    Err(e) => {
+                        let mut msg = e.to_string();
+                        let mut cause = std::error::Error::source(&e);
+                        while let Some(c) = cause {
+                            msg.push_str(&format!(": {c}"));
+                            cause = c.source();
+                        }
+                        format!(
+                            "process {pid} was killed during a restore of copy {}, and finishing it failed: {msg}; \
+                             the next command tries again",
+                            record.copy_id
+                        )
+                    }
+                },
+            };
+            lines.push(line);
+        }
+        Ok(lines)
+    }
+
     /// Cleans up every interrupted copy. Needs the queue (`_guard`) so that no live run is
     /// mistaken for a dead one. `provider_for` builds the provider that made a copy.
     pub fn recover_interrupted(

@@ -81,6 +81,15 @@ impl Session {
                 }
             }
         })?;
+        let events = crate::output::PhasePrinter::new(self.out.clone(), "");
+        for line in catalog
+            .recover_interrupted_restores(&guard, &events)
+            .context("finishing interrupted restores")?
+        {
+            if !self.out.quiet {
+                eprintln!("{line}");
+            }
+        }
         let recovered = catalog
             .recover_interrupted(&guard, &|copy| provider_for(catalog, copy))
             .context("cleaning up interrupted shadow sets")?;

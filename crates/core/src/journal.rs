@@ -69,4 +69,13 @@ pub trait Journal {
         state: CopyState,
         error: Option<&str>,
     ) -> Result<(), JournalError>;
+    /// A restore of `copy_id` begins (with the calling process): `record` is its
+    /// [`crate::swap::SwapRecord`] as JSON. Until [`Journal::end_restore`], the next
+    /// command that takes the queue finishes it.
+    fn begin_restore(&self, copy_id: CopyId, record: &str) -> Result<i64, JournalError>;
+    /// The restore's record changed (a staging area was created, the swap's renames are
+    /// about to run).
+    fn record_restore(&self, restore: i64, record: &str) -> Result<(), JournalError>;
+    /// The restore ended: done, or failed with the live data as it was.
+    fn end_restore(&self, restore: i64) -> Result<(), JournalError>;
 }

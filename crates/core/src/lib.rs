@@ -16,6 +16,8 @@ pub mod model;
 pub mod process;
 pub mod provider;
 pub mod restore;
+pub mod safe_fs;
+pub mod swap;
 pub mod verify;
 pub mod writer;
 

@@ -154,6 +154,28 @@ pub struct FileEntry {
     pub blake3: Option<String>,
 }
 
+/// A directory or symlink that a copy holds at or below one of its directory components:
+/// what a restore recreates besides the regular files of the manifest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TreeEntry {
+    /// The original absolute path.
+    pub path: PathBuf,
+    pub kind: TreeKind,
+    /// Permission bits (with set-user-ID, set-group-ID and sticky).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TreeKind {
+    Dir,
+    /// A symlink, kept as a link (never followed): where it points.
+    Symlink {
+        target: PathBuf,
+    },
+}
+
 /// A copy made readable: each original path with where its content can be read now.
 #[derive(Clone, Debug, Default)]
 pub struct CopyView {

@@ -21,6 +21,11 @@
 //! - [`Provider::expose`] makes the copy readable (read-only use by the caller).
 //! - [`Provider::restore_file`] writes the copy of one original file to `dest`, which
 //!   is on the target's file system; copy-on-write kinds clone instead of copying.
+//!   `dest` is always a new name in a private directory of shadowcopy's own.
+//! - [`Provider::tree`] (optional) lists the directories (with modes and owners) and
+//!   symlinks the copy holds below the set's directory components, so a restore puts
+//!   back the tree it copied, empty directories and links included. A provider that
+//!   keeps regular files only returns none, and its restores bring back files only.
 //!
 //! # Capability flags
 //! - [`Provider::rank`]: lower is faster; `auto` picks the lowest rank whose `check` passes.
@@ -38,7 +43,7 @@ use std::sync::Arc;
 
 use crate::error::BoxError;
 use crate::events::EventSink;
-use crate::model::{Component, CopyId, CopyView, FileEntry};
+use crate::model::{Component, CopyId, CopyView, FileEntry, TreeEntry};
 
 /// Why a provider cannot serve some paths.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -133,6 +138,12 @@ pub trait Provider: Send + Sync {
     }
     fn expose(&self, location: &str, files: &[FileEntry]) -> Result<CopyView, BoxError>;
     fn restore_file(&self, location: &str, original: &Path, dest: &Path) -> Result<(), BoxError>;
+    /// The directories and symlinks the copy holds at or below `roots` (the set's
+    /// directory components; the roots themselves included), by original path, parents
+    /// before children. The default: none, for a provider that keeps regular files only.
+    fn tree(&self, _location: &str, _roots: &[PathBuf]) -> Result<Vec<TreeEntry>, BoxError> {
+        Ok(Vec::new())
+    }
     /// Bytes the copy occupies on its storage, when the provider can tell.
     fn bytes_used(&self, _location: &str) -> Option<u64> {
         None

@@ -1,22 +1,30 @@
 //! Safe restore: refuse over data in use, keep the current state as a `pre-restore` copy,
-//! stage the copy's files beside their targets, let each writer finish them (a SQLite
-//! checkpoint), then swap them in by rename. Until the swap, the live data is untouched;
-//! a failed swap puts back what it moved. A copy holding a whole volume (a btrfs
+//! stage the copy's files (and symlinks) in private directories on the targets' file
+//! systems, let each writer finish them (a SQLite checkpoint), then swap them in by
+//! rename, as a journal of renames the next command finishes if this one is killed
+//! (`crate::swap`). Until the swap, the live data is untouched; a failed swap puts back
+//! what it moved. Directories are reached without following symlinks another user could
+//! have planted (`crate::safe_fs`), and the copy's tree comes back as it was copied:
+//! directories with their modes and owners (empty ones too) and symlinks as symlinks. A copy holding a whole volume (a btrfs
 //! subvolume) whose provider can swap volumes is restored by replacing the volume in one
 //! step instead (`Provider::swap_volume`), after keeping the replaced one.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::coordinator::{chain, Coordinator, ShadowSetRequest};
-use crate::error::{BoxError, Error};
+use crate::error::Error;
 use crate::events::EventSink;
 use crate::journal::Journal;
-use crate::model::{Component, ComponentRole, CopyId, FileEntry, Origin, Phase};
+use crate::model::{
+    Component, ComponentRole, CopyId, FileEntry, Origin, Phase, TreeEntry, TreeKind,
+};
 use crate::provider::Provider;
-use crate::writer::{staged_path, KeptCopiesUnknown, RestoreMode, RestorePlan, Writer};
+use crate::safe_fs::{self, NewDir};
+use crate::swap::Staging;
+use crate::writer::{KeptCopiesUnknown, RestoreMode, RestorePlan, Writer};
 
 /// A raw copy of data nobody holds open needs no freeze; its commit may take as long as
 /// the data needs.
@@ -79,7 +87,12 @@ impl<'a> Restorer<'a> {
             w.check_restore_mode(&request.mode)
                 .map_err(|e| Error::usage(chain(&*e)))?;
         }
-        let targets = map_targets(&request.files, request.to.as_deref())?;
+        let map = TargetMap::new(&request.files, &request.components, request.to.as_deref())?;
+        let targets: Vec<(PathBuf, PathBuf)> = request
+            .files
+            .iter()
+            .map(|f| (f.path.clone(), map.target(&f.path)))
+            .collect();
         let live: Vec<PathBuf> = targets.iter().map(|(_, t)| t.clone()).collect();
         let mut called = 0;
         let mut result = Ok(());
@@ -94,7 +107,7 @@ impl<'a> Restorer<'a> {
                 break;
             }
         }
-        let result = result.and_then(|()| self.restore_data(&request, &targets));
+        let result = result.and_then(|()| self.restore_data(&request, &map, &targets));
         let mut after = None;
         for w in &request.writers[..called] {
             if let Err(source) = w.post_restore(&live) {
@@ -115,6 +128,7 @@ impl<'a> Restorer<'a> {
     fn restore_data(
         &self,
         request: &RestoreRequest,
+        map: &TargetMap,
         targets: &[(PathBuf, PathBuf)],
     ) -> Result<RestoreOutcome, Error> {
         let started = Instant::now();
@@ -134,8 +148,16 @@ impl<'a> Restorer<'a> {
                 }
             }
         } else {
+            let to = map.to.as_deref().unwrap_or(Path::new("/"));
+            if to.symlink_metadata().is_ok_and(|m| !m.is_dir()) {
+                return Err(Error::usage(format!(
+                    "{} exists and is not a directory; restore --to needs a directory (a new one, or one \
+                     without the set's files)",
+                    to.display()
+                )));
+            }
             for (_, target) in targets {
-                if target.exists() {
+                if target.symlink_metadata().is_ok() {
                     return Err(Error::usage(format!(
                         "{} already exists; restore --to needs a directory without the set's files \
                          (choose another directory or remove it)",
@@ -166,7 +188,7 @@ impl<'a> Restorer<'a> {
 
         // Stage every file beside its target; the live data is not touched until the swap.
         self.events.phase_started(Phase::Restore);
-        let result = self.stage_keep_and_swap(request, targets, in_place, &mut steps);
+        let result = self.stage_keep_and_swap(request, map, targets, in_place, &mut steps);
         self.events
             .phase_finished(Phase::Restore, started.elapsed(), result.is_ok());
         let (plan, pre_restore) = result?;
@@ -227,61 +249,113 @@ impl<'a> Restorer<'a> {
         })
     }
 
-    /// Stages the copy's files, lets the writers finish them, keeps what the swap will
-    /// replace as a `pre-restore` copy, then swaps. Staged files are removed on any error.
+    /// Stages the copy's files and symlinks, lets the writers finish them, keeps what the
+    /// swap will replace as a `pre-restore` copy, swaps, then gives the copy's directories
+    /// their modes and owners (creating empty ones). Everything staged is removed on any
+    /// error, and directories the staging created too.
     fn stage_keep_and_swap(
         &self,
         request: &RestoreRequest,
+        map: &TargetMap,
         targets: &[(PathBuf, PathBuf)],
         in_place: bool,
         steps: &mut Vec<(String, Duration)>,
     ) -> Result<(RestorePlan, Option<CopyId>), Error> {
         let t = Instant::now();
+        let roots: Vec<PathBuf> = request.components.iter().map(|c| c.path.clone()).collect();
+        let tree: Vec<TreeEntry> = request
+            .provider
+            .tree(&request.location, &roots)
+            .map_err(|source| Error::Restore {
+                step: "listing the copy's directories and symlinks".into(),
+                source,
+            })?
+            .into_iter()
+            .map(|mut e| {
+                e.path = map.target(&e.path);
+                e
+            })
+            .collect();
+        let dirs: BTreeMap<PathBuf, NewDir> = tree
+            .iter()
+            .filter(|e| e.kind == TreeKind::Dir)
+            .map(|e| {
+                (
+                    e.path.clone(),
+                    NewDir {
+                        mode: e.mode,
+                        owner: Some((e.uid, e.gid)),
+                    },
+                )
+            })
+            .collect();
+        let new_dir = |p: &Path| dirs.get(p).copied().unwrap_or_default();
+        let mut staging = Staging::begin(self.journal, request.copy_id)?;
         let mut staged: Vec<(PathBuf, PathBuf)> = Vec::new();
-        let staging = (|| -> Result<(), BoxError> {
+        let result = (|| -> Result<(RestorePlan, Option<CopyId>), Error> {
             for (original, target) in targets {
-                if let Some(dir) = target.parent() {
-                    std::fs::create_dir_all(dir)?;
-                }
-                let s = staged_path(target);
-                remove_staged_leftovers(&s);
+                let s = staging.staged_path(target, &new_dir)?;
                 staged.push((target.clone(), s.clone()));
                 request
                     .provider
-                    .restore_file(&request.location, original, &s)?;
+                    .restore_file(&request.location, original, &s)
+                    .map_err(|source| Error::Restore {
+                        step: format!("staging the copy's file {}", original.display()),
+                        source,
+                    })?;
             }
-            Ok(())
-        })();
-        let result = staging
-            .map_err(|source| Error::Restore {
-                step: "staging the copy's files".into(),
-                source,
-            })
-            .and_then(|()| {
-                steps.push(("stage files beside their targets".to_string(), t.elapsed()));
-                let t = Instant::now();
-                let (plan, owners) = self.plan(request, targets, &staged)?;
-                steps.push(("writers finish the staged files".to_string(), t.elapsed()));
-                let mut pre_restore = None;
-                if in_place && request.keep_current {
-                    let t = Instant::now();
-                    pre_restore = self.keep_current(request, &plan, &owners)?;
-                    steps.push((
-                        "keep current state as pre-restore copy".to_string(),
-                        t.elapsed(),
-                    ));
+            let mut links = Vec::new();
+            for e in &tree {
+                let TreeKind::Symlink { target: link } = &e.kind else {
+                    continue;
+                };
+                if std::fs::read_link(&e.path).is_ok_and(|now| &now == link) {
+                    continue;
                 }
-                let t = Instant::now();
-                swap(&plan, &*self.events)?;
-                steps.push(("swap in by rename".to_string(), t.elapsed()));
-                Ok((plan, pre_restore))
-            });
-        if result.is_err() {
-            for (_, s) in &staged {
-                remove_staged_leftovers(s);
+                let s = staging.stage_symlink(&e.path, link, Some((e.uid, e.gid)), &new_dir)?;
+                links.push((s, e.path.clone()));
             }
+            steps.push(("stage the copy's files".to_string(), t.elapsed()));
+            let t = Instant::now();
+            let (mut plan, owners) = self.plan(request, targets, &staged)?;
+            plan.install.extend(links);
+            steps.push(("writers finish the staged files".to_string(), t.elapsed()));
+            let mut pre_restore = None;
+            if in_place && request.keep_current {
+                let t = Instant::now();
+                pre_restore = self.keep_current(request, &plan, &owners)?;
+                steps.push((
+                    "keep current state as pre-restore copy".to_string(),
+                    t.elapsed(),
+                ));
+            }
+            let t = Instant::now();
+            let remove: Vec<PathBuf> = plan.remove.iter().chain(&plan.discard).cloned().collect();
+            staging.swap(&plan.install, &remove, &*self.events)?;
+            steps.push(("swap in by rename".to_string(), t.elapsed()));
+            self.restore_directories(&tree, &new_dir);
+            Ok((plan, pre_restore))
+        })();
+        if result.is_err() {
+            staging.abandon(&*self.events);
         }
         result
+    }
+
+    /// After the swap: every directory of the copy's tree exists with its mode and owner
+    /// (parents first). The restore has happened by then, so a failure is a warning.
+    fn restore_directories(&self, tree: &[TreeEntry], new_dir: &dyn Fn(&Path) -> NewDir) {
+        for e in tree.iter().filter(|e| e.kind == TreeKind::Dir) {
+            let result = safe_fs::open_dir(&e.path, Some(new_dir))
+                .map_err(|e| e.to_string())
+                .and_then(|d| d.set_meta(new_dir(&e.path)).map_err(|e| e.to_string()));
+            if let Err(why) = result {
+                self.events.warning(&format!(
+                    "the restore is in place, but the directory {} could not be given the copy's mode and owner: {why}",
+                    e.path.display()
+                ));
+            }
+        }
     }
 
     /// A raw copy of every live file the swap will replace or remove (nobody holds them
@@ -300,7 +374,12 @@ impl<'a> Restorer<'a> {
             .iter()
             .map(|(_, target)| target)
             .chain(&plan.remove)
-            .filter(|p| p.exists() && seen.insert((*p).clone()))
+            // Files and directories are kept; a symlink is put back from the copy's tree.
+            .filter(|p| {
+                p.symlink_metadata()
+                    .is_ok_and(|m| !m.file_type().is_symlink())
+                    && seen.insert((*p).clone())
+            })
             .map(|p| unmanaged_component(p, owners.get(p).cloned()))
             .collect();
         self.keep(request, components)
@@ -408,153 +487,75 @@ fn unmanaged_component(path: &Path, writer: Option<String>) -> Component {
 /// Which writer's restore plan names a file (target or removed path).
 type Owners = std::collections::BTreeMap<PathBuf, String>;
 
-/// Original path → target path. In place the two are equal; with `to`, files keep their
-/// paths relative to the deepest directory that holds them all.
-fn map_targets(files: &[FileEntry], to: Option<&Path>) -> Result<Vec<(PathBuf, PathBuf)>, Error> {
-    if files.is_empty() {
-        return Err(Error::usage("the copy holds no files; nothing to restore"));
-    }
-    let Some(to) = to else {
-        return Ok(files
-            .iter()
-            .map(|f| (f.path.clone(), f.path.clone()))
-            .collect());
-    };
-    let mut root = files[0]
-        .path
-        .parent()
-        .unwrap_or(Path::new("/"))
-        .to_path_buf();
-    for f in files {
-        while !f.path.starts_with(&root) {
-            if !root.pop() {
-                break;
-            }
-        }
-    }
-    let to = if to.is_absolute() {
-        to.to_path_buf()
-    } else {
-        std::env::current_dir()
-            .map_err(|e| Error::usage(format!("cannot resolve {}: {e}", to.display())))?
-            .join(to)
-    };
-    Ok(files
-        .iter()
-        .map(|f| {
-            let rel = f.path.strip_prefix(&root).unwrap_or(&f.path);
-            (f.path.clone(), to.join(rel))
-        })
-        .collect())
+/// Original path → target path. In place the two are equal; with `to`, paths keep their
+/// place relative to the deepest directory holding every component (a directory
+/// component itself, a file component's directory), so the tree under `to` is the
+/// set's tree.
+struct TargetMap {
+    root: PathBuf,
+    to: Option<PathBuf>,
 }
 
-/// Removes a staged file and anything a writer derived from it (`<staged>-wal`, …),
-/// from this restore or an interrupted earlier one.
-fn remove_staged_leftovers(staged: &Path) {
-    let (Some(dir), Some(name)) = (staged.parent(), staged.file_name()) else {
-        return;
-    };
-    let name = name.to_string_lossy();
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            if e.file_name().to_string_lossy().starts_with(name.as_ref()) {
-                let _ = std::fs::remove_file(e.path());
-            }
+impl TargetMap {
+    fn new(
+        files: &[FileEntry],
+        components: &[Component],
+        to: Option<&Path>,
+    ) -> Result<Self, Error> {
+        if files.is_empty() {
+            return Err(Error::usage("the copy holds no files; nothing to restore"));
         }
-    }
-}
-
-/// Why a swap did not complete.
-#[derive(Debug, thiserror::Error)]
-enum SwapError {
-    #[error("renaming {} failed", .path.display())]
-    Rename {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("renaming {} failed, and putting back what was moved aside failed too: {}", .path.display(), .stranded.join("; "))]
-    UndoFailed {
-        path: PathBuf,
-        stranded: Vec<String>,
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-/// Moves the files to remove and the current targets aside, renames staged files onto
-/// their targets, then syncs the directories and deletes what was moved aside. A failed
-/// rename undoes the renames done so far (and says which files it could not put back).
-/// After the last rename the restore has happened: a failed directory fsync is a warning.
-fn swap(plan: &RestorePlan, events: &dyn EventSink) -> Result<(), Error> {
-    let mut stashed: Vec<(PathBuf, PathBuf)> = Vec::new();
-    let mut installed: Vec<PathBuf> = Vec::new();
-    let stash = |path: &Path, stashed: &mut Vec<(PathBuf, PathBuf)>| -> std::io::Result<()> {
-        if path.symlink_metadata().is_ok() {
-            let mut name = path.file_name().unwrap_or_default().to_os_string();
-            name.push(".shadowcopy-replaced");
-            let aside = path.with_file_name(name);
-            std::fs::rename(path, &aside)?;
-            stashed.push((path.to_path_buf(), aside));
-        }
-        Ok(())
-    };
-    let result = (|| -> Result<(), (PathBuf, std::io::Error)> {
-        for r in plan.remove.iter().chain(&plan.discard) {
-            stash(r, &mut stashed).map_err(|e| (r.clone(), e))?;
-        }
-        for (staged, target) in &plan.install {
-            stash(target, &mut stashed).map_err(|e| (target.clone(), e))?;
-            std::fs::rename(staged, target).map_err(|e| (staged.clone(), e))?;
-            installed.push(target.clone());
-        }
-        Ok(())
-    })();
-    if let Err((path, source)) = result {
-        let mut stranded = Vec::new();
-        for t in installed.iter().rev() {
-            if let Err(e) = std::fs::remove_file(t) {
-                stranded.push(format!("{} ({e})", t.display()));
-            }
-        }
-        for (orig, aside) in stashed.iter().rev() {
-            if let Err(e) = std::fs::rename(aside, orig) {
-                stranded.push(format!(
-                    "{} is at {} ({e})",
-                    orig.display(),
-                    aside.display()
-                ));
-            }
-        }
-        let source: BoxError = if stranded.is_empty() {
-            Box::new(SwapError::Rename { path, source })
-        } else {
-            Box::new(SwapError::UndoFailed {
-                path,
-                stranded,
-                source,
-            })
+        let Some(to) = to else {
+            return Ok(TargetMap {
+                root: PathBuf::from("/"),
+                to: None,
+            });
         };
-        return Err(Error::Restore {
-            step: "swapping the restored files in".into(),
-            source,
-        });
+        // A component is a directory when the copy holds files below it.
+        let holders: Vec<&Path> = components
+            .iter()
+            .map(|c| {
+                let is_dir = files
+                    .iter()
+                    .any(|f| f.path != c.path && f.path.starts_with(&c.path));
+                if is_dir {
+                    c.path.as_path()
+                } else {
+                    c.path.parent().unwrap_or(Path::new("/"))
+                }
+            })
+            .chain(
+                files
+                    .iter()
+                    .map(|f| f.path.parent().unwrap_or(Path::new("/"))),
+            )
+            .collect();
+        let mut root = holders[0].to_path_buf();
+        for h in &holders {
+            while !h.starts_with(&root) {
+                if !root.pop() {
+                    break;
+                }
+            }
+        }
+        let to = if to.is_absolute() {
+            to.to_path_buf()
+        } else {
+            std::env::current_dir()
+                .map_err(|e| Error::usage(format!("cannot resolve {}: {e}", to.display())))?
+                .join(to)
+        };
+        Ok(TargetMap { root, to: Some(to) })
     }
-    let dirs: BTreeSet<&Path> = plan
-        .install
-        .iter()
-        .filter_map(|(_, t)| t.parent())
-        .collect();
-    for d in dirs {
-        if let Err(e) = std::fs::File::open(d).and_then(|f| f.sync_all()) {
-            events.warning(&format!(
-                "the restore is in place, but syncing {} failed ({e}); a power loss now could undo it",
-                d.display()
-            ));
+
+    fn target(&self, original: &Path) -> PathBuf {
+        match &self.to {
+            None => original.to_path_buf(),
+            Some(to) => match original.strip_prefix(&self.root) {
+                Ok(rel) if rel.as_os_str().is_empty() => to.clone(),
+                Ok(rel) => to.join(rel),
+                Err(_) => to.join(original.strip_prefix("/").unwrap_or(original)),
+            },
         }
     }
-    for (_, aside) in stashed {
-        let _ = std::fs::remove_file(aside);
-    }
-    Ok(())
 }

@@ -30,7 +30,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use shadowcopy_core::error::BoxError;
-use shadowcopy_core::model::{Component, CopyView, FileEntry};
+use shadowcopy_core::model::{Component, CopyView, FileEntry, TreeEntry};
 use shadowcopy_core::process;
 use shadowcopy_core::provider::{CommitControl, CommitRequest, Provider, Unsupported};
 
@@ -540,6 +540,23 @@ impl Provider for BtrfsProvider {
             .into());
         }
         Ok(reflink::restore(&src, dest, self.parallelism)?)
+    }
+
+    fn tree(&self, location: &str, roots: &[PathBuf]) -> Result<Vec<TreeEntry>, BoxError> {
+        let loc = Path::new(location);
+        let subvolume = source_of(loc)?;
+        let mut inside = Vec::new();
+        for r in roots {
+            if r.starts_with(&subvolume) {
+                inside.push(r.clone());
+            }
+        }
+        Ok(layout::tree(&inside, |original| {
+            in_snapshot(loc, &subvolume, original).map_err(|e| LayoutError::NotInCopy {
+                location: format!("{} ({e})", location),
+                original: original.to_path_buf(),
+            })
+        })?)
     }
 }
 

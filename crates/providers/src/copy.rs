@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use rustix::fs::SeekFrom;
 use shadowcopy_core::error::BoxError;
-use shadowcopy_core::model::{CopyView, FileEntry};
+use shadowcopy_core::model::{CopyView, FileEntry, TreeEntry};
 use shadowcopy_core::provider::{CommitControl, CommitRequest, Provider, Unsupported};
 
 use crate::layout::{self, LayoutError};
@@ -207,6 +207,13 @@ impl Provider for CopyProvider {
         Ok(copy_file(&src, dest, self.parallelism)?)
     }
 
+    fn tree(&self, location: &str, roots: &[PathBuf]) -> Result<Vec<TreeEntry>, BoxError> {
+        let loc = Path::new(location);
+        Ok(layout::tree(roots, |original| {
+            layout::in_copy(loc, original)
+        })?)
+    }
+
     fn bytes_used(&self, location: &str) -> Option<u64> {
         if !Path::new(location).is_dir() {
             return None;
@@ -265,7 +272,7 @@ fn commit(
 /// A full, independent copy of one regular file to `dest` (replaced if it exists),
 /// with the same engine, metadata and fsync as a commit.
 pub(crate) fn copy_file(src: &Path, dest: &Path, parallelism: usize) -> Result<(), CopyError> {
-    let meta = std::fs::metadata(src).map_err(io_err("inspect", src))?;
+    let meta = std::fs::symlink_metadata(src).map_err(io_err("inspect", src))?;
     copy_many(
         &[FileJob {
             src,
@@ -275,7 +282,7 @@ pub(crate) fn copy_file(src: &Path, dest: &Path, parallelism: usize) -> Result<(
         }],
         parallelism,
         None,
-        Destination::Replace,
+        Destination::Restore,
     )
     .map(|_| ())
 }
@@ -286,8 +293,9 @@ enum Destination {
     /// New files in a copy being committed: created exclusively, made durable later by
     /// `persist`.
     NewInCopy,
-    /// A restore's staged file: replaced if present and fsynced at once.
-    Replace,
+    /// A restore's staged file (a new name in the restore's private staging directory):
+    /// fsynced at once.
+    Restore,
 }
 
 /// One file to copy.
@@ -323,11 +331,7 @@ fn copy_many(
         let size = f.meta.len();
         let mut opts = OpenOptions::new();
         opts.write(true).mode(0o600);
-        if destination == Destination::NewInCopy {
-            opts.create_new(true);
-        } else {
-            opts.create(true).truncate(true);
-        }
+        opts.create_new(true);
         let dest = opts.open(f.dest).map_err(io_err("create", f.dest))?;
         dest.set_len(size)
             .map_err(io_err("set the size of", f.dest))?;
@@ -350,7 +354,7 @@ fn copy_many(
         let c = &chunks[j];
         let f = &files[c.file];
         if c.len > 0 && !gone[c.file].load(Ordering::SeqCst) {
-            match File::open(f.src) {
+            match layout::open_source(f.src, f.meta) {
                 Ok(src) => {
                     let dest = OpenOptions::new()
                         .write(true)
@@ -377,7 +381,7 @@ fn copy_many(
                 .open(f.dest)
                 .map_err(io_err("open", f.dest))?;
             layout::set_metadata(&dest, f.dest, f.meta)?;
-            if destination == Destination::Replace {
+            if destination == Destination::Restore {
                 dest.sync_all().map_err(io_err("fsync", f.dest))?;
             }
         }

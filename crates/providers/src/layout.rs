@@ -25,7 +25,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Component as PathComponent, Path, PathBuf};
 
 use rustix::fs::{AtFlags, Timestamps, CWD};
-use shadowcopy_core::model::{Component, CopyId, FileEntry};
+use shadowcopy_core::model::{Component, CopyId, FileEntry, TreeEntry, TreeKind};
 
 /// Errors of the layout steps.
 #[derive(Debug, thiserror::Error)]
@@ -385,6 +385,37 @@ pub(crate) fn build_tree(
     Ok(files)
 }
 
+/// Opens a file to copy from, which the plan saw as `expected` (lstat): never through a
+/// symlink at its own name, and never another file than the plan's. A root-run copy of
+/// a directory another user owns must not be redirected by a symlink planted between
+/// the plan and the open (say `sub/` swapped for a link to a root-only directory): when
+/// the file opened is not the one the plan saw, it is opened again by a walk that
+/// follows no symlink another user could have made (`safe_fs`), which fails on such a
+/// link, and otherwise gives the file now at that path (the application replaced it).
+pub(crate) fn open_source(path: &Path, expected: &Metadata) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let nofollow = rustix::fs::OFlags::NOFOLLOW.bits() as i32;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nofollow)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if (meta.dev(), meta.ino()) == (expected.dev(), expected.ino()) {
+        return Ok(file);
+    }
+    let (dir, name) = shadowcopy_core::safe_fs::open_parent(path, None).map_err(|e| match e {
+        shadowcopy_core::safe_fs::SafeFsError::Io { source, .. } => source,
+        e => io::Error::other(e),
+    })?;
+    let fd = rustix::fs::openat(
+        dir.fd(),
+        name.as_os_str(),
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?;
+    Ok(File::from(fd))
+}
+
 /// Sets the metadata of the plan's directories (children first, so that setting a
 /// parent's times is the last change to it).
 pub(crate) fn finish_tree(location: &Path, entries: &[Entry]) -> Result<(), LayoutError> {
@@ -552,6 +583,59 @@ pub(crate) fn delete(location: &str) -> Result<(), LayoutError> {
             source,
         }),
     }
+}
+
+/// The directories and symlinks a copy holds at or below each of `roots` (see
+/// `Provider::tree`); `place` maps an original path to where the copy holds it. A root
+/// the copy does not hold as a directory adds nothing.
+pub(crate) fn tree(
+    roots: &[PathBuf],
+    place: impl Fn(&Path) -> Result<PathBuf, LayoutError>,
+) -> Result<Vec<TreeEntry>, LayoutError> {
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    for root in roots {
+        let src = place(root)?;
+        if !src.symlink_metadata().is_ok_and(|m| m.is_dir()) {
+            continue;
+        }
+        for item in walkdir::WalkDir::new(&src).follow_links(false) {
+            let item = item.map_err(|source| LayoutError::Walk {
+                path: src.clone(),
+                source,
+            })?;
+            let rel = item.path().strip_prefix(&src).unwrap_or(Path::new(""));
+            let original = if rel.as_os_str().is_empty() {
+                root.clone()
+            } else {
+                root.join(rel)
+            };
+            let meta = item
+                .path()
+                .symlink_metadata()
+                .map_err(io_err("inspect", item.path()))?;
+            let kind = if meta.is_dir() {
+                TreeKind::Dir
+            } else if meta.file_type().is_symlink() {
+                TreeKind::Symlink {
+                    target: std::fs::read_link(item.path())
+                        .map_err(io_err("read the symlink", item.path()))?,
+                }
+            } else {
+                continue;
+            };
+            if seen.insert(original.clone()) {
+                out.push(TreeEntry {
+                    path: original,
+                    kind,
+                    mode: meta.mode() & 0o7777,
+                    uid: meta.uid(),
+                    gid: meta.gid(),
+                });
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The nearest ancestor of `path` (itself included) that exists.

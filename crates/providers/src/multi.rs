@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use shadowcopy_core::error::BoxError;
-use shadowcopy_core::model::{Component, CopyView, FileEntry};
+use shadowcopy_core::model::{Component, CopyView, FileEntry, TreeEntry};
 use shadowcopy_core::provider::{CommitControl, CommitRequest, Provider, Unsupported};
 
 use crate::ProviderOptions;
@@ -366,6 +366,27 @@ impl Provider for MultiVolumeProvider {
         self.provider_of(v)?
             .restore_file(&v.location, original, dest)
             .map_err(|e| Self::on_volume(v)(e).into())
+    }
+
+    fn tree(&self, location: &str, roots: &[PathBuf]) -> Result<Vec<TreeEntry>, BoxError> {
+        let recorded = Self::parse(location)?;
+        let mut out = Vec::new();
+        for v in &recorded.volumes {
+            let mine: Vec<PathBuf> = roots
+                .iter()
+                .filter(|r| Self::recorded_volume(&recorded, r).is_some_and(|w| w.root == v.root))
+                .cloned()
+                .collect();
+            if mine.is_empty() {
+                continue;
+            }
+            out.extend(
+                self.provider_of(v)?
+                    .tree(&v.location, &mine)
+                    .map_err(Self::on_volume(v))?,
+            );
+        }
+        Ok(out)
     }
 
     fn bytes_used(&self, location: &str) -> Option<u64> {

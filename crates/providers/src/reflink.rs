@@ -9,7 +9,7 @@
 //! itself the root of a mounted file system, in `<component>/.shadowcopy/copies`, which
 //! the commit then leaves out of the copy.
 
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::{self, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use rustix::io::Errno;
 use shadowcopy_core::error::BoxError;
-use shadowcopy_core::model::{CopyView, FileEntry};
+use shadowcopy_core::model::{CopyView, FileEntry, TreeEntry};
 use shadowcopy_core::provider::{CommitControl, CommitRequest, Provider, Unsupported};
 
 use crate::copy::{self, CopyError};
@@ -343,6 +343,13 @@ impl Provider for ReflinkProvider {
         let src = layout::existing_in_copy(location, original)?;
         Ok(restore(&src, dest, self.parallelism)?)
     }
+
+    fn tree(&self, location: &str, roots: &[PathBuf]) -> Result<Vec<TreeEntry>, BoxError> {
+        let loc = Path::new(location);
+        Ok(layout::tree(roots, |original| {
+            layout::in_copy(loc, original)
+        })?)
+    }
 }
 
 fn commit(
@@ -381,7 +388,7 @@ fn commit(
     let work = |j: usize| -> Result<(), ReflinkError> {
         let (i, dest) = &files[j];
         let e = &entries[*i];
-        let src = match File::open(&e.original) {
+        let src = match layout::open_source(&e.original, &e.meta) {
             Ok(src) => src,
             Err(err) if layout::vanished(e, &err) => {
                 gone[j].store(true, Ordering::SeqCst);
@@ -441,12 +448,12 @@ fn commit(
 
 /// Clones `src` to `dest` (falling back to a full copy across file systems).
 pub(crate) fn restore(src: &Path, dest: &Path, parallelism: usize) -> Result<(), ReflinkError> {
-    let meta = std::fs::metadata(src).map_err(io_err("inspect", src))?;
-    let input = File::open(src).map_err(io_err("open", src))?;
+    let meta = std::fs::symlink_metadata(src).map_err(io_err("inspect", src))?;
+    let input = layout::open_source(src, &meta).map_err(io_err("open", src))?;
+    // A new file in the restore's private staging directory: never one that exists.
     let out = OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
         .open(dest)
         .map_err(io_err("create", dest))?;
@@ -458,6 +465,7 @@ pub(crate) fn restore(src: &Path, dest: &Path, parallelism: usize) -> Result<(),
         }
         Err(Errno::XDEV | Errno::OPNOTSUPP | Errno::INVAL | Errno::NOTTY) => {
             drop(out);
+            std::fs::remove_file(dest).map_err(io_err("remove", dest))?;
             tracing::debug!(src = %src.display(), dest = %dest.display(), "cannot clone, copying instead");
             Ok(copy::copy_file(src, dest, parallelism)?)
         }

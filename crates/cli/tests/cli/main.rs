@@ -16,4 +16,5 @@ mod postgres_layout;
 mod postgres_wal;
 mod queue;
 mod quickstart;
+mod restore_safety;
 mod support;
