@@ -64,6 +64,12 @@ pub enum LayoutError {
         #[source]
         source: io::Error,
     },
+    #[error("cannot reach {} without following a path someone else controls", path.display())]
+    Unsafe {
+        path: PathBuf,
+        #[source]
+        source: shadowcopy_core::safe_fs::SafeFsError,
+    },
     #[error("cannot walk the directory component {}", path.display())]
     Walk {
         path: PathBuf,
@@ -561,10 +567,33 @@ pub(crate) fn file_entry(original: &Path, meta: &Metadata) -> FileEntry {
 
 /// Removes a copy; a missing location is success. Directories the copy keeps read-only
 /// (as their originals were) are made writable first when that stops the removal.
+///
+/// The location's directory is reached by handle (`safe_fs`): a symlink someone planted on
+/// the way (in place of the `.shadowcopy` directory beside their data, say) is refused,
+/// never followed, and a location that is not an absolute path (recorded by an old
+/// catalog opened from a relative path) is refused rather than taken relative to
+/// wherever the command runs.
 pub(crate) fn delete(location: &str) -> Result<(), LayoutError> {
-    let mut result = std::fs::remove_dir_all(location);
+    use shadowcopy_core::safe_fs::{self, SafeFsError};
+    use std::os::fd::AsRawFd;
+    let (parent, name) = match safe_fs::open_parent(Path::new(location), None) {
+        Ok(found) => found,
+        Err(SafeFsError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+            return Ok(())
+        }
+        Err(source) => {
+            return Err(LayoutError::Unsafe {
+                path: PathBuf::from(location),
+                source,
+            })
+        }
+    };
+    // The kernel resolves /proc/self/fd/N to the directory opened, not to a path again;
+    // remove_dir_all never follows a symlink inside what it removes.
+    let target = PathBuf::from(format!("/proc/self/fd/{}", parent.fd().as_raw_fd())).join(name);
+    let mut result = std::fs::remove_dir_all(&target);
     if matches!(&result, Err(e) if e.kind() == io::ErrorKind::PermissionDenied) {
-        for d in walkdir::WalkDir::new(location)
+        for d in walkdir::WalkDir::new(&target)
             .into_iter()
             .filter_map(Result::ok)
         {
@@ -572,7 +601,7 @@ pub(crate) fn delete(location: &str) -> Result<(), LayoutError> {
                 let _ = std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o700));
             }
         }
-        result = std::fs::remove_dir_all(location);
+        result = std::fs::remove_dir_all(&target);
     }
     match result {
         Ok(()) => Ok(()),

@@ -332,3 +332,45 @@ fn a_restore_killed_at_every_rename_is_finished_by_the_next_command() {
         assert!(step < 20, "the swap never ran to its end");
     }
 }
+
+#[test]
+fn delete_never_follows_a_symlink_planted_in_place_of_the_copies_directory() {
+    if !require_root("delete_never_follows_a_symlink_planted_in_place_of_the_copies_directory") {
+        return;
+    }
+    let s = Stage::new();
+    let app = s.app();
+    // The copies beside the data (app/sub), in a directory the user owns.
+    let config = s.top.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[sets.app]\npaths = [\"{app}/sub\"]\nprovider = \"copy\"\ncopies_dir = \"{app}/.copies\"\n"
+        ),
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    s.cli.ok(&["--config", &config, "create", "app", "-q"]);
+    let location = std::fs::read_dir(s.top.join("app/.copies"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .file_name();
+    // Root keeps something under the same name elsewhere; the user points .copies there.
+    let precious = s.top.join("secret").join(&location);
+    std::fs::create_dir(&precious).unwrap();
+    std::fs::write(precious.join("important"), "keep me\n").unwrap();
+    as_attacker(&format!(
+        "mv {app}/.copies {app}/.copies.moved && ln -s {} {app}/.copies",
+        s.top.join("secret").display()
+    ));
+    let out = s.cli.run(&["--config", &config, "delete", "1"]);
+    assert_ne!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_eq!(
+        std::fs::read_to_string(precious.join("important")).unwrap(),
+        "keep me\n",
+        "delete followed the planted symlink: {}",
+        describe(&out)
+    );
+}
