@@ -17,7 +17,8 @@
 //! show); `restore_file` gives identical bytes and mode; `delete` is idempotent; a
 //! missing optional component is skipped and a missing required one is an error naming
 //! it; a commit cancelled before or during its work fails; a location is never
-//! overwritten; a full file system makes the commit fail without a panic.
+//! overwritten; a full file system makes the commit fail without a panic; `tree` lists the
+//! directory components' directories (modes, owners, empty ones) and symlinks as links.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -29,7 +30,7 @@ use std::time::{Duration, SystemTime};
 
 use rand::{RngCore, SeedableRng};
 use shadowcopy_core::events::{EventSink, NoEvents};
-use shadowcopy_core::model::{Component, ComponentRole, CopyId, FileEntry};
+use shadowcopy_core::model::{Component, ComponentRole, CopyId, FileEntry, TreeKind};
 use shadowcopy_core::provider::{CommitControl, CommitRequest, Provider};
 
 /// Builds the provider under test with its copies directory at the given path.
@@ -45,6 +46,7 @@ pub fn run_all(make: Make, data_dir: &Path) {
     location_never_overwritten(make, &case_dir(data_dir, "no-overwrite"));
     two_stage_commit(make, &case_dir(data_dir, "two-stage"));
     files_removed_during_commit(make, &case_dir(data_dir, "removed-during"));
+    tree_of_directories_and_links(make, &case_dir(data_dir, "tree"));
 }
 
 /// For providers that copy pinned components early: a commit in two stages (pinned
@@ -173,6 +175,12 @@ pub fn fixture(dir: &Path) -> Fixture {
         );
     }
     std::os::unix::fs::symlink("a.txt", data.join("tree/link")).unwrap();
+    std::fs::create_dir(data.join("tree/emptydir")).unwrap();
+    std::fs::set_permissions(
+        data.join("tree/emptydir"),
+        std::fs::Permissions::from_mode(0o705),
+    )
+    .unwrap();
     std::fs::set_permissions(
         data.join("tree/sub"),
         std::fs::Permissions::from_mode(0o750),
@@ -370,6 +378,64 @@ pub fn commit_expose_restore(make: Make, dir: &Path) {
     );
     p.delete(&loc).expect("delete");
     assert_gone(&loc);
+}
+
+/// `tree` lists what a restore recreates besides the files: every directory at or below
+/// the directory components (the component itself, empty ones too) with its mode and
+/// owner, and every symlink as a link with its target; nothing outside the components.
+pub fn tree_of_directories_and_links(make: Make, dir: &Path) {
+    let fx = fixture(dir);
+    let p = make(&fx.copies);
+    let req = request(9, &fx.components);
+    let loc = p.location(&req).expect("location");
+    p.commit(&req, &loc, &no_events()).expect("commit");
+    let roots: Vec<PathBuf> = fx.components.iter().map(|c| c.path.clone()).collect();
+    let tree = p
+        .tree(&loc, &roots)
+        .unwrap_or_else(|e| panic!("{}: tree failed: {}", p.kind(), chain(&*e)));
+    let find = |rel: &str| {
+        let path = fx.data.join(rel);
+        tree.iter()
+            .find(|e| e.path == path)
+            .unwrap_or_else(|| panic!("{}: tree lacks {}: {tree:?}", p.kind(), path.display()))
+    };
+    for (rel, mode) in [
+        ("tree", None),
+        ("tree/sub", Some(0o750)),
+        ("tree/many", None),
+        ("tree/emptydir", Some(0o705)),
+    ] {
+        let e = find(rel);
+        assert_eq!(e.kind, TreeKind::Dir, "{}: {rel}", p.kind());
+        let live = std::fs::metadata(fx.data.join(rel)).unwrap();
+        assert_eq!(
+            e.mode,
+            mode.unwrap_or(live.mode() & 0o7777),
+            "{}: mode of {rel}",
+            p.kind()
+        );
+        assert_eq!(
+            (e.uid, e.gid),
+            (live.uid(), live.gid()),
+            "{}: owner of {rel}",
+            p.kind()
+        );
+    }
+    assert_eq!(
+        find("tree/link").kind,
+        TreeKind::Symlink {
+            target: PathBuf::from("a.txt")
+        },
+        "{}: a symlink is listed as a link",
+        p.kind()
+    );
+    assert!(
+        tree.iter()
+            .all(|e| roots.iter().any(|r| e.path.starts_with(r))),
+        "{}: tree lists something outside the components: {tree:?}",
+        p.kind()
+    );
+    p.delete(&loc).expect("delete");
 }
 
 /// `delete` removes the copy and succeeds again on a missing location.
