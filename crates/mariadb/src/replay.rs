@@ -310,8 +310,27 @@ fn move_file(from: &Path, to: &Path, owner: &Owner) -> Result<(), BoxError> {
     match std::fs::rename(from, to) {
         Ok(()) => Ok(()),
         Err(e) if e.raw_os_error() == Some(rustix::io::Errno::XDEV.raw_os_error()) => {
-            std::fs::copy(from, to).map_err(files::err("copy", from))?;
-            owner.chown(to)?;
+            // Beside the live data: a symlink planted at `to` is replaced, never written
+            // through.
+            match std::fs::remove_file(to) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(files::err("replace", to)(e).into()),
+            }
+            let mut src = std::fs::File::open(from).map_err(files::err("open", from))?;
+            let mut dst = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(to)
+                .map_err(files::err("create", to))?;
+            std::io::copy(&mut src, &mut dst).map_err(files::err("copy", from))?;
+            dst.set_permissions(
+                src.metadata()
+                    .map_err(files::err("inspect", from))?
+                    .permissions(),
+            )
+            .map_err(files::err("set the mode of", to))?;
+            owner.lchown(to)?;
             std::fs::remove_file(from).map_err(files::err("remove", from))?;
             Ok(())
         }

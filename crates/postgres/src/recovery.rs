@@ -308,11 +308,29 @@ fn read_dir(dir: &Path) -> Result<Vec<std::fs::DirEntry>, RecoveryError> {
     }
 }
 
+/// Writes a staged file of ours, mode 0600, given to the cluster's owner. The name may be
+/// beside the live data, in a directory the server's user can write, so whatever is
+/// there (a symlink someone planted, say) is removed and the file created exclusively,
+/// never opened through a link; the owner is set on the file itself.
 fn write_owned(path: &Path, content: &str, owner: &Owner) -> Result<(), RecoveryError> {
-    std::fs::write(path, content).map_err(io("write", path))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io("replace", path)(e)),
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io("create", path))?;
+    file.write_all(content.as_bytes())
+        .map_err(io("write", path))?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
         .map_err(io("set the mode of", path))?;
-    owner.chown(path)?;
+    owner.lchown(path)?;
     Ok(())
 }
 

@@ -374,3 +374,48 @@ fn delete_never_follows_a_symlink_planted_in_place_of_the_copies_directory() {
         describe(&out)
     );
 }
+
+#[test]
+fn a_postgres_restore_never_writes_through_a_symlink_the_server_user_planted() {
+    let cli = Cli::new();
+    let Some(cluster) = shadowcopy_testing::postgres::postgres_or_skip(
+        "a_postgres_restore_never_writes_through_a_symlink_the_server_user_planted",
+        shadowcopy_testing::postgres::PgOptions::new(),
+    ) else {
+        return;
+    };
+    let out = cli.run(&[
+        "create",
+        "--postgres",
+        &cluster.url(),
+        "--provider",
+        "copy",
+        "-q",
+    ]);
+    assert!(out.status.success(), "{}", describe(&out));
+    cluster.stop();
+    // The server's user (who owns the data directory) plants the names a restore writes
+    // its recovery files at, pointing to a file only root may change.
+    let victim = cli.path("root-only");
+    std::fs::write(&victim, "root's\n").unwrap();
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let data = cluster.data_dir().to_path_buf();
+    for name in ["recovery.signal", "postgresql.auto.conf"] {
+        let link = data.join(format!("{name}.shadowcopy-restore"));
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        let owner = std::fs::metadata(&data).unwrap();
+        std::os::unix::fs::lchown(&link, Some(owner.uid()), Some(owner.gid())).unwrap();
+    }
+    let out = cli.run(&["restore", "1"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "root's\n");
+    let meta = std::fs::metadata(&victim).unwrap();
+    assert_eq!(
+        (meta.uid(), meta.mode() & 0o777),
+        (0, 0o600),
+        "the root-only file was given away"
+    );
+    cluster.start();
+    assert_eq!(cluster.psql("SELECT 1"), "1");
+}
