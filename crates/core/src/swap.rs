@@ -80,19 +80,32 @@ impl SwapOp {
     }
 }
 
+/// A path as a string when it is UTF-8, else as its raw bytes: lossless either way.
 mod byte_path {
     use std::os::unix::ffi::{OsStrExt, OsStringExt};
     use std::path::{Path, PathBuf};
 
     use serde::{Deserialize, Deserializer, Serializer};
 
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Stored {
+        Text(String),
+        Bytes(Vec<u8>),
+    }
+
     pub fn serialize<S: Serializer>(p: &Path, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(p.as_os_str().as_bytes())
+        match p.to_str() {
+            Some(text) => s.serialize_str(text),
+            None => s.serialize_bytes(p.as_os_str().as_bytes()),
+        }
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
-        let bytes: Vec<u8> = Vec::deserialize(d)?;
-        Ok(PathBuf::from(std::ffi::OsString::from_vec(bytes)))
+        Ok(match Stored::deserialize(d)? {
+            Stored::Text(text) => PathBuf::from(text),
+            Stored::Bytes(bytes) => PathBuf::from(std::ffi::OsString::from_vec(bytes)),
+        })
     }
 }
 
@@ -507,4 +520,38 @@ pub fn finish_interrupted(record: &SwapRecord, events: &dyn EventSink) -> Result
             record.ops.len()
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::ffi::OsStrExt;
+
+    use super::*;
+
+    #[test]
+    fn records_keep_every_path_exactly() {
+        let odd = PathBuf::from(std::ffi::OsStr::from_bytes(b"/srv/bad\xffname"));
+        let record = SwapRecord {
+            copy_id: 3,
+            areas: vec![PathBuf::from("/srv/.shadowcopy-restore-1"), odd.clone()],
+            ops: vec![
+                SwapOp::Aside {
+                    from: odd.clone(),
+                    to: PathBuf::from("/srv/.shadowcopy-restore-1/0-replaced/0-x"),
+                },
+                SwapOp::Install {
+                    from: PathBuf::from("/srv/.shadowcopy-restore-1/0/x.shadowcopy-restore"),
+                    to: odd.clone(),
+                },
+            ],
+        };
+        let json = to_json(&record);
+        assert!(
+            json.contains("\"/srv/.shadowcopy-restore-1\""),
+            "UTF-8 paths stay readable: {json}"
+        );
+        let back: SwapRecord = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.areas, record.areas);
+        assert_eq!(back.ops, record.ops);
+    }
 }
