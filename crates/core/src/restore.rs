@@ -5,9 +5,10 @@
 //! (`crate::swap`). Until the swap, the live data is untouched; a failed swap puts back
 //! what it moved. Directories are reached without following symlinks another user could
 //! have planted (`crate::safe_fs`), and the copy's tree comes back as it was copied:
-//! directories with their modes and owners (empty ones too) and symlinks as symlinks. A copy holding a whole volume (a btrfs
-//! subvolume) whose provider can swap volumes is restored by replacing the volume in one
-//! step instead (`Provider::swap_volume`), after keeping the replaced one.
+//! directories with their modes and owners (empty ones too) and symlinks as symlinks.
+//! A copy holding a whole volume (a btrfs subvolume) whose provider can swap volumes is
+//! restored by replacing the volume in one step instead (`Provider::swap_volume`), after
+//! keeping the replaced one.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -186,7 +187,8 @@ impl<'a> Restorer<'a> {
             }
         }
 
-        // Stage every file beside its target; the live data is not touched until the swap.
+        // Stage every file on its target's file system; the live data is not touched until
+        // the swap.
         self.events.phase_started(Phase::Restore);
         let result = self.stage_keep_and_swap(request, map, targets, in_place, &mut steps);
         self.events
