@@ -17,3 +17,4 @@ mod postgres_wal;
 mod queue;
 mod quickstart;
 mod support;
+mod verify;
