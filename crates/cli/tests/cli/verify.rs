@@ -1,12 +1,12 @@
-//! `verify` of copies that are large in file count or tampered with: exit 4 and a
-//! recorded failure for a damaged copy.
+//! `verify` of copies that are large in file count, removed by hand or tampered with:
+//! exit 4 and a recorded failure for a damaged copy.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde_json::Value;
 
-use crate::support::{describe, Cli};
+use crate::support::{describe, stderr, Cli};
 
 /// Where copy `id` keeps the copy of `original` (the `copy` provider's layout).
 fn in_copy(cli: &Cli, id: i64, original: &Path) -> PathBuf {
@@ -86,6 +86,39 @@ fn forty_thousand_files_verify_with_a_bounded_pool() {
         "{v}"
     );
     eprintln!("create and verify of 40,000 files: {:?}", started.elapsed());
+}
+
+/// A copy whose directory was removed by hand failed with exit 1 and stayed "passed".
+#[test]
+fn copy_removed_by_hand_fails_verification_and_is_recorded() {
+    let cli = Cli::new();
+    let (_db, id) = copy_of_bank(&cli);
+    let show = cli.json(&["show", &id.to_string(), "--json"]);
+    let location = show["location"].as_str().unwrap().to_string();
+    std::fs::remove_dir_all(&location).unwrap();
+
+    let out = cli.run(&["verify", &id.to_string()]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(4), "{}", describe(&out));
+    assert!(err.contains("copy's files are missing"), "{err}");
+    assert!(err.contains(&location), "{err}");
+
+    assert_eq!(verify_state(&cli, id), "failed");
+    let show = cli.json(&["show", &id.to_string(), "--json"]);
+    let last = show["verifications"].as_array().unwrap().last().unwrap();
+    assert_eq!(last["ok"], false, "{show}");
+    assert!(
+        last["detail"]
+            .as_str()
+            .unwrap()
+            .contains("copy's files are missing"),
+        "{show}"
+    );
+    let human = cli.ok(&["list"]);
+    assert!(human.contains("failed"), "{human}");
+    // Not restored without --force.
+    let out = cli.run(&["restore", &id.to_string()]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
 }
 
 /// A symlink put in place of a copied file is reported, not followed: before, a link to
