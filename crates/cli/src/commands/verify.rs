@@ -29,6 +29,7 @@ pub struct VerifyArgs {
 #[derive(Serialize)]
 struct VerifyOutput<'a> {
     id: i64,
+    /// Always true: a failed verification prints the JSON error object instead.
     ok: bool,
     took_us: u128,
     detail: &'a str,
@@ -82,12 +83,16 @@ pub fn run(g: &GlobalArgs, args: VerifyArgs) -> anyhow::Result<()> {
         .record_verification(args.id, &report, took)
         .map_err(|e| anyhow::anyhow!(e))?;
     if session.out.json {
-        session.out.print_json(&VerifyOutput {
-            id: args.id,
-            ok: report.ok,
-            took_us: took.as_micros(),
-            detail: &report.detail,
-        })?;
+        // A failed verification is the error object `main` prints (code 4, the copy id):
+        // stdout holds one JSON document either way.
+        if report.ok {
+            session.out.print_json(&VerifyOutput {
+                id: args.id,
+                ok: report.ok,
+                took_us: took.as_micros(),
+                detail: &report.detail,
+            })?;
+        }
     } else if session.out.human() {
         println!(
             "copy {} {} verification in {}:",

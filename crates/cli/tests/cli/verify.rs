@@ -1,5 +1,5 @@
 //! `verify` of copies that are large in file count, removed by hand or tampered with:
-//! exit 4 and a recorded failure for a damaged copy.
+//! exit 4 and a recorded failure for a damaged copy, a JSON error object with `--json`.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -137,4 +137,32 @@ fn symlink_in_place_of_a_copied_file_is_not_followed() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("symbolic link"), "{}", describe(&out));
     assert_eq!(verify_state(&cli, id), "failed");
+}
+
+/// With --json a failed verification is one JSON document on stdout: the error object
+/// with code 4 and the copy's id; the human error still goes to stderr.
+#[test]
+fn failed_verification_with_json_prints_the_error_object() {
+    let cli = Cli::new();
+    let (db, id) = copy_of_bank(&cli);
+    let copied = in_copy(&cli, id, &db);
+    let mut bytes = std::fs::read(&copied).unwrap();
+    bytes[100] ^= 0xFF;
+    std::fs::write(&copied, bytes).unwrap();
+
+    let out = cli.run(&["verify", &id.to_string(), "--json"]);
+    assert_eq!(out.status.code(), Some(4), "{}", describe(&out));
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}): {}", describe(&out)));
+    assert_eq!(v["error"]["code"], 4, "{v}");
+    assert_eq!(v["error"]["copy_id"], id, "{v}");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(message.contains("failed verification"), "{v}");
+    assert!(message.contains("content changed"), "{v}");
+    assert!(v["error"]["causes"].is_array(), "{v}");
+    assert!(
+        stderr(&out).contains("failed verification"),
+        "{}",
+        describe(&out)
+    );
 }
