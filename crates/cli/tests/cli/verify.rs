@@ -121,6 +121,23 @@ fn copy_removed_by_hand_fails_verification_and_is_recorded() {
     assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
 }
 
+/// The files removed from a copy whose directory is left: a writer's check that cannot
+/// run on them (SQLite's scratch clone) made verify exit 1 with nothing recorded.
+#[test]
+fn copy_with_its_files_removed_fails_verification() {
+    let cli = Cli::new();
+    let (db, id) = copy_of_bank(&cli);
+    let copied = in_copy(&cli, id, &db);
+    std::fs::remove_dir_all(copied.parent().unwrap()).unwrap();
+
+    let out = cli.run(&["verify", &id.to_string()]);
+    assert_eq!(out.status.code(), Some(4), "{}", describe(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("No such file or directory"), "{text}");
+    assert!(text.contains("the check could not run"), "{text}");
+    assert_eq!(verify_state(&cli, id), "failed");
+}
+
 /// A symlink put in place of a copied file is reported, not followed: before, a link to
 /// a file elsewhere with the same content verified as "passed".
 #[test]
