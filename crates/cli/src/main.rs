@@ -80,8 +80,30 @@ enum Command {
     Pg(commands::pg::PgArgs),
 }
 
+impl Command {
+    /// Whether the subcommand was asked for JSON (`--json`): its error, if it fails, is
+    /// then printed as a JSON object on stdout too.
+    fn json(&self) -> bool {
+        match self {
+            Command::Quickstart(_) => false,
+            Command::Create(a) => a.json,
+            Command::List(a) => a.json,
+            Command::Show(a) => a.json,
+            Command::Verify(a) => a.json,
+            Command::Restore(a) => a.json,
+            Command::Delete(a) => a.json,
+            Command::Writers(a) => a.json,
+            Command::Providers(a) => a.json,
+            Command::Pg(a) => a.json(),
+        }
+    }
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => return usage_error(&err),
+    };
     let filter = match (cli.global.quiet, cli.global.verbose) {
         (true, _) => "error",
         (_, 0) => "warn",
@@ -98,6 +120,7 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let g = &cli.global;
+    let json = cli.command.json();
     let result = match cli.command {
         Command::Quickstart(a) => commands::quickstart::run(g, a),
         Command::Create(a) => commands::create::run(g, a),
@@ -120,7 +143,37 @@ fn main() -> ExitCode {
             for cause in causes {
                 eprintln!("  because: {cause}");
             }
+            if json {
+                print_json_error(&errors::JsonError::from_error(&err));
+            }
             ExitCode::from(errors::exit_code(&err) as u8)
         }
+    }
+}
+
+/// A command line clap refused (exit 2; `--help` and `--version` exit 0): its message
+/// on stderr, and as a JSON error object on stdout when the arguments ask for `--json`.
+fn usage_error(err: &clap::Error) -> ExitCode {
+    let code = err.exit_code();
+    if err.use_stderr() && asks_for_json(std::env::args_os().skip(1)) {
+        print_json_error(&errors::JsonError::from_usage(
+            code,
+            &err.render().to_string(),
+        ));
+    }
+    // Only a closed stdout or stderr makes printing fail, and then there is no one to tell.
+    let _ = err.print();
+    ExitCode::from(u8::try_from(code).unwrap_or(2))
+}
+
+/// Whether `--json` is among the arguments (before a `--` that ends the options).
+fn asks_for_json(args: impl Iterator<Item = std::ffi::OsString>) -> bool {
+    args.take_while(|a| a != "--").any(|a| a == "--json")
+}
+
+fn print_json_error(report: &errors::JsonError) {
+    match serde_json::to_string_pretty(report) {
+        Ok(text) => println!("{text}"),
+        Err(e) => eprintln!("error: cannot print the error as JSON: {e}"),
     }
 }

@@ -63,6 +63,13 @@ pub enum PgCommand {
     },
 }
 
+impl PgArgs {
+    /// Whether the command prints JSON (`log-analysis --json`).
+    pub fn json(&self) -> bool {
+        matches!(self.command, PgCommand::LogAnalysis { json: true, .. })
+    }
+}
+
 pub fn run(g: &GlobalArgs, args: PgArgs) -> anyhow::Result<()> {
     match args.command {
         PgCommand::ArchivePush { archive, path } => {

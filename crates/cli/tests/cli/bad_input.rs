@@ -125,6 +125,70 @@ fn unknown_copy_id() {
     assert_refused(&cli, &["restore", "42"], 2, &["copy 42 does not exist"]);
 }
 
+/// With --json a failing command prints one JSON error object on stdout (and the human
+/// error on stderr); before, stdout was empty.
+fn assert_json_error(cli: &Cli, args: &[&str], code: i64, needle: &str) -> serde_json::Value {
+    let out = cli.run(args);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(code as i32), "{args:?}: {err}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{args:?}: stdout is not a JSON document ({e}): {}",
+            crate::support::describe(&out)
+        )
+    });
+    assert_eq!(v["error"]["code"], code, "{args:?}: {v}");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(message.contains(needle), "{args:?}: {needle:?} not in {v}");
+    assert!(v["error"]["causes"].is_array(), "{args:?}: {v}");
+    assert!(
+        err.contains(needle),
+        "{args:?}: {needle:?} not on stderr: {err}"
+    );
+    v
+}
+
+#[test]
+fn json_errors_for_unknown_copies_and_usage_errors() {
+    let cli = Cli::new();
+    cli.bank("a.db", 0);
+    for cmd in ["show", "verify", "restore"] {
+        let v = assert_json_error(&cli, &[cmd, "42", "--json"], 2, "copy 42 does not exist");
+        assert!(v["error"].get("copy_id").is_none(), "{v}");
+    }
+    assert_json_error(
+        &cli,
+        &[
+            "create",
+            "--sqlite",
+            "a.db",
+            "--freeze-deadline",
+            "soon",
+            "--json",
+        ],
+        2,
+        "freeze-deadline",
+    );
+    assert_json_error(
+        &cli,
+        &["delete", "--older-than", "whenever", "--json"],
+        2,
+        "older-than",
+    );
+    assert_json_error(
+        &cli,
+        &["create", "--sqlite", "nope.db", "--json"],
+        2,
+        "nope.db does not exist",
+    );
+    // Without --json, stdout stays empty; --help is not an error.
+    let out = cli.run(&["show", "42"]);
+    assert!(out.stdout.is_empty());
+    let out = cli.run(&["verify", "--help", "--json"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Usage:"));
+}
+
 /// A read-only place for the catalog: a read-only tmpfs as root (permissions do not stop
 /// root), a mode-555 directory otherwise.
 struct ReadOnlyDir {

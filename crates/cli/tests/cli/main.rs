@@ -18,3 +18,4 @@ mod queue;
 mod quickstart;
 mod restore_safety;
 mod support;
+mod verify;
