@@ -69,7 +69,49 @@ const MIGRATIONS: &[&str] = &[
     ",
     // 2: components a writer pins from prepare to thaw (copied before the freeze).
     "ALTER TABLE components ADD COLUMN pinned INTEGER NOT NULL DEFAULT 0;",
+    // 3: paths are the bytes the kernel uses (a Linux file name need not be UTF-8):
+    // `path` columns hold BLOBs. Rows written as TEXT are converted to the same bytes.
+    "
+    CREATE TABLE components_new (
+        copy_id     INTEGER NOT NULL REFERENCES copies(id) ON DELETE CASCADE,
+        writer      TEXT NOT NULL,
+        name        TEXT NOT NULL,
+        role        TEXT NOT NULL,
+        path        BLOB NOT NULL,
+        required    INTEGER NOT NULL,
+        pinned      INTEGER NOT NULL DEFAULT 0
+    );
+    INSERT INTO components_new (rowid, copy_id, writer, name, role, path, required, pinned)
+        SELECT rowid, copy_id, writer, name, role, CAST(path AS BLOB), required, pinned
+        FROM components;
+    DROP TABLE components;
+    ALTER TABLE components_new RENAME TO components;
+    CREATE TABLE files_new (
+        copy_id     INTEGER NOT NULL REFERENCES copies(id) ON DELETE CASCADE,
+        path        BLOB NOT NULL,
+        size        INTEGER NOT NULL,
+        mode        INTEGER NOT NULL,
+        mtime_ns    INTEGER NOT NULL,
+        blake3      TEXT,
+        PRIMARY KEY (copy_id, path)
+    );
+    INSERT INTO files_new (copy_id, path, size, mode, mtime_ns, blake3)
+        SELECT copy_id, CAST(path AS BLOB), size, mode, mtime_ns, blake3 FROM files;
+    DROP TABLE files;
+    ALTER TABLE files_new RENAME TO files;
+    CREATE INDEX components_by_copy ON components(copy_id);
+    ",
 ];
+
+/// How many migrations a catalog at schema version `found` lacks, or `Err(known)` when
+/// it is newer than this shadowcopy.
+pub(crate) fn pending(found: i64) -> Result<usize, i64> {
+    let known = MIGRATIONS.len() as i64;
+    if found > known {
+        return Err(known);
+    }
+    Ok((known - found.max(0)) as usize)
+}
 
 pub(crate) fn migrate(conn: &Connection, path: &Path) -> Result<(), CatalogError> {
     let known = MIGRATIONS.len() as i64;

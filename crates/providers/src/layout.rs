@@ -183,13 +183,32 @@ pub(crate) fn open_location(location: &Path, continues: bool) -> Result<(), Layo
 }
 
 /// Creates `<location>` (its parents as needed) and `<location>/files`; an existing
-/// location is an error.
+/// location is an error. The copies directory, when created here, and the location are
+/// private to their owner (0700): a copy holds data whose own directories may have kept
+/// other users out, and its tree below `files/` keeps the originals' modes, so these two
+/// levels are what keeps the copy as private as its original.
 pub(crate) fn create_location(location: &Path) -> Result<(), LayoutError> {
+    use std::os::unix::fs::DirBuilderExt;
+    const PRIVATE: u32 = 0o700;
+    let private = |dir: &Path| {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(PRIVATE))
+            .map_err(io_err("make private", dir))
+    };
     if let Some(base) = location.parent() {
-        std::fs::create_dir_all(base).map_err(io_err("create the copies directory", base))?;
+        if !base.is_dir() {
+            if let Some(parent) = base.parent() {
+                std::fs::create_dir_all(parent)
+                    .map_err(io_err("create the copies directory", parent))?;
+            }
+            match std::fs::DirBuilder::new().mode(PRIVATE).create(base) {
+                Ok(()) => private(base)?,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(io_err("create the copies directory", base)(e)),
+            }
+        }
     }
-    match std::fs::create_dir(location) {
-        Ok(()) => {}
+    match std::fs::DirBuilder::new().mode(PRIVATE).create(location) {
+        Ok(()) => private(location)?,
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
             return Err(LayoutError::Exists {
                 location: location.to_path_buf(),

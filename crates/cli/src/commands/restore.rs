@@ -57,7 +57,7 @@ struct RestoreOutput {
 
 pub fn run(g: &GlobalArgs, args: RestoreArgs) -> anyhow::Result<()> {
     let session = Session::new(g, args.json)?;
-    let catalog = session.open_catalog()?;
+    let catalog = session.open_existing_catalog()?;
     check(&UsableCopy::load(&catalog, args.id, "restored")?, &args)?;
     let _queue = session.take_queue(
         &catalog,
