@@ -131,3 +131,79 @@ pub(crate) fn migrate(conn: &Connection, path: &Path) -> Result<(), CatalogError
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::Catalog;
+
+    /// A catalog as schema version 2 left it, with one copy and TEXT paths.
+    fn version_2_catalog(dir: &Path) {
+        let conn = Connection::open(dir.join(crate::CATALOG_FILE)).unwrap();
+        for sql in &MIGRATIONS[..2] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 2).unwrap();
+        conn.execute_batch(
+            "INSERT INTO copies (id, set_name, origin, provider, location, state, phase, pid,
+                                 created_ms, freeze_deadline_ms, spec_json)
+             VALUES (1, 's', 'create', 'copy', '/c/copy-1', 'usable', 'done', 1, 0, 0, '{}');
+             INSERT INTO files (copy_id, path, size, mode, mtime_ns) VALUES (1, '/d/b', 1, 420, 0);
+             INSERT INTO files (copy_id, path, size, mode, mtime_ns) VALUES (1, '/d/a', 2, 420, 0);
+             INSERT INTO components (copy_id, writer, name, role, path, required, pinned)
+             VALUES (1, 'paths', 'd', 'data', '/d', 1, 0);",
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn text_paths_become_the_same_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        version_2_catalog(dir.path());
+        let catalog = Catalog::open_existing(dir.path()).unwrap();
+        let paths: Vec<_> = catalog
+            .manifest(1)
+            .unwrap()
+            .into_iter()
+            .map(|f| (f.path, f.size))
+            .collect();
+        assert_eq!(
+            paths,
+            vec![(Path::new("/d/a").into(), 2), (Path::new("/d/b").into(), 1)]
+        );
+        assert_eq!(catalog.components(1).unwrap()[0].path, Path::new("/d"));
+        let kinds: Vec<String> = catalog
+            .conn
+            .prepare(
+                "SELECT DISTINCT typeof(path) FROM files UNION SELECT typeof(path) FROM components",
+            )
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(kinds, vec!["blob".to_string()]);
+        // Deleting the copy still cascades to its rows.
+        catalog.remove(1).unwrap();
+        let left: i64 = catalog
+            .conn
+            .query_row(
+                "SELECT (SELECT COUNT(*) FROM files) + (SELECT COUNT(*) FROM components)",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(left, 0);
+    }
+
+    #[test]
+    fn a_read_only_open_of_an_older_catalog_brings_it_up_to_date() {
+        let dir = tempfile::tempdir().unwrap();
+        version_2_catalog(dir.path());
+        let catalog = Catalog::open_read_only(dir.path()).unwrap();
+        assert_eq!(catalog.manifest(1).unwrap().len(), 2);
+        assert_eq!(catalog.list(None).unwrap().len(), 1);
+    }
+}
