@@ -216,6 +216,38 @@ impl TryFrom<JsonPath> for PathBuf {
     }
 }
 
+/// `#[serde(with = "shadowcopy_core::model::json_path")]` for a lone `PathBuf` field: a
+/// UTF-8 path is a JSON string, any other is a [`JsonPath`] object; both read back.
+pub mod json_path {
+    use std::path::{Path, PathBuf};
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::JsonPath;
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        Text(String),
+        Lossless(JsonPath),
+    }
+
+    pub fn serialize<S: Serializer>(path: &Path, s: S) -> Result<S::Ok, S::Error> {
+        let j = JsonPath::from(path);
+        match j.path_hex {
+            None => j.path.serialize(s),
+            Some(_) => j.serialize(s),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
+        match Either::deserialize(d)? {
+            Either::Text(t) => Ok(PathBuf::from(t)),
+            Either::Lossless(j) => j.try_into().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
 /// [`Component`] as JSON.
 #[derive(Serialize, Deserialize)]
 struct ComponentJson {
@@ -362,5 +394,28 @@ mod tests {
         };
         let back: Component = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
         assert_eq!(back, c);
+    }
+
+    #[test]
+    fn a_lone_path_field_round_trips_either_way() {
+        #[derive(Serialize, Deserialize, PartialEq, Debug)]
+        struct S {
+            #[serde(with = "json_path")]
+            p: PathBuf,
+        }
+        for bytes in [&b"/plain/db"[..], &b"/odd\xfe/db"[..]] {
+            let s = S {
+                p: PathBuf::from(OsStr::from_bytes(bytes)),
+            };
+            let text = serde_json::to_string(&s).unwrap();
+            assert_eq!(serde_json::from_str::<S>(&text).unwrap(), s, "{text}");
+        }
+        assert_eq!(
+            serde_json::to_string(&S {
+                p: "/plain/db".into()
+            })
+            .unwrap(),
+            r#"{"p":"/plain/db"}"#
+        );
     }
 }
