@@ -13,7 +13,9 @@
 //!   An existing directory open to group or others is tightened (with a warning) by a
 //!   command that writes, and warned about by one that only reads;
 //! - only `create` (and `quickstart`) create a catalog; the other commands need one,
-//!   and read-only commands open it read-only, writing nothing at all;
+//!   and read-only commands open it read-only: they change nothing in it (SQLite may
+//!   leave an empty `-wal` and the `-shm` index beside it, 0600 like the database) and
+//!   work on a full file system;
 //! - a missing or empty `catalog.db` beside existing copies is refused: starting a new
 //!   catalog there would orphan them and reuse their ids;
 //! - a small preallocated file (`space.reserve`) keeps room for `delete` on a full file
@@ -160,8 +162,8 @@ impl Catalog {
         Catalog::open_as(dir, Access::Existing)
     }
 
-    /// Opens the catalog in `dir` read-only: nothing in `dir` is created or changed, and
-    /// it works on a full file system. It must exist.
+    /// Opens the catalog in `dir` read-only: nothing in it is changed (see the crate
+    /// documentation), and it works on a full file system. It must exist.
     pub fn open_read_only(dir: &Path) -> Result<Catalog, CatalogError> {
         Catalog::open_as(dir, Access::ReadOnly)
     }
