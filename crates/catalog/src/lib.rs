@@ -176,11 +176,11 @@ impl Catalog {
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(source) => return Err(CatalogError::Secure { path, source }),
         };
-        if db_len.is_none() && access != Access::Create {
-            return Err(CatalogError::NoCatalog { dir });
-        }
         if db_len.unwrap_or(0) == 0 {
             refuse_lost(&dir, &path, db_len.is_some())?;
+        }
+        if db_len.is_none() && access != Access::Create {
+            return Err(CatalogError::NoCatalog { dir });
         }
         if access == Access::ReadOnly {
             warn_if_open_to_others(&dir);
@@ -437,16 +437,24 @@ fn secure(dir: &Path, path: &Path) -> Result<(), CatalogError> {
     let mode = meta.mode() & 0o7777;
     if mode & 0o077 != 0 {
         let tight = mode & !0o077;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(tight)).map_err(
-            |source| CatalogError::Secure {
-                path: dir.to_path_buf(),
-                source,
-            },
-        )?;
-        tracing::warn!(
-            "the catalog directory {} was open to other users (mode {mode:o}); made it private (mode {tight:o}): it holds copies of their data",
-            dir.display()
-        );
+        match std::fs::set_permissions(dir, std::fs::Permissions::from_mode(tight)) {
+            Ok(()) => tracing::warn!(
+                "the catalog directory {} was open to other users (mode {mode:o}); made it private (mode {tight:o}): it holds copies of their data",
+                dir.display()
+            ),
+            // Not ours to change (a shared catalog of another user): say so, go on.
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => tracing::warn!(
+                "the catalog directory {} is open to other users (mode {mode:o}) and only its owner can make it private; ask them to (chmod go= {})",
+                dir.display(),
+                dir.display()
+            ),
+            Err(source) => {
+                return Err(CatalogError::Secure {
+                    path: dir.to_path_buf(),
+                    source,
+                })
+            }
+        }
     }
     secure_files(path)
 }
@@ -462,12 +470,14 @@ fn secure_files(path: &Path) -> Result<(), CatalogError> {
         };
         let mode = meta.mode() & 0o7777;
         if meta.is_file() && mode & 0o077 != 0 {
-            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode & 0o700)).map_err(
-                |source| CatalogError::Secure {
-                    path: p.clone(),
-                    source,
-                },
-            )?;
+            match std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode & 0o700)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::PermissionDenied => tracing::warn!(
+                    "{} is open to other users (mode {mode:o}) and only its owner can make it private",
+                    p.display()
+                ),
+                Err(source) => return Err(CatalogError::Secure { path: p, source }),
+            }
         }
     }
     Ok(())

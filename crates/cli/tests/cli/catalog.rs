@@ -347,9 +347,19 @@ fn an_emptied_catalog_is_not_started_over_where_copies_exist() {
 
     // Without its catalog.db at all, the same.
     std::fs::remove_file(&db).unwrap();
-    let out = cli.run(&["create", "--path", "f", "--provider", "copy"]);
-    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
-    assert!(stderr(&out).contains("is missing, but"), "{}", stderr(&out));
+    for args in [
+        &["create", "--path", "f", "--provider", "copy"][..],
+        &["list"][..],
+        &["delete", "1"][..],
+    ] {
+        let out = cli.run(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", describe(&out));
+        assert!(
+            stderr(&out).contains("is missing, but"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
     assert!(!db.exists());
 }
 
