@@ -34,7 +34,12 @@ impl Journal for Catalog {
     }
 
     fn discarded(&self, id: CopyId) -> Result<(), JournalError> {
-        Ok(self.forget_location(id)?)
+        // Not through the space reserve, which is kept for `delete`.
+        self.journal(
+            self.conn
+                .execute("UPDATE copies SET location = NULL WHERE id = ?1", [id])
+                .map(drop),
+        )
     }
 
     fn enter_phase(&self, id: CopyId, phase: Phase) -> Result<(), JournalError> {

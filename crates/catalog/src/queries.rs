@@ -295,7 +295,8 @@ impl Catalog {
     }
 
     /// The copy's data is gone: its location is no longer recorded (see
-    /// `Journal::set_location`).
+    /// `Journal::set_location`). For recovery, which frees space, so it may use the
+    /// space reserve.
     pub(crate) fn forget_location(&self, id: CopyId) -> Result<(), CatalogError> {
         self.with_room(|| {
             self.conn
