@@ -93,6 +93,17 @@ pub enum CatalogError {
         source: rusqlite::Error,
     },
     #[error(
+        "the file system holding the catalog {} is full, and the room the catalog keeps for \
+         deleting is used up (or was never made: an older shadowcopy made this catalog); free a \
+         few MiB there by hand, then `shadowcopy delete` can free the rest",
+        .dir.display()
+    )]
+    FullWithoutReserve {
+        dir: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error(
         "cannot open the catalog {path}; check that the directory is writable, or choose another \
          with --catalog DIR or SHADOWCOPY_CATALOG"
     )]

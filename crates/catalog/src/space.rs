@@ -99,6 +99,14 @@ pub(crate) fn is_full(e: &rusqlite::Error, dir: &Path) -> bool {
     }
 }
 
+/// A full file system where the reserve is gone too: only freeing space by hand helps.
+fn no_room_left(e: CatalogError) -> CatalogError {
+    match e {
+        CatalogError::Full { dir, source } => CatalogError::FullWithoutReserve { dir, source },
+        e => e,
+    }
+}
+
 impl Catalog {
     /// Opens an existing catalog to delete copies, also on a full file system: when the
     /// file system is full, the space reserve is given back first. The connection then
@@ -110,9 +118,10 @@ impl Catalog {
         }
         let open = || Catalog::open_as(&dir, Access::FreeSpace);
         let catalog = match open() {
-            Err(CatalogError::Full { .. }) if release_reserve(&dir) => open()?,
-            other => other?,
-        };
+            Err(CatalogError::Full { .. }) if release_reserve(&dir) => open(),
+            other => other,
+        }
+        .map_err(no_room_left)?;
         catalog
             .conn
             .pragma_update(None, "wal_autocheckpoint", 32)
@@ -128,9 +137,9 @@ impl Catalog {
     ) -> Result<T, CatalogError> {
         match write() {
             Err(e) if is_full(&e, &self.dir) && release_reserve(&self.dir) => {
-                write().map_err(|e| self.sql(e))
+                write().map_err(|e| no_room_left(self.sql(e)))
             }
-            other => other.map_err(|e| self.sql(e)),
+            other => other.map_err(|e| no_room_left(self.sql(e))),
         }
     }
 

@@ -281,18 +281,7 @@ fn a_full_file_system_leaves_reading_and_deleting_working() {
         );
         ids.push(c["id"].as_i64().unwrap().to_string());
     }
-    // Fill the file system to the last block (as root, the blocks reserved for root too).
-    {
-        use std::io::Write;
-        let mut filler = std::fs::File::create(root.join("filler")).unwrap();
-        let block = vec![0u8; 4096];
-        while filler.write_all(&block).is_ok() {}
-        let _ = filler.sync_all();
-        let mut small = 0;
-        while std::fs::write(root.join(format!("small-{small}")), b"x").is_ok() && small < 10_000 {
-            small += 1;
-        }
-    }
+    fill(root, "filler-1");
 
     let list = json_in(&cli, root, cat, &["list", "--json"]);
     assert_eq!(list.as_array().unwrap().len(), 2, "{list}");
@@ -320,6 +309,45 @@ fn a_full_file_system_leaves_reading_and_deleting_working() {
     let list = json_in(&cli, root, cat, &["list", "--json"]);
     assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
     assert_eq!(list[0]["id"].to_string(), ids[1]);
+    assert!(
+        catalog.join("space.reserve").exists(),
+        "the reserve is back"
+    );
+
+    // Without the reserve (a catalog of an older version), the message says what helps.
+    std::fs::remove_file(catalog.join("space.reserve")).unwrap();
+    fill(root, "filler-2");
+    let out = run_in(&cli, root, cat, &["delete", &ids[1]]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("is full, and the room the catalog keeps for deleting is used up")
+            && stderr(&out).contains("free a few MiB there by hand"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        json_in(&cli, root, cat, &["list", "--json"])[0]["state"],
+        "usable"
+    );
+    std::fs::remove_file(root.join("filler-2")).unwrap();
+    ok_in(&cli, root, cat, &["delete", &ids[1]]);
+    assert_eq!(
+        json_in(&cli, root, cat, &["list", "--json"]),
+        serde_json::json!([])
+    );
+}
+
+/// Fills the file system at `root` to the last block and inode it gives root.
+fn fill(root: &Path, name: &str) {
+    use std::io::Write;
+    let mut filler = std::fs::File::create(root.join(name)).unwrap();
+    let block = vec![0u8; 4096];
+    while filler.write_all(&block).is_ok() {}
+    let _ = filler.sync_all();
+    let mut small = 0;
+    while small < 10_000 && std::fs::write(root.join(format!("{name}-{small}")), b"x").is_ok() {
+        small += 1;
+    }
 }
 
 #[test]
