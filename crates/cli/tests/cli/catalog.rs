@@ -464,7 +464,16 @@ fn a_file_name_that_is_not_utf8_is_copied_shown_and_restored() {
     assert_eq!(odd["path_hex"], hex);
     assert!(odd["path"].as_str().unwrap().ends_with("bad\u{fffd}name"));
 
-    cli.ok(&["restore", &id, "--to", "out"]);
+    let restored = cli.json(&["restore", &id, "--to", "out", "--json"]);
+    let targets = restored["targets"].as_array().unwrap();
+    assert_eq!(targets.len(), 2, "{restored}");
+    assert!(
+        targets.iter().any(|t| t.is_string())
+            && targets.iter().any(|t| t["path_hex"]
+                .as_str()
+                .is_some_and(|h| h.ends_with("626164ff6e616d65"))),
+        "{restored}"
+    );
     let restored: Vec<PathBuf> = walkdir::WalkDir::new(cli.path("out"))
         .into_iter()
         .map(|e| e.unwrap().into_path())
