@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::Args;
 use serde::Serialize;
-use shadowcopy_catalog::{Catalog, CopySummary};
+use shadowcopy_catalog::{Catalog, CatalogError, CopySummary};
 use shadowcopy_core::{CopyState, Origin, VerifyState};
 
 use super::WaitArgs;
@@ -71,7 +71,9 @@ pub fn run(g: &GlobalArgs, args: DeleteArgs) -> anyhow::Result<()> {
     // neither waits nor recovers: it writes nothing.
     for id in &args.ids {
         // Says why a copy the catalog cannot read is not deleted.
-        catalog.summary(*id)?;
+        if let Err(e @ CatalogError::Unknown { .. }) = catalog.summary(*id) {
+            return Err(e.into());
+        }
     }
     select(&catalog.list(args.set.as_deref())?, &args, Settled::No)?;
     let _queue = if args.dry_run {
@@ -86,18 +88,21 @@ pub fn run(g: &GlobalArgs, args: DeleteArgs) -> anyhow::Result<()> {
         Settled::Yes
     };
     let chosen = select(&catalog.list(args.set.as_deref())?, &args, settled)?;
+    if let Some(copy) = chosen
+        .iter()
+        .find(|c| !args.dry_run && Catalog::location_is_ambiguous(c))
+    {
+        return Err(anyhow::anyhow!(
+            "copy {} has the location {} recorded relative to the directory an older shadowcopy ran in; \
+             nothing was deleted, as deleting it could remove files under the current directory. Remove \
+             the copy's directory by hand",
+            copy.id,
+            copy.location.as_deref().unwrap_or_default()
+        ));
+    }
     let mut report = Vec::new();
     for copy in chosen {
         if !args.dry_run {
-            if Catalog::location_is_ambiguous(&copy) {
-                return Err(anyhow::anyhow!(
-                    "copy {} has the location {} recorded relative to the directory an older shadowcopy ran in; \
-                     not deleting it, which could remove files under the current directory. Remove the copy's \
-                     directory by hand",
-                    copy.id,
-                    copy.location.as_deref().unwrap_or_default()
-                ));
-            }
             catalog.mark_deleting(copy.id)?;
             if let Some(location) = &copy.location {
                 let provider = provider_for(&catalog, &copy).map_err(|e| anyhow::anyhow!(e))?;

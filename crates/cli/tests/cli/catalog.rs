@@ -202,6 +202,38 @@ fn a_relative_location_left_by_an_older_version_is_read_in_the_catalog() {
     ok_in(&cli, &elsewhere, abs, &["delete", &id.to_string()]);
     assert!(!location.exists(), "the copy's data is gone");
     assert!(decoy.join("theirs").exists(), "the decoy is untouched");
+
+    // A relative location of another shape cannot be placed: it is never deleted.
+    let created = json_in(
+        &cli,
+        &here,
+        "cat",
+        &["create", "--path", "data", "--provider", "copy", "--json"],
+    );
+    let id = created["id"].as_i64().unwrap();
+    let conn = rusqlite::Connection::open(here.join("cat/catalog.db")).unwrap();
+    conn.execute(
+        "UPDATE copies SET location = 'mine/copy-x' WHERE id = ?1",
+        [id],
+    )
+    .unwrap();
+    drop(conn);
+    std::fs::create_dir_all(elsewhere.join("mine/copy-x")).unwrap();
+    std::fs::write(elsewhere.join("mine/copy-x/theirs"), "not a copy").unwrap();
+    let out = run_in(&cli, &elsewhere, abs, &["delete", "--older-than", "0s"]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains(
+            "recorded relative to the directory an older shadowcopy ran in; nothing was deleted"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    assert!(elsewhere.join("mine/copy-x/theirs").exists());
+    assert_eq!(
+        json_in(&cli, &elsewhere, abs, &["list", "--json"])[0]["id"],
+        id
+    );
 }
 
 #[test]
