@@ -8,10 +8,163 @@ use shadowcopy_core::model::{
     Component, CopyId, CopyState, FileEntry, Phase, VerifyReport, VerifyState,
 };
 
-use crate::{now_ms, Catalog};
+use crate::{now_ms, paths, Catalog};
+
+impl Catalog {
+    /// A journal call's SQL error, said to be a full file system when it is one.
+    fn journal<T>(&self, result: rusqlite::Result<T>) -> Result<T, JournalError> {
+        result.map_err(|e| self.sql(e).into())
+    }
+}
 
 impl Journal for Catalog {
     fn begin_copy(&self, copy: &NewCopy<'_>) -> Result<CopyId, JournalError> {
+        self.journal(self.insert_copy(copy))
+    }
+
+    fn set_location(&self, id: CopyId, location: &str) -> Result<(), JournalError> {
+        self.journal(
+            self.conn
+                .execute(
+                    "UPDATE copies SET location = ?2 WHERE id = ?1",
+                    params![id, location],
+                )
+                .map(drop),
+        )
+    }
+
+    fn discarded(&self, id: CopyId) -> Result<(), JournalError> {
+        // Not through the space reserve, which is kept for `delete`.
+        self.journal(
+            self.conn
+                .execute("UPDATE copies SET location = NULL WHERE id = ?1", [id])
+                .map(drop),
+        )
+    }
+
+    fn enter_phase(&self, id: CopyId, phase: Phase) -> Result<(), JournalError> {
+        self.journal(self.append_phase(id, phase, now_ms(), None, None))
+    }
+
+    fn finish_phase(
+        &self,
+        id: CopyId,
+        phase: Phase,
+        took: Duration,
+        error: Option<&str>,
+    ) -> Result<(), JournalError> {
+        let changed = self.journal(self.conn.execute(
+            "UPDATE phases SET took_us = ?3, error = ?4
+             WHERE copy_id = ?1 AND seq = (SELECT MAX(seq) FROM phases WHERE copy_id = ?1 AND phase = ?2)",
+            params![id, phase.as_str(), took.as_micros() as i64, error],
+        ))?;
+        if changed == 0 {
+            // The start could not be recorded (the thaw runs even then): record it now.
+            let started = SystemTime::now()
+                .checked_sub(took)
+                .unwrap_or(SystemTime::UNIX_EPOCH);
+            self.record_phase(id, phase, started, took, error)?;
+        }
+        Ok(())
+    }
+
+    fn record_phase(
+        &self,
+        id: CopyId,
+        phase: Phase,
+        started: SystemTime,
+        took: Duration,
+        error: Option<&str>,
+    ) -> Result<(), JournalError> {
+        let started_ms = started
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let took_us = took.as_micros() as i64;
+        self.journal(self.append_phase(id, phase, started_ms, Some(took_us), error))
+    }
+
+    fn record_components(&self, id: CopyId, components: &[Component]) -> Result<(), JournalError> {
+        self.journal(self.insert_components(id, components))
+    }
+
+    fn record_files(&self, id: CopyId, files: &[FileEntry]) -> Result<(), JournalError> {
+        self.journal(self.insert_files(id, files))
+    }
+
+    fn record_freeze_window(&self, id: CopyId, window: Duration) -> Result<(), JournalError> {
+        self.journal(
+            self.conn
+                .execute(
+                    "UPDATE copies SET freeze_window_us = ?2 WHERE id = ?1",
+                    params![id, window.as_micros() as i64],
+                )
+                .map(drop),
+        )
+    }
+
+    fn record_verification(
+        &self,
+        id: CopyId,
+        report: &VerifyReport,
+        took: Duration,
+    ) -> Result<(), JournalError> {
+        self.journal(self.insert_verification(id, report, took))
+    }
+
+    fn finish_copy(
+        &self,
+        id: CopyId,
+        state: CopyState,
+        error: Option<&str>,
+    ) -> Result<(), JournalError> {
+        self.journal(
+            self.conn
+                .execute(
+                    "UPDATE copies SET state = ?2, error = ?3, finished_ms = ?4,
+                    phase = CASE WHEN ?2 = 'usable' THEN 'done' ELSE phase END
+             WHERE id = ?1",
+                    params![id, state.as_str(), error, now_ms()],
+                )
+                .map(drop),
+        )
+    }
+
+    fn begin_restore(&self, copy_id: CopyId, record: &str) -> Result<i64, JournalError> {
+        self.journal(
+            self.conn
+                .execute(
+                    "INSERT INTO restores (copy_id, pid, started_ms, record) VALUES (?1, ?2, ?3, ?4)",
+                    params![copy_id, std::process::id(), now_ms(), record],
+                )
+                .map(|_| self.conn.last_insert_rowid()),
+        )
+    }
+
+    fn record_restore(&self, restore: i64, record: &str) -> Result<(), JournalError> {
+        self.journal(
+            self.conn
+                .execute(
+                    "UPDATE restores SET record = ?2 WHERE id = ?1",
+                    params![restore, record],
+                )
+                .map(drop),
+        )
+    }
+
+    fn end_restore(&self, restore: i64) -> Result<(), JournalError> {
+        self.journal(
+            self.conn
+                .execute(
+                    "UPDATE restores SET ended_ms = ?2 WHERE id = ?1",
+                    params![restore, now_ms()],
+                )
+                .map(drop),
+        )
+    }
+}
+
+impl Catalog {
+    fn insert_copy(&self, copy: &NewCopy<'_>) -> rusqlite::Result<CopyId> {
         let tx = self.conn.unchecked_transaction()?;
         tx.execute(
             "INSERT INTO sets (name, spec_json, updated_ms) VALUES (?1, ?2, ?3)
@@ -39,60 +192,7 @@ impl Journal for Catalog {
         Ok(id)
     }
 
-    fn set_location(&self, id: CopyId, location: &str) -> Result<(), JournalError> {
-        self.conn.execute(
-            "UPDATE copies SET location = ?2 WHERE id = ?1",
-            params![id, location],
-        )?;
-        Ok(())
-    }
-
-    fn discarded(&self, id: CopyId) -> Result<(), JournalError> {
-        Ok(self.forget_location(id)?)
-    }
-
-    fn enter_phase(&self, id: CopyId, phase: Phase) -> Result<(), JournalError> {
-        Ok(self.append_phase(id, phase, now_ms(), None, None)?)
-    }
-
-    fn finish_phase(
-        &self,
-        id: CopyId,
-        phase: Phase,
-        took: Duration,
-        error: Option<&str>,
-    ) -> Result<(), JournalError> {
-        let changed = self.conn.execute(
-            "UPDATE phases SET took_us = ?3, error = ?4
-             WHERE copy_id = ?1 AND seq = (SELECT MAX(seq) FROM phases WHERE copy_id = ?1 AND phase = ?2)",
-            params![id, phase.as_str(), took.as_micros() as i64, error],
-        )?;
-        if changed == 0 {
-            // The start could not be recorded (the thaw runs even then): record it now.
-            let started = SystemTime::now()
-                .checked_sub(took)
-                .unwrap_or(SystemTime::UNIX_EPOCH);
-            self.record_phase(id, phase, started, took, error)?;
-        }
-        Ok(())
-    }
-
-    fn record_phase(
-        &self,
-        id: CopyId,
-        phase: Phase,
-        started: SystemTime,
-        took: Duration,
-        error: Option<&str>,
-    ) -> Result<(), JournalError> {
-        let started_ms = started
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
-        let took_us = took.as_micros() as i64;
-        Ok(self.append_phase(id, phase, started_ms, Some(took_us), error)?)
-    }
-
-    fn record_components(&self, id: CopyId, components: &[Component]) -> Result<(), JournalError> {
+    fn insert_components(&self, id: CopyId, components: &[Component]) -> rusqlite::Result<()> {
         let tx = self.conn.unchecked_transaction()?;
         tx.execute("DELETE FROM components WHERE copy_id = ?1", [id])?;
         for c in components {
@@ -104,17 +204,16 @@ impl Journal for Catalog {
                     c.writer,
                     c.name,
                     c.role.as_str(),
-                    path_str(&c.path)?,
+                    paths::to_sql(&c.path),
                     c.required,
                     c.pinned
                 ],
             )?;
         }
-        tx.commit()?;
-        Ok(())
+        tx.commit()
     }
 
-    fn record_files(&self, id: CopyId, files: &[FileEntry]) -> Result<(), JournalError> {
+    fn insert_files(&self, id: CopyId, files: &[FileEntry]) -> rusqlite::Result<()> {
         let tx = self.conn.unchecked_transaction()?;
         tx.execute("DELETE FROM files WHERE copy_id = ?1", [id])?;
         {
@@ -125,7 +224,7 @@ impl Journal for Catalog {
             for f in files {
                 insert.execute(params![
                     id,
-                    path_str(&f.path)?,
+                    paths::to_sql(&f.path),
                     f.size as i64,
                     f.mode,
                     f.mtime_ns,
@@ -133,24 +232,15 @@ impl Journal for Catalog {
                 ])?;
             }
         }
-        tx.commit()?;
-        Ok(())
+        tx.commit()
     }
 
-    fn record_freeze_window(&self, id: CopyId, window: Duration) -> Result<(), JournalError> {
-        self.conn.execute(
-            "UPDATE copies SET freeze_window_us = ?2 WHERE id = ?1",
-            params![id, window.as_micros() as i64],
-        )?;
-        Ok(())
-    }
-
-    fn record_verification(
+    fn insert_verification(
         &self,
         id: CopyId,
         report: &VerifyReport,
         took: Duration,
-    ) -> Result<(), JournalError> {
+    ) -> rusqlite::Result<()> {
         let tx = self.conn.unchecked_transaction()?;
         tx.execute(
             "INSERT INTO verifications (copy_id, at_ms, ok, took_us, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -165,61 +255,9 @@ impl Journal for Catalog {
             "UPDATE copies SET verify_state = ?2 WHERE id = ?1",
             params![id, state.as_str()],
         )?;
-        tx.commit()?;
-        Ok(())
+        tx.commit()
     }
 
-    fn finish_copy(
-        &self,
-        id: CopyId,
-        state: CopyState,
-        error: Option<&str>,
-    ) -> Result<(), JournalError> {
-        self.conn.execute(
-            "UPDATE copies SET state = ?2, error = ?3, finished_ms = ?4,
-                    phase = CASE WHEN ?2 = 'usable' THEN 'done' ELSE phase END
-             WHERE id = ?1",
-            params![id, state.as_str(), error, now_ms()],
-        )?;
-        Ok(())
-    }
-
-    fn begin_restore(&self, copy_id: CopyId, record: &str) -> Result<i64, JournalError> {
-        self.conn.execute(
-            "INSERT INTO restores (copy_id, pid, started_ms, record) VALUES (?1, ?2, ?3, ?4)",
-            params![copy_id, std::process::id(), now_ms(), record],
-        )?;
-        Ok(self.conn.last_insert_rowid())
-    }
-
-    fn record_restore(&self, restore: i64, record: &str) -> Result<(), JournalError> {
-        self.conn.execute(
-            "UPDATE restores SET record = ?2 WHERE id = ?1",
-            params![restore, record],
-        )?;
-        Ok(())
-    }
-
-    fn end_restore(&self, restore: i64) -> Result<(), JournalError> {
-        self.conn.execute(
-            "UPDATE restores SET ended_ms = ?2 WHERE id = ?1",
-            params![restore, now_ms()],
-        )?;
-        Ok(())
-    }
-}
-
-fn path_str(p: &std::path::Path) -> Result<&str, JournalError> {
-    p.to_str().ok_or_else(|| {
-        format!(
-            "path {} is not valid UTF-8, which the catalog cannot record",
-            p.display()
-        )
-        .into()
-    })
-}
-
-impl Catalog {
     /// Makes `phase` the copy's current phase and appends its row (open when `took_us`
     /// is `None`), in one transaction.
     fn append_phase(

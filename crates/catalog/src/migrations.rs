@@ -69,7 +69,39 @@ const MIGRATIONS: &[&str] = &[
     ",
     // 2: components a writer pins from prepare to thaw (copied before the freeze).
     "ALTER TABLE components ADD COLUMN pinned INTEGER NOT NULL DEFAULT 0;",
-    // 3: restores while they run: staging areas and the swap's renames, so that the next
+    // 3: paths are the bytes the kernel uses (a Linux file name need not be UTF-8):
+    // `path` columns hold BLOBs. Rows written as TEXT are converted to the same bytes.
+    "
+    CREATE TABLE components_new (
+        copy_id     INTEGER NOT NULL REFERENCES copies(id) ON DELETE CASCADE,
+        writer      TEXT NOT NULL,
+        name        TEXT NOT NULL,
+        role        TEXT NOT NULL,
+        path        BLOB NOT NULL,
+        required    INTEGER NOT NULL,
+        pinned      INTEGER NOT NULL DEFAULT 0
+    );
+    INSERT INTO components_new (rowid, copy_id, writer, name, role, path, required, pinned)
+        SELECT rowid, copy_id, writer, name, role, CAST(path AS BLOB), required, pinned
+        FROM components;
+    DROP TABLE components;
+    ALTER TABLE components_new RENAME TO components;
+    CREATE TABLE files_new (
+        copy_id     INTEGER NOT NULL REFERENCES copies(id) ON DELETE CASCADE,
+        path        BLOB NOT NULL,
+        size        INTEGER NOT NULL,
+        mode        INTEGER NOT NULL,
+        mtime_ns    INTEGER NOT NULL,
+        blake3      TEXT,
+        PRIMARY KEY (copy_id, path)
+    );
+    INSERT INTO files_new (copy_id, path, size, mode, mtime_ns, blake3)
+        SELECT copy_id, CAST(path AS BLOB), size, mode, mtime_ns, blake3 FROM files;
+    DROP TABLE files;
+    ALTER TABLE files_new RENAME TO files;
+    CREATE INDEX components_by_copy ON components(copy_id);
+    ",
+    // 4: restores while they run: staging areas and the swap's renames, so that the next
     // command finishes one that was interrupted.
     "
     CREATE TABLE restores (
@@ -82,6 +114,16 @@ const MIGRATIONS: &[&str] = &[
     );
     ",
 ];
+
+/// How many migrations a catalog at schema version `found` lacks, or `Err(known)` when
+/// it is newer than this shadowcopy.
+pub(crate) fn pending(found: i64) -> Result<usize, i64> {
+    let known = MIGRATIONS.len() as i64;
+    if found > known {
+        return Err(known);
+    }
+    Ok((known - found.max(0)) as usize)
+}
 
 pub(crate) fn migrate(conn: &Connection, path: &Path) -> Result<(), CatalogError> {
     let known = MIGRATIONS.len() as i64;
@@ -100,4 +142,80 @@ pub(crate) fn migrate(conn: &Connection, path: &Path) -> Result<(), CatalogError
         tx.commit()?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::Catalog;
+
+    /// A catalog as schema version 2 left it, with one copy and TEXT paths.
+    fn version_2_catalog(dir: &Path) {
+        let conn = Connection::open(dir.join(crate::CATALOG_FILE)).unwrap();
+        for sql in &MIGRATIONS[..2] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 2).unwrap();
+        conn.execute_batch(
+            "INSERT INTO copies (id, set_name, origin, provider, location, state, phase, pid,
+                                 created_ms, freeze_deadline_ms, spec_json)
+             VALUES (1, 's', 'create', 'copy', '/c/copy-1', 'usable', 'done', 1, 0, 0, '{}');
+             INSERT INTO files (copy_id, path, size, mode, mtime_ns) VALUES (1, '/d/b', 1, 420, 0);
+             INSERT INTO files (copy_id, path, size, mode, mtime_ns) VALUES (1, '/d/a', 2, 420, 0);
+             INSERT INTO components (copy_id, writer, name, role, path, required, pinned)
+             VALUES (1, 'paths', 'd', 'data', '/d', 1, 0);",
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn text_paths_become_the_same_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        version_2_catalog(dir.path());
+        let catalog = Catalog::open_existing(dir.path()).unwrap();
+        let paths: Vec<_> = catalog
+            .manifest(1)
+            .unwrap()
+            .into_iter()
+            .map(|f| (f.path, f.size))
+            .collect();
+        assert_eq!(
+            paths,
+            vec![(Path::new("/d/a").into(), 2), (Path::new("/d/b").into(), 1)]
+        );
+        assert_eq!(catalog.components(1).unwrap()[0].path, Path::new("/d"));
+        let kinds: Vec<String> = catalog
+            .conn
+            .prepare(
+                "SELECT DISTINCT typeof(path) FROM files UNION SELECT typeof(path) FROM components",
+            )
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(kinds, vec!["blob".to_string()]);
+        // Deleting the copy still cascades to its rows.
+        catalog.remove(1).unwrap();
+        let left: i64 = catalog
+            .conn
+            .query_row(
+                "SELECT (SELECT COUNT(*) FROM files) + (SELECT COUNT(*) FROM components)",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(left, 0);
+    }
+
+    #[test]
+    fn a_read_only_open_of_an_older_catalog_brings_it_up_to_date() {
+        let dir = tempfile::tempdir().unwrap();
+        version_2_catalog(dir.path());
+        let catalog = Catalog::open_read_only(dir.path()).unwrap();
+        assert_eq!(catalog.manifest(1).unwrap().len(), 2);
+        assert_eq!(catalog.list(None).unwrap().len(), 1);
+    }
 }

@@ -1,7 +1,9 @@
 //! Reading the catalog: copy summaries for `list`, full details for `show`, and the few
 //! updates that are not part of the coordinator's journal (delete).
 
-use std::path::PathBuf;
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::Mutex;
 
 use rusqlite::{params, OptionalExtension, Row};
 use serde::Serialize;
@@ -9,7 +11,7 @@ use shadowcopy_core::model::{
     Component, ComponentRole, CopyId, CopyState, FileEntry, Origin, VerifyState,
 };
 
-use crate::{Catalog, CatalogError};
+use crate::{paths, Catalog, CatalogError};
 
 /// One copy as `list` shows it.
 #[derive(Clone, Debug, Serialize)]
@@ -71,25 +73,42 @@ const SUMMARY_SELECT: &str = "
            c.spec_json
     FROM copies c";
 
-fn summary(row: &Row<'_>) -> rusqlite::Result<CopySummary> {
-    let text = |i: usize| -> rusqlite::Result<String> { row.get(i) };
-    let bad = |i: usize, v: &str| {
-        rusqlite::Error::FromSqlConversionFailure(
-            i,
-            rusqlite::types::Type::Text,
-            format!("unknown value {v:?}").into(),
-        )
+/// A row of `copies`, or what in it this version cannot read.
+enum Parsed {
+    Known(Box<CopySummary>),
+    Unknown {
+        id: CopyId,
+        what: &'static str,
+        value: String,
+    },
+}
+
+fn summary(row: &Row<'_>) -> rusqlite::Result<Parsed> {
+    let id: CopyId = row.get(0)?;
+    let origin: String = row.get(2)?;
+    let state: String = row.get(5)?;
+    let verify: String = row.get(13)?;
+    let unknown = |what, value: &str| Parsed::Unknown {
+        id,
+        what,
+        value: value.to_string(),
     };
-    let origin = text(2)?;
-    let state = text(5)?;
-    let verify = text(13)?;
-    Ok(CopySummary {
-        id: row.get(0)?,
+    let Some(origin) = Origin::parse(&origin) else {
+        return Ok(unknown("origin", &origin));
+    };
+    let Some(state) = CopyState::parse(&state) else {
+        return Ok(unknown("state", &state));
+    };
+    let Some(verify_state) = VerifyState::parse(&verify) else {
+        return Ok(unknown("verification state", &verify));
+    };
+    Ok(Parsed::Known(Box::new(CopySummary {
+        id,
         set: row.get(1)?,
-        origin: Origin::parse(&origin).ok_or_else(|| bad(2, &origin))?,
+        origin,
         provider: row.get(3)?,
         location: row.get(4)?,
-        state: CopyState::parse(&state).ok_or_else(|| bad(5, &state))?,
+        state,
         phase: row.get(6)?,
         error: row.get(7)?,
         pid: row.get(8)?,
@@ -97,28 +116,84 @@ fn summary(row: &Row<'_>) -> rusqlite::Result<CopySummary> {
         finished_ms: row.get(10)?,
         freeze_deadline_ms: row.get(11)?,
         freeze_window_us: row.get(12)?,
-        verify_state: VerifyState::parse(&verify).ok_or_else(|| bad(13, &verify))?,
+        verify_state,
         files: row.get(14)?,
         bytes: row.get(15)?,
         spec_json: row.get(16)?,
-    })
+    })))
 }
 
+/// Providers whose location is a directory path (the others' are their own strings).
+const PATH_LOCATIONS: [&str; 2] = ["copy", "reflink"];
+
 impl Catalog {
-    /// Copies, oldest first, optionally of one set.
+    /// Copies, oldest first, optionally of one set. A copy this version cannot read (a
+    /// state written by a newer shadowcopy) is left out with a warning, and so never
+    /// selected for deletion or recovery.
     pub fn list(&self, set: Option<&str>) -> Result<Vec<CopySummary>, CatalogError> {
         let sql = format!("{SUMMARY_SELECT} WHERE (?1 IS NULL OR c.set_name = ?1) ORDER BY c.id");
         let mut stmt = self.conn.prepare(&sql)?;
         let rows = stmt.query_map(params![set], summary)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let mut copies = Vec::new();
+        for row in rows {
+            match row? {
+                Parsed::Known(s) => copies.push(self.resolved(*s)),
+                Parsed::Unknown { id, what, value } => {
+                    // Once per copy and process, however often the copies are listed.
+                    static WARNED: Mutex<BTreeSet<CopyId>> = Mutex::new(BTreeSet::new());
+                    if WARNED.lock().map_or(true, |mut w| w.insert(id)) {
+                        tracing::warn!("{}", CatalogError::Unknown { id, what, value });
+                    }
+                }
+            }
+        }
+        Ok(copies)
     }
 
     pub fn summary(&self, id: CopyId) -> Result<CopySummary, CatalogError> {
         let sql = format!("{SUMMARY_SELECT} WHERE c.id = ?1");
-        self.conn
-            .query_row(&sql, [id], summary)
-            .optional()?
-            .ok_or(CatalogError::NoSuchCopy(id))
+        match self.conn.query_row(&sql, [id], summary).optional()? {
+            None => Err(CatalogError::NoSuchCopy(id)),
+            Some(Parsed::Known(s)) => Ok(self.resolved(*s)),
+            Some(Parsed::Unknown { id, what, value }) => {
+                Err(CatalogError::Unknown { id, what, value })
+            }
+        }
+    }
+
+    /// Older versions recorded a relative catalog's copy locations relative to the
+    /// directory they ran in (`cat/copies/copy-1-…`), which means another directory when
+    /// read from elsewhere. Such a location is read as the copy of the same name in this
+    /// catalog's copies directory, the only place it can have been made; one of another
+    /// shape is not acted on (see [`Catalog::location_is_ambiguous`]).
+    fn resolved(&self, mut s: CopySummary) -> CopySummary {
+        if let Some(loc) = &s.location {
+            let p = Path::new(loc);
+            if PATH_LOCATIONS.contains(&s.provider.as_str()) && p.is_relative() {
+                let in_copies = p
+                    .parent()
+                    .and_then(Path::file_name)
+                    .is_some_and(|n| n == "copies");
+                if let (true, Some(name)) = (in_copies, p.file_name()) {
+                    let abs = self.default_copies_dir().join(name);
+                    if let Some(abs) = abs.to_str() {
+                        s.location = Some(abs.to_string());
+                    }
+                }
+            }
+        }
+        s
+    }
+
+    /// Whether a copy's recorded location is a relative path that [`Catalog::resolved`]
+    /// could not place: deleting it would remove whatever is at that path in the current
+    /// directory, so it must not be.
+    pub fn location_is_ambiguous(copy: &CopySummary) -> bool {
+        PATH_LOCATIONS.contains(&copy.provider.as_str())
+            && copy
+                .location
+                .as_deref()
+                .is_some_and(|l| Path::new(l).is_relative())
     }
 
     pub fn detail(&self, id: CopyId) -> Result<CopyDetail, CatalogError> {
@@ -170,7 +245,7 @@ impl Catalog {
                 writer: r.get(0)?,
                 name: r.get(1)?,
                 role: ComponentRole::parse(&role).unwrap_or(ComponentRole::Data),
-                path: PathBuf::from(r.get::<_, String>(3)?),
+                path: paths::from_row(r, 3)?,
                 required: r.get(4)?,
                 pinned: r.get(5)?,
             })
@@ -184,7 +259,7 @@ impl Catalog {
         )?;
         let rows = stmt.query_map([id], |r| {
             Ok(FileEntry {
-                path: PathBuf::from(r.get::<_, String>(0)?),
+                path: paths::from_row(r, 0)?,
                 size: r.get::<_, i64>(1)? as u64,
                 mode: r.get(2)?,
                 mtime_ns: r.get(3)?,
@@ -207,10 +282,12 @@ impl Catalog {
     /// Recorded before the provider deletes anything, so an interrupted delete is
     /// finished by the next run's recovery.
     pub fn mark_deleting(&self, id: CopyId) -> Result<(), CatalogError> {
-        let n = self.conn.execute(
-            "UPDATE copies SET state = ?2, phase = 'delete' WHERE id = ?1",
-            params![id, CopyState::Deleting.as_str()],
-        )?;
+        let n = self.with_room(|| {
+            self.conn.execute(
+                "UPDATE copies SET state = ?2, phase = 'delete' WHERE id = ?1",
+                params![id, CopyState::Deleting.as_str()],
+            )
+        })?;
         if n == 0 {
             return Err(CatalogError::NoSuchCopy(id));
         }
@@ -218,17 +295,33 @@ impl Catalog {
     }
 
     /// The copy's data is gone: its location is no longer recorded (see
-    /// `Journal::set_location`).
+    /// `Journal::set_location`). For recovery, which frees space, so it may use the
+    /// space reserve.
     pub(crate) fn forget_location(&self, id: CopyId) -> Result<(), CatalogError> {
-        self.conn
-            .execute("UPDATE copies SET location = NULL WHERE id = ?1", [id])?;
+        self.with_room(|| {
+            self.conn
+                .execute("UPDATE copies SET location = NULL WHERE id = ?1", [id])
+        })?;
         Ok(())
     }
 
-    /// Forgets a copy whose data the provider has deleted.
+    /// Forgets a copy whose data the provider has deleted. Its manifest goes in small
+    /// transactions, so that forgetting a copy of many files needs little room in the
+    /// write-ahead log (a deletion runs on full file systems too).
     pub fn remove(&self, id: CopyId) -> Result<(), CatalogError> {
-        self.conn
-            .execute("DELETE FROM copies WHERE id = ?1", [id])?;
+        loop {
+            let n = self.with_room(|| {
+                self.conn.execute(
+                    "DELETE FROM files WHERE rowid IN
+                        (SELECT rowid FROM files WHERE copy_id = ?1 LIMIT 500)",
+                    [id],
+                )
+            })?;
+            if n == 0 {
+                break;
+            }
+        }
+        self.with_room(|| self.conn.execute("DELETE FROM copies WHERE id = ?1", [id]))?;
         Ok(())
     }
 }

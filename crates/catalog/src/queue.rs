@@ -5,6 +5,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -92,6 +93,7 @@ impl Catalog {
             .truncate(false)
             .read(true)
             .write(true)
+            .mode(crate::PRIVATE_FILE_MODE)
             .open(&path)
             .map_err(io)?;
         let started = Instant::now();
@@ -124,7 +126,13 @@ impl Catalog {
         }
         // Best effort: the lock is what counts, the holder file only informs.
         let tmp = holder_path.with_extension("tmp");
-        if let Ok(mut f) = File::create(&tmp) {
+        let created = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(crate::PRIVATE_FILE_MODE)
+            .open(&tmp);
+        if let Ok(mut f) = created {
             let _ = f.write_all(&serde_json::to_vec(me).unwrap_or_default());
             let _ = std::fs::rename(&tmp, &holder_path);
         }

@@ -91,6 +91,9 @@ impl Catalog {
             }
             let discarded = match (&copy.location, provider_for(&copy)) {
                 (None, _) => Ok("no data had been written".to_string()),
+                (Some(loc), _) if Catalog::location_is_ambiguous(&copy) => Err(format!(
+                    "not discarding {loc}: an older shadowcopy recorded it relative to the directory it ran in; remove it by hand"
+                )),
                 (Some(loc), Ok(p)) => p
                     .delete(loc)
                     .map(|()| format!("partial copy at {loc} discarded"))
@@ -119,10 +122,12 @@ impl Catalog {
                         "interrupted: process {} ended during {during}; {msg}",
                         copy.pid
                     );
-                    self.conn.execute(
-                        "UPDATE copies SET state = 'failed', error = ?2, finished_ms = ?3 WHERE id = ?1",
-                        rusqlite::params![copy.id, reason, crate::now_ms()],
-                    )?;
+                    self.with_room(|| {
+                        self.conn.execute(
+                            "UPDATE copies SET state = 'failed', error = ?2, finished_ms = ?3 WHERE id = ?1",
+                            rusqlite::params![copy.id, reason, crate::now_ms()],
+                        )
+                    })?;
                     reason
                 }
             };

@@ -37,7 +37,9 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
         if let Some(e) = cause.downcast_ref::<shadowcopy_postgres::archive::ArchiveError>() {
             return e.kind().exit_code();
         }
-        if let Some(CatalogError::NoSuchCopy(_)) = cause.downcast_ref::<CatalogError>() {
+        if let Some(CatalogError::NoSuchCopy(_) | CatalogError::NoCatalog { .. }) =
+            cause.downcast_ref::<CatalogError>()
+        {
             return 2;
         }
     }

@@ -1,7 +1,7 @@
 //! What every command shares: the config, where the catalog is, opening it, taking the
 //! queue (and cleaning up interrupted sets once we hold it).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -9,6 +9,7 @@ use shadowcopy_catalog::{Catalog, CopySummary, QueueGuard, QueueHolder, Wait};
 use shadowcopy_core::Provider;
 
 use crate::config::Config;
+use crate::errors::UsageError;
 use crate::output::Output;
 use crate::spec::SetSpec;
 use crate::GlobalArgs;
@@ -21,14 +22,26 @@ pub struct Session {
 
 impl Session {
     /// Reads the config and resolves the catalog directory (`--catalog`, then
-    /// `SHADOWCOPY_CATALOG`, then the config file, then the default). Writes nothing.
+    /// `SHADOWCOPY_CATALOG`, then the config file, then the default), made absolute
+    /// against the current directory once, here: every location recorded under it is then
+    /// absolute. An empty directory name is an error. Writes nothing.
     pub fn new(global: &GlobalArgs, json: bool) -> anyhow::Result<Session> {
         let config = Config::load(global.config.as_deref())?;
-        let catalog_dir = global
-            .catalog
-            .clone()
-            .or_else(|| config.catalog.clone())
-            .unwrap_or_else(default_catalog_dir);
+        let (given, source) = match (&global.catalog, &config.catalog) {
+            (Some(dir), _) => (dir.clone(), "--catalog (or SHADOWCOPY_CATALOG)".to_string()),
+            (None, Some(dir)) => (
+                dir.clone(),
+                format!(
+                    "`catalog` in {}",
+                    config
+                        .source
+                        .as_deref()
+                        .map_or("the config file".into(), |p| p.display().to_string())
+                ),
+            ),
+            (None, None) => (default_catalog_dir(), "the default".to_string()),
+        };
+        let catalog_dir = absolute_catalog_dir(&given, &source)?;
         Ok(Session {
             config,
             catalog_dir,
@@ -40,8 +53,25 @@ impl Session {
         })
     }
 
+    /// Opens the catalog, creating it if there is none (for `create`).
     pub fn open_catalog(&self) -> anyhow::Result<Catalog> {
         Ok(Catalog::open(&self.catalog_dir)?)
+    }
+
+    /// Opens the catalog, which must exist, to read and write (`verify`, `restore`).
+    pub fn open_existing_catalog(&self) -> anyhow::Result<Catalog> {
+        Ok(Catalog::open_existing(&self.catalog_dir)?)
+    }
+
+    /// Opens the catalog, which must exist, read-only: nothing is written, and it works
+    /// on a full file system (`list`, `show`, `pg log-analysis`, `delete --dry-run`).
+    pub fn open_catalog_read_only(&self) -> anyhow::Result<Catalog> {
+        Ok(Catalog::open_read_only(&self.catalog_dir)?)
+    }
+
+    /// Opens the catalog, which must exist, to delete copies, also on a full file system.
+    pub fn open_catalog_to_free_space(&self) -> anyhow::Result<Catalog> {
+        Ok(Catalog::open_to_free_space(&self.catalog_dir)?)
     }
 
     /// Takes the queue for `command` on `set`, telling the user (on stderr) whom they wait
@@ -119,6 +149,23 @@ pub fn provider_for(catalog: &Catalog, copy: &CopySummary) -> Result<Arc<dyn Pro
         }
     }
     shadowcopy_providers::build(&copy.provider, &opts).map_err(|e| e.to_string())
+}
+
+/// `dir` (named by `source`) made absolute; an empty name is bad input.
+fn absolute_catalog_dir(dir: &Path, source: &str) -> Result<PathBuf, UsageError> {
+    if dir.as_os_str().is_empty() {
+        return Err(UsageError::new(format!(
+            "the catalog directory given by {source} is empty; name a directory, or leave it out \
+             to use the default ({})",
+            default_catalog_dir().display()
+        )));
+    }
+    std::path::absolute(dir).map_err(|e| {
+        UsageError::new(format!(
+            "cannot make the catalog directory {} (from {source}) absolute: {e}; give an absolute path",
+            dir.display()
+        ))
+    })
 }
 
 /// `/var/lib/shadowcopy` for root, `$XDG_DATA_HOME/shadowcopy` (or

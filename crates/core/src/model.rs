@@ -121,8 +121,9 @@ string_enum!(
 );
 
 /// One piece of an application's data as its writer reports it (the writer metadata
-/// document of the Windows framework).
+/// document of the Windows framework). In JSON its path is written as [`JsonPath`] does.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "ComponentJson", try_from = "ComponentJson")]
 pub struct Component {
     /// The writer instance that reported it.
     pub writer: String,
@@ -143,8 +144,10 @@ pub struct Component {
     pub pinned: bool,
 }
 
-/// One file in a copy's manifest, keyed by its original absolute path.
+/// One file in a copy's manifest, keyed by its original absolute path. In JSON its path
+/// is written as [`JsonPath`] does.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "FileEntryJson", try_from = "FileEntryJson")]
 pub struct FileEntry {
     pub path: PathBuf,
     pub size: u64,
@@ -176,6 +179,175 @@ pub enum TreeKind {
     },
 }
 
+/// A path in JSON, without loss: a Linux path is bytes and need not be UTF-8, while a
+/// JSON string is Unicode. `path` is the path as text (a byte that is not UTF-8 shown as
+/// U+FFFD); when that is not exactly the path, `path_hex` holds the path's bytes in hex,
+/// and is what a reader uses. A UTF-8 path is written as before, a plain `path` string.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JsonPath {
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_hex: Option<String>,
+}
+
+impl From<&Path> for JsonPath {
+    fn from(p: &Path) -> Self {
+        match p.to_str() {
+            Some(s) => JsonPath {
+                path: s.to_string(),
+                path_hex: None,
+            },
+            None => {
+                use std::fmt::Write;
+                let bytes = p.as_os_str().as_encoded_bytes();
+                let mut hex = String::with_capacity(bytes.len() * 2);
+                for b in bytes {
+                    let _ = write!(hex, "{b:02x}");
+                }
+                JsonPath {
+                    path: p.to_string_lossy().into_owned(),
+                    path_hex: Some(hex),
+                }
+            }
+        }
+    }
+}
+
+impl TryFrom<JsonPath> for PathBuf {
+    type Error = String;
+
+    fn try_from(j: JsonPath) -> Result<PathBuf, String> {
+        use std::os::unix::ffi::OsStringExt;
+        let Some(hex) = j.path_hex else {
+            return Ok(PathBuf::from(j.path));
+        };
+        let digits = hex.as_bytes();
+        if digits.len() % 2 != 0 {
+            return Err(format!("path_hex {hex:?} has an odd number of digits"));
+        }
+        let bytes = digits
+            .chunks(2)
+            .map(|pair| {
+                std::str::from_utf8(pair)
+                    .ok()
+                    .and_then(|d| u8::from_str_radix(d, 16).ok())
+                    .ok_or_else(|| format!("path_hex {hex:?} is not hexadecimal"))
+            })
+            .collect::<Result<Vec<u8>, String>>()?;
+        Ok(PathBuf::from(std::ffi::OsString::from_vec(bytes)))
+    }
+}
+
+/// `#[serde(with = "shadowcopy_core::model::json_path")]` for a lone `PathBuf` field: a
+/// UTF-8 path is a JSON string, any other is a [`JsonPath`] object; both read back.
+pub mod json_path {
+    use std::path::{Path, PathBuf};
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::JsonPath;
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        Text(String),
+        Lossless(JsonPath),
+    }
+
+    pub fn serialize<S: Serializer>(path: &Path, s: S) -> Result<S::Ok, S::Error> {
+        let j = JsonPath::from(path);
+        match j.path_hex {
+            None => j.path.serialize(s),
+            Some(_) => j.serialize(s),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
+        match Either::deserialize(d)? {
+            Either::Text(t) => Ok(PathBuf::from(t)),
+            Either::Lossless(j) => j.try_into().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// [`Component`] as JSON.
+#[derive(Serialize, Deserialize)]
+struct ComponentJson {
+    writer: String,
+    name: String,
+    role: ComponentRole,
+    #[serde(flatten)]
+    path: JsonPath,
+    required: bool,
+    #[serde(default)]
+    pinned: bool,
+}
+
+impl From<Component> for ComponentJson {
+    fn from(c: Component) -> Self {
+        ComponentJson {
+            path: JsonPath::from(c.path.as_path()),
+            writer: c.writer,
+            name: c.name,
+            role: c.role,
+            required: c.required,
+            pinned: c.pinned,
+        }
+    }
+}
+
+impl TryFrom<ComponentJson> for Component {
+    type Error = String;
+
+    fn try_from(c: ComponentJson) -> Result<Self, String> {
+        Ok(Component {
+            path: c.path.try_into()?,
+            writer: c.writer,
+            name: c.name,
+            role: c.role,
+            required: c.required,
+            pinned: c.pinned,
+        })
+    }
+}
+
+/// [`FileEntry`] as JSON.
+#[derive(Serialize, Deserialize)]
+struct FileEntryJson {
+    #[serde(flatten)]
+    path: JsonPath,
+    size: u64,
+    mode: u32,
+    mtime_ns: i64,
+    blake3: Option<String>,
+}
+
+impl From<FileEntry> for FileEntryJson {
+    fn from(f: FileEntry) -> Self {
+        FileEntryJson {
+            path: JsonPath::from(f.path.as_path()),
+            size: f.size,
+            mode: f.mode,
+            mtime_ns: f.mtime_ns,
+            blake3: f.blake3,
+        }
+    }
+}
+
+impl TryFrom<FileEntryJson> for FileEntry {
+    type Error = String;
+
+    fn try_from(f: FileEntryJson) -> Result<Self, String> {
+        Ok(FileEntry {
+            path: f.path.try_into()?,
+            size: f.size,
+            mode: f.mode,
+            mtime_ns: f.mtime_ns,
+            blake3: f.blake3,
+        })
+    }
+}
+
 /// A copy made readable: each original path with where its content can be read now.
 #[derive(Clone, Debug, Default)]
 pub struct CopyView {
@@ -198,4 +370,74 @@ pub struct VerifyReport {
     pub ok: bool,
     /// One line per check, for the catalog and `show`.
     pub detail: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+
+    use super::*;
+
+    fn entry(path: &Path) -> FileEntry {
+        FileEntry {
+            path: path.to_path_buf(),
+            size: 3,
+            mode: 0o644,
+            mtime_ns: 7,
+            blake3: None,
+        }
+    }
+
+    #[test]
+    fn a_utf8_path_is_a_plain_json_string() {
+        let json = serde_json::to_value(entry(Path::new("/srv/a b.db"))).unwrap();
+        assert_eq!(json["path"], "/srv/a b.db");
+        assert!(json.get("path_hex").is_none(), "{json}");
+        let back: FileEntry = serde_json::from_value(json).unwrap();
+        assert_eq!(back.path, Path::new("/srv/a b.db"));
+    }
+
+    #[test]
+    fn a_non_utf8_path_round_trips_through_json() {
+        let path = Path::new(OsStr::from_bytes(b"/d/bad\xffname"));
+        let json = serde_json::to_value(entry(path)).unwrap();
+        assert_eq!(json["path"], "/d/bad\u{fffd}name");
+        assert_eq!(json["path_hex"], "2f642f626164ff6e616d65");
+        let back: FileEntry = serde_json::from_value(json).unwrap();
+        assert_eq!(back.path.as_os_str().as_bytes(), b"/d/bad\xffname");
+        let c = Component {
+            writer: "paths".into(),
+            name: "dir".into(),
+            role: ComponentRole::Data,
+            path: path.to_path_buf(),
+            required: true,
+            pinned: false,
+        };
+        let back: Component = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+        assert_eq!(back, c);
+    }
+
+    #[test]
+    fn a_lone_path_field_round_trips_either_way() {
+        #[derive(Serialize, Deserialize, PartialEq, Debug)]
+        struct S {
+            #[serde(with = "json_path")]
+            p: PathBuf,
+        }
+        for bytes in [&b"/plain/db"[..], &b"/odd\xfe/db"[..]] {
+            let s = S {
+                p: PathBuf::from(OsStr::from_bytes(bytes)),
+            };
+            let text = serde_json::to_string(&s).unwrap();
+            assert_eq!(serde_json::from_str::<S>(&text).unwrap(), s, "{text}");
+        }
+        assert_eq!(
+            serde_json::to_string(&S {
+                p: "/plain/db".into()
+            })
+            .unwrap(),
+            r#"{"p":"/plain/db"}"#
+        );
+    }
 }

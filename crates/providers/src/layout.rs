@@ -189,26 +189,54 @@ pub(crate) fn open_location(location: &Path, continues: bool) -> Result<(), Layo
 }
 
 /// Creates `<location>` (its parents as needed) and `<location>/files`; an existing
-/// location is an error.
+/// location is an error. The copies directory, when created here, and the location are
+/// private to their owner (0700): a copy holds data whose own directories may have kept
+/// other users out, and its tree below `files/` keeps the originals' modes, so these two
+/// levels are what keeps the copy as private as its original.
 pub(crate) fn create_location(location: &Path) -> Result<(), LayoutError> {
-    if let Some(base) = location.parent() {
-        std::fs::create_dir_all(base).map_err(io_err("create the copies directory", base))?;
-    }
-    match std::fs::create_dir(location) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+    use shadowcopy_core::safe_fs::{self, NewDir, SafeFsError};
+    const PRIVATE: u32 = 0o700;
+    let base = location.parent().unwrap_or(Path::new("/"));
+    // The copies directory may be beside a user's data (`.shadowcopy/copies`): it is
+    // reached by handle, so a symlink planted in its place is refused, not followed.
+    let new_dir = |dir: &Path| NewDir {
+        mode: if dir == base { PRIVATE } else { 0o755 },
+        owner: None,
+    };
+    let (parent, name) = safe_fs::open_parent(location, Some(&new_dir)).map_err(|e| match e {
+        SafeFsError::Io {
+            action,
+            path,
+            source,
+        } => LayoutError::Io {
+            action,
+            path,
+            source,
+        },
+        e => LayoutError::Unsafe {
+            path: base.to_path_buf(),
+            source: e,
+        },
+    })?;
+    let dir = match parent.create_child_dir(&name) {
+        Ok(dir) => dir,
+        Err(SafeFsError::Io { source, .. }) if source.kind() == io::ErrorKind::AlreadyExists => {
             return Err(LayoutError::Exists {
                 location: location.to_path_buf(),
             })
         }
-        Err(source) => {
-            return Err(LayoutError::Io {
-                action: "create the copy directory",
+        Err(e) => {
+            return Err(LayoutError::Unsafe {
                 path: location.to_path_buf(),
-                source,
+                source: e,
             })
         }
-    }
+    };
+    dir.set_meta(NewDir {
+        mode: PRIVATE,
+        owner: None,
+    })
+    .map_err(io_err("make private", location))?;
     let files = location.join("files");
     std::fs::create_dir(&files).map_err(io_err("create", &files))
 }

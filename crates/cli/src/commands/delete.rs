@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::Args;
 use serde::Serialize;
-use shadowcopy_catalog::CopySummary;
+use shadowcopy_catalog::{Catalog, CatalogError, CopySummary};
 use shadowcopy_core::{CopyState, Origin, VerifyState};
 
 use super::WaitArgs;
@@ -59,10 +59,22 @@ pub fn run(g: &GlobalArgs, args: DeleteArgs) -> anyhow::Result<()> {
         )
         .into());
     }
-    let catalog = session.open_catalog()?;
+    // A dry run only reads; a deletion also runs on a full file system (it is what frees
+    // space), with the room the catalog keeps for it.
+    let catalog = if args.dry_run {
+        session.open_catalog_read_only()?
+    } else {
+        session.open_catalog_to_free_space()?
+    };
     // Checked once before waiting for the queue (bad ids fail at once), and again under
     // it, after recovery has settled copies a dead process left in progress. A dry run
     // neither waits nor recovers: it writes nothing.
+    for id in &args.ids {
+        // Says why a copy the catalog cannot read is not deleted.
+        if let Err(e @ CatalogError::Unknown { .. }) = catalog.summary(*id) {
+            return Err(e.into());
+        }
+    }
     select(&catalog.list(args.set.as_deref())?, &args, Settled::No)?;
     let _queue = if args.dry_run {
         None
@@ -76,6 +88,18 @@ pub fn run(g: &GlobalArgs, args: DeleteArgs) -> anyhow::Result<()> {
         Settled::Yes
     };
     let chosen = select(&catalog.list(args.set.as_deref())?, &args, settled)?;
+    if let Some(copy) = chosen
+        .iter()
+        .find(|c| !args.dry_run && Catalog::location_is_ambiguous(c))
+    {
+        return Err(anyhow::anyhow!(
+            "copy {} has the location {} recorded relative to the directory an older shadowcopy ran in; \
+             nothing was deleted, as deleting it could remove files under the current directory. Remove \
+             the copy's directory by hand",
+            copy.id,
+            copy.location.as_deref().unwrap_or_default()
+        ));
+    }
     let mut report = Vec::new();
     for copy in chosen {
         if !args.dry_run {
@@ -106,6 +130,12 @@ pub fn run(g: &GlobalArgs, args: DeleteArgs) -> anyhow::Result<()> {
             set: copy.set.clone(),
             deleted: !args.dry_run,
         });
+    }
+    if !args.dry_run && !report.is_empty() && !catalog.restore_reserve() && !session.out.quiet {
+        eprintln!(
+            "warning: the file system holding the catalog {} is still nearly full; free space there",
+            catalog.dir().display()
+        );
     }
     if session.out.json {
         session.out.print_json(&report)?;

@@ -17,7 +17,7 @@ pub struct ListArgs {
 
 pub fn run(g: &GlobalArgs, args: ListArgs) -> anyhow::Result<()> {
     let session = Session::new(g, args.json)?;
-    let catalog = session.open_catalog()?;
+    let catalog = session.open_catalog_read_only()?;
     let copies = catalog.list(args.set.as_deref())?;
     if session.out.json {
         return session.out.print_json(&copies);

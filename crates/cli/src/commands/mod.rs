@@ -91,7 +91,7 @@ pub struct CatalogKeptCopies {
 
 impl KeptCopies for CatalogKeptCopies {
     fn kept(&self) -> Result<Vec<KeptCopy>, BoxError> {
-        let catalog = Catalog::open(&self.catalog_dir)?;
+        let catalog = Catalog::open_existing(&self.catalog_dir)?;
         let mut kept = Vec::new();
         for summary in catalog.list(Some(&self.set))? {
             if summary.state != CopyState::Usable {

@@ -106,7 +106,7 @@ pub fn run(g: &GlobalArgs, args: PgArgs) -> anyhow::Result<()> {
 
 fn log_analysis(g: &GlobalArgs, id: i64, json: bool) -> anyhow::Result<()> {
     let session = Session::new(g, json)?;
-    let catalog = session.open_catalog()?;
+    let catalog = session.open_catalog_read_only()?;
     let copy = UsableCopy::load(&catalog, id, "analysed")?;
     let Some(options) = copy.spec.writers.iter().find_map(|w| match w {
         WriterSpec::Postgres(o) => Some(o),

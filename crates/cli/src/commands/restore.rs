@@ -46,10 +46,15 @@ pub struct RestoreArgs {
     pub json: bool,
 }
 
+/// A restored path: a JSON string, or for a name that is not UTF-8 a lossless object
+/// (see `shadowcopy_core::model::JsonPath`).
+#[derive(Serialize)]
+struct Target(#[serde(with = "shadowcopy_core::model::json_path")] PathBuf);
+
 #[derive(Serialize)]
 struct RestoreOutput {
     id: i64,
-    targets: Vec<PathBuf>,
+    targets: Vec<Target>,
     pre_restore: Option<i64>,
     took_us: u128,
     steps: Vec<super::create::PhaseTime>,
@@ -57,7 +62,7 @@ struct RestoreOutput {
 
 pub fn run(g: &GlobalArgs, args: RestoreArgs) -> anyhow::Result<()> {
     let session = Session::new(g, args.json)?;
-    let catalog = session.open_catalog()?;
+    let catalog = session.open_existing_catalog()?;
     check(&UsableCopy::load(&catalog, args.id, "restored")?, &args)?;
     let _queue = session.take_queue(
         &catalog,
@@ -85,7 +90,7 @@ pub fn run(g: &GlobalArgs, args: RestoreArgs) -> anyhow::Result<()> {
     if session.out.json {
         return session.out.print_json(&RestoreOutput {
             id: args.id,
-            targets: outcome.targets,
+            targets: outcome.targets.iter().cloned().map(Target).collect(),
             pre_restore: outcome.pre_restore,
             took_us: outcome.took.as_micros(),
             steps: outcome

@@ -18,7 +18,7 @@ pub struct ShowArgs {
 
 pub fn run(g: &GlobalArgs, args: ShowArgs) -> anyhow::Result<()> {
     let session = Session::new(g, args.json)?;
-    let catalog = session.open_catalog()?;
+    let catalog = session.open_catalog_read_only()?;
     let d = catalog.detail(args.id)?;
     if session.out.json {
         return session.out.print_json(&d);

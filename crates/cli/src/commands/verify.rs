@@ -37,7 +37,7 @@ struct VerifyOutput<'a> {
 
 pub fn run(g: &GlobalArgs, args: VerifyArgs) -> anyhow::Result<()> {
     let session = Session::new(g, args.json)?;
-    let catalog = session.open_catalog()?;
+    let catalog = session.open_existing_catalog()?;
     UsableCopy::load(&catalog, args.id, "verified")?;
     let _queue = session.take_queue(
         &catalog,

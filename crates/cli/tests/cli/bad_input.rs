@@ -116,6 +116,9 @@ fn unknown_provider_and_usage_errors_exit_2() {
 #[test]
 fn unknown_copy_id() {
     let cli = Cli::new();
+    // In an existing catalog (without one, the error says there is no catalog).
+    std::fs::write(cli.path("f"), "x").unwrap();
+    cli.ok(&["create", "--path", "f", "--provider", "copy"]);
     assert_refused(
         &cli,
         &["show", "42"],

@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod btrfs_restore;
+mod catalog;
 mod commands;
 mod crash;
 mod exec_provider;
