@@ -155,6 +155,8 @@ fn assert_json_error(cli: &Cli, args: &[&str], code: i64, needle: &str) -> serde
 fn json_errors_for_unknown_copies_and_usage_errors() {
     let cli = Cli::new();
     cli.bank("a.db", 0);
+    // A catalog must exist for a copy id to be looked up in it.
+    cli.ok(&["create", "--sqlite", "a.db", "--provider", "copy", "-q"]);
     for cmd in ["show", "verify", "restore"] {
         let v = assert_json_error(&cli, &[cmd, "42", "--json"], 2, "copy 42 does not exist");
         assert!(v["error"].get("copy_id").is_none(), "{v}");
