@@ -13,6 +13,7 @@ pub mod error;
 pub mod events;
 pub mod journal;
 pub mod model;
+pub mod pathjson;
 pub mod process;
 pub mod provider;
 pub mod restore;

@@ -19,7 +19,11 @@ pub struct PostgresOptions {
     /// The WAL archive this cluster's `archive_command` pushes to (`shadowcopy pg
     /// setup` prints the settings); roll-forward restores read it, and verified copies
     /// expire what no kept copy needs.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "shadowcopy_core::pathjson::option"
+    )]
     pub archive: Option<PathBuf>,
     /// What discovery found when the set was resolved (filled in by shadowcopy, not
     /// written in the config file).

@@ -150,10 +150,11 @@ pub fn create_copy(
     provider: Arc<dyn Provider>,
     events: Arc<dyn EventSink>,
     kept_copies: Box<dyn KeptCopies>,
-) -> Result<CreatedCopy, shadowcopy_core::Error> {
-    Coordinator::new(catalog, events).create(ShadowSetRequest {
+) -> anyhow::Result<CreatedCopy> {
+    let spec_json = spec.to_json()?;
+    Ok(Coordinator::new(catalog, events).create(ShadowSetRequest {
         set_name: spec.name.clone(),
-        spec_json: spec.to_json(),
+        spec_json,
         origin: Origin::Create,
         writers: spec.build_writers(),
         unmanaged_components: spec.unmanaged_components(),
@@ -161,7 +162,7 @@ pub fn create_copy(
         freeze_deadline: spec.freeze_deadline(),
         verify: spec.verify,
         kept_copies,
-    })
+    })?)
 }
 
 /// A zero-config set is named after its file; a second database (or directory) with the

@@ -8,6 +8,7 @@ mod crash;
 mod exec_provider;
 mod fsfreeze;
 mod hooks;
+mod hostile_input;
 mod mariadb;
 mod multivolume;
 mod postgres;
