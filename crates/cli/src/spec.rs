@@ -71,11 +71,13 @@ struct SetSource {
 /// What `create` names without a config file.
 pub struct ZeroConfig<'a> {
     pub sqlite: Option<&'a Path>,
-    /// `--postgres URL`, with `--pg-archive DIR`.
+    /// `--postgres URL`, with `--pg-archive DIR` and `--pg-password-file FILE`.
     pub postgres: Option<&'a str>,
     pub pg_archive: Option<&'a Path>,
-    /// `--mariadb URL`, with `--mariadb-keep-binlogs`.
+    pub pg_password_file: Option<&'a Path>,
+    /// `--mariadb URL`, with `--mariadb-keep-binlogs` and `--mariadb-password-file FILE`.
     pub mariadb: Option<&'a str>,
+    pub mariadb_password_file: Option<&'a Path>,
     pub mariadb_keep_binlogs: bool,
     /// Hook scripts (`exec` writers), after the database's writer.
     pub exec_writers: &'a [PathBuf],
@@ -105,9 +107,13 @@ impl SetSpec {
                     }),
                     WriterSpec::Postgres(p) => WriterSpec::Postgres(PostgresOptions {
                         archive: normalize_opt(p.archive.as_deref(), "WAL archive")?,
+                        password_file: normalize_opt(p.password_file.as_deref(), "password file")?,
                         ..p.clone()
                     }),
-                    WriterSpec::Mariadb(m) => WriterSpec::Mariadb(m.clone()),
+                    WriterSpec::Mariadb(m) => WriterSpec::Mariadb(MariaDbOptions {
+                        password_file: normalize_opt(m.password_file.as_deref(), "password file")?,
+                        ..m.clone()
+                    }),
                 })
             })
             .collect::<Result<Vec<_>, UsageError>>()
@@ -140,16 +146,20 @@ impl SetSpec {
         let paths = normalize_all(z.paths, "--path")?;
         let postgres = match z.postgres {
             Some(url) => Some(PostgresOptions {
-                url: url.to_string(),
                 archive: normalize_opt(z.pg_archive, "--pg-archive")?,
-                layout: None,
+                password_file: normalize_opt(z.pg_password_file, "--pg-password-file")?,
+                ..PostgresOptions::new(url)
             }),
             None => None,
         };
-        let mariadb = z.mariadb.map(|url| MariaDbOptions {
-            purge_binlogs: !z.mariadb_keep_binlogs,
-            ..MariaDbOptions::new(url)
-        });
+        let mariadb = match z.mariadb {
+            Some(url) => Some(MariaDbOptions {
+                purge_binlogs: !z.mariadb_keep_binlogs,
+                password_file: normalize_opt(z.mariadb_password_file, "--mariadb-password-file")?,
+                ..MariaDbOptions::new(url)
+            }),
+            None => None,
+        };
         if z.pg_archive.is_some() && postgres.is_none() {
             return Err(UsageError::new(
                 "--pg-archive names the WAL archive of a --postgres cluster; give --postgres URL too",
@@ -238,7 +248,7 @@ impl SetSpec {
         // A PostgreSQL cluster's paths (data, WAL, tablespaces) come from the server.
         for w in source.writers.iter_mut() {
             if let WriterSpec::Postgres(p) = w {
-                let layout = shadowcopy_postgres::cluster::discover_url(&p.url).map_err(|e| {
+                let layout = shadowcopy_postgres::cluster::discover_cluster(p).map_err(|e| {
                     UsageError::new(format!(
                         "set `{}`: {}",
                         source.name,
@@ -249,7 +259,7 @@ impl SetSpec {
             }
             // A MariaDB server's paths (data, redo, undo, binlogs) come from the server too.
             if let WriterSpec::Mariadb(m) = w {
-                let layout = shadowcopy_mariadb::server::discover_url(&m.url).map_err(|e| {
+                let layout = shadowcopy_mariadb::server::discover_server(m).map_err(|e| {
                     UsageError::new(format!(
                         "set `{}`: {}",
                         source.name,
@@ -303,6 +313,27 @@ impl SetSpec {
                 self.name
             ))
         })
+    }
+
+    /// What makes two sets the same: their writers (without how they log in: a password
+    /// file given one day and `PGPASSWORD` the next is the same server) and paths.
+    pub fn identity(&self) -> (Vec<WriterSpec>, &[PathBuf]) {
+        let writers = self
+            .writers
+            .iter()
+            .map(|w| match w {
+                WriterSpec::Postgres(p) => WriterSpec::Postgres(PostgresOptions {
+                    password_file: None,
+                    ..p.clone()
+                }),
+                WriterSpec::Mariadb(m) => WriterSpec::Mariadb(MariaDbOptions {
+                    password_file: None,
+                    ..m.clone()
+                }),
+                other => other.clone(),
+            })
+            .collect();
+        (writers, &self.paths)
     }
 
     pub fn freeze_deadline(&self) -> Duration {

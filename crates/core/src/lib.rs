@@ -17,6 +17,7 @@ pub mod pathjson;
 pub mod process;
 pub mod provider;
 pub mod restore;
+pub mod secret;
 pub mod verify;
 pub mod writer;
 

@@ -17,4 +17,5 @@ mod postgres_layout;
 mod postgres_wal;
 mod queue;
 mod quickstart;
+mod secrets;
 mod support;
