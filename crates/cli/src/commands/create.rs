@@ -9,7 +9,7 @@ use serde::Serialize;
 use shadowcopy_catalog::Catalog;
 use shadowcopy_core::error::{human_bytes, humanize};
 use shadowcopy_core::{
-    Coordinator, CreatedCopy, EventSink, KeptCopies, Origin, Provider, ShadowSetRequest,
+    Coordinator, CopyState, CreatedCopy, EventSink, KeptCopies, Origin, Provider, ShadowSetRequest,
 };
 
 use super::{CatalogKeptCopies, WaitArgs};
@@ -188,8 +188,16 @@ pub fn create_copy(
 }
 
 /// A zero-config set is named after its file; a second database (or directory) with the
-/// same file name must not silently join the first one's history.
+/// same file name must not silently join the first one's history. A set whose copies
+/// all failed has no history to join (a failed attempt must not block the next one).
 fn refuse_renamed_zero_config(catalog: &Catalog, spec: &SetSpec) -> anyhow::Result<()> {
+    let holds_copies = catalog
+        .list(Some(&spec.name))?
+        .iter()
+        .any(|c| c.state != CopyState::Failed);
+    if !holds_copies {
+        return Ok(());
+    }
     if let Some(old) = catalog.set_spec(&spec.name)? {
         if let Ok(old) = SetSpec::from_json(&old) {
             if old.identity() != spec.identity() {

@@ -225,6 +225,33 @@ fn relative_paths_with_dot_dot_are_normalised_before_anything_is_written() {
 }
 
 #[test]
+fn a_failed_attempt_does_not_block_the_next_create_of_the_same_name() {
+    let cli = Cli::new();
+    let other = cli.path("other/data");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("big"), vec![7u8; 64 << 20]).unwrap();
+    std::fs::create_dir(cli.path("data")).unwrap();
+    std::fs::write(cli.path("data/a.txt"), "a").unwrap();
+    // 64 MB cannot be copied within 1 ms: the attempt fails and leaves a failed row.
+    let out = cli.run(&[
+        "create",
+        "--path",
+        "other/data",
+        "--provider",
+        "copy",
+        "--freeze-deadline",
+        "1ms",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let created = cli.json(&["create", "--path", "data", "--provider", "copy", "--json"]);
+    assert_eq!(created["set"], "data");
+    // Once the set holds a copy, a different directory of the same name is refused.
+    let out = cli.run(&["create", "--path", "other/data", "--provider", "copy"]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(stderr(&out).contains("--name"), "{}", describe(&out));
+}
+
+#[test]
 fn a_sqlite_path_through_a_symlink_copies_every_commit_and_restore_keeps_the_symlink() {
     let cli = Cli::new();
     let real = cli.bank("real.db", 0);
