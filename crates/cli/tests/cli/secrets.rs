@@ -177,20 +177,29 @@ fn postgres_passwords_never_reach_the_catalog_or_output() {
     let config = cli.path("c.toml");
     std::fs::write(
         &config,
-        format!("[sets.pg]\nprovider = \"copy\"\nverify = false\n[[sets.pg.writers]]\nkind = \"postgres\"\nurl = \"{with_pw}\"\n"),
+        format!(
+            "[sets.pg]\nprovider = \"copy\"\nverify = false\n[[sets.pg.writers]]\nkind = \"postgres\"\nurl = \"{with_pw}\"\n\
+             [sets.pgfile]\nprovider = \"copy\"\nverify = false\n[[sets.pgfile.writers]]\nkind = \"postgres\"\nurl = \"{}\"\npassword_file = \"{}\"\n",
+            url("adv"),
+            pw_file.display()
+        ),
     )
     .unwrap();
-    seen.run(
-        "create SET",
-        &mut cli.cmd(&["--config", config.to_str().unwrap(), "create", "pg"]),
-        true,
-    );
+    for set in ["pg", "pgfile"] {
+        seen.run(
+            &format!("create {set}"),
+            &mut cli.cmd(&["--config", config.to_str().unwrap(), "create", set]),
+            true,
+        );
+    }
     let listed = cli.json(&["list", "--json"]);
-    assert_eq!(listed.as_array().unwrap().len(), 6, "{listed}");
+    assert_eq!(listed.as_array().unwrap().len(), 7, "{listed}");
 
     read_everything(&cli, &mut seen, &config);
     let writers = cli.json(&["--config", config.to_str().unwrap(), "writers", "--json"]);
-    assert_eq!(writers["configured"][0]["state"], "stable", "{writers}");
+    for w in writers["configured"].as_array().unwrap() {
+        assert_eq!(w["state"], "stable", "{writers}");
+    }
     seen.assert_never(PW);
     assert_catalog_never_holds(&cli.catalog, PW);
 }
