@@ -236,6 +236,18 @@ impl SetSpec {
             .or(d.freeze_deadline.map(|h| h.0))
             .unwrap_or(DEFAULT_FREEZE_DEADLINE);
         let freeze_deadline_ms = check_freeze_deadline(deadline)?;
+        for w in &source.writers {
+            let WriterSpec::Exec(e) = w else { continue };
+            let Some(t) = e.timeout else { continue };
+            if !(MIN_FREEZE_DEADLINE..=MAX_HOOK_TIMEOUT).contains(&t.0) {
+                return Err(UsageError::new(format!(
+                    "set `{}`: the timeout {} of the hook {} is out of range: give between 1ms and 24h (timeout in the config file)",
+                    source.name,
+                    humantime::format_duration(t.0),
+                    e.script.display()
+                )));
+            }
+        }
         let copies_dir = match o
             .copies_dir
             .clone()
@@ -611,6 +623,9 @@ pub fn check_provider_name(
 pub const MIN_FREEZE_DEADLINE: Duration = Duration::from_millis(1);
 /// The longest: applications wait for the thaw (and the watchdog's timers) this long.
 pub const MAX_FREEZE_DEADLINE: Duration = Duration::from_secs(3600);
+
+/// The longest a hook (`exec` writer) may run for one event.
+pub const MAX_HOOK_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 /// The deadline in whole milliseconds (rounded up, as the coordinator uses it), when it
 /// lies between [`MIN_FREEZE_DEADLINE`] and [`MAX_FREEZE_DEADLINE`].

@@ -75,6 +75,27 @@ fn freeze_deadline_outside_1ms_to_1h_is_refused() {
         describe(&out)
     );
     assert!(!cli.catalog.exists());
+    // A hook's timeout is bounded too (1ms to 24h).
+    let hook = cli.path("hook.sh");
+    std::fs::write(&hook, "#!/bin/sh\nexit 0\n").unwrap();
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "[sets.bank]\n[[sets.bank.writers]]\nkind = \"sqlite\"\npath = \"{}\"\n[[sets.bank.writers]]\nkind = \"exec\"\nscript = \"{}\"\ntimeout = \"18446744073709551615s\"\n",
+            db.display(),
+            hook.display()
+        ),
+    )
+    .unwrap();
+    let out = cli.run(&["--config", config.to_str().unwrap(), "create", "bank"]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("give between 1ms and 24h"),
+        "{}",
+        describe(&out)
+    );
+    assert!(!cli.catalog.exists());
     // In range, a deadline is recorded as given (rounded up to whole milliseconds).
     let created = cli.json(&[
         "create",
