@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use shadowcopy_testing::mariadb::{mariadb_or_skip, MariaDbOptions};
+use shadowcopy_testing::mariadb::{mariadb_bin, mariadb_or_skip, MariaDbOptions};
 use shadowcopy_testing::postgres::{postgres_or_skip, PgOptions};
 
 use crate::support::{describe, Cli};
@@ -302,8 +302,47 @@ fn mariadb_passwords_never_reach_the_catalog_or_output() {
             .env("HOME", home.path()),
         true,
     );
+    // A login that fails mid-set, after the copy is recorded: a hook run before the
+    // server's writer prepares changes the password, so the backup connection is
+    // refused. The failure is recorded (and printed) without the password.
+    let hook = cli.path("change-password.sh");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = prepare ] || exit 0\nexec {} --no-defaults -S {socket} -u root -e \"ALTER USER adv@localhost IDENTIFIED BY 'Chang3dPw'\"\n",
+            mariadb_bin("mariadb").display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let failing = cli.path("failing.toml");
+    std::fs::write(
+        &failing,
+        format!("[sets.db]\nprovider = \"copy\"\nverify = false\n[[sets.db.writers]]\nkind = \"exec\"\nscript = \"{}\"\n[[sets.db.writers]]\nkind = \"mariadb\"\nurl = \"{with_pw}\"\n", hook.display()),
+    )
+    .unwrap();
+    let out = seen.run(
+        "create SET whose login fails mid-set",
+        cli.cmd(&["--config", failing.to_str().unwrap(), "create", "db"])
+            .env("HOME", home.path()),
+        false,
+    );
+    assert!(
+        describe(&out).contains("Access denied"),
+        "{}",
+        describe(&out)
+    );
     let listed = cli.json(&["list", "--json"]);
-    assert_eq!(listed.as_array().unwrap().len(), 6, "{listed}");
+    assert_eq!(listed.as_array().unwrap().len(), 7, "{listed}");
+    let failed = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["state"] == "failed")
+        .unwrap_or_else(|| panic!("no failed copy: {listed}"));
+    let shown = cli.ok(&["show", &failed["id"].to_string()]);
+    assert!(shown.contains("Access denied"), "{shown}");
+    db.sql(&format!("ALTER USER adv@localhost IDENTIFIED BY '{PW}'"));
 
     read_everything(&cli, &mut seen, &config);
     seen.assert_never(PW);
