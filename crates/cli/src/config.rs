@@ -89,6 +89,8 @@ impl Config {
             ))
         })?;
         for (name, set) in &config.sets {
+            crate::spec::check_set_name(name)
+                .map_err(|e| UsageError::new(format!("{}: {e}", path.display())))?;
             if set.writers.is_empty() && set.paths.is_empty() {
                 return Err(UsageError::new(format!(
                     "{}: set `{name}` names no data; add a [[sets.{name}.writers]] table or `paths = [...]`",

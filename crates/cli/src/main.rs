@@ -61,7 +61,7 @@ enum Command {
     /// Run the whole workflow on a sample SQLite bank: copy under load, verify, damage, restore
     Quickstart(commands::quickstart::QuickstartArgs),
     /// Take a shadow copy of a set (named in the config) or of one SQLite database
-    Create(commands::create::CreateArgs),
+    Create(Box<commands::create::CreateArgs>),
     /// List copies
     List(commands::list::ListArgs),
     /// Show one copy: phases with timings, components, files, verification
@@ -123,7 +123,7 @@ fn main() -> ExitCode {
     let json = cli.command.json();
     let result = match cli.command {
         Command::Quickstart(a) => commands::quickstart::run(g, a),
-        Command::Create(a) => commands::create::run(g, a),
+        Command::Create(a) => commands::create::run(g, *a),
         Command::List(a) => commands::list::run(g, a),
         Command::Show(a) => commands::show::run(g, a),
         Command::Verify(a) => commands::verify::run(g, a),

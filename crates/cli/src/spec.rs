@@ -30,7 +30,7 @@ pub struct SetSpec {
     /// Application writers, frozen in this order.
     pub writers: Vec<WriterSpec>,
     /// Plain files and directories copied without an application writer.
-    #[serde(default)]
+    #[serde(default, with = "shadowcopy_core::pathjson::vec")]
     pub paths: Vec<PathBuf>,
     /// Freeze the file systems of all the set's data, after the application writers.
     #[serde(default)]
@@ -38,6 +38,7 @@ pub struct SetSpec {
     /// `auto` or a provider kind.
     pub provider: String,
     pub freeze_deadline_ms: u64,
+    #[serde(default, with = "shadowcopy_core::pathjson::option")]
     pub copies_dir: Option<PathBuf>,
     pub verify: bool,
     /// The exec provider this set uses (`provider = "exec:NAME"`), as configured when the
@@ -70,11 +71,13 @@ struct SetSource {
 /// What `create` names without a config file.
 pub struct ZeroConfig<'a> {
     pub sqlite: Option<&'a Path>,
-    /// `--postgres URL`, with `--pg-archive DIR`.
+    /// `--postgres URL`, with `--pg-archive DIR` and `--pg-password-file FILE`.
     pub postgres: Option<&'a str>,
     pub pg_archive: Option<&'a Path>,
-    /// `--mariadb URL`, with `--mariadb-keep-binlogs`.
+    pub pg_password_file: Option<&'a Path>,
+    /// `--mariadb URL`, with `--mariadb-keep-binlogs` and `--mariadb-password-file FILE`.
     pub mariadb: Option<&'a str>,
+    pub mariadb_password_file: Option<&'a Path>,
     pub mariadb_keep_binlogs: bool,
     /// Hook scripts (`exec` writers), after the database's writer.
     pub exec_writers: &'a [PathBuf],
@@ -90,29 +93,37 @@ impl SetSpec {
         let writers = set
             .writers
             .iter()
-            .map(|w| match w {
-                WriterSpec::Sqlite(s) => WriterSpec::Sqlite(SqliteOptions {
-                    path: absolute(&s.path),
-                }),
-                WriterSpec::Fsfreeze(f) => WriterSpec::Fsfreeze(FsfreezeOptions {
-                    paths: f.paths.iter().map(|p| absolute(p)).collect(),
-                }),
-                WriterSpec::Exec(e) => WriterSpec::Exec(ExecOptions {
-                    script: absolute(&e.script),
-                    ..e.clone()
-                }),
-                WriterSpec::Postgres(p) => WriterSpec::Postgres(PostgresOptions {
-                    archive: p.archive.as_deref().map(absolute),
-                    ..p.clone()
-                }),
-                WriterSpec::Mariadb(m) => WriterSpec::Mariadb(m.clone()),
+            .map(|w| {
+                Ok(match w {
+                    WriterSpec::Sqlite(s) => WriterSpec::Sqlite(SqliteOptions {
+                        path: normalize(&s.path, "sqlite path")?,
+                    }),
+                    WriterSpec::Fsfreeze(f) => WriterSpec::Fsfreeze(FsfreezeOptions {
+                        paths: normalize_all(&f.paths, "fsfreeze path")?,
+                    }),
+                    WriterSpec::Exec(e) => WriterSpec::Exec(ExecOptions {
+                        script: normalize(&e.script, "exec script")?,
+                        ..e.clone()
+                    }),
+                    WriterSpec::Postgres(p) => WriterSpec::Postgres(PostgresOptions {
+                        archive: normalize_opt(p.archive.as_deref(), "WAL archive")?,
+                        password_file: normalize_opt(p.password_file.as_deref(), "password file")?,
+                        ..p.clone()
+                    }),
+                    WriterSpec::Mariadb(m) => WriterSpec::Mariadb(MariaDbOptions {
+                        password_file: normalize_opt(m.password_file.as_deref(), "password file")?,
+                        ..m.clone()
+                    }),
+                })
             })
-            .collect();
+            .collect::<Result<Vec<_>, UsageError>>()
+            .map_err(|e| UsageError::new(format!("set `{name}`: {e}")))?;
         SetSpec::resolve(
             SetSource {
                 name: name.to_string(),
                 writers,
-                paths: set.paths.iter().map(|p| absolute(p)).collect(),
+                paths: normalize_all(&set.paths, "path")
+                    .map_err(|e| UsageError::new(format!("set `{name}`: {e}")))?,
                 fsfreeze: set.fsfreeze.unwrap_or(false),
                 provider: set.provider.clone(),
                 deadline: set.freeze_deadline.map(|h| h.0),
@@ -131,23 +142,34 @@ impl SetSpec {
         z: &ZeroConfig<'_>,
         o: &Overrides,
     ) -> Result<SetSpec, UsageError> {
-        let sqlite = z.sqlite.map(absolute);
-        let paths: Vec<PathBuf> = z.paths.iter().map(|p| absolute(p)).collect();
-        let postgres = z.postgres.map(|url| PostgresOptions {
-            url: url.to_string(),
-            archive: z.pg_archive.map(absolute),
-            layout: None,
-        });
-        let mariadb = z.mariadb.map(|url| MariaDbOptions {
-            purge_binlogs: !z.mariadb_keep_binlogs,
-            ..MariaDbOptions::new(url)
-        });
+        let sqlite = normalize_opt(z.sqlite, "--sqlite")?;
+        let paths = normalize_all(z.paths, "--path")?;
+        let postgres = match z.postgres {
+            Some(url) => Some(PostgresOptions {
+                archive: normalize_opt(z.pg_archive, "--pg-archive")?,
+                password_file: normalize_opt(z.pg_password_file, "--pg-password-file")?,
+                ..PostgresOptions::new(url)
+            }),
+            None => None,
+        };
+        let mariadb = match z.mariadb {
+            Some(url) => Some(MariaDbOptions {
+                purge_binlogs: !z.mariadb_keep_binlogs,
+                password_file: normalize_opt(z.mariadb_password_file, "--mariadb-password-file")?,
+                ..MariaDbOptions::new(url)
+            }),
+            None => None,
+        };
         if z.pg_archive.is_some() && postgres.is_none() {
             return Err(UsageError::new(
                 "--pg-archive names the WAL archive of a --postgres cluster; give --postgres URL too",
             ));
         }
-        let first = sqlite.as_ref().or(paths.first());
+        // The set is named after what the user typed (`link.db`, not the file it points to).
+        let first = z
+            .sqlite
+            .or(z.paths.first().map(PathBuf::as_path))
+            .map(lexical);
         if first.is_none() && postgres.is_none() && mariadb.is_none() {
             return Err(UsageError::new(
                 "say what to copy: --sqlite PATH, --postgres URL, --mariadb URL, --path DIR, or a set from the config file",
@@ -177,13 +199,17 @@ impl SetSpec {
                     .into_iter()
                     .chain(postgres.map(WriterSpec::Postgres))
                     .chain(mariadb.map(WriterSpec::Mariadb))
-                    .chain(z.exec_writers.iter().map(|script| {
-                        WriterSpec::Exec(ExecOptions {
-                            script: absolute(script),
-                            timeout: None,
-                            events: None,
-                        })
-                    }))
+                    .chain(
+                        normalize_all(z.exec_writers, "--exec-writer")?
+                            .into_iter()
+                            .map(|script| {
+                                WriterSpec::Exec(ExecOptions {
+                                    script,
+                                    timeout: None,
+                                    events: None,
+                                })
+                            }),
+                    )
                     .collect(),
                 paths,
                 fsfreeze: z.fsfreeze,
@@ -202,10 +228,39 @@ impl SetSpec {
         config: &Config,
         o: &Overrides,
     ) -> Result<SetSpec, UsageError> {
+        check_set_name(&source.name)?;
+        let d = &config.defaults;
+        let deadline = o
+            .freeze_deadline
+            .or(source.deadline)
+            .or(d.freeze_deadline.map(|h| h.0))
+            .unwrap_or(DEFAULT_FREEZE_DEADLINE);
+        let freeze_deadline_ms = check_freeze_deadline(deadline)?;
+        for w in &source.writers {
+            let WriterSpec::Exec(e) = w else { continue };
+            let Some(t) = e.timeout else { continue };
+            if !(MIN_FREEZE_DEADLINE..=MAX_HOOK_TIMEOUT).contains(&t.0) {
+                return Err(UsageError::new(format!(
+                    "set `{}`: the timeout {} of the hook {} is out of range: give between 1ms and 24h (timeout in the config file)",
+                    source.name,
+                    humantime::format_duration(t.0),
+                    e.script.display()
+                )));
+            }
+        }
+        let copies_dir = match o
+            .copies_dir
+            .clone()
+            .or(source.copies_dir.take())
+            .or(d.copies_dir.clone())
+        {
+            Some(dir) => Some(normalize(&dir, "copies directory")?),
+            None => None,
+        };
         // A PostgreSQL cluster's paths (data, WAL, tablespaces) come from the server.
         for w in source.writers.iter_mut() {
             if let WriterSpec::Postgres(p) = w {
-                let layout = shadowcopy_postgres::cluster::discover_url(&p.url).map_err(|e| {
+                let layout = shadowcopy_postgres::cluster::discover_cluster(p).map_err(|e| {
                     UsageError::new(format!(
                         "set `{}`: {}",
                         source.name,
@@ -216,7 +271,7 @@ impl SetSpec {
             }
             // A MariaDB server's paths (data, redo, undo, binlogs) come from the server too.
             if let WriterSpec::Mariadb(m) = w {
-                let layout = shadowcopy_mariadb::server::discover_url(&m.url).map_err(|e| {
+                let layout = shadowcopy_mariadb::server::discover_server(m).map_err(|e| {
                     UsageError::new(format!(
                         "set `{}`: {}",
                         source.name,
@@ -226,7 +281,6 @@ impl SetSpec {
                 m.layout = Some(layout);
             }
         }
-        let d = &config.defaults;
         let provider = o
             .provider
             .clone()
@@ -234,16 +288,6 @@ impl SetSpec {
             .or(d.provider.clone())
             .unwrap_or_else(|| "auto".into());
         let exec_providers = check_provider_name(&provider, config)?;
-        let deadline = o
-            .freeze_deadline
-            .or(source.deadline)
-            .or(d.freeze_deadline.map(|h| h.0))
-            .unwrap_or(DEFAULT_FREEZE_DEADLINE);
-        if deadline.is_zero() {
-            return Err(UsageError::new(
-                "the freeze deadline must be longer than zero",
-            ));
-        }
         let holds_data = source
             .writers
             .iter()
@@ -260,13 +304,8 @@ impl SetSpec {
             paths: source.paths,
             fsfreeze: source.fsfreeze,
             provider,
-            freeze_deadline_ms: deadline.as_millis() as u64,
-            copies_dir: o
-                .copies_dir
-                .clone()
-                .or(source.copies_dir)
-                .or(d.copies_dir.clone())
-                .map(|p| absolute(&p)),
+            freeze_deadline_ms,
+            copies_dir,
             verify: !o.no_verify && source.verify.or(d.verify).unwrap_or(true),
             exec_providers,
         })
@@ -276,8 +315,37 @@ impl SetSpec {
         serde_json::from_str(json)
     }
 
-    pub fn to_json(&self) -> String {
-        serde_json::to_string(self).expect("a set spec always serializes")
+    /// The spec as recorded with each copy. Paths that are not UTF-8 are kept as bytes
+    /// ([`shadowcopy_core::pathjson`]); a name the server reported that JSON cannot hold
+    /// is an error, which [`SetSpec::validate`] reports before anything is written.
+    pub fn to_json(&self) -> Result<String, UsageError> {
+        serde_json::to_string(self).map_err(|e| {
+            UsageError::new(format!(
+                "set `{}` cannot be recorded in the catalog ({e}); rename the files it names to UTF-8 names",
+                self.name
+            ))
+        })
+    }
+
+    /// What makes two sets the same: their writers (without how they log in: a password
+    /// file given one day and `PGPASSWORD` the next is the same server) and paths.
+    pub fn identity(&self) -> (Vec<WriterSpec>, &[PathBuf]) {
+        let writers = self
+            .writers
+            .iter()
+            .map(|w| match w {
+                WriterSpec::Postgres(p) => WriterSpec::Postgres(PostgresOptions {
+                    password_file: None,
+                    ..p.clone()
+                }),
+                WriterSpec::Mariadb(m) => WriterSpec::Mariadb(MariaDbOptions {
+                    password_file: None,
+                    ..m.clone()
+                }),
+                other => other.clone(),
+            })
+            .collect();
+        (writers, &self.paths)
     }
 
     pub fn freeze_deadline(&self) -> Duration {
@@ -370,18 +438,32 @@ impl SetSpec {
     /// file or a file of the wrong kind is reported here, before the catalog is touched.
     pub fn validate(&self) -> Result<(), UsageError> {
         for p in &self.paths {
-            if p.symlink_metadata().is_err() {
-                return Err(UsageError::new(format!(
+            let meta = p.metadata().map_err(|_| {
+                UsageError::new(format!(
                     "set `{}`: {} does not exist",
                     self.name,
                     p.display()
-                )));
+                ))
+            })?;
+            check_kind(&self.name, p, &meta, "a regular file or a directory", |t| {
+                t.is_file() || t.is_dir()
+            })?;
+        }
+        for w in &self.writers {
+            if let WriterSpec::Sqlite(s) = w {
+                // A missing database is the writer's to report (with its own advice).
+                if let Ok(meta) = s.path.metadata() {
+                    check_kind(&self.name, &s.path, &meta, "a regular file", |t| {
+                        t.is_file()
+                    })?;
+                }
             }
         }
         for mut w in self.build_writers() {
             w.identify()
                 .map_err(|e| UsageError::new(format!("set `{}`: {e}", self.name)))?;
         }
+        self.to_json()?;
         Ok(())
     }
 
@@ -537,6 +619,139 @@ pub fn check_provider_name(
     )))
 }
 
-fn absolute(p: &Path) -> PathBuf {
-    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+/// The shortest freeze deadline: a freeze shorter than a millisecond cannot hold a commit.
+pub const MIN_FREEZE_DEADLINE: Duration = Duration::from_millis(1);
+/// The longest: applications wait for the thaw (and the watchdog's timers) this long.
+pub const MAX_FREEZE_DEADLINE: Duration = Duration::from_secs(3600);
+
+/// The longest a hook (`exec` writer) may run for one event.
+pub const MAX_HOOK_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+/// The deadline in whole milliseconds (rounded up, as the coordinator uses it), when it
+/// lies between [`MIN_FREEZE_DEADLINE`] and [`MAX_FREEZE_DEADLINE`].
+fn check_freeze_deadline(deadline: Duration) -> Result<u64, UsageError> {
+    if !(MIN_FREEZE_DEADLINE..=MAX_FREEZE_DEADLINE).contains(&deadline) {
+        return Err(UsageError::new(format!(
+            "the freeze deadline {} is out of range: give between 1ms and 1h (--freeze-deadline, or freeze_deadline in the config file)",
+            humantime::format_duration(deadline)
+        )));
+    }
+    let ms = deadline.as_nanos().div_ceil(1_000_000);
+    Ok(u64::try_from(ms).unwrap_or(u64::MAX))
+}
+
+/// A set's name shows in tables, messages and hook environments: no line breaks or other
+/// control characters, and not empty.
+pub fn check_set_name(name: &str) -> Result<(), UsageError> {
+    if name.trim().is_empty() {
+        return Err(UsageError::new(
+            "a set name cannot be empty; give one with --name (or name the set in the config file)",
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(UsageError::new(format!(
+            "the set name {name:?} contains a line break or another control character; choose a name without them (--name, or the [sets.NAME] of the config file)"
+        )));
+    }
+    Ok(())
+}
+
+fn check_kind(
+    set: &str,
+    p: &Path,
+    meta: &std::fs::Metadata,
+    wanted: &str,
+    ok: impl Fn(&std::fs::FileType) -> bool,
+) -> Result<(), UsageError> {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    if ok(&t) {
+        return Ok(());
+    }
+    let kind = if t.is_dir() {
+        "a directory"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
+    };
+    Err(UsageError::new(format!(
+        "set `{set}`: {} is {kind}; shadowcopy copies {wanted}, so name the file or directory that holds the data",
+        p.display()
+    )))
+}
+
+/// `p` made absolute, with `.` and `..` resolved the way the kernel resolves them: the
+/// part that exists is canonicalised (symlinks followed, so `link/..` is the parent of
+/// the link's target, and a database reached through a symlink is recorded at its real
+/// path, where SQLite keeps its `-wal`), the part that does not exist yet (a copies
+/// directory to be made) is cleaned lexically. Done before anything is written, so a
+/// set is recorded under one spelling of each path.
+pub fn normalize(p: &Path, what: &str) -> Result<PathBuf, UsageError> {
+    use std::path::Component;
+    if p.as_os_str().is_empty() {
+        return Err(UsageError::new(format!(
+            "the {what} is empty; give a file or directory"
+        )));
+    }
+    let abs = std::path::absolute(p).map_err(|e| {
+        UsageError::new(format!(
+            "cannot make the {what} {} absolute ({e}); give an absolute path",
+            p.display()
+        ))
+    })?;
+    let mut out = PathBuf::from("/");
+    let mut exists = true;
+    for c in abs.components() {
+        match c {
+            Component::RootDir | Component::Prefix(_) | Component::CurDir => {}
+            // `out` has no symlink in it (canonical, or below a missing directory), so
+            // its parent is what `..` names.
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::Normal(name) => {
+                out.push(name);
+                if exists {
+                    match std::fs::canonicalize(&out) {
+                        Ok(real) => out = real,
+                        Err(_) => exists = false,
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn normalize_opt(p: Option<&Path>, what: &str) -> Result<Option<PathBuf>, UsageError> {
+    p.map(|p| normalize(p, what)).transpose()
+}
+
+fn normalize_all(paths: &[PathBuf], what: &str) -> Result<Vec<PathBuf>, UsageError> {
+    paths.iter().map(|p| normalize(p, what)).collect()
+}
+
+/// `p` made absolute and cleaned of `.` and `..` without looking at the file system:
+/// what the user named, for naming a set.
+fn lexical(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let mut out = PathBuf::new();
+    for c in abs.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
 }

@@ -30,7 +30,7 @@ use mysql::Conn;
 use crate::position::BinlogPosition;
 use shadowcopy_core::BoxError;
 
-use crate::server::{self, Flavour};
+use crate::server::{self, Flavour, MariaDbOptions};
 
 /// How long prepare may wait for the backup lock (running DDL holds it off).
 const PREPARE_LOCK_WAIT: Duration = Duration::from_secs(300);
@@ -151,8 +151,8 @@ pub struct BackupLock {
 
 impl BackupLock {
     /// Connects and takes the first stages (prepare).
-    pub fn prepare(url: &str, flavour: Flavour) -> Result<BackupLock, BoxError> {
-        let mut conn = server::connect(url)?;
+    pub fn prepare(options: &MariaDbOptions, flavour: Flavour) -> Result<BackupLock, BoxError> {
+        let mut conn = server::connect_with(options)?;
         conn.query_drop(format!(
             "SET SESSION lock_wait_timeout = {}, wait_timeout = {}",
             PREPARE_LOCK_WAIT.as_secs(),

@@ -11,7 +11,7 @@ use shadowcopy_core::model::{CopyId, CopyView};
 use shadowcopy_core::writer::KeptCopy;
 
 use crate::position::{binlog_number, BinlogPosition, POSITION_FILE};
-use crate::server::{self, ServerLayout};
+use crate::server::{self, MariaDbOptions, ServerLayout};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RetentionError {
@@ -45,7 +45,7 @@ pub fn copy_start(
 
 /// Purges what neither `this` copy nor any `kept` copy needs; returns a line for the user.
 pub fn purge_unneeded(
-    url: &str,
+    options: &MariaDbOptions,
     layout: &ServerLayout,
     this: &CopyView,
     kept: &[KeptCopy],
@@ -75,7 +75,8 @@ pub fn purge_unneeded(
     let Some((holder, file, _)) = oldest else {
         return Ok(None);
     };
-    let mut conn = server::connect(url).map_err(|e| RetentionError::Server(e.to_string()))?;
+    let mut conn =
+        server::connect_with(options).map_err(|e| RetentionError::Server(e.to_string()))?;
     let before = logs(&mut conn)?;
     if !before.iter().any(|(name, _)| *name == file) {
         return Ok(Some(format!(

@@ -12,14 +12,38 @@ use std::time::Duration;
 use mysql::prelude::Queryable;
 use mysql::{Conn, Opts, OptsBuilder};
 use serde::{Deserialize, Serialize};
+use shadowcopy_core::secret::{self, Secret, SecretUrl, UrlSyntax};
+
+/// A server's URL with its password kept apart: shown and recorded without it.
+pub type ServerUrl = SecretUrl<MysqlUrl>;
+
+/// `mysql://user:password@host/?password=...`, or a socket path (no password).
+pub struct MysqlUrl;
+
+impl UrlSyntax for MysqlUrl {
+    fn split(url: &str) -> (String, Option<String>) {
+        if url.starts_with('/') {
+            return (url.to_string(), None);
+        }
+        secret::split_url(url, true)
+    }
+}
 
 /// `[[sets.NAME.writers]] kind = "mariadb"`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MariaDbOptions {
     /// `mysql://root@localhost/?socket=/run/mysqld/mysqld.sock` (the user defaults to
-    /// root), or just the path of the server's unix socket.
-    pub url: String,
+    /// root), or just the path of the server's unix socket. A password in it is used
+    /// for this run and never recorded (see [`password`]).
+    pub url: ServerUrl,
+    /// A file whose first line is the password (instead of one in the URL).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "shadowcopy_core::pathjson::option"
+    )]
+    pub password_file: Option<PathBuf>,
     /// After a verified copy, purge the binary logs that no kept copy of the set needs
     /// for a roll-forward (`PURGE BINARY LOGS TO`). Default true.
     #[serde(default = "yes", skip_serializing_if = "is_true")]
@@ -46,7 +70,8 @@ fn is_true(b: &bool) -> bool {
 impl MariaDbOptions {
     pub fn new(url: impl Into<String>) -> MariaDbOptions {
         MariaDbOptions {
-            url: url.into(),
+            url: ServerUrl::new(&url.into()),
+            password_file: None,
             purge_binlogs: true,
             layout: None,
             atomic_snapshot: false,
@@ -264,6 +289,12 @@ pub enum ServerError {
     DataDirectoryTables(String),
     #[error("{what} = {value} is not supported yet; keep it in the data directory")]
     Unsupported { what: &'static str, value: String },
+    #[error("cannot read the password file {}; give a file readable by root whose first line is the password", .path.display())]
+    PasswordFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// How long connecting may take.
@@ -289,12 +320,77 @@ pub fn opts(url: &str) -> Result<Opts, ServerError> {
     Ok(b.into())
 }
 
-/// A connection to `url`.
+/// A connection to `url` (a password in it is used, never shown).
 pub fn connect(url: &str) -> Result<Conn, ServerError> {
-    Conn::new(opts(url)?).map_err(|source| ServerError::Connect {
-        url: url.to_string(),
+    connect_with(&MariaDbOptions::new(url))
+}
+
+/// A connection to the server `o` names, logged in with [`password`].
+pub fn connect_with(o: &MariaDbOptions) -> Result<Conn, ServerError> {
+    let mut b = OptsBuilder::from_opts(opts(o.url.as_str())?);
+    if let Some(pw) = password(o)? {
+        b = b.pass(Some(pw.expose()));
+    }
+    Conn::new(b).map_err(|source| ServerError::Connect {
+        url: o.url.to_string(),
         source,
     })
+}
+
+/// The password to log in with: the URL's, else the first line of `password_file`,
+/// else `MYSQL_PWD`, else `password` in the `[client]`, `[client-server]` or
+/// `[client-mariadb]` group of `~/.my.cnf`. None: log in without one (root over the
+/// socket: unix_socket authentication).
+pub fn password(o: &MariaDbOptions) -> Result<Option<Secret>, ServerError> {
+    if let Some(pw) = o.url.password() {
+        return Ok(Some(pw.clone()));
+    }
+    if let Some(path) = &o.password_file {
+        return Secret::read_file(path)
+            .map(Some)
+            .map_err(|source| ServerError::PasswordFile {
+                path: path.clone(),
+                source,
+            });
+    }
+    if let Some(pw) = std::env::var("MYSQL_PWD").ok().filter(|p| !p.is_empty()) {
+        return Ok(Some(Secret::new(pw)));
+    }
+    let Some(home) = std::env::var_os("HOME") else {
+        return Ok(None);
+    };
+    let Ok(text) = std::fs::read_to_string(Path::new(&home).join(".my.cnf")) else {
+        return Ok(None);
+    };
+    Ok(option_file_password(&text).map(Secret::new))
+}
+
+/// `password` of the client groups of a MySQL option file.
+fn option_file_password(text: &str) -> Option<String> {
+    let mut in_client = false;
+    let mut found = None;
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('[') {
+            let group = line.trim_matches(|c| c == '[' || c == ']').trim();
+            in_client = matches!(group, "client" | "client-server" | "client-mariadb");
+            continue;
+        }
+        if !in_client || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        if let Some((key, value)) = line.split_once('=') {
+            if key.trim() == "password" {
+                let v = value.trim();
+                let unquoted = v
+                    .strip_prefix('"')
+                    .and_then(|v| v.strip_suffix('"'))
+                    .or_else(|| v.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))
+                    .unwrap_or(v);
+                found = Some(unquoted.to_string());
+            }
+        }
+    }
+    found
 }
 
 pub(crate) fn query(what: &'static str) -> impl Fn(mysql::Error) -> ServerError {
@@ -545,8 +641,8 @@ fn canonical(p: &Path) -> Result<PathBuf, ServerError> {
 }
 
 /// Connects and discovers in one step (what `create --mariadb URL` and `writers` do).
-pub fn discover_url(url: &str) -> Result<ServerLayout, ServerError> {
-    let mut conn = connect(url)?;
+pub fn discover_server(o: &MariaDbOptions) -> Result<ServerLayout, ServerError> {
+    let mut conn = connect_with(o)?;
     discover(&mut conn)
 }
 
@@ -579,5 +675,38 @@ mod tests {
         assert_eq!(o.get_user(), Some("backup"));
         assert_eq!(o.get_tcp_port(), 3307);
         assert!(opts("postgresql:///x").is_err());
+    }
+
+    #[test]
+    fn passwords_come_from_the_url_or_a_file_and_are_never_shown() {
+        let o = MariaDbOptions::new("mysql://adv:S3cretPw@127.0.0.1:33999/?socket=/x.sock");
+        assert_eq!(
+            o.url.as_str(),
+            "mysql://adv@127.0.0.1:33999/?socket=/x.sock"
+        );
+        assert_eq!(password(&o).unwrap().unwrap().expose(), "S3cretPw");
+        let json = serde_json::to_string(&o).unwrap();
+        assert!(!json.contains("S3cretPw"), "{json}");
+        assert!(!format!("{o:?}").contains("S3cretPw"));
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "FromFile\n").unwrap();
+        let o = MariaDbOptions {
+            password_file: Some(file),
+            ..MariaDbOptions::new("mysql://adv@h/")
+        };
+        assert_eq!(password(&o).unwrap().unwrap().expose(), "FromFile");
+        let missing = MariaDbOptions {
+            password_file: Some(dir.path().join("nope")),
+            ..MariaDbOptions::new("mysql://adv@h/")
+        };
+        assert!(matches!(
+            password(&missing),
+            Err(ServerError::PasswordFile { .. })
+        ));
+        assert_eq!(
+            option_file_password("[mysqld]\npassword=no\n[client]\nuser=x\npassword = \"a b\"\n"),
+            Some("a b".to_string())
+        );
     }
 }

@@ -100,11 +100,11 @@ impl Writer for MariaDbWriter {
     }
 
     fn identify(&mut self) -> Result<Vec<Component>, BoxError> {
-        let now = server::discover_url(&self.options.url)?;
+        let now = server::discover_server(&self.options)?;
         if let Some(recorded) = &self.layout {
             if recorded.datadir != now.datadir {
                 return Err(MariaDbError::Moved {
-                    url: self.options.url.clone(),
+                    url: self.options.url.to_string(),
                     now: now.datadir,
                     recorded: recorded.datadir.clone(),
                 }
@@ -143,7 +143,7 @@ impl Writer for MariaDbWriter {
             self.identify()?;
         }
         let flavour = self.layout()?.flavour;
-        self.lock = Some(BackupLock::prepare(&self.options.url, flavour)?);
+        self.lock = Some(BackupLock::prepare(&self.options, flavour)?);
         Ok(())
     }
 
@@ -240,7 +240,7 @@ impl Writer for MariaDbWriter {
             .kept()
             .map_err(|e| RetentionError::KeptUnknown(e.to_string()))?;
         Ok(retention::purge_unneeded(
-            &self.options.url,
+            &self.options,
             layout,
             copy,
             &kept,

@@ -7,24 +7,131 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use postgres::config::Host;
 use postgres::{Client, NoTls};
 use serde::{Deserialize, Serialize};
+use shadowcopy_core::secret::{self, Secret, SecretUrl, UrlSyntax};
+
+/// A libpq connection string with its password kept apart: shown and recorded without it.
+pub type PgUrl = SecretUrl<LibpqUrl>;
+
+/// libpq's two forms: `postgresql://user:password@host/db?password=...` and
+/// `host=... password=...`.
+pub struct LibpqUrl;
+
+impl UrlSyntax for LibpqUrl {
+    fn split(url: &str) -> (String, Option<String>) {
+        if url.starts_with("postgresql://") || url.starts_with("postgres://") {
+            secret::split_url(url, false)
+        } else {
+            split_key_values(url)
+        }
+    }
+}
+
+/// `key=value key2='quoted \' value'`: the `password` pair taken out.
+fn split_key_values(s: &str) -> (String, Option<String>) {
+    let chars: Vec<(usize, char)> = s.char_indices().collect();
+    let mut kept = String::new();
+    let mut password = None;
+    let mut i = 0;
+    while i < chars.len() {
+        while i < chars.len() && chars[i].1.is_whitespace() {
+            i += 1;
+        }
+        if i == chars.len() {
+            break;
+        }
+        let start = chars[i].0;
+        let mut key = String::new();
+        while i < chars.len() && chars[i].1 != '=' && !chars[i].1.is_whitespace() {
+            key.push(chars[i].1);
+            i += 1;
+        }
+        while i < chars.len() && chars[i].1.is_whitespace() {
+            i += 1;
+        }
+        let mut value = String::new();
+        if i < chars.len() && chars[i].1 == '=' {
+            i += 1;
+            while i < chars.len() && chars[i].1.is_whitespace() {
+                i += 1;
+            }
+            let quoted = i < chars.len() && chars[i].1 == '\'';
+            if quoted {
+                i += 1;
+            }
+            while i < chars.len() {
+                let c = chars[i].1;
+                if c == '\\' && i + 1 < chars.len() {
+                    value.push(chars[i + 1].1);
+                    i += 2;
+                    continue;
+                }
+                if (quoted && c == '\'') || (!quoted && c.is_whitespace()) {
+                    if quoted {
+                        i += 1;
+                    }
+                    break;
+                }
+                value.push(c);
+                i += 1;
+            }
+        }
+        let end = chars.get(i).map_or(s.len(), |c| c.0);
+        if key == "password" {
+            password = Some(value);
+        } else {
+            if !kept.is_empty() {
+                kept.push(' ');
+            }
+            kept.push_str(&s[start..end]);
+        }
+    }
+    match password {
+        Some(p) => (kept, Some(p)),
+        None => (s.to_string(), None),
+    }
+}
 
 /// `[[sets.NAME.writers]] kind = "postgres"`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PostgresOptions {
-    /// libpq URL, e.g. `postgresql:///postgres?host=/run/postgresql&port=5432`.
-    pub url: String,
+    /// libpq URL, e.g. `postgresql:///postgres?host=/run/postgresql&port=5432`. A
+    /// password in it is used for this run and never recorded (see [`password`]).
+    pub url: PgUrl,
+    /// A file whose first line is the password (instead of one in the URL).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "shadowcopy_core::pathjson::option"
+    )]
+    pub password_file: Option<PathBuf>,
     /// The WAL archive this cluster's `archive_command` pushes to (`shadowcopy pg
     /// setup` prints the settings); roll-forward restores read it, and verified copies
     /// expire what no kept copy needs.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "shadowcopy_core::pathjson::option"
+    )]
     pub archive: Option<PathBuf>,
     /// What discovery found when the set was resolved (filled in by shadowcopy, not
     /// written in the config file).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layout: Option<ClusterLayout>,
+}
+
+impl PostgresOptions {
+    pub fn new(url: &str) -> PostgresOptions {
+        PostgresOptions {
+            url: PgUrl::new(url),
+            password_file: None,
+            archive: None,
+            layout: None,
+        }
+    }
 }
 
 /// Where a cluster's files are and what a copy of it depends on.
@@ -103,17 +210,34 @@ pub enum ClusterError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot read the password file {}; give a file readable by root whose first line is the password", .path.display())]
+    PasswordFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// How long connecting may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A connection to `url` (libpq URL or key=value string).
+/// A connection to `url` (libpq URL or key=value string; a password in it is used,
+/// never shown).
 pub fn connect(url: &str) -> Result<Client, ClusterError> {
-    let mut config = postgres::Config::from_str(url).map_err(|source| ClusterError::BadUrl {
-        url: url.to_string(),
-        source,
-    })?;
+    connect_with(&PostgresOptions::new(url))
+}
+
+/// A connection to the cluster `o` names, logged in with [`password`].
+pub fn connect_with(o: &PostgresOptions) -> Result<Client, ClusterError> {
+    let url = o.url.to_string();
+    let mut config =
+        postgres::Config::from_str(o.url.as_str()).map_err(|source| ClusterError::BadUrl {
+            url: url.clone(),
+            source,
+        })?;
+    if let Some(pw) = password(o, &config)? {
+        config.password(pw.expose());
+    }
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(CONNECT_TIMEOUT);
     }
@@ -122,10 +246,109 @@ pub fn connect(url: &str) -> Result<Client, ClusterError> {
     }
     config
         .connect(NoTls)
-        .map_err(|source| ClusterError::Connect {
-            url: url.to_string(),
-            source,
-        })
+        .map_err(|source| ClusterError::Connect { url, source })
+}
+
+/// The password to log in with, as libpq finds it: the URL's, else the first line of
+/// `password_file`, else `PGPASSWORD`, else the first matching line of the password
+/// file `PGPASSFILE` names or `~/.pgpass` (ignored, as libpq does, when group or
+/// others can read it). None: log in without one (peer or trust authentication).
+pub fn password(
+    o: &PostgresOptions,
+    config: &postgres::Config,
+) -> Result<Option<Secret>, ClusterError> {
+    if let Some(pw) = o.url.password() {
+        return Ok(Some(pw.clone()));
+    }
+    if let Some(path) = &o.password_file {
+        return Secret::read_file(path)
+            .map(Some)
+            .map_err(|source| ClusterError::PasswordFile {
+                path: path.clone(),
+                source,
+            });
+    }
+    if let Some(pw) = std::env::var("PGPASSWORD").ok().filter(|p| !p.is_empty()) {
+        return Ok(Some(Secret::new(pw)));
+    }
+    let file = match std::env::var_os("PGPASSFILE") {
+        Some(f) => PathBuf::from(f),
+        None => match std::env::var_os("HOME") {
+            Some(home) => Path::new(&home).join(".pgpass"),
+            None => return Ok(None),
+        },
+    };
+    let Ok(meta) = std::fs::metadata(&file) else {
+        return Ok(None);
+    };
+    use std::os::unix::fs::PermissionsExt;
+    if !meta.is_file() || meta.permissions().mode() & 0o077 != 0 {
+        tracing::warn!(
+            "password file {} ignored: it must be a regular file only its owner can read (chmod 0600)",
+            file.display()
+        );
+        return Ok(None);
+    }
+    let Ok(text) = std::fs::read_to_string(&file) else {
+        return Ok(None);
+    };
+    let user = config
+        .get_user()
+        .map(str::to_string)
+        .or_else(|| std::env::var("USER").ok())
+        .unwrap_or_else(|| "root".into());
+    let host = match config.get_hosts().first() {
+        None => "localhost".to_string(),
+        Some(Host::Tcp(h)) => h.clone(),
+        Some(Host::Unix(dir)) if is_default_socket_dir(dir) => "localhost".to_string(),
+        Some(Host::Unix(dir)) => dir.to_string_lossy().into_owned(),
+    };
+    let port = config
+        .get_ports()
+        .first()
+        .copied()
+        .unwrap_or(5432)
+        .to_string();
+    let db = config.get_dbname().unwrap_or(&user).to_string();
+    Ok(pgpass_lookup(&text, [&host, &port, &db, &user]).map(Secret::new))
+}
+
+fn is_default_socket_dir(dir: &Path) -> bool {
+    ["/var/run/postgresql", "/run/postgresql", "/tmp"]
+        .iter()
+        .any(|d| dir == Path::new(d))
+}
+
+/// The password of the first `host:port:database:user:password` line matching `wanted`
+/// (`*` matches anything; `\:` and `\\` are a colon and a backslash).
+fn pgpass_lookup(text: &str, wanted: [&str; 4]) -> Option<String> {
+    for line in text.lines() {
+        if line.starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        let mut fields = Vec::new();
+        let mut field = String::new();
+        let mut chars = line.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => field.extend(chars.next()),
+                ':' if fields.len() < 4 => fields.push(std::mem::take(&mut field)),
+                c => field.push(c),
+            }
+        }
+        fields.push(field);
+        if fields.len() != 5 {
+            continue;
+        }
+        if fields[..4]
+            .iter()
+            .zip(wanted)
+            .all(|(f, w)| f == "*" || f == w)
+        {
+            return fields.pop();
+        }
+    }
+    None
 }
 
 fn query(what: &'static str) -> impl Fn(postgres::Error) -> ClusterError {
@@ -217,7 +440,49 @@ fn wal_dir_of(data_dir: &Path) -> Result<PathBuf, ClusterError> {
 }
 
 /// Connects and discovers in one step (what `create --postgres URL` and `writers` do).
-pub fn discover_url(url: &str) -> Result<ClusterLayout, ClusterError> {
-    let mut client = connect(url)?;
-    discover(&mut client, url)
+pub fn discover_cluster(o: &PostgresOptions) -> Result<ClusterLayout, ClusterError> {
+    let mut client = connect_with(o)?;
+    discover(&mut client, o.url.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_taken_out_of_both_libpq_forms() {
+        let u = PgUrl::new("postgresql://adv:S3cretPg@/postgres?host=/tmp/s&port=5433");
+        assert_eq!(
+            u.as_str(),
+            "postgresql://adv@/postgres?host=/tmp/s&port=5433"
+        );
+        assert_eq!(u.password().map(Secret::expose), Some("S3cretPg"));
+        let u = PgUrl::new("host=/tmp/s port=5433 password = 'S3 \\'cret' user=adv");
+        assert_eq!(u.as_str(), "host=/tmp/s port=5433 user=adv");
+        assert_eq!(u.password().map(Secret::expose), Some("S3 'cret"));
+        let u = PgUrl::new("host=/tmp/s user=adv");
+        assert_eq!(u.as_str(), "host=/tmp/s user=adv");
+        assert!(u.password().is_none());
+        let o = PostgresOptions::new("postgresql:///postgres?password=S3cretPg&host=/x");
+        let json = serde_json::to_string(&o).unwrap();
+        assert!(
+            !json.contains("S3cretPg") && json.contains("host=/x"),
+            "{json}"
+        );
+        assert!(!format!("{o:?}").contains("S3cretPg"));
+    }
+
+    #[test]
+    fn pgpass_lines_match_like_libpq() {
+        let text = "# comment\nother:5432:*:adv:no\n/tmp/s:5433:*:adv:p\\:w\\\\d\n*:*:*:*:any\n";
+        assert_eq!(
+            pgpass_lookup(text, ["/tmp/s", "5433", "postgres", "adv"]).as_deref(),
+            Some("p:w\\d")
+        );
+        assert_eq!(
+            pgpass_lookup(text, ["h", "1", "d", "u"]).as_deref(),
+            Some("any")
+        );
+        assert_eq!(pgpass_lookup("a:b:c:d\n", ["a", "b", "c", "d"]), None);
+    }
 }

@@ -192,12 +192,12 @@ impl Writer for PostgresWriter {
     }
 
     fn identify(&mut self) -> Result<Vec<Component>, BoxError> {
-        let mut client = cluster::connect(&self.options.url)?;
-        let now = cluster::discover(&mut client, &self.options.url)?;
+        let mut client = cluster::connect_with(&self.options)?;
+        let now = cluster::discover(&mut client, self.options.url.as_str())?;
         if let Some(recorded) = &self.layout {
             if recorded.data_dir != now.data_dir {
                 return Err(PostgresError::Moved {
-                    url: self.options.url.clone(),
+                    url: self.options.url.to_string(),
                     now: now.data_dir,
                     recorded: recorded.data_dir.clone(),
                 }

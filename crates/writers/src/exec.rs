@@ -28,6 +28,7 @@ use crate::{HumanDuration, SetContext};
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExecOptions {
+    #[serde(with = "shadowcopy_core::pathjson")]
     pub script: PathBuf,
     /// Limit for every event but `freeze` (which has the freeze deadline).
     #[serde(default, skip_serializing_if = "Option::is_none")]

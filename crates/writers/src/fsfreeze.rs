@@ -23,6 +23,7 @@ use crate::watchdog::Watchdog;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FsfreezeOptions {
+    #[serde(with = "shadowcopy_core::pathjson::vec")]
     pub paths: Vec<PathBuf>,
 }
 

@@ -40,6 +40,7 @@ use crate::proc_scan;
 #[serde(deny_unknown_fields)]
 pub struct SqliteOptions {
     /// The database file.
+    #[serde(with = "shadowcopy_core::pathjson")]
     pub path: PathBuf,
 }
 

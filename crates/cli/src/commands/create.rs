@@ -9,7 +9,7 @@ use serde::Serialize;
 use shadowcopy_catalog::Catalog;
 use shadowcopy_core::error::{human_bytes, humanize};
 use shadowcopy_core::{
-    Coordinator, CreatedCopy, EventSink, KeptCopies, Origin, Provider, ShadowSetRequest,
+    Coordinator, CopyState, CreatedCopy, EventSink, KeptCopies, Origin, Provider, ShadowSetRequest,
 };
 
 use super::{CatalogKeptCopies, WaitArgs};
@@ -39,6 +39,16 @@ pub struct CreateArgs {
         help_heading = "Zero-config set"
     )]
     pub pg_archive: Option<PathBuf>,
+    /// With --postgres: a file whose first line is the password (instead of one in the
+    /// URL; PGPASSWORD and ~/.pgpass or PGPASSFILE are read too). Passwords are never
+    /// recorded or shown
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "postgres",
+        help_heading = "Zero-config set"
+    )]
+    pub pg_password_file: Option<PathBuf>,
     /// Zero-config: copy this MariaDB (or MySQL) server, given by a URL of a connection
     /// with the RELOAD privilege (mysql://root@localhost/?socket=/run/mysqld/mysqld.sock)
     /// or its unix socket's path
@@ -48,6 +58,16 @@ pub struct CreateArgs {
     /// no kept copy needs for a roll-forward)
     #[arg(long, requires = "mariadb", help_heading = "Zero-config set")]
     pub mariadb_keep_binlogs: bool,
+    /// With --mariadb: a file whose first line is the password (instead of one in the
+    /// URL; MYSQL_PWD and the [client] password of ~/.my.cnf are read too). Passwords are
+    /// never recorded or shown
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "mariadb",
+        help_heading = "Zero-config set"
+    )]
+    pub mariadb_password_file: Option<PathBuf>,
     /// Zero-config: copy this file or directory as it is (repeat for more)
     #[arg(long = "path", value_name = "DIR", help_heading = "Zero-config set")]
     pub path: Vec<PathBuf>,
@@ -110,8 +130,10 @@ pub fn run(g: &GlobalArgs, args: CreateArgs) -> anyhow::Result<()> {
                 sqlite: args.sqlite.as_deref(),
                 postgres: args.postgres.as_deref(),
                 pg_archive: args.pg_archive.as_deref(),
+                pg_password_file: args.pg_password_file.as_deref(),
                 mariadb: args.mariadb.as_deref(),
                 mariadb_keep_binlogs: args.mariadb_keep_binlogs,
+                mariadb_password_file: args.mariadb_password_file.as_deref(),
                 exec_writers: &args.exec_writer,
                 paths: &args.path,
                 fsfreeze: args.fsfreeze,
@@ -150,10 +172,11 @@ pub fn create_copy(
     provider: Arc<dyn Provider>,
     events: Arc<dyn EventSink>,
     kept_copies: Box<dyn KeptCopies>,
-) -> Result<CreatedCopy, shadowcopy_core::Error> {
-    Coordinator::new(catalog, events).create(ShadowSetRequest {
+) -> anyhow::Result<CreatedCopy> {
+    let spec_json = spec.to_json()?;
+    Ok(Coordinator::new(catalog, events).create(ShadowSetRequest {
         set_name: spec.name.clone(),
-        spec_json: spec.to_json(),
+        spec_json,
         origin: Origin::Create,
         writers: spec.build_writers(),
         unmanaged_components: spec.unmanaged_components(),
@@ -161,15 +184,23 @@ pub fn create_copy(
         freeze_deadline: spec.freeze_deadline(),
         verify: spec.verify,
         kept_copies,
-    })
+    })?)
 }
 
 /// A zero-config set is named after its file; a second database (or directory) with the
-/// same file name must not silently join the first one's history.
+/// same file name must not silently join the first one's history. A set whose copies
+/// all failed has no history to join (a failed attempt must not block the next one).
 fn refuse_renamed_zero_config(catalog: &Catalog, spec: &SetSpec) -> anyhow::Result<()> {
+    let holds_copies = catalog
+        .list(Some(&spec.name))?
+        .iter()
+        .any(|c| c.state != CopyState::Failed);
+    if !holds_copies {
+        return Ok(());
+    }
     if let Some(old) = catalog.set_spec(&spec.name)? {
         if let Ok(old) = SetSpec::from_json(&old) {
-            if old.writers != spec.writers || old.paths != spec.paths {
+            if old.identity() != spec.identity() {
                 return Err(UsageError::new(format!(
                     "set `{}` already holds copies of {}; pass --name to give this database its own set",
                     spec.name,

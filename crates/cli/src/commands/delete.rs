@@ -20,7 +20,7 @@ pub struct DeleteArgs {
     /// Ids of the copies to delete
     pub ids: Vec<i64>,
     /// Delete copies created longer ago than this (e.g. 7d)
-    #[arg(long, value_name = "AGE", value_parser = humantime::parse_duration, conflicts_with = "ids", help_heading = "Selection")]
+    #[arg(long, value_name = "AGE", value_parser = parse_age, conflicts_with = "ids", help_heading = "Selection")]
     pub older_than: Option<Duration>,
     /// Keep each set's copies down to its N-th newest verified copy; delete older ones
     /// (pre-restore copies only go by id or --older-than)
@@ -145,6 +145,24 @@ pub fn run(g: &GlobalArgs, args: DeleteArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The longest `--older-than` accepted: older than anything a catalog can hold, and
+/// still a number of milliseconds the age comparison can hold without wrapping.
+const MAX_AGE: Duration = Duration::from_secs(1_000_000 * 365 * 24 * 3600);
+
+/// `--older-than AGE`: a duration that fits the comparison with creation times (a
+/// wrapped conversion once turned `300000000y` into "older than nothing" and deleted
+/// every copy).
+fn parse_age(s: &str) -> Result<Duration, String> {
+    let age = humantime::parse_duration(s)
+        .map_err(|e| format!("{e}; write the age like 7d, 12h or 30m"))?;
+    if age > MAX_AGE {
+        return Err(format!(
+            "{s} is out of range: the longest age accepted is 1000000y (a million years); a shorter age that is still older than every copy selects the same copies"
+        ));
+    }
+    Ok(age)
+}
+
 /// Whether recovery has run (we hold the queue): only then does `in-progress` surely
 /// mean a live shadow set.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -205,7 +223,9 @@ fn select(
             }
         }
         if let Some(age) = args.older_than {
-            if now - c.created_ms < age.as_millis() as i64 {
+            // `parse_age` made sure the age fits in milliseconds since the epoch.
+            let age_ms = i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
+            if now.saturating_sub(c.created_ms) < age_ms {
                 continue;
             }
         }

@@ -210,7 +210,7 @@ fn print_analysis(id: i64, a: &LogAnalysis) {
 fn setup(url: &str, archive: &std::path::Path, apply: bool) -> anyhow::Result<()> {
     let archive = std::path::absolute(archive).context("resolving the archive directory")?;
     let mut client = cluster::connect(url)?;
-    let layout = cluster::discover(&mut client, url)?;
+    let layout = cluster::discover(&mut client, cluster::PgUrl::new(url).as_str())?;
     let exe = std::env::current_exe().context("finding the shadowcopy program")?;
     let command = format!(
         "{} pg archive-push --archive {} %p",

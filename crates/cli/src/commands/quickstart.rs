@@ -101,7 +101,9 @@ pub fn run(g: &GlobalArgs, args: QuickstartArgs) -> anyhow::Result<()> {
             sqlite: Some(&db),
             postgres: None,
             pg_archive: None,
+            pg_password_file: None,
             mariadb: None,
+            mariadb_password_file: None,
             mariadb_keep_binlogs: false,
             exec_writers: &[],
             paths: &[],
@@ -145,7 +147,7 @@ pub fn run(g: &GlobalArgs, args: QuickstartArgs) -> anyhow::Result<()> {
         Ok(c) => c,
         Err(e) => {
             transfers.stop();
-            return Err(e.into());
+            return Err(e);
         }
     };
     let freeze_began = clock
@@ -228,7 +230,7 @@ pub fn run(g: &GlobalArgs, args: QuickstartArgs) -> anyhow::Result<()> {
         RestoreRequest {
             copy_id: created.id,
             set_name: spec.name.clone(),
-            spec_json: spec.to_json(),
+            spec_json: spec.to_json()?,
             location: created.location.clone(),
             files: catalog.manifest(created.id)?,
             components: catalog.components(created.id)?,
