@@ -179,96 +179,7 @@ pub enum TreeKind {
     },
 }
 
-/// A path in JSON, without loss: a Linux path is bytes and need not be UTF-8, while a
-/// JSON string is Unicode. `path` is the path as text (a byte that is not UTF-8 shown as
-/// U+FFFD); when that is not exactly the path, `path_hex` holds the path's bytes in hex,
-/// and is what a reader uses. A UTF-8 path is written as before, a plain `path` string.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct JsonPath {
-    pub path: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub path_hex: Option<String>,
-}
-
-impl From<&Path> for JsonPath {
-    fn from(p: &Path) -> Self {
-        match p.to_str() {
-            Some(s) => JsonPath {
-                path: s.to_string(),
-                path_hex: None,
-            },
-            None => {
-                use std::fmt::Write;
-                let bytes = p.as_os_str().as_encoded_bytes();
-                let mut hex = String::with_capacity(bytes.len() * 2);
-                for b in bytes {
-                    let _ = write!(hex, "{b:02x}");
-                }
-                JsonPath {
-                    path: p.to_string_lossy().into_owned(),
-                    path_hex: Some(hex),
-                }
-            }
-        }
-    }
-}
-
-impl TryFrom<JsonPath> for PathBuf {
-    type Error = String;
-
-    fn try_from(j: JsonPath) -> Result<PathBuf, String> {
-        use std::os::unix::ffi::OsStringExt;
-        let Some(hex) = j.path_hex else {
-            return Ok(PathBuf::from(j.path));
-        };
-        let digits = hex.as_bytes();
-        if digits.len() % 2 != 0 {
-            return Err(format!("path_hex {hex:?} has an odd number of digits"));
-        }
-        let bytes = digits
-            .chunks(2)
-            .map(|pair| {
-                std::str::from_utf8(pair)
-                    .ok()
-                    .and_then(|d| u8::from_str_radix(d, 16).ok())
-                    .ok_or_else(|| format!("path_hex {hex:?} is not hexadecimal"))
-            })
-            .collect::<Result<Vec<u8>, String>>()?;
-        Ok(PathBuf::from(std::ffi::OsString::from_vec(bytes)))
-    }
-}
-
-/// `#[serde(with = "shadowcopy_core::model::json_path")]` for a lone `PathBuf` field: a
-/// UTF-8 path is a JSON string, any other is a [`JsonPath`] object; both read back.
-pub mod json_path {
-    use std::path::{Path, PathBuf};
-
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-    use super::JsonPath;
-
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Either {
-        Text(String),
-        Lossless(JsonPath),
-    }
-
-    pub fn serialize<S: Serializer>(path: &Path, s: S) -> Result<S::Ok, S::Error> {
-        let j = JsonPath::from(path);
-        match j.path_hex {
-            None => j.path.serialize(s),
-            Some(_) => j.serialize(s),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
-        match Either::deserialize(d)? {
-            Either::Text(t) => Ok(PathBuf::from(t)),
-            Either::Lossless(j) => j.try_into().map_err(serde::de::Error::custom),
-        }
-    }
-}
+pub use crate::pathjson::JsonPath;
 
 /// [`Component`] as JSON.
 #[derive(Serialize, Deserialize)]
@@ -422,7 +333,7 @@ mod tests {
     fn a_lone_path_field_round_trips_either_way() {
         #[derive(Serialize, Deserialize, PartialEq, Debug)]
         struct S {
-            #[serde(with = "json_path")]
+            #[serde(with = "crate::pathjson")]
             p: PathBuf,
         }
         for bytes in [&b"/plain/db"[..], &b"/odd\xfe/db"[..]] {

@@ -39,13 +39,13 @@ pub const AREA_PREFIX: &str = ".shadowcopy-restore-";
 /// restore interrupted at every rename is finished by the next command.
 const KILL_AT_STEP_ENV: &str = "SHADOWCOPY_TEST_KILL_AT_SWAP_STEP";
 
-/// What the catalog holds of a running restore (as JSON; paths as raw bytes, since Linux
-/// file names need not be UTF-8).
+/// What the catalog holds of a running restore (as JSON; paths through
+/// [`crate::pathjson`], since Linux file names need not be UTF-8).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct SwapRecord {
     pub copy_id: CopyId,
     /// The private staging directories, removed when the restore ends.
-    #[serde(with = "byte_paths")]
+    #[serde(with = "crate::pathjson::vec")]
     pub areas: Vec<PathBuf>,
     /// The renames, in order; empty while the restore is still staging.
     pub ops: Vec<SwapOp>,
@@ -58,16 +58,16 @@ pub enum SwapOp {
     /// A live file moved into the staging area (kept until the restore ends, so a failed
     /// swap can put it back).
     Aside {
-        #[serde(with = "byte_path")]
+        #[serde(with = "crate::pathjson")]
         from: PathBuf,
-        #[serde(with = "byte_path")]
+        #[serde(with = "crate::pathjson")]
         to: PathBuf,
     },
     /// A staged file renamed onto its target.
     Install {
-        #[serde(with = "byte_path")]
+        #[serde(with = "crate::pathjson")]
         from: PathBuf,
-        #[serde(with = "byte_path")]
+        #[serde(with = "crate::pathjson")]
         to: PathBuf,
     },
 }
@@ -77,55 +77,6 @@ impl SwapOp {
         match self {
             SwapOp::Aside { from, to } | SwapOp::Install { from, to } => (from, to),
         }
-    }
-}
-
-/// A path as a string when it is UTF-8, else as its raw bytes: lossless either way.
-mod byte_path {
-    use std::os::unix::ffi::{OsStrExt, OsStringExt};
-    use std::path::{Path, PathBuf};
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Stored {
-        Text(String),
-        Bytes(Vec<u8>),
-    }
-
-    pub fn serialize<S: Serializer>(p: &Path, s: S) -> Result<S::Ok, S::Error> {
-        match p.to_str() {
-            Some(text) => s.serialize_str(text),
-            None => s.serialize_bytes(p.as_os_str().as_bytes()),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
-        Ok(match Stored::deserialize(d)? {
-            Stored::Text(text) => PathBuf::from(text),
-            Stored::Bytes(bytes) => PathBuf::from(std::ffi::OsString::from_vec(bytes)),
-        })
-    }
-}
-
-mod byte_paths {
-    use std::path::PathBuf;
-
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-    #[derive(Serialize, Deserialize)]
-    struct P(#[serde(with = "super::byte_path")] PathBuf);
-
-    pub fn serialize<S: Serializer>(v: &[PathBuf], s: S) -> Result<S::Ok, S::Error> {
-        v.iter()
-            .map(|p| P(p.clone()))
-            .collect::<Vec<_>>()
-            .serialize(s)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<PathBuf>, D::Error> {
-        Ok(Vec::<P>::deserialize(d)?.into_iter().map(|p| p.0).collect())
     }
 }
 

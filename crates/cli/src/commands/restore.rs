@@ -49,7 +49,7 @@ pub struct RestoreArgs {
 /// A restored path: a JSON string, or for a name that is not UTF-8 a lossless object
 /// (see `shadowcopy_core::model::JsonPath`).
 #[derive(Serialize)]
-struct Target(#[serde(with = "shadowcopy_core::model::json_path")] PathBuf);
+struct Target(#[serde(with = "shadowcopy_core::pathjson")] PathBuf);
 
 #[derive(Serialize)]
 struct RestoreOutput {

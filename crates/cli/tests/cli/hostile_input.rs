@@ -368,7 +368,15 @@ fn non_utf8_sqlite_and_path_arguments_do_not_panic() {
         .collect::<Result<_, _>>()
         .unwrap();
     assert_eq!(specs.len(), 2);
-    let bytes_of = |p: &Path| serde_json::json!({ "bytes": p.as_os_str().as_bytes() });
+    let bytes_of = |p: &Path| {
+        let hex: String = p
+            .as_os_str()
+            .as_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        serde_json::json!({ "path": p.to_string_lossy(), "path_hex": hex })
+    };
     let sqlite: serde_json::Value = serde_json::from_str(&specs[0]).unwrap();
     assert_eq!(sqlite["writers"][0]["path"], bytes_of(&db), "{sqlite}");
     let path: serde_json::Value = serde_json::from_str(&specs[1]).unwrap();
