@@ -75,6 +75,12 @@ pub enum ExecProviderError {
         operation: &'static str,
         problem: String,
     },
+    #[error(
+        "the path {} is not UTF-8, and an exec provider's command gets paths as JSON text; \
+         rename it, or use the copy, reflink or btrfs provider",
+        .path.display()
+    )]
+    NotUtf8 { path: PathBuf },
     #[error("`{} {operation}` answered something that is not the expected JSON ({answer:?})", .command.display())]
     BadAnswer {
         command: PathBuf,
@@ -194,6 +200,18 @@ impl ExecProvider {
     }
 }
 
+/// A path as the command's JSON carries it: text. A path that is not UTF-8 is refused
+/// with its name, never sent mangled (nor a panic in the JSON encoder).
+fn text(p: &Path) -> Result<&str, ExecProviderError> {
+    p.to_str().ok_or_else(|| ExecProviderError::NotUtf8 {
+        path: p.to_path_buf(),
+    })
+}
+
+fn texts<'a>(paths: impl IntoIterator<Item = &'a Path>) -> Result<Vec<&'a str>, ExecProviderError> {
+    paths.into_iter().map(text).collect()
+}
+
 impl Provider for ExecProvider {
     fn kind(&self) -> &'static str {
         self.kind
@@ -205,6 +223,9 @@ impl Provider for ExecProvider {
 
     fn check(&self, paths: &[PathBuf]) -> Result<(), Unsupported> {
         let limit = self.timeout();
+        let paths = texts(paths.iter().map(PathBuf::as_path)).map_err(|e| Unsupported {
+            reason: e.to_string(),
+        })?;
         let answer: Result<CheckAnswer, _> = self.call("check", json!({ "paths": paths }), &|s| {
             s.elapsed() >= limit
         });
@@ -221,9 +242,10 @@ impl Provider for ExecProvider {
 
     fn location(&self, request: &CommitRequest) -> Result<String, BoxError> {
         let limit = self.timeout();
+        let paths = texts(request.components.iter().map(|c| c.path.as_path()))?;
         let answer: LocationAnswer = self.call(
             "location",
-            json!({ "copy_id": request.copy_id, "set": request.set_name, "paths": request.paths() }),
+            json!({ "copy_id": request.copy_id, "set": request.set_name, "paths": paths }),
             &|s| s.elapsed() >= limit,
         )?;
         if answer.location.trim().is_empty() {
@@ -244,8 +266,8 @@ impl Provider for ExecProvider {
         let components: Vec<Value> = request
             .components
             .iter()
-            .map(|c| json!({ "path": c.path, "required": c.required }))
-            .collect();
+            .map(|c| Ok(json!({ "path": text(&c.path)?, "required": c.required })))
+            .collect::<Result<_, ExecProviderError>>()?;
         let answer: FilesAnswer = self.call(
             "commit",
             json!({ "copy_id": request.copy_id, "set": request.set_name, "location": location, "components": components, "continues": request.continues }),
@@ -304,7 +326,7 @@ impl Provider for ExecProvider {
         let limit = self.timeout();
         let answer: ExposeAnswer = self.call(
             "expose",
-            json!({ "location": location, "paths": paths }),
+            json!({ "location": location, "paths": texts(paths.iter().copied())? }),
             &|s| s.elapsed() >= limit,
         )?;
         // Exactly the files asked for: a copy is never read from somewhere else.
@@ -329,7 +351,7 @@ impl Provider for ExecProvider {
     fn restore_file(&self, location: &str, original: &Path, dest: &Path) -> Result<(), BoxError> {
         self.within(
             "restore",
-            json!({ "location": location, "original": original, "dest": dest }),
+            json!({ "location": location, "original": text(original)?, "dest": text(dest)? }),
         )?;
         Ok(())
     }
@@ -364,4 +386,30 @@ pub fn build(
                 name: name.to_string(),
             }),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+
+    use super::*;
+
+    #[test]
+    fn a_path_that_is_not_utf8_is_refused_by_name_not_sent_or_panicked_on() {
+        let p = ExecProvider::new(ExecProviderOptions {
+            name: "t".into(),
+            // Never run: the refusal comes before the command is called.
+            command: PathBuf::from("/nonexistent/command"),
+            timeout_secs: None,
+        });
+        let odd = PathBuf::from(OsStr::from_bytes(b"/srv/bad\xffname"));
+        let why = p.check(std::slice::from_ref(&odd)).unwrap_err();
+        assert!(why.reason.contains("not UTF-8"), "{why}");
+        let err = p
+            .restore_file("/loc", &odd, Path::new("/dest"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not UTF-8") && err.contains("bad"), "{err}");
+    }
 }
