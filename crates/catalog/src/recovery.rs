@@ -48,7 +48,15 @@ impl Catalog {
                     "restore {id} (process {pid}) was interrupted, but its record cannot be read ({e}); \
                      check the restored paths by hand"
                 ),
-                Ok(record) => match finish_interrupted(&record, events) {
+                Ok(record) => match finish_interrupted(&record, events, &|done| {
+                    self.conn
+                        .execute(
+                            "UPDATE restores SET record = ?2 WHERE id = ?1",
+                            rusqlite::params![id, serde_json::to_string(done)?],
+                        )
+                        .map(drop)
+                        .map_err(Into::into)
+                }) {
                     Ok(done) => {
                         self.conn.execute(
                             "UPDATE restores SET ended_ms = ?2 WHERE id = ?1",
@@ -74,6 +82,17 @@ impl Catalog {
             lines.push(line);
         }
         Ok(lines)
+    }
+
+    /// Restores that a dead process left and that could not be finished yet (see
+    /// [`Catalog::recover_interrupted_restores`]): no new restore may run over them, or a
+    /// later replay would put the older copy's files back over the newer restore.
+    pub fn unfinished_restores(&self) -> Result<Vec<CopyId>, CatalogError> {
+        Ok(self
+            .conn
+            .prepare("SELECT copy_id FROM restores WHERE ended_ms IS NULL ORDER BY id")?
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?)
     }
 
     /// Cleans up every interrupted copy. Needs the queue (`_guard`) so that no live run is

@@ -296,11 +296,11 @@ impl<'a> Restorer<'a> {
         let mut staged: Vec<(PathBuf, PathBuf)> = Vec::new();
         let result = (|| -> Result<(RestorePlan, Option<CopyId>), Error> {
             for (original, target) in targets {
-                let s = staging.staged_path(target, &new_dir)?;
-                staged.push((target.clone(), s.clone()));
+                let (s, pinned) = staging.staged_path(target, &new_dir)?;
+                staged.push((target.clone(), s));
                 request
                     .provider
-                    .restore_file(&request.location, original, &s)
+                    .restore_file(&request.location, original, &pinned)
                     .map_err(|source| Error::Restore {
                         step: format!("staging the copy's file {}", original.display()),
                         source,

@@ -101,7 +101,6 @@ impl Default for NewDir {
 pub struct SafeDir {
     fd: OwnedFd,
     path: PathBuf,
-    dev: u64,
     /// The deepest directory of the walk nobody else can change, on this file system
     /// (this directory itself when it is one, or when no such directory exists).
     staging_base: Option<Box<SafeDir>>,
@@ -136,11 +135,9 @@ impl SafeDir {
     pub fn child(&self, name: &OsStr) -> Result<SafeDir, SafeFsError> {
         let path = self.path.join(name);
         let fd = open_nofollow_dir(&self.fd, name, &path)?;
-        let st = rustix::fs::fstat(&fd).map_err(io_err("inspect", &path))?;
         Ok(SafeDir {
             fd,
             path,
-            dev: st.st_dev,
             staging_base: None,
             created: Vec::new(),
         })
@@ -380,11 +377,15 @@ pub fn open_dir(
         });
     }
     let last = stack.pop().expect("the walk's stack always holds /");
-    // The deepest directory nobody else can change, on the same file system.
-    let base = stack
-        .into_iter()
-        .rev()
-        .find(|s| s.safe_way && guarded(&s.st) && s.st.st_dev == last.st.st_dev);
+    // The deepest directory nobody else can change, on the same mount (a bind mount of the
+    // same file system has the same st_dev, and a rename across it fails with EXDEV).
+    let last_mount = mount_id(&last.fd);
+    let base = stack.into_iter().rev().find(|s| {
+        s.safe_way
+            && guarded(&s.st)
+            && s.st.st_dev == last.st.st_dev
+            && mount_id(&s.fd) == last_mount
+    });
     let staging_base = if last.safe_way && guarded(&last.st) {
         None
     } else {
@@ -392,7 +393,6 @@ pub fn open_dir(
             Box::new(SafeDir {
                 fd: s.fd,
                 path: s.path,
-                dev: s.st.st_dev,
                 staging_base: None,
                 created: Vec::new(),
             })
@@ -401,10 +401,18 @@ pub fn open_dir(
     Ok(SafeDir {
         fd: last.fd,
         path: last.path,
-        dev: last.st.st_dev,
         staging_base,
         created,
     })
+}
+
+/// The mount a directory is on (`statx` `STATX_MNT_ID`, Linux 5.8); `None` where the
+/// kernel does not tell, and then only `st_dev` is compared.
+fn mount_id(fd: &OwnedFd) -> Option<u64> {
+    rustix::fs::statx(fd, "", AtFlags::EMPTY_PATH, rustix::fs::StatxFlags::MNT_ID)
+        .ok()
+        .filter(|s| s.stx_mask & rustix::fs::StatxFlags::MNT_ID.bits() != 0)
+        .map(|s| s.stx_mnt_id)
 }
 
 /// Pushes `path`'s components onto `todo` so that the first is popped first.
@@ -421,9 +429,16 @@ fn push_components(todo: &mut Vec<OsString>, path: &Path) {
 }
 
 impl SafeDir {
-    /// The file system this directory is on.
-    pub fn dev(&self) -> u64 {
-        self.dev
+    /// A path to this very directory, whatever happens to the path it was reached by:
+    /// `/proc/<pid>/fd/<fd>`, which the kernel resolves to the open directory itself (also
+    /// for a child process of ours, such as an exec provider's command).
+    pub fn pinned_path(&self) -> PathBuf {
+        use std::os::fd::AsRawFd;
+        PathBuf::from(format!(
+            "/proc/{}/fd/{}",
+            std::process::id(),
+            self.fd.as_raw_fd()
+        ))
     }
 
     /// Where [`SafeDir::private_dir`] creates its directories.
@@ -451,9 +466,9 @@ impl SafeDir {
         rustix::fs::symlinkat(target, &self.fd, name)?;
         if let Some((uid, gid)) = owner {
             if rustix::process::geteuid().is_root() {
-                // By path: this directory is one of shadowcopy's private staging
-                // directories, and lchown never follows the link itself.
-                std::os::unix::fs::lchown(self.path.join(name), Some(uid), Some(gid))?;
+                // Through this directory's handle (its pinned path), never the link's
+                // target: lchown does not follow the last component.
+                std::os::unix::fs::lchown(self.pinned_path().join(name), Some(uid), Some(gid))?;
             }
         }
         Ok(())

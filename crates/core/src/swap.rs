@@ -34,9 +34,10 @@ use crate::safe_fs::{self, NewDir, SafeDir, SafeFsError};
 /// The name every staging area starts with.
 pub const AREA_PREFIX: &str = ".shadowcopy-restore-";
 
-/// A test hook: with `SHADOWCOPY_TEST_KILL_AT_SWAP_STEP=N` the process kills itself with
-/// SIGKILL just before the N-th rename of a swap (1-based), so tests can prove that a
-/// restore interrupted at every rename is finished by the next command.
+/// A test hook, in debug builds only: with `SHADOWCOPY_TEST_KILL_AT_SWAP_STEP=N` the
+/// process kills itself with SIGKILL just before the N-th rename of a swap (1-based), so
+/// tests can prove that a restore interrupted at every rename is finished by the next
+/// command.
 const KILL_AT_STEP_ENV: &str = "SHADOWCOPY_TEST_KILL_AT_SWAP_STEP";
 
 /// What the catalog holds of a running restore (as JSON; paths through
@@ -86,6 +87,9 @@ struct Slot {
     live: SafeDir,
     staged: SafeDir,
     replaced: SafeDir,
+    /// Names in the slot are numbers (a target's own name may be up to 255 bytes, with
+    /// no room for a suffix).
+    next_name: usize,
 }
 
 /// A restore's staging areas and its journal entry.
@@ -149,7 +153,7 @@ impl<'a> Staging<'a> {
         &mut self,
         dir: &Path,
         new_dir: Option<&dyn Fn(&Path) -> NewDir>,
-    ) -> Result<&Slot, Error> {
+    ) -> Result<&mut Slot, Error> {
         if !self.slots.contains_key(dir) {
             let live = safe_fs::open_dir(dir, new_dir)
                 .map_err(|e| restore_err(format!("opening {}", dir.display()))(Box::new(e)))?;
@@ -177,24 +181,31 @@ impl<'a> Staging<'a> {
                     live,
                     staged,
                     replaced,
+                    next_name: 0,
                 },
             );
         }
-        Ok(&self.slots[dir])
+        Ok(self.slots.get_mut(dir).expect("the slot was just made"))
     }
 
-    /// Where `target`'s staged file goes (a path only shadowcopy can change); its live
+    /// Where `target`'s staged file goes: the path writers get (in a directory only
+    /// shadowcopy can change, as long as a staging base nobody else can change exists),
+    /// and the same file's pinned path (`SafeDir::pinned_path`) that providers write,
+    /// which no rename of a directory on the way can redirect. The target's live
     /// directory is created (with `new_dir`'s modes) when missing.
     pub(crate) fn staged_path(
         &mut self,
         target: &Path,
         new_dir: &dyn Fn(&Path) -> NewDir,
-    ) -> Result<PathBuf, Error> {
-        let (dir, name) = split(target)?;
+    ) -> Result<(PathBuf, PathBuf), Error> {
+        let (dir, _) = split(target)?;
         let slot = self.slot(dir, Some(new_dir))?;
-        let mut staged = name.to_os_string();
-        staged.push(".shadowcopy-restore");
-        Ok(slot.staged.path().join(staged))
+        let name = format!("{}", slot.next_name);
+        slot.next_name += 1;
+        Ok((
+            slot.staged.path().join(&name),
+            slot.staged.pinned_path().join(&name),
+        ))
     }
 
     /// Stages a symlink to `link` for `target`; returns the staged path.
@@ -205,7 +216,7 @@ impl<'a> Staging<'a> {
         owner: Option<(u32, u32)>,
         new_dir: &dyn Fn(&Path) -> NewDir,
     ) -> Result<PathBuf, Error> {
-        let staged = self.staged_path(target, new_dir)?;
+        let (staged, _) = self.staged_path(target, new_dir)?;
         let (dir, _) = split(target)?;
         let slot = &self.slots[dir];
         let name = staged.file_name().expect("a staged path has a file name");
@@ -233,10 +244,7 @@ impl<'a> Staging<'a> {
                 .lstat(name)
                 .map_err(|e| restore_err(format!("inspecting {}", path.display()))(Box::new(e)))?;
             if exists.is_some() {
-                let to =
-                    slot.replaced
-                        .path()
-                        .join(format!("{}-{}", ops.len(), name.to_string_lossy()));
+                let to = slot.replaced.path().join(format!("{}", ops.len()));
                 ops.push(SwapOp::Aside {
                     from: path.to_path_buf(),
                     to,
@@ -257,9 +265,13 @@ impl<'a> Staging<'a> {
         self.record.ops = ops.clone();
         self.save()?;
         let mut dirs = DirCache::default();
-        let kill_at: Option<usize> = std::env::var(KILL_AT_STEP_ENV)
-            .ok()
-            .and_then(|v| v.parse().ok());
+        let kill_at: Option<usize> = if cfg!(debug_assertions) {
+            std::env::var(KILL_AT_STEP_ENV)
+                .ok()
+                .and_then(|v| v.parse().ok())
+        } else {
+            None
+        };
         let mut done = 0;
         let mut failure = None;
         for (i, op) in ops.iter().enumerate() {
@@ -277,14 +289,19 @@ impl<'a> Staging<'a> {
             done += 1;
         }
         if let Some((path, source)) = failure {
-            let mut stranded = Vec::new();
+            // Undone in reverse, stopping at the first undo that fails: what is done is
+            // then still a prefix of the recorded renames, which the next command finishes
+            // by replaying them forward. Undoing past a failure could put an old file over
+            // a new one that the replay then no longer has.
+            let mut stranded = None;
             for op in ops[..done].iter().rev() {
                 let (from, to) = op.paths();
                 if let Err(e) = dirs.rename(to, from) {
-                    stranded.push(format!("{} is at {} ({e})", from.display(), to.display()));
+                    stranded = Some(format!("{} is at {} ({e})", from.display(), to.display()));
+                    break;
                 }
             }
-            if stranded.is_empty() {
+            let Some(stranded) = stranded else {
                 self.abandon(events);
                 return Err(Error::Restore {
                     step: format!(
@@ -293,7 +310,7 @@ impl<'a> Staging<'a> {
                     ),
                     source,
                 });
-            }
+            };
             // Left recorded: the next command finishes the restore instead.
             self.ended = true;
             return Err(Error::Restore {
@@ -302,7 +319,7 @@ impl<'a> Staging<'a> {
                     "renaming {} failed ({source}), and putting back what was moved aside failed too: {}; \
                      the next shadowcopy command finishes the restore",
                     path.display(),
-                    stranded.join("; ")
+                    stranded
                 )
                 .into(),
             });
@@ -320,6 +337,25 @@ impl<'a> Staging<'a> {
     /// failed with everything put back).
     fn finish(&mut self, events: &dyn EventSink) {
         self.ended = true;
+        // First the record says there is nothing left to rename, so that a kill while the
+        // areas are being removed never has the next command replay renames against a
+        // half-removed area (it only removes the areas).
+        self.record.ops.clear();
+        if let Err(e) = self.save() {
+            events.warning(&format!(
+                "the catalog could not record the end of the restore's renames ({e}); its staging \
+                 directories are left for the next command: {}",
+                self.record
+                    .areas
+                    .iter()
+                    .map(|a| a.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+            self.areas.clear();
+            self.slots.clear();
+            return;
+        }
         for area in &self.record.areas {
             if let Err(e) = std::fs::remove_dir_all(area) {
                 events.warning(&format!(
@@ -332,7 +368,7 @@ impl<'a> Staging<'a> {
         self.slots.clear();
         if let Err(e) = self.journal.end_restore(self.journal_id) {
             events.warning(&format!(
-                "the catalog could not record the end of the restore ({e}); the next command will find nothing left to do"
+                "the catalog could not record the end of the restore ({e}); the next command finds nothing left to rename and closes it"
             ));
         }
     }
@@ -422,7 +458,15 @@ impl DirCache {
 /// (each one only if it has not happened yet) and removes its staging areas. Returns what
 /// it did, for the user. A restore interrupted while still staging had touched no live
 /// file: only its staging areas are removed.
-pub fn finish_interrupted(record: &SwapRecord, events: &dyn EventSink) -> Result<String, Error> {
+///
+/// `renames_done` is called after the renames and before the areas are removed: it must
+/// durably record `record` with no renames left, so that a kill during the removal is
+/// followed by a removal only, never by a second replay.
+pub fn finish_interrupted(
+    record: &SwapRecord,
+    events: &dyn EventSink,
+    renames_done: &dyn Fn(&SwapRecord) -> Result<(), BoxError>,
+) -> Result<String, Error> {
     let mut dirs = DirCache::default();
     let step = |what: &str, e: BoxError| Error::Restore {
         step: format!(
@@ -431,6 +475,29 @@ pub fn finish_interrupted(record: &SwapRecord, events: &dyn EventSink) -> Result
         ),
         source: e,
     };
+    // The areas exist until the record says no rename is left (`Staging::finish`): one
+    // that is gone was removed by someone else, with the staged files in it. Nothing can
+    // be finished then; replaying would only move live files into a missing directory.
+    if !record.ops.is_empty() {
+        if let Some(gone) = record.areas.iter().find(|a| a.symlink_metadata().is_err()) {
+            return Ok(format!(
+                "a restore of copy {} was interrupted during its swap, and its staging directory {} \
+                 has been removed since, with the files it was to put in place: it cannot be \
+                 finished. Check {} by hand (restore the copy again, or the pre-restore copy)",
+                record.copy_id,
+                gone.display(),
+                record
+                    .ops
+                    .iter()
+                    .filter_map(|op| match op {
+                        SwapOp::Install { to, .. } => Some(to.display().to_string()),
+                        SwapOp::Aside { .. } => None,
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+    }
     let mut renamed = 0;
     for op in &record.ops {
         let due = match op {
@@ -451,6 +518,13 @@ pub fn finish_interrupted(record: &SwapRecord, events: &dyn EventSink) -> Result
         if let SwapOp::Install { to, .. } = op {
             dirs.sync_parent(to, events);
         }
+    }
+    if !record.ops.is_empty() {
+        let done = SwapRecord {
+            ops: Vec::new(),
+            ..record.clone()
+        };
+        renames_done(&done).map_err(|e| step("recording that the renames are done", e))?;
     }
     for area in &record.areas {
         match std::fs::remove_dir_all(area) {

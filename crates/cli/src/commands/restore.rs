@@ -70,6 +70,13 @@ pub fn run(g: &GlobalArgs, args: RestoreArgs) -> anyhow::Result<()> {
         &format!("copy {}", args.id),
         args.wait.policy(),
     )?;
+    let unfinished = catalog.unfinished_restores()?;
+    if let Some(earlier) = unfinished.first() {
+        anyhow::bail!(
+            "an earlier restore of copy {earlier} was interrupted and could not be finished (the message \
+             above says why); fix that and run any shadowcopy command to finish it before restoring again"
+        );
+    }
     let copy = UsableCopy::load(&catalog, args.id, "restored")?;
     check(&copy, &args)?;
     let events: Arc<dyn EventSink> = Arc::new(PhasePrinter::new(session.out, "  "));

@@ -419,3 +419,61 @@ fn a_postgres_restore_never_writes_through_a_symlink_the_server_user_planted() {
     cluster.start();
     assert_eq!(cluster.psql("SELECT 1"), "1");
 }
+
+#[test]
+fn a_restore_that_cannot_be_finished_blocks_new_restores_until_it_is() {
+    if !require_root("a_restore_that_cannot_be_finished_blocks_new_restores_until_it_is") {
+        return;
+    }
+    let cli = Cli::new();
+    let data = cli.path("data");
+    std::fs::create_dir_all(data.join("sub")).unwrap();
+    std::fs::write(data.join("sub/file"), "copied\n").unwrap();
+    cli.ok(&["create", "--path", "data", "--provider", "copy", "-q"]);
+    std::fs::write(data.join("sub/file"), "changed\n").unwrap();
+    let out = cli
+        .cmd(&["restore", "1", "--discard-current"])
+        .env("SHADOWCOPY_TEST_KILL_AT_SWAP_STEP", "1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.signal(), Some(9), "{}", describe(&out));
+    // The directory the swap renames in cannot change (immutable, even for root): the
+    // next command cannot finish the restore.
+    let chattr = |flag: &str| {
+        let out = Command::new("chattr")
+            .arg(flag)
+            .arg(data.join("sub"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "chattr {flag}: {}", describe(&out));
+    };
+    chattr("+i");
+    let next = cli.run(&["verify", "1"]);
+    assert!(
+        stderr(&next).contains("finishing it failed"),
+        "{}",
+        describe(&next)
+    );
+    // A new restore over the same paths would be undone by the old one's later replay.
+    let out = cli.run(&["restore", "1", "--discard-current"]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("could not be finished"),
+        "{}",
+        describe(&out)
+    );
+    // Once it can change again, the next command finishes it: the live data is the copy.
+    chattr("-i");
+    let next = cli.run(&["verify", "1"]);
+    assert!(
+        stderr(&next).contains("killed during a restore"),
+        "{}",
+        describe(&next)
+    );
+    assert_eq!(
+        std::fs::read_to_string(data.join("sub/file")).unwrap(),
+        "copied\n"
+    );
+    assert_no_staging_left(cli.dir.path());
+    cli.ok(&["restore", "1", "--discard-current", "-q"]);
+}
