@@ -59,6 +59,13 @@ pub enum CatalogError {
         #[source]
         source: io::Error,
     },
+    #[error(
+        "the catalog directory {} belongs to user {owner}, who could plant links in it for a \
+         root-run shadowcopy to write through; keep root's catalog in a directory root owns \
+         (choose another with --catalog DIR, or `chown root` this one)",
+        dir.display()
+    )]
+    ForeignDir { dir: PathBuf, owner: u32 },
     #[error("cannot secure the catalog {path} (make it private to its owner)")]
     Secure {
         path: PathBuf,
@@ -445,6 +452,12 @@ fn secure(dir: &Path, path: &Path) -> Result<(), CatalogError> {
         path: dir.to_path_buf(),
         source,
     })?;
+    if rustix::process::geteuid().is_root() && meta.uid() != 0 {
+        return Err(CatalogError::ForeignDir {
+            dir: dir.to_path_buf(),
+            owner: meta.uid(),
+        });
+    }
     let mode = meta.mode() & 0o7777;
     if mode & 0o077 != 0 {
         let tight = mode & !0o077;

@@ -44,10 +44,15 @@ pub(crate) fn ensure_reserve(dir: &Path) {
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
     let made = (|| -> io::Result<()> {
+        // A leftover of an earlier attempt is removed (never followed), the file created
+        // exclusively.
+        match std::fs::remove_file(&tmp) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
         let file = OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(PRIVATE_FILE_MODE)
             .open(&tmp)?;
         rustix::fs::fallocate(&file, FallocateFlags::empty(), 0, RESERVE_BYTES)?;

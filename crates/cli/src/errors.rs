@@ -37,8 +37,11 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
         if let Some(e) = cause.downcast_ref::<shadowcopy_postgres::archive::ArchiveError>() {
             return e.kind().exit_code();
         }
-        if let Some(CatalogError::NoSuchCopy(_) | CatalogError::NoCatalog { .. }) =
-            cause.downcast_ref::<CatalogError>()
+        if let Some(
+            CatalogError::NoSuchCopy(_)
+            | CatalogError::NoCatalog { .. }
+            | CatalogError::ForeignDir { .. },
+        ) = cause.downcast_ref::<CatalogError>()
         {
             return 2;
         }

@@ -134,9 +134,19 @@ pub fn split_url(url: &str, plus_is_space: bool) -> (String, Option<String>) {
         return (url.to_string(), None);
     };
     let start = scheme_end + 3;
-    let authority_end = url[start..]
+    let mut authority_end = url[start..]
         .find(['/', '?', '#'])
         .map_or(url.len(), |i| start + i);
+    // libpq-style parsers (tokio-postgres) take everything up to the first '@' as
+    // user:password, even past a '/', '?' or '#' that is not percent-encoded: such a
+    // password is found the same way, so that it is never kept in the text.
+    if let Some(at) = url[start..].find('@').map(|i| start + i) {
+        if at > authority_end {
+            authority_end = url[at + 1..]
+                .find(['/', '?'])
+                .map_or(url.len(), |i| at + 1 + i);
+        }
+    }
     let authority = &url[start..authority_end];
     let mut password = None;
     let mut text = url[..start].to_string();
@@ -234,6 +244,16 @@ mod tests {
             ),
             ("/run/mysqld/mysqld.sock", "/run/mysqld/mysqld.sock", None),
             ("mysql://a:b@c@h:1/d#f", "mysql://a@h:1/d#f", Some("b@c")),
+            (
+                "postgresql://u:p#w@/db?host=/run/postgresql",
+                "postgresql://u@/db?host=/run/postgresql",
+                Some("p#w"),
+            ),
+            (
+                "postgresql://u:a/b?c@/db?host=/tmp",
+                "postgresql://u@/db?host=/tmp",
+                Some("a/b?c"),
+            ),
         ];
         for (url, text, password) in cases {
             let (t, p) = split_url(url, false);

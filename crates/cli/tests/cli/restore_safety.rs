@@ -477,3 +477,30 @@ fn a_restore_that_cannot_be_finished_blocks_new_restores_until_it_is() {
     assert_no_staging_left(cli.dir.path());
     cli.ok(&["restore", "1", "--discard-current", "-q"]);
 }
+
+#[test]
+fn root_keeps_no_catalog_in_a_directory_another_user_owns() {
+    if !require_root("root_keeps_no_catalog_in_a_directory_another_user_owns") {
+        return;
+    }
+    let s = Stage::new();
+    // The user's own directory, with a link planted where the catalog makes a file.
+    let victim = s.top.join("secret/shadow");
+    let theirs = s.top.join("app/cat");
+    as_attacker(&format!(
+        "mkdir {0} && chmod 700 {0} && ln -s {1} {0}/space.reserve.tmp && ln -s {1} {0}/catalog.db",
+        theirs.display(),
+        victim.display()
+    ));
+    std::fs::write(s.top.join("db"), "x").unwrap();
+    let out = s
+        .cli
+        .cmd(&["create", "--path", "db", "--provider", "copy"])
+        .env("SHADOWCOPY_CATALOG", &theirs)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(stderr(&out).contains("belongs to user"), "{}", describe(&out));
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "root's secret\n");
+    assert_eq!(std::fs::metadata(&victim).unwrap().uid(), 0);
+}
