@@ -254,7 +254,17 @@ impl SetSpec {
             .or(source.copies_dir.take())
             .or(d.copies_dir.clone())
         {
-            Some(dir) => Some(normalize(&dir, "copies directory")?),
+            // Cleaned as written, never resolved here: the copies directory is where
+            // root writes, and a symlink planted on its way (a user's `.copies` beside
+            // their data) must be refused when the copy is made (the providers reach
+            // it by handle), not followed now.
+            Some(dir) if dir.as_os_str().is_empty() => {
+                return Err(UsageError::new(format!(
+                    "set `{}`: the copies directory is empty; give a directory",
+                    source.name
+                )))
+            }
+            Some(dir) => Some(lexical(&dir)),
             None => None,
         };
         // A PostgreSQL cluster's paths (data, WAL, tablespaces) come from the server.

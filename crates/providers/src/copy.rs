@@ -245,8 +245,10 @@ fn commit(
     if control.cancelled() {
         return Err(CopyError::Cancelled { done: 0, total });
     }
-    layout::open_location(location, request.continues)?;
-    let files = layout::build_tree(location, &entries)?;
+    // Below the location's pinned path: nothing on the way to it can redirect the commit.
+    let pinned = layout::open_location(location, request.continues)?;
+    let here = pinned.pinned_path();
+    let files = layout::build_tree(&here, &entries)?;
     let jobs: Vec<FileJob> = files
         .iter()
         .map(|(i, dest)| FileJob {
@@ -257,7 +259,7 @@ fn commit(
         })
         .collect();
     let gone = copy_many(&jobs, parallelism, Some(control), Destination::NewInCopy)?;
-    layout::finish_tree(location, &entries)?;
+    layout::finish_tree(&here, &entries)?;
     if control.cancelled() {
         return Err(CopyError::Cancelled { done: total, total });
     }

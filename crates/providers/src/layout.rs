@@ -26,6 +26,7 @@ use std::path::{Component as PathComponent, Path, PathBuf};
 
 use rustix::fs::{AtFlags, Timestamps, CWD};
 use shadowcopy_core::model::{Component, CopyId, FileEntry, TreeEntry, TreeKind};
+use shadowcopy_core::safe_fs::{self, NewDir, SafeDir, SafeFsError};
 
 /// Errors of the layout steps.
 #[derive(Debug, thiserror::Error)]
@@ -175,12 +176,24 @@ pub(crate) fn expose(
 
 /// For a first commit, creates the location (see [`create_location`]); for a commit that
 /// `continues` one whose pinned components were copied first, requires it to exist.
-pub(crate) fn open_location(location: &Path, continues: bool) -> Result<(), LayoutError> {
+/// Returns the location's directory, opened by handle: the commit works below its
+/// pinned path (`SafeDir::pinned_path`), which no rename or symlink on the way to the
+/// location (a copies directory beside a user's data, in a directory the user owns) can
+/// redirect, and below which only shadowcopy can change anything (mode 0700).
+pub(crate) fn open_location(location: &Path, continues: bool) -> Result<SafeDir, LayoutError> {
     if !continues {
         return create_location(location);
     }
-    if location.join("files").is_dir() {
-        Ok(())
+    let dir = open_existing(location)?;
+    if dir
+        .lstat("files".as_ref())
+        .ok()
+        .flatten()
+        .is_some_and(|st| {
+            rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Directory
+        })
+    {
+        Ok(dir)
     } else {
         Err(LayoutError::NotStarted {
             location: location.to_path_buf(),
@@ -188,13 +201,31 @@ pub(crate) fn open_location(location: &Path, continues: bool) -> Result<(), Layo
     }
 }
 
+/// An existing copy location, opened by handle (see [`open_location`]).
+pub(crate) fn open_existing(location: &Path) -> Result<SafeDir, LayoutError> {
+    safe_fs::open_dir(location, None).map_err(|e| match e {
+        SafeFsError::Io {
+            action,
+            path,
+            source,
+        } => LayoutError::Io {
+            action,
+            path,
+            source,
+        },
+        e => LayoutError::Unsafe {
+            path: location.to_path_buf(),
+            source: e,
+        },
+    })
+}
+
 /// Creates `<location>` (its parents as needed) and `<location>/files`; an existing
 /// location is an error. The copies directory, when created here, and the location are
 /// private to their owner (0700): a copy holds data whose own directories may have kept
 /// other users out, and its tree below `files/` keeps the originals' modes, so these two
 /// levels are what keeps the copy as private as its original.
-pub(crate) fn create_location(location: &Path) -> Result<(), LayoutError> {
-    use shadowcopy_core::safe_fs::{self, NewDir, SafeFsError};
+pub(crate) fn create_location(location: &Path) -> Result<SafeDir, LayoutError> {
     const PRIVATE: u32 = 0o700;
     let base = location.parent().unwrap_or(Path::new("/"));
     // The copies directory may be beside a user's data (`.shadowcopy/copies`): it is
@@ -238,7 +269,12 @@ pub(crate) fn create_location(location: &Path) -> Result<(), LayoutError> {
     })
     .map_err(io_err("make private", location))?;
     let files = location.join("files");
-    std::fs::create_dir(&files).map_err(io_err("create", &files))
+    dir.create_child_dir("files".as_ref())
+        .map_err(|e| LayoutError::Unsafe {
+            path: files,
+            source: e,
+        })?;
+    Ok(dir)
 }
 
 /// The directory name shadowcopy keeps its own files under (copies beside the data);
@@ -465,8 +501,10 @@ pub(crate) fn finish_tree(location: &Path, entries: &[Entry]) -> Result<(), Layo
 /// directory deepest first (so each entry is durable before its parent's), then the
 /// location's parent. Runs after thaw, outside the freeze window.
 pub(crate) fn persist(location: &Path) -> Result<(), LayoutError> {
+    let dir = open_existing(location)?;
+    let here = dir.pinned_path();
     let mut dirs: BTreeSet<PathBuf> = BTreeSet::new();
-    for entry in walkdir::WalkDir::new(location) {
+    for entry in walkdir::WalkDir::new(&here) {
         let entry = entry.map_err(|e| {
             let path = e.path().unwrap_or(location).to_path_buf();
             io_err("walk", &path)(e.into())
@@ -578,8 +616,9 @@ pub(crate) fn add_files_in_copy(
     location: &str,
     files: &[(PathBuf, PathBuf)],
 ) -> Result<Vec<FileEntry>, LayoutError> {
-    let loc = Path::new(location);
-    add_files(files, |original| in_copy(loc, original))
+    let dir = open_existing(Path::new(location))?;
+    let here = dir.pinned_path();
+    add_files(files, |original| in_copy(&here, original))
 }
 
 /// The manifest entry of a regular file.
@@ -603,7 +642,6 @@ pub(crate) fn file_entry(original: &Path, meta: &Metadata) -> FileEntry {
 /// wherever the command runs.
 pub(crate) fn delete(location: &str) -> Result<(), LayoutError> {
     use shadowcopy_core::safe_fs::{self, SafeFsError};
-    use std::os::fd::AsRawFd;
     let (parent, name) = match safe_fs::open_parent(Path::new(location), None) {
         Ok(found) => found,
         Err(SafeFsError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
@@ -616,9 +654,9 @@ pub(crate) fn delete(location: &str) -> Result<(), LayoutError> {
             })
         }
     };
-    // The kernel resolves /proc/self/fd/N to the directory opened, not to a path again;
+    // The kernel resolves the pinned path to the directory opened, not to a path again;
     // remove_dir_all never follows a symlink inside what it removes.
-    let target = PathBuf::from(format!("/proc/self/fd/{}", parent.fd().as_raw_fd())).join(name);
+    let target = parent.pinned_path().join(name);
     let mut result = std::fs::remove_dir_all(&target);
     if matches!(&result, Err(e) if e.kind() == io::ErrorKind::PermissionDenied) {
         for d in walkdir::WalkDir::new(&target)

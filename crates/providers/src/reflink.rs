@@ -375,8 +375,10 @@ fn commit(
             total: count,
         });
     }
-    layout::open_location(location, request.continues)?;
-    let files = layout::build_tree(location, &entries)?;
+    // Below the location's pinned path: nothing on the way to it can redirect the commit.
+    let pinned = layout::open_location(location, request.continues)?;
+    let here = pinned.pinned_path();
+    let files = layout::build_tree(&here, &entries)?;
     let done_bytes = AtomicU64::new(0);
     let done_files = AtomicU64::new(0);
     // What each clone holds: a file the application writes during the commit (PostgreSQL
@@ -427,7 +429,7 @@ fn commit(
         }
         Err(Stop::Panicked) => return Err(ReflinkError::Panicked),
     }
-    layout::finish_tree(location, &entries)?;
+    layout::finish_tree(&here, &entries)?;
     if control.cancelled() {
         return Err(ReflinkError::Cancelled {
             done: count,

@@ -500,7 +500,50 @@ fn root_keeps_no_catalog_in_a_directory_another_user_owns() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
-    assert!(stderr(&out).contains("belongs to user"), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("belongs to user"),
+        "{}",
+        describe(&out)
+    );
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "root's secret\n");
     assert_eq!(std::fs::metadata(&victim).unwrap().uid(), 0);
+}
+
+#[test]
+fn create_never_writes_a_copy_through_a_symlink_planted_as_the_copies_directory() {
+    if !require_root("create_never_writes_a_copy_through_a_symlink_planted_as_the_copies_directory")
+    {
+        return;
+    }
+    let s = Stage::new();
+    let app = s.app();
+    let config = s.top.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[sets.app]\npaths = [\"{app}/sub\"]\nprovider = \"copy\"\ncopies_dir = \"{app}/.copies\"\n"
+        ),
+    )
+    .unwrap();
+    as_attacker(&format!(
+        "ln -s {} {app}/.copies",
+        s.top.join("secret").display()
+    ));
+    let config = config.display().to_string();
+    let out = s.cli.run(&["--config", &config, "create", "app"]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("refusing to follow the symlink"),
+        "{}",
+        describe(&out)
+    );
+    let names: Vec<_> = std::fs::read_dir(s.top.join("secret"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        names,
+        vec![std::ffi::OsString::from("shadow")],
+        "a copy was written into root's directory"
+    );
 }
