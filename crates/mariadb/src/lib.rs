@@ -14,6 +14,7 @@ pub mod restore;
 pub mod retention;
 mod sandbox;
 pub mod server;
+pub mod until;
 pub mod writer;
 
 pub use server::{MariaDbOptions, ServerLayout};

@@ -21,9 +21,9 @@ use shadowcopy_core::BoxError;
 
 use crate::files::{self, Owner};
 use crate::instance::{last_lines, ServerDirs, TempServer};
-use crate::position::{read_index, BinlogPosition};
-use crate::restore::Until;
+use crate::position::read_index;
 use crate::server::{BinlogLayout, ServerLayout};
+use crate::until::Until;
 
 const START_LIMIT: Duration = Duration::from_secs(1800);
 const STOP_LIMIT: Duration = Duration::from_secs(600);
@@ -41,22 +41,22 @@ pub enum ReplayError {
     UntilNotFound(String),
     #[error("the copy holds {}, a link to a table file outside the data directory; roll-forward cannot replay into it", .0.display())]
     LinkedTable(PathBuf),
+    #[error("the copy's file {} is outside the server's data directories; it cannot be replayed into", .0.display())]
+    OutsideDataDirs(PathBuf),
     #[error("replaying the binary logs failed ({stage}): {said}")]
     Failed { stage: &'static str, said: String },
 }
 
-/// Replays the live binary logs into the copy's staged data files (target → staged);
-/// returns what to install (staged → target).
+/// Replays the live binary logs from the copy's position (`start`: file and offset) into
+/// the copy's staged data files (target → staged); returns what to install (staged →
+/// target).
 pub fn roll_forward(
     layout: &ServerLayout,
     binlog: &BinlogLayout,
     data: &[(PathBuf, PathBuf)],
-    position: &BinlogPosition,
+    (start_file, start_pos): (&str, u64),
     until: Option<&Until>,
 ) -> Result<Vec<(PathBuf, PathBuf)>, BoxError> {
-    let (start_file, start_pos) = position
-        .start()
-        .ok_or(crate::restore::RestoreError::NoPosition)?;
     let logs = logs_from(layout, binlog, start_file, until)?;
     let owner = crate::files::owner_of(layout);
     let roots = layout.data_roots();
@@ -64,7 +64,7 @@ pub fn roll_forward(
     for (target, staged) in data {
         let (root, dir) = scratch
             .dir_for(target)
-            .ok_or_else(|| crate::restore::RestoreError::NoData(target.to_path_buf()))?;
+            .ok_or_else(|| ReplayError::OutsideDataDirs(target.to_path_buf()))?;
         let dest = dir.join(target.strip_prefix(root).unwrap_or(target));
         if dest.extension().is_some_and(|e| e == "isl") {
             return Err(ReplayError::LinkedTable(target.clone()).into());
