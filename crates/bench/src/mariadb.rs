@@ -53,7 +53,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, ensure, Context};
 use mysql::prelude::Queryable;
 use mysql::Conn;
-use rand::{RngCore, SeedableRng};
+use rand::{Rng, SeedableRng};
 use serde_json::Value;
 use shadowcopy_testing::loopfs::{FsKind, LoopFs};
 use shadowcopy_testing::mariadb::{

@@ -1109,7 +1109,7 @@ impl Pgbench {
         if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
             // SIGTERM, not SIGINT: a shell starting the bench in the background makes its
             // children ignore SIGINT.
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::Term);
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
         }
         self.child.wait()?;
         Ok(())

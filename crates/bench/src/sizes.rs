@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, ensure, Context};
 use rand::rngs::StdRng;
-use rand::{Rng, RngCore, SeedableRng};
+use rand::{Rng, RngExt, SeedableRng};
 use serde_json::Value;
 use shadowcopy_testing::loopfs::{FsKind, LoopFs};
 
@@ -379,7 +379,7 @@ fn check_data(dir: &Path, size: u64) -> anyhow::Result<()> {
         "RESTORE IS WRONG: {} holds {names:?}, expected {want:?}",
         dir.display()
     );
-    let mut rng = rand::thread_rng();
+    let mut rng = rand::rng();
     for (i, (name, len)) in expected.iter().enumerate() {
         let path = dir.join(name);
         let mut f = File::open(&path)?;
@@ -391,7 +391,7 @@ fn check_data(dir: &Path, size: u64) -> anyhow::Result<()> {
         );
         let blocks = len.div_ceil(BLOCK as u64);
         let mut picks = vec![0, blocks - 1];
-        picks.extend((0..SAMPLES).map(|_| rng.gen_range(0..blocks)));
+        picks.extend((0..SAMPLES).map(|_| rng.random_range(0..blocks)));
         for b in picks {
             let offset = b * BLOCK as u64;
             let n = (len - offset).min(BLOCK as u64) as usize;

@@ -83,7 +83,7 @@ pub fn run_within(command: &mut Command, limit: Duration) -> Result<Finished, Pr
 /// SIGKILL to a whole process group.
 pub fn kill_group(group: u32) {
     if let Some(pid) = rustix::process::Pid::from_raw(group as i32) {
-        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::Kill);
+        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
     }
 }
 

@@ -278,7 +278,7 @@ impl<'a> Staging<'a> {
             if kill_at == Some(i + 1) {
                 let _ = rustix::process::kill_process(
                     rustix::process::getpid(),
-                    rustix::process::Signal::Kill,
+                    rustix::process::Signal::KILL,
                 );
             }
             let (from, to) = op.paths();

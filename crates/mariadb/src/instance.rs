@@ -184,7 +184,7 @@ impl TempServer {
             return Ok(());
         };
         if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::Term);
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
         }
         let began = Instant::now();
         loop {

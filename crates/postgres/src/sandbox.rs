@@ -340,7 +340,7 @@ impl Drop for Sandbox<'_> {
             .and_then(|s| s.lines().next().and_then(|l| l.trim().parse::<i32>().ok()))
         {
             if let Some(pid) = rustix::process::Pid::from_raw(pid) {
-                let _ = rustix::process::kill_process(pid, rustix::process::Signal::Kill);
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
             }
         }
     }

@@ -443,7 +443,7 @@ fn copy_range(
 /// The next data extent at or after `pos`, clipped to `end`; `None` when only holes
 /// remain. File systems without `SEEK_DATA` report everything as data.
 fn next_extent(src: &File, pos: u64, end: u64) -> io::Result<Option<(u64, u64)>> {
-    let data = match rustix::fs::seek(src, SeekFrom::Data(pos as i64)) {
+    let data = match rustix::fs::seek(src, SeekFrom::Data(pos)) {
         Ok(d) => d,
         Err(rustix::io::Errno::NXIO) => return Ok(None),
         Err(rustix::io::Errno::INVAL | rustix::io::Errno::OPNOTSUPP) => {
@@ -454,7 +454,7 @@ fn next_extent(src: &File, pos: u64, end: u64) -> io::Result<Option<(u64, u64)>>
     if data >= end {
         return Ok(None);
     }
-    let hole = match rustix::fs::seek(src, SeekFrom::Hole(data as i64)) {
+    let hole = match rustix::fs::seek(src, SeekFrom::Hole(data)) {
         Ok(h) if h > data => h.min(end),
         Ok(_) | Err(_) => end,
     };

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use rand::Rng;
+use rand::RngExt;
 use rusqlite::{params, Connection, OpenFlags};
 
 pub const INITIAL_BALANCE: i64 = 1_000;
@@ -61,7 +61,7 @@ pub fn create(path: &Path, accounts: i64, wal: bool) -> rusqlite::Result<()> {
 /// Grows the database to about `bytes` with incompressible filler rows (for benchmarks).
 pub fn pad_to(path: &Path, bytes: u64) -> rusqlite::Result<()> {
     let conn = Connection::open(path)?;
-    let mut rng = rand::thread_rng();
+    let mut rng = rand::rng();
     let row = 256 * 1024;
     let have: i64 = conn.query_row(
         "SELECT COALESCE(SUM(length(data)), 0) FROM filler",
@@ -175,11 +175,11 @@ fn transfer_loop(
     let conn = Connection::open(path)?;
     conn.busy_timeout(Duration::from_secs(60))?;
     let accounts: i64 = conn.query_row("SELECT COUNT(*) FROM accounts", [], |r| r.get(0))?;
-    let mut rng = rand::thread_rng();
+    let mut rng = rand::rng();
     while !stop.load(Ordering::Relaxed) {
-        let from = rng.gen_range(1..=accounts);
-        let to = rng.gen_range(1..=accounts);
-        let amount = rng.gen_range(1..=50);
+        let from = rng.random_range(1..=accounts);
+        let to = rng.random_range(1..=accounts);
+        let amount = rng.random_range(1..=50);
         let began = Instant::now();
         let tx =
             rusqlite::Transaction::new_unchecked(&conn, rusqlite::TransactionBehavior::Immediate)?;

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use rand::Rng;
+use rand::RngExt;
 
 pub use crate::bank::Ack;
 
@@ -73,13 +73,13 @@ pub(crate) struct Transfer {
 
 impl Transfer {
     /// A random transfer between two distinct accounts of `1..=accounts`.
-    fn random(accounts: i32, writer: i32, seq: i64, rng: &mut impl Rng) -> Transfer {
-        let from = rng.gen_range(1..=accounts);
-        let mut to = rng.gen_range(1..accounts.max(2));
+    fn random(accounts: i32, writer: i32, seq: i64, rng: &mut impl RngExt) -> Transfer {
+        let from = rng.random_range(1..=accounts);
+        let mut to = rng.random_range(1..accounts.max(2));
         if to >= from {
             to += 1;
         }
-        let amount: i64 = rng.gen_range(1..=50);
+        let amount: i64 = rng.random_range(1..=50);
         let (lo, lo_delta, hi, hi_delta) = if from < to {
             (from, -amount, to, amount - 1)
         } else {
@@ -154,7 +154,7 @@ where
     C: LedgerConn,
     F: FnMut() -> Result<C, C::Error>,
 {
-    let mut rng = rand::thread_rng();
+    let mut rng = rand::rng();
     let mut conn: Option<C> = None;
     let mut seq: i64 = 0;
     let mut backoff = MIN_BACKOFF;

@@ -840,7 +840,7 @@ impl MariaDbInstance {
     /// Clean shutdown (SIGTERM, as `mariadb-admin shutdown`: connections are ended, InnoDB
     /// flushes, the binlog is closed); waits for it.
     pub fn stop(&self) {
-        if let Err(e) = self.signal_and_wait(Signal::Term, STOP_TIMEOUT) {
+        if let Err(e) = self.signal_and_wait(Signal::TERM, STOP_TIMEOUT) {
             panic!("{e}; server log:\n{}", self.log());
         }
     }
@@ -849,7 +849,7 @@ impl MariaDbInstance {
     /// InnoDB and binlog crash recovery run at the next start. Returns when none is left.
     pub fn kill9(&self) {
         if let Some(pid) = self.server_pid() {
-            signal(pid, Signal::Kill);
+            signal(pid, Signal::KILL);
         }
         self.child.kill();
         if self.started.load(std::sync::atomic::Ordering::Relaxed) {
@@ -861,7 +861,7 @@ impl MariaDbInstance {
 impl Drop for MariaDbInstance {
     fn drop(&mut self) {
         if self.is_running() {
-            if let Err(e) = self.signal_and_wait(Signal::Term, DROP_GRACE) {
+            if let Err(e) = self.signal_and_wait(Signal::TERM, DROP_GRACE) {
                 eprintln!("MariaDbInstance drop: {e}; killing it");
             }
         }

@@ -32,7 +32,7 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use postgres::{Client, NoTls};
-use rand::Rng;
+use rand::RngExt;
 use rustix::process::Signal;
 
 pub use crate::bank::Ack;
@@ -341,7 +341,7 @@ pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
-        .unwrap_or_else(|_| rand::thread_rng().gen_range(20_000..60_000))
+        .unwrap_or_else(|_| rand::rng().random_range(20_000..60_000))
 }
 
 fn quote_literal(s: &str) -> String {
@@ -501,7 +501,7 @@ pub(crate) fn kill_processes_in(dir: &Path, timeout: Duration, who: &str) -> boo
             return false;
         }
         for pid in pids {
-            signal(pid, Signal::Kill);
+            signal(pid, Signal::KILL);
         }
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -948,14 +948,14 @@ impl PgCluster {
 
     /// Fast shutdown (SIGINT: sessions are ended, a shutdown checkpoint written); waits for it.
     pub fn stop(&self) {
-        if let Err(e) = self.signal_and_wait(Signal::Int, STOP_TIMEOUT) {
+        if let Err(e) = self.signal_and_wait(Signal::INT, STOP_TIMEOUT) {
             panic!("{e}; server log:\n{}", self.log());
         }
     }
 
     /// Immediate shutdown (SIGQUIT: no checkpoint, crash recovery at the next start).
     pub fn stop_immediate(&self) {
-        if let Err(e) = self.signal_and_wait(Signal::Quit, STOP_TIMEOUT) {
+        if let Err(e) = self.signal_and_wait(Signal::QUIT, STOP_TIMEOUT) {
             panic!("{e}; server log:\n{}", self.log());
         }
     }
@@ -965,7 +965,7 @@ impl PgCluster {
     /// would keep the next start from taking the shared memory). Returns when none is left.
     pub fn kill9(&self) {
         if let Some(pid) = self.postmaster_pid() {
-            signal(pid, Signal::Kill);
+            signal(pid, Signal::KILL);
         }
         self.child.kill();
         kill_processes_in(&self.data_dir, Duration::from_secs(10), "PgCluster");
@@ -975,7 +975,7 @@ impl PgCluster {
 impl Drop for PgCluster {
     fn drop(&mut self) {
         if self.is_running() {
-            if let Err(e) = self.signal_and_wait(Signal::Quit, DROP_GRACE) {
+            if let Err(e) = self.signal_and_wait(Signal::QUIT, DROP_GRACE) {
                 eprintln!("PgCluster drop: {e}; killing it");
             }
         }

@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
-use rand::{RngCore, SeedableRng};
+use rand::{Rng, SeedableRng};
 use shadowcopy_core::events::{EventSink, NoEvents};
 use shadowcopy_core::model::{Component, ComponentRole, CopyId, FileEntry, TreeKind};
 use shadowcopy_core::provider::{CommitControl, CommitRequest, Provider};

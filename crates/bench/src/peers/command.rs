@@ -30,7 +30,7 @@ pub fn timed(cmd: &mut Command, limit: Duration) -> anyhow::Result<Duration> {
         }
         if started.elapsed() > limit {
             let group = rustix::process::Pid::from_child(&child);
-            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::Kill);
+            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
             let _ = child.wait();
             bail!(
                 "did not finish within {} (killed)",

@@ -179,7 +179,7 @@ impl Drop for Coordinator {
     fn drop(&mut self) {
         if let Some(mut child) = self.0.take() {
             let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::Cont);
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::CONT);
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -292,9 +292,9 @@ fn a_stopped_coordinator_is_thawed_at_the_deadline_and_its_copy_discarded() {
         let frozen_at = Instant::now();
         let frozen = wait_frozen(&data, Duration::from_secs(2));
         let pid = child.pid();
-        rustix::process::kill_process(pid, rustix::process::Signal::Stop).unwrap();
+        rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
         if !frozen || !write_is_held(&data, Duration::from_millis(200)) {
-            rustix::process::kill_process(pid, rustix::process::Signal::Cont).unwrap();
+            rustix::process::kill_process(pid, rustix::process::Signal::CONT).unwrap();
             let _ = child.wait();
             eprintln!("attempt {attempt}: the stop landed after the thaw; again");
             continue;
@@ -305,7 +305,7 @@ fn a_stopped_coordinator_is_thawed_at_the_deadline_and_its_copy_discarded() {
             "thawed {:?} after the freeze",
             writable_at - frozen_at
         );
-        rustix::process::kill_process(pid, rustix::process::Signal::Cont).unwrap();
+        rustix::process::kill_process(pid, rustix::process::Signal::CONT).unwrap();
         let out = child.wait();
         assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
         assert!(stderr(&out).contains("freeze deadline"), "{}", stderr(&out));

@@ -149,7 +149,7 @@ pub fn assert_writable(db: &Path) {
 pub fn kill9(child: &mut Child) {
     rustix::process::kill_process(
         rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
-        rustix::process::Signal::Kill,
+        rustix::process::Signal::KILL,
     )
     .unwrap();
     child.wait().unwrap();
