@@ -31,12 +31,15 @@ def in_copy(location, original):
 
 
 def files_of(path):
-    """Every regular file a component names (a file, or a directory walked)."""
-    if os.path.isdir(path):
+    """Every regular file a component names (a file, or a directory walked). Symlinks
+    are not regular files: a copy of the file they point to would restore as a file."""
+    if os.path.isdir(path) and not os.path.islink(path):
         for root, _dirs, names in os.walk(path):
             for n in names:
-                yield os.path.join(root, n)
-    elif os.path.isfile(path):
+                p = os.path.join(root, n)
+                if os.path.isfile(p) and not os.path.islink(p):
+                    yield p
+    elif os.path.isfile(path) and not os.path.islink(path):
         yield path
 
 

@@ -52,6 +52,13 @@ pub enum PostgresError {
     },
     #[error("no connection: prepare did not run or the set was aborted")]
     NotPrepared,
+    #[error(
+        "the server did not answer the backup connection's check within the {} left before \
+         the freeze deadline; the backup was abandoned (the server ends it when the connection goes); check \
+         that the server is responsive, or raise the freeze deadline",
+        shadowcopy_core::error::humanize(*.0)
+    )]
+    FreezeDeadline(std::time::Duration),
     #[error("the WAL segment {} the copy needs is gone from {} (it was removed before it could be copied)", .name, .dir.display())]
     WalGone { name: String, dir: PathBuf },
     #[error("PostgreSQL is running on {} (postmaster pid {pid}); stop it first (pg_ctl stop -D {}), then restore", .data_dir.display(), .data_dir.display())]
@@ -265,11 +272,30 @@ impl Writer for PostgresWriter {
         Ok(())
     }
 
-    fn freeze(&mut self, _deadline: Instant) -> Result<(), BoxError> {
-        self.client()?
-            .simple_query("SELECT 1")
-            .map_err(query("checking the backup connection"))?;
-        Ok(())
+    /// Checks the backup connection, giving up at `deadline`: the check runs on a thread
+    /// that owns the connection meanwhile. If the server does not answer in time, the
+    /// connection stays with that thread and closes when the answer comes (or never, for
+    /// a server that never answers); either way the server ends the backup and drops the
+    /// slot with the connection, so nothing is left behind.
+    fn freeze(&mut self, deadline: Instant) -> Result<(), BoxError> {
+        let mut client = self.client.take().ok_or(PostgresError::NotPrepared)?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let checked = client.simple_query("SELECT 1").map(|_| ());
+            let _ = tx.send((client, checked));
+        });
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok((client, checked)) => {
+                self.client = Some(client);
+                checked.map_err(query("checking the backup connection"))?;
+                Ok(())
+            }
+            Err(_) => {
+                self.backup = None;
+                Err(PostgresError::FreezeDeadline(left).into())
+            }
+        }
     }
 
     fn thaw(&mut self) -> Result<(), BoxError> {

@@ -62,6 +62,92 @@ fn hash(path: &Path) -> blake3::Hash {
 
 mod suite {
     use super::*;
+    use shadowcopy_providers::exec::{ExecProviderOptions, PREFIX};
+    use shadowcopy_providers::multi::{MultiVolumeProvider, Volume, MULTI};
+
+    /// The kinds whose suite runs in this module; `exec` stands for every `exec:NAME`.
+    const SUITE_RUNS_FOR: &[&str] = &["copy", "reflink", "btrfs", "exec", "multi"];
+
+    #[test]
+    fn every_registered_kind_runs_the_suite() {
+        let mut registered: Vec<&str> = Registry::builtin().unwrap().kinds();
+        // Built outside the registry: exec:NAME kinds and the multi-volume provider.
+        registered.push(PREFIX.trim_end_matches(':'));
+        registered.push(MULTI);
+        let mut tested = SUITE_RUNS_FOR.to_vec();
+        registered.sort_unstable();
+        tested.sort_unstable();
+        assert_eq!(
+            registered, tested,
+            "every provider kind runs the provider conformance suite here: add a test \
+             calling provider_suite::run_all for the new kind, and its name to SUITE_RUNS_FOR"
+        );
+    }
+
+    /// The worked example `examples/exec-provider.py`, its store at `base`: a wrapper
+    /// script per store in `scripts` (the example reads its store from the environment),
+    /// whose commit answers only after the suite's `SILENT_COMMIT_AT_LEAST`.
+    fn exec_maker(scripts: &Path) -> impl Fn(&Path) -> Arc<dyn Provider> + '_ {
+        let example =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/exec-provider.py");
+        move |base| {
+            let n = std::fs::read_dir(scripts).unwrap().count();
+            let wrapper = scripts.join(format!("provider-{n}"));
+            std::fs::write(
+                &wrapper,
+                format!(
+                    "#!/bin/sh\nSHADOWCOPY_EXAMPLE_STORE='{}' '{}' \"$@\" || exit\n\
+                     [ \"$1\" = commit ] && sleep {}\nexit 0\n",
+                    base.display(),
+                    example.display(),
+                    provider_suite::SILENT_COMMIT_AT_LEAST.as_secs_f64()
+                ),
+            )
+            .unwrap();
+            std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+            let exec = vec![ExecProviderOptions {
+                name: "example".into(),
+                command: wrapper,
+                timeout_secs: Some(60),
+            }];
+            let o = ProviderOptions {
+                exec,
+                ..opts(Some(base), base)
+            };
+            build("exec:example", &o).unwrap()
+        }
+    }
+
+    #[test]
+    fn exec_example_provider_on_the_temp_dir_file_system() {
+        let dir = tempfile::tempdir().unwrap();
+        let scripts = tempfile::tempdir().unwrap();
+        provider_suite::run_all_for_a_command(&exec_maker(scripts.path()), dir.path());
+    }
+
+    /// Two volumes, each with its own `copy` provider and copies directory: the suite's
+    /// directory component (`tree`) on one, everything else on the other.
+    fn multi_maker(base: &Path) -> Arc<dyn Provider> {
+        let case = base.parent().unwrap();
+        let o = opts(Some(base), base);
+        let volume = |root: PathBuf, copies: &str| Volume {
+            root,
+            provider: build("copy", &opts(Some(&base.join(copies)), base)).unwrap(),
+        };
+        Arc::new(MultiVolumeProvider::new(
+            vec![
+                volume(case.join("data/tree"), "tree-volume"),
+                volume(case.to_path_buf(), "case-volume"),
+            ],
+            &o,
+        ))
+    }
+
+    #[test]
+    fn multi_over_two_copy_volumes() {
+        let dir = tempfile::tempdir().unwrap();
+        provider_suite::run_all(&multi_maker, dir.path());
+    }
 
     #[test]
     fn copy_on_the_temp_dir_file_system() {

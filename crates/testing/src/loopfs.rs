@@ -120,9 +120,15 @@ impl LoopFs {
     /// Makes and mounts a file system of `kind` in an image of `size_bytes` (raised to
     /// the kind's minimum). Needs root and the mkfs tool.
     pub fn new(kind: FsKind, size_bytes: u64) -> Result<LoopFs, String> {
+        LoopFs::new_in(kind, size_bytes, &std::env::temp_dir())
+    }
+
+    /// [`LoopFs::new`] with the image and mount point in a new directory under `parent`
+    /// (another loop file system, say, so that a stalled one stalls this one too).
+    pub fn new_in(kind: FsKind, size_bytes: u64, parent: &Path) -> Result<LoopFs, String> {
         let dir = tempfile::Builder::new()
             .prefix(&format!("shadowcopy-{}-", kind.name()))
-            .tempdir()
+            .tempdir_in(parent)
             .map_err(|e| format!("cannot create a temp dir: {e}"))?;
         let image = dir.path().join("fs.img");
         let mount = dir.path().join("mnt");

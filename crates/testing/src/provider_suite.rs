@@ -18,7 +18,9 @@
 //! missing optional component is skipped and a missing required one is an error naming
 //! it; a commit cancelled before or during its work fails; a location is never
 //! overwritten; a full file system makes the commit fail without a panic; `tree` lists the
-//! directory components' directories (modes, owners, empty ones) and symlinks as links.
+//! directory components' directories (modes, owners, empty ones) and symlinks as links
+//! (for a provider that keeps regular files only, [`run_all_regular_files_only`]: its
+//! `tree` is empty).
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -38,15 +40,34 @@ pub type Make<'a> = &'a dyn Fn(&Path) -> Arc<dyn Provider>;
 
 /// Every case except [`enospc`], each in its own subdirectory of `data_dir`.
 pub fn run_all(make: Make, data_dir: &Path) {
+    run_all_but_tree(make, data_dir, true);
+    tree_of_directories_and_links(make, &case_dir(data_dir, "tree"));
+}
+
+/// [`run_all`] for a provider whose work is one external command per step (an exec
+/// provider), so it keeps regular files only (the command's protocol has no `tree`) and
+/// reports no progress: every rule, with [`keeps_regular_files_only`] for the tree's and
+/// [`cancel_during_a_silent_commit`] for the cancel during a commit, but
+/// [`files_removed_during_commit`] (it removes files at a progress report). Its commit must
+/// take at least [`SILENT_COMMIT_AT_LEAST`] (a test's command sleeps before answering).
+pub fn run_all_for_a_command(make: Make, data_dir: &Path) {
+    run_all_but_tree(make, data_dir, false);
+    cancel_during_a_silent_commit(make, &case_dir(data_dir, "cancel-during"));
+    keeps_regular_files_only(make, &case_dir(data_dir, "tree"));
+}
+
+fn run_all_but_tree(make: Make, data_dir: &Path, reports_progress: bool) {
     commit_expose_restore(make, &case_dir(data_dir, "commit"));
     delete_is_idempotent(make, &case_dir(data_dir, "delete"));
     missing_components(make, &case_dir(data_dir, "missing"));
     cancel_before_commit(make, &case_dir(data_dir, "cancel-before"));
-    cancel_during_commit(make, &case_dir(data_dir, "cancel-during"));
     location_never_overwritten(make, &case_dir(data_dir, "no-overwrite"));
     two_stage_commit(make, &case_dir(data_dir, "two-stage"));
-    files_removed_during_commit(make, &case_dir(data_dir, "removed-during"));
-    tree_of_directories_and_links(make, &case_dir(data_dir, "tree"));
+    // Both need a progress report to act in the middle of a commit.
+    if reports_progress {
+        cancel_during_commit(make, &case_dir(data_dir, "cancel-during"));
+        files_removed_during_commit(make, &case_dir(data_dir, "removed-during"));
+    }
 }
 
 /// For providers that copy pinned components early: a commit in two stages (pinned
@@ -438,6 +459,27 @@ pub fn tree_of_directories_and_links(make: Make, dir: &Path) {
     p.delete(&loc).expect("delete");
 }
 
+/// A provider that keeps regular files only says so: its `tree` of a copy with
+/// directories and a symlink is empty (a restore then recreates directories as it
+/// stages files), never a partial or invented listing.
+pub fn keeps_regular_files_only(make: Make, dir: &Path) {
+    let fx = fixture(dir);
+    let p = make(&fx.copies);
+    let req = request(9, &fx.components);
+    let loc = p.location(&req).expect("location");
+    p.commit(&req, &loc, &no_events()).expect("commit");
+    let roots: Vec<PathBuf> = fx.components.iter().map(|c| c.path.clone()).collect();
+    let tree = p
+        .tree(&loc, &roots)
+        .unwrap_or_else(|e| panic!("{}: tree failed: {}", p.kind(), chain(&*e)));
+    assert!(
+        tree.is_empty(),
+        "{}: a provider of regular files only lists no tree: {tree:?}",
+        p.kind()
+    );
+    p.delete(&loc).expect("delete");
+}
+
 /// `delete` removes the copy and succeeds again on a missing location.
 pub fn delete_is_idempotent(make: Make, dir: &Path) {
     let fx = fixture(dir);
@@ -649,6 +691,42 @@ pub fn cancel_during_commit(make: Make, dir: &Path) {
         result.is_err(),
         "{}: a commit cancelled midway must fail",
         p.kind()
+    );
+    p.delete(&loc).unwrap();
+    assert_gone(&loc);
+}
+
+/// How long the commit of a provider under [`run_all_for_a_command`] must take at least.
+pub const SILENT_COMMIT_AT_LEAST: Duration = Duration::from_millis(600);
+
+/// [`cancel_during_commit`] for a provider that reports no progress: the cancel comes
+/// from another thread while the commit runs (it takes [`SILENT_COMMIT_AT_LEAST`]), and
+/// the commit fails, ends soon after, and leaves nothing once the location is deleted.
+pub fn cancel_during_a_silent_commit(make: Make, dir: &Path) {
+    let fx = fixture(dir);
+    let p = make(&fx.copies);
+    let req = request(7, &fx.components);
+    let loc = p.location(&req).unwrap();
+    let control = CommitControl::new(Arc::new(NoEvents));
+    let began = std::time::Instant::now();
+    let result = std::thread::scope(|scope| {
+        let canceller = control.clone();
+        scope.spawn(move || {
+            std::thread::sleep(SILENT_COMMIT_AT_LEAST / 3);
+            canceller.cancel();
+        });
+        p.commit(&req, &loc, &control)
+    });
+    assert!(
+        result.is_err(),
+        "{}: a commit cancelled midway must fail",
+        p.kind()
+    );
+    assert!(
+        began.elapsed() < SILENT_COMMIT_AT_LEAST,
+        "{}: a cancelled commit ends at once, not after {:?}",
+        p.kind(),
+        began.elapsed()
     );
     p.delete(&loc).unwrap();
     assert_gone(&loc);
