@@ -365,11 +365,11 @@ fn signal(pid: i32, signal: rustix::process::Signal) {
 
 impl Stopped {
     fn new(pid: i32) -> Stopped {
-        signal(pid, rustix::process::Signal::Stop);
+        signal(pid, rustix::process::Signal::STOP);
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         let timer = std::thread::spawn(move || {
             let _ = rx.recv_timeout(STOPPED_AT_MOST);
-            signal(pid, rustix::process::Signal::Cont);
+            signal(pid, rustix::process::Signal::CONT);
         });
         Stopped {
             done: Some(tx),
