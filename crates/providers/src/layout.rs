@@ -203,7 +203,13 @@ pub(crate) fn open_location(location: &Path, continues: bool) -> Result<SafeDir,
 
 /// An existing copy location, opened by handle (see [`open_location`]).
 pub(crate) fn open_existing(location: &Path) -> Result<SafeDir, LayoutError> {
-    safe_fs::open_dir(location, None).map_err(|e| match e {
+    safe_fs::open_dir(location, None).map_err(walk_err(location))
+}
+
+/// A walk's error as a layout error: I/O stays I/O (a missing directory stays
+/// `NotFound`), anything the walk refused is `Unsafe` at `path`.
+fn walk_err(path: &Path) -> impl FnOnce(SafeFsError) -> LayoutError + '_ {
+    move |e| match e {
         SafeFsError::Io {
             action,
             path,
@@ -214,10 +220,10 @@ pub(crate) fn open_existing(location: &Path) -> Result<SafeDir, LayoutError> {
             source,
         },
         e => LayoutError::Unsafe {
-            path: location.to_path_buf(),
+            path: path.to_path_buf(),
             source: e,
         },
-    })
+    }
 }
 
 /// Creates `<location>` (its parents as needed) and `<location>/files`; an existing
@@ -234,21 +240,7 @@ pub(crate) fn create_location(location: &Path) -> Result<SafeDir, LayoutError> {
         mode: if dir == base { PRIVATE } else { 0o755 },
         owner: None,
     };
-    let (parent, name) = safe_fs::open_parent(location, Some(&new_dir)).map_err(|e| match e {
-        SafeFsError::Io {
-            action,
-            path,
-            source,
-        } => LayoutError::Io {
-            action,
-            path,
-            source,
-        },
-        e => LayoutError::Unsafe {
-            path: base.to_path_buf(),
-            source: e,
-        },
-    })?;
+    let (parent, name) = safe_fs::open_parent(location, Some(&new_dir)).map_err(walk_err(base))?;
     let dir = match parent.create_child_dir(&name) {
         Ok(dir) => dir,
         Err(SafeFsError::Io { source, .. }) if source.kind() == io::ErrorKind::AlreadyExists => {

@@ -73,6 +73,21 @@ impl Stage {
     fn app(&self) -> String {
         self.top.join("app").display().to_string()
     }
+
+    /// A config whose set `app` is `app/sub` with its copies beside it in `app/.copies`,
+    /// in the directory the user owns; returns its path.
+    fn config_with_copies_beside_the_data(&self) -> String {
+        let app = self.app();
+        let config = self.top.join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[sets.app]\npaths = [\"{app}/sub\"]\nprovider = \"copy\"\ncopies_dir = \"{app}/.copies\"\n"
+            ),
+        )
+        .unwrap();
+        config.display().to_string()
+    }
 }
 
 /// No staging directory of a restore is left anywhere below `dir`.
@@ -340,16 +355,7 @@ fn delete_never_follows_a_symlink_planted_in_place_of_the_copies_directory() {
     }
     let s = Stage::new();
     let app = s.app();
-    // The copies beside the data (app/sub), in a directory the user owns.
-    let config = s.top.join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[sets.app]\npaths = [\"{app}/sub\"]\nprovider = \"copy\"\ncopies_dir = \"{app}/.copies\"\n"
-        ),
-    )
-    .unwrap();
-    let config = config.display().to_string();
+    let config = s.config_with_copies_beside_the_data();
     s.cli.ok(&["--config", &config, "create", "app", "-q"]);
     let location = std::fs::read_dir(s.top.join("app/.copies"))
         .unwrap()
@@ -517,19 +523,11 @@ fn create_never_writes_a_copy_through_a_symlink_planted_as_the_copies_directory(
     }
     let s = Stage::new();
     let app = s.app();
-    let config = s.top.join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[sets.app]\npaths = [\"{app}/sub\"]\nprovider = \"copy\"\ncopies_dir = \"{app}/.copies\"\n"
-        ),
-    )
-    .unwrap();
+    let config = s.config_with_copies_beside_the_data();
     as_attacker(&format!(
         "ln -s {} {app}/.copies",
         s.top.join("secret").display()
     ));
-    let config = config.display().to_string();
     let out = s.cli.run(&["--config", &config, "create", "app"]);
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     assert!(
