@@ -9,6 +9,7 @@ use mysql::prelude::Queryable;
 use shadowcopy_core::Writer;
 use shadowcopy_mariadb::{MariaDbOptions, MariaDbWriter};
 use shadowcopy_testing::mariadb::{mariadb_or_skip, MariaDbInstance, MariaDbOptions as Opts};
+use shadowcopy_testing::wait;
 
 fn writable_within(db: &MariaDbInstance, limit: Duration) -> bool {
     let (tx, rx) = std::sync::mpsc::channel();
@@ -92,7 +93,22 @@ fn mariadb_freeze_gives_up_at_the_deadline_when_ddl_holds_the_lock() {
         let mut c = mysql::Conn::new(opts).unwrap();
         c.query_drop("CREATE TABLE shop.slow ENGINE=InnoDB AS SELECT SLEEP(6) AS s")
     });
-    std::thread::sleep(Duration::from_millis(300));
+    // It is inside the DDL once its SELECT sleeps.
+    wait::until(
+        Duration::from_secs(30),
+        || {
+            db.sql(
+                "SELECT count(*) FROM information_schema.processlist \
+                 WHERE info LIKE 'CREATE TABLE shop.slow%' AND state = 'User sleep'",
+            ) == "1"
+        },
+        || {
+            format!(
+                "the DDL statement is not running; processlist: {}",
+                db.sql("SELECT group_concat(concat_ws(' ', id, command, state, info)) FROM information_schema.processlist")
+            )
+        },
+    );
     let t = Instant::now();
     let e = w
         .freeze(Instant::now() + Duration::from_millis(1500))

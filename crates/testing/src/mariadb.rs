@@ -29,7 +29,8 @@
 //!
 //! The ledger's writer threads, state and statistics are [`crate::ledger`]'s, shared with
 //! the PostgreSQL ledger ([`LedgerRun`], [`LedgerState`], [`LedgerStats`], re-exported
-//! here): the invariants are the same. So are the directory and process helpers.
+//! here): the invariants are the same. The user, directory and process handling is
+//! [`crate::server_process`]'s, shared with the PostgreSQL starter.
 
 use std::fs;
 use std::io::Read;
@@ -50,10 +51,10 @@ pub use crate::ledger::{
 };
 use crate::ledger::{LedgerConn, Transfer};
 pub use crate::loopfs::REQUIRE_ROOT_ENV;
-pub use crate::postgres::processes_in;
-use crate::postgres::{
-    canonical, chmod, chown, chown_tree, free_port, kill_processes_in, make_traversable, open_log,
-    output_of, read_log, remove_env_prefixed, server_dir, server_user, signal, skip, ServerChild,
+pub use crate::server_process::processes_in;
+use crate::server_process::{
+    canonical, chmod, chown, chown_tree, free_port, make_traversable, open_log, output_of,
+    read_log, remove_env_prefixed, server_dir, server_user, skip, ServerChild, ServerUser,
 };
 
 /// The binary logs' base name: files `mariadb-bin.000001`, … and the index
@@ -110,8 +111,8 @@ pub fn mariadb_bin(name: &str) -> PathBuf {
 }
 
 /// The user and group the server runs as: `mysql` when we are root, `None` (ourselves)
-/// otherwise. The postgres module's user type, so that the directory helpers serve both.
-pub type MariaDbUser = crate::postgres::PgUser;
+/// otherwise (see [`ServerUser`]).
+pub type MariaDbUser = ServerUser;
 
 /// `Ok(Some(mysql))` as root, `Ok(None)` otherwise; an error when root has no `mysql` user
 /// to run the server as.
@@ -157,7 +158,7 @@ pub fn mariadb_or_skip(test: &str, opts: MariaDbOptions) -> Option<MariaDbInstan
 }
 
 // ---------------------------------------------------------------------------------------
-// Directories and processes (the rest is shared with the postgres module)
+// Directories and processes (the rest is in `crate::server_process`)
 
 /// Makes `path` (created if missing) a directory the MariaDB server can write, e.g. for
 /// [`Ledger::setup_with`]'s `DATA DIRECTORY`: owned by `mysql` when we are root, ancestors
@@ -770,12 +771,9 @@ impl MariaDbInstance {
     /// The live server's pid: ours, or the one our pid file names if it runs in our data
     /// directory.
     pub fn server_pid(&self) -> Option<u32> {
-        if let Some(pid) = self.child.pid() {
-            return Some(pid);
-        }
-        let text = fs::read_to_string(&self.pid_file).ok()?;
-        let pid: u32 = text.trim().parse().ok()?;
-        processes_in(&self.data_dir).contains(&pid).then_some(pid)
+        self.child.live_pid(&self.data_dir, || {
+            fs::read_to_string(&self.pid_file).ok()?.trim().parse().ok()
+        })
     }
 
     pub fn is_running(&self) -> bool {
@@ -831,10 +829,8 @@ impl MariaDbInstance {
     /// Sends `sig` to the server and waits up to `timeout` for it to exit. Ok when no server
     /// runs (any more).
     fn signal_and_wait(&self, sig: Signal, timeout: Duration) -> Result<(), String> {
-        match self.server_pid() {
-            Some(pid) => self.child.signal_and_wait(pid, sig, timeout, "mariadbd"),
-            None => Ok(()),
-        }
+        self.child
+            .signal_and_wait(self.server_pid(), sig, timeout, "mariadbd")
     }
 
     /// Clean shutdown (SIGTERM, as `mariadb-admin shutdown`: connections are ended, InnoDB
@@ -848,13 +844,13 @@ impl MariaDbInstance {
     /// A crash: SIGKILL to the server, then to any process left in the data directory.
     /// InnoDB and binlog crash recovery run at the next start. Returns when none is left.
     pub fn kill9(&self) {
-        if let Some(pid) = self.server_pid() {
-            signal(pid, Signal::KILL);
-        }
-        self.child.kill();
-        if self.started.load(std::sync::atomic::Ordering::Relaxed) {
-            kill_processes_in(&self.data_dir, Duration::from_secs(10), "MariaDbInstance");
-        }
+        // Before the first start, processes in the data directory are not ours to kill.
+        let started = self.started.load(std::sync::atomic::Ordering::Relaxed);
+        self.child.crash(
+            self.server_pid(),
+            started.then_some(self.data_dir.as_path()),
+            "MariaDbInstance",
+        );
     }
 }
 

@@ -17,6 +17,8 @@
 //! process: we can signal it, and we reap it. That matters on machines whose PID 1 does not
 //! reap orphans: a zombie postmaster left behind by `pg_ctl` keeps `kill(pid, 0)` true, and
 //! PostgreSQL then refuses to start over its `postmaster.pid` ("lock file already exists").
+//! The user, directory and process handling is [`crate::server_process`]'s, shared with the
+//! MariaDB starter.
 //!
 //! Without the PostgreSQL binaries, [`postgres_or_skip`] prints why a test skips and
 //! returns `None` — unless `SHADOWCOPY_TEST_REQUIRE_ROOT=1` ([`REQUIRE_ROOT_ENV`]), under
@@ -24,15 +26,13 @@
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, MutexGuard, OnceLock};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
 
 use postgres::{Client, NoTls};
-use rand::RngExt;
 use rustix::process::Signal;
 
 pub use crate::bank::Ack;
@@ -41,6 +41,14 @@ pub use crate::ledger::{
 };
 use crate::ledger::{LedgerConn, Transfer};
 pub use crate::loopfs::REQUIRE_ROOT_ENV;
+pub use crate::server_process::processes_in;
+use crate::server_process::{
+    canonical, chmod, chown_tree, free_port, make_traversable, open_log, output_of, read_log,
+    remove_env_prefixed, server_dir, server_user, skip, ServerChild, ServerUser,
+};
+
+/// The user and group PostgreSQL runs as (see [`ServerUser`]).
+pub type PgUser = ServerUser;
 
 /// The tablespace [`PgOptions::tablespace_dir`] creates.
 pub const TABLESPACE: &str = "shadowcopy_ts";
@@ -94,48 +102,10 @@ pub fn pg_bin(name: &str) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(name))
 }
 
-/// The user and group the server runs as: `postgres` when we are root, `None` (ourselves)
-/// otherwise. (The MariaDB module's `MariaDbUser`, `mysql`, is this type too.)
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PgUser {
-    pub uid: u32,
-    pub gid: u32,
-}
-
 /// `Ok(Some(postgres))` as root, `Ok(None)` otherwise; an error when root has no
 /// `postgres` user to run the server as.
 pub fn pg_user() -> Result<Option<PgUser>, String> {
     server_user("postgres", "PostgreSQL", "PostgreSQL")
-}
-
-/// As root, system user `name` (from `/etc/passwd`) to run `server` as, `Ok(None)` when
-/// not root; an error when root has no such user (`program` refuses to run as root).
-pub(crate) fn server_user(
-    name: &str,
-    server: &str,
-    program: &str,
-) -> Result<Option<PgUser>, String> {
-    if !rustix::process::geteuid().is_root() {
-        return Ok(None);
-    }
-    let passwd =
-        fs::read_to_string("/etc/passwd").map_err(|e| format!("cannot read /etc/passwd: {e}"))?;
-    for line in passwd.lines() {
-        let f: Vec<&str> = line.split(':').collect();
-        if f.len() >= 4 && f[0] == name {
-            let uid = f[2]
-                .parse()
-                .map_err(|_| format!("bad passwd line {line:?}"))?;
-            let gid = f[3]
-                .parse()
-                .map_err(|_| format!("bad passwd line {line:?}"))?;
-            return Ok(Some(PgUser { uid, gid }));
-        }
-    }
-    Err(format!(
-        "running as root, but there is no `{name}` user to run {server} as \
-         ({program} refuses to run as root)"
-    ))
 }
 
 /// Why PostgreSQL cannot run here, if it cannot.
@@ -153,16 +123,6 @@ pub fn postgres_unavailable() -> Option<String> {
         }
     }
     pg_user().err()
-}
-
-// The same convention as `loopfs` (whose `skip` is private): print and pass, or fail under
-// SHADOWCOPY_TEST_REQUIRE_ROOT=1. The mariadb module's too.
-pub(crate) fn skip(test: &str, why: &str) -> bool {
-    if std::env::var(REQUIRE_ROOT_ENV).is_ok_and(|v| v == "1") {
-        panic!("{test} cannot run: {why}; a skip is a failure under {REQUIRE_ROOT_ENV}=1");
-    }
-    eprintln!("skipping {test}: {why}");
-    false
 }
 
 /// True when PostgreSQL can run here; otherwise prints why `test` skips and returns false,
@@ -187,54 +147,7 @@ pub fn postgres_or_skip(test: &str, opts: PgOptions) -> Option<PgCluster> {
 }
 
 // ---------------------------------------------------------------------------------------
-// Directories and processes (the mariadb module's too, for the `mysql` user)
-
-pub(crate) fn chown(path: &Path, user: PgUser) -> Result<(), String> {
-    std::os::unix::fs::lchown(path, Some(user.uid), Some(user.gid))
-        .map_err(|e| format!("cannot chown {}: {e}", path.display()))
-}
-
-pub(crate) fn chmod(path: &Path, mode: u32) -> Result<(), String> {
-    fs::set_permissions(path, fs::Permissions::from_mode(mode))
-        .map_err(|e| format!("cannot chmod {}: {e}", path.display()))
-}
-
-/// Gives `o+x` to every ancestor of `path` the server user could not traverse (only when
-/// the server runs as another user, i.e. as root).
-pub(crate) fn make_traversable(path: &Path, user: Option<PgUser>) -> Result<(), String> {
-    let Some(user) = user else { return Ok(()) };
-    for a in path.ancestors().skip(1) {
-        let Ok(md) = fs::metadata(a) else { continue };
-        if md.uid() != user.uid && md.mode() & 0o001 == 0 {
-            chmod(a, (md.mode() & 0o7777) | 0o001)?;
-        }
-    }
-    Ok(())
-}
-
-/// Creates `path` (and its parents) if missing, requires it to be an empty directory when
-/// `empty`, and makes it the server user's with `mode`, its ancestors traversable.
-pub(crate) fn server_dir(
-    path: &Path,
-    user: Option<PgUser>,
-    mode: u32,
-    empty: bool,
-) -> Result<(), String> {
-    if path.exists() {
-        let mut entries =
-            fs::read_dir(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        if empty && entries.next().is_some() {
-            return Err(format!("{} exists and is not empty", path.display()));
-        }
-    } else {
-        fs::create_dir_all(path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
-    }
-    chmod(path, mode)?;
-    if let Some(u) = user {
-        chown(path, u)?;
-    }
-    make_traversable(path, user)
-}
+// Directories and commands
 
 /// Makes `path` (created if missing) a directory the PostgreSQL server can write, e.g. a WAL
 /// archive for `archive_command`: owned by `postgres` when we are root, ancestors traversable.
@@ -242,106 +155,9 @@ pub fn make_postgres_dir(path: &Path) -> Result<(), String> {
     server_dir(path, pg_user()?, 0o700, false)
 }
 
-/// Chowns `path` and everything below it (symlinks themselves, not followed).
-pub(crate) fn chown_tree(path: &Path, user: PgUser) -> Result<(), String> {
-    chown(path, user)?;
-    let md = fs::symlink_metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    if md.is_dir() {
-        for e in fs::read_dir(path).map_err(|e| format!("{}: {e}", path.display()))? {
-            let e = e.map_err(|e| format!("{}: {e}", path.display()))?;
-            chown_tree(&e.path(), user)?;
-        }
-    }
-    Ok(())
-}
-
-pub(crate) fn canonical(path: &Path) -> PathBuf {
-    fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
-}
-
-/// Whether process `pid` exists and is not a zombie.
-fn pid_alive(pid: u32) -> bool {
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => match stat.rfind(')') {
-            Some(i) => !matches!(stat[i + 1..].trim_start().chars().next(), Some('Z' | 'X')),
-            None => true,
-        },
-        Err(_) => false,
-    }
-}
-
-/// The live processes whose working directory is `dir` or below it. PostgreSQL's
-/// postmaster and every backend and auxiliary process run in their data directory, so
-/// `processes_in(data_dir)` lists a cluster's processes.
-pub fn processes_in(dir: &Path) -> Vec<u32> {
-    let dir = canonical(dir);
-    let me = std::process::id();
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    let mut pids: Vec<u32> = entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&pid| pid != me)
-        .filter(|&pid| {
-            fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| {
-                // A removed directory reads as "/path (deleted)".
-                let s = cwd.to_string_lossy();
-                let cwd = Path::new(s.strip_suffix(" (deleted)").unwrap_or(&s));
-                cwd.starts_with(&dir)
-            })
-        })
-        .filter(|&pid| pid_alive(pid))
-        .collect();
-    pids.sort_unstable();
-    pids
-}
-
-pub(crate) fn signal(pid: u32, sig: Signal) {
-    if let Some(pid) = i32::try_from(pid)
-        .ok()
-        .and_then(rustix::process::Pid::from_raw)
-    {
-        let _ = rustix::process::kill_process(pid, sig);
-    }
-}
-
 /// Removes `PG*` variables (PGHOST, PGPORT, PGDATA, …) so they cannot redirect a command.
 pub(crate) fn clean_env(cmd: &mut Command) {
     remove_env_prefixed(cmd, &["PG"]);
-}
-
-/// Removes from `cmd`'s environment every variable whose name starts with one of `prefixes`.
-pub(crate) fn remove_env_prefixed(cmd: &mut Command, prefixes: &[&str]) {
-    for (k, _) in std::env::vars_os() {
-        let name = k.to_string_lossy();
-        if prefixes.iter().any(|p| name.starts_with(p)) {
-            cmd.env_remove(k);
-        }
-    }
-}
-
-pub(crate) fn output_of(cmd: &mut Command) -> Result<String, String> {
-    let out = cmd
-        .output()
-        .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!(
-            "{cmd:?} failed ({}): {}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
-}
-
-pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|_| rand::rng().random_range(20_000..60_000))
 }
 
 fn quote_literal(s: &str) -> String {
@@ -350,161 +166,6 @@ fn quote_literal(s: &str) -> String {
 
 fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
-}
-
-/// A server log: `path` opened for appending, twice (the server's stdout and stderr).
-pub(crate) fn open_log(path: &Path) -> Result<(fs::File, fs::File), String> {
-    let log = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-    let log2 = log
-        .try_clone()
-        .map_err(|e| format!("cannot dup the log: {e}"))?;
-    Ok((log, log2))
-}
-
-/// The text of a server log (empty when unreadable).
-pub(crate) fn read_log(path: &Path) -> String {
-    fs::read(path)
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default()
-}
-
-/// The server process a test started: a child of the test process, which we signal and
-/// reap (see the module docs).
-#[derive(Debug, Default)]
-pub(crate) struct ServerChild(Mutex<Option<Child>>);
-
-impl ServerChild {
-    fn lock(&self) -> MutexGuard<'_, Option<Child>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Takes `child` as the server.
-    pub(crate) fn set(&self, child: Child) {
-        *self.lock() = Some(child);
-    }
-
-    /// Our server's pid while it runs (reaped once it exited).
-    pub(crate) fn pid(&self) -> Option<u32> {
-        let mut slot = self.lock();
-        if let Some(c) = slot.as_mut() {
-            if !matches!(c.try_wait(), Ok(None)) {
-                *slot = None;
-            }
-        }
-        slot.as_ref().map(|c| c.id())
-    }
-
-    /// `None` while our server runs; else how it ended (reaped), "gone" when there is none.
-    pub(crate) fn exited(&self) -> Option<String> {
-        let mut slot = self.lock();
-        match slot.as_mut().map(|c| c.try_wait()) {
-            Some(Ok(None)) => None,
-            other => {
-                *slot = None;
-                Some(match other {
-                    Some(Ok(Some(s))) => s.to_string(),
-                    _ => "gone".into(),
-                })
-            }
-        }
-    }
-
-    /// Waits up to `timeout` until `ready()` while our server, `program`, runs. An error
-    /// when it exited, or when time ran out (after `on_timeout`, e.g. a kill).
-    pub(crate) fn wait_ready(
-        &self,
-        program: &str,
-        timeout: Duration,
-        ready: impl Fn() -> bool,
-        on_timeout: impl FnOnce(),
-    ) -> Result<(), String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.exited() {
-                return Err(format!("{program} exited while starting ({status})"));
-            }
-            if ready() {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                on_timeout();
-                return Err(format!("{program} did not become ready within {timeout:?}"));
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// SIGKILL to our server, and reap it.
-    pub(crate) fn kill(&self) {
-        if let Some(mut c) = self.lock().take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// Sends `sig` to server `pid` (ours or not) and waits up to `timeout` for it to exit
-    /// (reaped when ours); `program` names it in the error.
-    pub(crate) fn signal_and_wait(
-        &self,
-        pid: u32,
-        sig: Signal,
-        timeout: Duration,
-        program: &str,
-    ) -> Result<(), String> {
-        signal(pid, sig);
-        let deadline = Instant::now() + timeout;
-        loop {
-            let gone = {
-                let mut slot = self.lock();
-                match slot.as_mut() {
-                    Some(c) if c.id() == pid => match c.try_wait() {
-                        Ok(None) => false,
-                        _ => {
-                            *slot = None;
-                            true
-                        }
-                    },
-                    _ => !pid_alive(pid),
-                }
-            };
-            if gone {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "{program} (pid {pid}) did not stop within {timeout:?} after {sig:?}"
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-/// SIGKILL to every process in `dir` until none is left (true) or `timeout` passed (false,
-/// reported as `who`'s).
-pub(crate) fn kill_processes_in(dir: &Path, timeout: Duration, who: &str) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let pids = processes_in(dir);
-        if pids.is_empty() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            eprintln!(
-                "{who}: processes {pids:?} in {} survive SIGKILL",
-                dir.display()
-            );
-            return false;
-        }
-        for pid in pids {
-            signal(pid, Signal::KILL);
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -879,12 +540,10 @@ impl PgCluster {
     /// The live postmaster's pid: ours, or one `postmaster.pid` names that runs in our data
     /// directory (a server someone else started on it).
     pub fn postmaster_pid(&self) -> Option<u32> {
-        if let Some(pid) = self.child.pid() {
-            return Some(pid);
-        }
-        let text = fs::read_to_string(self.data_dir.join("postmaster.pid")).ok()?;
-        let pid: u32 = text.lines().next()?.trim().parse().ok()?;
-        processes_in(&self.data_dir).contains(&pid).then_some(pid)
+        self.child.live_pid(&self.data_dir, || {
+            let text = fs::read_to_string(self.data_dir.join("postmaster.pid")).ok()?;
+            text.lines().next()?.trim().parse().ok()
+        })
     }
 
     pub fn is_running(&self) -> bool {
@@ -940,10 +599,8 @@ impl PgCluster {
     /// Sends `sig` to the postmaster and waits up to `timeout` for it to exit. Ok when no
     /// server runs (any more).
     fn signal_and_wait(&self, sig: Signal, timeout: Duration) -> Result<(), String> {
-        match self.postmaster_pid() {
-            Some(pid) => self.child.signal_and_wait(pid, sig, timeout, "postgres"),
-            None => Ok(()),
-        }
+        self.child
+            .signal_and_wait(self.postmaster_pid(), sig, timeout, "postgres")
     }
 
     /// Fast shutdown (SIGINT: sessions are ended, a shutdown checkpoint written); waits for it.
@@ -964,11 +621,8 @@ impl PgCluster {
     /// (backends, checkpointer, …: a machine crash stops them all, and lingering backends
     /// would keep the next start from taking the shared memory). Returns when none is left.
     pub fn kill9(&self) {
-        if let Some(pid) = self.postmaster_pid() {
-            signal(pid, Signal::KILL);
-        }
-        self.child.kill();
-        kill_processes_in(&self.data_dir, Duration::from_secs(10), "PgCluster");
+        self.child
+            .crash(self.postmaster_pid(), Some(&self.data_dir), "PgCluster");
     }
 }
 

@@ -10,6 +10,7 @@ use shadowcopy_testing::mariadb::{
     make_mariadb_dir, mariadb_bin, mariadb_or_skip, processes_in, AdoptOptions, Ledger,
     MariaDbInstance, MariaDbOptions, BINLOG_BASENAME, LEDGER_DATABASE,
 };
+use shadowcopy_testing::wait;
 
 /// Processes whose command line names `dir` (mariadbd's `--datadir=<dir>`).
 fn cmdlines_naming(dir: &Path) -> Vec<String> {
@@ -173,12 +174,21 @@ fn ledger_keeps_every_acknowledged_id_and_its_balance() {
         "InnoDB"
     );
     let ledger = Ledger::start(&db.opts(), 3, Duration::ZERO);
-    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        ledger.wait_for_commits(20, Duration::from_secs(30)),
+        "the writers committed only {}",
+        ledger.committed()
+    );
     // A consistent read while the writers run.
     let mid = Instant::now();
     let live = Ledger::check(&mut c).unwrap();
     live.verify(&ledger.acknowledged_before(mid)).unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    let after_mid = ledger.committed() + 20;
+    assert!(
+        ledger.wait_for_commits(after_mid, Duration::from_secs(30)),
+        "the writers committed only {} of {after_mid}",
+        ledger.committed()
+    );
     let stats = ledger.stop();
     eprintln!(
         "ledger: {} commits in {:?}, longest stall {:?}, {} errors",
@@ -218,7 +228,11 @@ fn a_crash_loses_no_acknowledged_commit_and_writers_ride_it_out() {
         "mariadbd not reaped"
     );
     let before = ledger.committed();
-    std::thread::sleep(Duration::from_millis(200));
+    wait::until(
+        Duration::from_secs(30),
+        || ledger.error_count() > 0,
+        || "no writer saw the server go".to_string(),
+    );
     let t = Instant::now();
     db.start(); // crash recovery
     eprintln!("start with crash recovery took {:?}", t.elapsed());

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use shadowcopy_testing::postgres::{
     pg_bin, postgres_or_skip, processes_in, AdoptOptions, Ledger, PgCluster, PgOptions, TABLESPACE,
 };
+use shadowcopy_testing::wait;
 
 /// Processes whose command line names `dir` (the postmaster's `-D <dir>`).
 fn cmdlines_naming(dir: &Path) -> Vec<String> {
@@ -146,12 +147,21 @@ fn ledger_keeps_every_acknowledged_id_and_its_balance() {
     let mut c = pg.connect();
     Ledger::setup(&mut c).unwrap();
     let ledger = Ledger::start(&pg.config(), 3, Duration::ZERO);
-    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        ledger.wait_for_commits(20, Duration::from_secs(30)),
+        "the writers committed only {}",
+        ledger.committed()
+    );
     // A consistent read while the writers run.
     let mid = Instant::now();
     let live = Ledger::check(&mut c).unwrap();
     live.verify(&ledger.acknowledged_before(mid)).unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    let after_mid = ledger.committed() + 20;
+    assert!(
+        ledger.wait_for_commits(after_mid, Duration::from_secs(30)),
+        "the writers committed only {} of {after_mid}",
+        ledger.committed()
+    );
     let stats = ledger.stop();
     eprintln!(
         "ledger: {} commits in {:?}, longest stall {:?}, {} errors",
@@ -186,7 +196,11 @@ fn a_crash_loses_no_acknowledged_commit_and_writers_ride_it_out() {
         "postmaster not reaped"
     );
     let before = ledger.committed();
-    std::thread::sleep(Duration::from_millis(200));
+    wait::until(
+        Duration::from_secs(30),
+        || ledger.error_count() > 0,
+        || "no writer saw the server go".to_string(),
+    );
     let t = Instant::now();
     pg.start(); // crash recovery
     eprintln!("start with crash recovery took {:?}", t.elapsed());

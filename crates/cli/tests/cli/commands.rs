@@ -5,6 +5,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use shadowcopy_testing::wait;
+
 use crate::support::{stderr, Cli};
 
 fn copy_file_of(cli: &Cli, id: i64, original: &Path) -> std::path::PathBuf {
@@ -131,7 +133,18 @@ fn restore_in_place_to_a_directory_and_refused_while_open() {
         .arg(&db)
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    let fd3 = format!("/proc/{}/fd/3", holder.id());
+    let target = db.canonicalize().unwrap();
+    wait::until(
+        Duration::from_secs(10),
+        || std::fs::read_link(&fd3).is_ok_and(|t| t == target),
+        || {
+            format!(
+                "{fd3} is not {}: the holder did not open it",
+                target.display()
+            )
+        },
+    );
     let out = cli.run(&["restore", &id.to_string()]);
     let _ = holder.kill();
     let _ = holder.wait();

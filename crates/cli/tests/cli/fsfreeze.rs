@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shadowcopy_testing::loopfs::{loopfs_or_skip, FsKind, LoopFs};
+use shadowcopy_testing::wait;
 
 use crate::support::{kill9, stderr, Cli};
 
@@ -106,7 +107,16 @@ fn fsfreeze_copy_holds_every_acknowledged_record_and_no_torn_one() {
     std::fs::create_dir(&data).unwrap();
     let log = data.join("records.log");
     let appender = Appender::start(log.clone());
-    std::thread::sleep(Duration::from_millis(200));
+    wait::until(
+        Duration::from_secs(30),
+        || appender.acked.load(Ordering::SeqCst) >= 10,
+        || {
+            format!(
+                "the appender acknowledged only {} records",
+                appender.acked.load(Ordering::SeqCst)
+            )
+        },
+    );
     for _ in 0..3 {
         let before = appender.acked.load(Ordering::SeqCst);
         let v = cli.json(&[

@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use shadowcopy_testing::wait;
+
 use crate::support::{assert_writable, kill9, stderr, Cli};
 
 /// A hook that logs `EVENT SHADOWCOPY_EVENT SHADOWCOPY_SET` and fails or hangs in freeze
@@ -196,13 +198,12 @@ fn kill_9_while_a_hook_holds_its_freeze_runs_the_hook_s_thaw() {
         .spawn()
         .unwrap();
     cli.wait_for_phase("freeze", Duration::from_secs(60));
-    // The hook's freeze has run once the commit copies; give it a moment.
-    let started = Instant::now();
-    while !events(&log).contains(&"freeze".to_string())
-        && started.elapsed() < Duration::from_secs(10)
-    {
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    // The hook's freeze runs inside the freeze phase.
+    wait::until(
+        Duration::from_secs(10),
+        || events(&log).contains(&"freeze".to_string()),
+        || format!("the hook's freeze did not run: {:?}", events(&log)),
+    );
     kill9(&mut child);
     let killed = Instant::now();
     while !events(&log).contains(&"thaw".to_string()) {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shadowcopy_testing::loopfs::{loopfs_or_skip, FsKind, LoopFs};
+use shadowcopy_testing::wait;
 
 use crate::support::{stderr, Cli};
 
@@ -122,7 +123,16 @@ fn fsfreeze_gives_one_cut_across_xfs_and_btrfs() {
     std::fs::write(v.a.join("bulk"), vec![5u8; 128 << 20]).unwrap();
     let logs = [v.a.join("log"), v.b.join("log")];
     let writer = Alternating::start(logs.clone());
-    std::thread::sleep(Duration::from_millis(300));
+    wait::until(
+        Duration::from_secs(30),
+        || writer.acked.load(Ordering::SeqCst) >= 10,
+        || {
+            format!(
+                "the writer acknowledged only {} records",
+                writer.acked.load(Ordering::SeqCst)
+            )
+        },
+    );
     for round in 0..3 {
         let before = writer.acked.load(Ordering::SeqCst);
         let out = cli.run(&[

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use shadowcopy_testing::postgres::{Ledger, PgCluster};
+use shadowcopy_testing::wait;
 
 use crate::postgres::{archiving_cluster, create, destroy_data_files, wait_for_promotion};
 use crate::support::{describe, Cli};
@@ -32,10 +33,18 @@ fn position(segment: &str) -> &str {
 /// Ends `n` WAL segments under the running load and waits until the archiver has them.
 fn switch_wal(cluster: &PgCluster, n: usize) {
     let mut last = String::new();
+    let mut mark = cluster.psql("SELECT pg_current_wal_insert_lsn()");
     for _ in 0..n {
-        std::thread::sleep(Duration::from_millis(100));
+        // The switch of a segment nothing was written to since the last one does nothing:
+        // wait until the load has written WAL after the mark.
+        wait::until(
+            Duration::from_secs(30),
+            || cluster.psql(&format!("SELECT pg_current_wal_insert_lsn() > '{mark}'")) == "t",
+            || format!("the load wrote no WAL after {mark}"),
+        );
         // The name of the segment the switch ended.
         last = cluster.psql("SELECT pg_walfile_name(pg_switch_wal())");
+        mark = cluster.psql("SELECT pg_current_wal_insert_lsn()");
     }
     let waited = std::time::Instant::now();
     while cluster.psql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver") < last {

@@ -2,14 +2,14 @@
 //! the failed copy is recorded as failed with its reason and its data is gone, and the
 //! next shadow set succeeds.
 
-use std::sync::Arc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use shadowcopy_catalog::Catalog;
 use shadowcopy_core::journal::{Journal, NewCopy};
-use shadowcopy_core::{CopyState, Error, Origin, Phase};
-use shadowcopy_testing::bank;
+use shadowcopy_core::{CopyState, Error, EventSink, Origin, Phase};
 use shadowcopy_testing::faults::{FaultyProvider, FaultyWriter, ProviderFault, WriterFault};
+use shadowcopy_testing::{bank, wait};
 
 use crate::support::{assert_writable, Env};
 
@@ -161,7 +161,17 @@ fn provider_that_fails_after_writing_leaves_no_partial_copy() {
 fn deadline_exceeded_thaws_at_the_deadline() {
     let env = Env::new(true, None);
     let transfers = bank::start_transfers(&env.db, 2, Duration::from_millis(1));
-    std::thread::sleep(Duration::from_millis(100));
+    // The load runs before the set begins, so its stall spans the freeze.
+    wait::until(
+        Duration::from_secs(30),
+        || transfers.committed() >= 20,
+        || {
+            format!(
+                "the load committed only {} transfers",
+                transfers.committed()
+            )
+        },
+    );
     let deadline = Duration::from_millis(300);
     let p = Arc::new(FaultyProvider {
         inner: env.provider("copy"),
@@ -193,52 +203,114 @@ fn deadline_exceeded_thaws_at_the_deadline() {
     });
 }
 
+/// Tells the test when the commit begins (the writers are frozen then) and records when
+/// the thaw begins.
+#[derive(Default)]
+struct WindowClock {
+    commit_began: Mutex<Option<mpsc::Sender<Instant>>>,
+    thaw_began: Mutex<Option<Instant>>,
+}
+
+impl EventSink for WindowClock {
+    fn phase_started(&self, phase: Phase) {
+        match phase {
+            Phase::Commit => {
+                if let Some(tx) = self.commit_began.lock().unwrap().take() {
+                    let _ = tx.send(Instant::now());
+                }
+            }
+            Phase::Thaw => *self.thaw_began.lock().unwrap() = Some(Instant::now()),
+            _ => {}
+        }
+    }
+}
+
 #[test]
 fn hung_provider_is_abandoned_and_the_writers_thawed_at_the_deadline() {
     let env = Env::new(true, None);
-    let deadline = Duration::from_millis(200);
+    let deadline = Duration::from_millis(500);
+    let hang = Duration::from_secs(2);
     let catalog_dir = env.root.join("catalog");
     let db = env.db.clone();
     let inner = env.provider("copy");
-    let started = Instant::now();
-    let worker = std::thread::spawn(move || {
-        let catalog = Catalog::open(&catalog_dir).unwrap();
-        let p = Arc::new(FaultyProvider {
-            inner,
-            fault: ProviderFault::HungCommit(Duration::from_secs(2)),
-        });
-        let w: Box<dyn shadowcopy_core::Writer> =
-            Box::new(shadowcopy_writers::sqlite::SqliteWriter::new(
-                shadowcopy_writers::sqlite::SqliteOptions { path: db },
-            ));
-        shadowcopy_core::Coordinator::new(&catalog, Arc::new(shadowcopy_core::NoEvents)).create(
-            shadowcopy_core::ShadowSetRequest {
-                set_name: "bank".into(),
-                spec_json: "{}".into(),
-                origin: Origin::Create,
-                writers: vec![w],
-                unmanaged_components: Vec::new(),
-                provider: p,
-                freeze_deadline: deadline,
-                verify: true,
-                kept_copies: Box::new(Vec::<shadowcopy_core::KeptCopy>::new()),
-            },
-        )
+    let (tx, commit_began) = mpsc::channel();
+    let clock = Arc::new(WindowClock {
+        commit_began: Mutex::new(Some(tx)),
+        ..WindowClock::default()
     });
-    // The database becomes writable at the deadline, while the provider still hangs.
+    // The application's connection, opened before the freeze; SQLite's busy handler lets
+    // its write wait for the lock.
     let conn = rusqlite::Connection::open(&env.db).unwrap();
-    conn.busy_timeout(Duration::from_secs(5)).unwrap();
-    std::thread::sleep(Duration::from_millis(50));
+    conn.busy_timeout(Duration::from_secs(10)).unwrap();
+    let started = Instant::now();
+    let worker = {
+        let clock = clock.clone();
+        std::thread::spawn(move || {
+            let catalog = Catalog::open(&catalog_dir).unwrap();
+            let p = Arc::new(FaultyProvider {
+                inner,
+                fault: ProviderFault::HungCommit(hang),
+            });
+            let w: Box<dyn shadowcopy_core::Writer> =
+                Box::new(shadowcopy_writers::sqlite::SqliteWriter::new(
+                    shadowcopy_writers::sqlite::SqliteOptions { path: db },
+                ));
+            shadowcopy_core::Coordinator::new(&catalog, clock).create(
+                shadowcopy_core::ShadowSetRequest {
+                    set_name: "bank".into(),
+                    spec_json: "{}".into(),
+                    origin: Origin::Create,
+                    writers: vec![w],
+                    unmanaged_components: Vec::new(),
+                    provider: p,
+                    freeze_deadline: deadline,
+                    verify: true,
+                    kept_copies: Box::new(Vec::<shadowcopy_core::KeptCopy>::new()),
+                },
+            )
+        })
+    };
+    // A write attempted while the provider hangs inside the freeze window waits for the
+    // thaw, and the thaw comes at the deadline, not when the provider returns.
+    let in_window = commit_began
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the commit never began: the writers were not frozen");
+    let attempted = Instant::now();
     conn.execute_batch(
         "BEGIN IMMEDIATE; UPDATE accounts SET balance = balance WHERE id = 1; COMMIT;",
     )
     .unwrap();
-    let writable_after = started.elapsed();
+    let written = Instant::now();
+    let thaw_began = *clock.thaw_began.lock().unwrap();
+    let Some(thaw_began) = thaw_began else {
+        panic!(
+            "the write went through {:?} after the commit began, before any thaw: the \
+             freeze did not block it",
+            written - in_window
+        );
+    };
+    assert!(
+        attempted < thaw_began,
+        "the write was attempted only {:?} after the thaw began: the machine was too slow \
+         for this test to see the freeze",
+        attempted - thaw_began
+    );
+    assert!(
+        written >= thaw_began,
+        "the write went through {:?} before the thaw began: the freeze did not block it",
+        thaw_began - written
+    );
+    let writable_after = written - started;
     assert!(
         writable_after < deadline + Duration::from_secs(1),
         "writable only after {writable_after:?}"
     );
-    assert!(!worker.is_finished() || writable_after < Duration::from_secs(2));
+    assert!(
+        written < in_window + hang,
+        "writable only {:?} after the commit began, once the provider's hang of {hang:?} \
+         ended: the deadline did not thaw",
+        written - in_window
+    );
     let r = worker.join().unwrap();
     drop(conn);
     assert_aborted_cleanly(&env, r, |e| matches!(e, Error::DeadlineExceeded { .. }));

@@ -3,14 +3,28 @@
 
 use std::time::Duration;
 
-use shadowcopy_testing::bank;
 use shadowcopy_testing::loopfs::{loopfs_or_skip, FsKind};
+use shadowcopy_testing::{bank, wait};
 
 use crate::support::{read_bank, Env};
 
+/// Waits until the transfer load is running: it has committed a few transfers.
+fn wait_for_load(transfers: &bank::Transfers) {
+    wait::until(
+        Duration::from_secs(30),
+        || transfers.committed() >= 20,
+        || {
+            format!(
+                "the load committed only {} transfers",
+                transfers.committed()
+            )
+        },
+    );
+}
+
 fn copies_under_load(env: &Env, provider_kind: &str, copies: usize) {
     let transfers = bank::start_transfers(&env.db, 4, Duration::ZERO);
-    std::thread::sleep(Duration::from_millis(200));
+    wait_for_load(&transfers);
     for round in 0..copies {
         let provider = env.provider(provider_kind);
         let (result, began) = env.create(env.request(
@@ -202,7 +216,7 @@ fn pinned_database_copied_under_churn_and_checkpoints_stays_consistent() {
             }
         });
         let transfers = bank::start_transfers(&env.db, 2, Duration::ZERO);
-        std::thread::sleep(Duration::from_millis(200));
+        wait_for_load(&transfers);
         for round in 0..4 {
             let provider = env.provider("copy");
             let (result, began) = env.create(env.request(

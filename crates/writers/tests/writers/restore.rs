@@ -11,13 +11,23 @@ use shadowcopy_core::{
     CopyId, CopyState, CreatedCopy, Error, NoEvents, Origin, RestoreOutcome, RestoreRequest,
     Restorer,
 };
-use shadowcopy_testing::bank;
+use shadowcopy_testing::{bank, wait};
 
 use crate::support::{file_hash, read_bank, with_suffix, Env};
 
-fn run_transfers(env: &Env, for_: Duration) {
+/// Runs the transfer load until it has committed `commits` more transfers.
+fn run_transfers(env: &Env, commits: usize) {
     let t = bank::start_transfers(&env.db, 2, Duration::from_millis(1));
-    std::thread::sleep(for_);
+    wait::until(
+        Duration::from_secs(30),
+        || t.committed() >= commits,
+        || {
+            format!(
+                "the load committed {} of {commits} transfers",
+                t.committed()
+            )
+        },
+    );
     let stats = t.stop();
     assert!(stats.errors.is_empty(), "{:?}", stats.errors);
 }
@@ -62,10 +72,10 @@ fn leftovers(dir: &Path) -> Vec<String> {
 fn in_place_restore_brings_back_the_copy_and_keeps_a_pre_restore_copy() {
     for wal in [true, false] {
         let env = Env::new(wal, None);
-        run_transfers(&env, Duration::from_millis(200));
+        run_transfers(&env, 50);
         let copy = take_copy(&env);
         let at_copy = read_bank(&env.db).ids;
-        run_transfers(&env, Duration::from_millis(200));
+        run_transfers(&env, 50);
         let later = read_bank(&env.db).ids;
         assert!(later.len() > at_copy.len());
 
@@ -104,10 +114,10 @@ fn in_place_restore_brings_back_the_copy_and_keeps_a_pre_restore_copy() {
 #[test]
 fn restore_to_a_new_directory_leaves_the_live_database_alone() {
     let env = Env::new(true, None);
-    run_transfers(&env, Duration::from_millis(150));
+    run_transfers(&env, 50);
     let copy = take_copy(&env);
     let at_copy = read_bank(&env.db).ids;
-    run_transfers(&env, Duration::from_millis(150));
+    run_transfers(&env, 50);
     let live_before = file_hash(&env.db);
     let to = env.root.join("elsewhere");
     let outcome = restore(&env, copy.id, Some(&to), false).unwrap();
@@ -142,12 +152,11 @@ fn hold_open(db: &Path) -> Holder {
         .spawn()
         .unwrap();
     let fd3 = format!("/proc/{}/fd/3", child.id());
-    for _ in 0..200 {
-        if std::fs::read_link(&fd3).is_ok_and(|t| t == db) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait::until(
+        Duration::from_secs(10),
+        || std::fs::read_link(&fd3).is_ok_and(|t| t == db),
+        || format!("{fd3} is not {}: the holder did not open it", db.display()),
+    );
     Holder(child)
 }
 
@@ -155,7 +164,7 @@ fn hold_open(db: &Path) -> Holder {
 fn restore_is_refused_while_the_database_is_open_unless_forced() {
     let env = Env::new(true, None);
     let copy = take_copy(&env);
-    run_transfers(&env, Duration::from_millis(100));
+    run_transfers(&env, 50);
     let holder = hold_open(&env.db);
     let before = file_hash(&env.db);
     let err = restore(&env, copy.id, None, false).unwrap_err();
@@ -177,7 +186,7 @@ fn restore_is_refused_while_the_database_is_open_unless_forced() {
 fn failed_restore_leaves_the_live_data_exactly_as_it_was() {
     let env = Env::new(true, None);
     let copy = take_copy(&env);
-    run_transfers(&env, Duration::from_millis(100));
+    run_transfers(&env, 50);
     let before = file_hash(&env.db);
     // The copy's data vanished (a disk was lost): staging fails.
     let location = env.catalog.summary(copy.id).unwrap().location.unwrap();
@@ -205,7 +214,7 @@ fn pre_restore_copy_keeps_a_hot_journal_and_undo_rolls_it_back() {
     let env = Env::new(false, None);
     bank::pad_to(&env.db, 4 << 20).unwrap();
     let copy = take_copy(&env);
-    run_transfers(&env, Duration::from_millis(150));
+    run_transfers(&env, 50);
     let committed = read_bank(&env.db).ids;
     // A process that dies inside a transaction whose pages already spilled to the file.
     let crash = std::process::Command::new("python3")
