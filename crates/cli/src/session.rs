@@ -111,7 +111,7 @@ impl Session {
                 }
             }
         })?;
-        let events = crate::output::PhasePrinter::new(self.out.clone(), "");
+        let events = crate::output::PhasePrinter::new(self.out, "");
         for line in catalog
             .recover_interrupted_restores(&guard, &events)
             .context("finishing interrupted restores")?
