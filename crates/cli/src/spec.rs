@@ -548,7 +548,7 @@ impl SetSpec {
                 self.name
             )));
         }
-        if self.freezes_file_systems() && matches!(provider.kind(), "reflink" | "btrfs") {
+        if self.freezes_file_systems() && provider.capabilities().writes_to_the_data_file_system {
             return Err(UsageError::new(format!(
                 "set `{}` freezes its file systems, and {} clones onto the frozen file system would wait for the thaw; use --provider copy with a copies directory elsewhere",
                 self.name,

@@ -28,6 +28,6 @@ pub use error::{BoxError, Error, ErrorKind};
 pub use events::{EventSink, NoEvents};
 pub use journal::{Journal, JournalError, NewCopy};
 pub use model::*;
-pub use provider::{CommitControl, CommitRequest, Provider, Unsupported};
+pub use provider::{Capabilities, CommitControl, CommitRequest, Provider, Unsupported};
 pub use restore::{RestoreOutcome, RestoreRequest, Restorer};
 pub use writer::{KeptCopies, KeptCopiesUnknown, KeptCopy, RestoreMode, RestorePlan, Writer};

@@ -28,6 +28,9 @@
 //!   keeps regular files only returns none, and its restores bring back files only.
 //!
 //! # Capability flags
+//! - [`Provider::capabilities`]: what the storage can promise ([`Capabilities`]); every
+//!   decision that depends on the kind of storage reads these, never the provider's name.
+//!   The default promises nothing.
 //! - [`Provider::rank`]: lower is faster; `auto` picks the lowest rank whose `check` passes.
 //! - [`Provider::volume_swap`] / [`Provider::swap_volume`]: an in-place restore of a
 //!   copy that holds a whole volume (a btrfs subvolume) replaces the volume in one step
@@ -55,6 +58,22 @@ impl std::fmt::Display for Unsupported {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.reason)
     }
+}
+
+/// What a provider promises about its copies ([`Provider::capabilities`]). Each flag is a
+/// promise: `false` means "not promised", and callers then take the careful path.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    /// One commit holds every file at one instant, whatever the application writes
+    /// meanwhile (a snapshot of a whole volume): writers need not check for writes that
+    /// landed between two files (MariaDB's InnoDB background writes).
+    pub atomic_snapshot: bool,
+    /// The commit writes onto the data's own file system (clones, snapshots), so it
+    /// cannot run while that file system is frozen.
+    pub writes_to_the_data_file_system: bool,
+    /// The location is a directory on this machine: when it is gone, so are the copy's
+    /// files.
+    pub location_is_a_local_directory: bool,
 }
 
 /// What to copy.
@@ -103,6 +122,10 @@ pub trait Provider: Send + Sync {
     /// The kind, as in the registry and `--provider`: `copy`, `reflink`.
     fn kind(&self) -> &'static str;
     fn rank(&self) -> u32;
+    /// What this provider promises (see [`Capabilities`]); the default promises nothing.
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::default()
+    }
     fn copies_pinned_early(&self) -> bool {
         false
     }

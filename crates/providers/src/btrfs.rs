@@ -32,7 +32,9 @@ use std::time::Duration;
 use shadowcopy_core::error::BoxError;
 use shadowcopy_core::model::{Component, CopyView, FileEntry, TreeEntry};
 use shadowcopy_core::process;
-use shadowcopy_core::provider::{CommitControl, CommitRequest, Provider, Unsupported};
+use shadowcopy_core::provider::{
+    Capabilities, CommitControl, CommitRequest, Provider, Unsupported,
+};
 
 use crate::layout::{self, LayoutError};
 use crate::reflink::{self, BTRFS_MAGIC};
@@ -278,6 +280,14 @@ impl Provider for BtrfsProvider {
 
     fn rank(&self) -> u32 {
         10
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            atomic_snapshot: true,
+            writes_to_the_data_file_system: true,
+            location_is_a_local_directory: true,
+        }
     }
 
     fn check(&self, paths: &[PathBuf]) -> Result<(), Unsupported> {

@@ -26,7 +26,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use rustix::fs::SeekFrom;
 use shadowcopy_core::error::BoxError;
 use shadowcopy_core::model::{CopyView, FileEntry, TreeEntry};
-use shadowcopy_core::provider::{CommitControl, CommitRequest, Provider, Unsupported};
+use shadowcopy_core::provider::{
+    Capabilities, CommitControl, CommitRequest, Provider, Unsupported,
+};
 
 use crate::layout::{self, LayoutError};
 use crate::pool::{self, Stop};
@@ -118,6 +120,14 @@ impl Provider for CopyProvider {
 
     fn rank(&self) -> u32 {
         30
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            atomic_snapshot: false,
+            writes_to_the_data_file_system: false,
+            location_is_a_local_directory: true,
+        }
     }
 
     /// A full copy takes time in proportion to the data: pinned components (a SQLite

@@ -221,6 +221,9 @@ impl Provider for ExecProvider {
         50
     }
 
+    // capabilities: the default, nothing promised. What a command's storage does (an
+    // array's snapshot, a cloud volume) is not known here.
+
     fn check(&self, paths: &[PathBuf]) -> Result<(), Unsupported> {
         let limit = self.timeout();
         let paths = texts(paths.iter().map(PathBuf::as_path)).map_err(|e| Unsupported {

@@ -217,6 +217,30 @@ mod tests {
     }
 
     #[test]
+    fn builtin_kinds_promise_what_their_storage_does() {
+        use shadowcopy_core::provider::Capabilities;
+        let opts = ProviderOptions {
+            copies_dir: None,
+            default_copies_dir: PathBuf::from("/nonexistent/copies"),
+            parallelism: 1,
+            exec: Vec::new(),
+        };
+        let expected = |atomic, writes, local| Capabilities {
+            atomic_snapshot: atomic,
+            writes_to_the_data_file_system: writes,
+            location_is_a_local_directory: local,
+        };
+        for (kind, caps) in [
+            ("copy", expected(false, false, true)),
+            ("reflink", expected(false, true, true)),
+            ("btrfs", expected(true, true, true)),
+        ] {
+            assert_eq!(build(kind, &opts).unwrap().capabilities(), caps, "{kind}");
+        }
+        assert_eq!(KINDS.len(), 3, "a new kind says here what it promises");
+    }
+
+    #[test]
     fn duplicate_name_is_rejected() {
         let mut r = Registry::builtin().unwrap();
         let err = r

@@ -16,7 +16,9 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use shadowcopy_core::error::BoxError;
 use shadowcopy_core::model::{Component, CopyView, FileEntry, TreeEntry};
-use shadowcopy_core::provider::{CommitControl, CommitRequest, Provider, Unsupported};
+use shadowcopy_core::provider::{
+    Capabilities, CommitControl, CommitRequest, Provider, Unsupported,
+};
 
 use crate::ProviderOptions;
 
@@ -197,6 +199,20 @@ impl Provider for MultiVolumeProvider {
     /// Never chosen by `auto`: the CLI builds it for sets that span volumes.
     fn rank(&self) -> u32 {
         u32::MAX
+    }
+
+    /// One instant across volumes comes from the writers' freeze, not from the storage:
+    /// no atomic snapshot is promised. The set writes to its data's file systems when any
+    /// volume's provider does; the location is a record of the volumes, not a directory.
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            atomic_snapshot: false,
+            writes_to_the_data_file_system: self
+                .volumes
+                .iter()
+                .any(|v| v.provider.capabilities().writes_to_the_data_file_system),
+            location_is_a_local_directory: false,
+        }
     }
 
     fn check(&self, paths: &[PathBuf]) -> Result<(), Unsupported> {

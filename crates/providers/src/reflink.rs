@@ -18,7 +18,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use rustix::io::Errno;
 use shadowcopy_core::error::BoxError;
 use shadowcopy_core::model::{CopyView, FileEntry, TreeEntry};
-use shadowcopy_core::provider::{CommitControl, CommitRequest, Provider, Unsupported};
+use shadowcopy_core::provider::{
+    Capabilities, CommitControl, CommitRequest, Provider, Unsupported,
+};
 
 use crate::copy::{self, CopyError};
 use crate::layout::{self, LayoutError};
@@ -202,6 +204,14 @@ impl Provider for ReflinkProvider {
 
     fn rank(&self) -> u32 {
         20
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            atomic_snapshot: false,
+            writes_to_the_data_file_system: true,
+            location_is_a_local_directory: true,
+        }
     }
 
     /// Passes when every path (or, for a missing one, its nearest existing ancestor) and

@@ -159,8 +159,9 @@ pub fn run(g: &GlobalArgs, args: CreateArgs) -> anyhow::Result<()> {
     });
     // One btrfs snapshot, or a copy of frozen file systems, holds every file at one
     // instant (MariaDB then needs no check of InnoDB's background writes).
-    let run_spec =
-        spec.with_atomic_snapshot(provider.kind() == "btrfs" || spec.freezes_file_systems());
+    let run_spec = spec.with_atomic_snapshot(
+        provider.capabilities().atomic_snapshot || spec.freezes_file_systems(),
+    );
     let created = create_copy(&catalog, &run_spec, provider.clone(), events, kept)?;
     report(session.out, &spec, &*provider, &created)
 }

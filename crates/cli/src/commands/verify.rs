@@ -59,7 +59,7 @@ pub fn run(g: &GlobalArgs, args: VerifyArgs) -> anyhow::Result<()> {
         }
         // A copy whose files were removed is a failed verification (exit 4, recorded),
         // not a check that could not run.
-        Err(source) => match files_missing(copy.provider.kind(), &copy.location, &*source) {
+        Err(source) => match files_missing(&*copy.provider, &copy.location, &*source) {
             Some(why) => VerifyReport {
                 ok: false,
                 detail: format!(
@@ -115,16 +115,16 @@ pub fn run(g: &GlobalArgs, args: VerifyArgs) -> anyhow::Result<()> {
 }
 
 /// Why the copy's files are gone, when the provider could not expose the copy because
-/// they are: its location (a directory for `copy`, `reflink` and `btrfs`) no longer
+/// they are: its location (a local directory, for providers that say so) no longer
 /// exists, or a part of a multi-volume copy is missing. `None` for any other failure
 /// (an `exec` provider's location means nothing on this machine).
 fn files_missing(
-    kind: &str,
+    provider: &dyn shadowcopy_core::Provider,
     location: &str,
     err: &(dyn std::error::Error + 'static),
 ) -> Option<String> {
     let path = Path::new(location);
-    if matches!(kind, "copy" | "reflink" | "btrfs")
+    if provider.capabilities().location_is_a_local_directory
         && path.is_absolute()
         && matches!(path.symlink_metadata(), Err(e) if e.kind() == std::io::ErrorKind::NotFound)
     {
