@@ -160,31 +160,44 @@ impl SafeDir {
     /// this directory's file system (this directory when there is none): everything in
     /// it may be reached by its plain path. Never reuses an existing name.
     pub fn private_dir(&self, prefix: &str) -> Result<SafeDir, SafeFsError> {
-        let base = self.staging_base.as_deref().unwrap_or(self);
         for _ in 0..16 {
-            let mut name = OsString::from(prefix);
-            name.push(format!("{:016x}", random_u64()));
-            match rustix::fs::mkdirat(&base.fd, name.as_os_str(), Mode::from_raw_mode(0o700)) {
-                Ok(()) => {}
-                Err(rustix::io::Errno::EXIST) => continue,
-                Err(e) => return Err(io_err("create a private directory in", &base.path)(e)),
+            match self.private_dir_named(&random_name(prefix))? {
+                Some(dir) => return Ok(dir),
+                None => continue,
             }
-            let dir = base.child(&name)?;
-            let st = rustix::fs::fstat(&dir.fd).map_err(io_err("inspect", &dir.path))?;
-            if st.st_uid != rustix::process::geteuid().as_raw() {
-                return Err(SafeFsError::Io {
-                    action: "own",
-                    path: dir.path,
-                    source: io::Error::from(io::ErrorKind::PermissionDenied),
-                });
-            }
-            return Ok(dir);
         }
         Err(SafeFsError::Io {
             action: "find a free name for a private directory in",
-            path: base.path.clone(),
+            path: self.staging_base().to_path_buf(),
             source: io::Error::from(io::ErrorKind::AlreadyExists),
         })
+    }
+
+    /// Where [`SafeDir::private_dir_named`] would create `name`.
+    pub fn private_dir_path(&self, name: &OsStr) -> PathBuf {
+        self.staging_base().join(name)
+    }
+
+    /// Creates the private directory `name` where [`SafeDir::private_dir`] would (mode
+    /// 0700, checked to be ours); `None` when the name is taken, so that a caller who
+    /// recorded the name first (to clean up after a crash) can forget it and try another.
+    pub fn private_dir_named(&self, name: &OsStr) -> Result<Option<SafeDir>, SafeFsError> {
+        let base = self.staging_base.as_deref().unwrap_or(self);
+        match rustix::fs::mkdirat(&base.fd, name, Mode::from_raw_mode(0o700)) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::EXIST) => return Ok(None),
+            Err(e) => return Err(io_err("create a private directory in", &base.path)(e)),
+        }
+        let dir = base.child(name)?;
+        let st = rustix::fs::fstat(&dir.fd).map_err(io_err("inspect", &dir.path))?;
+        if st.st_uid != rustix::process::geteuid().as_raw() {
+            return Err(SafeFsError::Io {
+                action: "own",
+                path: dir.path,
+                source: io::Error::from(io::ErrorKind::PermissionDenied),
+            });
+        }
+        Ok(Some(dir))
     }
 
     /// Gives this directory `mode` and, when running as root, `owner`.
@@ -201,6 +214,13 @@ fn apply_meta(fd: &OwnedFd, meta: NewDir) -> io::Result<()> {
     }
     rustix::fs::fchmod(fd, Mode::from_raw_mode(meta.mode & 0o7777))?;
     Ok(())
+}
+
+/// `prefix` followed by 16 random hex digits.
+pub fn random_name(prefix: &str) -> OsString {
+    let mut name = OsString::from(prefix);
+    name.push(format!("{:016x}", random_u64()));
+    name
 }
 
 fn random_u64() -> u64 {

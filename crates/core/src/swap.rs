@@ -48,8 +48,13 @@ pub struct SwapRecord {
     /// The private staging directories, removed when the restore ends.
     #[serde(with = "crate::pathjson::vec")]
     pub areas: Vec<PathBuf>,
-    /// The renames, in order; empty while the restore is still staging.
+    /// The renames, in order; empty while the restore is still staging, and again once
+    /// they ended (`cleanup_only`).
     pub ops: Vec<SwapOp>,
+    /// The renames ended (done, or put back after an error): only the staging areas are
+    /// left to remove.
+    #[serde(default)]
+    pub cleanup_only: bool,
 }
 
 /// One rename of a swap.
@@ -160,11 +165,37 @@ impl<'a> Staging<'a> {
             self.created.extend(live.created().iter().cloned());
             let base = live.staging_base().to_path_buf();
             if !self.areas.contains_key(&base) {
-                let area = live.private_dir(AREA_PREFIX).map_err(|e| {
-                    restore_err("creating a private staging directory")(Box::new(e))
+                // Recorded before it is created, so that a kill right after never leaves
+                // an area nobody knows of; a name that turns out taken is forgotten again
+                // (it is someone else's, never to be removed).
+                let mut area = None;
+                for _ in 0..16 {
+                    let name = safe_fs::random_name(AREA_PREFIX);
+                    self.record.areas.push(live.private_dir_path(&name));
+                    self.save()?;
+                    match live.private_dir_named(&name) {
+                        Ok(Some(made)) => {
+                            area = Some(made);
+                            break;
+                        }
+                        Ok(None) => {
+                            self.record.areas.pop();
+                            self.save()?;
+                        }
+                        Err(e) => {
+                            self.record.areas.pop();
+                            self.save()?;
+                            return Err(restore_err("creating a private staging directory")(
+                                Box::new(e),
+                            ));
+                        }
+                    }
+                }
+                let area = area.ok_or_else(|| {
+                    restore_err("creating a private staging directory")(
+                        "no free name after 16 tries".into(),
+                    )
                 })?;
-                self.record.areas.push(area.path().to_path_buf());
-                self.save()?;
                 self.areas.insert(base.clone(), area);
             }
             let area = &self.areas[&base];
@@ -341,6 +372,7 @@ impl<'a> Staging<'a> {
         // areas are being removed never has the next command replay renames against a
         // half-removed area (it only removes the areas).
         self.record.ops.clear();
+        self.record.cleanup_only = true;
         if let Err(e) = self.save() {
             events.warning(&format!(
                 "the catalog could not record the end of the restore's renames ({e}); its staging \
@@ -522,6 +554,7 @@ pub fn finish_interrupted(
     if !record.ops.is_empty() {
         let done = SwapRecord {
             ops: Vec::new(),
+            cleanup_only: true,
             ..record.clone()
         };
         renames_done(&done).map_err(|e| step("recording that the renames are done", e))?;
@@ -533,7 +566,12 @@ pub fn finish_interrupted(
             Err(e) => return Err(step(&format!("removing {}", area.display()), Box::new(e))),
         }
     }
-    Ok(if record.ops.is_empty() {
+    Ok(if record.cleanup_only {
+        format!(
+            "a restore of copy {} was interrupted while removing its staging files, after its renames had ended; they were removed",
+            record.copy_id
+        )
+    } else if record.ops.is_empty() {
         format!(
             "a restore of copy {} was interrupted while staging, before it changed any live file; its staging files were removed",
             record.copy_id
@@ -557,6 +595,7 @@ mod tests {
     fn records_keep_every_path_exactly() {
         let odd = PathBuf::from(std::ffi::OsStr::from_bytes(b"/srv/bad\xffname"));
         let record = SwapRecord {
+            cleanup_only: false,
             copy_id: 3,
             areas: vec![PathBuf::from("/srv/.shadowcopy-restore-1"), odd.clone()],
             ops: vec![
