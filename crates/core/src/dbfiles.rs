@@ -7,25 +7,7 @@ use std::path::{Path, PathBuf};
 
 use crate::model::CopyView;
 
-#[derive(Debug, thiserror::Error)]
-#[error("cannot {action} {}", .path.display())]
-pub struct FileError {
-    pub action: &'static str,
-    pub path: PathBuf,
-    #[source]
-    pub source: std::io::Error,
-}
-
-pub fn err<'a>(
-    action: &'static str,
-    path: &'a Path,
-) -> impl FnOnce(std::io::Error) -> FileError + 'a {
-    move |source| FileError {
-        action,
-        path: path.to_path_buf(),
-        source,
-    }
-}
+use crate::error::{io_err, IoError};
 
 /// Where the copy holds the directory `original` (found through any file under it).
 pub fn copy_root(copy: &CopyView, original: &Path) -> Option<PathBuf> {
@@ -53,18 +35,18 @@ impl Owner {
         }
     }
 
-    pub fn chown(&self, path: &Path) -> Result<(), FileError> {
+    pub fn chown(&self, path: &Path) -> Result<(), IoError> {
         if let Some((uid, gid)) = self.ids {
             std::os::unix::fs::chown(path, Some(uid), Some(gid))
-                .map_err(err("give to the server's owner", path))?;
+                .map_err(io_err("give to the server's owner", path))?;
         }
         Ok(())
     }
 
-    pub fn lchown(&self, path: &Path) -> Result<(), FileError> {
+    pub fn lchown(&self, path: &Path) -> Result<(), IoError> {
         if let Some((uid, gid)) = self.ids {
             std::os::unix::fs::lchown(path, Some(uid), Some(gid))
-                .map_err(err("give to the server's owner", path))?;
+                .map_err(io_err("give to the server's owner", path))?;
         }
         Ok(())
     }
@@ -84,7 +66,7 @@ impl Owner {
     }
 
     /// Chowns `path` and everything below it (symlinks themselves, not their targets).
-    pub fn chown_tree(&self, path: &Path) -> Result<(), FileError> {
+    pub fn chown_tree(&self, path: &Path) -> Result<(), IoError> {
         if self.ids.is_none() {
             return Ok(());
         }
@@ -98,7 +80,7 @@ impl Owner {
 
 /// Makes `dir` and every ancestor traversable by others (`o+x`) where the owner could
 /// not pass (a scratch directory under /root, say).
-pub fn make_traversable(dir: &Path, owner: &Owner) -> Result<(), FileError> {
+pub fn make_traversable(dir: &Path, owner: &Owner) -> Result<(), IoError> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let Some((uid, _)) = owner.ids else {
         return Ok(());
@@ -112,14 +94,14 @@ pub fn make_traversable(dir: &Path, owner: &Owner) -> Result<(), FileError> {
                 a,
                 std::fs::Permissions::from_mode((md.mode() & 0o7777) | 0o001),
             )
-            .map_err(err("make traversable", a))?;
+            .map_err(io_err("make traversable", a))?;
         }
     }
     Ok(())
 }
 
-fn walk_error(root: &Path) -> impl Fn(walkdir::Error) -> FileError + '_ {
-    move |e| FileError {
+fn walk_error(root: &Path) -> impl Fn(walkdir::Error) -> IoError + '_ {
+    move |e| IoError {
         action: "read",
         path: e.path().unwrap_or(root).to_path_buf(),
         source: e
@@ -137,7 +119,7 @@ pub fn clone_tree(
     dest: &Path,
     owner: &Owner,
     skip: &dyn Fn(&Path) -> bool,
-) -> Result<(), FileError> {
+) -> Result<(), IoError> {
     use std::os::unix::fs::PermissionsExt;
     let mut walk = walkdir::WalkDir::new(src).follow_links(false).into_iter();
     while let Some(entry) = walk.next() {
@@ -152,20 +134,20 @@ pub fn clone_tree(
         let target = dest.join(rel);
         let ft = entry.file_type();
         if ft.is_dir() {
-            std::fs::create_dir_all(&target).map_err(err("create", &target))?;
+            std::fs::create_dir_all(&target).map_err(io_err("create", &target))?;
             let mode = entry
                 .metadata()
                 .map(|m| m.permissions().mode() & 0o7777)
                 .unwrap_or(0o700);
             std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode | 0o700))
-                .map_err(err("set the mode of", &target))?;
+                .map_err(io_err("set the mode of", &target))?;
             owner.chown(&target)?;
         } else if ft.is_symlink() {
-            let to = std::fs::read_link(entry.path()).map_err(err("read", entry.path()))?;
-            std::os::unix::fs::symlink(&to, &target).map_err(err("create", &target))?;
+            let to = std::fs::read_link(entry.path()).map_err(io_err("read", entry.path()))?;
+            std::os::unix::fs::symlink(&to, &target).map_err(io_err("create", &target))?;
             owner.lchown(&target)?;
         } else if ft.is_file() {
-            std::fs::copy(entry.path(), &target).map_err(err("clone", entry.path()))?;
+            std::fs::copy(entry.path(), &target).map_err(io_err("clone", entry.path()))?;
             owner.chown(&target)?;
         }
     }

@@ -1,5 +1,6 @@
 //! The public error of the core: what failed, what to do, and which exit code it maps to.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::model::{CopyId, Phase};
@@ -7,6 +8,29 @@ use crate::model::{CopyId, Phase};
 /// Errors that writers and providers return through the trait boundary. Concrete crates
 /// use their own `thiserror` enums and box them here.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// An I/O step that failed: what was being done, to which path. The one I/O error of
+/// every crate: their error enums wrap it (`#[error(transparent)] Io(#[from] IoError)`).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot {action} {}", .path.display())]
+pub struct IoError {
+    pub action: &'static str,
+    pub path: PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// `.map_err(io_err("open", path))`: the [`IoError`] of an I/O error.
+pub fn io_err<'a>(
+    action: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> IoError + 'a {
+    move |source| IoError {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
+}
 
 /// The class of an error, which decides the process exit code (see README).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

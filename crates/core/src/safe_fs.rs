@@ -28,6 +28,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
+use crate::error::IoError;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat, CWD};
 
 /// At most this many symlinks are followed in one walk (as the kernel's ELOOP limit).
@@ -59,23 +60,20 @@ pub enum SafeFsError {
     NotAbsolute { path: PathBuf },
     #[error("{} has more than {MAX_LINKS} symlinks on its way", path.display())]
     TooManyLinks { path: PathBuf },
-    #[error("cannot {action} {}", path.display())]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
 }
 
 fn io_err<'a>(
     action: &'static str,
     path: &'a Path,
 ) -> impl FnOnce(rustix::io::Errno) -> SafeFsError + 'a {
-    move |e| SafeFsError::Io {
-        action,
-        path: path.to_path_buf(),
-        source: e.into(),
+    move |e| {
+        SafeFsError::Io(IoError {
+            action,
+            path: path.to_path_buf(),
+            source: e.into(),
+        })
     }
 }
 
@@ -166,11 +164,11 @@ impl SafeDir {
                 None => continue,
             }
         }
-        Err(SafeFsError::Io {
+        Err(SafeFsError::Io(IoError {
             action: "find a free name for a private directory in",
             path: self.staging_base().to_path_buf(),
             source: io::Error::from(io::ErrorKind::AlreadyExists),
-        })
+        }))
     }
 
     /// Where [`SafeDir::private_dir_named`] would create `name`.
@@ -191,11 +189,11 @@ impl SafeDir {
         let dir = base.child(name)?;
         let st = rustix::fs::fstat(&dir.fd).map_err(io_err("inspect", &dir.path))?;
         if st.st_uid != rustix::process::geteuid().as_raw() {
-            return Err(SafeFsError::Io {
+            return Err(SafeFsError::Io(IoError {
                 action: "own",
                 path: dir.path,
                 source: io::Error::from(io::ErrorKind::PermissionDenied),
-            });
+            }));
         }
         Ok(Some(dir))
     }
@@ -324,11 +322,11 @@ pub fn open_dir(
             Some(st) => st,
             None => {
                 let Some(create) = create else {
-                    return Err(SafeFsError::Io {
+                    return Err(SafeFsError::Io(IoError {
                         action: "open the directory",
                         path: child_path,
                         source: io::Error::from(io::ErrorKind::NotFound),
-                    });
+                    }));
                 };
                 let meta = create(&child_path);
                 let made = match rustix::fs::mkdirat(
@@ -342,10 +340,12 @@ pub fn open_dir(
                 };
                 let fd = open_nofollow_dir(&cur.fd, &name, &child_path)?;
                 if made {
-                    apply_meta(&fd, meta).map_err(|source| SafeFsError::Io {
-                        action: "set the mode and owner of",
-                        path: child_path.clone(),
-                        source,
+                    apply_meta(&fd, meta).map_err(|source| {
+                        SafeFsError::Io(IoError {
+                            action: "set the mode and owner of",
+                            path: child_path.clone(),
+                            source,
+                        })
                     })?;
                     created.push(child_path.clone());
                 }

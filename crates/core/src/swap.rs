@@ -462,7 +462,7 @@ impl DirCache {
         let name = name.to_os_string();
         match self.open(d) {
             Ok(dir) => Ok(dir.lstat(&name)?.is_some()),
-            Err(SafeFsError::Io { source, .. })
+            Err(SafeFsError::Io(crate::error::IoError { source, .. }))
                 if source.kind() == std::io::ErrorKind::NotFound =>
             {
                 Ok(false)

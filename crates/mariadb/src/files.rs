@@ -1,7 +1,8 @@
 //! The database-file helpers every database writer shares (`shadowcopy_core::dbfiles`),
 //! and the owner of a server's files.
 
-pub use shadowcopy_core::dbfiles::{clone_tree, copy_root, err, make_traversable, Owner};
+pub use shadowcopy_core::dbfiles::{clone_tree, copy_root, make_traversable, Owner};
+pub use shadowcopy_core::error::io_err;
 
 use crate::server::ServerLayout;
 

@@ -54,9 +54,9 @@ impl TempServer {
         let run = tempfile::Builder::new()
             .prefix("shadowcopy-mariadb-")
             .tempdir()
-            .map_err(files::err("create a temp dir in", &std::env::temp_dir()))?;
+            .map_err(files::io_err("create a temp dir in", &std::env::temp_dir()))?;
         let tmp = run.path().join("tmp");
-        std::fs::create_dir(&tmp).map_err(files::err("create", &tmp))?;
+        std::fs::create_dir(&tmp).map_err(files::io_err("create", &tmp))?;
         owner.chown(run.path())?;
         owner.chown(&tmp)?;
         files::make_traversable(run.path(), &owner)?;
@@ -122,7 +122,7 @@ impl TempServer {
         }
         let child = cmd
             .spawn()
-            .map_err(files::err("start", Path::new("mariadbd")))?;
+            .map_err(files::io_err("start", Path::new("mariadbd")))?;
         let mut server = TempServer {
             child: Some(child),
             run,

@@ -241,14 +241,14 @@ impl Scratch {
     fn new(roots: &[PathBuf], owner: &Owner) -> Result<Scratch, BoxError> {
         let mut dirs = Vec::new();
         for root in roots {
-            std::fs::create_dir_all(root).map_err(files::err("create", root))?;
+            std::fs::create_dir_all(root).map_err(files::io_err("create", root))?;
             let dir = root.join(format!(".shadowcopy-replay-{}", std::process::id()));
             if dir.exists() {
-                std::fs::remove_dir_all(&dir).map_err(files::err("remove", &dir))?;
+                std::fs::remove_dir_all(&dir).map_err(files::io_err("remove", &dir))?;
             }
-            std::fs::create_dir(&dir).map_err(files::err("create", &dir))?;
+            std::fs::create_dir(&dir).map_err(files::io_err("create", &dir))?;
             std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
-                .map_err(files::err("set the mode of", &dir))?;
+                .map_err(files::io_err("set the mode of", &dir))?;
             owner.chown(&dir)?;
             files::make_traversable(root, owner)?;
             dirs.push((root.clone(), dir));
@@ -278,7 +278,7 @@ impl Scratch {
                 let target = root.join(rel);
                 if let Some(parent) = target.parent() {
                     if !parent.exists() {
-                        std::fs::create_dir_all(parent).map_err(files::err("create", parent))?;
+                        std::fs::create_dir_all(parent).map_err(files::io_err("create", parent))?;
                         owner.chown(parent)?;
                     }
                 }
@@ -303,7 +303,7 @@ impl Drop for Scratch {
 fn move_file(from: &Path, to: &Path, owner: &Owner) -> Result<(), BoxError> {
     if let Some(parent) = to.parent() {
         if !parent.exists() {
-            std::fs::create_dir_all(parent).map_err(files::err("create", parent))?;
+            std::fs::create_dir_all(parent).map_err(files::io_err("create", parent))?;
             owner.chown(parent)?;
         }
     }
@@ -315,25 +315,25 @@ fn move_file(from: &Path, to: &Path, owner: &Owner) -> Result<(), BoxError> {
             match std::fs::remove_file(to) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(files::err("replace", to)(e).into()),
+                Err(e) => return Err(files::io_err("replace", to)(e).into()),
             }
-            let mut src = std::fs::File::open(from).map_err(files::err("open", from))?;
+            let mut src = std::fs::File::open(from).map_err(files::io_err("open", from))?;
             let mut dst = std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .open(to)
-                .map_err(files::err("create", to))?;
-            std::io::copy(&mut src, &mut dst).map_err(files::err("copy", from))?;
+                .map_err(files::io_err("create", to))?;
+            std::io::copy(&mut src, &mut dst).map_err(files::io_err("copy", from))?;
             dst.set_permissions(
                 src.metadata()
-                    .map_err(files::err("inspect", from))?
+                    .map_err(files::io_err("inspect", from))?
                     .permissions(),
             )
-            .map_err(files::err("set the mode of", to))?;
+            .map_err(files::io_err("set the mode of", to))?;
             owner.lchown(to)?;
-            std::fs::remove_file(from).map_err(files::err("remove", from))?;
+            std::fs::remove_file(from).map_err(files::io_err("remove", from))?;
             Ok(())
         }
-        Err(e) => Err(files::err("move", from)(e).into()),
+        Err(e) => Err(files::io_err("move", from)(e).into()),
     }
 }

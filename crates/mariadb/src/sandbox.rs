@@ -133,7 +133,7 @@ fn build(
         return Err(SandboxError::LinkedTable(layout.datadir.join(l)).into());
     }
     std::fs::set_permissions(&data, std::os::unix::fs::PermissionsExt::from_mode(0o700))
-        .map_err(files::err("set the mode of", &data))?;
+        .map_err(files::io_err("set the mode of", &data))?;
     let mut dirs = ServerDirs {
         datadir: data,
         redo: None,
@@ -224,7 +224,7 @@ fn scratch_near(copy_data: &Path, owner: &Owner) -> Result<tempfile::TempDir, Bo
     let t = tempfile::Builder::new()
         .prefix("shadowcopy-mariadb-sandbox-")
         .tempdir()
-        .map_err(files::err("create a sandbox in", &std::env::temp_dir()))?;
+        .map_err(files::io_err("create a sandbox in", &std::env::temp_dir()))?;
     owner.chown(t.path())?;
     files::make_traversable(t.path(), owner)?;
     Ok(t)

@@ -16,6 +16,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Instant;
 
+use shadowcopy_core::error::IoError;
 use shadowcopy_core::model::{Component, ComponentRole, CopyView, VerifyReport};
 use shadowcopy_core::writer::{KeptCopies, RestoreMode, RestorePlan};
 use shadowcopy_core::{BoxError, Writer};
@@ -40,13 +41,8 @@ pub enum MariaDbError {
     NotPrepared,
     #[error("the server's binary log is off, so there is nothing to roll forward with; restore with --mode point-in-time")]
     NoBinlog,
-    #[error("cannot {action} {}", .path.display())]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
 }
 
 pub struct MariaDbWriter {
@@ -189,22 +185,28 @@ impl Writer for MariaDbWriter {
         let dir = tempfile::Builder::new()
             .prefix("shadowcopy-mariadb-position-")
             .tempdir()
-            .map_err(|source| MariaDbError::Io {
-                action: "create a temp dir in",
-                path: std::env::temp_dir(),
-                source,
+            .map_err(|source| {
+                MariaDbError::Io(IoError {
+                    action: "create a temp dir in",
+                    path: std::env::temp_dir(),
+                    source,
+                })
             })?;
         let path = dir.path().join(POSITION_FILE);
-        std::fs::write(&path, frozen.position.to_text()).map_err(|source| MariaDbError::Io {
-            action: "write",
-            path: path.clone(),
-            source,
-        })?;
-        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o640))
-            .map_err(|source| MariaDbError::Io {
-                action: "set the mode of",
+        std::fs::write(&path, frozen.position.to_text()).map_err(|source| {
+            MariaDbError::Io(IoError {
+                action: "write",
                 path: path.clone(),
                 source,
+            })
+        })?;
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o640))
+            .map_err(|source| {
+                MariaDbError::Io(IoError {
+                    action: "set the mode of",
+                    path: path.clone(),
+                    source,
+                })
             })?;
         owner.chown(&path)?;
         let target = layout.datadir.join(POSITION_FILE);

@@ -1,7 +1,7 @@
 //! The database-file helpers every database writer shares (`shadowcopy_core::dbfiles`),
 //! and the owner of a cluster's files.
 
-pub use shadowcopy_core::dbfiles::{clone_tree, copy_root, FileError, Owner};
+pub use shadowcopy_core::dbfiles::{clone_tree, copy_root, Owner};
 
 use crate::cluster::ClusterLayout;
 

@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use shadowcopy_core::error::IoError;
 use shadowcopy_core::writer::{staged_path, RestoreMode, RestorePlan};
 
 use crate::cluster::ClusterLayout;
@@ -52,25 +53,20 @@ pub enum RecoveryError {
     NoControlFile,
     #[error("roll-forward restores in place (it replays the live WAL and archive into the cluster's own directories); leave out --to")]
     RollForwardElsewhere,
-    #[error("cannot {action} {}", .path.display())]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
     #[error(transparent)]
-    File(#[from] crate::files::FileError),
+    Io(#[from] IoError),
 }
 
 fn io<'a>(
     action: &'static str,
     path: &'a Path,
 ) -> impl FnOnce(std::io::Error) -> RecoveryError + 'a {
-    move |source| RecoveryError::Io {
-        action,
-        path: path.to_path_buf(),
-        source,
+    move |source| {
+        RecoveryError::Io(IoError {
+            action,
+            path: path.to_path_buf(),
+            source,
+        })
     }
 }
 

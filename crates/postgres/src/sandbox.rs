@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use shadowcopy_core::error::IoError;
 use shadowcopy_core::model::{CopyView, VerifyReport};
 use shadowcopy_core::{process, BoxError};
 
@@ -30,13 +31,8 @@ const SANDBOX_PORT: u16 = 5432;
 pub enum SandboxError {
     #[error("the copy holds no {what} ({}); it is not a copy of this cluster", .path.display())]
     NotInCopy { what: &'static str, path: PathBuf },
-    #[error("cannot build the sandbox: {action} {}", .path.display())]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("cannot build the sandbox")]
+    Io(#[from] IoError),
     #[error("`{command}` could not run")]
     Process {
         command: String,
@@ -49,10 +45,12 @@ fn io<'a>(
     action: &'static str,
     path: &'a Path,
 ) -> impl FnOnce(std::io::Error) -> SandboxError + 'a {
-    move |source| SandboxError::Io {
-        action,
-        path: path.to_path_buf(),
-        source,
+    move |source| {
+        SandboxError::Io(IoError {
+            action,
+            path: path.to_path_buf(),
+            source,
+        })
     }
 }
 

@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use postgres::Client;
+use shadowcopy_core::error::IoError;
 use shadowcopy_core::model::{Component, ComponentRole, CopyView, VerifyReport};
 use shadowcopy_core::writer::{KeptCopies, RestoreMode, RestorePlan};
 use shadowcopy_core::{BoxError, Writer};
@@ -65,13 +66,8 @@ pub enum PostgresError {
     Running { data_dir: PathBuf, pid: i32 },
     #[error("this set was recorded without its cluster layout; cannot restore or verify it")]
     NoLayout,
-    #[error("cannot {action} {}", .path.display())]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
 }
 
 /// `postgres::Error`'s own message is only "db error"; the server's message is below.
@@ -156,10 +152,12 @@ impl PostgresWriter {
         let dir = tempfile::Builder::new()
             .prefix("shadowcopy-pg-label-")
             .tempdir()
-            .map_err(|source| PostgresError::Io {
-                action: "create a temp dir in",
-                path: std::env::temp_dir(),
-                source,
+            .map_err(|source| {
+                PostgresError::Io(IoError {
+                    action: "create a temp dir in",
+                    path: std::env::temp_dir(),
+                    source,
+                })
             })?;
         let mut out = Vec::new();
         for (name, content) in [
@@ -170,16 +168,20 @@ impl PostgresWriter {
                 continue;
             }
             let path = dir.path().join(name);
-            std::fs::write(&path, content).map_err(|source| PostgresError::Io {
-                action: "write",
-                path: path.clone(),
-                source,
-            })?;
-            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-                .map_err(|source| PostgresError::Io {
-                    action: "set the mode of",
+            std::fs::write(&path, content).map_err(|source| {
+                PostgresError::Io(IoError {
+                    action: "write",
                     path: path.clone(),
                     source,
+                })
+            })?;
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .map_err(|source| {
+                    PostgresError::Io(IoError {
+                        action: "set the mode of",
+                        path: path.clone(),
+                        source,
+                    })
                 })?;
             owner.chown(&path)?;
             out.push((layout.data_dir.join(name), path));

@@ -30,6 +30,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use shadowcopy_core::error::BoxError;
+use shadowcopy_core::error::IoError;
 use shadowcopy_core::model::{Component, CopyView, FileEntry, TreeEntry};
 use shadowcopy_core::process;
 use shadowcopy_core::provider::{
@@ -73,13 +74,8 @@ pub enum BtrfsError {
     TwoStage,
     #[error("the snapshot was cancelled (the freeze deadline passed)")]
     Cancelled,
-    #[error("cannot {action} {}", .path.display())]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
 }
 
 /// Snapshots the subvolume holding the data; see the module documentation.
@@ -104,15 +100,19 @@ impl BtrfsProvider {
             let existing = layout::nearest_existing(p).ok_or_else(|| {
                 BtrfsError::Unsupported(format!("neither {} nor any parent exists", p.display()))
             })?;
-            let canonical = std::fs::canonicalize(&existing).map_err(|source| BtrfsError::Io {
-                action: "resolve",
-                path: existing.clone(),
-                source,
+            let canonical = std::fs::canonicalize(&existing).map_err(|source| {
+                BtrfsError::Io(IoError {
+                    action: "resolve",
+                    path: existing.clone(),
+                    source,
+                })
             })?;
-            let magic = reflink::fs_magic(&canonical).map_err(|source| BtrfsError::Io {
-                action: "inspect the file system of",
-                path: canonical.clone(),
-                source,
+            let magic = reflink::fs_magic(&canonical).map_err(|source| {
+                BtrfsError::Io(IoError {
+                    action: "inspect the file system of",
+                    path: canonical.clone(),
+                    source,
+                })
             })?;
             if magic != BTRFS_MAGIC {
                 return Err(BtrfsError::Unsupported(format!(
@@ -182,10 +182,12 @@ fn is_subvolume(path: &Path) -> bool {
 fn subvolume_root(path: &Path) -> Result<PathBuf, BtrfsError> {
     use std::os::unix::fs::MetadataExt;
     let dev = std::fs::metadata(path)
-        .map_err(|source| BtrfsError::Io {
-            action: "inspect",
-            path: path.to_path_buf(),
-            source,
+        .map_err(|source| {
+            BtrfsError::Io(IoError {
+                action: "inspect",
+                path: path.to_path_buf(),
+                source,
+            })
         })?
         .dev();
     for a in path.ancestors() {
@@ -339,19 +341,21 @@ impl Provider for BtrfsProvider {
         let location = Path::new(location);
         let subvolume = BtrfsProvider::subvolume_of(&request.paths())?;
         if let Some(base) = location.parent() {
-            std::fs::create_dir_all(base).map_err(|source| BtrfsError::Io {
-                action: "create",
-                path: base.to_path_buf(),
-                source,
+            std::fs::create_dir_all(base).map_err(|source| {
+                BtrfsError::Io(IoError {
+                    action: "create",
+                    path: base.to_path_buf(),
+                    source,
+                })
             })?;
         }
         let source = source_file(location);
         std::fs::write(&source, format!("{}\n", subvolume.display())).map_err(|source_err| {
-            BtrfsError::Io {
+            BtrfsError::Io(IoError {
                 action: "write",
                 path: source.clone(),
                 source: source_err,
-            }
+            })
         })?;
         btrfs(&["subvolume", "snapshot", "-r"], &[&subvolume, location])?;
         let in_snap: Vec<Component> = request
@@ -427,11 +431,11 @@ impl Provider for BtrfsProvider {
         match std::fs::remove_file(source_file(loc)) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(BtrfsError::Io {
+            Err(source) => Err(BtrfsError::Io(IoError {
                 action: "remove",
                 path: source_file(loc),
                 source,
-            }
+            })
             .into()),
         }
     }
@@ -450,10 +454,12 @@ impl Provider for BtrfsProvider {
             &[loc, Path::new("ro"), Path::new("false")],
         )?;
         let added = layout::add_files(files, |original| {
-            in_snapshot(loc, &subvolume, original).map_err(|e| LayoutError::Io {
-                action: "place in the snapshot",
-                path: original.to_path_buf(),
-                source: std::io::Error::other(e.to_string()),
+            in_snapshot(loc, &subvolume, original).map_err(|e| {
+                LayoutError::Io(IoError {
+                    action: "place in the snapshot",
+                    path: original.to_path_buf(),
+                    source: std::io::Error::other(e.to_string()),
+                })
             })
         });
         btrfs(
@@ -513,11 +519,11 @@ impl Provider for BtrfsProvider {
         };
         if let Err(e) = swapped {
             let _ = btrfs(&["subvolume", "delete"], &[&side]);
-            return Err(BtrfsError::Io {
+            return Err(BtrfsError::Io(IoError {
                 action: "swap in the clone of the copy at",
                 path: volume.to_path_buf(),
                 source: e.into(),
-            }
+            })
             .into());
         }
         let mut notes = Vec::new();
@@ -612,9 +618,11 @@ fn delete_subvolume_or_tree(path: &Path) -> Result<(), BtrfsError> {
         btrfs(&["subvolume", "delete"], &[path])?;
         return Ok(());
     }
-    std::fs::remove_dir_all(path).map_err(|source| BtrfsError::Io {
-        action: "remove",
-        path: path.to_path_buf(),
-        source,
+    std::fs::remove_dir_all(path).map_err(|source| {
+        BtrfsError::Io(IoError {
+            action: "remove",
+            path: path.to_path_buf(),
+            source,
+        })
     })
 }

@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use rustix::fs::SeekFrom;
 use shadowcopy_core::error::BoxError;
+use shadowcopy_core::error::IoError;
 use shadowcopy_core::model::{CopyView, FileEntry, TreeEntry};
 use shadowcopy_core::provider::{
     Capabilities, CommitControl, CommitRequest, Provider, Unsupported,
@@ -44,13 +45,8 @@ const PIECE: usize = 1 << 20;
 pub enum CopyError {
     #[error(transparent)]
     Layout(#[from] LayoutError),
-    #[error("cannot {action} {}", path.display())]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
     #[error(
         "the file system holding {} is full; the partial copy is discarded. Free space there or \
          choose a copies directory with room for the whole data (copies_dir / --copies-dir)",
@@ -80,11 +76,11 @@ fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) ->
                 source,
             }
         } else {
-            CopyError::Io {
+            CopyError::Io(IoError {
                 action,
                 path: path.to_path_buf(),
                 source,
-            }
+            })
         }
     }
 }

@@ -25,6 +25,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Component as PathComponent, Path, PathBuf};
 
 use rustix::fs::{AtFlags, Timestamps, CWD};
+use shadowcopy_core::error::IoError;
 use shadowcopy_core::model::{Component, CopyId, FileEntry, TreeEntry, TreeKind};
 use shadowcopy_core::safe_fs::{self, NewDir, SafeDir, SafeFsError};
 
@@ -58,13 +59,8 @@ pub enum LayoutError {
     NotUtf8 { path: PathBuf },
     #[error("the copy at {location} holds no file for {}", original.display())]
     NotInCopy { location: String, original: PathBuf },
-    #[error("cannot {action} {}", path.display())]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
     #[error("cannot reach {} without following a path someone else controls", path.display())]
     Unsafe {
         path: PathBuf,
@@ -83,10 +79,12 @@ pub(crate) fn io_err<'a>(
     action: &'static str,
     path: &'a Path,
 ) -> impl FnOnce(io::Error) -> LayoutError + 'a {
-    move |source| LayoutError::Io {
-        action,
-        path: path.to_path_buf(),
-        source,
+    move |source| {
+        LayoutError::Io(IoError {
+            action,
+            path: path.to_path_buf(),
+            source,
+        })
     }
 }
 
@@ -148,11 +146,11 @@ pub(crate) fn existing_in_copy(location: &str, original: &Path) -> Result<PathBu
             location: location.to_string(),
             original: original.to_path_buf(),
         }),
-        Err(source) => Err(LayoutError::Io {
+        Err(source) => Err(LayoutError::Io(IoError {
             action: "inspect",
             path: p,
             source,
-        }),
+        })),
     }
 }
 
@@ -210,15 +208,7 @@ pub(crate) fn open_existing(location: &Path) -> Result<SafeDir, LayoutError> {
 /// `NotFound`), anything the walk refused is `Unsafe` at `path`.
 fn walk_err(path: &Path) -> impl FnOnce(SafeFsError) -> LayoutError + '_ {
     move |e| match e {
-        SafeFsError::Io {
-            action,
-            path,
-            source,
-        } => LayoutError::Io {
-            action,
-            path,
-            source,
-        },
+        SafeFsError::Io(e) => LayoutError::Io(e),
         e => LayoutError::Unsafe {
             path: path.to_path_buf(),
             source: e,
@@ -243,7 +233,9 @@ pub(crate) fn create_location(location: &Path) -> Result<SafeDir, LayoutError> {
     let (parent, name) = safe_fs::open_parent(location, Some(&new_dir)).map_err(walk_err(base))?;
     let dir = match parent.create_child_dir(&name) {
         Ok(dir) => dir,
-        Err(SafeFsError::Io { source, .. }) if source.kind() == io::ErrorKind::AlreadyExists => {
+        Err(SafeFsError::Io(IoError { source, .. }))
+            if source.kind() == io::ErrorKind::AlreadyExists =>
+        {
             return Err(LayoutError::Exists {
                 location: location.to_path_buf(),
             })
@@ -330,11 +322,11 @@ pub(crate) fn plan(
                 continue;
             }
             Err(source) => {
-                return Err(LayoutError::Io {
+                return Err(LayoutError::Io(IoError {
                     action: "inspect",
                     path: c.path.clone(),
                     source,
-                })
+                }))
             }
         };
         if !meta.is_dir() {
@@ -466,7 +458,7 @@ pub(crate) fn open_source(path: &Path, expected: &Metadata) -> io::Result<File> 
         return Ok(file);
     }
     let (dir, name) = shadowcopy_core::safe_fs::open_parent(path, None).map_err(|e| match e {
-        shadowcopy_core::safe_fs::SafeFsError::Io { source, .. } => source,
+        shadowcopy_core::safe_fs::SafeFsError::Io(IoError { source, .. }) => source,
         e => io::Error::other(e),
     })?;
     let fd = rustix::fs::openat(
@@ -552,10 +544,12 @@ pub(crate) fn set_metadata(file: &File, path: &Path, meta: &Metadata) -> Result<
     }
     file.set_permissions(std::fs::Permissions::from_mode(meta.mode() & 0o7777))
         .map_err(io_err("set the mode of", path))?;
-    rustix::fs::futimens(file, &timestamps(meta)).map_err(|e| LayoutError::Io {
-        action: "set the times of",
-        path: path.to_path_buf(),
-        source: e.into(),
+    rustix::fs::futimens(file, &timestamps(meta)).map_err(|e| {
+        LayoutError::Io(IoError {
+            action: "set the times of",
+            path: path.to_path_buf(),
+            source: e.into(),
+        })
     })
 }
 
@@ -565,11 +559,11 @@ fn set_link_metadata(path: &Path, meta: &Metadata) -> Result<(), LayoutError> {
             .map_err(io_err("set the owner of", path))?;
     }
     rustix::fs::utimensat(CWD, path, &timestamps(meta), AtFlags::SYMLINK_NOFOLLOW).map_err(|e| {
-        LayoutError::Io {
+        LayoutError::Io(IoError {
             action: "set the times of",
             path: path.to_path_buf(),
             source: e.into(),
-        }
+        })
     })
 }
 
@@ -636,7 +630,9 @@ pub(crate) fn delete(location: &str) -> Result<(), LayoutError> {
     use shadowcopy_core::safe_fs::{self, SafeFsError};
     let (parent, name) = match safe_fs::open_parent(Path::new(location), None) {
         Ok(found) => found,
-        Err(SafeFsError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+        Err(SafeFsError::Io(IoError { source, .. }))
+            if source.kind() == io::ErrorKind::NotFound =>
+        {
             return Ok(())
         }
         Err(source) => {
@@ -664,11 +660,11 @@ pub(crate) fn delete(location: &str) -> Result<(), LayoutError> {
     match result {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(LayoutError::Io {
+        Err(source) => Err(LayoutError::Io(IoError {
             action: "delete the copy",
             path: PathBuf::from(location),
             source,
-        }),
+        })),
     }
 }
 

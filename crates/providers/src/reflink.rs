@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use rustix::io::Errno;
 use shadowcopy_core::error::BoxError;
+use shadowcopy_core::error::IoError;
 use shadowcopy_core::model::{CopyView, FileEntry, TreeEntry};
 use shadowcopy_core::provider::{
     Capabilities, CommitControl, CommitRequest, Provider, Unsupported,
@@ -51,13 +52,8 @@ pub enum ReflinkError {
     },
     #[error("the request has no components, so there is no file system to put the copy on; check the set's configuration")]
     NoComponents,
-    #[error("cannot {action} {}", path.display())]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
     #[error(
         "the copy was cancelled after {done} of {total} files (the freeze deadline passed); the partial \
          copy is discarded. Raise the freeze deadline for this set"
@@ -70,10 +66,12 @@ pub enum ReflinkError {
 }
 
 fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> ReflinkError + 'a {
-    move |source| ReflinkError::Io {
-        action,
-        path: path.to_path_buf(),
-        source,
+    move |source| {
+        ReflinkError::Io(IoError {
+            action,
+            path: path.to_path_buf(),
+            source,
+        })
     }
 }
 
