@@ -1,53 +1,8 @@
-//! CLI-level errors, how every error maps to the documented exit codes, and the JSON
-//! error object a failing command prints on stdout when `--json` was given.
+//! The JSON error object a failing command prints on stdout when `--json` was given
+//! (its code is the exit code the engine assigns the error).
 
 use serde::Serialize;
-use shadowcopy_catalog::{CatalogError, QueueError};
-
-/// Bad input from the user: exit code 2, and nothing was written.
-#[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct UsageError {
-    message: String,
-}
-
-impl UsageError {
-    pub fn new(message: impl Into<String>) -> Self {
-        UsageError {
-            message: message.into(),
-        }
-    }
-}
-
-/// The exit code for an error, from the first cause in its chain that decides one.
-pub fn exit_code(err: &anyhow::Error) -> i32 {
-    for cause in err.chain() {
-        if cause.downcast_ref::<UsageError>().is_some() {
-            return 2;
-        }
-        if let Some(e) = cause.downcast_ref::<shadowcopy_core::Error>() {
-            return e.kind().exit_code();
-        }
-        if let Some(e) = cause.downcast_ref::<QueueError>() {
-            return match e {
-                QueueError::Busy { .. } | QueueError::TimedOut { .. } => 3,
-                QueueError::Io { .. } => 1,
-            };
-        }
-        if let Some(e) = cause.downcast_ref::<shadowcopy_postgres::archive::ArchiveError>() {
-            return e.kind().exit_code();
-        }
-        if let Some(
-            CatalogError::NoSuchCopy(_)
-            | CatalogError::NoCatalog { .. }
-            | CatalogError::ForeignDir { .. },
-        ) = cause.downcast_ref::<CatalogError>()
-        {
-            return 2;
-        }
-    }
-    1
-}
+use shadowcopy_engine::error::{exit_code, failed_copy};
 
 /// What a failing command prints on stdout with `--json` (the human error still goes to
 /// stderr): `{"error": {"code": 4, "message": "...", "causes": [...], "copy_id": 7}}`.
@@ -74,13 +29,7 @@ impl JsonError {
     pub fn from_error(err: &anyhow::Error) -> JsonError {
         let mut chain = err.chain().map(ToString::to_string);
         let message = chain.next().unwrap_or_default();
-        let copy_id =
-            err.chain().find_map(
-                |cause| match cause.downcast_ref::<shadowcopy_core::Error>() {
-                    Some(shadowcopy_core::Error::VerifyFailed { id, .. }) => Some(*id),
-                    _ => None,
-                },
-            );
+        let copy_id = failed_copy(err);
         JsonError {
             error: JsonErrorBody {
                 code: exit_code(err),

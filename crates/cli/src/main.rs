@@ -2,11 +2,8 @@
 //! subcommand, and maps errors to the documented exit codes (see README).
 
 mod commands;
-mod config;
 mod errors;
 mod output;
-mod session;
-mod spec;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -54,6 +51,25 @@ pub struct GlobalArgs {
     /// Print only errors
     #[arg(short, long, global = true, help_heading = "Global options")]
     pub quiet: bool,
+}
+
+impl GlobalArgs {
+    /// The engine on the catalog and config these options name.
+    pub fn engine(&self) -> anyhow::Result<shadowcopy_engine::Engine> {
+        shadowcopy_engine::Engine::new(&shadowcopy_engine::EngineOptions {
+            catalog: self.catalog.clone(),
+            config: self.config.clone(),
+        })
+    }
+
+    /// How a command prints: JSON (`json`), quiet, or text for people.
+    pub fn output(&self, json: bool) -> output::Output {
+        output::Output {
+            json,
+            quiet: self.quiet,
+            verbose: self.verbose,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -146,7 +162,7 @@ fn main() -> ExitCode {
             if json {
                 print_json_error(&errors::JsonError::from_error(&err));
             }
-            ExitCode::from(errors::exit_code(&err) as u8)
+            ExitCode::from(shadowcopy_engine::error::exit_code(&err) as u8)
         }
     }
 }

@@ -8,7 +8,9 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use shadowcopy_core::error::{human_bytes, humanize};
+use shadowcopy_catalog::{QueueHolder, Wait};
 use shadowcopy_core::{CopyId, EventSink, Phase};
+use shadowcopy_engine::{Deleted, Progress};
 
 #[derive(Clone, Copy, Debug)]
 pub struct Output {
@@ -106,6 +108,46 @@ impl EventSink for PhasePrinter {
     fn note(&self, message: &str) {
         if self.out.human() {
             println!("{}  note: {message}", self.indent);
+        }
+    }
+}
+
+impl Progress for PhasePrinter {
+    fn queued_behind(&self, holder: Option<&QueueHolder>, wait: Wait) {
+        if self.out.quiet {
+            return;
+        }
+        let limit = match wait {
+            Wait::Upto(d) => format!("up to {}", humantime::format_duration(d)),
+            Wait::No => "not at all".into(),
+        };
+        match holder {
+            Some(h) => eprintln!(
+                "queued behind `{}` for set `{}` (pid {}, running for {}); waiting {limit}",
+                h.command,
+                h.set,
+                h.pid,
+                age(h.since_ms)
+            ),
+            None => eprintln!("queued behind another shadow set in this catalog; waiting {limit}"),
+        }
+    }
+
+    fn recovered(&self, line: &str) {
+        if !self.out.quiet {
+            eprintln!("{line}");
+        }
+    }
+
+    fn deleted(&self, copy: &Deleted, dry_run: bool) {
+        if self.out.human() {
+            println!(
+                "{} copy {} of `{}` ({})",
+                if dry_run { "would delete" } else { "deleted" },
+                copy.id,
+                copy.set,
+                copy.state
+            );
         }
     }
 }

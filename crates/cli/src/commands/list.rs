@@ -3,7 +3,6 @@
 use clap::Args;
 
 use crate::output::{bytes, local_time, micros};
-use crate::session::Session;
 use crate::GlobalArgs;
 
 #[derive(Args, Debug)]
@@ -16,14 +15,14 @@ pub struct ListArgs {
 }
 
 pub fn run(g: &GlobalArgs, args: ListArgs) -> anyhow::Result<()> {
-    let session = Session::new(g, args.json)?;
-    let catalog = session.open_catalog_read_only()?;
-    let copies = catalog.list(args.set.as_deref())?;
-    if session.out.json {
-        return session.out.print_json(&copies);
+    let engine = g.engine()?;
+    let out = g.output(args.json);
+    let copies = engine.list(args.set.as_deref())?;
+    if out.json {
+        return out.print_json(&copies);
     }
     if copies.is_empty() {
-        if !session.out.quiet {
+        if !out.quiet {
             println!(
                 "no copies{}",
                 args.set

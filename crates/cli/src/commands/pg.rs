@@ -9,12 +9,9 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use shadowcopy_postgres::archive::{Got, Pushed, WalArchive};
 use shadowcopy_postgres::cluster;
-use shadowcopy_postgres::log_analysis::{self, Found, LogAnalysis};
-use shadowcopy_writers::WriterSpec;
+use shadowcopy_engine::UsageError;
+use shadowcopy_postgres::log_analysis::{Found, LogAnalysis};
 
-use super::UsableCopy;
-use crate::errors::UsageError;
-use crate::session::Session;
 use crate::GlobalArgs;
 
 #[derive(Args, Debug)]
@@ -105,30 +102,9 @@ pub fn run(g: &GlobalArgs, args: PgArgs) -> anyhow::Result<()> {
 }
 
 fn log_analysis(g: &GlobalArgs, id: i64, json: bool) -> anyhow::Result<()> {
-    let session = Session::new(g, json)?;
-    let catalog = session.open_catalog_read_only()?;
-    let copy = UsableCopy::load(&catalog, id, "analysed")?;
-    let Some(options) = copy.spec.writers.iter().find_map(|w| match w {
-        WriterSpec::Postgres(o) => Some(o),
-        _ => None,
-    }) else {
-        return Err(UsageError::new(format!(
-            "copy {id} (set `{}`) holds no PostgreSQL cluster; log-analysis is for copies made with --postgres or a set of kind postgres",
-            copy.summary.set
-        ))
-        .into());
-    };
-    let layout = options.layout.as_ref().ok_or_else(|| {
-        anyhow::anyhow!("copy {id} was recorded without its cluster layout; it cannot be analysed")
-    })?;
-    let files = catalog.manifest(id)?;
-    let view = copy
-        .provider
-        .expose(&copy.location, &files)
-        .map_err(|e| anyhow::anyhow!(e).context(format!("cannot read copy {id}")))?;
-    let analysis = log_analysis::analyze(layout, options.archive.as_deref(), &view)?;
-    if session.out.json {
-        return session.out.print_json(&analysis);
+    let analysis = g.engine()?.pg_log_analysis(id)?;
+    if json {
+        return g.output(json).print_json(&analysis);
     }
     print_analysis(id, &analysis);
     Ok(())

@@ -9,14 +9,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
-use shadowcopy_catalog::Wait;
 use shadowcopy_core::error::humanize;
-use shadowcopy_core::{CopyId, EventSink, Phase, RestoreRequest, Restorer};
+use shadowcopy_core::{CopyId, EventSink, Phase};
+use shadowcopy_engine::{CreateOptions, HumanDuration, Progress, RestoreOptions, WaitOptions};
 use shadowcopy_sample as bank;
 
 use crate::output::{Output, PhasePrinter};
-use crate::session::Session;
-use crate::spec::{Overrides, SetSpec, ZeroConfig};
 use crate::GlobalArgs;
 
 #[derive(Args, Debug)]
@@ -61,14 +59,27 @@ impl EventSink for FreezeClock {
     }
 }
 
+impl Progress for FreezeClock {
+    fn queued_behind(
+        &self,
+        holder: Option<&shadowcopy_catalog::QueueHolder>,
+        wait: shadowcopy_catalog::Wait,
+    ) {
+        self.inner.queued_behind(holder, wait)
+    }
+    fn recovered(&self, line: &str) {
+        self.inner.recovered(line)
+    }
+}
+
 pub fn run(g: &GlobalArgs, args: QuickstartArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("cannot create {}", args.dir.display()))?;
     let dir = std::fs::canonicalize(&args.dir)?;
     let mut global = g.clone();
     global.catalog = global.catalog.or_else(|| Some(dir.join("catalog")));
-    let session = Session::new(&global, false)?;
-    let out = session.out;
+    let engine = global.engine()?;
+    let out = global.output(false);
     let say = |s: &str| {
         if out.human() {
             println!("{s}");
@@ -95,53 +106,28 @@ pub fn run(g: &GlobalArgs, args: QuickstartArgs) -> anyhow::Result<()> {
         transfers.committed()
     ));
 
-    let spec = SetSpec::zero_config(
-        &session.config,
-        &ZeroConfig {
-            sqlite: Some(&db),
-            postgres: None,
-            pg_archive: None,
-            pg_password_file: None,
-            mariadb: None,
-            mariadb_password_file: None,
-            mariadb_keep_binlogs: false,
-            exec_writers: &[],
-            paths: &[],
-            fsfreeze: false,
-            name: None,
-        },
-        &Overrides {
-            provider: Some(args.provider.clone()),
-            ..Overrides::default()
-        },
-    )?;
-    spec.validate()?;
-    let catalog = session.open_catalog()?;
-    let provider = spec.choose_provider(&spec.provider_options(catalog.default_copies_dir()))?;
+    let planned = engine.plan(&CreateOptions {
+        sqlite: Some(db.clone()),
+        provider: Some(args.provider.clone()),
+        ..CreateOptions::default()
+    })?;
     say(&format!(
         "2. Shadow copy while the transfers run (provider {}, catalog {}):",
-        provider.kind(),
-        catalog.dir().display()
+        planned.provider.kind(),
+        engine.catalog_dir.display()
     ));
     say("   freeze = SQLite's write lock: readers go on, writers wait until thaw.");
-    let queue = session.take_queue(
-        &catalog,
-        "quickstart",
-        &spec.name,
-        Wait::Upto(Duration::from_secs(60)),
-    )?;
+    let wait = WaitOptions {
+        wait: HumanDuration(Duration::from_secs(60)),
+        no_wait: false,
+    };
     let clock = Arc::new(FreezeClock {
         inner: PhasePrinter::new(out, "   "),
         freeze_began: Default::default(),
     });
     let stall_before_copy = transfers.longest_stall();
     transfers.reset_longest_stall();
-    let kept = Box::new(super::CatalogKeptCopies {
-        catalog_dir: catalog.dir().to_path_buf(),
-        set: spec.name.clone(),
-    });
-    let created =
-        super::create::create_copy(&catalog, &spec, provider.clone(), clock.clone(), kept);
+    let created = engine.create_planned(&planned, &wait, clock.clone());
     let stall_during_copy = transfers.longest_stall();
     let created = match created {
         Ok(c) => c,
@@ -175,9 +161,7 @@ pub fn run(g: &GlobalArgs, args: QuickstartArgs) -> anyhow::Result<()> {
             say(&format!("   {line}"));
         }
     }
-    let view = provider
-        .expose(&created.location, &created.files)
-        .map_err(|e| anyhow::anyhow!(e))?;
+    let view = engine.expose(created.id)?;
     let copy_db = view
         .path_of(&db)
         .context("the copy holds no bank.db")?
@@ -226,25 +210,20 @@ pub fn run(g: &GlobalArgs, args: QuickstartArgs) -> anyhow::Result<()> {
     }
 
     say(&format!("\n5. Restore copy {} in place:", created.id));
-    let outcome = Restorer::new(&catalog, Arc::new(PhasePrinter::new(out, "   "))).restore(
-        RestoreRequest {
-            copy_id: created.id,
-            set_name: spec.name.clone(),
-            spec_json: spec.to_json()?,
-            location: created.location.clone(),
-            files: catalog.manifest(created.id)?,
-            components: catalog.components(created.id)?,
-            writers: spec.build_writers(),
-            provider: provider.clone(),
+    let outcome = engine.restore(
+        &RestoreOptions {
+            id: created.id,
             to: None,
             force: false,
-            keep_current: true,
+            discard_current: false,
             mode: Default::default(),
+            until: None,
         },
+        &wait,
+        Arc::new(PhasePrinter::new(out, "   ")),
     )?;
-    drop(queue);
-    for (step, took) in &outcome.steps {
-        say(&format!("   {step:<40} {:>10}", humanize(*took)));
+    for step in &outcome.steps {
+        say(&format!("   {:<40} {:>10}", step.phase, humanize(step.took)));
     }
     if let Some(pre) = outcome.pre_restore {
         say(&format!("   the damaged state was kept first as copy {pre} (pre-restore), in case it was needed."));
@@ -286,7 +265,7 @@ pub fn run(g: &GlobalArgs, args: QuickstartArgs) -> anyhow::Result<()> {
         && in_copy.summary.balanced();
     say(&format!(
         "\nNext: shadowcopy --catalog {} list    (and `show {}` for phases, files and hashes)",
-        catalog.dir().display(),
+        engine.catalog_dir.display(),
         created.id
     ));
     if !ok {

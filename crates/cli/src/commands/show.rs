@@ -4,7 +4,6 @@ use clap::Args;
 use shadowcopy_core::CopyState;
 
 use crate::output::{bytes, local_time, micros};
-use crate::session::Session;
 use crate::GlobalArgs;
 
 #[derive(Args, Debug)]
@@ -17,11 +16,11 @@ pub struct ShowArgs {
 }
 
 pub fn run(g: &GlobalArgs, args: ShowArgs) -> anyhow::Result<()> {
-    let session = Session::new(g, args.json)?;
-    let catalog = session.open_catalog_read_only()?;
-    let d = catalog.detail(args.id)?;
-    if session.out.json {
-        return session.out.print_json(&d);
+    let engine = g.engine()?;
+    let out = g.output(args.json);
+    let d = engine.show(args.id)?;
+    if out.json {
+        return out.print_json(&d);
     }
     let s = &d.summary;
     println!("copy {} of set `{}`", s.id, s.set);

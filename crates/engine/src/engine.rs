@@ -1,33 +1,42 @@
-//! What every command shares: the config, where the catalog is, opening it, taking the
-//! queue (and cleaning up interrupted sets once we hold it).
+//! What every use case shares: the config, where the catalog is, opening it, taking the
+//! queue (and, once held, finishing what interrupted commands left behind).
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::Context;
-use shadowcopy_catalog::{Catalog, CopySummary, QueueGuard, QueueHolder, Wait};
-use shadowcopy_core::Provider;
+use serde::Deserialize;
+use shadowcopy_catalog::{Catalog, QueueGuard, QueueHolder, Wait};
 
-use crate::config::Config;
-use crate::errors::UsageError;
-use crate::output::Output;
-use crate::spec::SetSpec;
-use crate::GlobalArgs;
+use crate::config::{Config, HumanDuration};
+use crate::copies::provider_for;
+use crate::error::UsageError;
+use crate::progress::Progress;
 
-pub struct Session {
-    pub config: Config,
-    pub catalog_dir: PathBuf,
-    pub out: Output,
+/// Where the engine finds its config and catalog; every front end passes these.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineOptions {
+    /// The catalog directory (else the config file's `catalog`, else the default).
+    pub catalog: Option<PathBuf>,
+    /// The config file (else /etc/shadowcopy/config.toml when it exists).
+    pub config: Option<PathBuf>,
 }
 
-impl Session {
+/// The use cases on one catalog with one config: `create`, `verify`, `restore`,
+/// `delete`, `list`, `show`, `writers`, `providers` (one module each).
+pub struct Engine {
+    pub config: Config,
+    pub catalog_dir: PathBuf,
+}
+
+impl Engine {
     /// Reads the config and resolves the catalog directory (`--catalog`, then
     /// `SHADOWCOPY_CATALOG`, then the config file, then the default), made absolute
     /// against the current directory once, here: every location recorded under it is then
     /// absolute. An empty directory name is an error. Writes nothing.
-    pub fn new(global: &GlobalArgs, json: bool) -> anyhow::Result<Session> {
-        let config = Config::load(global.config.as_deref())?;
-        let (given, source) = match (&global.catalog, &config.catalog) {
+    pub fn new(options: &EngineOptions) -> anyhow::Result<Engine> {
+        let config = Config::load(options.config.as_deref())?;
+        let (given, source) = match (&options.catalog, &config.catalog) {
             (Some(dir), _) => (dir.clone(), "--catalog (or SHADOWCOPY_CATALOG)".to_string()),
             (None, Some(dir)) => (
                 dir.clone(),
@@ -42,14 +51,9 @@ impl Session {
             (None, None) => (default_catalog_dir(), "the default".to_string()),
         };
         let catalog_dir = absolute_catalog_dir(&given, &source)?;
-        Ok(Session {
+        Ok(Engine {
             config,
             catalog_dir,
-            out: Output {
-                json,
-                quiet: global.quiet,
-                verbose: global.verbose,
-            },
         })
     }
 
@@ -74,14 +78,15 @@ impl Session {
         Ok(Catalog::open_to_free_space(&self.catalog_dir)?)
     }
 
-    /// Takes the queue for `command` on `set`, telling the user (on stderr) whom they wait
-    /// behind, then cleans up sets a crashed run left behind.
+    /// Takes the queue for `command` on `set`, telling `progress` whom it waits behind,
+    /// then finishes interrupted restores and cleans up sets a crashed run left behind.
     pub fn take_queue(
         &self,
         catalog: &Catalog,
         command: &str,
         set: &str,
         wait: Wait,
+        progress: &dyn Progress,
     ) -> anyhow::Result<QueueGuard> {
         let me = QueueHolder {
             pid: std::process::id(),
@@ -89,66 +94,26 @@ impl Session {
             command: command.to_string(),
             since_ms: chrono::Utc::now().timestamp_millis(),
         };
-        let quiet = self.out.quiet;
         let guard = catalog.acquire_queue(&me, wait, |holder| {
-            if quiet {
-                return;
-            }
-            let limit = match wait {
-                Wait::Upto(d) => format!("up to {}", humantime::format_duration(d)),
-                Wait::No => "not at all".into(),
-            };
-            match holder {
-                Some(h) => eprintln!(
-                    "queued behind `{}` for set `{}` (pid {}, running for {}); waiting {limit}",
-                    h.command,
-                    h.set,
-                    h.pid,
-                    crate::output::age(h.since_ms)
-                ),
-                None => {
-                    eprintln!("queued behind another shadow set in this catalog; waiting {limit}")
-                }
-            }
+            progress.queued_behind(holder, wait);
         })?;
-        let events = crate::output::PhasePrinter::new(self.out, "");
         for line in catalog
-            .recover_interrupted_restores(&guard, &events)
+            .recover_interrupted_restores(&guard, progress)
             .context("finishing interrupted restores")?
         {
-            if !self.out.quiet {
-                eprintln!("{line}");
-            }
+            progress.recovered(&line);
         }
         let recovered = catalog
             .recover_interrupted(&guard, &|copy| provider_for(catalog, copy))
             .context("cleaning up interrupted shadow sets")?;
         for r in recovered {
-            if !self.out.quiet {
-                eprintln!("recovered copy {} of set `{}`: {}", r.id, r.set, r.what);
-            }
+            progress.recovered(&format!(
+                "recovered copy {} of set `{}`: {}",
+                r.id, r.set, r.what
+            ));
         }
         Ok(guard)
     }
-}
-
-/// The provider that made `copy`, configured as it was then.
-pub fn provider_for(catalog: &Catalog, copy: &CopySummary) -> Result<Arc<dyn Provider>, String> {
-    let spec =
-        SetSpec::from_json(&copy.spec_json).map_err(|e| format!("unreadable set spec: {e}"))?;
-    let opts = spec.provider_options(catalog.default_copies_dir());
-    // A multi-volume copy's volumes are in its location: an in-place restore makes its
-    // pre-restore copy of the same volumes with this provider.
-    if copy.provider == shadowcopy_providers::multi::MULTI {
-        if let Some(Ok(multi)) = copy
-            .location
-            .as_deref()
-            .map(|l| shadowcopy_providers::multi::MultiVolumeProvider::for_location(l, &opts))
-        {
-            return Ok(Arc::new(multi));
-        }
-    }
-    shadowcopy_providers::build(&copy.provider, &opts).map_err(|e| e.to_string())
 }
 
 /// `dir` (named by `source`) made absolute; an empty name is bad input.
@@ -181,4 +146,35 @@ pub fn default_catalog_dir() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("."));
     home.join(".local/share/shadowcopy")
+}
+
+/// How long a command waits for the queue when another shadow set is running.
+#[derive(clap::Args, Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WaitOptions {
+    /// Wait up to this long for a running shadow set to finish (exit 3 when exceeded)
+    #[arg(long, value_name = "DURATION", value_parser = crate::parse_duration, default_value = "10m", help_heading = "Queue")]
+    pub wait: HumanDuration,
+    /// Do not wait: exit 3 at once if another shadow set is running
+    #[arg(long, conflicts_with = "wait", help_heading = "Queue")]
+    pub no_wait: bool,
+}
+
+impl Default for WaitOptions {
+    fn default() -> Self {
+        WaitOptions {
+            wait: HumanDuration(std::time::Duration::from_secs(600)),
+            no_wait: false,
+        }
+    }
+}
+
+impl WaitOptions {
+    pub fn policy(&self) -> Wait {
+        if self.no_wait {
+            Wait::No
+        } else {
+            Wait::Upto(self.wait.0)
+        }
+    }
 }

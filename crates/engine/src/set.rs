@@ -20,8 +20,9 @@ use shadowcopy_writers::fsfreeze::{mount_point, FsfreezeOptions};
 use shadowcopy_writers::sqlite::SqliteOptions;
 use shadowcopy_writers::{SetContext, WriterSpec};
 
-use crate::config::Config;
-use crate::errors::UsageError;
+use crate::config::{Config, SetConfig};
+use crate::create::CreateOptions;
+use crate::error::UsageError;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -47,48 +48,28 @@ pub struct SetSpec {
     pub exec_providers: Vec<ExecProviderOptions>,
 }
 
-/// Flags of `create` that override what the config says.
-#[derive(Clone, Debug, Default)]
-pub struct Overrides {
-    pub provider: Option<String>,
-    pub freeze_deadline: Option<Duration>,
-    pub copies_dir: Option<PathBuf>,
-    pub no_verify: bool,
-}
-
-/// What a set is made of, before defaults and overrides are applied.
-struct SetSource {
-    name: String,
-    writers: Vec<WriterSpec>,
-    paths: Vec<PathBuf>,
-    fsfreeze: bool,
-    provider: Option<String>,
-    deadline: Option<Duration>,
-    copies_dir: Option<PathBuf>,
-    verify: Option<bool>,
-}
-
-/// What `create` names without a config file.
-pub struct ZeroConfig<'a> {
-    pub sqlite: Option<&'a Path>,
-    /// `--postgres URL`, with `--pg-archive DIR` and `--pg-password-file FILE`.
-    pub postgres: Option<&'a str>,
-    pub pg_archive: Option<&'a Path>,
-    pub pg_password_file: Option<&'a Path>,
-    /// `--mariadb URL`, with `--mariadb-keep-binlogs` and `--mariadb-password-file FILE`.
-    pub mariadb: Option<&'a str>,
-    pub mariadb_password_file: Option<&'a Path>,
-    pub mariadb_keep_binlogs: bool,
-    /// Hook scripts (`exec` writers), after the database's writer.
-    pub exec_writers: &'a [PathBuf],
-    pub paths: &'a [PathBuf],
-    pub fsfreeze: bool,
-    pub name: Option<&'a str>,
-}
-
 impl SetSpec {
-    /// A set named in the config file.
-    pub fn from_config(config: &Config, name: &str, o: &Overrides) -> Result<SetSpec, UsageError> {
+    /// The set `create` asks for: one named in the config file, else one made of the
+    /// zero-config options.
+    pub fn for_create(config: &Config, o: &CreateOptions) -> Result<SetSpec, UsageError> {
+        match &o.set {
+            Some(set) => SetSpec::from_config(config, set, o),
+            None if o.sqlite.is_none()
+                && o.postgres.is_none()
+                && o.mariadb.is_none()
+                && o.path.is_empty() =>
+            {
+                Err(UsageError::new(
+                    "say what to copy: a set named in the config file (`create SET`), one SQLite database (`create --sqlite PATH`), a PostgreSQL cluster (`create --postgres URL`), a MariaDB server (`create --mariadb URL`), or files and directories (`create --path DIR`)",
+                ))
+            }
+            None => SetSpec::zero_config(config, o),
+        }
+    }
+
+    /// A set named in the config file, with what `o` overrides (provider, deadline,
+    /// copies directory, verification).
+    pub fn from_config(config: &Config, name: &str, o: &CreateOptions) -> Result<SetSpec, UsageError> {
         let set = config.set(name)?;
         let writers = set
             .writers
@@ -119,16 +100,12 @@ impl SetSpec {
             .collect::<Result<Vec<_>, UsageError>>()
             .map_err(|e| UsageError::new(format!("set `{name}`: {e}")))?;
         SetSpec::resolve(
-            SetSource {
-                name: name.to_string(),
+            name.to_string(),
+            SetConfig {
                 writers,
                 paths: normalize_all(&set.paths, "path")
                     .map_err(|e| UsageError::new(format!("set `{name}`: {e}")))?,
-                fsfreeze: set.fsfreeze.unwrap_or(false),
-                provider: set.provider.clone(),
-                deadline: set.freeze_deadline.map(|h| h.0),
-                copies_dir: set.copies_dir.clone(),
-                verify: set.verify,
+                ..set.clone()
             },
             config,
             o,
@@ -137,25 +114,21 @@ impl SetSpec {
 
     /// `create --sqlite PATH` and/or `create --path DIR...`: a set named after the
     /// database (or the first path) unless `--name` is given.
-    pub fn zero_config(
-        config: &Config,
-        z: &ZeroConfig<'_>,
-        o: &Overrides,
-    ) -> Result<SetSpec, UsageError> {
-        let sqlite = normalize_opt(z.sqlite, "--sqlite")?;
-        let paths = normalize_all(z.paths, "--path")?;
-        let postgres = match z.postgres {
+    pub fn zero_config(config: &Config, z: &CreateOptions) -> Result<SetSpec, UsageError> {
+        let sqlite = normalize_opt(z.sqlite.as_deref(), "--sqlite")?;
+        let paths = normalize_all(&z.path, "--path")?;
+        let postgres = match z.postgres.as_deref() {
             Some(url) => Some(PostgresOptions {
-                archive: normalize_opt(z.pg_archive, "--pg-archive")?,
-                password_file: normalize_opt(z.pg_password_file, "--pg-password-file")?,
+                archive: normalize_opt(z.pg_archive.as_deref(), "--pg-archive")?,
+                password_file: normalize_opt(z.pg_password_file.as_deref(), "--pg-password-file")?,
                 ..PostgresOptions::new(url)
             }),
             None => None,
         };
-        let mariadb = match z.mariadb {
+        let mariadb = match z.mariadb.as_deref() {
             Some(url) => Some(MariaDbOptions {
                 purge_binlogs: !z.mariadb_keep_binlogs,
-                password_file: normalize_opt(z.mariadb_password_file, "--mariadb-password-file")?,
+                password_file: normalize_opt(z.mariadb_password_file.as_deref(), "--mariadb-password-file")?,
                 ..MariaDbOptions::new(url)
             }),
             None => None,
@@ -168,14 +141,15 @@ impl SetSpec {
         // The set is named after what the user typed (`link.db`, not the file it points to).
         let first = z
             .sqlite
-            .or(z.paths.first().map(PathBuf::as_path))
+            .as_deref()
+            .or(z.path.first().map(PathBuf::as_path))
             .map(lexical);
         if first.is_none() && postgres.is_none() && mariadb.is_none() {
             return Err(UsageError::new(
                 "say what to copy: --sqlite PATH, --postgres URL, --mariadb URL, --path DIR, or a set from the config file",
             ));
         }
-        let name = match (z.name, first) {
+        let name = match (z.name.as_deref(), first) {
             (Some(n), _) => n.to_string(),
             (None, None) if postgres.is_none() => "mariadb".to_string(),
             (None, None) => "postgres".to_string(),
@@ -192,15 +166,15 @@ impl SetSpec {
             )));
         }
         SetSpec::resolve(
-            SetSource {
-                name,
+            name,
+            SetConfig {
                 writers: sqlite
                     .map(|path| WriterSpec::Sqlite(SqliteOptions { path }))
                     .into_iter()
                     .chain(postgres.map(WriterSpec::Postgres))
                     .chain(mariadb.map(WriterSpec::Mariadb))
                     .chain(
-                        normalize_all(z.exec_writers, "--exec-writer")?
+                        normalize_all(&z.exec_writer, "--exec-writer")?
                             .into_iter()
                             .map(|script| {
                                 WriterSpec::Exec(ExecOptions {
@@ -212,27 +186,31 @@ impl SetSpec {
                     )
                     .collect(),
                 paths,
-                fsfreeze: z.fsfreeze,
+                fsfreeze: Some(z.fsfreeze),
                 provider: None,
-                deadline: None,
+                freeze_deadline: None,
                 copies_dir: None,
                 verify: None,
             },
             config,
-            o,
+            z,
         )
     }
 
+    /// The set `name` made of `source`, with the options `o` overrides, the config's
+    /// defaults and the built-in ones filled in, each database server discovered (once).
     fn resolve(
-        mut source: SetSource,
+        name: String,
+        mut source: SetConfig,
         config: &Config,
-        o: &Overrides,
+        o: &CreateOptions,
     ) -> Result<SetSpec, UsageError> {
-        check_set_name(&source.name)?;
+        check_set_name(&name)?;
         let d = &config.defaults;
         let deadline = o
             .freeze_deadline
-            .or(source.deadline)
+            .map(|h| h.0)
+            .or(source.freeze_deadline.map(|h| h.0))
             .or(d.freeze_deadline.map(|h| h.0))
             .unwrap_or(DEFAULT_FREEZE_DEADLINE);
         let freeze_deadline_ms = check_freeze_deadline(deadline)?;
@@ -242,7 +220,7 @@ impl SetSpec {
             if !(MIN_FREEZE_DEADLINE..=MAX_HOOK_TIMEOUT).contains(&t.0) {
                 return Err(UsageError::new(format!(
                     "set `{}`: the timeout {} of the hook {} is out of range: give between 1ms and 24h (timeout in the config file)",
-                    source.name,
+                    name,
                     humantime::format_duration(t.0),
                     e.script.display()
                 )));
@@ -261,7 +239,7 @@ impl SetSpec {
             Some(dir) if dir.as_os_str().is_empty() => {
                 return Err(UsageError::new(format!(
                     "set `{}`: the copies directory is empty; give a directory",
-                    source.name
+                    name
                 )))
             }
             Some(dir) => Some(lexical(&dir)),
@@ -273,7 +251,7 @@ impl SetSpec {
                 let layout = shadowcopy_postgres::cluster::discover_cluster(p).map_err(|e| {
                     UsageError::new(format!(
                         "set `{}`: {}",
-                        source.name,
+                        name,
                         shadowcopy_core::coordinator::chain(&e)
                     ))
                 })?;
@@ -284,7 +262,7 @@ impl SetSpec {
                 let layout = shadowcopy_mariadb::server::discover_server(m).map_err(|e| {
                     UsageError::new(format!(
                         "set `{}`: {}",
-                        source.name,
+                        name,
                         shadowcopy_core::coordinator::chain(&e)
                     ))
                 })?;
@@ -305,14 +283,14 @@ impl SetSpec {
         if !holds_data && source.paths.is_empty() {
             return Err(UsageError::new(format!(
                 "set `{}` names no data: give a database writer or paths (hooks alone copy nothing)",
-                source.name
+                name
             )));
         }
         Ok(SetSpec {
-            name: source.name,
+            name,
             writers: source.writers,
             paths: source.paths,
-            fsfreeze: source.fsfreeze,
+            fsfreeze: source.fsfreeze.unwrap_or(false),
             provider,
             freeze_deadline_ms,
             copies_dir,

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use shadowcopy_writers::WriterSpec;
 
-use crate::errors::UsageError;
+use crate::error::UsageError;
 
 /// The system-wide config file, read when present and no `--config` is given.
 pub const SYSTEM_CONFIG: &str = "/etc/shadowcopy/config.toml";
@@ -89,7 +89,7 @@ impl Config {
             ))
         })?;
         for (name, set) in &config.sets {
-            crate::spec::check_set_name(name)
+            crate::set::check_set_name(name)
                 .map_err(|e| UsageError::new(format!("{}: {e}", path.display())))?;
             if set.writers.is_empty() && set.paths.is_empty() {
                 return Err(UsageError::new(format!(

@@ -1,0 +1,106 @@
+//! A recorded copy made readable again: its set spec and the provider that made it
+//! (configured as it was then), for verify, restore, delete and log truncation.
+
+use std::sync::Arc;
+
+use shadowcopy_catalog::{Catalog, CopySummary};
+use shadowcopy_core::{BoxError, CopyState, KeptCopies, KeptCopy, Provider};
+
+use crate::error::UsageError;
+use crate::set::SetSpec;
+
+/// A usable copy with what it takes to read it: its set spec and its provider.
+pub struct UsableCopy {
+    pub summary: CopySummary,
+    pub spec: SetSpec,
+    pub provider: Arc<dyn Provider>,
+    pub location: String,
+}
+
+impl UsableCopy {
+    /// Copy `id`, which must be usable; `purpose` ("restored") words the refusal.
+    pub fn load(catalog: &Catalog, id: i64, purpose: &str) -> anyhow::Result<UsableCopy> {
+        let summary = catalog.summary(id)?;
+        if summary.state != CopyState::Usable {
+            return Err(UsageError::new(format!(
+                "copy {id} is {} ({}); only usable copies can be {purpose}. `shadowcopy list` shows which are",
+                summary.state,
+                summary.error.as_deref().unwrap_or("no error recorded")
+            ))
+            .into());
+        }
+        let spec = SetSpec::from_json(&summary.spec_json).map_err(|e| {
+            anyhow::anyhow!("copy {id} has an unreadable set spec in the catalog: {e}")
+        })?;
+        let provider = provider_for(catalog, &summary).map_err(|e| anyhow::anyhow!(e))?;
+        let location = summary
+            .location
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("copy {id} has no location recorded"))?;
+        Ok(UsableCopy {
+            summary,
+            spec,
+            provider,
+            location,
+        })
+    }
+}
+
+impl crate::engine::Engine {
+    /// Copy `id`'s files, readable (read-only use): for a front end that looks inside
+    /// a copy. Reads the catalog only.
+    pub fn expose(&self, id: i64) -> anyhow::Result<shadowcopy_core::CopyView> {
+        let catalog = self.open_catalog_read_only()?;
+        let copy = UsableCopy::load(&catalog, id, "read")?;
+        let files = catalog.manifest(id)?;
+        copy.provider
+            .expose(&copy.location, &files)
+            .map_err(|e| anyhow::anyhow!(e).context(format!("cannot read copy {id}")))
+    }
+}
+
+/// The provider that made `copy`, configured as it was then.
+pub fn provider_for(catalog: &Catalog, copy: &CopySummary) -> Result<Arc<dyn Provider>, String> {
+    let spec =
+        SetSpec::from_json(&copy.spec_json).map_err(|e| format!("unreadable set spec: {e}"))?;
+    let opts = spec.provider_options(catalog.default_copies_dir());
+    // A multi-volume copy's volumes are in its location: an in-place restore makes its
+    // pre-restore copy of the same volumes with this provider.
+    if copy.provider == shadowcopy_providers::multi::MULTI {
+        if let Some(Ok(multi)) = copy
+            .location
+            .as_deref()
+            .map(|l| shadowcopy_providers::multi::MultiVolumeProvider::for_location(l, &opts))
+        {
+            return Ok(Arc::new(multi));
+        }
+    }
+    shadowcopy_providers::build(&copy.provider, &opts).map_err(|e| e.to_string())
+}
+
+/// The usable copies of a set, read from the catalog only when a writer asks: a writer
+/// truncating logs after a verified copy must keep what each of them still needs.
+pub struct CatalogKeptCopies {
+    pub catalog_dir: std::path::PathBuf,
+    pub set: String,
+}
+
+impl KeptCopies for CatalogKeptCopies {
+    fn kept(&self) -> Result<Vec<KeptCopy>, BoxError> {
+        let catalog = Catalog::open_existing(&self.catalog_dir)?;
+        let mut kept = Vec::new();
+        for summary in catalog.list(Some(&self.set))? {
+            if summary.state != CopyState::Usable {
+                continue;
+            }
+            let copy = UsableCopy::load(&catalog, summary.id, "read")?;
+            let files = catalog.manifest(summary.id)?;
+            let view = copy.provider.expose(&copy.location, &files)?;
+            kept.push(KeptCopy {
+                id: summary.id,
+                view,
+            });
+        }
+        Ok(kept)
+    }
+}
