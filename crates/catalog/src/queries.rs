@@ -123,7 +123,9 @@ fn summary(row: &Row<'_>) -> rusqlite::Result<Parsed> {
     })))
 }
 
-/// Providers whose location is a directory path (the others' are their own strings).
+/// The providers for which shadowcopy before schema 3 recorded relative directory paths
+/// as locations: a fact of old catalogs (fixed, whatever providers exist now), not a
+/// capability.
 const PATH_LOCATIONS: [&str; 2] = ["copy", "reflink"];
 
 impl Catalog {

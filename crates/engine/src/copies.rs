@@ -66,16 +66,8 @@ pub fn provider_for(catalog: &Catalog, copy: &CopySummary) -> Result<Arc<dyn Pro
     let opts = spec.provider_options(catalog.default_copies_dir());
     // A multi-volume copy's volumes are in its location: an in-place restore makes its
     // pre-restore copy of the same volumes with this provider.
-    if copy.provider == shadowcopy_providers::multi::MULTI {
-        if let Some(Ok(multi)) = copy
-            .location
-            .as_deref()
-            .map(|l| shadowcopy_providers::multi::MultiVolumeProvider::for_location(l, &opts))
-        {
-            return Ok(Arc::new(multi));
-        }
-    }
-    shadowcopy_providers::build(&copy.provider, &opts).map_err(|e| e.to_string())
+    shadowcopy_providers::build_for_copy(&copy.provider, copy.location.as_deref(), &opts)
+        .map_err(|e| e.to_string())
 }
 
 /// The usable copies of a set, read from the catalog only when a writer asks: a writer

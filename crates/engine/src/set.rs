@@ -513,7 +513,9 @@ impl SetSpec {
             .map(|v| format!(" (volume {})", v.display()))
             .unwrap_or_default();
         let chosen = match self.provider.as_str() {
-            "auto" if self.freezes_file_systems() => shadowcopy_providers::build("copy", opts),
+            "auto" if self.freezes_file_systems() => {
+                shadowcopy_providers::choose_auto_off_the_data_file_system(opts, paths)
+            }
             "auto" => shadowcopy_providers::choose_auto(opts, paths),
             kind => shadowcopy_providers::build(kind, opts),
         };

@@ -22,7 +22,7 @@
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
-use shadowcopy_core::provider::Provider;
+use shadowcopy_core::provider::{Capabilities, Provider};
 
 pub mod btrfs;
 pub mod copy;
@@ -144,13 +144,16 @@ impl Registry {
         self.entries.iter().map(|(_, make)| make(opts)).collect()
     }
 
-    /// The lowest `rank()` whose `check(paths)` passes; otherwise every reason.
+    /// The lowest `rank()` among the providers whose capabilities `fits` accepts and
+    /// whose `check(paths)` passes; otherwise every reason.
     pub fn choose_auto(
         &self,
         opts: &ProviderOptions,
         paths: &[PathBuf],
+        fits: impl Fn(&Capabilities) -> bool,
     ) -> Result<Arc<dyn Provider>, RegistryError> {
         let mut candidates = self.all(opts);
+        candidates.retain(|p| fits(&p.capabilities()));
         candidates.sort_by_key(|p| p.rank());
         let mut reasons = Vec::new();
         for p in candidates {
@@ -204,7 +207,35 @@ pub fn choose_auto(
     opts: &ProviderOptions,
     paths: &[PathBuf],
 ) -> Result<Arc<dyn Provider>, RegistryError> {
-    registry().choose_auto(opts, paths)
+    registry().choose_auto(opts, paths, |_| true)
+}
+
+/// auto for a set whose file systems are frozen while it commits: the lowest `rank()`
+/// among the providers that write elsewhere (a clone onto a frozen file system would
+/// wait for the thaw).
+pub fn choose_auto_off_the_data_file_system(
+    opts: &ProviderOptions,
+    paths: &[PathBuf],
+) -> Result<Arc<dyn Provider>, RegistryError> {
+    registry().choose_auto(opts, paths, |c| !c.writes_to_the_data_file_system)
+}
+
+/// The provider that made a copy of kind `kind` at `location`, configured as `opts`
+/// say: a multi-volume copy's volumes (and each one's provider) are read from its
+/// location; an unreadable one falls back to what `build` makes of the kind.
+pub fn build_for_copy(
+    kind: &str,
+    location: Option<&str>,
+    opts: &ProviderOptions,
+) -> Result<Arc<dyn Provider>, RegistryError> {
+    if kind == multi::MULTI {
+        if let Some(Ok(multi)) =
+            location.map(|l| multi::MultiVolumeProvider::for_location(l, opts))
+        {
+            return Ok(Arc::new(multi));
+        }
+    }
+    build(kind, opts)
 }
 
 #[cfg(test)]

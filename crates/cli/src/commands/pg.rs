@@ -8,7 +8,6 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use shadowcopy_postgres::archive::{Got, Pushed, WalArchive};
-use shadowcopy_postgres::cluster;
 use shadowcopy_engine::UsageError;
 use shadowcopy_postgres::log_analysis::{Found, LogAnalysis};
 
@@ -184,52 +183,21 @@ fn print_analysis(id: i64, a: &LogAnalysis) {
 }
 
 fn setup(url: &str, archive: &std::path::Path, apply: bool) -> anyhow::Result<()> {
-    let archive = std::path::absolute(archive).context("resolving the archive directory")?;
-    let mut client = cluster::connect(url)?;
-    let layout = cluster::discover(&mut client, cluster::PgUrl::new(url).as_str())?;
     let exe = std::env::current_exe().context("finding the shadowcopy program")?;
-    let command = format!(
-        "{} pg archive-push --archive {} %p",
-        exe.display(),
-        archive.display()
-    );
-    let settings = [
-        ("archive_mode", "on".to_string()),
-        ("archive_command", command),
-    ];
-    if !apply {
+    let setup = shadowcopy_engine::postgres::archive_setup(url, archive, &exe, apply)?;
+    if !setup.applied {
         println!(
             "# postgresql.conf settings for {} (or run with --apply):",
-            layout.data_dir.display()
+            setup.data_dir.display()
         );
-        for (k, v) in &settings {
+        for (k, v) in &setup.settings {
             println!("{k} = '{}'", v.replace('\'', "''"));
         }
         println!("# then restart the server if archive_mode changed, and create the archive with --apply");
         return Ok(());
     }
-    WalArchive::create(&archive)?;
-    if rustix::process::geteuid().is_root() {
-        for entry in walkdir::WalkDir::new(&archive) {
-            let entry = entry?;
-            std::os::unix::fs::chown(entry.path(), Some(layout.owner_uid), Some(layout.owner_gid))
-                .with_context(|| {
-                    format!("giving {} to the cluster's owner", entry.path().display())
-                })?;
-        }
-    }
-    for (k, v) in &settings {
-        client
-            .simple_query(&format!(
-                "ALTER SYSTEM SET {k} = '{}'",
-                v.replace('\'', "''")
-            ))
-            .with_context(|| format!("ALTER SYSTEM SET {k}"))?;
-    }
-    client.simple_query("SELECT pg_reload_conf()")?;
-    let mode: String = client.query_one("SHOW archive_mode", &[])?.get(0);
-    println!("archive {} created; archive_command set", archive.display());
-    if mode != "on" {
+    println!("archive {} created; archive_command set", setup.archive.display());
+    if setup.restart_needed {
         println!("archive_mode is set to on but takes effect at the next server restart");
     }
     Ok(())
