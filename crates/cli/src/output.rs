@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
-use shadowcopy_core::error::{human_bytes, humanize};
 use shadowcopy_catalog::{QueueHolder, Wait};
+use shadowcopy_core::error::{human_bytes, humanize};
 use shadowcopy_core::{CopyId, EventSink, Phase};
 use shadowcopy_engine::{Deleted, Progress};
 
@@ -53,6 +53,15 @@ impl PhasePrinter {
     }
 }
 
+impl PhasePrinter {
+    /// Clears the progress bar, if one is drawn (work that ends without a phase).
+    pub fn finish(&self) {
+        if let Some(bar) = self.bar.lock().expect("bar lock").take() {
+            bar.finish_and_clear();
+        }
+    }
+}
+
 impl EventSink for PhasePrinter {
     fn copy_started(&self, id: CopyId, set: &str) {
         if self.out.human() {
@@ -67,9 +76,7 @@ impl EventSink for PhasePrinter {
     }
 
     fn phase_finished(&self, phase: Phase, took: Duration, ok: bool) {
-        if let Some(bar) = self.bar.lock().expect("bar lock").take() {
-            bar.finish_and_clear();
-        }
+        self.finish();
         if self.out.human() {
             let mark = if ok { "ok" } else { "FAILED" };
             println!(

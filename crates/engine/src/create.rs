@@ -8,8 +8,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use shadowcopy_catalog::Catalog;
 use shadowcopy_core::{
-    Coordinator, CopyState, CreatedCopy, EventSink, KeptCopies, Origin, Provider,
-    ShadowSetRequest, VerifyReport,
+    Coordinator, CopyState, CreatedCopy, EventSink, KeptCopies, Origin, Provider, ShadowSetRequest,
+    VerifyReport,
 };
 
 use crate::config::HumanDuration;

@@ -68,8 +68,7 @@ impl Engine {
         wait: &WaitOptions,
         progress: &dyn Progress,
     ) -> anyhow::Result<DeleteReport> {
-        if options.ids.is_empty() && options.older_than.is_none() && options.keep_last.is_none()
-        {
+        if options.ids.is_empty() && options.older_than.is_none() && options.keep_last.is_none() {
             return Err(UsageError::new(
                 "say what to delete: copy ids, --older-than AGE or --keep-last N",
             )
@@ -121,8 +120,7 @@ impl Engine {
             if !dry_run {
                 catalog.mark_deleting(copy.id)?;
                 if let Some(location) = &copy.location {
-                    let provider =
-                        provider_for(&catalog, &copy).map_err(|e| anyhow::anyhow!(e))?;
+                    let provider = provider_for(&catalog, &copy).map_err(|e| anyhow::anyhow!(e))?;
                     provider
                         .delete(location)
                         .map_err(|e| anyhow::anyhow!("deleting copy {} at {location} failed: {e}; it stays listed as deleting and the next run retries", copy.id))?;

@@ -52,9 +52,10 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
 
 /// The copy whose verification failed, when that is what `err` is (exit 4).
 pub fn failed_copy(err: &anyhow::Error) -> Option<i64> {
-    err.chain()
-        .find_map(|cause| match cause.downcast_ref::<shadowcopy_core::Error>() {
+    err.chain().find_map(
+        |cause| match cause.downcast_ref::<shadowcopy_core::Error>() {
             Some(shadowcopy_core::Error::VerifyFailed { id, .. }) => Some(*id),
             _ => None,
-        })
+        },
+    )
 }

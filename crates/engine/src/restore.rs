@@ -118,8 +118,13 @@ impl Engine {
         // it: a delete may have run while we waited.
         options.check(&UsableCopy::load(&catalog, id, "restored")?)?;
         let mode = options.restore_mode()?;
-        let _queue =
-            self.take_queue(&catalog, "restore", &format!("copy {id}"), wait.policy(), &*progress)?;
+        let _queue = self.take_queue(
+            &catalog,
+            "restore",
+            &format!("copy {id}"),
+            wait.policy(),
+            &*progress,
+        )?;
         if let Some(earlier) = catalog.unfinished_restores()?.first() {
             anyhow::bail!(
                 "an earlier restore of copy {earlier} was interrupted and could not be finished (the message \

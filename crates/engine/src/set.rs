@@ -69,7 +69,11 @@ impl SetSpec {
 
     /// A set named in the config file, with what `o` overrides (provider, deadline,
     /// copies directory, verification).
-    pub fn from_config(config: &Config, name: &str, o: &CreateOptions) -> Result<SetSpec, UsageError> {
+    pub fn from_config(
+        config: &Config,
+        name: &str,
+        o: &CreateOptions,
+    ) -> Result<SetSpec, UsageError> {
         let set = config.set(name)?;
         let writers = set
             .writers
@@ -128,7 +132,10 @@ impl SetSpec {
         let mariadb = match z.mariadb.as_deref() {
             Some(url) => Some(MariaDbOptions {
                 purge_binlogs: !z.mariadb_keep_binlogs,
-                password_file: normalize_opt(z.mariadb_password_file.as_deref(), "--mariadb-password-file")?,
+                password_file: normalize_opt(
+                    z.mariadb_password_file.as_deref(),
+                    "--mariadb-password-file",
+                )?,
                 ..MariaDbOptions::new(url)
             }),
             None => None,

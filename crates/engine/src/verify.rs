@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use shadowcopy_core::verify::verify_copy;
-use shadowcopy_core::{Error, Journal, NoEvents, VerifyReport};
+use shadowcopy_core::{Error, Journal, VerifyReport};
 use shadowcopy_providers::LayoutError;
 
 use crate::copies::UsableCopy;
@@ -38,8 +38,9 @@ impl VerifyOutcome {
 }
 
 impl Engine {
-    /// Verifies copy `id` and records the result. A copy whose files were removed fails
-    /// verification (recorded); a check that could not run is an error.
+    /// Verifies copy `id` and records the result; the bytes hashed so far go to
+    /// `progress`. A copy whose files were removed fails verification (recorded); a check
+    /// that could not run is an error.
     pub fn verify(
         &self,
         id: i64,
@@ -48,16 +49,20 @@ impl Engine {
     ) -> anyhow::Result<VerifyOutcome> {
         let catalog = self.open_existing_catalog()?;
         UsableCopy::load(&catalog, id, "verified")?;
-        let _queue =
-            self.take_queue(&catalog, "verify", &format!("copy {id}"), wait.policy(), progress)?;
+        let _queue = self.take_queue(
+            &catalog,
+            "verify",
+            &format!("copy {id}"),
+            wait.policy(),
+            progress,
+        )?;
         // Loaded again under the queue: a delete may have run while we waited.
         let copy = UsableCopy::load(&catalog, id, "verified")?;
         let mut files = catalog.manifest(id)?;
         let started = Instant::now();
         let report = match copy.provider.expose(&copy.location, &files) {
             Ok(view) => {
-                let report =
-                    verify_copy(&view, &mut files, &copy.spec.build_writers(), &NoEvents)?;
+                let report = verify_copy(&view, &mut files, &copy.spec.build_writers(), progress)?;
                 catalog
                     .record_files(id, &files)
                     .map_err(|e| anyhow::anyhow!(e))?;

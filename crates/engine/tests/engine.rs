@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use shadowcopy_core::{CopyId, EventSink, Phase};
 use shadowcopy_engine::{
-    CreateOptions, DeleteOptions, Deleted, Engine, EngineOptions, Progress, RestoreOptions,
-    Silent, UsageError, WaitOptions,
+    CreateOptions, DeleteOptions, Deleted, Engine, EngineOptions, Progress, RestoreOptions, Silent,
+    UsageError, WaitOptions,
 };
 use shadowcopy_sample as bank;
 
@@ -51,7 +51,8 @@ fn engine(dir: &Path) -> Engine {
 }
 
 fn usage_error(err: &anyhow::Error) -> bool {
-    err.chain().any(|c| c.downcast_ref::<UsageError>().is_some())
+    err.chain()
+        .any(|c| c.downcast_ref::<UsageError>().is_some())
 }
 
 #[test]
@@ -72,8 +73,7 @@ fn options_come_from_json_and_unknown_fields_are_refused() {
     assert!(err.contains("unknown field `freez`"), "{err}");
 
     let restore: RestoreOptions =
-        serde_json::from_str(r#"{"id": 4, "mode": "roll-forward", "until": "0/3000060"}"#)
-            .unwrap();
+        serde_json::from_str(r#"{"id": 4, "mode": "roll-forward", "until": "0/3000060"}"#).unwrap();
     assert_eq!(restore.id, 4);
     assert!(serde_json::from_str::<RestoreOptions>(r#"{"id": 4, "mode": "sideways"}"#).is_err());
     assert!(serde_json::from_str::<RestoreOptions>(r#"{"mode": "point-in-time"}"#).is_err());
@@ -113,11 +113,20 @@ fn the_whole_cycle_through_the_engine() {
     assert!(created.files >= 1 && created.bytes > 0, "{created:?}");
     assert!(created.verification.as_ref().is_some_and(|v| v.ok));
     let json = serde_json::to_value(&created).unwrap();
-    for field in ["id", "freeze_window_us", "phases", "verification", "warnings"] {
+    for field in [
+        "id",
+        "freeze_window_us",
+        "phases",
+        "verification",
+        "warnings",
+    ] {
         assert!(json.get(field).is_some(), "{field} missing in {json}");
     }
     let lines = progress.lines();
-    assert_eq!(lines.first(), Some(&format!("copy {} of bank.db", created.id)));
+    assert_eq!(
+        lines.first(),
+        Some(&format!("copy {} of bank.db", created.id))
+    );
     for phase in ["freeze ok", "commit ok", "thaw ok", "verify ok"] {
         assert!(lines.iter().any(|l| l == phase), "{phase} not in {lines:?}");
     }
@@ -137,7 +146,10 @@ fn the_whole_cycle_through_the_engine() {
     let err = engine
         .restore(&point_in_time_until, &wait, Arc::new(Silent))
         .unwrap_err();
-    assert!(usage_error(&err) && format!("{err}").contains("--mode roll-forward"), "{err:#}");
+    assert!(
+        usage_error(&err) && format!("{err}").contains("--mode roll-forward"),
+        "{err:#}"
+    );
     std::fs::write(&db, b"not a database").unwrap();
     let restored = engine
         .restore(
@@ -177,7 +189,10 @@ fn the_whole_cycle_through_the_engine() {
         )
         .unwrap();
     assert_eq!(deleted.copies.len(), 1);
-    assert_eq!(progress.lines(), vec![format!("deleted {pre} dry_run=false")]);
+    assert_eq!(
+        progress.lines(),
+        vec![format!("deleted {pre} dry_run=false")]
+    );
     assert_eq!(engine.list(None).unwrap().len(), 1);
 }
 
@@ -201,9 +216,11 @@ fn bad_input_is_refused_before_anything_is_written() {
         )
         .unwrap_err();
     assert!(usage_error(&missing), "{missing:#}");
-    assert!(format!("{missing:#}").contains("does not exist"), "{missing:#}");
-    let too_old: DeleteOptions =
-        serde_json::from_str(r#"{"older_than": "300000000y"}"#).unwrap();
+    assert!(
+        format!("{missing:#}").contains("does not exist"),
+        "{missing:#}"
+    );
+    let too_old: DeleteOptions = serde_json::from_str(r#"{"older_than": "300000000y"}"#).unwrap();
     let err = engine.delete(&too_old, &wait, &Silent).unwrap_err();
     assert!(usage_error(&err), "{err:#}");
     assert!(format!("{err:#}").contains("out of range"), "{err:#}");

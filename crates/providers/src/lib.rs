@@ -229,8 +229,7 @@ pub fn build_for_copy(
     opts: &ProviderOptions,
 ) -> Result<Arc<dyn Provider>, RegistryError> {
     if kind == multi::MULTI {
-        if let Some(Ok(multi)) =
-            location.map(|l| multi::MultiVolumeProvider::for_location(l, opts))
+        if let Some(Ok(multi)) = location.map(|l| multi::MultiVolumeProvider::for_location(l, opts))
         {
             return Ok(Arc::new(multi));
         }

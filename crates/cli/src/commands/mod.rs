@@ -11,4 +11,3 @@ pub mod restore;
 pub mod show;
 pub mod verify;
 pub mod writers;
-

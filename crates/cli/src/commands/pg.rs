@@ -7,8 +7,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use shadowcopy_postgres::archive::{Got, Pushed, WalArchive};
 use shadowcopy_engine::UsageError;
+use shadowcopy_postgres::archive::{Got, Pushed, WalArchive};
 use shadowcopy_postgres::log_analysis::{Found, LogAnalysis};
 
 use crate::GlobalArgs;
@@ -196,7 +196,10 @@ fn setup(url: &str, archive: &std::path::Path, apply: bool) -> anyhow::Result<()
         println!("# then restart the server if archive_mode changed, and create the archive with --apply");
         return Ok(());
     }
-    println!("archive {} created; archive_command set", setup.archive.display());
+    println!(
+        "archive {} created; archive_command set",
+        setup.archive.display()
+    );
     if setup.restart_needed {
         println!("archive_mode is set to on but takes effect at the next server restart");
     }

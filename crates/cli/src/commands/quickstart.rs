@@ -223,7 +223,11 @@ pub fn run(g: &GlobalArgs, args: QuickstartArgs) -> anyhow::Result<()> {
         Arc::new(PhasePrinter::new(out, "   ")),
     )?;
     for step in &outcome.steps {
-        say(&format!("   {:<40} {:>10}", step.phase, humanize(step.took)));
+        say(&format!(
+            "   {:<40} {:>10}",
+            step.phase,
+            humanize(step.took)
+        ));
     }
     if let Some(pre) = outcome.pre_restore {
         say(&format!("   the damaged state was kept first as copy {pre} (pre-restore), in case it was needed."));

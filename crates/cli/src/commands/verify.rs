@@ -22,7 +22,10 @@ pub struct VerifyArgs {
 pub fn run(g: &GlobalArgs, args: VerifyArgs) -> anyhow::Result<()> {
     let engine = g.engine()?;
     let out = g.output(args.json);
-    let outcome = engine.verify(args.id, &args.wait, &PhasePrinter::new(out, ""))?;
+    let printer = PhasePrinter::new(out, "");
+    let outcome = engine.verify(args.id, &args.wait, &printer);
+    printer.finish();
+    let outcome = outcome?;
     if out.json {
         // A failed verification is the error object `main` prints (code 4, the copy id):
         // stdout holds one JSON document either way.
