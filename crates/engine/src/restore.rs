@@ -77,6 +77,19 @@ pub struct RestoreReport {
 }
 
 impl RestoreOptions {
+    /// Copy `id` restored in place, point-in-time, the current state kept as a
+    /// pre-restore copy: what `restore ID` does.
+    pub fn new(id: i64) -> RestoreOptions {
+        RestoreOptions {
+            id,
+            to: None,
+            force: false,
+            discard_current: false,
+            mode: Mode::PointInTime,
+            until: None,
+        }
+    }
+
     /// The mode as the restorer takes it; `--until` without roll-forward is bad input.
     fn restore_mode(&self) -> Result<RestoreMode, UsageError> {
         match (self.mode, &self.until) {

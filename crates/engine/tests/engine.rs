@@ -136,12 +136,8 @@ fn the_whole_cycle_through_the_engine() {
 
     // Damage the live bank, restore in place: the copy is back, the damage kept aside.
     let point_in_time_until = RestoreOptions {
-        id: created.id,
-        to: None,
-        force: false,
-        discard_current: false,
-        mode: Default::default(),
         until: Some("0/3000060".into()),
+        ..RestoreOptions::new(created.id)
     };
     let err = engine
         .restore(&point_in_time_until, &wait, Arc::new(Silent))
@@ -152,18 +148,7 @@ fn the_whole_cycle_through_the_engine() {
     );
     std::fs::write(&db, b"not a database").unwrap();
     let restored = engine
-        .restore(
-            &RestoreOptions {
-                id: created.id,
-                to: None,
-                force: false,
-                discard_current: false,
-                mode: Default::default(),
-                until: None,
-            },
-            &wait,
-            Arc::new(Silent),
-        )
+        .restore(&RestoreOptions::new(created.id), &wait, Arc::new(Silent))
         .unwrap();
     assert!(!restored.elsewhere);
     let pre = restored.pre_restore.expect("a pre-restore copy");

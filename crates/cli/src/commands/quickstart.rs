@@ -211,14 +211,7 @@ pub fn run(g: &GlobalArgs, args: QuickstartArgs) -> anyhow::Result<()> {
 
     say(&format!("\n5. Restore copy {} in place:", created.id));
     let outcome = engine.restore(
-        &RestoreOptions {
-            id: created.id,
-            to: None,
-            force: false,
-            discard_current: false,
-            mode: Default::default(),
-            until: None,
-        },
+        &RestoreOptions::new(created.id),
         &wait,
         Arc::new(PhasePrinter::new(out, "   ")),
     )?;
