@@ -9,8 +9,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use shadowcopy_catalog::{QueueHolder, Wait};
 use shadowcopy_core::error::{human_bytes, humanize};
-use shadowcopy_core::{CopyId, EventSink, Phase};
-use shadowcopy_engine::{Deleted, Progress};
+use shadowcopy_core::{CopyId, CopyState, EventSink, Phase};
+use shadowcopy_engine::Progress;
 
 #[derive(Clone, Copy, Debug)]
 pub struct Output {
@@ -146,14 +146,11 @@ impl Progress for PhasePrinter {
         }
     }
 
-    fn deleted(&self, copy: &Deleted, dry_run: bool) {
+    fn deleted(&self, id: i64, set: &str, state: CopyState, dry_run: bool) {
         if self.out.human() {
             println!(
-                "{} copy {} of `{}` ({})",
+                "{} copy {id} of `{set}` ({state})",
                 if dry_run { "would delete" } else { "deleted" },
-                copy.id,
-                copy.set,
-                copy.state
             );
         }
     }

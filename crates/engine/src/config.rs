@@ -89,7 +89,7 @@ impl Config {
             ))
         })?;
         for (name, set) in &config.sets {
-            crate::set::check_set_name(name)
+            check_set_name(name)
                 .map_err(|e| UsageError::new(format!("{}: {e}", path.display())))?;
             if set.writers.is_empty() && set.paths.is_empty() {
                 return Err(UsageError::new(format!(
@@ -127,6 +127,22 @@ impl Config {
             })
         })
     }
+}
+
+/// A set's name shows in tables, messages and hook environments: no line breaks or other
+/// control characters, and not empty.
+pub fn check_set_name(name: &str) -> Result<(), UsageError> {
+    if name.trim().is_empty() {
+        return Err(UsageError::new(
+            "a set name cannot be empty; give one with --name (or name the set in the config file)",
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(UsageError::new(format!(
+            "the set name {name:?} contains a line break or another control character; choose a name without them (--name, or the [sets.NAME] of the config file)"
+        )));
+    }
+    Ok(())
 }
 
 fn line_col(text: &str, offset: usize) -> (usize, usize) {

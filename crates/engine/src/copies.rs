@@ -46,19 +46,6 @@ impl UsableCopy {
     }
 }
 
-impl crate::engine::Engine {
-    /// Copy `id`'s files, readable (read-only use): for a front end that looks inside
-    /// a copy. Reads the catalog only.
-    pub fn expose(&self, id: i64) -> anyhow::Result<shadowcopy_core::CopyView> {
-        let catalog = self.open_catalog_read_only()?;
-        let copy = UsableCopy::load(&catalog, id, "read")?;
-        let files = catalog.manifest(id)?;
-        copy.provider
-            .expose(&copy.location, &files)
-            .map_err(|e| anyhow::anyhow!(e).context(format!("cannot read copy {id}")))
-    }
-}
-
 /// The provider that made `copy`, configured as it was then.
 pub fn provider_for(catalog: &Catalog, copy: &CopySummary) -> Result<Arc<dyn Provider>, String> {
     let spec =

@@ -47,9 +47,6 @@ pub struct Deleted {
     pub id: i64,
     pub set: String,
     pub deleted: bool,
-    /// Its state before the deletion.
-    #[serde(skip)]
-    pub state: CopyState,
 }
 
 /// What `delete` did: the copies, in order (`delete --json` prints this list).
@@ -127,14 +124,12 @@ impl Engine {
                 }
                 catalog.remove(copy.id)?;
             }
-            let deleted = Deleted {
+            progress.deleted(copy.id, &copy.set, copy.state, dry_run);
+            copies.push(Deleted {
                 id: copy.id,
                 set: copy.set.clone(),
                 deleted: !dry_run,
-                state: copy.state,
-            };
-            progress.deleted(&deleted, dry_run);
-            copies.push(deleted);
+            });
         }
         if !dry_run && !copies.is_empty() && !catalog.restore_reserve() {
             progress.warning(&format!(

@@ -1,4 +1,5 @@
-//! The read-only use cases: `list` and `show` (what the catalog holds), `writers` (the
+//! The read-only use cases: `list` and `show` (what the catalog holds), `expose` (a
+//! copy's files, to read), `writers` (the
 //! writer kinds and each configured set's writers with their state, like `vssadmin list
 //! writers`) and `providers` (which can serve some paths, and what `auto` picks).
 
@@ -7,10 +8,10 @@ use std::path::PathBuf;
 use serde::Serialize;
 use shadowcopy_catalog::{CopyDetail, CopySummary};
 
-use crate::create::CreateOptions;
+use crate::copies::UsableCopy;
 use crate::engine::Engine;
 use crate::error::UsageError;
-use crate::set::SetSpec;
+use crate::set::{CreateOptions, SetSpec};
 
 /// A writer kind this build knows.
 #[derive(Clone, Debug, Serialize)]
@@ -77,6 +78,17 @@ impl Engine {
     /// Everything the catalog knows of copy `id`. Reads only.
     pub fn show(&self, id: i64) -> anyhow::Result<CopyDetail> {
         Ok(self.open_catalog_read_only()?.detail(id)?)
+    }
+
+    /// Copy `id`'s files, readable (read-only use): for a front end that looks inside
+    /// a copy. Reads the catalog only.
+    pub fn expose(&self, id: i64) -> anyhow::Result<shadowcopy_core::CopyView> {
+        let catalog = self.open_catalog_read_only()?;
+        let copy = UsableCopy::load(&catalog, id, "read")?;
+        let files = catalog.manifest(id)?;
+        copy.provider
+            .expose(&copy.location, &files)
+            .map_err(|e| anyhow::anyhow!(e).context(format!("cannot read copy {id}")))
     }
 
     /// The writer kinds, and each configured set's writers identified now.

@@ -19,13 +19,13 @@ pub mod verify;
 
 pub use config::{Config, HumanDuration};
 pub use copies::UsableCopy;
-pub use create::{CreateOptions, CreateReport, PhaseTime, PlannedSet};
+pub use create::{CreateReport, PhaseTime, PlannedSet};
 pub use delete::{DeleteOptions, DeleteReport, Deleted};
 pub use engine::{default_catalog_dir, Engine, EngineOptions, WaitOptions};
 pub use error::UsageError;
 pub use progress::{Progress, Silent};
 pub use restore::{RestoreOptions, RestoreReport};
-pub use set::SetSpec;
+pub use set::{CreateOptions, SetSpec};
 pub use verify::VerifyOutcome;
 
 /// A duration as people write it (`10s`, `500ms`, `2m`), for clap.

@@ -3,9 +3,7 @@
 //! recovered, each copy deleted). The CLI prints them; a daemon can stream them.
 
 use shadowcopy_catalog::{QueueHolder, Wait};
-use shadowcopy_core::EventSink;
-
-use crate::delete::Deleted;
+use shadowcopy_core::{CopyState, EventSink};
 
 /// Receives progress from the engine. Every method has a no-op default.
 pub trait Progress: EventSink {
@@ -14,8 +12,8 @@ pub trait Progress: EventSink {
     /// The command, holding the queue, finished or cleaned up what a dead one left
     /// (an interrupted restore, a copy left in progress): one line each.
     fn recovered(&self, _line: &str) {}
-    /// A copy was deleted (or, in a dry run, would be).
-    fn deleted(&self, _copy: &Deleted, _dry_run: bool) {}
+    /// Copy `id` of `set`, which was `state`, was deleted (or, in a dry run, would be).
+    fn deleted(&self, _id: i64, _set: &str, _state: CopyState, _dry_run: bool) {}
 }
 
 /// Progress nobody watches.

@@ -20,8 +20,7 @@ use shadowcopy_writers::fsfreeze::{mount_point, FsfreezeOptions};
 use shadowcopy_writers::sqlite::SqliteOptions;
 use shadowcopy_writers::{SetContext, WriterSpec};
 
-use crate::config::{Config, SetConfig};
-use crate::create::CreateOptions;
+use crate::config::{check_set_name, Config, HumanDuration, SetConfig};
 use crate::error::UsageError;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -46,6 +45,91 @@ pub struct SetSpec {
     /// copy was made, so the copy can be read and deleted without the config file.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exec_providers: Vec<ExecProviderOptions>,
+}
+
+/// What to copy and how: the command line's flags and an API request's JSON alike
+/// (unknown fields are errors). Either `set` (configured) or the zero-config fields.
+#[derive(clap::Args, Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CreateOptions {
+    /// A set named in the config file
+    #[arg(conflicts_with_all = ["sqlite", "postgres", "mariadb", "path", "fsfreeze", "name", "exec_writer"])]
+    pub set: Option<String>,
+    /// Zero-config: copy this SQLite database (WAL or rollback journal)
+    #[arg(long, value_name = "PATH", help_heading = "Zero-config set")]
+    pub sqlite: Option<PathBuf>,
+    /// Zero-config: copy this PostgreSQL cluster, given by a libpq URL of a superuser
+    /// connection (postgresql:///postgres?host=/run/postgresql&port=5432)
+    #[arg(long, value_name = "URL", help_heading = "Zero-config set")]
+    pub postgres: Option<String>,
+    /// With --postgres: the cluster's WAL archive (for roll-forward restores; see `pg setup`)
+    #[arg(
+        long,
+        value_name = "DIR",
+        requires = "postgres",
+        help_heading = "Zero-config set"
+    )]
+    pub pg_archive: Option<PathBuf>,
+    /// With --postgres: a file whose first line is the password (instead of one in the
+    /// URL; PGPASSWORD and ~/.pgpass or PGPASSFILE are read too). Passwords are never
+    /// recorded or shown
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "postgres",
+        help_heading = "Zero-config set"
+    )]
+    pub pg_password_file: Option<PathBuf>,
+    /// Zero-config: copy this MariaDB (or MySQL) server, given by a URL of a connection
+    /// with the RELOAD privilege (mysql://root@localhost/?socket=/run/mysqld/mysqld.sock)
+    /// or its unix socket's path
+    #[arg(long, value_name = "URL", help_heading = "Zero-config set")]
+    pub mariadb: Option<String>,
+    /// With --mariadb: keep every binary log (by default a verified copy purges the ones
+    /// no kept copy needs for a roll-forward)
+    #[arg(long, requires = "mariadb", help_heading = "Zero-config set")]
+    pub mariadb_keep_binlogs: bool,
+    /// With --mariadb: a file whose first line is the password (instead of one in the
+    /// URL; MYSQL_PWD and the [client] password of ~/.my.cnf are read too). Passwords are
+    /// never recorded or shown
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "mariadb",
+        help_heading = "Zero-config set"
+    )]
+    pub mariadb_password_file: Option<PathBuf>,
+    /// Zero-config: copy this file or directory as it is (repeat for more)
+    #[arg(long = "path", value_name = "DIR", help_heading = "Zero-config set")]
+    #[serde(rename = "paths")]
+    pub path: Vec<PathBuf>,
+    /// Zero-config: a hook script called with each event (freeze, thaw, …); repeat for more
+    #[arg(
+        long = "exec-writer",
+        value_name = "SCRIPT",
+        help_heading = "Zero-config set"
+    )]
+    #[serde(rename = "exec_writers")]
+    pub exec_writer: Vec<PathBuf>,
+    /// Freeze the file systems of the data (FIFREEZE) for a crash-consistent copy; a
+    /// watchdog process thaws them if shadowcopy dies or hangs
+    #[arg(long, help_heading = "Zero-config set")]
+    pub fsfreeze: bool,
+    /// Name of the zero-config set [default: the database's or first path's file name]
+    #[arg(long, help_heading = "Zero-config set")]
+    pub name: Option<String>,
+    /// Storage provider: auto picks the fastest that can serve the data
+    #[arg(long, value_name = "auto|btrfs|reflink|copy", help_heading = "Copy")]
+    pub provider: Option<String>,
+    /// Longest time from the first freeze to the end of the commit [default: 10s]
+    #[arg(long, value_name = "DURATION", value_parser = crate::parse_duration, help_heading = "Copy")]
+    pub freeze_deadline: Option<HumanDuration>,
+    /// Where the copy provider keeps copies [default: beside the catalog]
+    #[arg(long, value_name = "DIR", help_heading = "Copy")]
+    pub copies_dir: Option<PathBuf>,
+    /// Skip the integrity check after the copy (the copy is recorded as not verified)
+    #[arg(long, help_heading = "Copy")]
+    pub no_verify: bool,
 }
 
 impl SetSpec {
@@ -635,22 +719,6 @@ fn check_freeze_deadline(deadline: Duration) -> Result<u64, UsageError> {
     }
     let ms = deadline.as_nanos().div_ceil(1_000_000);
     Ok(u64::try_from(ms).unwrap_or(u64::MAX))
-}
-
-/// A set's name shows in tables, messages and hook environments: no line breaks or other
-/// control characters, and not empty.
-pub fn check_set_name(name: &str) -> Result<(), UsageError> {
-    if name.trim().is_empty() {
-        return Err(UsageError::new(
-            "a set name cannot be empty; give one with --name (or name the set in the config file)",
-        ));
-    }
-    if name.chars().any(char::is_control) {
-        return Err(UsageError::new(format!(
-            "the set name {name:?} contains a line break or another control character; choose a name without them (--name, or the [sets.NAME] of the config file)"
-        )));
-    }
-    Ok(())
 }
 
 fn check_kind(

@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use shadowcopy_core::{CopyId, EventSink, Phase};
+use shadowcopy_core::{CopyId, CopyState, EventSink, Phase};
 use shadowcopy_engine::{
-    CreateOptions, DeleteOptions, Deleted, Engine, EngineOptions, Progress, RestoreOptions, Silent,
+    CreateOptions, DeleteOptions, Engine, EngineOptions, Progress, RestoreOptions, Silent,
     UsageError, WaitOptions,
 };
 use shadowcopy_sample as bank;
@@ -37,8 +37,8 @@ impl EventSink for Recorded {
 }
 
 impl Progress for Recorded {
-    fn deleted(&self, copy: &Deleted, dry_run: bool) {
-        self.push(format!("deleted {} dry_run={dry_run}", copy.id));
+    fn deleted(&self, id: i64, _set: &str, _state: CopyState, dry_run: bool) {
+        self.push(format!("deleted {id} dry_run={dry_run}"));
     }
 }
 
