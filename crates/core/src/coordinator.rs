@@ -19,6 +19,8 @@
 //! which runs the stack in reverse. A copy recorded usable empties the stack: a failed
 //! verify keeps its copy.
 
+#[cfg(test)]
+mod tests;
 mod undo;
 mod window;
 
