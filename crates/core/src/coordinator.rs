@@ -2,32 +2,46 @@
 //! freeze → commit → thaw → post-snapshot → verify → backup-complete → done, recording
 //! each step in the journal before it runs, except inside the freeze window: there the
 //! freeze's start (and the copy's location) are recorded before it, and the phases in it
-//! right after the thaw, so the application never waits for the catalog. Any error takes
-//! the abort path: thaw every writer that was asked to freeze, stop the commit, discard
-//! the partial copy, record why.
+//! right after the thaw, so the application never waits for the catalog.
 //!
-//! Freeze and thaw are a do/undo pair held by [`Frozen`]: whatever happens after the
-//! first `freeze` call (an error, the deadline, a panic), every writer is thawed.
+//! The protocol order is in the types: each phase consumes the state the one before it
+//! returned (`Identified` → `Prepared` → `Precommitted` → `Frozen` → `Committed` →
+//! `Thawed` → `Snapshotted` → `Verified` → done), so no phase can run out of
+//! order or be skipped. The freeze window lives in `window`: a frozen state can only be
+//! committed or thawed, a failure inside the window is a state whose one exit is the
+//! thaw, and dropping any of them (a panic) thaws every writer that was asked to freeze.
+//!
+//! Every other step that changes the world pushes its undo on an undo stack (`undo`)
+//! as it runs, as a saga pairs each action with its undo: the copy begun in the journal
+//! → record it failed with the reason; a writer prepared → its thaw (again) and abort;
+//! the location recorded (and the commit started there) → wait for the cancelled
+//! commit, delete the location, record it discarded. Any error takes the abort path,
+//! which runs the stack in reverse. A copy recorded usable empties the stack: a failed
+//! verify keeps its copy.
 
-use std::sync::mpsc;
+#[cfg(test)]
+mod tests;
+mod undo;
+mod window;
+
 use std::sync::Arc;
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use crate::error::{BoxError, Error};
 use crate::events::EventSink;
 use crate::journal::{Journal, NewCopy};
-use crate::model::{Component, CopyId, CopyState, FileEntry, Origin, Phase, VerifyReport};
+use crate::model::{
+    Component, CopyId, CopyState, CopyView, FileEntry, Origin, Phase, VerifyReport,
+};
 use crate::provider::{CommitControl, CommitRequest, Provider};
 use crate::verify::verify_copy;
 use crate::writer::{KeptCopies, Writer};
 
+use undo::{Undo, UndoStack};
+use window::Frozen;
+
 /// The default window from the first freeze to the end of the commit.
 pub const DEFAULT_FREEZE_DEADLINE: Duration = Duration::from_secs(10);
-
-/// How long the abort path waits for a cancelled commit to stop before it gives up and
-/// leaves the partial copy to the cleanup of the next run.
-const CANCELLED_COMMIT_GRACE: Duration = Duration::from_secs(30);
 
 /// One request for a shadow set.
 pub struct ShadowSetRequest {
@@ -86,33 +100,82 @@ impl<'a> Coordinator<'a> {
             .map_err(Error::journal("start of the copy"))?;
         self.events.copy_started(id, &request.set_name);
         let mut run = Run {
-            id,
-            journal: self.journal,
-            events: self.events.clone(),
-            location: None,
-            commit_thread: None,
-            phases: Vec::new(),
+            rec: Recorder {
+                id,
+                journal: self.journal,
+                events: self.events.clone(),
+                phases: Vec::new(),
+            },
+            provider: request.provider.clone(),
+            // The copy is in the journal, in progress: from here on an error records it
+            // failed.
+            undo: UndoStack::begun(),
         };
         match run.execute(&mut request) {
             Ok(created) => Ok(created),
             Err(error) => {
-                run.abort(&mut request, &error);
+                run.abort(&mut request.writers, &error);
                 Err(error)
             }
         }
     }
 }
 
-struct Run<'a> {
+/// After identify: every component of the set, recorded in the journal.
+struct Identified {
+    components: Vec<Component>,
+}
+
+/// After prepare: the writers prepared (each one's `abort` on the undo stack), the
+/// provider checked, and the copy's location recorded (its discard on the undo stack).
+struct Prepared {
+    request: CommitRequest,
+    location: String,
+}
+
+/// After precommit: the pinned components are in the copy if the provider copies them
+/// before the freeze; what is left for the freeze window.
+struct Precommitted {
+    location: String,
+    early_files: Vec<FileEntry>,
+    frozen_request: CommitRequest,
+}
+
+/// After the thaw: every writer that was asked to freeze is thawed, the window's phases
+/// are recorded, and the commit's files are known.
+struct Thawed {
+    location: String,
+    files: Vec<FileEntry>,
+    freeze_window: Duration,
+}
+
+/// After post-snapshot: the writers' late files added, the copy durable and exposed,
+/// its manifest recorded.
+struct Snapshotted {
+    location: String,
+    files: Vec<FileEntry>,
+    view: CopyView,
+    freeze_window: Duration,
+}
+
+/// After verify and backup-complete (when the request asked for a verify): the copy can
+/// be recorded usable.
+struct Verified {
+    copy: Snapshotted,
+    verification: Option<VerifyReport>,
+    notes: Vec<String>,
+    warnings: Vec<String>,
+}
+
+/// Records phases in the journal and reports them as events.
+struct Recorder<'a> {
     id: CopyId,
     journal: &'a dyn Journal,
     events: Arc<dyn EventSink>,
-    location: Option<String>,
-    commit_thread: Option<JoinHandle<()>>,
     phases: Vec<(Phase, Duration)>,
 }
 
-impl Run<'_> {
+impl Recorder<'_> {
     /// Records `phase` as entered, runs it, records how it ended.
     fn step<T>(&mut self, phase: Phase, f: impl FnOnce() -> Result<T, Error>) -> Result<T, Error> {
         self.journal
@@ -136,8 +199,9 @@ impl Run<'_> {
         }
     }
 
-    /// Like [`Run::step`] for a phase whose failures do not fail the set: `f` returns what
-    /// went right and what went wrong; the latter is recorded as the phase's error.
+    /// Like [`Recorder::step`] for a phase whose failures do not fail the set: `f`
+    /// returns what went right and what went wrong; the latter is recorded as the phase's
+    /// error.
     fn step_keeping_failures(
         &mut self,
         phase: Phase,
@@ -158,11 +222,30 @@ impl Run<'_> {
             .map_err(Error::journal("phase end"))?;
         Ok((done, failed))
     }
+}
 
+/// One shadow set on its way: the phases recorded so far and what an abort must undo.
+struct Run<'a> {
+    rec: Recorder<'a>,
+    provider: Arc<dyn Provider>,
+    undo: UndoStack,
+}
+
+impl Run<'_> {
+    /// The phases in protocol order, each taking the state the one before returned.
     fn execute(&mut self, request: &mut ShadowSetRequest) -> Result<CreatedCopy, Error> {
-        let provider = request.provider.clone();
+        let identified = self.identify(request)?;
+        let prepared = self.prepare(identified, request)?;
+        let precommitted = self.precommit(prepared)?;
+        let thawed =
+            self.freeze_commit_thaw(precommitted, &mut request.writers, request.freeze_deadline)?;
+        let snapshotted = self.post_snapshot(thawed, &mut request.writers)?;
+        let verified = self.verify(snapshotted, request)?;
+        self.done(verified)
+    }
 
-        let components = self.step(Phase::Identify, || {
+    fn identify(&mut self, request: &mut ShadowSetRequest) -> Result<Identified, Error> {
+        let components = self.rec.step(Phase::Identify, || {
             let mut all = request.unmanaged_components.clone();
             for w in request.writers.iter_mut() {
                 let found = w.identify().map_err(writer_error(&**w, Phase::Identify))?;
@@ -170,144 +253,127 @@ impl Run<'_> {
             }
             Ok(all)
         })?;
-        self.journal
-            .record_components(self.id, &components)
+        self.rec
+            .journal
+            .record_components(self.rec.id, &components)
             .map_err(Error::journal("components"))?;
+        Ok(Identified { components })
+    }
+
+    fn prepare(
+        &mut self,
+        identified: Identified,
+        request: &mut ShadowSetRequest,
+    ) -> Result<Prepared, Error> {
         let commit_request = CommitRequest {
-            copy_id: self.id,
+            copy_id: self.rec.id,
             set_name: request.set_name.clone(),
-            components,
+            components: identified.components,
             continues: false,
         };
-
-        let location = self.step(Phase::Prepare, || {
+        let provider = self.provider.clone();
+        let undo = &mut self.undo;
+        let location = self.rec.step(Phase::Prepare, || {
             if let Err(why) = provider.check(&commit_request.paths()) {
                 return Err(Error::usage(format!(
                     "provider {} cannot serve this set: {why}",
                     provider.kind()
                 )));
             }
-            for w in request.writers.iter_mut() {
+            for (i, w) in request.writers.iter_mut().enumerate() {
+                // Pushed before the call: a writer that fails halfway is aborted too.
+                undo.push(Undo::Release(i));
                 w.prepare().map_err(writer_error(&**w, Phase::Prepare))?;
             }
             provider
                 .location(&commit_request)
                 .map_err(provider_error(&*provider, Phase::Prepare))
         })?;
-        self.journal
-            .set_location(self.id, &location)
+        self.rec
+            .journal
+            .set_location(self.rec.id, &location)
             .map_err(Error::journal("copy location"))?;
-        self.location = Some(location.clone());
+        // Recorded: data may exist there from now on.
+        self.undo.push(Undo::Discard {
+            location: location.clone(),
+            commit: None,
+        });
+        Ok(Prepared {
+            request: commit_request,
+            location,
+        })
+    }
 
-        // Pinned components go first, outside the freeze, where the provider wants that.
+    /// Pinned components go first, outside the freeze, where the provider wants that.
+    fn precommit(&mut self, prepared: Prepared) -> Result<Precommitted, Error> {
+        let Prepared { request, location } = prepared;
+        let provider = self.provider.clone();
         let (early, late): (Vec<Component>, Vec<Component>) = if provider.copies_pinned_early() {
-            commit_request
-                .components
-                .iter()
-                .cloned()
-                .partition(|c| c.pinned)
+            request.components.iter().cloned().partition(|c| c.pinned)
         } else {
-            (Vec::new(), commit_request.components.clone())
+            (Vec::new(), request.components.clone())
         };
         let mut early_files = Vec::new();
         let precommitted = !early.is_empty();
         if precommitted {
             let early_request = CommitRequest {
                 components: early,
-                ..commit_request.clone()
+                ..request.clone()
             };
-            let control = CommitControl::new(self.events.clone());
-            early_files = self.step(Phase::Precommit, || {
+            let control = CommitControl::new(self.rec.events.clone());
+            early_files = self.rec.step(Phase::Precommit, || {
                 provider
                     .commit(&early_request, &location, &control)
                     .map_err(provider_error(&*provider, Phase::Precommit))
             })?;
         }
-        let frozen_request = CommitRequest {
-            components: late,
-            continues: precommitted,
-            ..commit_request
-        };
+        Ok(Precommitted {
+            location,
+            early_files,
+            frozen_request: CommitRequest {
+                components: late,
+                continues: precommitted,
+                ..request
+            },
+        })
+    }
 
-        // Freeze, commit, thaw: the thaw runs whatever happened before it. The freeze's
-        // start is recorded before it; nothing is written to the journal inside the
-        // window (see journal.rs), the phases in it are recorded after the thaw.
-        let deadline_len = request.freeze_deadline;
-        self.journal
-            .enter_phase(self.id, Phase::Freeze)
+    /// Freeze, commit, thaw: the thaw runs whatever happened before it. The freeze's
+    /// start is recorded before it; nothing is written to the journal inside the window
+    /// (see journal.rs), the phases in it are recorded after the thaw.
+    fn freeze_commit_thaw(
+        &mut self,
+        precommitted: Precommitted,
+        writers: &mut [Box<dyn Writer>],
+        deadline: Duration,
+    ) -> Result<Thawed, Error> {
+        self.rec
+            .journal
+            .enter_phase(self.rec.id, Phase::Freeze)
             .map_err(Error::journal("phase start"))?;
-        let freeze_started = Instant::now();
-        let deadline = freeze_started + deadline_len;
-        let mut window = Window::default();
-        let mut frozen = Frozen::new(&mut request.writers);
-        let events = self.events.clone();
-        let froze = window.run(&*events, Phase::Freeze, || {
-            frozen.freeze_all(deadline, deadline_len)
-        });
-        let files = match froze {
-            Ok(()) => {
-                let control = CommitControl::new(events.clone());
-                let (tx, rx) = mpsc::channel();
-                let spawned = {
-                    let provider = provider.clone();
-                    let request = frozen_request.clone();
-                    let location = location.clone();
-                    let control = control.clone();
-                    std::thread::Builder::new()
-                        .name("commit".into())
-                        .spawn(move || {
-                            let _ = tx.send(provider.commit(&request, &location, &control));
-                        })
-                };
-                window.run(&*events, Phase::Commit, || {
-                    self.commit_thread = Some(
-                        spawned
-                            .map_err(|e| provider_error(&*provider, Phase::Commit)(Box::new(e)))?,
-                    );
-                    let remaining = deadline.saturating_duration_since(Instant::now());
-                    match rx.recv_timeout(remaining) {
-                        // A commit that ends after the deadline (this process was stopped,
-                        // say) may have copied from thawed data: a watchdog thaws then.
-                        Ok(Ok(files)) if Instant::now() <= deadline => Ok(files),
-                        Ok(Ok(_)) => Err(Error::DeadlineExceeded {
-                            deadline: deadline_len,
-                            phase: Phase::Commit,
-                        }),
-                        Ok(Err(e)) => Err(provider_error(&*provider, Phase::Commit)(e)),
-                        Err(mpsc::RecvTimeoutError::Timeout) => {
-                            control.cancel();
-                            Err(Error::DeadlineExceeded {
-                                deadline: deadline_len,
-                                phase: Phase::Commit,
-                            })
-                        }
-                        Err(mpsc::RecvTimeoutError::Disconnected) => {
-                            Err(provider_error(&*provider, Phase::Commit)(
-                                "the commit thread panicked".into(),
-                            ))
-                        }
-                    }
-                })
-            }
-            Err(e) => Err(e),
-        };
-        let thawed = window.run(&*events, Phase::Thaw, || frozen.thaw_all());
-        let freeze_window = freeze_started.elapsed();
-        drop(frozen);
-        let recorded = window.record(self.journal, self.id, freeze_window);
-        self.phases
-            .extend(window.phases.iter().map(|p| (p.phase, p.took)));
-        let mut files = files?;
-        thawed?;
-        recorded?;
-        files.extend(early_files);
-        if let Some(t) = self.commit_thread.take() {
-            let _ = t.join();
+        let committed = Frozen::freeze(precommitted, writers, deadline, &*self.rec.events)
+            .and_then(|frozen| frozen.commit(self));
+        match committed {
+            Ok(committed) => committed.thaw(self),
+            Err(failed) => Err(failed.thaw(self)),
         }
+    }
 
-        let view = self.step(Phase::PostSnapshot, || {
+    /// Files writers only have after the thaw, then the copy made durable and exposed.
+    fn post_snapshot(
+        &mut self,
+        thawed: Thawed,
+        writers: &mut [Box<dyn Writer>],
+    ) -> Result<Snapshotted, Error> {
+        let Thawed {
+            location,
+            mut files,
+            freeze_window,
+        } = thawed;
+        let provider = self.provider.clone();
+        let view = self.rec.step(Phase::PostSnapshot, || {
             let mut added = Vec::new();
-            for w in request.writers.iter_mut() {
+            for w in writers.iter_mut() {
                 added.extend(
                     w.after_thaw_files()
                         .map_err(writer_error(&**w, Phase::PostSnapshot))?,
@@ -328,273 +394,148 @@ impl Run<'_> {
             let view = provider
                 .expose(&location, &files)
                 .map_err(provider_error(&*provider, Phase::PostSnapshot))?;
-            for w in request.writers.iter_mut() {
+            for w in writers.iter_mut() {
                 w.post_snapshot(&view)
                     .map_err(writer_error(&**w, Phase::PostSnapshot))?;
             }
             Ok(view)
         })?;
-        self.journal
-            .record_files(self.id, &files)
+        self.rec
+            .journal
+            .record_files(self.rec.id, &files)
             .map_err(Error::journal("file manifest"))?;
-
-        let mut verification = None;
-        let mut notes = Vec::new();
-        let mut warnings = Vec::new();
-        if request.verify {
-            let started = Instant::now();
-            let events = self.events.clone();
-            // A check that cannot run (no scratch space, say) counts as failed: the copy is
-            // kept, and no log is truncated on its account.
-            let report = self.step(Phase::Verify, || {
-                Ok(
-                    verify_copy(&view, &mut files, &request.writers, &*events).unwrap_or_else(
-                        |e| VerifyReport {
-                            ok: false,
-                            detail: format!("the check could not run: {}", error_chain(&e)),
-                        },
-                    ),
-                )
-            })?;
-            self.journal
-                .record_files(self.id, &files)
-                .map_err(Error::journal("file hashes"))?;
-            self.journal
-                .record_verification(self.id, &report, started.elapsed())
-                .map_err(Error::journal("verification"))?;
-            if !report.ok {
-                // The copy is complete but damaged: keep it for inspection, never let the
-                // application drop logs because of it.
-                self.journal
-                    .finish_copy(self.id, CopyState::Usable, None)
-                    .map_err(Error::journal("end of the copy"))?;
-                return Err(Error::VerifyFailed {
-                    id: self.id,
-                    detail: report.detail,
-                });
-            }
-            // A writer failing here (say, a log truncation) leaves a verified copy: the
-            // failure is recorded on the phase and reported, and the copy stays usable.
-            let kept = &*request.kept_copies;
-            let (done, failed) = self.step_keeping_failures(Phase::BackupComplete, || {
-                let mut done = Vec::new();
-                let mut failed = Vec::new();
-                for w in request.writers.iter_mut() {
-                    match w.backup_complete(&view, kept) {
-                        Ok(note) => done.extend(note),
-                        Err(e) => {
-                            failed.push(format!("{} at backup-complete: {}", w.name(), chain(&*e)))
-                        }
-                    }
-                }
-                (done, failed)
-            })?;
-            for line in &done {
-                self.events.note(line);
-            }
-            for line in &failed {
-                self.events.warning(line);
-            }
-            notes = done;
-            warnings = failed;
-            verification = Some(report);
-        }
-
-        self.journal
-            .enter_phase(self.id, Phase::Done)
-            .map_err(Error::journal("phase start"))?;
-        self.journal
-            .finish_copy(self.id, CopyState::Usable, None)
-            .map_err(Error::journal("end of the copy"))?;
-        Ok(CreatedCopy {
-            id: self.id,
+        Ok(Snapshotted {
             location,
-            freeze_window,
             files,
-            verification,
-            phases: std::mem::take(&mut self.phases),
+            view,
+            freeze_window,
+        })
+    }
+
+    /// The copy checked, then the writers told (when the request asks for a verify).
+    fn verify(
+        &mut self,
+        mut copy: Snapshotted,
+        request: &mut ShadowSetRequest,
+    ) -> Result<Verified, Error> {
+        if !request.verify {
+            return Ok(Verified {
+                copy,
+                verification: None,
+                notes: Vec::new(),
+                warnings: Vec::new(),
+            });
+        }
+        let report = self.check(&mut copy, &request.writers)?;
+        let (notes, warnings) =
+            self.backup_complete(&copy.view, &mut request.writers, &*request.kept_copies)?;
+        Ok(Verified {
+            copy,
+            verification: Some(report),
             notes,
             warnings,
         })
     }
 
-    /// The undo path: thaw (again: idempotent), stop the commit, discard the partial
-    /// copy, record the reason. Errors here are reported as warnings; the original error
-    /// is what the caller sees.
-    fn abort(&mut self, request: &mut ShadowSetRequest, error: &Error) {
-        if matches!(error, Error::VerifyFailed { .. }) {
-            return;
-        }
-        let _ = self.journal.enter_phase(self.id, Phase::Abort);
-        let started = Instant::now();
-        let mut problems = Vec::new();
-        for w in request.writers.iter_mut().rev() {
-            if let Err(e) = w.thaw() {
-                problems.push(format!("thaw of {} failed: {}", w.name(), chain(&*e)));
-            }
-        }
-        for w in request.writers.iter_mut() {
-            if let Err(e) = w.abort() {
-                problems.push(format!("abort of {} failed: {}", w.name(), chain(&*e)));
-            }
-        }
-        if let Some(thread) = self.commit_thread.take() {
-            let waited = Instant::now();
-            while !thread.is_finished() && waited.elapsed() < CANCELLED_COMMIT_GRACE {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            if !thread.is_finished() {
-                problems.push(
-                    "the provider did not stop after cancellation; its partial copy is left for the next run to discard".into(),
-                );
-                // The location stays recorded: recovery discards it on the next start.
-                self.location = None;
-            }
-        }
-        if let Some(location) = &self.location {
-            match request.provider.delete(location) {
-                Ok(()) => {
-                    let _ = self.journal.discarded(self.id);
-                }
-                Err(e) => problems.push(format!(
-                    "discarding the partial copy at {location} failed (the next run retries): {}",
-                    chain(&*e)
-                )),
-            }
-        }
-        for p in &problems {
-            self.events.warning(p);
-        }
-        let mut reason = error_chain(error);
-        if !problems.is_empty() {
-            reason.push_str("; during abort: ");
-            reason.push_str(&problems.join("; "));
-        }
-        let _ = self
-            .journal
-            .finish_phase(self.id, Phase::Abort, started.elapsed(), Some(&reason));
-        let _ = self
-            .journal
-            .finish_copy(self.id, CopyState::Failed, Some(&reason));
-    }
-}
-
-/// The phases run inside the freeze window, recorded in the journal after the thaw.
-#[derive(Default)]
-struct Window {
-    phases: Vec<WindowPhase>,
-}
-
-struct WindowPhase {
-    phase: Phase,
-    started: SystemTime,
-    took: Duration,
-    error: Option<String>,
-}
-
-impl Window {
-    fn run<T>(
+    /// Hashes and checks the copy. A damaged copy is recorded usable (kept for
+    /// inspection, nothing left to undo) and ends the set with `VerifyFailed`.
+    fn check(
         &mut self,
-        events: &dyn EventSink,
-        phase: Phase,
-        f: impl FnOnce() -> Result<T, Error>,
-    ) -> Result<T, Error> {
-        events.phase_started(phase);
-        let started = SystemTime::now();
-        let clock = Instant::now();
-        let result = f();
-        let took = clock.elapsed();
-        events.phase_finished(phase, took, result.is_ok());
-        self.phases.push(WindowPhase {
-            phase,
-            started,
-            took,
-            error: result.as_ref().err().map(error_chain),
-        });
-        result
-    }
-
-    /// The freeze's start was recorded before the window: this finishes it and adds the
-    /// rest. Every record is attempted even if one fails.
-    fn record(
-        &self,
-        journal: &dyn Journal,
-        id: CopyId,
-        freeze_window: Duration,
-    ) -> Result<(), Error> {
-        let mut first_error = journal.record_freeze_window(id, freeze_window).err();
-        for p in &self.phases {
-            let r = if p.phase == Phase::Freeze {
-                journal.finish_phase(id, p.phase, p.took, p.error.as_deref())
-            } else {
-                journal.record_phase(id, p.phase, p.started, p.took, p.error.as_deref())
-            };
-            if let Err(e) = r {
-                first_error.get_or_insert(e);
-            }
-        }
-        match first_error {
-            Some(source) => Err(Error::Journal {
-                what: "phases of the freeze window",
-                source,
-            }),
-            None => Ok(()),
-        }
-    }
-}
-
-/// Writers that were asked to freeze; dropping it thaws them (reverse order).
-struct Frozen<'w> {
-    writers: &'w mut [Box<dyn Writer>],
-    asked: usize,
-}
-
-impl<'w> Frozen<'w> {
-    fn new(writers: &'w mut [Box<dyn Writer>]) -> Self {
-        Frozen { writers, asked: 0 }
-    }
-
-    fn freeze_all(&mut self, deadline: Instant, deadline_len: Duration) -> Result<(), Error> {
-        for i in 0..self.writers.len() {
-            if Instant::now() >= deadline {
-                return Err(Error::DeadlineExceeded {
-                    deadline: deadline_len,
-                    phase: Phase::Freeze,
-                });
-            }
-            // Counted before the call: a writer that fails halfway is thawed too.
-            self.asked = i + 1;
-            let w = &mut self.writers[i];
-            w.freeze(deadline)
-                .map_err(writer_error(&**w, Phase::Freeze))?;
-        }
-        if Instant::now() > deadline {
-            return Err(Error::DeadlineExceeded {
-                deadline: deadline_len,
-                phase: Phase::Freeze,
+        copy: &mut Snapshotted,
+        writers: &[Box<dyn Writer>],
+    ) -> Result<VerifyReport, Error> {
+        let started = Instant::now();
+        let events = self.rec.events.clone();
+        // A check that cannot run (no scratch space, say) counts as failed: the copy is
+        // kept, and no log is truncated on its account.
+        let report = self.rec.step(Phase::Verify, || {
+            Ok(
+                verify_copy(&copy.view, &mut copy.files, writers, &*events).unwrap_or_else(|e| {
+                    VerifyReport {
+                        ok: false,
+                        detail: format!("the check could not run: {}", error_chain(&e)),
+                    }
+                }),
+            )
+        })?;
+        let (journal, id) = (self.rec.journal, self.rec.id);
+        journal
+            .record_files(id, &copy.files)
+            .map_err(Error::journal("file hashes"))?;
+        journal
+            .record_verification(id, &report, started.elapsed())
+            .map_err(Error::journal("verification"))?;
+        if !report.ok {
+            // The copy is complete but damaged: keep it for inspection, never let the
+            // application drop logs because of it.
+            journal
+                .finish_copy(id, CopyState::Usable, None)
+                .map_err(Error::journal("end of the copy"))?;
+            self.undo.complete();
+            return Err(Error::VerifyFailed {
+                id,
+                detail: report.detail,
             });
         }
-        Ok(())
+        Ok(report)
     }
 
-    /// Thaws every writer that was asked to freeze, in reverse order; reports the first
-    /// failure after trying all.
-    fn thaw_all(&mut self) -> Result<(), Error> {
-        let mut first = None;
-        for i in (0..self.asked).rev() {
-            let w = &mut self.writers[i];
-            if let Err(e) = w.thaw() {
-                first.get_or_insert(writer_error(&**w, Phase::Thaw)(e));
+    /// A writer failing here (say, a log truncation) leaves a verified copy: the failure
+    /// is recorded on the phase and reported, and the copy stays usable.
+    fn backup_complete(
+        &mut self,
+        view: &CopyView,
+        writers: &mut [Box<dyn Writer>],
+        kept: &dyn KeptCopies,
+    ) -> Result<(Vec<String>, Vec<String>), Error> {
+        let (done, failed) = self.rec.step_keeping_failures(Phase::BackupComplete, || {
+            let mut done = Vec::new();
+            let mut failed = Vec::new();
+            for w in writers.iter_mut() {
+                match w.backup_complete(view, kept) {
+                    Ok(note) => done.extend(note),
+                    Err(e) => {
+                        failed.push(format!("{} at backup-complete: {}", w.name(), chain(&*e)))
+                    }
+                }
             }
+            (done, failed)
+        })?;
+        for line in &done {
+            self.rec.events.note(line);
         }
-        self.asked = 0;
-        first.map_or(Ok(()), Err)
+        for line in &failed {
+            self.rec.events.warning(line);
+        }
+        Ok((done, failed))
     }
-}
 
-impl Drop for Frozen<'_> {
-    fn drop(&mut self) {
-        let _ = self.thaw_all();
+    /// The copy recorded usable: from here on there is nothing to undo.
+    fn done(&mut self, verified: Verified) -> Result<CreatedCopy, Error> {
+        let (journal, id) = (self.rec.journal, self.rec.id);
+        journal
+            .enter_phase(id, Phase::Done)
+            .map_err(Error::journal("phase start"))?;
+        journal
+            .finish_copy(id, CopyState::Usable, None)
+            .map_err(Error::journal("end of the copy"))?;
+        self.undo.complete();
+        let Verified {
+            copy,
+            verification,
+            notes,
+            warnings,
+        } = verified;
+        Ok(CreatedCopy {
+            id,
+            location: copy.location,
+            freeze_window: copy.freeze_window,
+            files: copy.files,
+            verification,
+            phases: std::mem::take(&mut self.rec.phases),
+            notes,
+            warnings,
+        })
     }
 }
 

@@ -11,6 +11,8 @@ pub mod coordinator;
 pub mod dbfiles;
 pub mod error;
 pub mod events;
+#[cfg(test)]
+mod fakes;
 pub mod journal;
 pub mod model;
 pub mod pathjson;

@@ -27,6 +27,9 @@ use crate::safe_fs::{self, NewDir};
 use crate::swap::Staging;
 use crate::writer::{KeptCopiesUnknown, RestoreMode, RestorePlan, Writer};
 
+#[cfg(test)]
+mod tests;
+
 /// A raw copy of data nobody holds open needs no freeze; its commit may take as long as
 /// the data needs.
 const PRE_RESTORE_DEADLINE: Duration = Duration::from_secs(24 * 3600);

@@ -9,8 +9,9 @@
 //!   past it. The freeze MUST be released by something that does not depend on this
 //!   process staying alive (a lock owned by a connection that dies with the process, a
 //!   watchdog): the coordinator can be killed at any time.
-//! - [`Writer::thaw`] releases the freeze. It MUST be idempotent and MUST succeed when
-//!   nothing is frozen: the coordinator calls it on every error path.
+//! - [`Writer::thaw`] releases the freeze, and whatever `prepare` holds. It MUST be
+//!   idempotent and MUST succeed when nothing is frozen: the coordinator calls it on
+//!   every error path once `prepare` was called (again after the window's thaw).
 //! - [`Writer::verify`] checks a copy (never the live data) and reports what it found.
 //!
 //! # Optional methods (defaults do nothing)
@@ -21,7 +22,7 @@
 //!   and is told which other copies of the set are kept: it MUST NOT drop a log one of
 //!   them needs. Its failure is a warning: the verified copy stays usable.
 //! - `abort`: the set failed (after the thaw), so the application can drop what it
-//!   prepared for it.
+//!   prepared for it. Called once `prepare` was called, whether or not it succeeded.
 //! - `check_restore_target` and `finish_restore`: refuse a restore over data in use, and
 //!   turn staged files into what is swapped in; `pre_restore` / `post_restore` around
 //!   the whole restore (stop and start the application, say).
