@@ -27,6 +27,7 @@ mod window;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub use crate::error::{chain, error_chain};
 use crate::error::{BoxError, Error};
 use crate::events::EventSink;
 use crate::journal::{Journal, NewCopy};
@@ -555,25 +556,4 @@ fn provider_error(p: &dyn Provider, phase: Phase) -> impl FnOnce(BoxError) -> Er
         phase,
         source,
     }
-}
-
-/// An error and all its sources on one line: `a: b: c`.
-pub fn error_chain(e: &Error) -> String {
-    chain(e)
-}
-
-/// Any error and its sources on one line; a source whose text the line already holds
-/// (an error that prints its source itself) is not repeated.
-pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(inner) = cur {
-        let text = inner.to_string();
-        if !s.contains(&text) {
-            s.push_str(": ");
-            s.push_str(&text);
-        }
-        cur = inner.source();
-    }
-    s
 }

@@ -158,3 +158,24 @@ pub fn human_bytes(n: u64) -> String {
         format!("{v:.2} {}", UNITS[u])
     }
 }
+
+/// An error and all its sources on one line: `a: b: c`.
+pub fn error_chain(e: &Error) -> String {
+    chain(e)
+}
+
+/// Any error and its sources on one line; a source whose text the line already holds
+/// (an error that prints its source itself) is not repeated.
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        let text = inner.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        cur = inner.source();
+    }
+    s
+}

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use rustix::fs::{FileType, Mode, OFlags};
 
-use crate::coordinator::error_chain;
+use crate::error::error_chain;
 use crate::error::Error;
 use crate::events::EventSink;
 use crate::model::{CopyView, FileEntry, Phase, VerifyReport};
