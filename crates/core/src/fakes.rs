@@ -585,11 +585,18 @@ impl Provider for FakeProvider {
 #[derive(Default)]
 pub struct FakeEvents {
     events: Mutex<Vec<String>>,
+    /// Progress in bytes `(done, total)`, apart from the events (verification reports
+    /// it too, as often as it likes).
+    bytes: Mutex<Vec<(u64, u64)>>,
 }
 
 impl FakeEvents {
     pub fn events(&self) -> Vec<String> {
         self.events.lock().unwrap().clone()
+    }
+
+    pub fn bytes(&self) -> Vec<(u64, u64)> {
+        self.bytes.lock().unwrap().clone()
     }
 
     fn push(&self, event: String) {
@@ -612,6 +619,9 @@ impl EventSink for FakeEvents {
     }
     fn note(&self, message: &str) {
         self.push(format!("note {message}"));
+    }
+    fn bytes(&self, done: u64, total: u64) {
+        self.bytes.lock().unwrap().push((done, total));
     }
 }
 

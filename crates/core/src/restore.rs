@@ -297,7 +297,16 @@ impl<'a> Restorer<'a> {
         let new_dir = |p: &Path| dirs.get(p).copied().unwrap_or_default();
         let mut staging = Staging::begin(self.journal, request.copy_id)?;
         let mut staged: Vec<(PathBuf, PathBuf)> = Vec::new();
+        // Progress in bytes of the manifest (a front end draws a bar on large restores).
+        let sizes: BTreeMap<&Path, u64> = request
+            .files
+            .iter()
+            .map(|f| (f.path.as_path(), f.size))
+            .collect();
+        let size_of = |original: &PathBuf| sizes.get(original.as_path()).copied().unwrap_or(0);
+        let total: u64 = targets.iter().map(|(original, _)| size_of(original)).sum();
         let result = (|| -> Result<(RestorePlan, Option<CopyId>), Error> {
+            let mut done = 0;
             for (original, target) in targets {
                 let (s, pinned) = staging.staged_path(target, &new_dir)?;
                 staged.push((target.clone(), s));
@@ -308,6 +317,8 @@ impl<'a> Restorer<'a> {
                         step: format!("staging the copy's file {}", original.display()),
                         source,
                     })?;
+                done += size_of(original);
+                self.events.bytes(done, total);
             }
             let mut links = Vec::new();
             for e in &tree {

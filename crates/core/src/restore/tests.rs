@@ -95,7 +95,17 @@ fn live(set: &Set) -> Vec<String> {
 #[test]
 fn a_restore_brings_the_copy_back_between_pre_and_post_restore() {
     let (set, location, files) = copied();
+    let before = set.events.bytes().len();
     let outcome = restore(&set, &location, &files, set.writers(), set.provider()).unwrap();
+    // Its progress counts every staged byte of the manifest, up to the total.
+    let total: u64 = files.iter().map(|f| f.size).sum();
+    assert!(total > 0);
+    let progress = set.events.bytes().split_off(before);
+    assert_eq!(progress.last(), Some(&(total, total)), "{progress:?}");
+    assert!(
+        progress.windows(2).all(|w| w[0].0 <= w[1].0),
+        "{progress:?}"
+    );
     assert_eq!(paired(&set), ["w0", "w1"]);
     assert_eq!(live(&set), ["the data of w0", "the data of w1"]);
     let pre_restore = outcome.pre_restore.expect("the replaced state is kept");
