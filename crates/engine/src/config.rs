@@ -8,6 +8,7 @@ use serde::Deserialize;
 use shadowcopy_writers::WriterSpec;
 
 use crate::error::UsageError;
+use crate::retention::RetentionPolicy;
 
 /// The system-wide config file, read when present and no `--config` is given.
 pub const SYSTEM_CONFIG: &str = "/etc/shadowcopy/config.toml";
@@ -36,6 +37,10 @@ pub struct SetDefaults {
     pub freeze_deadline: Option<HumanDuration>,
     pub copies_dir: Option<PathBuf>,
     pub verify: Option<bool>,
+    /// Which copies `delete --policy` (and the agent) keep, for sets without their own.
+    pub retention: Option<RetentionPolicy>,
+    /// The same for `pre-restore` copies (without one they are all kept).
+    pub pre_restore_retention: Option<RetentionPolicy>,
 }
 
 /// `[sets.NAME]`.
@@ -54,6 +59,10 @@ pub struct SetConfig {
     pub freeze_deadline: Option<HumanDuration>,
     pub copies_dir: Option<PathBuf>,
     pub verify: Option<bool>,
+    /// Which of the set's copies `delete --policy` keeps (`[sets.NAME.retention]`).
+    pub retention: Option<RetentionPolicy>,
+    /// The same for the set's `pre-restore` copies.
+    pub pre_restore_retention: Option<RetentionPolicy>,
 }
 
 use shadowcopy_providers::exec::ExecProviderOptions;
@@ -110,6 +119,19 @@ impl Config {
                 ..o.clone()
             })
             .collect()
+    }
+
+    /// The retention policies of set `name` (its own, else the defaults'): for its
+    /// copies, and for its pre-restore copies. A set the config does not name (a
+    /// zero-config one) gets the defaults'.
+    pub fn retention(&self, name: &str) -> (Option<&RetentionPolicy>, Option<&RetentionPolicy>) {
+        let set = self.sets.get(name);
+        (
+            set.and_then(|s| s.retention.as_ref())
+                .or(self.defaults.retention.as_ref()),
+            set.and_then(|s| s.pre_restore_retention.as_ref())
+                .or(self.defaults.pre_restore_retention.as_ref()),
+        )
     }
 
     pub fn set(&self, name: &str) -> Result<&SetConfig, UsageError> {

@@ -1,6 +1,6 @@
-//! `delete`: remove copies and their data, by id, age or count. Each deletion is
-//! recorded before the provider removes anything, so an interrupted delete is finished
-//! by the next run.
+//! `delete`: remove copies and their data, by id, age or count; `prune`: remove what
+//! each set's retention policy does not keep. Each deletion is recorded before the
+//! provider removes anything, so an interrupted delete is finished by the next run.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -13,7 +13,8 @@ use crate::config::HumanDuration;
 use crate::copies::provider_for;
 use crate::engine::{Engine, WaitOptions};
 use crate::error::UsageError;
-use crate::progress::Progress;
+use crate::progress::{Progress, Silent};
+use crate::retention::{self, Decision, RetentionPolicy};
 
 /// Which copies to delete: the flags of `delete` and an API request's JSON alike.
 #[derive(clap::Args, Clone, Debug, Default, Deserialize)]
@@ -49,6 +50,37 @@ pub struct Deleted {
     pub deleted: bool,
 }
 
+/// Which sets `prune` applies its policies to.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PruneOptions {
+    /// Only this set (else every set in the catalog that has a policy).
+    pub set: Option<String>,
+    /// Decide and report, delete nothing.
+    pub dry_run: bool,
+}
+
+/// One set's decisions.
+#[derive(Clone, Debug, Serialize)]
+pub struct SetDecisions {
+    pub set: String,
+    /// The policy applied to copies made by `create`, in words.
+    pub policy: String,
+    /// The policy applied to `pre-restore` copies (none: they are all kept).
+    pub pre_restore_policy: Option<String>,
+    /// One per copy of the set, oldest first.
+    pub decisions: Vec<Decision>,
+}
+
+/// What `prune` decided and did (`delete --policy --json` prints this).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct PruneReport {
+    pub sets: Vec<SetDecisions>,
+    pub deleted: Vec<Deleted>,
+    /// Sets in the catalog without a policy: left alone.
+    pub sets_without_policy: Vec<String>,
+}
+
 /// What `delete` did: the copies, in order (`delete --json` prints this list).
 #[derive(Clone, Debug, Serialize)]
 #[serde(transparent)]
@@ -67,7 +99,7 @@ impl Engine {
     ) -> anyhow::Result<DeleteReport> {
         if options.ids.is_empty() && options.older_than.is_none() && options.keep_last.is_none() {
             return Err(UsageError::new(
-                "say what to delete: copy ids, --older-than AGE or --keep-last N",
+                "say what to delete: copy ids, --older-than AGE, --keep-last N, or --policy (each set's retention policy)",
             )
             .into());
         }
@@ -100,45 +132,134 @@ impl Engine {
         };
         let settled = if dry_run { Settled::No } else { Settled::Yes };
         let chosen = select(&catalog.list(options.set.as_deref())?, options, settled)?;
-        if let Some(copy) = chosen
-            .iter()
-            .find(|c| !dry_run && Catalog::location_is_ambiguous(c))
-        {
-            return Err(anyhow::anyhow!(
-                "copy {} has the location {} recorded relative to the directory an older shadowcopy ran in; \
-                 nothing was deleted, as deleting it could remove files under the current directory. Remove \
-                 the copy's directory by hand",
-                copy.id,
-                copy.location.as_deref().unwrap_or_default()
-            ));
-        }
-        let mut copies = Vec::new();
-        for copy in chosen {
-            if !dry_run {
-                catalog.mark_deleting(copy.id)?;
-                if let Some(location) = &copy.location {
-                    let provider = provider_for(&catalog, &copy).map_err(|e| anyhow::anyhow!(e))?;
-                    provider
-                        .delete(location)
-                        .map_err(|e| anyhow::anyhow!("deleting copy {} at {location} failed: {e}; it stays listed as deleting and the next run retries", copy.id))?;
-                }
-                catalog.remove(copy.id)?;
-            }
-            progress.deleted(copy.id, &copy.set, copy.state, dry_run);
-            copies.push(Deleted {
-                id: copy.id,
-                set: copy.set.clone(),
-                deleted: !dry_run,
-            });
-        }
-        if !dry_run && !copies.is_empty() && !catalog.restore_reserve() {
-            progress.warning(&format!(
-                "the file system holding the catalog {} is still nearly full; free space there",
-                catalog.dir().display()
-            ));
-        }
+        let copies = delete_copies(&catalog, chosen, dry_run, progress)?;
         Ok(DeleteReport { copies })
     }
+
+    /// Deletes what each set's retention policy does not keep (`delete --policy`; the
+    /// agent's prune job): the decisions, with why each copy stays or goes, and the
+    /// copies deleted. A dry run reads only. Sets without a policy are left alone.
+    pub fn prune(
+        &self,
+        options: &PruneOptions,
+        wait: &WaitOptions,
+        progress: &dyn Progress,
+    ) -> anyhow::Result<PruneReport> {
+        let config = &self.config;
+        let any_policy = |(p, pre): (Option<&RetentionPolicy>, Option<&RetentionPolicy>)| {
+            p.is_some() || pre.is_some()
+        };
+        match &options.set {
+            Some(set) if !any_policy(config.retention(set)) => {
+                return Err(UsageError::new(format!(
+                    "set `{set}` has no retention policy; give it one in the config file ([sets.{set}.retention] with keep_last, keep_daily, … or keep_within), or one for all sets ([defaults.retention])"
+                ))
+                .into())
+            }
+            None if !any_policy((
+                config.defaults.retention.as_ref(),
+                config.defaults.pre_restore_retention.as_ref(),
+            )) && !config.sets.keys().any(|s| any_policy(config.retention(s))) =>
+            {
+                return Err(UsageError::new(
+                    "no retention policy is configured; add one to the config file ([sets.NAME.retention] or [defaults.retention], with keep_last, keep_daily, … or keep_within)",
+                )
+                .into())
+            }
+            _ => {}
+        }
+        let dry_run = options.dry_run;
+        let catalog = if dry_run {
+            self.open_catalog_read_only()?
+        } else {
+            self.open_catalog_to_free_space()?
+        };
+        // Decided under the queue, after recovery settled what a dead process left.
+        let _queue = if dry_run {
+            None
+        } else {
+            let scope = options.set.as_deref().unwrap_or("*");
+            Some(self.take_queue(&catalog, "prune", scope, wait.policy(), progress)?)
+        };
+        let mut by_set: BTreeMap<String, Vec<CopySummary>> = BTreeMap::new();
+        for c in catalog.list(options.set.as_deref())? {
+            by_set.entry(c.set.clone()).or_default().push(c);
+        }
+        let mut report = PruneReport::default();
+        let mut chosen = Vec::new();
+        for (set, copies) in by_set {
+            let (policy, pre_restore) = config.retention(&set);
+            if policy.is_none() && pre_restore.is_none() {
+                report.sets_without_policy.push(set);
+                continue;
+            }
+            let keep_all = RetentionPolicy::default();
+            let policy = policy.unwrap_or(&keep_all);
+            let decisions = retention::decide(&copies, policy, pre_restore, &chrono::Local);
+            for (copy, decision) in copies.iter().zip(&decisions) {
+                if !decision.keep {
+                    chosen.push(copy.clone());
+                }
+            }
+            report.sets.push(SetDecisions {
+                set,
+                policy: policy.to_string(),
+                pre_restore_policy: pre_restore.map(ToString::to_string),
+                decisions,
+            });
+        }
+        let announce: &dyn Progress = if dry_run { &Silent } else { progress };
+        report.deleted = delete_copies(&catalog, chosen, dry_run, announce)?;
+        Ok(report)
+    }
+}
+
+/// Deletes `chosen` (a dry run only reports them): each copy marked `deleting` before
+/// its provider removes anything, so a failure halfway is retried by the next run.
+fn delete_copies(
+    catalog: &Catalog,
+    chosen: Vec<CopySummary>,
+    dry_run: bool,
+    progress: &dyn Progress,
+) -> anyhow::Result<Vec<Deleted>> {
+    if let Some(copy) = chosen
+        .iter()
+        .find(|c| !dry_run && Catalog::location_is_ambiguous(c))
+    {
+        return Err(anyhow::anyhow!(
+            "copy {} has the location {} recorded relative to the directory an older shadowcopy ran in; \
+             nothing was deleted, as deleting it could remove files under the current directory. Remove \
+             the copy's directory by hand",
+            copy.id,
+            copy.location.as_deref().unwrap_or_default()
+        ));
+    }
+    let mut copies = Vec::new();
+    for copy in chosen {
+        if !dry_run {
+            catalog.mark_deleting(copy.id)?;
+            if let Some(location) = &copy.location {
+                let provider = provider_for(catalog, &copy).map_err(|e| anyhow::anyhow!(e))?;
+                provider
+                    .delete(location)
+                    .map_err(|e| anyhow::anyhow!("deleting copy {} at {location} failed: {e}; it stays listed as deleting and the next run retries", copy.id))?;
+            }
+            catalog.remove(copy.id)?;
+        }
+        progress.deleted(copy.id, &copy.set, copy.state, dry_run);
+        copies.push(Deleted {
+            id: copy.id,
+            set: copy.set.clone(),
+            deleted: !dry_run,
+        });
+    }
+    if !dry_run && !copies.is_empty() && !catalog.restore_reserve() {
+        progress.warning(&format!(
+            "the file system holding the catalog {} is still nearly full; free space there",
+            catalog.dir().display()
+        ));
+    }
+    Ok(copies)
 }
 
 /// The longest `--older-than` accepted: older than anything a catalog can hold, and

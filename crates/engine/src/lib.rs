@@ -14,17 +14,19 @@ pub mod inspect;
 pub mod postgres;
 pub mod progress;
 pub mod restore;
+pub mod retention;
 pub mod set;
 pub mod verify;
 
 pub use config::{Config, HumanDuration};
 pub use copies::UsableCopy;
 pub use create::{CreateReport, PhaseTime, PlannedSet};
-pub use delete::{DeleteOptions, DeleteReport, Deleted};
+pub use delete::{DeleteOptions, DeleteReport, Deleted, PruneOptions, PruneReport};
 pub use engine::{default_catalog_dir, Engine, EngineOptions, WaitOptions};
 pub use error::UsageError;
 pub use progress::{Progress, Silent};
 pub use restore::{RestoreOptions, RestoreReport};
+pub use retention::{Decision, RetentionPolicy};
 pub use set::{CreateOptions, SetSpec};
 pub use verify::VerifyOutcome;
 

@@ -282,6 +282,8 @@ impl SetSpec {
                 freeze_deadline: None,
                 copies_dir: None,
                 verify: None,
+                retention: None,
+                pre_restore_retention: None,
             },
             config,
             z,

@@ -19,6 +19,7 @@ mod postgres_wal;
 mod queue;
 mod quickstart;
 mod restore_safety;
+mod retention;
 mod secrets;
 mod support;
 mod verify;
