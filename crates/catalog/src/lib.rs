@@ -21,6 +21,7 @@
 //! - a small preallocated file (`space.reserve`) keeps room for `delete` on a full file
 //!   system: [`Catalog::open_to_free_space`] gives it back before writing.
 
+mod jobs;
 mod journal;
 mod migrations;
 mod paths;
@@ -37,6 +38,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
 
+pub use jobs::JobRecord;
 pub use queries::{CopyDetail, CopySummary, PhaseRecord, VerificationRecord};
 pub use queue::{QueueError, QueueGuard, QueueHolder, Wait};
 pub use recovery::{ProviderFor, Recovered};

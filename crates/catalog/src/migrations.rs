@@ -113,6 +113,23 @@ const MIGRATIONS: &[&str] = &[
         ended_ms    INTEGER
     );
     ",
+    // 5: the agent's jobs (create, verify, prune): queued, running, and how each ended.
+    "
+    CREATE TABLE jobs (
+        id           INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind         TEXT NOT NULL,
+        set_name     TEXT NOT NULL,
+        trigger      TEXT NOT NULL,
+        state        TEXT NOT NULL,
+        pid          INTEGER NOT NULL,
+        created_ms   INTEGER NOT NULL,
+        started_ms   INTEGER,
+        finished_ms  INTEGER,
+        copy_id      INTEGER,
+        result       TEXT
+    );
+    CREATE INDEX jobs_by_set ON jobs(set_name, kind, created_ms);
+    ",
 ];
 
 /// How many migrations a catalog at schema version `found` lacks, or `Err(known)` when

@@ -54,12 +54,17 @@ pub struct GlobalArgs {
 }
 
 impl GlobalArgs {
-    /// The engine on the catalog and config these options name.
-    pub fn engine(&self) -> anyhow::Result<shadowcopy_engine::Engine> {
-        shadowcopy_engine::Engine::new(&shadowcopy_engine::EngineOptions {
+    /// The catalog and config these options name.
+    pub fn engine_options(&self) -> shadowcopy_engine::EngineOptions {
+        shadowcopy_engine::EngineOptions {
             catalog: self.catalog.clone(),
             config: self.config.clone(),
-        })
+        }
+    }
+
+    /// The engine on the catalog and config these options name.
+    pub fn engine(&self) -> anyhow::Result<shadowcopy_engine::Engine> {
+        shadowcopy_engine::Engine::new(&self.engine_options())
     }
 
     /// How a command prints: JSON (`json`), quiet, or text for people.
@@ -94,6 +99,10 @@ enum Command {
     Providers(commands::providers::ProvidersArgs),
     /// PostgreSQL: WAL archive commands for archive_command/restore_command, setup
     Pg(commands::pg::PgArgs),
+    /// Run the configured sets on their schedules (copy, prune, verify) until stopped
+    Agent(commands::agent::AgentArgs),
+    /// What the agent ran and how each job ended
+    Jobs(commands::agent::JobsArgs),
 }
 
 impl Command {
@@ -111,6 +120,8 @@ impl Command {
             Command::Writers(a) => a.json,
             Command::Providers(a) => a.json,
             Command::Pg(a) => a.json(),
+            Command::Agent(_) => false,
+            Command::Jobs(a) => a.json,
         }
     }
 }
@@ -126,15 +137,27 @@ fn main() -> ExitCode {
         (_, 1) => "info",
         _ => "debug",
     };
-    tracing_subscriber::fmt()
+    // The agent logs what it does (info); as JSON lines when not at a terminal (journald).
+    let agent = matches!(cli.command, Command::Agent(_));
+    let filter = if agent && filter == "warn" {
+        "info"
+    } else {
+        filter
+    };
+    let at_terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SHADOWCOPY_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
         )
         .with_writer(std::io::stderr)
         // Colour codes only for a person at a terminal, not in logs and captured output.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_ansi(at_terminal);
+    if agent && !at_terminal {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
     let g = &cli.global;
     let json = cli.command.json();
     let result = match cli.command {
@@ -148,6 +171,8 @@ fn main() -> ExitCode {
         Command::Writers(a) => commands::writers::run(g, a),
         Command::Providers(a) => commands::providers::run(g, a),
         Command::Pg(a) => commands::pg::run(g, a),
+        Command::Agent(a) => commands::agent::run(g, a),
+        Command::Jobs(a) => commands::agent::jobs(g, a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

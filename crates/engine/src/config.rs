@@ -63,6 +63,11 @@ pub struct SetConfig {
     pub retention: Option<RetentionPolicy>,
     /// The same for the set's `pre-restore` copies.
     pub pre_restore_retention: Option<RetentionPolicy>,
+    /// When the agent copies the set: a cron expression, `"*/15 * * * *"` (five fields,
+    /// or six with seconds first), in local time.
+    pub schedule: Option<toml::Spanned<String>>,
+    /// When the agent verifies the set's newest copy again (a cron expression).
+    pub verify_schedule: Option<toml::Spanned<String>>,
 }
 
 use shadowcopy_providers::exec::ExecProviderOptions;
@@ -100,6 +105,20 @@ impl Config {
         for (name, set) in &config.sets {
             check_set_name(name)
                 .map_err(|e| UsageError::new(format!("{}: {e}", path.display())))?;
+            for (key, given) in [
+                ("schedule", &set.schedule),
+                ("verify_schedule", &set.verify_schedule),
+            ] {
+                let Some(given) = given else { continue };
+                if let Err(e) = parse_schedule(given.get_ref()) {
+                    let (line, col) = line_col(text, given.span().start);
+                    return Err(UsageError::new(format!(
+                        "{}:{line}:{col}: set `{name}`: {key} {:?} is not a cron expression ({e}); write five fields (minute hour day month weekday) or six with seconds first, like \"*/15 * * * *\"",
+                        path.display(),
+                        given.get_ref()
+                    )));
+                }
+            }
             if set.writers.is_empty() && set.paths.is_empty() {
                 return Err(UsageError::new(format!(
                     "{}: set `{name}` names no data; add a [[sets.{name}.writers]] table or `paths = [...]`",
@@ -165,6 +184,14 @@ pub fn check_set_name(name: &str) -> Result<(), UsageError> {
         )));
     }
     Ok(())
+}
+
+/// A cron expression (`*/15 * * * *`, or with seconds first, `*/5 * * * * *`).
+pub fn parse_schedule(expression: &str) -> Result<croner::Cron, croner::errors::CronError> {
+    croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Optional)
+        .build()
+        .parse(expression)
 }
 
 fn line_col(text: &str, offset: usize) -> (usize, usize) {

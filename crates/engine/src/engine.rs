@@ -79,7 +79,8 @@ impl Engine {
     }
 
     /// Takes the queue for `command` on `set`, telling `progress` whom it waits behind,
-    /// then finishes interrupted restores and cleans up sets a crashed run left behind.
+    /// then finishes interrupted restores, cleans up sets a crashed run left behind and
+    /// marks the jobs of a dead agent interrupted.
     pub fn take_queue(
         &self,
         catalog: &Catalog,
@@ -110,6 +111,18 @@ impl Engine {
             progress.recovered(&format!(
                 "recovered copy {} of set `{}`: {}",
                 r.id, r.set, r.what
+            ));
+        }
+        for job in catalog
+            .interrupt_dead_jobs()
+            .context("marking the jobs of a dead agent interrupted")?
+        {
+            progress.recovered(&format!(
+                "job {} ({} of set `{}`) {}",
+                job.id,
+                job.kind,
+                job.set,
+                job.result.as_deref().unwrap_or("was interrupted")
             ));
         }
         Ok(guard)

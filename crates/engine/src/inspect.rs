@@ -1,4 +1,4 @@
-//! The read-only use cases: `list` and `show` (what the catalog holds), `expose` (a
+//! The read-only use cases: `list`, `show` and `jobs` (what the catalog holds), `expose` (a
 //! copy's files, to read), `writers` (the
 //! writer kinds and each configured set's writers with their state, like `vssadmin list
 //! writers`) and `providers` (which can serve some paths, and what `auto` picks).
@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use serde::Serialize;
-use shadowcopy_catalog::{CopyDetail, CopySummary};
+use shadowcopy_catalog::{CopyDetail, CopySummary, JobRecord};
 
 use crate::copies::UsableCopy;
 use crate::engine::Engine;
@@ -73,6 +73,11 @@ impl Engine {
     /// The copies in the catalog (of `set`), oldest first. Reads only.
     pub fn list(&self, set: Option<&str>) -> anyhow::Result<Vec<CopySummary>> {
         Ok(self.open_catalog_read_only()?.list(set)?)
+    }
+
+    /// The agent's jobs, newest first, at most `limit`. Reads only.
+    pub fn jobs(&self, limit: usize) -> anyhow::Result<Vec<JobRecord>> {
+        Ok(self.open_catalog_read_only()?.jobs(limit)?)
     }
 
     /// Everything the catalog knows of copy `id`. Reads only.

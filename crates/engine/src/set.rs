@@ -284,6 +284,8 @@ impl SetSpec {
                 verify: None,
                 retention: None,
                 pre_restore_retention: None,
+                schedule: None,
+                verify_schedule: None,
             },
             config,
             z,

@@ -1,6 +1,7 @@
 //! One module per subcommand: its arguments (clap derive, the engine's options
 //! flattened in), its `run` (call the engine) and how it prints the report.
 
+pub mod agent;
 pub mod create;
 pub mod delete;
 pub mod list;

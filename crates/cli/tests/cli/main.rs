@@ -1,6 +1,7 @@
 //! End-to-end tests of the `shadowcopy` binary: what a user types, what they see, the
 //! exit codes, and what is (or is not) left on disk.
 
+mod agent;
 mod bad_input;
 mod btrfs_restore;
 mod catalog;

@@ -50,7 +50,11 @@ fn the_policy_keeps_what_it_says_and_the_dry_run_shows_the_same() {
     assert_eq!(decisions[0]["reasons"][0], "no rule of the policy keeps it");
     assert_eq!(decisions[3]["reasons"][0], "last 1");
     assert_eq!(dry["deleted"].as_array().unwrap().len(), 2);
-    assert!(dry["deleted"].as_array().unwrap().iter().all(|d| d["deleted"] == false));
+    assert!(dry["deleted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|d| d["deleted"] == false));
     assert_eq!(ids(&cli, &c), vec![1, 2, 3, 4], "a dry run deleted copies");
 
     let text = cli.ok(&["--config", &c, "delete", "--policy"]);
@@ -90,7 +94,11 @@ fn bad_policies_and_sets_without_one_are_refused_and_nothing_is_deleted() {
         let c = config(&cli, policy);
         let out = cli.run(&["--config", &c, "delete", "--policy"]);
         assert_eq!(out.status.code(), Some(2), "{policy}: {}", describe(&out));
-        assert!(stderr(&out).contains(wanted), "{policy}: {}", describe(&out));
+        assert!(
+            stderr(&out).contains(wanted),
+            "{policy}: {}",
+            describe(&out)
+        );
     }
     let c = config(&cli, "keep_last = 1");
     cli.ok(&["--config", &c, "create", "bank", "--quiet"]);

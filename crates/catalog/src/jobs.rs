@@ -1,0 +1,155 @@
+//! The agent's jobs: what it ran (create, verify, prune), for which set, why (a schedule,
+//! a schedule missed while it was down), and how each ended. A job is `queued` when it
+//! falls due, `running` once started, then `done`, `failed` or `interrupted` (its process
+//! died: found by the next command that takes the queue).
+
+use rusqlite::{params, OptionalExtension};
+use serde::Serialize;
+
+use crate::{now_ms, Catalog, CatalogError};
+
+/// One job as recorded.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct JobRecord {
+    pub id: i64,
+    /// `create`, `verify` or `prune`.
+    pub kind: String,
+    pub set: String,
+    /// Why it ran: `schedule`, `missed-schedule`.
+    pub trigger: String,
+    /// `queued`, `running`, `done`, `failed` or `interrupted`.
+    pub state: String,
+    pub pid: u32,
+    pub created_ms: i64,
+    pub started_ms: Option<i64>,
+    pub finished_ms: Option<i64>,
+    /// The copy it made or verified.
+    pub copy_id: Option<i64>,
+    /// What it did, or why it failed.
+    pub result: Option<String>,
+}
+
+const SELECT: &str = "SELECT id, kind, set_name, trigger, state, pid, created_ms, started_ms, \
+                      finished_ms, copy_id, result FROM jobs";
+
+fn record(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRecord> {
+    Ok(JobRecord {
+        id: r.get(0)?,
+        kind: r.get(1)?,
+        set: r.get(2)?,
+        trigger: r.get(3)?,
+        state: r.get(4)?,
+        pid: r.get(5)?,
+        created_ms: r.get(6)?,
+        started_ms: r.get(7)?,
+        finished_ms: r.get(8)?,
+        copy_id: r.get(9)?,
+        result: r.get(10)?,
+    })
+}
+
+impl Catalog {
+    /// Records a job that fell due (`queued`), by this process.
+    pub fn queue_job(&self, kind: &str, set: &str, trigger: &str) -> Result<i64, CatalogError> {
+        self.conn.execute(
+            "INSERT INTO jobs (kind, set_name, trigger, state, pid, created_ms) \
+             VALUES (?1, ?2, ?3, 'queued', ?4, ?5)",
+            params![kind, set, trigger, std::process::id(), now_ms()],
+        )?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    /// The job starts.
+    pub fn start_job(&self, id: i64) -> Result<(), CatalogError> {
+        self.conn.execute(
+            "UPDATE jobs SET state = 'running', started_ms = ?2 WHERE id = ?1",
+            params![id, now_ms()],
+        )?;
+        Ok(())
+    }
+
+    /// The job ended: `done` or `failed`, with the copy it made or verified and a line on
+    /// what it did or why it failed.
+    pub fn finish_job(
+        &self,
+        id: i64,
+        ok: bool,
+        copy_id: Option<i64>,
+        result: &str,
+    ) -> Result<(), CatalogError> {
+        self.conn.execute(
+            "UPDATE jobs SET state = ?2, finished_ms = ?3, copy_id = ?4, result = ?5 WHERE id = ?1",
+            params![
+                id,
+                if ok { "done" } else { "failed" },
+                now_ms(),
+                copy_id,
+                result
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// The newest jobs first, at most `limit`.
+    pub fn jobs(&self, limit: usize) -> Result<Vec<JobRecord>, CatalogError> {
+        let mut stmt = self
+            .conn
+            .prepare(&format!("{SELECT} ORDER BY id DESC LIMIT ?1"))?;
+        let rows = stmt.query_map([limit as i64], record)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The newest job of `kind` for `set` (when did it last fall due).
+    pub fn last_job(&self, set: &str, kind: &str) -> Result<Option<JobRecord>, CatalogError> {
+        Ok(self
+            .conn
+            .query_row(
+                &format!("{SELECT} WHERE set_name = ?1 AND kind = ?2 ORDER BY id DESC LIMIT 1"),
+                params![set, kind],
+                record,
+            )
+            .optional()?)
+    }
+
+    /// Marks `interrupted` every job left queued or running by a process that no longer
+    /// exists, with the reason; returns them.
+    pub fn interrupt_dead_jobs(&self) -> Result<Vec<JobRecord>, CatalogError> {
+        let mut stmt = self.conn.prepare(&format!(
+            "{SELECT} WHERE state IN ('queued', 'running') ORDER BY id"
+        ))?;
+        let open: Vec<JobRecord> = stmt.query_map([], record)?.collect::<Result<_, _>>()?;
+        let mut interrupted = Vec::new();
+        for mut job in open {
+            if process_exists(job.pid) {
+                continue;
+            }
+            let why = format!(
+                "interrupted: the process that ran it (pid {}) ended while it was {}",
+                job.pid, job.state
+            );
+            self.conn.execute(
+                "UPDATE jobs SET state = 'interrupted', finished_ms = ?2, result = ?3 WHERE id = ?1",
+                params![job.id, now_ms(), why],
+            )?;
+            job.state = "interrupted".into();
+            job.result = Some(why);
+            interrupted.push(job);
+        }
+        Ok(interrupted)
+    }
+}
+
+/// Whether a process with this id exists (a signal 0 reaches it, or it exists but is
+/// not ours to signal).
+fn process_exists(pid: u32) -> bool {
+    let Some(pid) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    else {
+        return false;
+    };
+    match rustix::process::test_kill_process(pid) {
+        Ok(()) => true,
+        Err(e) => e == rustix::io::Errno::PERM,
+    }
+}
