@@ -100,7 +100,10 @@ impl Engine {
     pub fn writers(&self) -> anyhow::Result<WritersReport> {
         let kinds = shadowcopy_writers::KINDS
             .iter()
-            .map(|(kind, description)| WriterKindInfo { kind, description })
+            .map(|k| WriterKindInfo {
+                kind: k.name,
+                description: k.description,
+            })
             .collect();
         let mut configured = Vec::new();
         for name in self.config.sets.keys() {
@@ -108,15 +111,7 @@ impl Engine {
             let discovered: Vec<Option<serde_json::Value>> = spec
                 .writers
                 .iter()
-                .map(|w| match w {
-                    shadowcopy_writers::WriterSpec::Postgres(p) => {
-                        p.layout.as_ref().and_then(|l| serde_json::to_value(l).ok())
-                    }
-                    shadowcopy_writers::WriterSpec::Mariadb(m) => {
-                        m.layout.as_ref().and_then(|l| serde_json::to_value(l).ok())
-                    }
-                    _ => None,
-                })
+                .map(|w| w.options().discovered())
                 .collect();
             for (i, mut w) in spec.build_writers().into_iter().enumerate() {
                 let (state, detail, paths) = match w.identify() {

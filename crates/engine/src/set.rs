@@ -18,7 +18,7 @@ use shadowcopy_providers::ProviderOptions;
 use shadowcopy_writers::exec::ExecOptions;
 use shadowcopy_writers::fsfreeze::{mount_point, FsfreezeOptions};
 use shadowcopy_writers::sqlite::SqliteOptions;
-use shadowcopy_writers::{SetContext, WriterSpec};
+use shadowcopy_writers::{SetContext, WriterKind, WriterSpec};
 
 use crate::config::{check_set_name, Config, HumanDuration, SetConfig};
 use crate::error::UsageError;
@@ -45,6 +45,11 @@ pub struct SetSpec {
     /// copy was made, so the copy can be read and deleted without the config file.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exec_providers: Vec<ExecProviderOptions>,
+    /// Per writer: its layout was discovered when this spec was resolved, in this
+    /// process (so [`SetSpec::validate`] need not identify it again). Never recorded: a
+    /// spec read from the catalog has none.
+    #[serde(skip)]
+    discovered: Vec<bool>,
 }
 
 /// What to copy and how: the command line's flags and an API request's JSON alike
@@ -163,29 +168,12 @@ impl SetSpec {
             .writers
             .iter()
             .map(|w| {
-                Ok(match w {
-                    WriterSpec::Sqlite(s) => WriterSpec::Sqlite(SqliteOptions {
-                        path: normalize(&s.path, "sqlite path")?,
-                    }),
-                    WriterSpec::Fsfreeze(f) => WriterSpec::Fsfreeze(FsfreezeOptions {
-                        paths: normalize_all(&f.paths, "fsfreeze path")?,
-                    }),
-                    WriterSpec::Exec(e) => WriterSpec::Exec(ExecOptions {
-                        script: normalize(&e.script, "exec script")?,
-                        ..e.clone()
-                    }),
-                    WriterSpec::Postgres(p) => WriterSpec::Postgres(PostgresOptions {
-                        archive: normalize_opt(p.archive.as_deref(), "WAL archive")?,
-                        password_file: normalize_opt(p.password_file.as_deref(), "password file")?,
-                        ..p.clone()
-                    }),
-                    WriterSpec::Mariadb(m) => WriterSpec::Mariadb(MariaDbOptions {
-                        password_file: normalize_opt(m.password_file.as_deref(), "password file")?,
-                        ..m.clone()
-                    }),
-                })
+                let mut w = w.clone();
+                w.options_mut()
+                    .normalize_paths(&|p, what| normalize(p, what).map_err(|e| e.to_string()))?;
+                Ok(w)
             })
-            .collect::<Result<Vec<_>, UsageError>>()
+            .collect::<Result<Vec<_>, String>>()
             .map_err(|e| UsageError::new(format!("set `{name}`: {e}")))?;
         SetSpec::resolve(
             name.to_string(),
@@ -201,7 +189,9 @@ impl SetSpec {
     }
 
     /// `create --sqlite PATH` and/or `create --path DIR...`: a set named after the
-    /// database (or the first path) unless `--name` is given.
+    /// database (or the first path) unless `--name` is given. The one place where the
+    /// zero-config flags (each kind's [`shadowcopy_writers::KindInfo::ZERO_CONFIG_FLAG`])
+    /// become writer specs.
     pub fn zero_config(config: &Config, z: &CreateOptions) -> Result<SetSpec, UsageError> {
         let sqlite = normalize_opt(z.sqlite.as_deref(), "--sqlite")?;
         let paths = normalize_all(&z.path, "--path")?;
@@ -310,16 +300,9 @@ impl SetSpec {
             .unwrap_or(DEFAULT_FREEZE_DEADLINE);
         let freeze_deadline_ms = check_freeze_deadline(deadline)?;
         for w in &source.writers {
-            let WriterSpec::Exec(e) = w else { continue };
-            let Some(t) = e.timeout else { continue };
-            if !(MIN_FREEZE_DEADLINE..=MAX_HOOK_TIMEOUT).contains(&t.0) {
-                return Err(UsageError::new(format!(
-                    "set `{}`: the timeout {} of the hook {} is out of range: give between 1ms and 24h (timeout in the config file)",
-                    name,
-                    humantime::format_duration(t.0),
-                    e.script.display()
-                )));
-            }
+            w.options()
+                .check()
+                .map_err(|e| UsageError::new(format!("set `{name}`: {e}")))?;
         }
         let copies_dir = match o
             .copies_dir
@@ -340,30 +323,21 @@ impl SetSpec {
             Some(dir) => Some(lexical(&dir)),
             None => None,
         };
-        // A PostgreSQL cluster's paths (data, WAL, tablespaces) come from the server.
-        for w in source.writers.iter_mut() {
-            if let WriterSpec::Postgres(p) = w {
-                let layout = shadowcopy_postgres::cluster::discover_cluster(p).map_err(|e| {
+        // A database server's paths (PostgreSQL: data, WAL, tablespaces; MariaDB: data,
+        // redo, undo, binlogs) come from the server: asked here, once per resolve.
+        let discovered = source
+            .writers
+            .iter_mut()
+            .map(|w| {
+                w.options_mut().discover().map_err(|e| {
                     UsageError::new(format!(
                         "set `{}`: {}",
                         name,
-                        shadowcopy_core::coordinator::chain(&e)
+                        shadowcopy_core::coordinator::chain(&*e)
                     ))
-                })?;
-                p.layout = Some(layout);
-            }
-            // A MariaDB server's paths (data, redo, undo, binlogs) come from the server too.
-            if let WriterSpec::Mariadb(m) = w {
-                let layout = shadowcopy_mariadb::server::discover_server(m).map_err(|e| {
-                    UsageError::new(format!(
-                        "set `{}`: {}",
-                        name,
-                        shadowcopy_core::coordinator::chain(&e)
-                    ))
-                })?;
-                m.layout = Some(layout);
-            }
-        }
+                })
+            })
+            .collect::<Result<Vec<bool>, UsageError>>()?;
         let provider = o
             .provider
             .clone()
@@ -371,10 +345,7 @@ impl SetSpec {
             .or(d.provider.clone())
             .unwrap_or_else(|| "auto".into());
         let exec_providers = check_provider_name(&provider, config)?;
-        let holds_data = source
-            .writers
-            .iter()
-            .any(|w| !matches!(w, WriterSpec::Exec(_)));
+        let holds_data = source.writers.iter().any(WriterSpec::holds_data);
         if !holds_data && source.paths.is_empty() {
             return Err(UsageError::new(format!(
                 "set `{}` names no data: give a database writer or paths (hooks alone copy nothing)",
@@ -391,6 +362,7 @@ impl SetSpec {
             copies_dir,
             verify: !o.no_verify && source.verify.or(d.verify).unwrap_or(true),
             exec_providers,
+            discovered,
         })
     }
 
@@ -416,16 +388,10 @@ impl SetSpec {
         let writers = self
             .writers
             .iter()
-            .map(|w| match w {
-                WriterSpec::Postgres(p) => WriterSpec::Postgres(PostgresOptions {
-                    password_file: None,
-                    ..p.clone()
-                }),
-                WriterSpec::Mariadb(m) => WriterSpec::Mariadb(MariaDbOptions {
-                    password_file: None,
-                    ..m.clone()
-                }),
-                other => other.clone(),
+            .map(|w| {
+                let mut w = w.clone();
+                w.options_mut().forget_credentials();
+                w
             })
             .collect();
         (writers, &self.paths)
@@ -437,43 +403,28 @@ impl SetSpec {
 
     /// The set freezes file systems: `--fsfreeze`, or a configured `fsfreeze` writer.
     pub fn freezes_file_systems(&self) -> bool {
-        self.fsfreeze
-            || self
-                .writers
-                .iter()
-                .any(|w| matches!(w, WriterSpec::Fsfreeze(_)))
+        self.fsfreeze || self.writers.iter().any(WriterSpec::freezes_file_systems)
     }
 
     /// Every data path of the set (what a provider must be able to serve).
     pub fn data_paths(&self) -> Vec<PathBuf> {
         let mut all: Vec<PathBuf> = Vec::new();
         for w in &self.writers {
-            match w {
-                WriterSpec::Sqlite(s) => all.push(s.path.clone()),
-                WriterSpec::Fsfreeze(f) => all.extend(f.paths.iter().cloned()),
-                WriterSpec::Exec(_) => {}
-                WriterSpec::Postgres(p) => {
-                    all.extend(p.layout.iter().flat_map(|l| l.paths()));
-                }
-                WriterSpec::Mariadb(m) => {
-                    all.extend(m.layout.iter().flat_map(|l| l.paths()));
-                }
-            }
+            all.extend(w.options().data_paths());
         }
         all.extend(self.paths.iter().cloned());
         all.dedup();
         all
     }
 
-    /// This set with its MariaDB writers told that the provider snapshots every file at
-    /// one instant (`atomic`: a btrfs snapshot of one volume), so they skip the check
-    /// that file-by-file copies need. For this run only; never recorded.
+    /// This set with its writers told that the provider snapshots every file at one
+    /// instant (`atomic`: a btrfs snapshot of one volume), so they skip the checks that
+    /// file-by-file copies need (MariaDB's of InnoDB's background writes). For this run
+    /// only; never recorded.
     pub fn with_atomic_snapshot(&self, atomic: bool) -> SetSpec {
         let mut spec = self.clone();
         for w in spec.writers.iter_mut() {
-            if let WriterSpec::Mariadb(m) = w {
-                m.atomic_snapshot = atomic;
-            }
+            w.options_mut().set_atomic_snapshot(atomic);
         }
         spec
     }
@@ -491,10 +442,10 @@ impl SetSpec {
             .map(|w| shadowcopy_writers::build(w, &context))
             .collect();
         if self.fsfreeze {
-            let fs = WriterSpec::Fsfreeze(FsfreezeOptions {
+            let fs = FsfreezeOptions {
                 paths: self.data_paths(),
-            });
-            writers.push(shadowcopy_writers::build(&fs, &context));
+            };
+            writers.push(fs.build(&context));
         }
         writers
     }
@@ -519,6 +470,9 @@ impl SetSpec {
 
     /// Runs every writer's `identify` (reads only) and checks the plain paths: a missing
     /// file or a file of the wrong kind is reported here, before the catalog is touched.
+    /// A writer whose server was discovered when this spec was resolved is not
+    /// identified again (discovery connected and read its layout moments ago); the
+    /// coordinator identifies every writer once more when the copy is made.
     pub fn validate(&self) -> Result<(), UsageError> {
         for p in &self.paths {
             let meta = p.metadata().map_err(|_| {
@@ -533,16 +487,17 @@ impl SetSpec {
             })?;
         }
         for w in &self.writers {
-            if let WriterSpec::Sqlite(s) = w {
-                // A missing database is the writer's to report (with its own advice).
-                if let Ok(meta) = s.path.metadata() {
-                    check_kind(&self.name, &s.path, &meta, "a regular file", |t| {
-                        t.is_file()
-                    })?;
+            for p in w.options().regular_files() {
+                // A missing file is the writer's to report (with its own advice).
+                if let Ok(meta) = p.metadata() {
+                    check_kind(&self.name, p, &meta, "a regular file", |t| t.is_file())?;
                 }
             }
         }
-        for mut w in self.build_writers() {
+        for (i, mut w) in self.build_writers().into_iter().enumerate() {
+            if self.discovered.get(i).copied().unwrap_or(false) {
+                continue;
+            }
             w.identify()
                 .map_err(|e| UsageError::new(format!("set `{}`: {e}", self.name)))?;
         }
@@ -710,7 +665,7 @@ pub const MIN_FREEZE_DEADLINE: Duration = Duration::from_millis(1);
 pub const MAX_FREEZE_DEADLINE: Duration = Duration::from_secs(3600);
 
 /// The longest a hook (`exec` writer) may run for one event.
-pub const MAX_HOOK_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+pub use shadowcopy_writers::exec::MAX_HOOK_TIMEOUT;
 
 /// The deadline in whole milliseconds (rounded up, as the coordinator uses it), when it
 /// lies between [`MIN_FREEZE_DEADLINE`] and [`MAX_FREEZE_DEADLINE`].
@@ -823,4 +778,50 @@ fn lexical(p: &Path) -> PathBuf {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each kind's zero-config flag is a flag of `create` (the flags are fields of
+    /// [`CreateOptions`], which clap's derive needs spelled out).
+    #[test]
+    fn every_zero_config_flag_is_a_create_flag() {
+        use clap::Args;
+        let create = CreateOptions::augment_args(clap::Command::new("create"));
+        for k in shadowcopy_writers::KINDS {
+            let Some(flag) = k.zero_config_flag else {
+                continue;
+            };
+            let long = flag.strip_prefix("--").unwrap();
+            assert!(
+                create.get_arguments().any(|a| a.get_long() == Some(long)),
+                "kind {} names {flag}, which `create` does not have",
+                k.name
+            );
+        }
+    }
+
+    /// A writer discovered when the spec was resolved is not identified again by
+    /// `validate`; one read back from the catalog is.
+    #[test]
+    fn validate_identifies_what_was_not_just_discovered() {
+        let dir = tempfile::tempdir().unwrap();
+        let json = serde_json::json!({
+            "name": "s",
+            "writers": [{"kind": "sqlite", "path": dir.path().join("missing.db")}],
+            "paths": [dir.path()],
+            "provider": "copy",
+            "freeze_deadline_ms": 10000,
+            "verify": true,
+        })
+        .to_string();
+        let mut spec = SetSpec::from_json(&json).unwrap();
+        let err = spec.validate().unwrap_err().to_string();
+        assert!(err.contains("does not exist"), "{err}");
+        spec.discovered = vec![true];
+        spec.validate().unwrap();
+        assert!(!spec.to_json().unwrap().contains("discovered"));
+    }
 }

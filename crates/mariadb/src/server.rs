@@ -423,6 +423,7 @@ const TRANSACTIONAL: &[&str] = &["InnoDB", "ROCKSDB", "TokuDB", "ndbcluster"];
 
 /// Reads the server's layout through `conn`.
 pub fn discover(conn: &mut Conn) -> Result<ServerLayout, ServerError> {
+    tracing::debug!("discovering the layout of a MariaDB server");
     let version: String = conn
         .query_first("SELECT VERSION()")
         .map_err(query("reading the server version"))?

@@ -56,6 +56,16 @@ pub struct MariaDbWriter {
     emptied: Mutex<Vec<PathBuf>>,
 }
 
+/// Warns of the server's tables in non-transactional engines, once per process: `create`
+/// discovers the server when it resolves the set and identifies it again in the
+/// coordinator, `writers` discovers and identifies.
+pub fn warn_non_transactional(options: &MariaDbOptions, layout: &ServerLayout) {
+    if let Some(w) = layout.non_transactional_warning() {
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        WARNED.call_once(|| tracing::warn!("mariadb:{}: {w}", options.url));
+    }
+}
+
 impl MariaDbWriter {
     pub fn new(options: MariaDbOptions) -> Self {
         let layout = options.layout.clone();
@@ -125,11 +135,7 @@ impl Writer for MariaDbWriter {
             };
             components.push(component(label, role, path));
         }
-        if let Some(w) = now.non_transactional_warning() {
-            // Once per process: `create` identifies twice (validation, then the set).
-            static WARNED: std::sync::Once = std::sync::Once::new();
-            WARNED.call_once(|| tracing::warn!("{}: {w}", self.name()));
-        }
+        warn_non_transactional(&self.options, &now);
         self.layout = Some(now);
         Ok(components)
     }

@@ -357,6 +357,7 @@ fn query(what: &'static str) -> impl Fn(postgres::Error) -> ClusterError {
 
 /// Reads the cluster's layout through `client` (connected to `url`).
 pub fn discover(client: &mut Client, url: &str) -> Result<ClusterLayout, ClusterError> {
+    tracing::debug!("discovering the layout of a PostgreSQL cluster");
     let row = client
         .query_one(
             "SELECT current_setting('server_version_num')::int,

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use shadowcopy_core::model::{Component, CopyView, VerifyReport};
 use shadowcopy_core::{process, BoxError, KeptCopies, Writer};
 
+use crate::kind::{KindInfo, KindRole, Normalize, WriterKind};
 use crate::watchdog::Watchdog;
 use crate::{HumanDuration, SetContext};
 
@@ -36,6 +37,44 @@ pub struct ExecOptions {
     /// The events the script is called for [default: all].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub events: Option<Vec<String>>,
+}
+
+/// The shortest `timeout` of a hook.
+pub const MIN_HOOK_TIMEOUT: Duration = Duration::from_millis(1);
+/// The longest a hook may run for one event.
+pub const MAX_HOOK_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+impl WriterKind for ExecOptions {
+    fn normalize_paths(&mut self, normalize: Normalize<'_>) -> Result<(), String> {
+        self.script = normalize(&self.script, "exec script")?;
+        Ok(())
+    }
+
+    fn check(&self) -> Result<(), String> {
+        match self.timeout {
+            Some(t) if !(MIN_HOOK_TIMEOUT..=MAX_HOOK_TIMEOUT).contains(&t.0) => Err(format!(
+                "the timeout {} of the hook {} is out of range: give between 1ms and 24h (timeout in the config file)",
+                humantime::format_duration(t.0),
+                self.script.display()
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// A hook copies nothing of its own.
+    fn data_paths(&self) -> Vec<PathBuf> {
+        Vec::new()
+    }
+
+    fn build(&self, context: &SetContext) -> Box<dyn Writer> {
+        Box::new(ExecWriter::new(self.clone(), context.clone()))
+    }
+}
+
+impl KindInfo for ExecOptions {
+    const DESCRIPTION: &'static str = "a hook script called with each event (qemu fsfreeze-hook convention: freeze/thaw as $1, exit 0 = ok)";
+    const ROLE: KindRole = KindRole::Hook;
+    const ZERO_CONFIG_FLAG: Option<&'static str> = Some("--exec-writer");
 }
 
 pub const EVENTS: [&str; 8] = [

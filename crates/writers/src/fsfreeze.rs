@@ -17,7 +17,9 @@ use serde::{Deserialize, Serialize};
 use shadowcopy_core::model::{Component, CopyView, VerifyReport};
 use shadowcopy_core::{process, BoxError, Writer};
 
+use crate::kind::{KindInfo, KindRole, Normalize, WriterKind};
 use crate::watchdog::Watchdog;
+use crate::SetContext;
 
 /// `[[sets.NAME.writers]] kind = "fsfreeze"`: the file systems holding these paths.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,6 +27,31 @@ use crate::watchdog::Watchdog;
 pub struct FsfreezeOptions {
     #[serde(with = "shadowcopy_core::pathjson::vec")]
     pub paths: Vec<PathBuf>,
+}
+
+impl WriterKind for FsfreezeOptions {
+    fn normalize_paths(&mut self, normalize: Normalize<'_>) -> Result<(), String> {
+        self.paths = self
+            .paths
+            .iter()
+            .map(|p| normalize(p, "fsfreeze path"))
+            .collect::<Result<_, _>>()?;
+        Ok(())
+    }
+
+    fn data_paths(&self) -> Vec<PathBuf> {
+        self.paths.clone()
+    }
+
+    fn build(&self, _context: &SetContext) -> Box<dyn Writer> {
+        Box::new(FsfreezeWriter::new(self.clone()))
+    }
+}
+
+impl KindInfo for FsfreezeOptions {
+    const DESCRIPTION: &'static str = "the file systems of a set (FIFREEZE): crash-consistent copies for applications without a writer";
+    const ROLE: KindRole = KindRole::FileSystems;
+    const ZERO_CONFIG_FLAG: Option<&'static str> = Some("--fsfreeze");
 }
 
 #[derive(Debug, thiserror::Error)]

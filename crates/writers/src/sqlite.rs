@@ -33,7 +33,8 @@ use shadowcopy_core::model::{Component, ComponentRole, CopyView, VerifyReport};
 use shadowcopy_core::writer::{RestoreMode, RestorePlan};
 use shadowcopy_core::{BoxError, Writer};
 
-use crate::proc_scan;
+use crate::kind::{KindInfo, KindRole, Normalize, WriterKind};
+use crate::{proc_scan, SetContext};
 
 /// `[[sets.NAME.writers]] kind = "sqlite"`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,6 +43,31 @@ pub struct SqliteOptions {
     /// The database file.
     #[serde(with = "shadowcopy_core::pathjson")]
     pub path: PathBuf,
+}
+
+impl WriterKind for SqliteOptions {
+    fn normalize_paths(&mut self, normalize: Normalize<'_>) -> Result<(), String> {
+        self.path = normalize(&self.path, "sqlite path")?;
+        Ok(())
+    }
+
+    fn regular_files(&self) -> Vec<&Path> {
+        vec![&self.path]
+    }
+
+    fn data_paths(&self) -> Vec<PathBuf> {
+        vec![self.path.clone()]
+    }
+
+    fn build(&self, _context: &SetContext) -> Box<dyn Writer> {
+        Box::new(SqliteWriter::new(self.clone()))
+    }
+}
+
+impl KindInfo for SqliteOptions {
+    const DESCRIPTION: &'static str = "a SQLite database (WAL or rollback journal): holds the write lock while frozen, readers keep running";
+    const ROLE: KindRole = KindRole::Database;
+    const ZERO_CONFIG_FLAG: Option<&'static str> = Some("--sqlite");
 }
 
 #[derive(Debug, thiserror::Error)]
