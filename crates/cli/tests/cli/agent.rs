@@ -200,14 +200,23 @@ fn a_bad_schedule_is_refused_and_a_bad_reload_keeps_the_old_config() {
     let a = cli.bank("a.db", 0);
     let bad = write_config(
         &cli,
-        &set("a", &a, "").replace("*/2 * * * * *", "*/99 * * * *"),
+        &set("a", &a, "").replace("*/2 * * * * *", "every day"),
     );
-    let out = cli.run(&["--config", &bad, "agent"]);
+    // Refused at once; an agent that started anyway is stopped, not waited for.
+    let mut refused = cli.spawn(&["--config", &bad, "agent"]);
+    let exited = (0..600).any(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        refused.try_wait().unwrap().is_some()
+    });
+    if !exited {
+        kill9(&mut refused);
+        panic!("the agent started with a bad schedule");
+    }
+    let out = refused.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
     assert!(
-        stderr(&out).contains(
-            "agent.toml:3:12: set `a`: schedule \"*/99 * * * *\" is not a cron expression"
-        ),
+        stderr(&out)
+            .contains("agent.toml:3:12: set `a`: schedule \"every day\" is not a cron expression"),
         "{}",
         describe(&out)
     );
