@@ -1,28 +1,33 @@
-//! The agent's jobs: what it ran (create, verify, prune), for which set, why (a schedule,
-//! a schedule missed while it was down), and how each ended. A job is `queued` when it
-//! falls due, `running` once started, then `done`, `failed` or `interrupted` (its process
-//! died: found by the next command that takes the queue).
+//! The agent's jobs: what it ran (create, verify, restore, delete, prune), for which set,
+//! why (a schedule, a schedule missed while it was down, an API request), and how each
+//! ended. A job is `queued` when it falls due or is submitted, `running` once started
+//! (its heartbeat renewed while it runs), then `done`, `failed`, `cancelled` (taken out
+//! of the queue before its turn) or `interrupted` (its process died: found by the next
+//! command that takes the queue).
 
 use rusqlite::{params, OptionalExtension};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{now_ms, Catalog, CatalogError};
 
 /// One job as recorded.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct JobRecord {
     pub id: i64,
-    /// `create`, `verify` or `prune`.
+    /// `create`, `verify`, `restore`, `delete` or `prune`.
     pub kind: String,
+    /// The set it is for (`*` for a prune of every set).
     pub set: String,
-    /// Why it ran: `schedule`, `missed-schedule`.
+    /// Why it ran: `schedule`, `missed-schedule`, `after-create`, `api`.
     pub trigger: String,
-    /// `queued`, `running`, `done`, `failed` or `interrupted`.
+    /// `queued`, `running`, `done`, `failed`, `cancelled` or `interrupted`.
     pub state: String,
     pub pid: u32,
     pub created_ms: i64,
     pub started_ms: Option<i64>,
     pub finished_ms: Option<i64>,
+    /// While it runs: when the agent last said it is still at it (every few seconds).
+    pub heartbeat_ms: Option<i64>,
     /// The copy it made or verified.
     pub copy_id: Option<i64>,
     /// What it did, or why it failed.
@@ -30,7 +35,7 @@ pub struct JobRecord {
 }
 
 const SELECT: &str = "SELECT id, kind, set_name, trigger, state, pid, created_ms, started_ms, \
-                      finished_ms, copy_id, result FROM jobs";
+                      finished_ms, copy_id, result, heartbeat_ms FROM jobs";
 
 fn record(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRecord> {
     Ok(JobRecord {
@@ -45,6 +50,7 @@ fn record(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRecord> {
         finished_ms: r.get(8)?,
         copy_id: r.get(9)?,
         result: r.get(10)?,
+        heartbeat_ms: r.get(11)?,
     })
 }
 
@@ -62,10 +68,38 @@ impl Catalog {
     /// The job starts.
     pub fn start_job(&self, id: i64) -> Result<(), CatalogError> {
         self.conn.execute(
-            "UPDATE jobs SET state = 'running', started_ms = ?2 WHERE id = ?1",
+            "UPDATE jobs SET state = 'running', started_ms = ?2, heartbeat_ms = ?2 WHERE id = ?1",
             params![id, now_ms()],
         )?;
         Ok(())
+    }
+
+    /// The running job is still at it (its lease renewed).
+    pub fn heartbeat_job(&self, id: i64) -> Result<(), CatalogError> {
+        self.conn.execute(
+            "UPDATE jobs SET heartbeat_ms = ?2 WHERE id = ?1 AND state = 'running'",
+            params![id, now_ms()],
+        )?;
+        Ok(())
+    }
+
+    /// A queued job taken out of the queue before its turn; false when it was no longer
+    /// queued (it started, or ended).
+    pub fn cancel_job(&self, id: i64, why: &str) -> Result<bool, CatalogError> {
+        let changed = self.conn.execute(
+            "UPDATE jobs SET state = 'cancelled', finished_ms = ?2, result = ?3 \
+             WHERE id = ?1 AND state = 'queued'",
+            params![id, now_ms(), why],
+        )?;
+        Ok(changed == 1)
+    }
+
+    /// One job.
+    pub fn job(&self, id: i64) -> Result<Option<JobRecord>, CatalogError> {
+        Ok(self
+            .conn
+            .query_row(&format!("{SELECT} WHERE id = ?1"), [id], record)
+            .optional()?)
     }
 
     /// The job ended: `done` or `failed`, with the copy it made or verified and a line on

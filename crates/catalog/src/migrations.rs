@@ -130,6 +130,10 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX jobs_by_set ON jobs(set_name, kind, created_ms);
     ",
+    // 6: a running job's heartbeat (the agent's lease on it), renewed while it runs.
+    "
+    ALTER TABLE jobs ADD COLUMN heartbeat_ms INTEGER;
+    ",
 ];
 
 /// How many migrations a catalog at schema version `found` lacks, or `Err(known)` when

@@ -14,7 +14,7 @@ use shadowcopy_core::model::{
 use crate::{paths, Catalog, CatalogError};
 
 /// One copy as `list` shows it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct CopySummary {
     pub id: CopyId,
     pub set: String,
@@ -37,7 +37,7 @@ pub struct CopySummary {
     pub spec_json: String,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct PhaseRecord {
     pub phase: String,
     pub started_ms: i64,
@@ -45,7 +45,7 @@ pub struct PhaseRecord {
     pub error: Option<String>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct VerificationRecord {
     pub at_ms: i64,
     pub ok: bool,
@@ -54,13 +54,19 @@ pub struct VerificationRecord {
 }
 
 /// Everything the catalog knows of one copy.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct CopyDetail {
     #[serde(flatten)]
     pub summary: CopySummary,
+    /// The set's spec as it was taken (writers, paths, provider, deadline).
+    #[schema(value_type = Object)]
     pub spec: serde_json::Value,
     pub phases: Vec<PhaseRecord>,
+    /// What each writer reported: `writer`, `name`, `role`, `path`, `required`, `pinned`.
+    #[schema(value_type = Vec<Object>)]
     pub components: Vec<Component>,
+    /// The files copied: `path`, `size`, `mode`, `mtime_ns`, `blake3`.
+    #[schema(value_type = Vec<Object>)]
     pub manifest: Vec<FileEntry>,
     pub verifications: Vec<VerificationRecord>,
 }

@@ -99,7 +99,8 @@ enum Command {
     Providers(commands::providers::ProvidersArgs),
     /// PostgreSQL: WAL archive commands for archive_command/restore_command, setup
     Pg(commands::pg::PgArgs),
-    /// Run the configured sets on their schedules (copy, prune, verify) until stopped
+    /// Run the configured sets on their schedules (copy, prune, verify) until stopped, with
+    /// an API on a unix socket; `agent status` asks the running agent what it is doing
     Agent(commands::agent::AgentArgs),
     /// What the agent ran and how each job ended
     Jobs(commands::agent::JobsArgs),
@@ -120,7 +121,7 @@ impl Command {
             Command::Writers(a) => a.json,
             Command::Providers(a) => a.json,
             Command::Pg(a) => a.json(),
-            Command::Agent(_) => false,
+            Command::Agent(a) => a.json(),
             Command::Jobs(a) => a.json,
         }
     }
@@ -138,7 +139,7 @@ fn main() -> ExitCode {
         _ => "debug",
     };
     // The agent logs what it does (info); as JSON lines when not at a terminal (journald).
-    let agent = matches!(cli.command, Command::Agent(_));
+    let agent = matches!(&cli.command, Command::Agent(a) if a.is_daemon());
     let filter = if agent && filter == "warn" {
         "info"
     } else {

@@ -73,7 +73,7 @@ impl fmt::Display for Phase {
 macro_rules! string_enum {
     ($(#[$m:meta])* $name:ident { $($variant:ident => $s:literal),+ $(,)? }) => {
         $(#[$m])*
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
         pub enum $name { $(#[serde(rename = $s)] $variant),+ }
         impl $name {
             pub fn as_str(self) -> &'static str { match self { $($name::$variant => $s),+ } }

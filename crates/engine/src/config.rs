@@ -25,8 +25,22 @@ pub struct Config {
     /// `[providers.NAME]`: exec providers, used as `provider = "exec:NAME"`.
     #[serde(default)]
     pub providers: BTreeMap<String, ExecProviderOptions>,
+    /// `[agent]`: where the agent's API listens.
+    #[serde(default)]
+    pub agent: AgentConfig,
     #[serde(skip)]
     pub source: Option<PathBuf>,
+}
+
+/// `[agent]`: the agent's API socket (overridden by `agent --socket`).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// The unix socket the API listens on (default: `/run/shadowcopy/agent.sock` for the
+    /// system catalog, else `agent.sock` in the catalog directory).
+    pub socket: Option<PathBuf>,
+    /// The group whose members may call the API (the socket is mode 0660, owned by it).
+    pub socket_group: Option<String>,
 }
 
 /// Options every set inherits unless it sets its own.

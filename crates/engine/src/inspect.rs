@@ -80,6 +80,11 @@ impl Engine {
         Ok(self.open_catalog_read_only()?.jobs(limit)?)
     }
 
+    /// Job `id`, if there is one. Reads only.
+    pub fn job(&self, id: i64) -> anyhow::Result<Option<JobRecord>> {
+        Ok(self.open_catalog_read_only()?.job(id)?)
+    }
+
     /// Everything the catalog knows of copy `id`. Reads only.
     pub fn show(&self, id: i64) -> anyhow::Result<CopyDetail> {
         Ok(self.open_catalog_read_only()?.detail(id)?)

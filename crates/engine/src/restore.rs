@@ -48,7 +48,9 @@ pub struct RestoreOptions {
 }
 
 /// `--mode`.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(
+    clap::ValueEnum, Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, utoipa::ToSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Mode {
     #[default]
@@ -116,6 +118,17 @@ impl RestoreOptions {
 }
 
 impl Engine {
+    /// Whether `options` would be refused before anything is written (the copy is not
+    /// usable, failed verification without `force`, `until` without roll-forward): what
+    /// the agent checks when a restore is submitted, before queueing it. The copy's set.
+    pub fn check_restore(&self, options: &RestoreOptions) -> anyhow::Result<String> {
+        let catalog = self.open_existing_catalog()?;
+        let copy = UsableCopy::load(&catalog, options.id, "restored")?;
+        options.check(&copy)?;
+        options.restore_mode()?;
+        Ok(copy.summary.set)
+    }
+
     /// Restores a copy. Refused before anything is written when the copy is not usable,
     /// failed verification (without `force`) or an earlier restore is unfinished; on any
     /// failure the live data is as it was.

@@ -38,6 +38,13 @@ impl VerifyOutcome {
 }
 
 impl Engine {
+    /// Whether copy `id` can be verified (it exists and is usable): what the agent checks
+    /// when a verification is submitted. The copy's set.
+    pub fn check_verify(&self, id: i64) -> anyhow::Result<String> {
+        let catalog = self.open_existing_catalog()?;
+        Ok(UsableCopy::load(&catalog, id, "verified")?.summary.set)
+    }
+
     /// Verifies copy `id` and records the result; the bytes hashed so far go to
     /// `progress`. A copy whose files were removed fails verification (recorded); a check
     /// that could not run is an error.

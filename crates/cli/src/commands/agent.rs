@@ -1,17 +1,126 @@
 //! `shadowcopy agent`: run the config file's sets on their schedules until stopped
-//! (foreground; `dist/shadowcopy-agent.service` runs it under systemd), and
-//! `shadowcopy jobs`: what the agent ran and how each job ended.
+//! (foreground; `dist/shadowcopy-agent.service` runs it under systemd), with its API on
+//! a unix socket; `shadowcopy agent status`: what the running agent is doing (through
+//! that API); `shadowcopy agent openapi`: the API's OpenAPI document; `shadowcopy jobs`:
+//! what the agent ran and how each job ended.
 
-use clap::Args;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use shadowcopy_agent::state::Status;
 
 use crate::output::local_time;
 use crate::GlobalArgs;
 
 #[derive(Args, Debug)]
-pub struct AgentArgs {}
+#[command(args_conflicts_with_subcommands = true)]
+pub struct AgentArgs {
+    #[command(subcommand)]
+    pub command: Option<AgentCommand>,
+    /// The API's unix socket (default: [agent] socket in the config, else
+    /// /run/shadowcopy/agent.sock for the system catalog, else agent.sock in the catalog)
+    #[arg(long, value_name = "PATH", global = true)]
+    pub socket: Option<PathBuf>,
+    /// The group whose members may use the API (the socket is mode 0660)
+    #[arg(long, value_name = "GROUP")]
+    pub socket_group: Option<String>,
+}
 
-pub fn run(g: &GlobalArgs, _args: AgentArgs) -> anyhow::Result<()> {
-    shadowcopy_agent::run(&g.engine_options())
+#[derive(Subcommand, Debug)]
+pub enum AgentCommand {
+    /// What the running agent is doing: the running job, the queue, the next slots
+    Status {
+        /// Print as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the API's OpenAPI document (JSON)
+    Openapi,
+}
+
+impl AgentArgs {
+    /// Runs the daemon (not a subcommand that asks it something).
+    pub fn is_daemon(&self) -> bool {
+        self.command.is_none()
+    }
+
+    pub fn json(&self) -> bool {
+        matches!(self.command, Some(AgentCommand::Status { json: true }))
+    }
+}
+
+pub fn run(g: &GlobalArgs, args: AgentArgs) -> anyhow::Result<()> {
+    match args.command {
+        None => shadowcopy_agent::run(&shadowcopy_agent::AgentOptions {
+            engine: g.engine_options(),
+            socket: args.socket,
+            socket_group: args.socket_group,
+        }),
+        Some(AgentCommand::Openapi) => {
+            print!("{}", shadowcopy_agent::api::openapi_json());
+            Ok(())
+        }
+        Some(AgentCommand::Status { json }) => status(g, args.socket, json),
+    }
+}
+
+fn status(g: &GlobalArgs, socket: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
+    let out = g.output(json);
+    let engine = g.engine()?;
+    let socket = shadowcopy_agent::socket::socket_path(&engine, socket.as_deref());
+    let answer = shadowcopy_agent::client::request(
+        &socket,
+        "GET",
+        "/v1/status",
+        None,
+        Duration::from_secs(10),
+    )?;
+    let body = answer.json()?;
+    if answer.status != 200 {
+        anyhow::bail!("the agent answered {}: {body}", answer.status);
+    }
+    if out.json {
+        return out.print_json(&body);
+    }
+    let status: Status = serde_json::from_value(body)?;
+    println!(
+        "agent pid {} (version {}), up since {}{}",
+        status.pid,
+        status.version,
+        local_time(status.started_ms),
+        if status.stopping { ", stopping" } else { "" }
+    );
+    println!("catalog {}", status.catalog);
+    match &status.running {
+        Some(j) => println!(
+            "running: job {} {} of {} (since {})",
+            j.id,
+            j.kind,
+            j.set,
+            local_time(j.started_ms.unwrap_or(j.created_ms))
+        ),
+        None => println!("running: nothing"),
+    }
+    for j in &status.queued {
+        println!(
+            "queued:  job {} {} of {} ({})",
+            j.id, j.kind, j.set, j.trigger
+        );
+    }
+    if !status.schedules.is_empty() {
+        println!("{:<20} {:<7} {:<20} NEXT", "SET", "KIND", "SCHEDULE");
+        for s in &status.schedules {
+            println!(
+                "{:<20} {:<7} {:<20} {}",
+                s.set,
+                s.kind,
+                s.schedule,
+                s.next_ms.map(local_time).unwrap_or_else(|| "never".into())
+            );
+        }
+    }
+    Ok(())
 }
 
 #[derive(Args, Debug)]

@@ -1,0 +1,330 @@
+//! The jobs the agent runs: what each asks ([`JobRequest`], from a schedule or an API
+//! call), the checks made before one is queued (bad input is refused then, with nothing
+//! recorded), and running one through the engine.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use shadowcopy_core::{CopyId, CopyState};
+use shadowcopy_engine::restore::Mode;
+use shadowcopy_engine::{
+    CreateOptions, DeleteOptions, Engine, PruneOptions, RestoreOptions, UsageError, WaitOptions,
+};
+
+use crate::events::JobProgress;
+
+/// A job to run. As an API request body: `{"kind": "create", "set": "app"}`.
+#[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum JobRequest {
+    /// A copy of a set the agent's config names.
+    Create { set: String },
+    /// Verify a copy again: `copy`, or else the newest usable copy of `set`.
+    Verify {
+        #[serde(default)]
+        copy: Option<CopyId>,
+        #[serde(default)]
+        set: Option<String>,
+    },
+    /// Restore a copy in place (the current state kept as a pre-restore copy unless
+    /// `discard_current`). Restoring elsewhere (`--to`) is for the CLI, as root.
+    Restore {
+        copy: CopyId,
+        /// Restore even while the data is held open, or from a copy that failed
+        /// verification.
+        #[serde(default)]
+        force: bool,
+        #[serde(default)]
+        discard_current: bool,
+        #[serde(default)]
+        mode: Mode,
+        /// With `roll-forward`: where replay stops (as `restore --until`).
+        #[serde(default)]
+        until: Option<String>,
+    },
+    /// Delete these copies.
+    Delete { copies: Vec<CopyId> },
+    /// Delete what the retention policy of `set` (else of every set) does not keep.
+    Prune {
+        #[serde(default)]
+        set: Option<String>,
+    },
+}
+
+impl JobRequest {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            JobRequest::Create { .. } => "create",
+            JobRequest::Verify { .. } => "verify",
+            JobRequest::Restore { .. } => "restore",
+            JobRequest::Delete { .. } => "delete",
+            JobRequest::Prune { .. } => "prune",
+        }
+    }
+
+    /// Refuses what would fail before writing anything (an unknown set or copy, a copy
+    /// that is not usable, a restore of a copy that failed verification without `force`);
+    /// else the set the job is for (`*` for several).
+    pub fn check(&self, engine: &Engine) -> anyhow::Result<String> {
+        match self {
+            JobRequest::Create { set } => {
+                if !engine.config.sets.contains_key(set) {
+                    let known: Vec<&str> = engine.config.sets.keys().map(String::as_str).collect();
+                    return Err(UsageError::new(format!(
+                        "no set `{set}` in the agent's config (it has: {}); add [sets.{set}] to the config and reload the agent (SIGHUP)",
+                        if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                    ))
+                    .into());
+                }
+                Ok(set.clone())
+            }
+            JobRequest::Verify {
+                copy: Some(id),
+                set,
+            } => {
+                let of = engine.check_verify(*id)?;
+                if set.as_ref().is_some_and(|s| *s != of) {
+                    return Err(UsageError::new(format!(
+                        "copy {id} is of set `{of}`, not `{}`; give one of `copy` and `set`",
+                        set.as_deref().unwrap_or_default()
+                    ))
+                    .into());
+                }
+                Ok(of)
+            }
+            JobRequest::Verify {
+                copy: None,
+                set: Some(set),
+            } => {
+                newest_usable(engine, set)?;
+                Ok(set.clone())
+            }
+            JobRequest::Verify {
+                copy: None,
+                set: None,
+            } => Err(UsageError::new(
+                "say which copy to verify: `copy` (an id) or `set` (its newest usable copy)",
+            )
+            .into()),
+            JobRequest::Restore { .. } => engine.check_restore(&self.restore_options()),
+            JobRequest::Delete { copies } => {
+                if copies.is_empty() {
+                    return Err(UsageError::new(
+                        "`copies` is empty: give the ids of the copies to delete",
+                    )
+                    .into());
+                }
+                let report = engine.delete(
+                    &DeleteOptions {
+                        ids: copies.clone(),
+                        dry_run: true,
+                        ..DeleteOptions::default()
+                    },
+                    &WaitOptions::default(),
+                    &shadowcopy_engine::Silent,
+                )?;
+                let mut sets: Vec<&str> = report.copies.iter().map(|c| c.set.as_str()).collect();
+                sets.dedup();
+                Ok(match sets.as_slice() {
+                    [one] => one.to_string(),
+                    _ => "*".to_string(),
+                })
+            }
+            JobRequest::Prune { set } => {
+                engine.prune(
+                    &PruneOptions {
+                        set: set.clone(),
+                        dry_run: true,
+                    },
+                    &WaitOptions::default(),
+                    &shadowcopy_engine::Silent,
+                )?;
+                Ok(set.clone().unwrap_or_else(|| "*".to_string()))
+            }
+        }
+    }
+
+    fn restore_options(&self) -> RestoreOptions {
+        match self {
+            JobRequest::Restore {
+                copy,
+                force,
+                discard_current,
+                mode,
+                until,
+            } => RestoreOptions {
+                force: *force,
+                discard_current: *discard_current,
+                mode: *mode,
+                until: until.clone(),
+                ..RestoreOptions::new(*copy)
+            },
+            _ => unreachable!("restore options of a {} job", self.kind()),
+        }
+    }
+}
+
+/// How a job ended: ok or not, the copy it made, verified or restored, a line on what
+/// it did, and what the metrics count.
+pub struct Outcome {
+    pub ok: bool,
+    pub copy: Option<CopyId>,
+    pub result: String,
+    /// A create: its freeze window and bytes.
+    pub created: Option<(Duration, u64)>,
+    /// A verification that ran and found the copy damaged.
+    pub verify_failed: bool,
+}
+
+/// Runs one job through the engine (the caller records it).
+pub fn run(engine: &Engine, request: &JobRequest, progress: Arc<JobProgress>) -> Outcome {
+    let wait = WaitOptions::default();
+    let mut created = None;
+    let outcome: anyhow::Result<(Option<CopyId>, String)> = match request {
+        JobRequest::Create { set } => engine
+            .create(
+                &CreateOptions {
+                    set: Some(set.clone()),
+                    ..CreateOptions::default()
+                },
+                &wait,
+                progress,
+            )
+            .map(|r| {
+                created = Some((r.freeze_window, r.bytes));
+                (
+                    Some(r.id),
+                    format!(
+                        "copy {}: {} files, {} bytes, freeze window {}",
+                        r.id,
+                        r.files,
+                        r.bytes,
+                        humantime::format_duration(Duration::from_micros(
+                            r.freeze_window.as_micros() as u64
+                        ))
+                    ),
+                )
+            }),
+        JobRequest::Verify { copy, set } => copy
+            .map(Ok)
+            .unwrap_or_else(|| newest_usable(engine, set.as_deref().unwrap_or_default()))
+            .and_then(|id| {
+                let outcome = engine.verify(id, &wait, &*progress)?;
+                let line = format!(
+                    "copy {id} {}: {}",
+                    if outcome.ok { "passed" } else { "FAILED" },
+                    outcome.detail.replace('\n', "; ")
+                );
+                outcome.into_result()?;
+                Ok((Some(id), line))
+            }),
+        JobRequest::Restore { copy, .. } => engine
+            .restore(&request.restore_options(), &wait, progress)
+            .map(|r| {
+                (
+                    Some(*copy),
+                    format!(
+                        "copy {copy} restored in {}{}",
+                        humantime::format_duration(
+                            Duration::from_millis(r.took.as_millis() as u64)
+                        ),
+                        r.pre_restore
+                            .map(|p| format!("; the state it replaced is copy {p}"))
+                            .unwrap_or_default()
+                    ),
+                )
+            }),
+        JobRequest::Delete { copies } => engine
+            .delete(
+                &DeleteOptions {
+                    ids: copies.clone(),
+                    ..DeleteOptions::default()
+                },
+                &wait,
+                &*progress,
+            )
+            .map(|r| (None, deleted_line(r.copies.iter().map(|c| c.id)))),
+        JobRequest::Prune { set } => engine
+            .prune(
+                &PruneOptions {
+                    set: set.clone(),
+                    dry_run: false,
+                },
+                &wait,
+                &*progress,
+            )
+            .map(|r| (None, deleted_line(r.deleted.iter().map(|d| d.id)))),
+    };
+    match outcome {
+        Ok((copy, result)) => Outcome {
+            ok: true,
+            copy,
+            result,
+            created,
+            verify_failed: false,
+        },
+        Err(e) => {
+            let failed = shadowcopy_engine::error::failed_copy(&e);
+            Outcome {
+                ok: false,
+                copy: failed,
+                result: format!("{e:#}"),
+                created: None,
+                verify_failed: failed.is_some(),
+            }
+        }
+    }
+}
+
+fn deleted_line(ids: impl Iterator<Item = CopyId>) -> String {
+    let ids: Vec<String> = ids.map(|id| id.to_string()).collect();
+    if ids.is_empty() {
+        "nothing to delete".to_string()
+    } else {
+        format!("deleted copies {}", ids.join(", "))
+    }
+}
+
+/// The set's newest usable copy (what a scheduled verification checks).
+fn newest_usable(engine: &Engine, set: &str) -> anyhow::Result<CopyId> {
+    engine
+        .list(Some(set))?
+        .iter()
+        .rev()
+        .find(|c| c.state == CopyState::Usable)
+        .map(|c| c.id)
+        .ok_or_else(|| {
+            UsageError::new(format!("set `{set}` has no usable copy to verify yet")).into()
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_parse_from_json_and_unknown_fields_are_refused() {
+        let r: JobRequest = serde_json::from_str(r#"{"kind":"create","set":"app"}"#).unwrap();
+        assert!(matches!(r, JobRequest::Create { ref set } if set == "app"));
+        let r: JobRequest =
+            serde_json::from_str(r#"{"kind":"restore","copy":7,"mode":"roll-forward"}"#).unwrap();
+        assert!(matches!(
+            r,
+            JobRequest::Restore {
+                copy: 7,
+                mode: Mode::RollForward,
+                force: false,
+                ..
+            }
+        ));
+        let e = serde_json::from_str::<JobRequest>(r#"{"kind":"restore","copy":7,"to":"/etc"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `to`"), "{e}");
+        let e = serde_json::from_str::<JobRequest>(r#"{"kind":"format-disk"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown variant `format-disk`"), "{e}");
+    }
+}
