@@ -17,7 +17,7 @@ use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use shadowcopy_catalog::{CatalogError, CopyDetail, CopySummary, JobRecord};
-use shadowcopy_core::{CopyId, CopyState};
+use shadowcopy_core::CopyState;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::oneshot;
 use utoipa::OpenApi;
@@ -244,7 +244,7 @@ pub struct SetInfo {
     pub retention: bool,
     /// Its copies in the catalog, by any state.
     pub copies: usize,
-    pub newest_usable: Option<CopyId>,
+    pub newest_usable: Option<i64>,
     pub newest_usable_ms: Option<i64>,
 }
 

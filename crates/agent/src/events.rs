@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use shadowcopy_catalog::{JobRecord, QueueHolder, Wait};
-use shadowcopy_core::{CopyId, CopyState, EventSink, Phase};
+use shadowcopy_core::{CopyState, EventSink, Phase};
 use shadowcopy_engine::Progress;
 use tokio::sync::broadcast;
 
@@ -22,7 +22,7 @@ pub enum AgentEvent {
     /// A job ended (`done`, `failed` or `cancelled`).
     JobFinished { job: JobRecord },
     /// The running job's copy got its id.
-    CopyStarted { job: i64, copy: CopyId, set: String },
+    CopyStarted { job: i64, copy: i64, set: String },
     /// A phase of the running job ended.
     Phase {
         job: i64,
@@ -101,7 +101,7 @@ impl JobProgress {
 }
 
 impl EventSink for JobProgress {
-    fn copy_started(&self, id: CopyId, set: &str) {
+    fn copy_started(&self, id: i64, set: &str) {
         tracing::info!(job = self.job, copy = id, set, "copy started");
         self.events.send(AgentEvent::CopyStarted {
             job: self.job,

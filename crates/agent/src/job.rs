@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
-use shadowcopy_core::{CopyId, CopyState};
+use shadowcopy_core::CopyState;
 use shadowcopy_engine::restore::Mode;
 use shadowcopy_engine::{
     CreateOptions, DeleteOptions, Engine, PruneOptions, RestoreOptions, UsageError, WaitOptions,
@@ -23,14 +23,14 @@ pub enum JobRequest {
     /// Verify a copy again: `copy`, or else the newest usable copy of `set`.
     Verify {
         #[serde(default)]
-        copy: Option<CopyId>,
+        copy: Option<i64>,
         #[serde(default)]
         set: Option<String>,
     },
     /// Restore a copy in place (the current state kept as a pre-restore copy unless
     /// `discard_current`). Restoring elsewhere (`--to`) is for the CLI, as root.
     Restore {
-        copy: CopyId,
+        copy: i64,
         /// Restore even while the data is held open, or from a copy that failed
         /// verification.
         #[serde(default)]
@@ -44,7 +44,7 @@ pub enum JobRequest {
         until: Option<String>,
     },
     /// Delete these copies.
-    Delete { copies: Vec<CopyId> },
+    Delete { copies: Vec<i64> },
     /// Delete what the retention policy of `set` (else of every set) does not keep.
     Prune {
         #[serde(default)]
@@ -169,7 +169,7 @@ impl JobRequest {
 /// it did, and what the metrics count.
 pub struct Outcome {
     pub ok: bool,
-    pub copy: Option<CopyId>,
+    pub copy: Option<i64>,
     pub result: String,
     /// A create: its freeze window and bytes.
     pub created: Option<(Duration, u64)>,
@@ -181,7 +181,7 @@ pub struct Outcome {
 pub fn run(engine: &Engine, request: &JobRequest, progress: Arc<JobProgress>) -> Outcome {
     let wait = WaitOptions::default();
     let mut created = None;
-    let outcome: anyhow::Result<(Option<CopyId>, String)> = match request {
+    let outcome: anyhow::Result<(Option<i64>, String)> = match request {
         JobRequest::Create { set } => engine
             .create(
                 &CreateOptions {
@@ -277,7 +277,7 @@ pub fn run(engine: &Engine, request: &JobRequest, progress: Arc<JobProgress>) ->
     }
 }
 
-fn deleted_line(ids: impl Iterator<Item = CopyId>) -> String {
+fn deleted_line(ids: impl Iterator<Item = i64>) -> String {
     let ids: Vec<String> = ids.map(|id| id.to_string()).collect();
     if ids.is_empty() {
         "nothing to delete".to_string()
@@ -287,7 +287,7 @@ fn deleted_line(ids: impl Iterator<Item = CopyId>) -> String {
 }
 
 /// The set's newest usable copy (what a scheduled verification checks).
-fn newest_usable(engine: &Engine, set: &str) -> anyhow::Result<CopyId> {
+fn newest_usable(engine: &Engine, set: &str) -> anyhow::Result<i64> {
     engine
         .list(Some(set))?
         .iter()

@@ -57,11 +57,13 @@ fn record(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRecord> {
 impl Catalog {
     /// Records a job that fell due (`queued`), by this process.
     pub fn queue_job(&self, kind: &str, set: &str, trigger: &str) -> Result<i64, CatalogError> {
-        self.conn.execute(
-            "INSERT INTO jobs (kind, set_name, trigger, state, pid, created_ms) \
+        self.conn
+            .execute(
+                "INSERT INTO jobs (kind, set_name, trigger, state, pid, created_ms) \
              VALUES (?1, ?2, ?3, 'queued', ?4, ?5)",
-            params![kind, set, trigger, std::process::id(), now_ms()],
-        )?;
+                params![kind, set, trigger, std::process::id(), now_ms()],
+            )
+            .map_err(|e| self.sql(e))?;
         Ok(self.conn.last_insert_rowid())
     }
 
@@ -70,27 +72,33 @@ impl Catalog {
         self.conn.execute(
             "UPDATE jobs SET state = 'running', started_ms = ?2, heartbeat_ms = ?2 WHERE id = ?1",
             params![id, now_ms()],
-        )?;
+        )
+            .map_err(|e| self.sql(e))?;
         Ok(())
     }
 
     /// The running job is still at it (its lease renewed).
     pub fn heartbeat_job(&self, id: i64) -> Result<(), CatalogError> {
-        self.conn.execute(
-            "UPDATE jobs SET heartbeat_ms = ?2 WHERE id = ?1 AND state = 'running'",
-            params![id, now_ms()],
-        )?;
+        self.conn
+            .execute(
+                "UPDATE jobs SET heartbeat_ms = ?2 WHERE id = ?1 AND state = 'running'",
+                params![id, now_ms()],
+            )
+            .map_err(|e| self.sql(e))?;
         Ok(())
     }
 
     /// A queued job taken out of the queue before its turn; false when it was no longer
     /// queued (it started, or ended).
     pub fn cancel_job(&self, id: i64, why: &str) -> Result<bool, CatalogError> {
-        let changed = self.conn.execute(
-            "UPDATE jobs SET state = 'cancelled', finished_ms = ?2, result = ?3 \
+        let changed = self
+            .conn
+            .execute(
+                "UPDATE jobs SET state = 'cancelled', finished_ms = ?2, result = ?3 \
              WHERE id = ?1 AND state = 'queued'",
-            params![id, now_ms(), why],
-        )?;
+                params![id, now_ms(), why],
+            )
+            .map_err(|e| self.sql(e))?;
         Ok(changed == 1)
     }
 
@@ -120,7 +128,8 @@ impl Catalog {
                 copy_id,
                 result
             ],
-        )?;
+        )
+            .map_err(|e| self.sql(e))?;
         Ok(())
     }
 
@@ -164,7 +173,8 @@ impl Catalog {
             self.conn.execute(
                 "UPDATE jobs SET state = 'interrupted', finished_ms = ?2, result = ?3 WHERE id = ?1",
                 params![job.id, now_ms(), why],
-            )?;
+            )
+            .map_err(|e| self.sql(e))?;
             job.state = "interrupted".into();
             job.result = Some(why);
             interrupted.push(job);

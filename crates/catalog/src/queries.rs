@@ -16,6 +16,7 @@ use crate::{paths, Catalog, CatalogError};
 /// One copy as `list` shows it.
 #[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct CopySummary {
+    #[schema(value_type = i64)]
     pub id: CopyId,
     pub set: String,
     pub origin: Origin,

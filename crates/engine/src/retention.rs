@@ -113,9 +113,11 @@ where
             reasons: Vec::new(),
         })
         .collect();
-    // Newest first (by creation, then id), as every rule reads them.
+    // Newest first, as every rule reads them: by id, which the catalog gives in the order
+    // copies are made, whatever the clock did (a copy taken after the clock was set back
+    // is still the newest, and is not deleted as if it were old).
     let mut order: Vec<usize> = (0..copies.len()).collect();
-    order.sort_by_key(|&i| std::cmp::Reverse((copies[i].created_ms, copies[i].id)));
+    order.sort_by_key(|&i| std::cmp::Reverse(copies[i].id));
     let keep = |d: &mut Decision, why: String| {
         d.keep = true;
         d.reasons.push(why);
@@ -371,6 +373,36 @@ mod tests {
             reasons(&d, 1),
             vec!["no rule of the policy keeps it".to_string()]
         );
+    }
+
+    #[test]
+    fn a_clock_set_back_or_forward_deletes_no_copy_the_policy_keeps() {
+        // Copy 3 was taken after the clock was set back two days; copy 4 after it jumped
+        // a year ahead.
+        let copies = vec![
+            copy(1, T0),
+            copy(2, T0 + HOUR),
+            copy(3, T0 - 2 * DAY),
+            copy(4, T0 + 365 * DAY),
+        ];
+        let last = RetentionPolicy {
+            keep_last: Some(2),
+            ..Default::default()
+        };
+        assert_eq!(kept(&decide(&copies, &last, None, &Utc)), vec![3, 4]);
+        let within = RetentionPolicy {
+            keep_within: Some(HumanDuration(Duration::from_secs(86_400))),
+            keep_last: Some(2),
+            ..Default::default()
+        };
+        // Nothing the newest copy's time puts within a day is dropped for the jump
+        // forward; the copies made before it are kept by keep_last as they should be.
+        assert_eq!(kept(&decide(&copies, &within, None, &Utc)), vec![3, 4]);
+        let daily = RetentionPolicy {
+            keep_daily: Some(3),
+            ..Default::default()
+        };
+        assert_eq!(kept(&decide(&copies, &daily, None, &Utc)), vec![2, 3, 4]);
     }
 
     #[test]

@@ -67,8 +67,10 @@ pub fn run(g: &GlobalArgs, args: AgentArgs) -> anyhow::Result<()> {
 
 fn status(g: &GlobalArgs, socket: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
     let out = g.output(json);
-    let engine = g.engine()?;
-    let socket = shadowcopy_agent::socket::socket_path(&engine, socket.as_deref());
+    let socket = match socket {
+        Some(given) => given,
+        None => shadowcopy_agent::socket::socket_path(&g.engine()?, None),
+    };
     let answer = shadowcopy_agent::client::request(
         &socket,
         "GET",

@@ -2,6 +2,7 @@
 //! exit codes, and what is (or is not) left on disk.
 
 mod agent;
+mod agent_api;
 mod bad_input;
 mod btrfs_restore;
 mod catalog;
