@@ -1,7 +1,9 @@
-//! Calling the agent's API over its unix socket (HTTP/1.1 through hyper): what
-//! `shadowcopy agent status` uses, and the tests.
+//! Calling the agent's API over its unix socket, or over TCP with TLS and a client
+//! certificate (HTTP/1.1 through hyper): what `shadowcopy agent status` uses, and the
+//! tests.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Full};
@@ -32,20 +34,60 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-async fn connect(
-    socket: &Path,
-) -> anyhow::Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>> {
-    let stream = tokio::net::UnixStream::connect(socket).await.map_err(|e| {
-        anyhow::anyhow!(
-            "cannot reach the agent at {} ({e}); is `shadowcopy agent` running, and may you use its socket?",
-            socket.display()
-        )
-    })?;
+/// Where the agent's API is.
+#[derive(Clone)]
+pub enum Endpoint {
+    /// Its unix socket.
+    Unix(PathBuf),
+    /// Its TCP listener (`host:port`), TLS with this client's settings; `server_name` is
+    /// the name the agent's certificate must carry.
+    Tls {
+        address: String,
+        server_name: String,
+        config: Arc<rustls::ClientConfig>,
+    },
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+async fn handshake<S>(stream: S) -> anyhow::Result<Sender>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
     let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(async move {
         let _ = connection.await;
     });
     Ok(sender)
+}
+
+async fn connect(endpoint: &Endpoint) -> anyhow::Result<Sender> {
+    match endpoint {
+        Endpoint::Unix(socket) => {
+            let stream = tokio::net::UnixStream::connect(socket).await.map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot reach the agent at {} ({e}); is `shadowcopy agent` running, and may you use its socket?",
+                    socket.display()
+                )
+            })?;
+            handshake(stream).await
+        }
+        Endpoint::Tls {
+            address,
+            server_name,
+            config,
+        } => {
+            let tcp = tokio::net::TcpStream::connect(address)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot reach the agent at {address}: {e}"))?;
+            let name = rustls::pki_types::ServerName::try_from(server_name.clone())?;
+            let tls = tokio_rustls::TlsConnector::from(config.clone())
+                .connect(name, tcp)
+                .await
+                .map_err(|e| anyhow::anyhow!("TLS with the agent at {address} failed: {e}"))?;
+            handshake(tls).await
+        }
+    }
 }
 
 fn build(
@@ -63,7 +105,7 @@ fn build(
     Ok(request.body(Full::new(Bytes::from(body.unwrap_or_default())))?)
 }
 
-/// One request (`body` as JSON), its whole answer, within `timeout`.
+/// One request (`body` as JSON) on the unix socket, its whole answer, within `timeout`.
 pub fn request(
     socket: &Path,
     method: &str,
@@ -71,9 +113,26 @@ pub fn request(
     body: Option<Vec<u8>>,
     timeout: Duration,
 ) -> anyhow::Result<Answer> {
+    request_to(
+        &Endpoint::Unix(socket.to_path_buf()),
+        method,
+        path,
+        body,
+        timeout,
+    )
+}
+
+/// One request (`body` as JSON) to `endpoint`, its whole answer, within `timeout`.
+pub fn request_to(
+    endpoint: &Endpoint,
+    method: &str,
+    path: &str,
+    body: Option<Vec<u8>>,
+    timeout: Duration,
+) -> anyhow::Result<Answer> {
     runtime()?.block_on(async {
         tokio::time::timeout(timeout, async {
-            let mut sender = connect(socket).await?;
+            let mut sender = connect(endpoint).await?;
             let response = sender.send_request(build(method, path, body)?).await?;
             let status = response.status().as_u16();
             let body = response.into_body().collect().await?.to_bytes().to_vec();
@@ -95,7 +154,7 @@ pub fn read_events(
     mut done: impl FnMut(&str, &str) -> bool,
 ) -> anyhow::Result<(Vec<(String, String)>, bool)> {
     runtime()?.block_on(async {
-        let mut sender = connect(socket).await?;
+        let mut sender = connect(&Endpoint::Unix(socket.to_path_buf())).await?;
         let response = sender.send_request(build("GET", path, None)?).await?;
         let mut body = response.into_body();
         let mut seen = Vec::new();

@@ -11,7 +11,8 @@
 //!
 //! Modules: [`scheduler`] (the loop), [`job`] (what a job asks and running it),
 //! [`api`] (the HTTP routes), [`events`], [`metrics`], [`state`] (what the loop and the
-//! API share), [`socket`], [`client`] (calling the API), [`schedule`] (cron slots).
+//! API share), [`socket`], [`tls`] (the API on TCP, mutual TLS), [`client`] (calling
+//! the API), [`schedule`] (cron slots).
 
 pub mod api;
 pub mod client;
@@ -22,6 +23,7 @@ pub mod schedule;
 pub mod scheduler;
 pub mod socket;
 pub mod state;
+pub mod tls;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -65,7 +67,15 @@ pub fn run(options: &AgentOptions) -> anyhow::Result<()> {
         catalog,
         wake.clone(),
     )?;
+    let tcp = tls::TlsListen::from_config(&engine.config.agent)?;
     let listener = socket::bind(&socket, group.as_deref())?;
+    let tcp = match tcp {
+        Some(settings) => {
+            let bound = settings.bind()?;
+            Some((settings, bound))
+        }
+        None => None,
+    };
 
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
     {
@@ -107,8 +117,12 @@ pub fn run(options: &AgentOptions) -> anyhow::Result<()> {
         s.started_ms = chrono::Utc::now().timestamp_millis();
         s.catalog = engine.catalog_dir.display().to_string();
         s.socket = socket.display().to_string();
+        s.listen = tcp
+            .as_ref()
+            .and_then(|(_, l)| l.local_addr().ok())
+            .map(|a| a.to_string());
     });
-    serve(listener, shared.clone())?;
+    serve(listener, tcp, shared.clone())?;
     tracing::info!(
         catalog = %engine.catalog_dir.display(),
         socket = %socket.display(),
@@ -122,8 +136,13 @@ pub fn run(options: &AgentOptions) -> anyhow::Result<()> {
     result
 }
 
-/// Serves the API on its own thread (a one-thread runtime: the API is small).
-fn serve(listener: std::os::unix::net::UnixListener, shared: Arc<Shared>) -> anyhow::Result<()> {
+/// Serves the API on its own thread (a one-thread runtime: the API is small), on the
+/// unix socket and, when configured, on TCP with TLS.
+fn serve(
+    listener: std::os::unix::net::UnixListener,
+    tcp: Option<(tls::TlsListen, std::net::TcpListener)>,
+    shared: Arc<Shared>,
+) -> anyhow::Result<()> {
     listener.set_nonblocking(true)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -140,7 +159,16 @@ fn serve(listener: std::os::unix::net::UnixListener, shared: Arc<Shared>) -> any
                         return;
                     }
                 };
-                if let Err(e) = axum::serve(listener, api::router(shared)).await {
+                let app = api::router(shared);
+                if let Some((settings, bound)) = tcp {
+                    let app = app.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = settings.serve(bound, app).await {
+                            tracing::error!("the TCP API stopped: {e}");
+                        }
+                    });
+                }
+                if let Err(e) = axum::serve(listener, app).await {
                     tracing::error!("the API stopped: {e}");
                 }
             })

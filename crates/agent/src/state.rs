@@ -22,6 +22,8 @@ pub struct Status {
     pub started_ms: i64,
     pub catalog: String,
     pub socket: String,
+    /// The TCP address the API also listens on (TLS), if configured.
+    pub listen: Option<String>,
     /// SIGTERM received: no new jobs start; the running one finishes.
     pub stopping: bool,
     pub running: Option<JobRecord>,

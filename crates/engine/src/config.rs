@@ -41,6 +41,15 @@ pub struct AgentConfig {
     pub socket: Option<PathBuf>,
     /// The group whose members may call the API (the socket is mode 0660, owned by it).
     pub socket_group: Option<String>,
+    /// Also serve the API on TCP at this address (`"0.0.0.0:8443"`), TLS only, to
+    /// callers with a client certificate signed by `tls_client_ca`.
+    pub listen: Option<String>,
+    /// The agent's certificate chain (PEM) for `listen`.
+    pub tls_cert: Option<PathBuf>,
+    /// The agent's private key (PEM) for `listen`.
+    pub tls_key: Option<PathBuf>,
+    /// The CA (PEM) whose certificates callers on `listen` must present.
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 /// Options every set inherits unless it sets its own.

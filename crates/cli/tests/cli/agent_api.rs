@@ -745,3 +745,148 @@ fn fill(root: &Path) {
         small += 1;
     }
 }
+
+/// A CA, and certificates it signs (PEM files in `dir`).
+struct Pki {
+    dir: PathBuf,
+    ca: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+impl Pki {
+    fn new(dir: &Path, name: &str) -> Pki {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let ca = rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap())
+            .unwrap();
+        let dir = dir.join(name);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+        Pki { dir, ca }
+    }
+
+    fn ca(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// A certificate for `names`: (cert, key).
+    fn issue(&self, file: &str, names: &[&str]) -> (PathBuf, PathBuf) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let cert = params.signed_by(&key, &self.ca).unwrap();
+        let (c, k) = (
+            self.dir.join(format!("{file}.pem")),
+            self.dir.join(format!("{file}.key")),
+        );
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k)
+    }
+}
+
+#[test]
+fn the_tcp_api_takes_only_tls_callers_with_a_client_certificate_of_its_ca() {
+    let cli = Cli::new();
+    let a = cli.bank("a.db", 0);
+    let operators = Pki::new(cli.dir.path(), "operators");
+    let strangers = Pki::new(cli.dir.path(), "strangers");
+    let (server_cert, server_key) = operators.issue("agent", &["localhost"]);
+    let (client_cert, client_key) = operators.issue("alice", &["alice"]);
+    let (stranger_cert, stranger_key) = strangers.issue("mallory", &["mallory"]);
+    let agent_table = |extra: &str| {
+        format!(
+            "[agent]\nlisten = \"127.0.0.1:0\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n{extra}",
+            server_cert.display(),
+            server_key.display()
+        )
+    };
+    let set = sqlite_set("a", &a, "provider = \"copy\"");
+
+    // Without a client CA the agent refuses to start: a TCP API open to anyone who
+    // reaches the port would let them restore over the host's databases.
+    let config = write_config(&cli, &(agent_table("") + &set));
+    let out = cli.run(&["--config", &config, "agent"]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("needs `tls_client_ca`"),
+        "{}",
+        describe(&out)
+    );
+    assert!(!cli.catalog.join("agent.sock").exists());
+
+    let config = write_config(
+        &cli,
+        &(agent_table(&format!(
+            "tls_client_ca = \"{}\"\n",
+            operators.ca().display()
+        )) + &set),
+    );
+    let (agent, api) = started(&cli, &config, "agent.log");
+    let address = api.get("/v1/status")["listen"]
+        .as_str()
+        .expect("the status says where TCP listens")
+        .to_string();
+    let endpoint = |client: Option<(&Path, &Path)>| client::Endpoint::Tls {
+        address: address.clone(),
+        server_name: "localhost".into(),
+        config: std::sync::Arc::new(
+            shadowcopy_agent::tls::client_config(&operators.ca(), client).unwrap(),
+        ),
+    };
+    let call = |client: Option<(&Path, &Path)>| {
+        client::request_to(
+            &endpoint(client),
+            "GET",
+            "/v1/status",
+            None,
+            Duration::from_secs(10),
+        )
+    };
+
+    let answer = call(Some((&client_cert, &client_key))).unwrap();
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.json().unwrap()["pid"], agent.id());
+    // Jobs too, over TCP.
+    let job = client::request_to(
+        &endpoint(Some((&client_cert, &client_key))),
+        "POST",
+        "/v1/jobs",
+        Some(br#"{"kind":"create","set":"a"}"#.to_vec()),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    assert_eq!(job.status, 202, "{}", String::from_utf8_lossy(&job.body));
+    let id = job.json().unwrap()["id"].as_i64().unwrap();
+    assert_eq!(api.wait_job(id, Duration::from_secs(60))["state"], "done");
+
+    let refused = call(None).expect_err("a caller without a certificate is refused");
+    let stranger = call(Some((&stranger_cert, &stranger_key)))
+        .expect_err("a certificate of another CA is refused");
+    for e in [&refused, &stranger] {
+        let e = format!("{e:#}");
+        assert!(!e.contains("200"), "refused before any HTTP answer: {e}");
+    }
+    // Plain HTTP on the TLS port gets no API either.
+    let mut plain = std::net::TcpStream::connect(&address).unwrap();
+    use std::io::{Read, Write};
+    plain
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    plain
+        .write_all(b"GET /v1/status HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut got = Vec::new();
+    let _ = plain.read_to_end(&mut got);
+    assert!(
+        !String::from_utf8_lossy(&got).contains("\"pid\""),
+        "plain HTTP answered: {}",
+        String::from_utf8_lossy(&got)
+    );
+    stop(&cli, agent, "agent.log");
+    let log = std::fs::read_to_string(cli.path("agent.log")).unwrap();
+    assert!(log.contains("a TCP API caller was refused"), "{log}");
+}
