@@ -63,6 +63,24 @@ pub fn bind(path: &Path, group: Option<&str>) -> anyhow::Result<UnixListener> {
         ))
         .into());
     }
+    if let Some(gid) = gid {
+        if dir == Path::new(SYSTEM_SOCKET).parent().expect("has a directory") {
+            // The system socket's own directory (systemd's RuntimeDirectory): the
+            // operators' group may enter it, no one else.
+            rustix::fs::chown(dir, None, Some(gid))?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750))?;
+        } else if meta.gid() != gid.as_raw() && meta.mode() & 0o001 == 0
+            || meta.gid() == gid.as_raw() && meta.mode() & 0o010 == 0
+        {
+            tracing::warn!(
+                "members of group {} cannot reach the socket: its directory {} (mode {:o}) is closed to them; \
+                 put the socket where they may enter ([agent] socket, e.g. {SYSTEM_SOCKET})",
+                group.unwrap_or_default(),
+                dir.display(),
+                meta.mode() & 0o7777
+            );
+        }
+    }
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_socket() => {
             if UnixStream::connect(path).is_ok() {
