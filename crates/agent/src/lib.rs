@@ -52,9 +52,12 @@ pub struct AgentOptions {
 pub fn run(options: &AgentOptions) -> anyhow::Result<()> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
+    // Everything that can be refused is checked before anything is written.
     let engine = Arc::new(Engine::new(&options.engine)?);
-    let catalog = engine.open_catalog()?;
+    let tcp = tls::TlsListen::from_config(&engine.config.agent)?;
     let socket = socket::socket_path(&engine, options.socket.as_deref());
+    socket::check(&socket)?;
+    let catalog = engine.open_catalog()?;
     let group = options
         .socket_group
         .clone()
@@ -67,7 +70,6 @@ pub fn run(options: &AgentOptions) -> anyhow::Result<()> {
         catalog,
         wake.clone(),
     )?;
-    let tcp = tls::TlsListen::from_config(&engine.config.agent)?;
     let listener = socket::bind(&socket, group.as_deref())?;
     let tcp = match tcp {
         Some(settings) => {

@@ -102,10 +102,10 @@ struct Queued {
 
 struct Running {
     record: JobRecord,
-    heartbeat: Instant,
 }
 
-/// How often the running job's heartbeat is written.
+/// How often the open jobs' heartbeat is written (the lease, in the engine, is much
+/// longer).
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
 
 pub struct Scheduler {
@@ -118,6 +118,7 @@ pub struct Scheduler {
     last: BTreeMap<(String, ScheduledKind), DateTime<Local>>,
     queue: VecDeque<Queued>,
     running: Option<Running>,
+    heartbeat: Instant,
     stopping: bool,
 }
 
@@ -148,6 +149,7 @@ impl Scheduler {
             last,
             queue: VecDeque::new(),
             running: None,
+            heartbeat: Instant::now(),
             stopping: false,
         })
     }
@@ -299,7 +301,6 @@ impl Scheduler {
         });
         self.running = Some(Running {
             record: record.clone(),
-            heartbeat: Instant::now(),
         });
         self.publish();
         let engine = self.shared.engine();
@@ -326,19 +327,14 @@ impl Scheduler {
         }
     }
 
+    /// Renews the leases of this agent's open jobs every few seconds.
     fn heartbeat(&mut self) {
-        let Some(running) = &mut self.running else {
-            return;
-        };
-        if running.heartbeat.elapsed() < HEARTBEAT_EVERY {
+        if self.heartbeat.elapsed() < HEARTBEAT_EVERY {
             return;
         }
-        running.heartbeat = Instant::now();
-        if let Err(e) = self.catalog.heartbeat_job(running.record.id) {
-            tracing::warn!(
-                job = running.record.id,
-                "the job's heartbeat could not be recorded: {e}"
-            );
+        self.heartbeat = Instant::now();
+        if let Err(e) = self.catalog.heartbeat_jobs() {
+            tracing::warn!("the jobs' heartbeat could not be recorded: {e}");
         }
     }
 

@@ -26,18 +26,22 @@ pub fn socket_path(engine: &Engine, given: Option<&Path>) -> PathBuf {
     }
 }
 
+/// Refuses a socket path the agent could not safely listen on (its directory someone
+/// else's, a file that is not a socket there, another agent listening), before anything
+/// is written. A directory that does not exist yet is made by [`bind`].
+pub fn check(path: &Path) -> anyhow::Result<()> {
+    let dir = socket_dir(path)?;
+    if dir.exists() {
+        check_dir(dir)?;
+        check_path(path)?;
+    }
+    Ok(())
+}
+
 /// Binds the socket at `path`, mode 0660, group `group` (a name or a number) when given.
 pub fn bind(path: &Path, group: Option<&str>) -> anyhow::Result<UnixListener> {
     let gid = group.map(group_id).transpose()?;
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .ok_or_else(|| {
-            UsageError::new(format!(
-                "the socket path {} has no directory",
-                path.display()
-            ))
-        })?;
+    let dir = socket_dir(path)?;
     if !dir.exists() {
         std::fs::create_dir_all(dir).map_err(|e| {
             anyhow::anyhow!(
@@ -50,19 +54,7 @@ pub fn bind(path: &Path, group: Option<&str>) -> anyhow::Result<UnixListener> {
             rustix::fs::chown(dir, None, Some(gid))?;
         }
     }
-    let meta = std::fs::symlink_metadata(dir)?;
-    let me = rustix::process::geteuid().as_raw();
-    if !meta.is_dir() || meta.uid() != me || meta.mode() & 0o022 != 0 {
-        return Err(UsageError::new(format!(
-            "the socket's directory {} must be a directory of ours (uid {me}) that no one else can write; \
-             it is {} of uid {} mode {:o}: choose another socket path ([agent] socket or --socket)",
-            dir.display(),
-            if meta.is_dir() { "a directory" } else { "not a directory" },
-            meta.uid(),
-            meta.mode() & 0o7777
-        ))
-        .into());
-    }
+    let meta = check_dir(dir)?;
     if let Some(gid) = gid {
         if dir == Path::new(SYSTEM_SOCKET).parent().expect("has a directory") {
             // The system socket's own directory (systemd's RuntimeDirectory): the
@@ -81,6 +73,51 @@ pub fn bind(path: &Path, group: Option<&str>) -> anyhow::Result<UnixListener> {
             );
         }
     }
+    if check_path(path)? {
+        // A dead agent's socket.
+        std::fs::remove_file(path)?;
+    }
+    let listener = UnixListener::bind(path)
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", path.display()))?;
+    if let Some(gid) = gid {
+        rustix::fs::chown(path, None, Some(gid))?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    Ok(listener)
+}
+
+fn socket_dir(path: &Path) -> anyhow::Result<&Path> {
+    Ok(path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .ok_or_else(|| {
+            UsageError::new(format!(
+                "the socket path {} has no directory",
+                path.display()
+            ))
+        })?)
+}
+
+/// The socket's directory must be ours and closed to others' writes.
+fn check_dir(dir: &Path) -> anyhow::Result<std::fs::Metadata> {
+    let meta = std::fs::symlink_metadata(dir)?;
+    let me = rustix::process::geteuid().as_raw();
+    if !meta.is_dir() || meta.uid() != me || meta.mode() & 0o022 != 0 {
+        return Err(UsageError::new(format!(
+            "the socket's directory {} must be a directory of ours (uid {me}) that no one else can write; \
+             it is {} of uid {} mode {:o}: choose another socket path ([agent] socket or --socket)",
+            dir.display(),
+            if meta.is_dir() { "a directory" } else { "not a directory" },
+            meta.uid(),
+            meta.mode() & 0o7777
+        ))
+        .into());
+    }
+    Ok(meta)
+}
+
+/// Nothing at `path` (false), or a dead agent's socket (true); anything else refused.
+fn check_path(path: &Path) -> anyhow::Result<bool> {
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_socket() => {
             if UnixStream::connect(path).is_ok() {
@@ -90,26 +127,16 @@ pub fn bind(path: &Path, group: Option<&str>) -> anyhow::Result<UnixListener> {
                 ))
                 .into());
             }
-            // A dead agent's socket.
-            std::fs::remove_file(path)?;
+            Ok(true)
         }
-        Ok(_) => {
-            return Err(UsageError::new(format!(
-                "{} exists and is not a socket; remove it or choose another socket path",
-                path.display()
-            ))
-            .into())
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e.into()),
+        Ok(_) => Err(UsageError::new(format!(
+            "{} exists and is not a socket; remove it or choose another socket path",
+            path.display()
+        ))
+        .into()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e.into()),
     }
-    let listener = UnixListener::bind(path)
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", path.display()))?;
-    if let Some(gid) = gid {
-        rustix::fs::chown(path, None, Some(gid))?;
-    }
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
-    Ok(listener)
 }
 
 /// A group's id, from its name (through the system's user database, `getent`) or its number.

@@ -1,9 +1,10 @@
 //! The agent's jobs: what it ran (create, verify, restore, delete, prune), for which set,
 //! why (a schedule, a schedule missed while it was down, an API request), and how each
-//! ended. A job is `queued` when it falls due or is submitted, `running` once started
-//! (its heartbeat renewed while it runs), then `done`, `failed`, `cancelled` (taken out
-//! of the queue before its turn) or `interrupted` (its process died: found by the next
-//! command that takes the queue).
+//! ended. A job is `queued` when it falls due or is submitted, `running` once started,
+//! then `done`, `failed`, `cancelled` (taken out of the queue before its turn) or
+//! `interrupted`: its process died, or stopped renewing its lease (the heartbeat its
+//! agent writes every few seconds for its open jobs; a process id can be reused, a
+//! lease cannot), found by the next command that takes the queue.
 
 use rusqlite::{params, OptionalExtension};
 use serde::{Deserialize, Serialize};
@@ -59,8 +60,8 @@ impl Catalog {
     pub fn queue_job(&self, kind: &str, set: &str, trigger: &str) -> Result<i64, CatalogError> {
         self.conn
             .execute(
-                "INSERT INTO jobs (kind, set_name, trigger, state, pid, created_ms) \
-             VALUES (?1, ?2, ?3, 'queued', ?4, ?5)",
+                "INSERT INTO jobs (kind, set_name, trigger, state, pid, created_ms, heartbeat_ms) \
+             VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?5)",
                 params![kind, set, trigger, std::process::id(), now_ms()],
             )
             .map_err(|e| self.sql(e))?;
@@ -77,12 +78,12 @@ impl Catalog {
         Ok(())
     }
 
-    /// The running job is still at it (its lease renewed).
-    pub fn heartbeat_job(&self, id: i64) -> Result<(), CatalogError> {
+    /// This process still holds its open jobs: their leases renewed.
+    pub fn heartbeat_jobs(&self) -> Result<(), CatalogError> {
         self.conn
             .execute(
-                "UPDATE jobs SET heartbeat_ms = ?2 WHERE id = ?1 AND state = 'running'",
-                params![id, now_ms()],
+                "UPDATE jobs SET heartbeat_ms = ?2 WHERE pid = ?1 AND state IN ('queued', 'running')",
+                params![std::process::id(), now_ms()],
             )
             .map_err(|e| self.sql(e))?;
         Ok(())
@@ -155,21 +156,38 @@ impl Catalog {
     }
 
     /// Marks `interrupted` every job left queued or running by a process that no longer
-    /// exists, with the reason; returns them.
-    pub fn interrupt_dead_jobs(&self) -> Result<Vec<JobRecord>, CatalogError> {
+    /// exists or whose lease ran out (no heartbeat for `lease`), with the reason; returns
+    /// them. Jobs of this process are its own to finish.
+    pub fn interrupt_dead_jobs(
+        &self,
+        lease: std::time::Duration,
+    ) -> Result<Vec<JobRecord>, CatalogError> {
         let mut stmt = self.conn.prepare(&format!(
             "{SELECT} WHERE state IN ('queued', 'running') ORDER BY id"
         ))?;
         let open: Vec<JobRecord> = stmt.query_map([], record)?.collect::<Result<_, _>>()?;
         let mut interrupted = Vec::new();
+        let now = now_ms();
         for mut job in open {
-            if process_exists(job.pid) {
+            let renewed = job.heartbeat_ms.unwrap_or(job.created_ms);
+            let why = if job.pid == std::process::id() {
                 continue;
-            }
-            let why = format!(
-                "interrupted: the process that ran it (pid {}) ended while it was {}",
-                job.pid, job.state
-            );
+            } else if !process_exists(job.pid) {
+                format!(
+                    "interrupted: the process that ran it (pid {}) ended while it was {}",
+                    job.pid, job.state
+                )
+            } else if now - renewed > lease.as_millis() as i64 {
+                format!(
+                    "interrupted: the process that ran it (pid {}) stopped renewing its lease {} s ago while it was {} \
+                     (hung, or the pid now belongs to another process)",
+                    job.pid,
+                    (now - renewed) / 1000,
+                    job.state
+                )
+            } else {
+                continue;
+            };
             self.conn.execute(
                 "UPDATE jobs SET state = 'interrupted', finished_ms = ?2, result = ?3 WHERE id = ?1",
                 params![job.id, now_ms(), why],

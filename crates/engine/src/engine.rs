@@ -2,6 +2,7 @@
 //! queue (and, once held, finishing what interrupted commands left behind).
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context;
 use serde::Deserialize;
@@ -114,7 +115,7 @@ impl Engine {
             ));
         }
         for job in catalog
-            .interrupt_dead_jobs()
+            .interrupt_dead_jobs(JOB_LEASE)
             .context("marking the jobs of a dead agent interrupted")?
         {
             progress.recovered(&format!(
@@ -148,6 +149,10 @@ fn absolute_catalog_dir(dir: &Path, source: &str) -> Result<PathBuf, UsageError>
 
 /// `/var/lib/shadowcopy` for root, `$XDG_DATA_HOME/shadowcopy` (or
 /// `~/.local/share/shadowcopy`) otherwise.
+/// How long an agent's open job stays its own without a heartbeat (it writes one every
+/// 5 s): past that, the job is taken for interrupted even when its pid is alive.
+pub const JOB_LEASE: Duration = Duration::from_secs(120);
+
 pub fn default_catalog_dir() -> PathBuf {
     if rustix::process::geteuid().is_root() {
         return PathBuf::from("/var/lib/shadowcopy");

@@ -890,3 +890,60 @@ fn the_tcp_api_takes_only_tls_callers_with_a_client_certificate_of_its_ca() {
     let log = std::fs::read_to_string(cli.path("agent.log")).unwrap();
     assert!(log.contains("a TCP API caller was refused"), "{log}");
 }
+
+#[test]
+fn a_socket_path_others_could_tamper_with_is_refused() {
+    let cli = Cli::new();
+    let a = cli.bank("a.db", 0);
+    let config = write_config(&cli, &sqlite_set("a", &a, "provider = \"copy\""));
+    // A directory anyone may write: someone could swap the socket for theirs.
+    let shared = cli.path("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let socket = shared.join("agent.sock");
+    let out = cli.run(&[
+        "--config",
+        &config,
+        "agent",
+        "--socket",
+        socket.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("must be a directory of ours")
+            && String::from_utf8_lossy(&out.stderr).contains("that no one else can write"),
+        "{}",
+        describe(&out)
+    );
+    assert!(!socket.exists());
+    assert!(
+        !cli.catalog.exists(),
+        "a refused start writes nothing, not even the catalog"
+    );
+
+    // A link planted where the socket goes is neither followed nor removed.
+    let mine = cli.path("mine");
+    std::fs::create_dir(&mine).unwrap();
+    let target = cli.path("precious");
+    std::fs::write(&target, "keep me").unwrap();
+    let planted = mine.join("agent.sock");
+    std::os::unix::fs::symlink(&target, &planted).unwrap();
+    let out = cli.run(&[
+        "--config",
+        &config,
+        "agent",
+        "--socket",
+        planted.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("exists and is not a socket"),
+        "{}",
+        describe(&out)
+    );
+    assert!(std::fs::symlink_metadata(&planted)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep me");
+}
