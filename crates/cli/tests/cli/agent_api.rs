@@ -18,7 +18,7 @@ use shadowcopy_testing::loopfs::{loopfs_or_skip, require_root, FsKind};
 use shadowcopy_testing::wait::until;
 
 use crate::agent::{jobs, start, stop, write_config};
-use crate::support::{assert_writable, describe, kill9, Cli};
+use crate::support::{assert_writable, describe, fill, kill9, Cli};
 
 /// The agent's API at its socket.
 struct Api {
@@ -687,7 +687,7 @@ fn a_full_catalog_file_system_fails_jobs_and_the_agent_keeps_running() {
         || "a first copy".into(),
     );
 
-    fill(fs.path());
+    fill(fs.path(), "filler");
     // Several slots pass on a full file system: the agent keeps running and answering.
     std::thread::sleep(Duration::from_secs(4));
     assert!(
@@ -731,19 +731,6 @@ fn a_full_catalog_file_system_fails_jobs_and_the_agent_keeps_running() {
     assert!(status.success());
     balanced(&a);
     assert_writable(&a);
-}
-
-/// Fills the file system at `root` (a big file, then small ones for the last blocks).
-fn fill(root: &Path) {
-    use std::io::Write;
-    let mut filler = std::fs::File::create(root.join("filler")).unwrap();
-    let block = vec![0u8; 4096];
-    while filler.write_all(&block).is_ok() {}
-    let _ = filler.sync_all();
-    let mut small = 0;
-    while small < 10_000 && std::fs::write(root.join(format!("filler-{small}")), b"x").is_ok() {
-        small += 1;
-    }
 }
 
 /// A CA, and certificates it signs (PEM files in `dir`).

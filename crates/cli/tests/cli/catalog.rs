@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 
 use shadowcopy_testing::loopfs::{loopfs_or_skip, require_root, FsKind};
 
-use crate::support::{describe, stderr, Cli};
+use crate::support::{describe, fill, stderr, Cli};
 
 fn mode(p: &Path) -> u32 {
     std::fs::symlink_metadata(p)
@@ -370,18 +370,6 @@ fn a_full_file_system_leaves_reading_and_deleting_working() {
 }
 
 /// Fills the file system at `root` to the last block and inode it gives root.
-fn fill(root: &Path, name: &str) {
-    use std::io::Write;
-    let mut filler = std::fs::File::create(root.join(name)).unwrap();
-    let block = vec![0u8; 4096];
-    while filler.write_all(&block).is_ok() {}
-    let _ = filler.sync_all();
-    let mut small = 0;
-    while small < 10_000 && std::fs::write(root.join(format!("{name}-{small}")), b"x").is_ok() {
-        small += 1;
-    }
-}
-
 #[test]
 fn an_emptied_catalog_is_not_started_over_where_copies_exist() {
     let cli = Cli::new();

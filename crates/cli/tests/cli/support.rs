@@ -154,3 +154,17 @@ pub fn kill9(child: &mut Child) {
     .unwrap();
     child.wait().unwrap();
 }
+
+/// Fills the file system at `root`: a big file `name`, then small ones `name-N` for the
+/// last blocks and inodes.
+pub fn fill(root: &Path, name: &str) {
+    use std::io::Write;
+    let mut filler = std::fs::File::create(root.join(name)).unwrap();
+    let block = vec![0u8; 4096];
+    while filler.write_all(&block).is_ok() {}
+    let _ = filler.sync_all();
+    let mut small = 0;
+    while small < 10_000 && std::fs::write(root.join(format!("{name}-{small}")), b"x").is_ok() {
+        small += 1;
+    }
+}
