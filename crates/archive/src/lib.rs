@@ -1,0 +1,25 @@
+//! `shadowcopy-archive`: copies kept off the host, in a repository on S3-compatible
+//! object storage or a directory (docs/archive-format.md): incremental (fixed blocks for
+//! database files, FastCDC chunks for the rest, each block stored once), compressed
+//! (zstd), encrypted and authenticated (XChaCha20-Poly1305 per block; keyed BLAKE3 ids;
+//! the master key sealed by passphrases through argon2id), with no lock objects (the
+//! manifest that makes a copy archived is written last and only if absent).
+//!
+//! Modules: [`format`] (the objects), [`crypto`] (keys and sealing), [`store`] (object
+//! storage), [`repo`] (init, open, list), [`push`], [`restore`], [`verify`].
+
+pub mod crypto;
+pub mod error;
+pub mod format;
+pub mod push;
+pub mod repo;
+pub mod restore;
+pub mod store;
+pub mod verify;
+
+pub use error::ArchiveError;
+pub use format::Cut;
+pub use push::{PushReport, PushSource, SourceFile};
+pub use repo::{init, ArchivedCopy, Initialized, Repository};
+pub use restore::RestoreReport;
+pub use verify::VerifyReport;

@@ -1,0 +1,310 @@
+//! A repository opened with its key: `init`, `open`, and reading its indexes and
+//! manifests. Push, restore and verify are in their own modules.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use futures_util::{stream, StreamExt, TryStreamExt};
+
+use crate::crypto::{hex, BlockId, KeyFile, MasterKey};
+use crate::error::ArchiveError;
+use crate::format::{names, Index, Manifest, RepoConfig};
+use crate::store::Store;
+
+/// How many objects are fetched at once.
+pub(crate) const PARALLEL_GETS: usize = 8;
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn random_id() -> String {
+    let mut bytes = [0u8; 16];
+    rand::fill(&mut bytes);
+    hex(&bytes)
+}
+
+/// Where a block is.
+#[derive(Clone, Debug)]
+pub struct Location {
+    pub pack: Arc<str>,
+    pub index: Arc<str>,
+    pub offset: u64,
+    pub length: u32,
+    pub raw_length: u32,
+}
+
+/// An open repository.
+pub struct Repository {
+    pub(crate) store: Store,
+    pub(crate) config: RepoConfig,
+    pub(crate) key: MasterKey,
+    pub(crate) runtime: tokio::runtime::Runtime,
+}
+
+impl std::fmt::Debug for Repository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Repository({})", self.store.url())
+    }
+}
+
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, ArchiveError> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("archive")
+        .build()?)
+}
+
+fn json<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, ArchiveError> {
+    serde_json::from_slice(bytes).map_err(|e| ArchiveError::Format {
+        what: what.to_string(),
+        why: e.to_string(),
+    })
+}
+
+/// What `init` made.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Initialized {
+    pub url: String,
+    pub id: String,
+    pub key: String,
+}
+
+/// Creates a repository at `url` with one key sealed by `passphrase`.
+pub fn init(url: &str, passphrase: &[u8], label: &str) -> Result<Initialized, ArchiveError> {
+    if passphrase.is_empty() {
+        return Err(ArchiveError::Usage(
+            "the archive's passphrase is empty; set SHADOWCOPY_ARCHIVE_PASSWORD or give --password-file".into(),
+        ));
+    }
+    let store = Store::open(url, true)?;
+    let rt = runtime()?;
+    rt.block_on(async {
+        if store.get(names::CONFIG).await?.is_some() {
+            return Err(ArchiveError::Usage(format!(
+                "there is already an archive at {url}; use it, or choose another prefix"
+            )));
+        }
+        let config = RepoConfig::new(random_id(), now_ms());
+        let master = MasterKey::generate();
+        let key_id = random_id();
+        let file = KeyFile::seal(&master, passphrase, &config.id, label, now_ms())?;
+        let key_json = serde_json::to_vec_pretty(&file).expect("serializes");
+        store.put_new(&names::key(&key_id), key_json).await?;
+        let config_json = serde_json::to_vec_pretty(&config).expect("serializes");
+        if !store.put_new(names::CONFIG, config_json).await? {
+            store.delete(&names::key(&key_id)).await?;
+            return Err(ArchiveError::Usage(format!(
+                "another `archive init` created an archive at {url} at the same moment; use it"
+            )));
+        }
+        Ok(Initialized {
+            url: url.to_string(),
+            id: config.id,
+            key: key_id,
+        })
+    })
+}
+
+impl Repository {
+    /// Opens the repository at `url` with `passphrase` (any of its keys).
+    pub fn open(url: &str, passphrase: &[u8]) -> Result<Repository, ArchiveError> {
+        let store = Store::open(url, false)?;
+        let runtime = runtime()?;
+        let (config, key) = runtime.block_on(async {
+            let config: RepoConfig = match store.get(names::CONFIG).await {
+                Ok(Some(bytes)) => json(&bytes, "the archive's config")?,
+                Ok(None) => {
+                    return Err(ArchiveError::NoRepository {
+                        url: url.to_string(),
+                        why: "it has no `config` object".into(),
+                    })
+                }
+                Err(ArchiveError::Store(e)) => {
+                    return Err(ArchiveError::NoRepository {
+                        url: url.to_string(),
+                        why: e.to_string(),
+                    })
+                }
+                Err(e) => return Err(e),
+            };
+            config.check().map_err(|why| ArchiveError::Format {
+                what: format!("the archive at {url}"),
+                why,
+            })?;
+            for (name, _) in store.list(names::KEYS).await? {
+                let Some(bytes) = store.get(&format!("{}/{name}", names::KEYS)).await? else {
+                    continue;
+                };
+                let file: KeyFile = json(&bytes, &format!("key {name}"))?;
+                match file.open(passphrase, &config.id) {
+                    Ok(key) => return Ok((config, key)),
+                    Err(ArchiveError::WrongPassphrase) => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(ArchiveError::WrongPassphrase)
+        })?;
+        Ok(Repository {
+            store,
+            config,
+            key,
+            runtime,
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        self.store.url()
+    }
+
+    pub fn config(&self) -> &RepoConfig {
+        &self.config
+    }
+
+    /// Reads and opens a sealed object (zstd JSON).
+    pub(crate) async fn read_sealed<T: serde::de::DeserializeOwned>(
+        &self,
+        name: &str,
+        aad: &str,
+    ) -> Result<Option<T>, ArchiveError> {
+        let Some(sealed) = self.store.get(name).await? else {
+            return Ok(None);
+        };
+        let plain = self.key.open(&sealed, aad.as_bytes(), name)?;
+        let json_bytes = zstd::decode_all(&plain[..]).map_err(|e| ArchiveError::Damaged {
+            what: name.to_string(),
+            why: format!("it does not decompress: {e}"),
+        })?;
+        json(&json_bytes, name).map(Some)
+    }
+
+    pub(crate) fn seal_json<T: serde::Serialize>(&self, value: &T, aad: &str) -> Vec<u8> {
+        let plain = serde_json::to_vec(value).expect("serializes");
+        let packed = zstd::encode_all(&plain[..], 3).expect("compressing into memory");
+        self.key.seal(&packed, aad.as_bytes())
+    }
+
+    /// Every index: where each block is.
+    pub(crate) async fn blocks(&self) -> Result<HashMap<BlockId, Location>, ArchiveError> {
+        let names: Vec<String> = self
+            .store
+            .list(names::INDEX)
+            .await?
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        let indexes: Vec<(String, Index)> = stream::iter(names)
+            .map(|id| async move {
+                let index: Option<Index> = self
+                    .read_sealed(&names::index(&id), &format!("index {id}"))
+                    .await?;
+                Ok::<_, ArchiveError>((id, index.unwrap_or_default()))
+            })
+            .buffer_unordered(PARALLEL_GETS)
+            .try_collect()
+            .await?;
+        let mut blocks = HashMap::new();
+        for (id, index) in indexes {
+            let id: Arc<str> = id.into();
+            for pack in index.packs {
+                let pack_id: Arc<str> = pack.id.into();
+                for b in pack.blocks {
+                    blocks.entry(b.id).or_insert_with(|| Location {
+                        pack: pack_id.clone(),
+                        index: id.clone(),
+                        offset: b.offset,
+                        length: b.length,
+                        raw_length: b.raw_length,
+                    });
+                }
+            }
+        }
+        Ok(blocks)
+    }
+
+    /// Every manifest, by id, oldest copy first.
+    pub(crate) async fn manifests(&self) -> Result<Vec<(String, Manifest)>, ArchiveError> {
+        let names: Vec<String> = self
+            .store
+            .list(names::MANIFESTS)
+            .await?
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        let mut all: Vec<(String, Manifest)> = stream::iter(names)
+            .map(|id| async move {
+                let manifest: Option<Manifest> = self
+                    .read_sealed(&names::manifest(&id), &format!("manifest {id}"))
+                    .await?;
+                Ok::<_, ArchiveError>(manifest.map(|m| (id, m)))
+            })
+            .buffer_unordered(PARALLEL_GETS)
+            .try_filter_map(|m| async move { Ok(m) })
+            .try_collect()
+            .await?;
+        all.sort_by_key(|(id, m)| (m.created_ms, m.copy_id, id.clone()));
+        Ok(all)
+    }
+
+    /// The archived copies, oldest first.
+    pub fn list(&self) -> Result<Vec<ArchivedCopy>, ArchiveError> {
+        let manifests = self.runtime.block_on(self.manifests())?;
+        Ok(manifests
+            .into_iter()
+            .map(|(id, m)| ArchivedCopy::of(id, &m))
+            .collect())
+    }
+
+    /// One archived copy's manifest, by its id or a unique prefix of it.
+    pub fn manifest(&self, id: &str) -> Result<(String, Manifest), ArchiveError> {
+        let found: Vec<(String, Manifest)> = self
+            .runtime
+            .block_on(self.manifests())?
+            .into_iter()
+            .filter(|(m, _)| m.starts_with(id))
+            .collect();
+        match found.len() {
+            1 => Ok(found.into_iter().next().expect("one")),
+            0 => Err(ArchiveError::Usage(format!(
+                "no archived copy {id:?} in {}; `shadowcopy archive list` shows them",
+                self.url()
+            ))),
+            n => Err(ArchiveError::Usage(format!(
+                "{n} archived copies start with {id:?}; give more of the id"
+            ))),
+        }
+    }
+}
+
+/// An archived copy as `archive list` shows it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ArchivedCopy {
+    pub id: String,
+    pub host: String,
+    pub set: String,
+    pub copy_id: i64,
+    pub origin: String,
+    pub created_ms: i64,
+    pub archived_ms: i64,
+    pub files: usize,
+    pub bytes: u64,
+}
+
+impl ArchivedCopy {
+    fn of(id: String, m: &Manifest) -> ArchivedCopy {
+        ArchivedCopy {
+            id,
+            host: m.host.clone(),
+            set: m.set.clone(),
+            copy_id: m.copy_id,
+            origin: m.origin.clone(),
+            created_ms: m.created_ms,
+            archived_ms: m.archived_ms,
+            files: m.files.len(),
+            bytes: m.bytes(),
+        }
+    }
+}

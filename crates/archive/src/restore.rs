@@ -1,0 +1,289 @@
+//! Restoring an archived copy into a directory: each file's blocks grouped by pack,
+//! neighbouring blocks merged into ranged GETs (8 at once), blocks opened (decrypted,
+//! decompressed, their ids checked) on all cores and written at their offsets into
+//! files created exclusively; each file then counts only when its BLAKE3 is the
+//! manifest's. The tree below the target is the copy's, as `restore --to` lays it out.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{stream, StreamExt, TryStreamExt};
+
+use crate::crypto::BlockId;
+use crate::error::ArchiveError;
+use crate::format::names;
+use crate::repo::{Location, Repository, PARALLEL_GETS};
+
+/// What a restore did.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RestoreReport {
+    pub manifest: String,
+    pub files: usize,
+    pub bytes: u64,
+    /// Bytes fetched from the store.
+    pub bytes_downloaded: u64,
+    /// Ranged GETs made.
+    pub requests: usize,
+    #[serde(rename = "took_us", serialize_with = "micros")]
+    pub took: Duration,
+}
+
+fn micros<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u128(d.as_micros())
+}
+
+/// Blocks closer than this in a pack are fetched in one request.
+const MERGE_GAP: u64 = 1 << 20;
+/// A request is at most this long.
+const MAX_REQUEST: u64 = 32 << 20;
+
+/// Where one block goes.
+#[derive(Clone, Debug)]
+struct Placement {
+    id: BlockId,
+    file: usize,
+    at: u64,
+    location: Location,
+}
+
+/// One ranged GET and the blocks it brings.
+struct Request {
+    pack: Arc<str>,
+    start: u64,
+    end: u64,
+    blocks: Vec<Placement>,
+}
+
+/// The target of a file below `to`: the original path's place in the tree.
+pub fn target_of(to: &Path, original: &Path) -> Result<PathBuf, ArchiveError> {
+    let relative = original.strip_prefix("/").unwrap_or(original);
+    if relative
+        .components()
+        .any(|c| !matches!(c, std::path::Component::Normal(_)))
+    {
+        return Err(ArchiveError::Damaged {
+            what: "the manifest".into(),
+            why: format!("it names a file {:?} outside any tree", original),
+        });
+    }
+    Ok(to.join(relative))
+}
+
+impl Repository {
+    /// Restores archived copy `id` (or a unique prefix) below `to`, which must not exist
+    /// or be empty; `progress(done, total)` in bytes.
+    pub fn restore_to(
+        &self,
+        id: &str,
+        to: &Path,
+        progress: &(dyn Fn(u64, u64) + Sync),
+    ) -> Result<RestoreReport, ArchiveError> {
+        let started = Instant::now();
+        let (manifest_id, manifest) = self.manifest(id)?;
+        if to.exists()
+            && std::fs::read_dir(to)
+                .map(|mut d| d.next().is_some())
+                .unwrap_or(true)
+        {
+            return Err(ArchiveError::Usage(format!(
+                "{} exists and is not an empty directory; restore into a new or empty one",
+                to.display()
+            )));
+        }
+        let blocks = self.runtime.block_on(self.blocks())?;
+        // Files created exclusively (never through a planted link), at full size.
+        let mut files = Vec::with_capacity(manifest.files.len());
+        let mut placements = Vec::new();
+        for (n, record) in manifest.files.iter().enumerate() {
+            let target = target_of(to, &record.path)?;
+            if let Some(parent) = target.parent() {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(parent)?;
+            }
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .read(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+                .open(&target)?;
+            file.set_len(record.size)?;
+            files.push((Arc::new(file), target));
+            let mut at = 0u64;
+            for id in &record.blocks {
+                let location = blocks.get(id).ok_or_else(|| ArchiveError::Damaged {
+                    what: format!("archived copy {manifest_id}"),
+                    why: format!(
+                        "block {} of {} is in no index (removed by a prune, or its push never finished)",
+                        id.hex(),
+                        record.path.display()
+                    ),
+                })?;
+                placements.push(Placement {
+                    id: *id,
+                    file: n,
+                    at,
+                    location: location.clone(),
+                });
+                at += location.raw_length as u64;
+            }
+            if at != record.size {
+                return Err(ArchiveError::Damaged {
+                    what: format!("archived copy {manifest_id}"),
+                    why: format!(
+                        "the blocks of {} add up to {at} bytes, not its {}",
+                        record.path.display(),
+                        record.size
+                    ),
+                });
+            }
+        }
+        let requests = plan(placements);
+        let total = manifest.bytes();
+        let written = std::sync::atomic::AtomicU64::new(0);
+        let downloaded = std::sync::atomic::AtomicU64::new(0);
+        let count = requests.len();
+        let files_for_writes: Vec<Arc<File>> = files.iter().map(|(f, _)| f.clone()).collect();
+        self.runtime.block_on(async {
+            stream::iter(requests)
+                .map(|request| {
+                    let files = files_for_writes.clone();
+                    let store = self.store.clone();
+                    let key = self.key.clone();
+                    let downloaded = &downloaded;
+                    async move {
+                        let bytes = store
+                            .get_range(&names::pack(&request.pack), request.start..request.end)
+                            .await?;
+                        downloaded
+                            .fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                        // Opening and writing is CPU and disk work: off the async threads.
+                        tokio::task::spawn_blocking(move || {
+                            let mut n = 0u64;
+                            for b in &request.blocks {
+                                let from = (b.location.offset - request.start) as usize;
+                                let sealed = bytes
+                                    .get(from..from + b.location.length as usize)
+                                    .ok_or_else(|| ArchiveError::Damaged {
+                                        what: format!("pack {}", request.pack),
+                                        why: "it is shorter than its index says".into(),
+                                    })?;
+                                let data = open_block(&key, &b.id, sealed, &request.pack)?;
+                                files[b.file].write_all_at(&data, b.at)?;
+                                n += data.len() as u64;
+                            }
+                            Ok::<u64, ArchiveError>(n)
+                        })
+                        .await
+                        .map_err(|e| ArchiveError::Io(std::io::Error::other(e)))?
+                    }
+                })
+                .buffer_unordered(PARALLEL_GETS)
+                .try_for_each(|n| {
+                    let done = written.fetch_add(n, std::sync::atomic::Ordering::Relaxed) + n;
+                    progress(done, total);
+                    async { Ok(()) }
+                })
+                .await
+        })?;
+        // Each file counts once its bytes are the manifest's.
+        for ((file, target), record) in files.iter().zip(&manifest.files) {
+            file.sync_all()?;
+            let mut hasher = blake3::Hasher::new();
+            hasher.update_reader(&**file)?;
+            let got = hasher.finalize().to_hex().to_string();
+            if got != record.blake3 {
+                return Err(ArchiveError::Damaged {
+                    what: format!(
+                        "{} restored from archived copy {manifest_id}",
+                        target.display()
+                    ),
+                    why: format!("its BLAKE3 is {got}, not the manifest's {}", record.blake3),
+                });
+            }
+            use std::os::unix::fs::PermissionsExt;
+            file.set_permissions(std::fs::Permissions::from_mode(record.mode & 0o7777))?;
+            rustix::fs::fchown(
+                &**file,
+                Some(rustix::fs::Uid::from_raw(record.uid)),
+                Some(rustix::fs::Gid::from_raw(record.gid)),
+            )
+            .or_else(|e| {
+                // Owners are set as root; a user restoring for themselves keeps theirs.
+                if rustix::process::geteuid().is_root() {
+                    Err(std::io::Error::from(e))
+                } else {
+                    Ok(())
+                }
+            })?;
+            let mtime = std::time::UNIX_EPOCH + Duration::from_nanos(record.mtime_ns.max(0) as u64);
+            file.set_modified(mtime)?;
+        }
+        Ok(RestoreReport {
+            manifest: manifest_id,
+            files: manifest.files.len(),
+            bytes: total,
+            bytes_downloaded: downloaded.into_inner(),
+            requests: count,
+            took: started.elapsed(),
+        })
+    }
+}
+
+/// A block's bytes, if its sealing and its id are right.
+pub(crate) fn open_block(
+    key: &crate::crypto::MasterKey,
+    id: &BlockId,
+    sealed: &[u8],
+    pack: &str,
+) -> Result<Vec<u8>, ArchiveError> {
+    let what = format!("block {} in pack {pack}", id.hex());
+    let packed = key.open(sealed, format!("block {}", id.hex()).as_bytes(), &what)?;
+    let data = zstd::decode_all(&packed[..]).map_err(|e| ArchiveError::Damaged {
+        what: what.clone(),
+        why: format!("it does not decompress: {e}"),
+    })?;
+    if key.block_id(&data) != *id {
+        return Err(ArchiveError::Damaged {
+            what,
+            why: "its bytes do not hash to its id".into(),
+        });
+    }
+    Ok(data)
+}
+
+/// Groups the blocks by pack and merges neighbours into requests.
+fn plan(mut placements: Vec<Placement>) -> Vec<Request> {
+    placements.sort_by(|a, b| {
+        (a.location.pack.as_ref(), a.location.offset)
+            .cmp(&(b.location.pack.as_ref(), b.location.offset))
+    });
+    let mut requests: Vec<Request> = Vec::new();
+    let mut by_pack: HashMap<Arc<str>, usize> = HashMap::new();
+    for p in placements {
+        let start = p.location.offset;
+        let end = start + p.location.length as u64;
+        if let Some(&last) = by_pack.get(&p.location.pack) {
+            let r = &mut requests[last];
+            if start <= r.end + MERGE_GAP && end - r.start <= MAX_REQUEST {
+                r.end = r.end.max(end);
+                r.blocks.push(p);
+                continue;
+            }
+        }
+        by_pack.insert(p.location.pack.clone(), requests.len());
+        requests.push(Request {
+            pack: p.location.pack.clone(),
+            start,
+            end,
+            blocks: vec![p],
+        });
+    }
+    requests
+}
