@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs, as root and from Debian's packages, what the tests need when it is missing:
 # file-system tools for the loop-device tests, the sqlite3 shell, PostgreSQL, MariaDB and
-# mariabackup, and the font the benchmark's plots use. With --bench also the peers the
+# mariabackup, and the font the benchmark's plots use; and from PyPI, in a virtualenv of
+# its own, moto: the S3-compatible server the archive's tests start on loopback. With --bench also the peers the
 # benchmark compares with (pgBackRest). Not root: says what is missing and goes on.
 set -euo pipefail
 
@@ -66,3 +67,12 @@ if ((${#need[@]})); then
   fi
 fi
 
+# An S3-compatible server for the archive's tests (moto, in memory, on loopback). The tests
+# look for it here, or where SHADOWCOPY_MOTO_VENV says.
+moto_venv="${SHADOWCOPY_MOTO_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/shadowcopy/moto-venv}"
+if [ ! -x "$moto_venv/bin/moto_server" ]; then
+  echo "installing moto (the S3 server of the archive's tests) into $moto_venv"
+  if ! { python3 -m venv "$moto_venv" && "$moto_venv/bin/pip" install -q 'moto[server]' boto3; }; then
+    echo "moto could not be installed: the archive's S3 tests will skip (or fail under CI)"
+  fi
+fi

@@ -69,14 +69,14 @@ impl RepoConfig {
         }
         let c = self.chunker;
         let sane = |n: u32| (4096..=64 << 20).contains(&n);
-        if !sane(self.block_size)
-            || !sane(c.min)
-            || !sane(c.avg)
-            || !sane(c.max)
-            || !(c.min <= c.avg && c.avg <= c.max)
-            || !(1 << 20..=256 << 20).contains(&self.pack_size)
-            || self.compression != "zstd"
-        {
+        let sizes_ok = sane(self.block_size)
+            && sane(c.min)
+            && sane(c.avg)
+            && sane(c.max)
+            && c.min <= c.avg
+            && c.avg <= c.max
+            && (1 << 20..=256 << 20).contains(&self.pack_size);
+        if !sizes_ok || self.compression != "zstd" {
             return Err("its block, chunk or pack sizes are out of bounds".into());
         }
         Ok(())

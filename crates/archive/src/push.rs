@@ -197,10 +197,9 @@ impl Repository {
                 .manifests()
                 .await?
                 .into_iter()
-                .filter(|(_, m)| {
+                .rfind(|(_, m)| {
                     m.host == source.host && m.set == source.set && m.created_ms < source.created_ms
                 })
-                .next_back()
                 .map(|(_, m)| m);
             let before: HashMap<&PathBuf, &FileRecord> = previous
                 .as_ref()

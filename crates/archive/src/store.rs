@@ -62,7 +62,12 @@ impl Store {
                 .with_client_options(
                     ClientOptions::new()
                         .with_connect_timeout(Duration::from_secs(10))
-                        .with_timeout(Duration::from_secs(120)),
+                        .with_timeout(Duration::from_secs(120))
+                        // Plain HTTP only when asked for, as object_store's users ask.
+                        .with_allow_http(
+                            std::env::var("AWS_ALLOW_HTTP")
+                                .is_ok_and(|v| v.eq_ignore_ascii_case("true")),
+                        ),
                 );
             if std::env::var_os("AWS_REGION").is_none()
                 && std::env::var_os("AWS_DEFAULT_REGION").is_none()

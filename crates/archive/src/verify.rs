@@ -25,6 +25,23 @@ pub struct VerifyReport {
     pub problems: Vec<String>,
 }
 
+impl VerifyReport {
+    /// The report, or for a damaged repository the error it is (exit 4).
+    pub fn into_result(self, url: &str) -> Result<VerifyReport, ArchiveError> {
+        if self.ok {
+            return Ok(self);
+        }
+        Err(ArchiveError::Damaged {
+            what: format!("the archive at {url}"),
+            why: format!(
+                "{} problems: {}",
+                self.problems.len(),
+                self.problems.join("; ")
+            ),
+        })
+    }
+}
+
 impl Repository {
     /// Checks the repository; `read_data`: the share of packs (0 to 1) read in full.
     pub fn verify(&self, read_data: f64) -> Result<VerifyReport, ArchiveError> {

@@ -104,6 +104,8 @@ enum Command {
     Agent(commands::agent::AgentArgs),
     /// What the agent ran and how each job ended
     Jobs(commands::agent::JobsArgs),
+    /// Copies kept off the host: an encrypted, incremental repository on S3 or a directory
+    Archive(commands::archive::ArchiveArgs),
 }
 
 impl Command {
@@ -123,6 +125,7 @@ impl Command {
             Command::Pg(a) => a.json(),
             Command::Agent(a) => a.json(),
             Command::Jobs(a) => a.json,
+            Command::Archive(a) => a.json,
         }
     }
 }
@@ -174,6 +177,7 @@ fn main() -> ExitCode {
         Command::Pg(a) => commands::pg::run(g, a),
         Command::Agent(a) => commands::agent::run(g, a),
         Command::Jobs(a) => commands::agent::jobs(g, a),
+        Command::Archive(a) => commands::archive::run(g, a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -64,6 +64,8 @@ pub struct SetDefaults {
     pub retention: Option<RetentionPolicy>,
     /// The same for `pre-restore` copies (without one they are all kept).
     pub pre_restore_retention: Option<RetentionPolicy>,
+    /// Where `archive push` sends copies (`s3://bucket/prefix` or a directory).
+    pub archive: Option<String>,
 }
 
 /// `[sets.NAME]`.
@@ -82,6 +84,8 @@ pub struct SetConfig {
     pub freeze_deadline: Option<HumanDuration>,
     pub copies_dir: Option<PathBuf>,
     pub verify: Option<bool>,
+    /// Where `archive push` sends the set's copies (else `[defaults] archive`).
+    pub archive: Option<String>,
     /// Which of the set's copies `delete --policy` keeps (`[sets.NAME.retention]`).
     pub retention: Option<RetentionPolicy>,
     /// The same for the set's `pre-restore` copies.

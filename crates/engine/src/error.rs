@@ -35,6 +35,9 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
                 QueueError::Io { .. } => 1,
             };
         }
+        if let Some(e) = cause.downcast_ref::<shadowcopy_archive::ArchiveError>() {
+            return e.kind().exit_code();
+        }
         if let Some(e) = cause.downcast_ref::<shadowcopy_postgres::archive::ArchiveError>() {
             return e.kind().exit_code();
         }

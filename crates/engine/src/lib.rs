@@ -4,6 +4,7 @@
 //! and returns a typed, `Serialize` report; progress goes out through [`Progress`].
 //! Front ends parse and print; nothing here prints.
 
+pub mod archive;
 pub mod config;
 pub mod copies;
 pub mod create;

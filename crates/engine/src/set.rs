@@ -272,6 +272,7 @@ impl SetSpec {
                 freeze_deadline: None,
                 copies_dir: None,
                 verify: None,
+                archive: None,
                 retention: None,
                 pre_restore_retention: None,
                 schedule: None,

@@ -10,6 +10,7 @@ pub mod mariadb;
 pub mod pgbench;
 pub mod postgres;
 pub mod provider_suite;
+pub mod s3;
 pub mod server_process;
 pub mod wait;
 pub mod writer_suite;

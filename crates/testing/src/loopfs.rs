@@ -53,7 +53,7 @@ fn skips_fail() -> bool {
     std::env::var(REQUIRE_ROOT_ENV).is_ok_and(|v| v == "1")
 }
 
-fn skip(test: &str, why: &str) -> bool {
+pub(crate) fn skip(test: &str, why: &str) -> bool {
     if skips_fail() {
         panic!("{test} cannot run: {why}; a skip is a failure under {REQUIRE_ROOT_ENV}=1");
     }

@@ -2,6 +2,7 @@
 //! flattened in), its `run` (call the engine) and how it prints the report.
 
 pub mod agent;
+pub mod archive;
 pub mod create;
 pub mod delete;
 pub mod list;

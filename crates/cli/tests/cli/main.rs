@@ -3,6 +3,7 @@
 
 mod agent;
 mod agent_api;
+mod archive;
 mod bad_input;
 mod btrfs_restore;
 mod catalog;

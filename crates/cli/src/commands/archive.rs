@@ -1,0 +1,229 @@
+//! `shadowcopy archive`: copies kept off the host (docs/archive-format.md). `init URL`
+//! makes a repository, `push ID` sends a copy (incremental, encrypted), `list` shows the
+//! archived copies (without the catalog: a new host can list and restore), `restore
+//! ARCHIVED --to DIR` brings one back, `verify` checks the repository. The passphrase
+//! comes from SHADOWCOPY_ARCHIVE_PASSWORD or --password-file, as restic's does; it is
+//! never printed, logged or recorded.
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+use shadowcopy_core::error::humanize;
+use shadowcopy_core::secret::Secret;
+use shadowcopy_engine::{UsageError, WaitOptions};
+
+use crate::output::{local_time, PhasePrinter};
+use crate::GlobalArgs;
+
+#[derive(Args, Debug)]
+pub struct ArchiveArgs {
+    #[command(subcommand)]
+    pub command: ArchiveCommand,
+    /// The repository: s3://BUCKET/PREFIX (endpoint and credentials from AWS_ENDPOINT_URL,
+    /// AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) or a directory; default: the
+    /// set's `archive`, else [defaults] archive
+    #[arg(long, global = true, value_name = "URL", env = "SHADOWCOPY_ARCHIVE")]
+    pub archive: Option<String>,
+    /// Read the passphrase from this file's first line (else SHADOWCOPY_ARCHIVE_PASSWORD)
+    #[arg(long, global = true, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+    /// Print as JSON
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ArchiveCommand {
+    /// Make a repository at URL (or --archive), with one passphrase
+    Init {
+        /// s3://BUCKET/PREFIX or a directory
+        url: Option<String>,
+    },
+    /// Send a copy to the repository (only what it does not hold yet)
+    Push {
+        /// The copy's id
+        id: i64,
+        #[command(flatten)]
+        wait: WaitOptions,
+    },
+    /// The archived copies (reads the repository, not the catalog)
+    List,
+    /// Restore an archived copy into a directory (its tree below DIR)
+    Restore {
+        /// The archived copy's id (or a unique prefix), as `archive list` shows it
+        archived: String,
+        /// A new or empty directory
+        #[arg(long, value_name = "DIR")]
+        to: PathBuf,
+    },
+    /// Check the repository: every archived copy's blocks indexed and stored
+    Verify {
+        /// Also read every pack and check every block
+        #[arg(long, conflicts_with = "read_data_subset")]
+        read_data: bool,
+        /// Also read this share of the packs (e.g. 5%), a different share each run
+        #[arg(long, value_name = "PERCENT", value_parser = parse_percent)]
+        read_data_subset: Option<f64>,
+    },
+}
+
+fn parse_percent(s: &str) -> Result<f64, String> {
+    let n: f64 = s
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|_| format!("{s:?} is not a percentage such as 5%"))?;
+    if !(n > 0.0 && n <= 100.0) {
+        return Err(format!("{s:?}: give a share above 0% and at most 100%"));
+    }
+    Ok(n / 100.0)
+}
+
+impl ArchiveArgs {
+    fn passphrase(&self) -> anyhow::Result<Secret> {
+        if let Some(file) = &self.password_file {
+            return Secret::read_file(file).map_err(|e| {
+                UsageError::new(format!(
+                    "cannot read the archive's passphrase from {}: {e}",
+                    file.display()
+                ))
+                .into()
+            });
+        }
+        match std::env::var("SHADOWCOPY_ARCHIVE_PASSWORD") {
+            Ok(p) if !p.is_empty() => Ok(Secret::new(p)),
+            _ => Err(UsageError::new(
+                "the archive's passphrase is needed: set SHADOWCOPY_ARCHIVE_PASSWORD or give --password-file FILE",
+            )
+            .into()),
+        }
+    }
+}
+
+pub fn run(g: &GlobalArgs, args: ArchiveArgs) -> anyhow::Result<()> {
+    let engine = g.engine()?;
+    let out = g.output(args.json);
+    let passphrase = args.passphrase()?;
+    match &args.command {
+        ArchiveCommand::Init { url } => {
+            let url = engine.archive_url(url.as_deref().or(args.archive.as_deref()), None)?;
+            let made = engine.archive_init(&url, &passphrase)?;
+            if out.json {
+                return out.print_json(&made);
+            }
+            if !out.quiet {
+                println!(
+                    "archive {} made at {} (key {}); keep its passphrase: without it nothing in it can be read",
+                    made.id, made.url, made.key
+                );
+            }
+        }
+        ArchiveCommand::Push { id, wait } => {
+            let set = engine.show(*id).ok().map(|c| c.summary.set);
+            let url = engine.archive_url(args.archive.as_deref(), set.as_deref())?;
+            let printer = PhasePrinter::new(out, "");
+            let report = engine.archive_push(*id, &url, &passphrase, wait, &printer);
+            printer.finish();
+            let report = report?;
+            if out.json {
+                return out.print_json(&report);
+            }
+            if !out.quiet {
+                println!(
+                    "copy {id} archived as {} in {}: {} files ({} unchanged), {} bytes read, {} new blocks, {} bytes sent in {} packs",
+                    report.manifest,
+                    humanize(report.took),
+                    report.files,
+                    report.files_unchanged,
+                    report.bytes_read,
+                    report.blocks_new,
+                    report.bytes_uploaded,
+                    report.packs
+                );
+            }
+        }
+        ArchiveCommand::List => {
+            let url = engine.archive_url(args.archive.as_deref(), None)?;
+            let copies = engine.archive_list(&url, &passphrase)?;
+            if out.json {
+                return out.print_json(&copies);
+            }
+            if copies.is_empty() {
+                if !out.quiet {
+                    println!("no archived copies in {url}");
+                }
+                return Ok(());
+            }
+            println!(
+                "{:<16}  {:<16} {:<16} {:>6}  {:<19}  {:>6} {:>14}",
+                "ARCHIVED", "HOST", "SET", "COPY", "CREATED", "FILES", "BYTES"
+            );
+            for c in copies {
+                println!(
+                    "{:<16}  {:<16} {:<16} {:>6}  {:<19}  {:>6} {:>14}",
+                    &c.id[..16],
+                    c.host,
+                    c.set,
+                    c.copy_id,
+                    local_time(c.created_ms),
+                    c.files,
+                    c.bytes
+                );
+            }
+        }
+        ArchiveCommand::Restore { archived, to } => {
+            let url = engine.archive_url(args.archive.as_deref(), None)?;
+            let printer = PhasePrinter::new(out, "");
+            let report = engine.archive_restore_to(&url, &passphrase, archived, to, &printer);
+            printer.finish();
+            let report = report?;
+            if out.json {
+                return out.print_json(&report);
+            }
+            if !out.quiet {
+                println!(
+                    "archived copy {} restored into {} in {}: {} files, {} bytes ({} downloaded in {} requests)",
+                    report.manifest,
+                    to.display(),
+                    humanize(report.took),
+                    report.files,
+                    report.bytes,
+                    report.bytes_downloaded,
+                    report.requests
+                );
+            }
+        }
+        ArchiveCommand::Verify {
+            read_data,
+            read_data_subset,
+        } => {
+            let url = engine.archive_url(args.archive.as_deref(), None)?;
+            let share = if *read_data {
+                1.0
+            } else {
+                read_data_subset.unwrap_or(0.0)
+            };
+            let report = engine.archive_verify(&url, &passphrase, share)?;
+            if out.json {
+                out.print_json(&report)?;
+            } else if !out.quiet {
+                println!(
+                    "{}: {} archived copies, {} packs ({} read, {} blocks checked)",
+                    if report.ok {
+                        "archive OK"
+                    } else {
+                        "archive DAMAGED"
+                    },
+                    report.copies,
+                    report.packs,
+                    report.packs_read,
+                    report.blocks_checked
+                );
+                for p in &report.problems {
+                    println!("  {p}");
+                }
+            }
+            report.into_result(&url)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,182 @@
+//! The archive as a user runs it, against a real S3-compatible server (moto on
+//! loopback): a repository made, copies of a busy bank pushed (the second sends only
+//! what changed), the host lost with its catalog and every local copy, and the bank
+//! brought back from the archive alone, its balances holding. Bad input: a wrong
+//! passphrase, a bucket that does not exist, a URL with a typo, the same copy pushed
+//! twice: clear errors, nothing written.
+
+use std::process::Output;
+use std::time::Duration;
+
+use serde_json::Value;
+use shadowcopy_testing::bank;
+use shadowcopy_testing::s3::Moto;
+
+use crate::support::{describe, Cli};
+
+const PASSPHRASE: &str = "tr0ub4dor&3 is not a good one";
+
+fn archive(cli: &Cli, moto: &Moto, args: &[&str]) -> Output {
+    let mut all = vec!["archive"];
+    all.extend_from_slice(args);
+    cli.cmd(&all)
+        .envs(moto.env())
+        .env("SHADOWCOPY_ARCHIVE_PASSWORD", PASSPHRASE)
+        .output()
+        .unwrap()
+}
+
+fn json(out: &Output) -> Value {
+    assert!(out.status.success(), "{}", describe(out));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", describe(out)))
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn a_host_lost_with_every_local_copy_comes_back_from_the_s3_archive() {
+    let Some(moto) =
+        Moto::start_or_skip("a_host_lost_with_every_local_copy_comes_back_from_the_s3_archive")
+    else {
+        return;
+    };
+    moto.create_bucket("backups");
+    let cli = Cli::new();
+    let db = cli.bank("bank.db", 8 << 20);
+    let url = "s3://backups/host1";
+
+    // Bad places first: nothing is made.
+    let out = archive(&cli, &moto, &["init", "s3://no-such-bucket/x"]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("no-such-bucket") || stderr(&out).contains("NoSuchBucket"),
+        "{}",
+        describe(&out)
+    );
+    let out = archive(&cli, &moto, &["init", "s4://backups/host1"]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("is not an archive URL"),
+        "{}",
+        describe(&out)
+    );
+    let out = archive(&cli, &moto, &["--archive", url, "list"]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("there is no archive at s3://backups/host1"),
+        "{}",
+        describe(&out)
+    );
+
+    let made = json(&archive(&cli, &moto, &["init", url, "--json"]));
+    assert_eq!(made["url"], url);
+
+    let create = |cli: &Cli| -> i64 {
+        cli.json(&[
+            "create",
+            "--sqlite",
+            db.to_str().unwrap(),
+            "--provider",
+            "copy",
+            "--json",
+        ])["id"]
+            .as_i64()
+            .unwrap()
+    };
+    let first = create(&cli);
+    let pushed = json(&archive(
+        &cli,
+        &moto,
+        &["--archive", url, "push", &first.to_string(), "--json"],
+    ));
+    let first_sent = pushed["bytes_uploaded"].as_u64().unwrap();
+    assert!(first_sent > 1 << 20, "{pushed:#}");
+
+    // A second of transfers, then a second copy: only the changed blocks go.
+    let transfers = bank::start_transfers(&db, 2, Duration::from_millis(1));
+    std::thread::sleep(Duration::from_secs(1));
+    let stats = transfers.stop();
+    assert!(stats.committed > 0);
+    let second = create(&cli);
+    let pushed = json(&archive(
+        &cli,
+        &moto,
+        &["--archive", url, "push", &second.to_string(), "--json"],
+    ));
+    let second_sent = pushed["bytes_uploaded"].as_u64().unwrap();
+    assert!(
+        second_sent * 4 < first_sent,
+        "the second push sends what changed: {second_sent} of {first_sent} bytes: {pushed:#}"
+    );
+    let before = bank::summarize(&db).unwrap();
+
+    let out = archive(
+        &cli,
+        &moto,
+        &["--archive", url, "push", &second.to_string()],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("is already in the archive"),
+        "{}",
+        describe(&out)
+    );
+    let out = cli
+        .cmd(&["archive", "--archive", url, "list"])
+        .envs(moto.env())
+        .env("SHADOWCOPY_ARCHIVE_PASSWORD", "guess")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("the passphrase opens none of the repository's keys"),
+        "{}",
+        describe(&out)
+    );
+    assert!(!stderr(&out).contains("guess") && !stderr(&out).contains(PASSPHRASE));
+
+    // The host is lost: the database, its catalog and every local copy.
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+    }
+    std::fs::remove_dir_all(&cli.catalog).unwrap();
+
+    let listed = json(&archive(&cli, &moto, &["--archive", url, "list", "--json"]));
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), 2, "{listed:#?}");
+    assert_eq!(listed[1]["copy_id"], second);
+    let id = listed[1]["id"].as_str().unwrap();
+    let to = cli.path("recovered");
+    let restored = json(&archive(
+        &cli,
+        &moto,
+        &[
+            "--archive",
+            url,
+            "restore",
+            &id[..12],
+            "--to",
+            to.to_str().unwrap(),
+            "--json",
+        ],
+    ));
+    assert!(restored["requests"].as_u64().unwrap() >= 1, "{restored:#}");
+    let back = to.join(db.strip_prefix("/").unwrap());
+    let summary = bank::summarize(&back).unwrap();
+    assert!(summary.balanced(), "{summary:?}");
+    assert_eq!(summary.integrity, "ok");
+    assert_eq!(
+        summary.transfers, before.transfers,
+        "the second copy's state, all of it"
+    );
+
+    let verified = json(&archive(
+        &cli,
+        &moto,
+        &["--archive", url, "verify", "--read-data", "--json"],
+    ));
+    assert_eq!(verified["ok"], true, "{verified:#}");
+    assert_eq!(verified["copies"], 2);
+}

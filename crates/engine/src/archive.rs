@@ -1,0 +1,163 @@
+//! The archive's use cases: a repository made (`archive init`), a copy pushed from the
+//! catalog and its provider (`archive push`), the archived copies listed, one restored
+//! into a directory, the repository checked. Which repository: the one given, else the
+//! copy's set's `archive`, else `[defaults] archive`; its passphrase comes from the
+//! front end (never from the config, never into the catalog).
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use shadowcopy_archive::{
+    ArchivedCopy, Cut, Initialized, PushReport, PushSource, Repository, RestoreReport, SourceFile,
+    VerifyReport,
+};
+use shadowcopy_core::model::ComponentRole;
+use shadowcopy_core::secret::Secret;
+
+use crate::copies::UsableCopy;
+use crate::engine::{Engine, WaitOptions};
+use crate::error::UsageError;
+use crate::progress::Progress;
+
+/// Writer kinds whose data files are cut into fixed blocks (a changed page changes one).
+const DATABASE_WRITERS: [&str; 4] = ["sqlite", "postgres", "mariadb", "mysql"];
+
+impl Engine {
+    /// The repository URL: `given`, else set `set`'s `archive`, else `[defaults] archive`.
+    pub fn archive_url(&self, given: Option<&str>, set: Option<&str>) -> anyhow::Result<String> {
+        given
+            .map(str::to_string)
+            .or_else(|| {
+                set.and_then(|s| self.config.sets.get(s))
+                    .and_then(|s| s.archive.clone())
+            })
+            .or_else(|| self.config.defaults.archive.clone())
+            .ok_or_else(|| {
+                UsageError::new(
+                    "say which archive: --archive URL (s3://bucket/prefix or a directory), or `archive` in the set's config or [defaults]",
+                )
+                .into()
+            })
+    }
+
+    pub fn archive_init(&self, url: &str, passphrase: &Secret) -> anyhow::Result<Initialized> {
+        Ok(shadowcopy_archive::init(
+            url,
+            passphrase.expose().as_bytes(),
+            "init",
+        )?)
+    }
+
+    pub fn archive_list(
+        &self,
+        url: &str,
+        passphrase: &Secret,
+    ) -> anyhow::Result<Vec<ArchivedCopy>> {
+        Ok(Repository::open(url, passphrase.expose().as_bytes())?.list()?)
+    }
+
+    /// Pushes usable copy `id` into the repository at `url` (the copy stays put while it
+    /// is read: the push holds the queue).
+    pub fn archive_push(
+        &self,
+        id: i64,
+        url: &str,
+        passphrase: &Secret,
+        wait: &WaitOptions,
+        progress: &dyn Progress,
+    ) -> anyhow::Result<PushReport> {
+        let catalog = self.open_existing_catalog()?;
+        UsableCopy::load(&catalog, id, "archived")?;
+        // Opened before the queue is taken: a wrong passphrase fails at once.
+        let repo = Repository::open(url, passphrase.expose().as_bytes())?;
+        let _queue = self.take_queue(
+            &catalog,
+            "archive push",
+            &format!("copy {id}"),
+            wait.policy(),
+            progress,
+        )?;
+        let copy = UsableCopy::load(&catalog, id, "archived")?;
+        let files = catalog.manifest(id)?;
+        let components = catalog.components(id)?;
+        let view = copy
+            .provider
+            .expose(&copy.location, &files)
+            .map_err(|e| anyhow::anyhow!("cannot read copy {id}: {e}"))?;
+        // A database writer's data component: its writer's name starts with its kind.
+        let database = |path: &Path| {
+            components.iter().any(|c| {
+                c.role == ComponentRole::Data
+                    && path.starts_with(&c.path)
+                    && DATABASE_WRITERS.contains(&c.writer.split(':').next().unwrap_or_default())
+            })
+        };
+        let mut sources = Vec::with_capacity(files.len());
+        for f in &files {
+            let read_from = view
+                .path_of(&f.path)
+                .ok_or_else(|| anyhow::anyhow!("copy {id} does not hold {}", f.path.display()))?
+                .to_path_buf();
+            let meta = std::fs::symlink_metadata(&read_from)?;
+            sources.push(SourceFile {
+                path: f.path.clone(),
+                read_from,
+                mode: f.mode,
+                uid: meta.uid(),
+                gid: meta.gid(),
+                size: f.size,
+                mtime_ns: f.mtime_ns,
+                blake3: f.blake3.clone(),
+                cut: if database(&f.path) {
+                    Cut::Fixed
+                } else {
+                    Cut::Cdc
+                },
+            });
+        }
+        let source = PushSource {
+            host: hostname(),
+            set: copy.summary.set.clone(),
+            origin: copy.summary.origin.as_str().to_string(),
+            copy_id: id,
+            created_ms: copy.summary.created_ms,
+            provider: copy.summary.provider.clone(),
+            spec: serde_json::from_str(&copy.summary.spec_json).unwrap_or_default(),
+            components: serde_json::to_value(&components)?,
+            files: sources,
+        };
+        Ok(repo.push(&source, &|done, total| progress.bytes(done, total))?)
+    }
+
+    /// Restores archived copy `archived` (an id or its unique prefix) below `to`.
+    pub fn archive_restore_to(
+        &self,
+        url: &str,
+        passphrase: &Secret,
+        archived: &str,
+        to: &Path,
+        progress: &dyn Progress,
+    ) -> anyhow::Result<RestoreReport> {
+        let repo = Repository::open(url, passphrase.expose().as_bytes())?;
+        Ok(repo.restore_to(archived, to, &|done, total| progress.bytes(done, total))?)
+    }
+
+    /// Checks the repository, reading `read_data` (0 to 1) of its packs in full.
+    pub fn archive_verify(
+        &self,
+        url: &str,
+        passphrase: &Secret,
+        read_data: f64,
+    ) -> anyhow::Result<VerifyReport> {
+        let repo = Repository::open(url, passphrase.expose().as_bytes())?;
+        Ok(repo.verify(read_data)?)
+    }
+}
+
+/// This host's name, as manifests record it.
+fn hostname() -> String {
+    rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned()
+}
