@@ -22,4 +22,5 @@ pub use format::Cut;
 pub use push::{PushReport, PushSource, SourceFile};
 pub use repo::{init, ArchivedCopy, Initialized, Repository};
 pub use restore::RestoreReport;
+pub use store::Store;
 pub use verify::VerifyReport;

@@ -112,7 +112,13 @@ pub fn init(url: &str, passphrase: &[u8], label: &str) -> Result<Initialized, Ar
 impl Repository {
     /// Opens the repository at `url` with `passphrase` (any of its keys).
     pub fn open(url: &str, passphrase: &[u8]) -> Result<Repository, ArchiveError> {
-        let store = Store::open(url, false)?;
+        Repository::open_store(Store::open(url, false)?, passphrase)
+    }
+
+    /// Opens the repository in `store` with `passphrase`.
+    pub fn open_store(store: Store, passphrase: &[u8]) -> Result<Repository, ArchiveError> {
+        let url = store.url().to_string();
+        let url = url.as_str();
         let runtime = runtime()?;
         let (config, key) = runtime.block_on(async {
             let config: RepoConfig = match store.get(names::CONFIG).await {

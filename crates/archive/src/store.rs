@@ -106,6 +106,15 @@ impl Store {
         })
     }
 
+    /// A store made elsewhere (a wrapper that injects faults, in tests), named `url`.
+    pub fn from_object_store(inner: Arc<dyn ObjectStore>, url: &str) -> Store {
+        Store {
+            inner,
+            prefix: Path::default(),
+            url: url.to_string(),
+        }
+    }
+
     pub fn url(&self) -> &str {
         &self.url
     }

@@ -12,16 +12,13 @@ use shadowcopy_archive::{init, ArchiveError, Cut, PushSource, Repository, Source
 const PASS: &[u8] = b"correct horse battery staple";
 
 fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
-    // A cheap deterministic generator: incompressible enough for packs to fill.
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    // Deterministic and incompressible: BLAKE3's output stream.
+    let mut bytes = vec![0u8; n];
+    blake3::Hasher::new()
+        .update(&seed.to_le_bytes())
+        .finalize_xof()
+        .fill(&mut bytes);
+    bytes
 }
 
 fn blake3_of(path: &Path) -> String {
