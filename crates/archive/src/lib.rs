@@ -20,7 +20,7 @@ pub mod verify;
 pub use error::ArchiveError;
 pub use format::Cut;
 pub use push::{PushReport, PushSource, SourceFile};
-pub use repo::{init, ArchivedCopy, Initialized, Repository};
+pub use repo::{init, ArchivedCopy, Initialized, KeyInfo, Repository};
 pub use restore::RestoreReport;
 pub use store::Store;
 pub use verify::VerifyReport;

@@ -42,6 +42,8 @@ pub struct Repository {
     pub(crate) store: Store,
     pub(crate) config: RepoConfig,
     pub(crate) key: MasterKey,
+    /// The key file the passphrase opened.
+    pub(crate) key_id: String,
     pub(crate) runtime: tokio::runtime::Runtime,
 }
 
@@ -120,7 +122,7 @@ impl Repository {
         let url = store.url().to_string();
         let url = url.as_str();
         let runtime = runtime()?;
-        let (config, key) = runtime.block_on(async {
+        let (config, key, key_id) = runtime.block_on(async {
             let config: RepoConfig = match store.get(names::CONFIG).await {
                 Ok(Some(bytes)) => json(&bytes, "the archive's config")?,
                 Ok(None) => {
@@ -147,7 +149,7 @@ impl Repository {
                 };
                 let file: KeyFile = json(&bytes, &format!("key {name}"))?;
                 match file.open(passphrase, &config.id) {
-                    Ok(key) => return Ok((config, key)),
+                    Ok(key) => return Ok((config, key, name)),
                     Err(ArchiveError::WrongPassphrase) => continue,
                     Err(e) => return Err(e),
                 }
@@ -158,8 +160,77 @@ impl Repository {
             store,
             config,
             key,
+            key_id,
             runtime,
         })
+    }
+
+    /// The repository's keys (each a passphrase that opens it).
+    pub fn keys(&self) -> Result<Vec<KeyInfo>, ArchiveError> {
+        self.runtime.block_on(async {
+            let mut keys = Vec::new();
+            for (id, _) in self.store.list(names::KEYS).await? {
+                let Some(bytes) = self.store.get(&names::key(&id)).await? else {
+                    continue;
+                };
+                let file: KeyFile = json(&bytes, &format!("key {id}"))?;
+                keys.push(KeyInfo {
+                    current: id == self.key_id,
+                    id,
+                    label: file.label,
+                    created_ms: file.created_ms,
+                });
+            }
+            keys.sort_by_key(|k| k.created_ms);
+            Ok(keys)
+        })
+    }
+
+    /// Seals the master key under another passphrase; the new key's id.
+    pub fn add_key(&self, passphrase: &[u8], label: &str) -> Result<String, ArchiveError> {
+        if passphrase.is_empty() {
+            return Err(ArchiveError::Usage("the new passphrase is empty".into()));
+        }
+        let id = random_id();
+        let file = KeyFile::seal(&self.key, passphrase, &self.config.id, label, now_ms())?;
+        self.runtime.block_on(self.store.put_new(
+            &names::key(&id),
+            serde_json::to_vec_pretty(&file).expect("serializes"),
+        ))?;
+        Ok(id)
+    }
+
+    /// Removes key `id` (a unique prefix will do); never the last one, nor the one in use.
+    pub fn remove_key(&self, id: &str) -> Result<String, ArchiveError> {
+        let keys = self.keys()?;
+        let found: Vec<&KeyInfo> = keys.iter().filter(|k| k.id.starts_with(id)).collect();
+        let key = match found.as_slice() {
+            [one] => *one,
+            [] => {
+                return Err(ArchiveError::Usage(format!(
+                    "no key {id:?}; `archive key list` shows them"
+                )))
+            }
+            _ => {
+                return Err(ArchiveError::Usage(format!(
+                    "several keys start with {id:?}; give more of it"
+                )))
+            }
+        };
+        if key.current {
+            return Err(ArchiveError::Usage(format!(
+                "key {} is the one this passphrase opened; remove it with another key's passphrase",
+                key.id
+            )));
+        }
+        if keys.len() == 1 {
+            return Err(ArchiveError::Usage(
+                "a repository keeps at least one key".into(),
+            ));
+        }
+        self.runtime
+            .block_on(self.store.delete(&names::key(&key.id)))?;
+        Ok(key.id.clone())
     }
 
     pub fn url(&self) -> &str {
@@ -283,6 +354,16 @@ impl Repository {
             ))),
         }
     }
+}
+
+/// A key as `archive key list` shows it (never the key itself).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct KeyInfo {
+    pub id: String,
+    pub label: String,
+    pub created_ms: i64,
+    /// The key the given passphrase opened.
+    pub current: bool,
 }
 
 /// An archived copy as `archive list` shows it.

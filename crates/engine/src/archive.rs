@@ -8,8 +8,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use shadowcopy_archive::{
-    ArchivedCopy, Cut, Initialized, PushReport, PushSource, Repository, RestoreReport, SourceFile,
-    VerifyReport,
+    ArchivedCopy, Cut, Initialized, KeyInfo, PushReport, PushSource, Repository, RestoreReport,
+    SourceFile, VerifyReport,
 };
 use shadowcopy_core::model::ComponentRole;
 use shadowcopy_core::secret::Secret;
@@ -46,6 +46,32 @@ impl Engine {
             passphrase.expose().as_bytes(),
             "init",
         )?)
+    }
+
+    pub fn archive_keys(&self, url: &str, passphrase: &Secret) -> anyhow::Result<Vec<KeyInfo>> {
+        Ok(Repository::open(url, passphrase.expose().as_bytes())?.keys()?)
+    }
+
+    /// Adds a key: `new` opens the repository too. The new key's id.
+    pub fn archive_add_key(
+        &self,
+        url: &str,
+        passphrase: &Secret,
+        new: &Secret,
+        label: &str,
+    ) -> anyhow::Result<String> {
+        Ok(Repository::open(url, passphrase.expose().as_bytes())?
+            .add_key(new.expose().as_bytes(), label)?)
+    }
+
+    /// Removes key `id` (not the one `passphrase` opens, not the last). Its id.
+    pub fn archive_remove_key(
+        &self,
+        url: &str,
+        passphrase: &Secret,
+        id: &str,
+    ) -> anyhow::Result<String> {
+        Ok(Repository::open(url, passphrase.expose().as_bytes())?.remove_key(id)?)
     }
 
     pub fn archive_list(

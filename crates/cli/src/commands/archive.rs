@@ -56,6 +56,11 @@ pub enum ArchiveCommand {
         #[arg(long, value_name = "DIR")]
         to: PathBuf,
     },
+    /// The repository's keys: list, add a passphrase, remove one
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
     /// Check the repository: every archived copy's blocks indexed and stored
     Verify {
         /// Also read every pack and check every block
@@ -65,6 +70,46 @@ pub enum ArchiveCommand {
         #[arg(long, value_name = "PERCENT", value_parser = parse_percent)]
         read_data_subset: Option<f64>,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeyCommand {
+    /// The keys (ids, labels; never the keys themselves)
+    List,
+    /// Add a passphrase (from SHADOWCOPY_ARCHIVE_NEW_PASSWORD or --new-password-file)
+    Add {
+        /// Read the new passphrase from this file's first line
+        #[arg(long, value_name = "FILE")]
+        new_password_file: Option<PathBuf>,
+        /// A name for it (who holds it)
+        #[arg(long, default_value = "")]
+        label: String,
+    },
+    /// Remove a key (not the one in use, not the last)
+    Remove {
+        /// The key's id (or a unique prefix)
+        id: String,
+    },
+}
+
+/// A passphrase from `file`, else the environment variable `var`.
+fn passphrase_from(file: Option<&PathBuf>, var: &str, flag: &str) -> anyhow::Result<Secret> {
+    if let Some(file) = file {
+        return Secret::read_file(file).map_err(|e| {
+            UsageError::new(format!(
+                "cannot read a passphrase from {}: {e}",
+                file.display()
+            ))
+            .into()
+        });
+    }
+    match std::env::var(var) {
+        Ok(p) if !p.is_empty() => Ok(Secret::new(p)),
+        _ => Err(UsageError::new(format!(
+            "a passphrase is needed: set {var} or give {flag} FILE"
+        ))
+        .into()),
+    }
 }
 
 fn parse_percent(s: &str) -> Result<f64, String> {
@@ -80,22 +125,11 @@ fn parse_percent(s: &str) -> Result<f64, String> {
 
 impl ArchiveArgs {
     fn passphrase(&self) -> anyhow::Result<Secret> {
-        if let Some(file) = &self.password_file {
-            return Secret::read_file(file).map_err(|e| {
-                UsageError::new(format!(
-                    "cannot read the archive's passphrase from {}: {e}",
-                    file.display()
-                ))
-                .into()
-            });
-        }
-        match std::env::var("SHADOWCOPY_ARCHIVE_PASSWORD") {
-            Ok(p) if !p.is_empty() => Ok(Secret::new(p)),
-            _ => Err(UsageError::new(
-                "the archive's passphrase is needed: set SHADOWCOPY_ARCHIVE_PASSWORD or give --password-file FILE",
-            )
-            .into()),
-        }
+        passphrase_from(
+            self.password_file.as_ref(),
+            "SHADOWCOPY_ARCHIVE_PASSWORD",
+            "--password-file",
+        )
     }
 }
 
@@ -190,6 +224,52 @@ pub fn run(g: &GlobalArgs, args: ArchiveArgs) -> anyhow::Result<()> {
                     report.bytes_downloaded,
                     report.requests
                 );
+            }
+        }
+        ArchiveCommand::Key { command } => {
+            let url = engine.archive_url(args.archive.as_deref(), None)?;
+            match command {
+                KeyCommand::List => {
+                    let keys = engine.archive_keys(&url, &passphrase)?;
+                    if out.json {
+                        return out.print_json(&keys);
+                    }
+                    for k in keys {
+                        println!(
+                            "{}  {:<19}  {}{}",
+                            k.id,
+                            local_time(k.created_ms),
+                            k.label,
+                            if k.current { "  (this passphrase)" } else { "" }
+                        );
+                    }
+                }
+                KeyCommand::Add {
+                    new_password_file,
+                    label,
+                } => {
+                    let new = passphrase_from(
+                        new_password_file.as_ref(),
+                        "SHADOWCOPY_ARCHIVE_NEW_PASSWORD",
+                        "--new-password-file",
+                    )?;
+                    let id = engine.archive_add_key(&url, &passphrase, &new, label)?;
+                    if out.json {
+                        return out.print_json(&serde_json::json!({ "id": id }));
+                    }
+                    if !out.quiet {
+                        println!("key {id} added");
+                    }
+                }
+                KeyCommand::Remove { id } => {
+                    let removed = engine.archive_remove_key(&url, &passphrase, id)?;
+                    if out.json {
+                        return out.print_json(&serde_json::json!({ "id": removed }));
+                    }
+                    if !out.quiet {
+                        println!("key {removed} removed");
+                    }
+                }
             }
         }
         ArchiveCommand::Verify {
