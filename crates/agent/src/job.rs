@@ -45,6 +45,9 @@ pub enum JobRequest {
     },
     /// Delete these copies.
     Delete { copies: Vec<i64> },
+    /// Push a copy to its set's archive (`archive` in the config; the passphrase from
+    /// the agent's SHADOWCOPY_ARCHIVE_PASSWORD or `archive_password_file`).
+    Push { copy: i64 },
     /// Delete what the retention policy of `set` (else of every set) does not keep.
     Prune {
         #[serde(default)]
@@ -59,6 +62,7 @@ impl JobRequest {
             JobRequest::Verify { .. } => "verify",
             JobRequest::Restore { .. } => "restore",
             JobRequest::Delete { .. } => "delete",
+            JobRequest::Push { .. } => "push",
             JobRequest::Prune { .. } => "prune",
         }
     }
@@ -108,6 +112,12 @@ impl JobRequest {
             )
             .into()),
             JobRequest::Restore { .. } => engine.check_restore(&self.restore_options()),
+            JobRequest::Push { copy } => {
+                let set = engine.check_verify(*copy)?;
+                engine.archive_url(None, Some(&set))?;
+                engine.archive_passphrase(None)?;
+                Ok(set)
+            }
             JobRequest::Delete { copies } => {
                 if copies.is_empty() {
                     return Err(UsageError::new(
@@ -232,6 +242,22 @@ pub fn run(engine: &Engine, request: &JobRequest, progress: Arc<JobProgress>) ->
                         r.pre_restore
                             .map(|p| format!("; the state it replaced is copy {p}"))
                             .unwrap_or_default()
+                    ),
+                )
+            }),
+        JobRequest::Push { copy } => engine
+            .show(*copy)
+            .and_then(|detail| {
+                let url = engine.archive_url(None, Some(&detail.summary.set))?;
+                let passphrase = engine.archive_passphrase(None)?;
+                engine.archive_push(*copy, &url, &passphrase, &wait, &*progress)
+            })
+            .map(|r| {
+                (
+                    Some(*copy),
+                    format!(
+                        "copy {copy} archived as {}: {} bytes read, {} new blocks, {} bytes sent",
+                        r.manifest, r.bytes_read, r.blocks_new, r.bytes_uploaded
                     ),
                 )
             }),

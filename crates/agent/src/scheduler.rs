@@ -359,10 +359,12 @@ impl Scheduler {
                 } = *f;
                 self.running = None;
                 let after_create = record.kind == "create" && outcome.ok;
+                let created = outcome.copy;
                 let set = record.set.clone();
                 self.finish(record, outcome, took);
                 notify(&[NotifyState::Status("idle")]);
-                // A copy made: the set's policy decides which copies stay.
+                // A copy made: pushed to the set's archive when it has one, then the
+                // set's policy decides which copies stay.
                 let engine = self.shared.engine();
                 let (policy, pre) = engine.config.retention(&set);
                 if after_create && !self.stopping && (policy.is_some() || pre.is_some()) {
@@ -371,6 +373,14 @@ impl Scheduler {
                     };
                     if let Err(e) = self.enqueue(prune, &set, "after-create", true) {
                         tracing::error!(set = %set, "the prune could not be queued: {e:#}");
+                    }
+                }
+                if let (true, false, Some(copy)) = (after_create, self.stopping, created) {
+                    if engine.archive_url(None, Some(&set)).is_ok() {
+                        let push = JobRequest::Push { copy };
+                        if let Err(e) = self.enqueue(push, &set, "after-create", true) {
+                            tracing::error!(set = %set, "the push could not be queued: {e:#}");
+                        }
                     }
                 }
             }

@@ -40,6 +40,34 @@ impl Engine {
             })
     }
 
+    /// The archive's passphrase: from `file`, else SHADOWCOPY_ARCHIVE_PASSWORD, else the
+    /// config's `archive_password_file`.
+    pub fn archive_passphrase(&self, file: Option<&Path>) -> anyhow::Result<Secret> {
+        let read = |file: &Path| {
+            Secret::read_file(file).map_err(|e| {
+                anyhow::Error::new(UsageError::new(format!(
+                    "cannot read the archive's passphrase from {}: {e}",
+                    file.display()
+                )))
+            })
+        };
+        if let Some(file) = file {
+            return read(file);
+        }
+        match std::env::var("SHADOWCOPY_ARCHIVE_PASSWORD") {
+            Ok(p) if !p.is_empty() => return Ok(Secret::new(p)),
+            _ => {}
+        }
+        match &self.config.defaults.archive_password_file {
+            Some(file) => read(file),
+            None => Err(UsageError::new(
+                "the archive's passphrase is needed: set SHADOWCOPY_ARCHIVE_PASSWORD, give --password-file FILE, \
+                 or name a file in [defaults] archive_password_file",
+            )
+            .into()),
+        }
+    }
+
     pub fn archive_init(&self, url: &str, passphrase: &Secret) -> anyhow::Result<Initialized> {
         Ok(shadowcopy_archive::init(
             url,

@@ -66,6 +66,9 @@ pub struct SetDefaults {
     pub pre_restore_retention: Option<RetentionPolicy>,
     /// Where `archive push` sends copies (`s3://bucket/prefix` or a directory).
     pub archive: Option<String>,
+    /// A file whose first line is the archive's passphrase (the agent's; the CLI takes
+    /// SHADOWCOPY_ARCHIVE_PASSWORD or --password-file first). Keep it mode 0600.
+    pub archive_password_file: Option<PathBuf>,
 }
 
 /// `[sets.NAME]`.

@@ -24,7 +24,8 @@ pub struct ArchiveArgs {
     /// set's `archive`, else [defaults] archive
     #[arg(long, global = true, value_name = "URL", env = "SHADOWCOPY_ARCHIVE")]
     pub archive: Option<String>,
-    /// Read the passphrase from this file's first line (else SHADOWCOPY_ARCHIVE_PASSWORD)
+    /// Read the passphrase from this file's first line (else SHADOWCOPY_ARCHIVE_PASSWORD,
+    /// else [defaults] archive_password_file)
     #[arg(long, global = true, value_name = "FILE")]
     pub password_file: Option<PathBuf>,
     /// Print as JSON
@@ -124,19 +125,15 @@ fn parse_percent(s: &str) -> Result<f64, String> {
 }
 
 impl ArchiveArgs {
-    fn passphrase(&self) -> anyhow::Result<Secret> {
-        passphrase_from(
-            self.password_file.as_ref(),
-            "SHADOWCOPY_ARCHIVE_PASSWORD",
-            "--password-file",
-        )
+    fn passphrase(&self, engine: &shadowcopy_engine::Engine) -> anyhow::Result<Secret> {
+        engine.archive_passphrase(self.password_file.as_deref())
     }
 }
 
 pub fn run(g: &GlobalArgs, args: ArchiveArgs) -> anyhow::Result<()> {
     let engine = g.engine()?;
     let out = g.output(args.json);
-    let passphrase = args.passphrase()?;
+    let passphrase = args.passphrase(&engine)?;
     match &args.command {
         ArchiveCommand::Init { url } => {
             let url = engine.archive_url(url.as_deref().or(args.archive.as_deref()), None)?;

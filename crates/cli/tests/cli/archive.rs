@@ -180,3 +180,75 @@ fn a_host_lost_with_every_local_copy_comes_back_from_the_s3_archive() {
     assert_eq!(verified["ok"], true, "{verified:#}");
     assert_eq!(verified["copies"], 2);
 }
+
+#[test]
+fn the_agent_pushes_each_new_copy_to_its_set_s_archive() {
+    use crate::agent::{done, jobs, start, stop, write_config};
+    let cli = Cli::new();
+    let db = cli.bank("bank.db", 2 << 20);
+    let repo = cli.path("archive");
+    let url = format!("file://{}", repo.display());
+    let out = cli
+        .cmd(&["archive", "init", &url])
+        .env("SHADOWCOPY_ARCHIVE_PASSWORD", PASSPHRASE)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    let pass_file = cli.path("archive.pass");
+    std::fs::write(&pass_file, format!("{PASSPHRASE}\n")).unwrap();
+    let config = write_config(
+        &cli,
+        &format!(
+            "[defaults]\narchive_password_file = \"{}\"\n\
+             [sets.bank]\nprovider = \"copy\"\nschedule = \"*/2 * * * * *\"\narchive = \"{url}\"\n\
+             [sets.bank.retention]\nkeep_last = 1\n\
+             [[sets.bank.writers]]\nkind = \"sqlite\"\npath = \"{}\"\n",
+            pass_file.display(),
+            db.display()
+        ),
+    );
+    let agent = start(&cli, &config, "agent.log");
+    shadowcopy_testing::wait::until(
+        Duration::from_secs(90),
+        || done(&jobs(&cli), "push", "bank") >= 2 && done(&jobs(&cli), "prune", "bank") >= 2,
+        || format!("two copies pushed and pruned: {:#?}", jobs(&cli)),
+    );
+    stop(&cli, agent, "agent.log");
+    let all = jobs(&cli);
+    for (_, kind, _, state, result) in &all {
+        if kind == "push" {
+            assert!(
+                state == "cancelled"
+                    || result
+                        .as_deref()
+                        .unwrap_or_default()
+                        .contains("archived as"),
+                "{all:#?}"
+            );
+        }
+    }
+    // The archive keeps what the local policy deleted.
+    let local = cli.json(&["--config", &config, "list", "--json"]);
+    let usable = local
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["state"] == "usable")
+        .count();
+    assert_eq!(usable, 1, "{local:#}");
+    let out = cli
+        .cmd(&[
+            "--config",
+            &config,
+            "archive",
+            "--archive",
+            &url,
+            "list",
+            "--json",
+        ])
+        .env_remove("SHADOWCOPY_ARCHIVE_PASSWORD")
+        .output()
+        .unwrap();
+    let archived = json(&out);
+    assert!(archived.as_array().unwrap().len() >= 2, "{archived:#}");
+}
