@@ -179,6 +179,7 @@ pub mod names {
     pub const PACKS: &str = "packs";
     pub const INDEX: &str = "index";
     pub const MANIFESTS: &str = "manifests";
+    pub const CONDEMNED: &str = "condemned";
 
     pub fn key(id: &str) -> String {
         format!("{KEYS}/{id}")
@@ -194,5 +195,9 @@ pub mod names {
 
     pub fn manifest(id: &str) -> String {
         format!("{MANIFESTS}/{id}")
+    }
+
+    pub fn condemned(id: &str) -> String {
+        format!("{CONDEMNED}/{id}")
     }
 }

@@ -6,11 +6,13 @@
 //! manifest that makes a copy archived is written last and only if absent).
 //!
 //! Modules: [`format`] (the objects), [`crypto`] (keys and sealing), [`store`] (object
-//! storage), [`repo`] (init, open, list), [`push`], [`restore`], [`verify`].
+//! storage), [`repo`] (init, open, list, keys), [`push`], [`restore`], [`verify`],
+//! [`prune`] (two phases, a grace period, one pruner at a time).
 
 pub mod crypto;
 pub mod error;
 pub mod format;
+pub mod prune;
 pub mod push;
 pub mod repo;
 pub mod restore;
@@ -19,6 +21,7 @@ pub mod verify;
 
 pub use error::ArchiveError;
 pub use format::Cut;
+pub use prune::PruneReport;
 pub use push::{PushReport, PushSource, SourceFile};
 pub use repo::{init, ArchivedCopy, Initialized, KeyInfo, Repository};
 pub use restore::RestoreReport;

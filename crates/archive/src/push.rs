@@ -192,7 +192,7 @@ impl Repository {
                     manifest: manifest_id.clone(),
                 });
             }
-            let blocks = self.blocks().await?;
+            let blocks = self.blocks(false).await?;
             let previous = self
                 .manifests()
                 .await?

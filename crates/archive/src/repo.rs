@@ -264,20 +264,41 @@ impl Repository {
         self.key.seal(&packed, aad.as_bytes())
     }
 
-    /// Every index: where each block is.
-    pub(crate) async fn blocks(&self) -> Result<HashMap<BlockId, Location>, ArchiveError> {
-        let names: Vec<String> = self
+    /// Where each block is: the indexes, and with `condemned` also the packs a prune
+    /// condemned but has not deleted yet (still readable; a push does not count on them).
+    pub(crate) async fn blocks(
+        &self,
+        condemned: bool,
+    ) -> Result<HashMap<BlockId, Location>, ArchiveError> {
+        let mut names: Vec<(String, bool)> = self
             .store
             .list(names::INDEX)
             .await?
             .into_iter()
-            .map(|(n, _)| n)
+            .map(|(n, _)| (n, false))
             .collect();
+        if condemned {
+            names.extend(
+                self.store
+                    .list(names::CONDEMNED)
+                    .await?
+                    .into_iter()
+                    .map(|(n, _)| (n, true)),
+            );
+        }
         let indexes: Vec<(String, Index)> = stream::iter(names)
-            .map(|id| async move {
-                let index: Option<Index> = self
-                    .read_sealed(&names::index(&id), &format!("index {id}"))
-                    .await?;
+            .map(|(id, condemned)| async move {
+                let index: Option<Index> = if condemned {
+                    self.read_sealed::<crate::prune::Condemned>(
+                        &names::condemned(&id),
+                        &format!("condemned {id}"),
+                    )
+                    .await?
+                    .map(|c| Index { packs: c.packs })
+                } else {
+                    self.read_sealed(&names::index(&id), &format!("index {id}"))
+                        .await?
+                };
                 Ok::<_, ArchiveError>((id, index.unwrap_or_default()))
             })
             .buffer_unordered(PARALLEL_GETS)

@@ -94,7 +94,7 @@ impl Repository {
                 to.display()
             )));
         }
-        let blocks = self.runtime.block_on(self.blocks())?;
+        let blocks = self.runtime.block_on(self.blocks(true))?;
         // Files created exclusively (never through a planted link), at full size.
         let mut files = Vec::with_capacity(manifest.files.len());
         let mut placements = Vec::new();

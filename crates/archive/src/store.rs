@@ -202,6 +202,25 @@ impl Store {
         Ok(out)
     }
 
+    /// The objects below `dir`: (name below `dir`, size, last modified in Unix ms).
+    pub async fn list_with_time(&self, dir: &str) -> Result<Vec<(String, u64, i64)>, ArchiveError> {
+        let base = self.path(dir);
+        let found: Vec<object_store::ObjectMeta> =
+            self.inner.list(Some(&base)).try_collect().await?;
+        Ok(found
+            .into_iter()
+            .filter_map(|m| {
+                let rel = m
+                    .location
+                    .as_ref()
+                    .strip_prefix(base.as_ref())?
+                    .trim_start_matches('/')
+                    .to_string();
+                Some((rel, m.size, m.last_modified.timestamp_millis()))
+            })
+            .collect())
+    }
+
     pub async fn delete(&self, name: &str) -> Result<(), ArchiveError> {
         match self.inner.delete(&self.path(name)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),

@@ -63,6 +63,15 @@ impl Repository {
                     packs.insert(pack.id, (pack.size, pack.blocks));
                 }
             }
+            // Condemned packs are still stored and readable until a prune deletes them.
+            for (id, _) in self.store.list(names::CONDEMNED).await? {
+                let list: Option<crate::prune::Condemned> = self
+                    .read_sealed(&names::condemned(&id), &format!("condemned {id}"))
+                    .await?;
+                for pack in list.unwrap_or_default().packs {
+                    packs.entry(pack.id).or_insert((pack.size, pack.blocks));
+                }
+            }
             let mut report = VerifyReport {
                 copies: manifests.len(),
                 packs: packs.len(),

@@ -8,8 +8,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use shadowcopy_archive::{
-    ArchivedCopy, Cut, Initialized, KeyInfo, PushReport, PushSource, Repository, RestoreReport,
-    SourceFile, VerifyReport,
+    ArchivedCopy, Cut, Initialized, KeyInfo, PruneReport, PushReport, PushSource, Repository,
+    RestoreReport, SourceFile, VerifyReport,
 };
 use shadowcopy_core::model::ComponentRole;
 use shadowcopy_core::secret::Secret;
@@ -205,6 +205,116 @@ impl Engine {
     ) -> anyhow::Result<VerifyReport> {
         let repo = Repository::open(url, passphrase.expose().as_bytes())?;
         Ok(repo.verify(read_data)?)
+    }
+}
+
+/// An archived copy and what the policy decided for it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ArchiveDecision {
+    pub id: String,
+    pub host: String,
+    pub set: String,
+    pub copy_id: i64,
+    pub created_ms: i64,
+    pub keep: bool,
+    pub reasons: Vec<String>,
+}
+
+/// What `archive prune` decided and did.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ArchivePruneReport {
+    pub decisions: Vec<ArchiveDecision>,
+    #[serde(flatten)]
+    pub prune: PruneReport,
+}
+
+impl Engine {
+    /// Applies each set's `archive_retention` to its archived copies (per host; a set
+    /// without one keeps all), deletes what no policy keeps, and frees what no kept copy
+    /// uses, in two phases (`grace`: longer than the longest push).
+    pub fn archive_prune(
+        &self,
+        url: &str,
+        passphrase: &Secret,
+        grace: std::time::Duration,
+        dry_run: bool,
+    ) -> anyhow::Result<ArchivePruneReport> {
+        let repo = Repository::open(url, passphrase.expose().as_bytes())?;
+        let copies = repo.list()?;
+        let mut groups: std::collections::BTreeMap<(String, String), Vec<&ArchivedCopy>> =
+            Default::default();
+        for c in &copies {
+            groups
+                .entry((c.host.clone(), c.set.clone()))
+                .or_default()
+                .push(c);
+        }
+        let mut decisions = Vec::new();
+        for ((host, set), mut group) in groups {
+            // Oldest first: the stand-in ids rank them as the catalog's ids would.
+            group.sort_by_key(|c| (c.created_ms, c.copy_id));
+            let Some(policy) = self.config.archive_retention(&set) else {
+                decisions.extend(group.iter().map(|c| ArchiveDecision {
+                    id: c.id.clone(),
+                    host: host.clone(),
+                    set: set.clone(),
+                    copy_id: c.copy_id,
+                    created_ms: c.created_ms,
+                    keep: true,
+                    reasons: vec!["the set has no archive_retention".into()],
+                }));
+                continue;
+            };
+            let stand_ins: Vec<shadowcopy_catalog::CopySummary> = group
+                .iter()
+                .enumerate()
+                .map(|(n, c)| archived_as_summary(n as i64, c))
+                .collect();
+            for d in crate::retention::decide(&stand_ins, policy, None, &chrono::Local) {
+                let c = group[d.id as usize];
+                decisions.push(ArchiveDecision {
+                    id: c.id.clone(),
+                    host: host.clone(),
+                    set: set.clone(),
+                    copy_id: c.copy_id,
+                    created_ms: c.created_ms,
+                    keep: d.keep,
+                    reasons: d.reasons,
+                });
+            }
+        }
+        let drop: Vec<String> = decisions
+            .iter()
+            .filter(|d| !d.keep)
+            .map(|d| d.id.clone())
+            .collect();
+        let prune = repo.prune(&drop, grace, dry_run, &hostname())?;
+        Ok(ArchivePruneReport { decisions, prune })
+    }
+}
+
+/// An archived copy as the retention rules read a copy: usable and verified (a push
+/// checks every file against its verified hash).
+fn archived_as_summary(id: i64, c: &ArchivedCopy) -> shadowcopy_catalog::CopySummary {
+    shadowcopy_catalog::CopySummary {
+        id,
+        set: c.set.clone(),
+        origin: shadowcopy_core::Origin::parse(&c.origin)
+            .unwrap_or(shadowcopy_core::Origin::Create),
+        provider: String::new(),
+        location: None,
+        state: shadowcopy_core::CopyState::Usable,
+        phase: String::new(),
+        error: None,
+        pid: 0,
+        created_ms: c.created_ms,
+        finished_ms: None,
+        freeze_deadline_ms: 0,
+        freeze_window_us: None,
+        verify_state: shadowcopy_core::VerifyState::Passed,
+        files: c.files as i64,
+        bytes: c.bytes as i64,
+        spec_json: String::new(),
     }
 }
 

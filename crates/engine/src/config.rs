@@ -66,6 +66,8 @@ pub struct SetDefaults {
     pub pre_restore_retention: Option<RetentionPolicy>,
     /// Where `archive push` sends copies (`s3://bucket/prefix` or a directory).
     pub archive: Option<String>,
+    /// Which archived copies `archive prune` keeps (for sets without their own).
+    pub archive_retention: Option<RetentionPolicy>,
     /// A file whose first line is the archive's passphrase (the agent's; the CLI takes
     /// SHADOWCOPY_ARCHIVE_PASSWORD or --password-file first). Keep it mode 0600.
     pub archive_password_file: Option<PathBuf>,
@@ -89,6 +91,8 @@ pub struct SetConfig {
     pub verify: Option<bool>,
     /// Where `archive push` sends the set's copies (else `[defaults] archive`).
     pub archive: Option<String>,
+    /// Which of the set's archived copies `archive prune` keeps.
+    pub archive_retention: Option<RetentionPolicy>,
     /// Which of the set's copies `delete --policy` keeps (`[sets.NAME.retention]`).
     pub retention: Option<RetentionPolicy>,
     /// The same for the set's `pre-restore` copies.
@@ -181,6 +185,14 @@ impl Config {
             set.and_then(|s| s.pre_restore_retention.as_ref())
                 .or(self.defaults.pre_restore_retention.as_ref()),
         )
+    }
+
+    /// The policy for set `name`'s archived copies (its own, else the defaults').
+    pub fn archive_retention(&self, name: &str) -> Option<&RetentionPolicy> {
+        self.sets
+            .get(name)
+            .and_then(|s| s.archive_retention.as_ref())
+            .or(self.defaults.archive_retention.as_ref())
     }
 
     pub fn set(&self, name: &str) -> Result<&SetConfig, UsageError> {

@@ -57,6 +57,19 @@ pub enum ArchiveCommand {
         #[arg(long, value_name = "DIR")]
         to: PathBuf,
     },
+    /// Delete the archived copies each set's archive_retention does not keep, and free
+    /// what no kept copy uses (in two phases: a later prune deletes what this one frees)
+    Prune {
+        /// Apply each set's `archive_retention` (a set without one keeps all)
+        #[arg(long, required = true)]
+        policy: bool,
+        /// Space is given back only this long after it was freed: longer than any push
+        #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = shadowcopy_engine::parse_duration)]
+        grace: shadowcopy_engine::HumanDuration,
+        /// Show the decisions, delete nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// The repository's keys: list, add a passphrase, remove one
     Key {
         #[command(subcommand)]
@@ -220,6 +233,41 @@ pub fn run(g: &GlobalArgs, args: ArchiveArgs) -> anyhow::Result<()> {
                     report.bytes,
                     report.bytes_downloaded,
                     report.requests
+                );
+            }
+        }
+        ArchiveCommand::Prune {
+            policy: _,
+            grace,
+            dry_run,
+        } => {
+            let url = engine.archive_url(args.archive.as_deref(), None)?;
+            let report = engine.archive_prune(&url, &passphrase, grace.0, *dry_run)?;
+            if out.json {
+                return out.print_json(&report);
+            }
+            if !out.quiet {
+                for d in &report.decisions {
+                    println!(
+                        "{} {:<16} {:<16} copy {:>5}  {:<19}  {}",
+                        if d.keep { "keep  " } else { "delete" },
+                        &d.id[..16],
+                        format!("{}/{}", d.host, d.set),
+                        d.copy_id,
+                        local_time(d.created_ms),
+                        d.reasons.join("; ")
+                    );
+                }
+                let p = &report.prune;
+                println!(
+                    "{}{} archived copies deleted; packs: {} condemned, {} deleted, {} indexed again, {} left by dead pushes deleted; {} bytes freed",
+                    if p.dry_run { "dry run: " } else { "" },
+                    p.manifests_deleted.len(),
+                    p.packs_condemned,
+                    p.packs_deleted,
+                    p.packs_reindexed,
+                    p.orphans_deleted,
+                    p.bytes_freed
                 );
             }
         }
