@@ -71,7 +71,12 @@ fn dropped_copies_free_their_packs_in_two_phases_and_racing_pushes_lose_nothing(
 
     // Copy 1 dropped: its pack is condemned, not deleted; copy 2 is whole.
     let pruned = repo
-        .prune(&[first.manifest.clone()], Duration::ZERO, false, "test")
+        .prune(
+            std::slice::from_ref(&first.manifest),
+            Duration::ZERO,
+            false,
+            "test",
+        )
         .unwrap();
     assert_eq!(pruned.manifests_deleted, vec![first.manifest.clone()]);
     assert_eq!(pruned.packs_condemned, 1, "{pruned:?}");
@@ -98,8 +103,13 @@ fn dropped_copies_free_their_packs_in_two_phases_and_racing_pushes_lose_nothing(
     );
 
     // Copy 3 dropped: condemned, then deleted by the prune after.
-    repo.prune(&[third.manifest.clone()], Duration::ZERO, false, "test")
-        .unwrap();
+    repo.prune(
+        std::slice::from_ref(&third.manifest),
+        Duration::ZERO,
+        false,
+        "test",
+    )
+    .unwrap();
     let last = repo.prune(&[], Duration::ZERO, false, "test").unwrap();
     assert!(last.packs_deleted >= 1, "{last:?}");
     assert!(last.bytes_freed >= 3 << 20, "{last:?}");
