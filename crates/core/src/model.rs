@@ -96,10 +96,12 @@ string_enum!(
 );
 
 string_enum!(
-    /// Why a copy was made.
+    /// Why a copy was made: `create`, a `pre-restore` copy of the state a restore
+    /// replaced, or brought back from the `archive`.
     Origin {
         Create => "create",
         PreRestore => "pre-restore",
+        Archive => "archive",
     }
 );
 

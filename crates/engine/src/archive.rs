@@ -208,6 +208,116 @@ impl Engine {
     }
 }
 
+/// An archived copy brought back as a local copy.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ImportReport {
+    /// The new local copy (origin `archive`), verified.
+    pub copy_id: i64,
+    pub restore: RestoreReport,
+    pub verification: crate::verify::VerifyOutcome,
+}
+
+impl Engine {
+    /// Brings archived copy `archived` back as a new local copy of the `copy` provider
+    /// (in the catalog's copies directory), recorded with the archived copy's set spec,
+    /// components and manifest, then verified as any copy is (hashes and the writers'
+    /// own checks). What `archive restore` without `--to` restores from, by the usual
+    /// safe swap. A failure leaves the copy recorded as failed and its files removed.
+    pub fn archive_import(
+        &self,
+        url: &str,
+        passphrase: &Secret,
+        archived: &str,
+        wait: &WaitOptions,
+        progress: &dyn Progress,
+    ) -> anyhow::Result<ImportReport> {
+        use shadowcopy_core::journal::{Journal, NewCopy};
+        use shadowcopy_core::{CopyState, FileEntry, Origin};
+
+        let repo = Repository::open(url, passphrase.expose().as_bytes())?;
+        let (manifest_id, manifest) = repo.manifest(archived)?;
+        let components: Vec<shadowcopy_core::Component> =
+            serde_json::from_value(manifest.components.clone()).map_err(|e| {
+                anyhow::anyhow!(
+                    "archived copy {manifest_id} has components this version cannot read: {e}"
+                )
+            })?;
+        let spec_json = serde_json::to_string(&manifest.spec)?;
+        crate::set::SetSpec::from_json(&spec_json).map_err(|e| {
+            anyhow::anyhow!(
+                "archived copy {manifest_id} has a set spec this version cannot read: {e}"
+            )
+        })?;
+        let catalog = self.open_catalog()?;
+        let id = {
+            let _queue = self.take_queue(
+                &catalog,
+                "archive restore",
+                &manifest.set,
+                wait.policy(),
+                progress,
+            )?;
+            let id = catalog
+                .begin_copy(&NewCopy {
+                    set_name: &manifest.set,
+                    spec_json: &spec_json,
+                    origin: Origin::Archive,
+                    provider: "copy",
+                    freeze_deadline: std::time::Duration::ZERO,
+                })
+                .map_err(|e| anyhow::anyhow!(e))?;
+            let location = shadowcopy_providers::copy_location(&catalog.default_copies_dir(), id);
+            let filled = (|| -> anyhow::Result<RestoreReport> {
+                catalog
+                    .set_location(id, &location.to_string_lossy())
+                    .map_err(|e| anyhow::anyhow!(e))?;
+                let restored =
+                    repo.restore_to(&manifest_id, &location.join("files"), &|done, total| {
+                        progress.bytes(done, total)
+                    })?;
+                catalog
+                    .record_components(id, &components)
+                    .map_err(|e| anyhow::anyhow!(e))?;
+                let files: Vec<FileEntry> = manifest
+                    .files
+                    .iter()
+                    .map(|f| FileEntry {
+                        path: f.path.clone(),
+                        size: f.size,
+                        mode: f.mode,
+                        mtime_ns: f.mtime_ns,
+                        blake3: Some(f.blake3.clone()),
+                    })
+                    .collect();
+                catalog
+                    .record_files(id, &files)
+                    .map_err(|e| anyhow::anyhow!(e))?;
+                catalog
+                    .finish_copy(id, CopyState::Usable, None)
+                    .map_err(|e| anyhow::anyhow!(e))?;
+                Ok(restored)
+            })();
+            match filled {
+                Ok(restored) => (id, restored),
+                Err(e) => {
+                    let _ = catalog.finish_copy(id, CopyState::Failed, Some(&format!("{e:#}")));
+                    let _ = std::fs::remove_dir_all(&location);
+                    return Err(e.context(format!(
+                        "bringing archived copy {manifest_id} back as copy {id}"
+                    )));
+                }
+            }
+        };
+        let (id, restore) = id;
+        let verification = self.verify(id, wait, progress)?.into_result()?;
+        Ok(ImportReport {
+            copy_id: id,
+            restore,
+            verification,
+        })
+    }
+}
+
 /// An archived copy and what the policy decided for it.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct ArchiveDecision {

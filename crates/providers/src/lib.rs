@@ -28,6 +28,12 @@ pub mod btrfs;
 pub mod copy;
 pub mod exec;
 mod layout;
+
+/// Where the `copy` provider keeps copy `id` below `base`: `<base>/copy-<id>-<nonce>`,
+/// whose `files/` holds each file at its original path (what `archive restore` fills).
+pub fn copy_location(base: &std::path::Path, id: shadowcopy_core::CopyId) -> std::path::PathBuf {
+    layout::location_dir(base, id)
+}
 pub mod multi;
 mod pool;
 pub mod reflink;

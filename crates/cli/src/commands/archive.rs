@@ -49,13 +49,22 @@ pub enum ArchiveCommand {
     },
     /// The archived copies (reads the repository, not the catalog)
     List,
-    /// Restore an archived copy into a directory (its tree below DIR)
+    /// Restore an archived copy: in place (it becomes a verified local copy, restored by
+    /// the usual safe swap), or into a directory (its tree below DIR)
     Restore {
         /// The archived copy's id (or a unique prefix), as `archive list` shows it
         archived: String,
-        /// A new or empty directory
+        /// A new or empty directory, instead of in place
         #[arg(long, value_name = "DIR")]
-        to: PathBuf,
+        to: Option<PathBuf>,
+        /// In place: restore even while the data is held open
+        #[arg(long, conflicts_with = "to")]
+        force: bool,
+        /// In place: do not keep the state being replaced as a pre-restore copy
+        #[arg(long, conflicts_with = "to")]
+        discard_current: bool,
+        #[command(flatten)]
+        wait: WaitOptions,
     },
     /// Delete the archived copies each set's archive_retention does not keep, and free
     /// what no kept copy uses (in two phases: a later prune deletes what this one frees)
@@ -214,7 +223,11 @@ pub fn run(g: &GlobalArgs, args: ArchiveArgs) -> anyhow::Result<()> {
                 );
             }
         }
-        ArchiveCommand::Restore { archived, to } => {
+        ArchiveCommand::Restore {
+            archived,
+            to: Some(to),
+            ..
+        } => {
             let url = engine.archive_url(args.archive.as_deref(), None)?;
             let printer = PhasePrinter::new(out, "");
             let report = engine.archive_restore_to(&url, &passphrase, archived, to, &printer);
@@ -233,6 +246,51 @@ pub fn run(g: &GlobalArgs, args: ArchiveArgs) -> anyhow::Result<()> {
                     report.bytes,
                     report.bytes_downloaded,
                     report.requests
+                );
+            }
+        }
+        ArchiveCommand::Restore {
+            archived,
+            to: None,
+            force,
+            discard_current,
+            wait,
+        } => {
+            let url = engine.archive_url(args.archive.as_deref(), None)?;
+            let printer = PhasePrinter::new(out, "");
+            let imported = engine.archive_import(&url, &passphrase, archived, wait, &printer);
+            printer.finish();
+            let imported = imported?;
+            let options = shadowcopy_engine::RestoreOptions {
+                force: *force,
+                discard_current: *discard_current,
+                ..shadowcopy_engine::RestoreOptions::new(imported.copy_id)
+            };
+            let restored = engine.restore(
+                &options,
+                wait,
+                std::sync::Arc::new(PhasePrinter::new(out, "  ")),
+            )?;
+            if out.json {
+                return out.print_json(&serde_json::json!({
+                    "archived": imported.restore.manifest,
+                    "copy_id": imported.copy_id,
+                    "downloaded": imported.restore,
+                    "restore": restored,
+                }));
+            }
+            if !out.quiet {
+                println!(
+                    "archived copy {} brought back as copy {} ({} bytes downloaded in {}), verified, and restored in place in {}{}",
+                    imported.restore.manifest,
+                    imported.copy_id,
+                    imported.restore.bytes_downloaded,
+                    humanize(imported.restore.took),
+                    humanize(restored.took),
+                    restored
+                        .pre_restore
+                        .map(|p| format!("; the state it replaced is copy {p}"))
+                        .unwrap_or_default()
                 );
             }
         }
