@@ -252,3 +252,86 @@ fn the_agent_pushes_each_new_copy_to_its_set_s_archive() {
     let archived = json(&out);
     assert!(archived.as_array().unwrap().len() >= 2, "{archived:#}");
 }
+
+#[test]
+fn kill_9_in_the_middle_of_a_push_leaves_nothing_listed_and_prune_collects_it() {
+    let cli = Cli::new();
+    let db = cli.bank("big.db", 120 << 20);
+    let repo = cli.path("archive");
+    let url = format!("file://{}", repo.display());
+    let run = |args: &[&str]| {
+        let mut all = vec!["archive", "--archive", &url];
+        all.extend_from_slice(args);
+        cli.cmd(&all)
+            .env("SHADOWCOPY_ARCHIVE_PASSWORD", PASSPHRASE)
+            .output()
+            .unwrap()
+    };
+    assert!(run(&["init"]).status.success());
+    let id = cli.json(&[
+        "create",
+        "--sqlite",
+        db.to_str().unwrap(),
+        "--provider",
+        "copy",
+        "--json",
+    ])["id"]
+        .as_i64()
+        .unwrap()
+        .to_string();
+    let mut push = cli
+        .cmd(&["archive", "--archive", &url, "push", &id])
+        .env("SHADOWCOPY_ARCHIVE_PASSWORD", PASSPHRASE)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Packs stored (`complete`), or being uploaded (the store's staging files, `#N`).
+    let packs = repo.join("packs");
+    let stored = |complete: bool| -> usize {
+        let Ok(dirs) = std::fs::read_dir(&packs) else {
+            return 0;
+        };
+        dirs.flatten()
+            .filter_map(|sub| std::fs::read_dir(sub.path()).ok())
+            .flat_map(|files| files.flatten())
+            .filter(|f| !complete || !f.file_name().to_string_lossy().contains('#'))
+            .count()
+    };
+    // Killed while it uploads, before its manifest.
+    shadowcopy_testing::wait::until(
+        Duration::from_secs(120),
+        || stored(false) > 0,
+        || "the push uploads a pack".into(),
+    );
+    crate::support::kill9(&mut push);
+    let listed = json(&run(&["list", "--json"]));
+    assert_eq!(
+        listed,
+        serde_json::json!([]),
+        "nothing half-pushed is listed"
+    );
+
+    let pushed = json(&run(&["push", &id, "--json"]));
+    assert_eq!(pushed["files_unchanged"], 0);
+    let listed = json(&run(&["list", "--json"]));
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    json(&run(&["prune", "--policy", "--grace", "0s", "--json"]));
+    let verified = json(&run(&["verify", "--read-data", "--json"]));
+    assert_eq!(verified["ok"], true, "{verified:#}");
+    assert_eq!(
+        verified["packs"].as_u64().unwrap() as usize,
+        stored(true),
+        "every stored pack is one a kept copy uses: the dead push's are collected"
+    );
+    let to = cli.path("out");
+    json(&run(&[
+        "restore",
+        listed[0]["id"].as_str().unwrap(),
+        "--to",
+        to.to_str().unwrap(),
+        "--json",
+    ]));
+    let summary = bank::summarize(&to.join(db.strip_prefix("/").unwrap())).unwrap();
+    assert!(summary.balanced(), "{summary:?}");
+}
