@@ -111,3 +111,93 @@ impl Drop for Moto {
         let _ = self.child.wait();
     }
 }
+
+/// A TCP proxy in front of a server that answers some connections' first request with
+/// `500 Internal Server Error` and closes them (what an overloaded S3 front end does),
+/// and passes every other connection through untouched. Connection number N (from 1)
+/// fails when `fails(N)`.
+pub struct FaultProxy {
+    pub endpoint: String,
+    injected: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl FaultProxy {
+    pub fn start(upstream: &str, fails: fn(usize) -> bool) -> FaultProxy {
+        use std::io::{Read, Write};
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        use std::sync::Arc;
+
+        let upstream = upstream
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string();
+        let listener = TcpListener::bind("127.0.0.1:0").expect("a proxy port");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let endpoint = format!("http://{}", listener.local_addr().expect("bound"));
+        let injected = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (count, halt) = (injected.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while !halt.load(Ordering::Relaxed) {
+                let (mut client, _) = match listener.accept() {
+                    Ok(c) => c,
+                    Err(_) => {
+                        std::thread::sleep(Duration::from_millis(5));
+                        continue;
+                    }
+                };
+                let _ = client.set_nonblocking(false);
+                n += 1;
+                if fails(n) {
+                    // Read the request head, answer 500, close.
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n")
+                        && client.read(&mut byte).is_ok_and(|r| r == 1)
+                    {
+                        head.push(byte[0]);
+                    }
+                    let _ = client.write_all(
+                        b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                    );
+                    count.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                let Ok(server) = std::net::TcpStream::connect(&upstream) else {
+                    continue;
+                };
+                let (mut c2, mut s2) = (
+                    client.try_clone().expect("clone"),
+                    server.try_clone().expect("clone"),
+                );
+                let (mut client, mut server) = (client, server);
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut client, &mut server);
+                    let _ = server.shutdown(std::net::Shutdown::Write);
+                });
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut s2, &mut c2);
+                    let _ = c2.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        FaultProxy {
+            endpoint,
+            injected,
+            stop,
+        }
+    }
+
+    /// How many 500s were answered.
+    pub fn injected(&self) -> usize {
+        self.injected.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}

@@ -335,3 +335,61 @@ fn kill_9_in_the_middle_of_a_push_leaves_nothing_listed_and_prune_collects_it() 
     let summary = bank::summarize(&to.join(db.strip_prefix("/").unwrap())).unwrap();
     assert!(summary.balanced(), "{summary:?}");
 }
+
+#[test]
+fn a_push_through_an_s3_front_end_answering_500s_is_retried_and_completes() {
+    let Some(moto) = Moto::start_or_skip(
+        "a_push_through_an_s3_front_end_answering_500s_is_retried_and_completes",
+    ) else {
+        return;
+    };
+    moto.create_bucket("flaky");
+    // Every third connection is answered 500 and closed.
+    let proxy = shadowcopy_testing::s3::FaultProxy::start(&moto.endpoint, |n| n % 3 == 2);
+    let cli = Cli::new();
+    let db = cli.bank("bank.db", 40 << 20);
+    let url = "s3://flaky/repo";
+    let run = |args: &[&str]| {
+        let mut all = vec!["archive", "--archive", url];
+        all.extend_from_slice(args);
+        cli.cmd(&all)
+            .envs(moto.env())
+            .env("AWS_ENDPOINT_URL", &proxy.endpoint)
+            .env("SHADOWCOPY_ARCHIVE_PASSWORD", PASSPHRASE)
+            .output()
+            .unwrap()
+    };
+    json(&run(&["init", "--json"]));
+    let id = cli.json(&[
+        "create",
+        "--sqlite",
+        db.to_str().unwrap(),
+        "--provider",
+        "copy",
+        "--json",
+    ])["id"]
+        .as_i64()
+        .unwrap()
+        .to_string();
+    let pushed = json(&run(&["push", &id, "--json"]));
+    assert!(pushed["packs"].as_u64().unwrap() >= 2, "{pushed:#}");
+    let verified = json(&run(&["verify", "--read-data", "--json"]));
+    assert_eq!(verified["ok"], true, "{verified:#}");
+    let to = cli.path("out");
+    let listed = json(&run(&["list", "--json"]));
+    json(&run(&[
+        "restore",
+        listed[0]["id"].as_str().unwrap(),
+        "--to",
+        to.to_str().unwrap(),
+        "--json",
+    ]));
+    assert!(bank::summarize(&to.join(db.strip_prefix("/").unwrap()))
+        .unwrap()
+        .balanced());
+    assert!(
+        proxy.injected() >= 2,
+        "the front end failed requests: {}",
+        proxy.injected()
+    );
+}
