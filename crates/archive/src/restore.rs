@@ -24,6 +24,8 @@ pub struct RestoreReport {
     pub manifest: String,
     pub files: usize,
     pub bytes: u64,
+    /// Bytes taken from local files that held the same blocks (not downloaded).
+    pub bytes_reused: u64,
     /// Bytes fetched from the store.
     pub bytes_downloaded: u64,
     /// Ranged GETs made.
@@ -80,6 +82,20 @@ impl Repository {
         &self,
         id: &str,
         to: &Path,
+        progress: &(dyn Fn(u64, u64) + Sync),
+    ) -> Result<RestoreReport, ArchiveError> {
+        self.restore_seeded(id, to, &|_| Vec::new(), progress)
+    }
+
+    /// As [`Repository::restore_to`], taking blocks from local files where they hold
+    /// them: `seeds(original path)` names files that may (the live file, a local copy
+    /// of it). Each is cut as the archived file was and its blocks' ids computed; a block
+    /// found there is read locally instead of downloaded (its id proves it is the same).
+    pub fn restore_seeded(
+        &self,
+        id: &str,
+        to: &Path,
+        seeds: &dyn Fn(&Path) -> Vec<PathBuf>,
         progress: &(dyn Fn(u64, u64) + Sync),
     ) -> Result<RestoreReport, ArchiveError> {
         let started = Instant::now();
@@ -144,9 +160,38 @@ impl Repository {
                 });
             }
         }
+        // Blocks local files already hold.
+        let mut local: HashMap<BlockId, (PathBuf, u64, u32)> = HashMap::new();
+        for record in &manifest.files {
+            for seed in seeds(&record.path) {
+                if let Err(e) = self.index_seed(&seed, record.cut, &mut local) {
+                    tracing::debug!("{} is no seed: {e}", seed.display());
+                }
+            }
+        }
+        let (from_local, mut placements): (Vec<Placement>, Vec<Placement>) = placements
+            .into_iter()
+            .partition(|p| local.contains_key(&p.id));
+        let mut reused = 0u64;
+        for p in from_local {
+            let (seed, offset, length) = &local[&p.id];
+            let mut data = vec![0u8; *length as usize];
+            let read = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+                .open(seed)
+                .and_then(|f| f.read_exact_at(&mut data, *offset));
+            // A seed that changed since it was read: that block is downloaded after all.
+            if read.is_err() || self.key.block_id(&data) != p.id {
+                placements.push(p);
+                continue;
+            }
+            files[p.file].0.write_all_at(&data, p.at)?;
+            reused += data.len() as u64;
+        }
         let requests = plan(placements);
         let total = manifest.bytes();
-        let written = std::sync::atomic::AtomicU64::new(0);
+        let written = std::sync::atomic::AtomicU64::new(reused);
         let downloaded = std::sync::atomic::AtomicU64::new(0);
         let count = requests.len();
         let files_for_writes: Vec<Arc<File>> = files.iter().map(|(f, _)| f.clone()).collect();
@@ -229,10 +274,72 @@ impl Repository {
             manifest: manifest_id,
             files: manifest.files.len(),
             bytes: total,
+            bytes_reused: reused,
             bytes_downloaded: downloaded.into_inner(),
             requests: count,
             took: started.elapsed(),
         })
+    }
+}
+
+impl Repository {
+    /// Records where `seed`, cut as `cut`, holds each of its blocks.
+    fn index_seed(
+        &self,
+        seed: &Path,
+        cut: crate::format::Cut,
+        into: &mut HashMap<BlockId, (PathBuf, u64, u32)>,
+    ) -> Result<(), ArchiveError> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(seed)?;
+        if !file.metadata()?.is_file() {
+            return Ok(());
+        }
+        let mut offset = 0u64;
+        match cut {
+            crate::format::Cut::Fixed => {
+                let size = self.config.block_size as usize;
+                let mut block = vec![0u8; size];
+                loop {
+                    let mut filled = 0;
+                    while filled < size {
+                        match file.read_at(&mut block[filled..], offset + filled as u64)? {
+                            0 => break,
+                            n => filled += n,
+                        }
+                    }
+                    if filled == 0 {
+                        break;
+                    }
+                    let id = self.key.block_id(&block[..filled]);
+                    into.entry(id)
+                        .or_insert_with(|| (seed.to_path_buf(), offset, filled as u32));
+                    offset += filled as u64;
+                    if filled < size {
+                        break;
+                    }
+                }
+            }
+            crate::format::Cut::Cdc => {
+                let c = self.config.chunker;
+                let chunks = fastcdc::v2020::StreamCDC::new(
+                    file,
+                    c.min as usize,
+                    c.avg as usize,
+                    c.max as usize,
+                );
+                for chunk in chunks {
+                    let chunk = chunk
+                        .map_err(|e| ArchiveError::Io(std::io::Error::other(e.to_string())))?;
+                    let id = self.key.block_id(&chunk.data);
+                    into.entry(id)
+                        .or_insert_with(|| (seed.to_path_buf(), chunk.offset, chunk.length as u32));
+                }
+            }
+        }
+        Ok(())
     }
 }
 

@@ -175,6 +175,21 @@ fn pushes_are_incremental_and_restores_are_exact() {
             .mode();
         assert_eq!(mode & 0o777, 0o640);
     }
+    // Seeded with the live files: only the block that differs is downloaded.
+    let seeded = dir.path().join("seeded");
+    let data_dir = data.clone();
+    let report = repo
+        .restore_seeded(
+            &listed[0].id,
+            &seeded,
+            &|original| vec![data_dir.join(original.file_name().unwrap())],
+            &|_, _| {},
+        )
+        .unwrap();
+    assert_eq!(std::fs::read(seeded.join("srv/app/app.db")).unwrap(), db);
+    assert_eq!(report.bytes_reused, (9 << 20) + 6 - (1 << 20), "{report:?}");
+    assert!(report.bytes_downloaded < (1 << 20) + 4096, "{report:?}");
+
     // Into a directory that holds something: refused, nothing written.
     let busy = dir.path().join("busy");
     std::fs::create_dir(&busy).unwrap();

@@ -193,7 +193,13 @@ impl Engine {
         progress: &dyn Progress,
     ) -> anyhow::Result<RestoreReport> {
         let repo = Repository::open(url, passphrase.expose().as_bytes())?;
-        Ok(repo.restore_to(archived, to, &|done, total| progress.bytes(done, total))?)
+        // The live files seed it: their unchanged blocks are not downloaded.
+        Ok(repo.restore_seeded(
+            archived,
+            to,
+            &|original| vec![original.to_path_buf()],
+            &|done, total| progress.bytes(done, total),
+        )?)
     }
 
     /// Checks the repository, reading `read_data` (0 to 1) of its packs in full.
@@ -271,10 +277,29 @@ impl Engine {
                 catalog
                     .set_location(id, &location.to_string_lossy())
                     .map_err(|e| anyhow::anyhow!(e))?;
-                let restored =
-                    repo.restore_to(&manifest_id, &location.join("files"), &|done, total| {
-                        progress.bytes(done, total)
-                    })?;
+                // Seeds: the live files, and the set's newest usable local copy.
+                let newest = catalog
+                    .list(Some(&manifest.set))?
+                    .into_iter()
+                    .rev()
+                    .find(|c| c.state == CopyState::Usable && c.id != id)
+                    .and_then(|c| {
+                        let copy = crate::copies::UsableCopy::load(&catalog, c.id, "read").ok()?;
+                        let files = catalog.manifest(c.id).ok()?;
+                        copy.provider.expose(&copy.location, &files).ok()
+                    });
+                let restored = repo.restore_seeded(
+                    &manifest_id,
+                    &location.join("files"),
+                    &|original| {
+                        let mut seeds = vec![original.to_path_buf()];
+                        if let Some(p) = newest.as_ref().and_then(|v| v.path_of(original)) {
+                            seeds.push(p.to_path_buf());
+                        }
+                        seeds
+                    },
+                    &|done, total| progress.bytes(done, total),
+                )?;
                 catalog
                     .record_components(id, &components)
                     .map_err(|e| anyhow::anyhow!(e))?;

@@ -238,14 +238,15 @@ pub fn run(g: &GlobalArgs, args: ArchiveArgs) -> anyhow::Result<()> {
             }
             if !out.quiet {
                 println!(
-                    "archived copy {} restored into {} in {}: {} files, {} bytes ({} downloaded in {} requests)",
+                    "archived copy {} restored into {} in {}: {} files, {} bytes ({} downloaded in {} requests, {} from local files)",
                     report.manifest,
                     to.display(),
                     humanize(report.took),
                     report.files,
                     report.bytes,
                     report.bytes_downloaded,
-                    report.requests
+                    report.requests,
+                    report.bytes_reused
                 );
             }
         }
@@ -281,10 +282,11 @@ pub fn run(g: &GlobalArgs, args: ArchiveArgs) -> anyhow::Result<()> {
             }
             if !out.quiet {
                 println!(
-                    "archived copy {} brought back as copy {} ({} bytes downloaded in {}), verified, and restored in place in {}{}",
+                    "archived copy {} brought back as copy {} ({} bytes downloaded, {} from local files, in {}), verified, and restored in place in {}{}",
                     imported.restore.manifest,
                     imported.copy_id,
                     imported.restore.bytes_downloaded,
+                    imported.restore.bytes_reused,
                     humanize(imported.restore.took),
                     humanize(restored.took),
                     restored
