@@ -40,8 +40,8 @@ fn micros<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
 
 /// Blocks closer than this in a pack are fetched in one request.
 const MERGE_GAP: u64 = 1 << 20;
-/// A request is at most this long.
-const MAX_REQUEST: u64 = 32 << 20;
+/// A request is at most this long (with 8 at once, what a restore holds in memory).
+const MAX_REQUEST: u64 = 16 << 20;
 
 /// Where one block goes.
 #[derive(Clone, Debug)]

@@ -32,6 +32,36 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// The HTTP client's options: the CAs of `AWS_CA_BUNDLE` (a PEM file, as the AWS CLI
+/// reads it) trusted besides the system's, for an endpoint with a private CA.
+fn client_options() -> Result<ClientOptions, ArchiveError> {
+    let mut options = ClientOptions::new();
+    if let Some(bundle) = std::env::var_os("AWS_CA_BUNDLE") {
+        let pem = std::fs::read(&bundle).map_err(|e| {
+            ArchiveError::Usage(format!(
+                "cannot read AWS_CA_BUNDLE {}: {e}",
+                std::path::Path::new(&bundle).display()
+            ))
+        })?;
+        let certs = object_store::Certificate::from_pem_bundle(&pem).map_err(|e| {
+            ArchiveError::Usage(format!(
+                "AWS_CA_BUNDLE {} holds no usable PEM certificate: {e}",
+                std::path::Path::new(&bundle).display()
+            ))
+        })?;
+        if certs.is_empty() {
+            return Err(ArchiveError::Usage(format!(
+                "AWS_CA_BUNDLE {} holds no PEM certificate",
+                std::path::Path::new(&bundle).display()
+            )));
+        }
+        for cert in certs {
+            options = options.with_root_certificate(cert);
+        }
+    }
+    Ok(options)
+}
+
 /// Multipart parts of uploads.
 const PART_SIZE: usize = 8 << 20;
 
@@ -60,7 +90,7 @@ impl Store {
                     ..RetryConfig::default()
                 })
                 .with_client_options(
-                    ClientOptions::new()
+                    client_options()?
                         .with_connect_timeout(Duration::from_secs(10))
                         .with_timeout(Duration::from_secs(120))
                         // Plain HTTP only when asked for, as object_store's users ask.

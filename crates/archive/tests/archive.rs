@@ -84,6 +84,8 @@ fn a_repository_opens_only_with_its_passphrase_and_is_made_once() {
     );
     let e = init("ftp://x/y", PASS, "").unwrap_err().to_string();
     assert!(e.contains("is not an archive URL"), "{e}");
+    let e = init("s3:///prefix", PASS, "").unwrap_err().to_string();
+    assert!(e.contains("is not an archive URL"), "{e}");
     // Nothing secret in the clear: the key file holds no passphrase, the config no key.
     for entry in walk(&dir.path().join("repo")) {
         let text = std::fs::read(&entry).unwrap();

@@ -70,6 +70,20 @@ fn a_host_lost_with_every_local_copy_comes_back_from_the_s3_archive() {
         describe(&out)
     );
 
+    let out = cli
+        .cmd(&["archive", "init", url])
+        .envs(moto.env())
+        .env("SHADOWCOPY_ARCHIVE_PASSWORD", PASSPHRASE)
+        .env("AWS_CA_BUNDLE", cli.path("no-such-ca.pem"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("cannot read AWS_CA_BUNDLE"),
+        "{}",
+        describe(&out)
+    );
+
     let made = json(&archive(&cli, &moto, &["init", url, "--json"]));
     assert_eq!(made["url"], url);
 
