@@ -194,8 +194,9 @@ impl Repository {
             }
             let blocks = self.blocks(false).await?;
             let previous = self
-                .manifests()
+                .manifests_checked()
                 .await?
+                .0
                 .into_iter()
                 .rfind(|(_, m)| {
                     m.host == source.host && m.set == source.set && m.created_ms < source.created_ms

@@ -323,8 +323,21 @@ impl Repository {
         Ok(blocks)
     }
 
-    /// Every manifest, by id, oldest copy first.
+    /// Every manifest, by id, oldest copy first; fails on one that cannot be read
+    /// (what prune needs: a block only a damaged manifest names must not be freed).
     pub(crate) async fn manifests(&self) -> Result<Vec<(String, Manifest)>, ArchiveError> {
+        let (good, damaged) = self.manifests_checked().await?;
+        match damaged.into_iter().next() {
+            None => Ok(good),
+            Some((_, e)) => Err(e),
+        }
+    }
+
+    /// The manifests that open, oldest copy first, and apart those that do not (changed,
+    /// truncated, moved under another name) with why: reading goes on past them.
+    pub(crate) async fn manifests_checked(
+        &self,
+    ) -> Result<(Vec<(String, Manifest)>, Vec<(String, ArchiveError)>), ArchiveError> {
         let names: Vec<String> = self
             .store
             .list(names::MANIFESTS)
@@ -332,24 +345,39 @@ impl Repository {
             .into_iter()
             .map(|(n, _)| n)
             .collect();
-        let mut all: Vec<(String, Manifest)> = stream::iter(names)
+        let read: Vec<(String, Result<Option<Manifest>, ArchiveError>)> = stream::iter(names)
             .map(|id| async move {
-                let manifest: Option<Manifest> = self
-                    .read_sealed(&names::manifest(&id), &format!("manifest {id}"))
-                    .await?;
-                Ok::<_, ArchiveError>(manifest.map(|m| (id, m)))
+                let manifest = self
+                    .read_sealed::<Manifest>(&names::manifest(&id), &format!("manifest {id}"))
+                    .await;
+                (id, manifest)
             })
             .buffer_unordered(PARALLEL_GETS)
-            .try_filter_map(|m| async move { Ok(m) })
-            .try_collect()
-            .await?;
-        all.sort_by_key(|(id, m)| (m.created_ms, m.copy_id, id.clone()));
-        Ok(all)
+            .collect()
+            .await;
+        let mut good = Vec::new();
+        let mut damaged = Vec::new();
+        for (id, manifest) in read {
+            match manifest {
+                Ok(Some(m)) => good.push((id, m)),
+                Ok(None) => {}
+                Err(e @ (ArchiveError::Damaged { .. } | ArchiveError::Format { .. })) => {
+                    damaged.push((id, e))
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        good.sort_by_key(|(id, m): &(String, Manifest)| (m.created_ms, m.copy_id, id.clone()));
+        damaged.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok((good, damaged))
     }
 
     /// The archived copies, oldest first.
     pub fn list(&self) -> Result<Vec<ArchivedCopy>, ArchiveError> {
-        let manifests = self.runtime.block_on(self.manifests())?;
+        let (manifests, damaged) = self.runtime.block_on(self.manifests_checked())?;
+        for (id, e) in damaged {
+            tracing::warn!("archived copy {id} is not listed: {e}; `archive verify` reports it");
+        }
         Ok(manifests
             .into_iter()
             .map(|(id, m)| ArchivedCopy::of(id, &m))
@@ -360,7 +388,8 @@ impl Repository {
     pub fn manifest(&self, id: &str) -> Result<(String, Manifest), ArchiveError> {
         let found: Vec<(String, Manifest)> = self
             .runtime
-            .block_on(self.manifests())?
+            .block_on(self.manifests_checked())?
+            .0
             .into_iter()
             .filter(|(m, _)| m.starts_with(id))
             .collect();

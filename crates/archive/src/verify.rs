@@ -46,7 +46,7 @@ impl Repository {
     /// Checks the repository; `read_data`: the share of packs (0 to 1) read in full.
     pub fn verify(&self, read_data: f64) -> Result<VerifyReport, ArchiveError> {
         self.runtime.block_on(async {
-            let manifests = self.manifests().await?;
+            let (manifests, damaged) = self.manifests_checked().await?;
             let stored: HashMap<String, u64> = self
                 .store
                 .list(names::PACKS)
@@ -73,10 +73,13 @@ impl Repository {
                 }
             }
             let mut report = VerifyReport {
-                copies: manifests.len(),
+                copies: manifests.len() + damaged.len(),
                 packs: packs.len(),
                 ..VerifyReport::default()
             };
+            for (id, e) in &damaged {
+                report.problems.push(format!("archived copy {id}: {e}"));
+            }
             // Who needs each block: (archived copy, file) names for problems.
             let mut users: HashMap<BlockId, BTreeSet<String>> = HashMap::new();
             let indexed: HashMap<BlockId, &str> = packs

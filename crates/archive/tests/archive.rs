@@ -271,3 +271,49 @@ fn damage_is_found_named_and_refused() {
         report.problems
     );
 }
+
+#[test]
+fn someone_who_can_write_the_bucket_but_has_no_key_cannot_pass_anything_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, repo) = repo(dir.path());
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("app.db"), random_bytes(1 << 20, 9)).unwrap();
+    let pushed = repo
+        .push(&source(&data, 1, &[("app.db", Cut::Fixed)]), &|_, _| {})
+        .unwrap();
+    let manifests = dir.path().join("repo/manifests");
+    // A manifest replayed under another name: it does not authenticate there.
+    let forged = "0".repeat(32);
+    std::fs::copy(manifests.join(&pushed.manifest), manifests.join(&forged)).unwrap();
+    let repo = Repository::open(&url, PASS).unwrap();
+    let listed = repo.list().unwrap();
+    assert_eq!(listed.len(), 1, "the forged one is not listed");
+    assert_eq!(listed[0].id, pushed.manifest);
+    let report = repo.verify(0.0).unwrap();
+    assert!(!report.ok);
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.contains(&forged) && p.contains("does not authenticate")),
+        "{:?}",
+        report.problems
+    );
+    // Prune frees nothing while a manifest cannot be read: it might be a real one.
+    let e = repo
+        .prune(&[], std::time::Duration::ZERO, false, "t")
+        .unwrap_err();
+    assert!(matches!(e, ArchiveError::Damaged { .. }), "{e}");
+    // The real copy still restores.
+    repo.restore_to(&pushed.manifest, &dir.path().join("out"), &|_, _| {})
+        .unwrap();
+    // A config replaced by another repository's: no key opens it.
+    let other = dir.path().join("other");
+    init(&format!("file://{}", other.display()), PASS, "x").unwrap();
+    std::fs::copy(other.join("config"), dir.path().join("repo/config")).unwrap();
+    assert!(matches!(
+        Repository::open(&url, PASS),
+        Err(ArchiveError::WrongPassphrase)
+    ));
+}
