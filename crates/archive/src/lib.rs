@@ -27,3 +27,8 @@ pub use repo::{init, ArchivedCopy, Initialized, KeyInfo, Repository};
 pub use restore::RestoreReport;
 pub use store::Store;
 pub use verify::VerifyReport;
+
+/// A duration in whole microseconds, as reports give durations in JSON (`took_us`).
+fn micros<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u128(d.as_micros())
+}

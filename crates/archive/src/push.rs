@@ -63,12 +63,8 @@ pub struct PushReport {
     /// Bytes sent to the store (sealed, compressed).
     pub bytes_uploaded: u64,
     pub packs: usize,
-    #[serde(rename = "took_us", serialize_with = "micros")]
+    #[serde(rename = "took_us", serialize_with = "crate::micros")]
     pub took: Duration,
-}
-
-fn micros<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_u128(d.as_micros())
 }
 
 /// A pack being filled.

@@ -30,12 +30,8 @@ pub struct RestoreReport {
     pub bytes_downloaded: u64,
     /// Ranged GETs made.
     pub requests: usize,
-    #[serde(rename = "took_us", serialize_with = "micros")]
+    #[serde(rename = "took_us", serialize_with = "crate::micros")]
     pub took: Duration,
-}
-
-fn micros<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_u128(d.as_micros())
 }
 
 /// Blocks closer than this in a pack are fetched in one request.

@@ -211,22 +211,13 @@ impl Store {
         Ok(())
     }
 
-    /// The objects below `dir`: (name below `dir`, size).
+    /// The objects below `dir`: (name below `dir`, size), by name.
     pub async fn list(&self, dir: &str) -> Result<Vec<(String, u64)>, ArchiveError> {
-        let base = self.path(dir);
-        let found: Vec<object_store::ObjectMeta> =
-            self.inner.list(Some(&base)).try_collect().await?;
-        let mut out: Vec<(String, u64)> = found
+        let mut out: Vec<(String, u64)> = self
+            .list_with_time(dir)
+            .await?
             .into_iter()
-            .filter_map(|m| {
-                let rel = m
-                    .location
-                    .as_ref()
-                    .strip_prefix(base.as_ref())?
-                    .trim_start_matches('/')
-                    .to_string();
-                Some((rel, m.size))
-            })
+            .map(|(name, size, _)| (name, size))
             .collect();
         out.sort();
         Ok(out)

@@ -31,6 +31,21 @@ fn json(out: &Output) -> Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", describe(out)))
 }
 
+/// A copy of the bank at `db` (the `copy` provider): its id.
+fn copy_of(cli: &Cli, db: &std::path::Path) -> String {
+    cli.json(&[
+        "create",
+        "--sqlite",
+        db.to_str().unwrap(),
+        "--provider",
+        "copy",
+        "--json",
+    ])["id"]
+        .as_i64()
+        .unwrap()
+        .to_string()
+}
+
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -87,23 +102,11 @@ fn a_host_lost_with_every_local_copy_comes_back_from_the_s3_archive() {
     let made = json(&archive(&cli, &moto, &["init", url, "--json"]));
     assert_eq!(made["url"], url);
 
-    let create = |cli: &Cli| -> i64 {
-        cli.json(&[
-            "create",
-            "--sqlite",
-            db.to_str().unwrap(),
-            "--provider",
-            "copy",
-            "--json",
-        ])["id"]
-            .as_i64()
-            .unwrap()
-    };
-    let first = create(&cli);
+    let first = copy_of(&cli, &db);
     let pushed = json(&archive(
         &cli,
         &moto,
-        &["--archive", url, "push", &first.to_string(), "--json"],
+        &["--archive", url, "push", &first, "--json"],
     ));
     let first_sent = pushed["bytes_uploaded"].as_u64().unwrap();
     assert!(first_sent > 1 << 20, "{pushed:#}");
@@ -113,11 +116,11 @@ fn a_host_lost_with_every_local_copy_comes_back_from_the_s3_archive() {
     std::thread::sleep(Duration::from_secs(1));
     let stats = transfers.stop();
     assert!(stats.committed > 0);
-    let second = create(&cli);
+    let second = copy_of(&cli, &db);
     let pushed = json(&archive(
         &cli,
         &moto,
-        &["--archive", url, "push", &second.to_string(), "--json"],
+        &["--archive", url, "push", &second, "--json"],
     ));
     let second_sent = pushed["bytes_uploaded"].as_u64().unwrap();
     assert!(
@@ -126,11 +129,7 @@ fn a_host_lost_with_every_local_copy_comes_back_from_the_s3_archive() {
     );
     let before = bank::summarize(&db).unwrap();
 
-    let out = archive(
-        &cli,
-        &moto,
-        &["--archive", url, "push", &second.to_string()],
-    );
+    let out = archive(&cli, &moto, &["--archive", url, "push", &second]);
     assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
     assert!(
         stderr(&out).contains("is already in the archive"),
@@ -160,7 +159,7 @@ fn a_host_lost_with_every_local_copy_comes_back_from_the_s3_archive() {
     let listed = json(&archive(&cli, &moto, &["--archive", url, "list", "--json"]));
     let listed = listed.as_array().unwrap();
     assert_eq!(listed.len(), 2, "{listed:#?}");
-    assert_eq!(listed[1]["copy_id"], second);
+    assert_eq!(listed[1]["copy_id"].to_string(), second);
     let id = listed[1]["id"].as_str().unwrap();
     let to = cli.path("recovered");
     let restored = json(&archive(
@@ -282,17 +281,7 @@ fn kill_9_in_the_middle_of_a_push_leaves_nothing_listed_and_prune_collects_it() 
             .unwrap()
     };
     assert!(run(&["init"]).status.success());
-    let id = cli.json(&[
-        "create",
-        "--sqlite",
-        db.to_str().unwrap(),
-        "--provider",
-        "copy",
-        "--json",
-    ])["id"]
-        .as_i64()
-        .unwrap()
-        .to_string();
+    let id = copy_of(&cli, &db);
     let mut push = cli
         .cmd(&["archive", "--archive", &url, "push", &id])
         .env("SHADOWCOPY_ARCHIVE_PASSWORD", PASSPHRASE)
@@ -374,17 +363,7 @@ fn a_push_through_an_s3_front_end_answering_500s_is_retried_and_completes() {
             .unwrap()
     };
     json(&run(&["init", "--json"]));
-    let id = cli.json(&[
-        "create",
-        "--sqlite",
-        db.to_str().unwrap(),
-        "--provider",
-        "copy",
-        "--json",
-    ])["id"]
-        .as_i64()
-        .unwrap()
-        .to_string();
+    let id = copy_of(&cli, &db);
     let pushed = json(&run(&["push", &id, "--json"]));
     assert!(pushed["packs"].as_u64().unwrap() >= 2, "{pushed:#}");
     let verified = json(&run(&["verify", "--read-data", "--json"]));
