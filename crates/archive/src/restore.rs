@@ -56,6 +56,39 @@ struct Request {
     blocks: Vec<Placement>,
 }
 
+/// `to` must be new, or an empty directory of ours that no one else can write: files
+/// are created below it by path, and a directory someone else could write into could
+/// have a link planted in it between this check and those creations.
+fn check_target(to: &Path) -> Result<(), ArchiveError> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = match std::fs::symlink_metadata(to) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e.into()),
+        Ok(m) => m,
+    };
+    let empty = meta.is_dir()
+        && std::fs::read_dir(to)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(false);
+    if !empty {
+        return Err(ArchiveError::Usage(format!(
+            "{} exists and is not an empty directory; restore into a new or empty one",
+            to.display()
+        )));
+    }
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me || meta.mode() & 0o022 != 0 {
+        return Err(ArchiveError::Usage(format!(
+            "{} is a directory others can write into (owner uid {}, mode {:o}); restore into a new directory \
+             (it is made private) or an empty one of ours",
+            to.display(),
+            meta.uid(),
+            meta.mode() & 0o7777
+        )));
+    }
+    Ok(())
+}
+
 /// The target of a file below `to`: the original path's place in the tree.
 pub fn target_of(to: &Path, original: &Path) -> Result<PathBuf, ArchiveError> {
     let relative = original.strip_prefix("/").unwrap_or(original);
@@ -96,16 +129,7 @@ impl Repository {
     ) -> Result<RestoreReport, ArchiveError> {
         let started = Instant::now();
         let (manifest_id, manifest) = self.manifest(id)?;
-        if to.exists()
-            && std::fs::read_dir(to)
-                .map(|mut d| d.next().is_some())
-                .unwrap_or(true)
-        {
-            return Err(ArchiveError::Usage(format!(
-                "{} exists and is not an empty directory; restore into a new or empty one",
-                to.display()
-            )));
-        }
+        check_target(to)?;
         let blocks = self.runtime.block_on(self.blocks(true))?;
         // Files created exclusively (never through a planted link), at full size.
         let mut files = Vec::with_capacity(manifest.files.len());

@@ -202,6 +202,16 @@ fn pushes_are_incremental_and_restores_are_exact() {
         .to_string();
     assert!(e.contains("is not an empty directory"), "{e}");
     assert_eq!(std::fs::read_dir(&busy).unwrap().count(), 1);
+    // An empty directory others can write into: someone could plant a link there.
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let e = repo
+        .restore_to(&listed[0].id, &shared, &|_, _| {})
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("is a directory others can write into"), "{e}");
+    assert_eq!(std::fs::read_dir(&shared).unwrap().count(), 0);
 
     // The same copy twice: the second push is refused.
     let again = repo
