@@ -144,6 +144,25 @@ pub struct FileRecord {
     pub blocks: Vec<BlockId>,
 }
 
+/// A directory or symlink of an archived copy (at or below its directory components):
+/// what a restore recreates besides the files, with its mode and owner.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TreeRecord {
+    #[serde(with = "shadowcopy_core::pathjson")]
+    pub path: PathBuf,
+    /// Where a symlink points; `None` for a directory.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "shadowcopy_core::pathjson::option"
+    )]
+    pub symlink: Option<PathBuf>,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
 /// `manifests/<id>`: one archived copy.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -164,6 +183,9 @@ pub struct Manifest {
     /// The indexes that list this copy's blocks.
     pub indexes: Vec<String>,
     pub files: Vec<FileRecord>,
+    /// Its directories and symlinks.
+    #[serde(default)]
+    pub tree: Vec<TreeRecord>,
 }
 
 impl Manifest {

@@ -29,6 +29,8 @@ pub struct PushSource {
     pub spec: serde_json::Value,
     pub components: serde_json::Value,
     pub files: Vec<SourceFile>,
+    /// Its directories and symlinks (with modes and owners).
+    pub tree: Vec<crate::format::TreeRecord>,
 }
 
 /// One file of the copy.
@@ -312,6 +314,7 @@ impl Repository {
                 components: source.components.clone(),
                 indexes,
                 files,
+                tree: source.tree.clone(),
             };
             let sealed = self.seal_json(&manifest, &format!("manifest {manifest_id}"));
             if !self.store.put_new(&manifest_name, sealed).await? {

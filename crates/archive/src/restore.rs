@@ -290,6 +290,7 @@ impl Repository {
             let mtime = std::time::UNIX_EPOCH + Duration::from_nanos(record.mtime_ns.max(0) as u64);
             file.set_modified(mtime)?;
         }
+        recreate_tree(to, &manifest.tree)?;
         Ok(RestoreReport {
             manifest: manifest_id,
             files: manifest.files.len(),
@@ -361,6 +362,62 @@ impl Repository {
         }
         Ok(())
     }
+}
+
+/// The copy's directories and symlinks below `to`, with their modes and owners (owners
+/// only as root). Directories are given their modes last, deepest first, so that a
+/// read-only one does not stop what goes below it.
+fn recreate_tree(to: &Path, tree: &[crate::format::TreeRecord]) -> Result<(), ArchiveError> {
+    use std::os::unix::fs::PermissionsExt;
+    let root = rustix::process::geteuid().is_root();
+    let owner = |path: &Path, uid: u32, gid: u32| -> Result<(), ArchiveError> {
+        if root {
+            rustix::fs::chownat(
+                rustix::fs::CWD,
+                path,
+                Some(rustix::fs::Uid::from_raw(uid)),
+                Some(rustix::fs::Gid::from_raw(gid)),
+                rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+            )
+            .map_err(std::io::Error::from)?;
+        }
+        Ok(())
+    };
+    for e in tree {
+        let target = target_of(to, &e.path)?;
+        match &e.symlink {
+            None => std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&target)?,
+            Some(link) => {
+                if let Some(parent) = target.parent() {
+                    std::fs::DirBuilder::new()
+                        .recursive(true)
+                        .mode(0o700)
+                        .create(parent)?;
+                }
+                std::os::unix::fs::symlink(link, &target)?;
+                owner(&target, e.uid, e.gid)?;
+            }
+        }
+    }
+    let mut dirs: Vec<&crate::format::TreeRecord> =
+        tree.iter().filter(|e| e.symlink.is_none()).collect();
+    dirs.sort_by_key(|e| std::cmp::Reverse(e.path.components().count()));
+    for e in dirs {
+        let target = target_of(to, &e.path)?;
+        let meta = std::fs::symlink_metadata(&target)?;
+        if !meta.is_dir() {
+            return Err(ArchiveError::Damaged {
+                what: "the manifest".into(),
+                why: format!("{} is both a directory and a file", e.path.display()),
+            });
+        }
+        owner(&target, e.uid, e.gid)?;
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(e.mode & 0o7777))?;
+    }
+    Ok(())
 }
 
 /// A block's bytes, if its sealing and its id are right.

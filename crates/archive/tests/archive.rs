@@ -37,6 +37,7 @@ fn source(dir: &Path, copy_id: i64, files: &[(&str, Cut)]) -> PushSource {
         provider: "copy".into(),
         spec: serde_json::json!({"name": "app"}),
         components: serde_json::json!([]),
+        tree: Vec::new(),
         files: files
             .iter()
             .map(|(name, cut)| {

@@ -117,6 +117,7 @@ fn data(dir: &Path) -> PushSource {
         provider: "copy".into(),
         spec: serde_json::json!({}),
         components: serde_json::json!([]),
+        tree: Vec::new(),
         files: vec![SourceFile {
             path: "/srv/big.db".into(),
             read_from: file,

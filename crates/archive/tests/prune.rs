@@ -41,6 +41,7 @@ fn copy(id: i64, files: Vec<SourceFile>) -> PushSource {
         provider: "copy".into(),
         spec: serde_json::json!({}),
         components: serde_json::json!([]),
+        tree: Vec::new(),
         files,
     }
 }

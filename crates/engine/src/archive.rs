@@ -169,6 +169,23 @@ impl Engine {
                 },
             });
         }
+        let roots: Vec<std::path::PathBuf> = components.iter().map(|c| c.path.clone()).collect();
+        let tree = copy
+            .provider
+            .tree(&copy.location, &roots)
+            .map_err(|e| anyhow::anyhow!("cannot list copy {id}'s directories and symlinks: {e}"))?
+            .into_iter()
+            .map(|e| shadowcopy_archive::format::TreeRecord {
+                path: e.path,
+                symlink: match e.kind {
+                    shadowcopy_core::model::TreeKind::Dir => None,
+                    shadowcopy_core::model::TreeKind::Symlink { target } => Some(target),
+                },
+                mode: e.mode,
+                uid: e.uid,
+                gid: e.gid,
+            })
+            .collect();
         let source = PushSource {
             host: hostname(),
             set: copy.summary.set.clone(),
@@ -179,6 +196,7 @@ impl Engine {
             spec: serde_json::from_str(&copy.summary.spec_json).unwrap_or_default(),
             components: serde_json::to_value(&components)?,
             files: sources,
+            tree,
         };
         Ok(repo.push(&source, &|done, total| progress.bytes(done, total))?)
     }

@@ -386,3 +386,71 @@ fn a_push_through_an_s3_front_end_answering_500s_is_retried_and_completes() {
         proxy.injected()
     );
 }
+
+#[test]
+fn a_directory_comes_back_from_the_archive_with_its_modes_and_links() {
+    use std::os::unix::fs::PermissionsExt;
+    let cli = Cli::new();
+    let data = cli.path("site");
+    std::fs::create_dir_all(data.join("conf/private")).unwrap();
+    std::fs::write(data.join("conf/app.ini"), "x = 1\n").unwrap();
+    std::fs::write(data.join("conf/private/key"), "secret\n").unwrap();
+    std::fs::create_dir(data.join("empty")).unwrap();
+    std::os::unix::fs::symlink("conf/app.ini", data.join("current")).unwrap();
+    let mode = |p: &std::path::Path, m: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+    };
+    mode(&data.join("conf/private"), 0o700);
+    mode(&data.join("conf"), 0o750);
+    mode(&data.join("empty"), 0o1777);
+    let repo = cli.path("archive");
+    let url = format!("file://{}", repo.display());
+    let run = |args: &[&str]| {
+        let mut all = vec!["archive", "--archive", &url];
+        all.extend_from_slice(args);
+        cli.cmd(&all)
+            .env("SHADOWCOPY_ARCHIVE_PASSWORD", PASSPHRASE)
+            .output()
+            .unwrap()
+    };
+    assert!(run(&["init"]).status.success());
+    let id = cli.json(&[
+        "create",
+        "--path",
+        data.to_str().unwrap(),
+        "--provider",
+        "copy",
+        "--json",
+    ])["id"]
+        .as_i64()
+        .unwrap()
+        .to_string();
+    json(&run(&["push", &id, "--json"]));
+    std::fs::remove_dir_all(&data).unwrap();
+    std::fs::remove_dir_all(&cli.catalog).unwrap();
+
+    let listed = json(&run(&["list", "--json"]));
+    json(&run(&[
+        "restore",
+        listed[0]["id"].as_str().unwrap(),
+        "--json",
+    ]));
+    let got = |p: &str| {
+        std::fs::symlink_metadata(data.join(p))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777
+    };
+    assert_eq!(got("conf"), 0o750);
+    assert_eq!(got("conf/private"), 0o700);
+    assert_eq!(got("empty"), 0o1777, "an empty directory comes back too");
+    assert_eq!(
+        std::fs::read_link(data.join("current")).unwrap(),
+        std::path::PathBuf::from("conf/app.ini")
+    );
+    assert_eq!(
+        std::fs::read_to_string(data.join("conf/private/key")).unwrap(),
+        "secret\n"
+    );
+}
