@@ -454,3 +454,62 @@ fn a_directory_comes_back_from_the_archive_with_its_modes_and_links() {
         "secret\n"
     );
 }
+
+#[test]
+fn a_postgres_cluster_whose_data_and_copies_are_lost_starts_again_from_the_archive() {
+    use shadowcopy_testing::postgres::Ledger;
+    let test = "a_postgres_cluster_whose_data_and_copies_are_lost_starts_again_from_the_archive";
+    let cli = Cli::new();
+    let Some((cluster, wal_archive)) = crate::postgres::archiving_cluster(test, &cli) else {
+        return;
+    };
+    Ledger::setup(&mut cluster.connect()).unwrap();
+    let ledger = Ledger::start(&cluster.config(), 2, Duration::ZERO);
+    assert!(ledger.wait_for_commits(50, Duration::from_secs(30)));
+    let began = std::time::Instant::now();
+    let created = crate::postgres::create(&cli, &cluster, &wal_archive);
+    let acked = ledger.acknowledged_before(began);
+    ledger.stop();
+    let id = created["id"].as_i64().unwrap().to_string();
+
+    let repo = cli.path("archive");
+    let url = format!("file://{}", repo.display());
+    let run = |args: &[&str]| {
+        let mut all = vec!["archive", "--archive", &url];
+        all.extend_from_slice(args);
+        cli.cmd(&all)
+            .env("SHADOWCOPY_ARCHIVE_PASSWORD", PASSPHRASE)
+            .output()
+            .unwrap()
+    };
+    assert!(run(&["init"]).status.success());
+    let pushed = json(&run(&["push", &id, "--json"]));
+    assert!(pushed["blocks"].as_u64().unwrap() > 0, "{pushed:#}");
+
+    // The data files and every local copy (the catalog with them) are lost.
+    cluster.stop();
+    crate::postgres::destroy_data_files(&cluster);
+    std::fs::remove_dir_all(&cli.catalog).unwrap();
+
+    let listed = json(&run(&["list", "--json"]));
+    let out = run(&[
+        "restore",
+        listed[0]["id"].as_str().unwrap(),
+        "--discard-current",
+        "--json",
+    ]);
+    let restored = json(&out);
+    assert!(restored["copy_id"].as_i64().is_some(), "{restored:#}");
+    cluster.start();
+    let state = crate::postgres::wait_for_promotion(&cluster);
+    let lost = state.missing(&acked);
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged commits lost: {:?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
+    assert!(state.balanced(), "{state:?}");
+    cluster.psql("CREATE TABLE after_restore AS SELECT 1 AS x");
+    cluster.stop();
+}
