@@ -513,3 +513,57 @@ fn a_postgres_cluster_whose_data_and_copies_are_lost_starts_again_from_the_archi
     cluster.psql("CREATE TABLE after_restore AS SELECT 1 AS x");
     cluster.stop();
 }
+
+#[test]
+fn a_mariadb_server_whose_data_and_copies_are_lost_starts_again_from_the_archive() {
+    use shadowcopy_testing::mariadb::Ledger;
+    let cli = Cli::new();
+    let places = tempfile::tempdir().unwrap();
+    let Some(db) = crate::mariadb::server(
+        "a_mariadb_server_whose_data_and_copies_are_lost_starts_again_from_the_archive",
+        places.path(),
+    ) else {
+        return;
+    };
+    Ledger::setup(&mut db.connect()).unwrap();
+    let ledger = Ledger::start(&db.opts(), 2, Duration::ZERO);
+    assert!(ledger.wait_for_commits(100, Duration::from_secs(30)));
+    let began = std::time::Instant::now();
+    let created = crate::mariadb::create(&cli, &db, &[]);
+    let acked = ledger.acknowledged_before(began);
+    ledger.stop();
+    let id = created["id"].as_i64().unwrap().to_string();
+
+    let repo = cli.path("archive");
+    let url = format!("file://{}", repo.display());
+    let run = |args: &[&str]| {
+        let mut all = vec!["archive", "--archive", &url];
+        all.extend_from_slice(args);
+        cli.cmd(&all)
+            .env("SHADOWCOPY_ARCHIVE_PASSWORD", PASSPHRASE)
+            .output()
+            .unwrap()
+    };
+    assert!(run(&["init"]).status.success());
+    json(&run(&["push", &id, "--json"]));
+
+    // The data directory and every local copy (the catalog with them) are lost.
+    db.stop();
+    std::fs::remove_dir_all(db.data_dir()).unwrap();
+    std::fs::remove_dir_all(&cli.catalog).unwrap();
+
+    let listed = json(&run(&["list", "--json"]));
+    json(&run(&[
+        "restore",
+        listed[0]["id"].as_str().unwrap(),
+        "--discard-current",
+        "--json",
+    ]));
+    db.start();
+    let state = Ledger::check(&mut db.connect()).unwrap();
+    state.verify(&acked).unwrap();
+    assert!(state.balanced(), "{state:?}");
+    db.sql("CREATE TABLE IF NOT EXISTS shadowcopy.probe (id INT PRIMARY KEY AUTO_INCREMENT) ENGINE=InnoDB");
+    db.sql("INSERT INTO shadowcopy.probe VALUES (NULL)");
+    db.stop();
+}

@@ -18,7 +18,7 @@ use crate::support::{describe, kill9, stderr, Cli};
 /// A server whose binary logs, redo log and undo tablespaces live outside its data
 /// directory (so destroying the data directory leaves the binary logs), all under
 /// `places`.
-fn server(test: &str, places: &Path) -> Option<MariaDbInstance> {
+pub(crate) fn server(test: &str, places: &Path) -> Option<MariaDbInstance> {
     mariadb_or_skip(
         test,
         MariaDbOptions::new()
@@ -35,7 +35,7 @@ fn create_args<'a>(db: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     args
 }
 
-fn create(cli: &Cli, db: &MariaDbInstance, extra: &[&str]) -> serde_json::Value {
+pub(crate) fn create(cli: &Cli, db: &MariaDbInstance, extra: &[&str]) -> serde_json::Value {
     let url = db.url();
     let out = cli.run(&create_args(&url, extra));
     assert!(
