@@ -248,16 +248,28 @@ pub fn run(engine: &Engine, request: &JobRequest, progress: Arc<JobProgress>) ->
         JobRequest::Push { copy } => engine
             .show(*copy)
             .and_then(|detail| {
-                let url = engine.archive_url(None, Some(&detail.summary.set))?;
+                let set = &detail.summary.set;
+                let url = engine.archive_url(None, Some(set))?;
                 let passphrase = engine.archive_passphrase(None)?;
-                engine.archive_push(*copy, &url, &passphrase, &wait, &*progress)
+                let r = engine.archive_push(*copy, &url, &passphrase, &wait, &*progress)?;
+                // A PostgreSQL set's WAL archive goes along (what roll-forward replays).
+                let logs = match engine.log_archive_dir(set, None) {
+                    Ok(_) => Some(engine.archive_push_logs(&url, &passphrase, set, None)?),
+                    Err(_) => None,
+                };
+                Ok((r, logs))
             })
-            .map(|r| {
+            .map(|(r, logs)| {
                 (
                     Some(*copy),
                     format!(
-                        "copy {copy} archived as {}: {} bytes read, {} new blocks, {} bytes sent",
-                        r.manifest, r.bytes_read, r.blocks_new, r.bytes_uploaded
+                        "copy {copy} archived as {}: {} bytes read, {} new blocks, {} bytes sent{}",
+                        r.manifest,
+                        r.bytes_read,
+                        r.blocks_new,
+                        r.bytes_uploaded,
+                        logs.map(|l| format!("; {} WAL files sent", l.copied))
+                            .unwrap_or_default()
                     ),
                 )
             }),

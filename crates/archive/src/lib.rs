@@ -7,11 +7,13 @@
 //!
 //! Modules: [`format`] (the objects), [`crypto`] (keys and sealing), [`store`] (object
 //! storage), [`repo`] (init, open, list, keys), [`push`], [`restore`], [`verify`],
-//! [`prune`] (two phases, a grace period, one pruner at a time).
+//! [`prune`] (two phases, a grace period, one pruner at a time), [`logs`] (a log
+//! archive's files mirrored).
 
 pub mod crypto;
 pub mod error;
 pub mod format;
+pub mod logs;
 pub mod prune;
 pub mod push;
 pub mod repo;
@@ -21,6 +23,7 @@ pub mod verify;
 
 pub use error::ArchiveError;
 pub use format::Cut;
+pub use logs::LogsReport;
 pub use prune::PruneReport;
 pub use push::{PushReport, PushSource, SourceFile};
 pub use repo::{init, ArchivedCopy, Initialized, KeyInfo, Repository};

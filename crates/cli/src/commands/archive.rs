@@ -63,8 +63,33 @@ pub enum ArchiveCommand {
         /// In place: do not keep the state being replaced as a pre-restore copy
         #[arg(long, conflicts_with = "to")]
         discard_current: bool,
+        /// In place: point-in-time, or roll-forward (replay the logs kept since: the WAL
+        /// archive, which `archive get-logs` fills after a host was lost)
+        #[arg(long, value_name = "MODE", value_enum, default_value_t = shadowcopy_engine::restore::Mode::PointInTime, conflicts_with = "to")]
+        mode: shadowcopy_engine::restore::Mode,
+        /// With --mode roll-forward: where replay stops (as `restore --until`)
+        #[arg(long, value_name = "TARGET", conflicts_with = "to")]
+        until: Option<String>,
         #[command(flatten)]
         wait: WaitOptions,
+    },
+    /// Send the files of a set's WAL archive the repository lacks (PostgreSQL)
+    PushLogs {
+        /// The set
+        #[arg(long)]
+        set: String,
+        /// The WAL archive directory (default: the set's, from its config or newest copy)
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+    /// Write a set's archived WAL back into its WAL archive directory (for a roll-forward
+    /// restore after the host was lost)
+    GetLogs {
+        #[arg(long)]
+        set: String,
+        /// The WAL archive directory (it must exist, owned by the database's user)
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
     },
     /// Delete the archived copies each set's archive_retention does not keep, and free
     /// what no kept copy uses (in two phases: a later prune deletes what this one frees)
@@ -255,6 +280,8 @@ pub fn run(g: &GlobalArgs, args: ArchiveArgs) -> anyhow::Result<()> {
             to: None,
             force,
             discard_current,
+            mode,
+            until,
             wait,
         } => {
             let url = engine.archive_url(args.archive.as_deref(), None)?;
@@ -265,6 +292,8 @@ pub fn run(g: &GlobalArgs, args: ArchiveArgs) -> anyhow::Result<()> {
             let options = shadowcopy_engine::RestoreOptions {
                 force: *force,
                 discard_current: *discard_current,
+                mode: *mode,
+                until: until.clone(),
                 ..shadowcopy_engine::RestoreOptions::new(imported.copy_id)
             };
             let restored = engine.restore(
@@ -293,6 +322,27 @@ pub fn run(g: &GlobalArgs, args: ArchiveArgs) -> anyhow::Result<()> {
                         .pre_restore
                         .map(|p| format!("; the state it replaced is copy {p}"))
                         .unwrap_or_default()
+                );
+            }
+        }
+        ArchiveCommand::PushLogs { set, dir } | ArchiveCommand::GetLogs { set, dir } => {
+            let url = engine.archive_url(args.archive.as_deref(), Some(set))?;
+            let getting = matches!(args.command, ArchiveCommand::GetLogs { .. });
+            let report = if getting {
+                engine.archive_get_logs(&url, &passphrase, set, dir.as_deref())?
+            } else {
+                engine.archive_push_logs(&url, &passphrase, set, dir.as_deref())?
+            };
+            if out.json {
+                return out.print_json(&report);
+            }
+            if !out.quiet {
+                println!(
+                    "{} {} WAL files ({} bytes); {} were there already",
+                    if getting { "wrote back" } else { "sent" },
+                    report.copied,
+                    report.bytes,
+                    report.present
                 );
             }
         }

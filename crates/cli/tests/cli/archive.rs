@@ -567,3 +567,94 @@ fn a_mariadb_server_whose_data_and_copies_are_lost_starts_again_from_the_archive
     db.sql("INSERT INTO shadowcopy.probe VALUES (NULL)");
     db.stop();
 }
+
+#[test]
+fn a_postgres_host_lost_with_its_wal_rolls_forward_from_the_archive_to_the_last_archived_commit() {
+    use shadowcopy_testing::postgres::{make_postgres_dir, Ledger};
+    let test = "a_postgres_host_lost_with_its_wal_rolls_forward_from_the_archive";
+    let cli = Cli::new();
+    let Some((cluster, wal_archive)) = crate::postgres::archiving_cluster(test, &cli) else {
+        return;
+    };
+    Ledger::setup(&mut cluster.connect()).unwrap();
+    let ledger = Ledger::start(&cluster.config(), 2, Duration::ZERO);
+    assert!(ledger.wait_for_commits(50, Duration::from_secs(30)));
+    let created = crate::postgres::create(&cli, &cluster, &wal_archive);
+    let id = created["id"].as_i64().unwrap().to_string();
+    let set = created["set"].as_str().unwrap().to_string();
+    // Commits after the copy, all archived: the WAL switched and archived after the load.
+    assert!(ledger.wait_for_commits(ledger.committed() + 200, Duration::from_secs(30)));
+    let acked_all = ledger.stop().acknowledged;
+    let last = cluster.psql("SELECT pg_walfile_name(pg_switch_wal())");
+    shadowcopy_testing::wait::until(
+        Duration::from_secs(60),
+        || cluster.psql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver") >= last,
+        || "the last WAL segment is archived".into(),
+    );
+
+    let repo = cli.path("archive");
+    let url = format!("file://{}", repo.display());
+    let run = |args: &[&str]| {
+        let mut all = vec!["archive", "--archive", &url];
+        all.extend_from_slice(args);
+        cli.cmd(&all)
+            .env("SHADOWCOPY_ARCHIVE_PASSWORD", PASSPHRASE)
+            .output()
+            .unwrap()
+    };
+    assert!(run(&["init"]).status.success());
+    json(&run(&["push", &id, "--json"]));
+    let logs = json(&run(&["push-logs", "--set", &set, "--json"]));
+    assert!(logs["copied"].as_u64().unwrap() >= 2, "{logs:#}");
+    let again = json(&run(&["push-logs", "--set", &set, "--json"]));
+    assert_eq!(
+        again["copied"], 0,
+        "only what the archive lacks is sent: {again:#}"
+    );
+
+    // The host is lost: data files, live WAL, the WAL archive, and the catalog with every
+    // local copy. An empty archive directory is made again for the database's user.
+    cluster.stop();
+    crate::postgres::destroy_data_files(&cluster);
+    for entry in std::fs::read_dir(cluster.wal_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+    std::fs::remove_dir_all(&wal_archive).unwrap();
+    make_postgres_dir(&wal_archive).unwrap();
+    std::fs::remove_dir_all(&cli.catalog).unwrap();
+
+    let back = json(&run(&[
+        "get-logs",
+        "--set",
+        &set,
+        "--dir",
+        wal_archive.to_str().unwrap(),
+        "--json",
+    ]));
+    assert_eq!(back["copied"], logs["copied"], "{back:#}");
+    let listed = json(&run(&["list", "--json"]));
+    let out = run(&[
+        "restore",
+        listed[0]["id"].as_str().unwrap(),
+        "--mode",
+        "roll-forward",
+        "--discard-current",
+        "--json",
+    ]);
+    json(&out);
+    cluster.start();
+    let state = crate::postgres::wait_for_promotion(&cluster);
+    let lost = state.missing(&acked_all);
+    assert!(
+        lost.is_empty(),
+        "roll-forward from the archive lost {} acknowledged commits, e.g. {:?}\n{}",
+        lost.len(),
+        &lost[..lost.len().min(5)],
+        cluster.log()
+    );
+    assert!(state.balanced(), "{state:?}");
+    cluster.stop();
+}
