@@ -11,6 +11,9 @@
 #   sudo ./scripts/bench.sh postgres --scale 5 --runs 1 --tps-seconds 20   # quick check
 #   sudo ./scripts/bench.sh mariadb                        # 1 GiB, copy/reflink/btrfs, 3 runs
 #   sudo ./scripts/bench.sh mariadb --size 64MiB --runs 1  # quick check
+#   sudo ./scripts/bench.sh agent                          # idle cost, API latency over 10,000 copies,
+#                                                          # a copy a minute for 30 min + 30 min baseline (65 min)
+#   sudo ./scripts/bench.sh agent --minutes 2 --idle-seconds 10 --size 64MiB   # quick check (6 min)
 # and the comparison with the tools users would pick instead (installs them when missing):
 #   sudo ./scripts/bench.sh peers sqlite                   # 1 and 8 GiB, 3 runs
 #   sudo ./scripts/bench.sh peers postgres                 # pgbench scale 100 and 1000, 3 runs (hours)
@@ -24,7 +27,7 @@ cd "$(dirname "$0")/.."
 
 workload=sqlite
 case "${1:-}" in
-    sqlite | sizes | postgres | mariadb | peers) workload=$1; shift ;;
+    sqlite | sizes | postgres | mariadb | peers | agent) workload=$1; shift ;;
 esac
 
 # The file-system tools, the databases, the peers and the plots' font (not needed to

@@ -1,5 +1,5 @@
 //! `shadowcopy-bench`: what shadowcopy costs, measured on loop-device file systems with
-//! the real release binary. Four workloads:
+//! the real release binary. The workloads:
 //!
 //! - `sqlite` (the default, also when no workload is named): freeze window, application
 //!   stall, create and restore time of a busy SQLite database (see [`sqlite`]);
@@ -13,10 +13,14 @@
 //!   (see [`mariadb`]);
 //! - `peers sqlite|postgres|mariadb|report`: shadowcopy against the tools users would
 //!   pick instead (sqlite3 `.backup` and `VACUUM INTO`, pgbackrest and pg_basebackup,
-//!   mariabackup), same data, same load, same run; a table and plots (see [`peers`]).
+//!   mariabackup), same data, same load, same run; a table and plots (see [`peers`]);
+//! - `agent`: the agent daemon's idle memory and CPU, its API's latency over 10,000
+//!   copies, and a copy a minute of a busy SQLite bank with retention, against the same
+//!   load without the agent (see [`agent`]).
 //!
 //! All need root (loop devices, dropping caches) and exit with code 2 without it.
 
+mod agent;
 mod common;
 mod mariadb;
 mod peers;
@@ -55,6 +59,8 @@ enum Workload {
     Mariadb(mariadb::MariadbArgs),
     /// shadowcopy against sqlite3 .backup/VACUUM INTO, pgbackrest/pg_basebackup and mariabackup, in the same runs
     Peers(peers::PeersArgs),
+    /// The agent: idle memory and CPU, API latency over 10,000 copies, a copy a minute under load
+    Agent(agent::AgentArgs),
 }
 
 /// Every workload measures on loop file systems; regenerating the peers' report does not.
@@ -78,6 +84,7 @@ fn main() -> ExitCode {
         Workload::Postgres(args) => args.tools(),
         Workload::Mariadb(args) => args.tools(),
         Workload::Peers(args) => args.tools(),
+        Workload::Agent(args) => args.tools(),
     };
     if let Some(missing) = tools.iter().find(|t| !has_tool(t)) {
         eprintln!(
@@ -92,6 +99,7 @@ fn main() -> ExitCode {
         Workload::Postgres(args) => postgres::bench(args),
         Workload::Mariadb(args) => mariadb::bench(args),
         Workload::Peers(args) => peers::bench(args),
+        Workload::Agent(args) => agent::bench(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
