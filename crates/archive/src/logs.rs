@@ -55,13 +55,7 @@ impl Repository {
     ) -> Result<LogsReport, ArchiveError> {
         let dir = self.logs_dir(stream);
         self.runtime.block_on(async {
-            let held: HashSet<String> = self
-                .store
-                .list(&dir)
-                .await?
-                .into_iter()
-                .map(|(n, _)| n)
-                .collect();
+            let held: HashSet<String> = self.store.names(&dir).await?.into_iter().collect();
             let mut report = LogsReport {
                 stream: stream.to_string(),
                 ..LogsReport::default()
@@ -114,13 +108,7 @@ impl Repository {
         let from = self.logs_dir(stream);
         let owner = std::fs::metadata(dir)?;
         self.runtime.block_on(async {
-            let names: Vec<String> = self
-                .store
-                .list(&from)
-                .await?
-                .into_iter()
-                .map(|(n, _)| n)
-                .collect();
+            let names = self.store.names(&from).await?;
             let mut report = LogsReport {
                 stream: stream.to_string(),
                 ..LogsReport::default()

@@ -340,10 +340,9 @@ impl Repository {
     ) -> Result<(Vec<(String, Manifest)>, Vec<(String, ArchiveError)>), ArchiveError> {
         let names: Vec<String> = self
             .store
-            .list(names::MANIFESTS)
+            .names(names::MANIFESTS)
             .await?
             .into_iter()
-            .map(|(n, _)| n)
             .collect();
         let read: Vec<(String, Result<Option<Manifest>, ArchiveError>)> = stream::iter(names)
             .map(|id| async move {

@@ -223,6 +223,11 @@ impl Store {
         Ok(out)
     }
 
+    /// The names of the objects below `dir`, sorted.
+    pub async fn names(&self, dir: &str) -> Result<Vec<String>, ArchiveError> {
+        Ok(self.list(dir).await?.into_iter().map(|(n, _)| n).collect())
+    }
+
     /// The objects below `dir`: (name below `dir`, size, last modified in Unix ms).
     pub async fn list_with_time(&self, dir: &str) -> Result<Vec<(String, u64, i64)>, ArchiveError> {
         let base = self.path(dir);

@@ -26,6 +26,16 @@ fn archive(cli: &Cli, moto: &Moto, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// `shadowcopy archive --archive URL ARGS...` with the passphrase.
+fn archive_at(cli: &Cli, url: &str, args: &[&str]) -> Output {
+    let mut all = vec!["archive", "--archive", url];
+    all.extend_from_slice(args);
+    cli.cmd(&all)
+        .env("SHADOWCOPY_ARCHIVE_PASSWORD", PASSPHRASE)
+        .output()
+        .unwrap()
+}
+
 fn json(out: &Output) -> Value {
     assert!(out.status.success(), "{}", describe(out));
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", describe(out)))
@@ -272,14 +282,7 @@ fn kill_9_in_the_middle_of_a_push_leaves_nothing_listed_and_prune_collects_it() 
     let db = cli.bank("big.db", 120 << 20);
     let repo = cli.path("archive");
     let url = format!("file://{}", repo.display());
-    let run = |args: &[&str]| {
-        let mut all = vec!["archive", "--archive", &url];
-        all.extend_from_slice(args);
-        cli.cmd(&all)
-            .env("SHADOWCOPY_ARCHIVE_PASSWORD", PASSPHRASE)
-            .output()
-            .unwrap()
-    };
+    let run = |args: &[&str]| archive_at(&cli, &url, args);
     assert!(run(&["init"]).status.success());
     let id = copy_of(&cli, &db);
     let mut push = cli
@@ -405,14 +408,7 @@ fn a_directory_comes_back_from_the_archive_with_its_modes_and_links() {
     mode(&data.join("empty"), 0o1777);
     let repo = cli.path("archive");
     let url = format!("file://{}", repo.display());
-    let run = |args: &[&str]| {
-        let mut all = vec!["archive", "--archive", &url];
-        all.extend_from_slice(args);
-        cli.cmd(&all)
-            .env("SHADOWCOPY_ARCHIVE_PASSWORD", PASSPHRASE)
-            .output()
-            .unwrap()
-    };
+    let run = |args: &[&str]| archive_at(&cli, &url, args);
     assert!(run(&["init"]).status.success());
     let id = cli.json(&[
         "create",
@@ -474,14 +470,7 @@ fn a_postgres_cluster_whose_data_and_copies_are_lost_starts_again_from_the_archi
 
     let repo = cli.path("archive");
     let url = format!("file://{}", repo.display());
-    let run = |args: &[&str]| {
-        let mut all = vec!["archive", "--archive", &url];
-        all.extend_from_slice(args);
-        cli.cmd(&all)
-            .env("SHADOWCOPY_ARCHIVE_PASSWORD", PASSPHRASE)
-            .output()
-            .unwrap()
-    };
+    let run = |args: &[&str]| archive_at(&cli, &url, args);
     assert!(run(&["init"]).status.success());
     let pushed = json(&run(&["push", &id, "--json"]));
     assert!(pushed["blocks"].as_u64().unwrap() > 0, "{pushed:#}");
@@ -536,14 +525,7 @@ fn a_mariadb_server_whose_data_and_copies_are_lost_starts_again_from_the_archive
 
     let repo = cli.path("archive");
     let url = format!("file://{}", repo.display());
-    let run = |args: &[&str]| {
-        let mut all = vec!["archive", "--archive", &url];
-        all.extend_from_slice(args);
-        cli.cmd(&all)
-            .env("SHADOWCOPY_ARCHIVE_PASSWORD", PASSPHRASE)
-            .output()
-            .unwrap()
-    };
+    let run = |args: &[&str]| archive_at(&cli, &url, args);
     assert!(run(&["init"]).status.success());
     json(&run(&["push", &id, "--json"]));
 
@@ -594,14 +576,7 @@ fn a_postgres_host_lost_with_its_wal_rolls_forward_from_the_archive_to_the_last_
 
     let repo = cli.path("archive");
     let url = format!("file://{}", repo.display());
-    let run = |args: &[&str]| {
-        let mut all = vec!["archive", "--archive", &url];
-        all.extend_from_slice(args);
-        cli.cmd(&all)
-            .env("SHADOWCOPY_ARCHIVE_PASSWORD", PASSPHRASE)
-            .output()
-            .unwrap()
-    };
+    let run = |args: &[&str]| archive_at(&cli, &url, args);
     assert!(run(&["init"]).status.success());
     json(&run(&["push", &id, "--json"]));
     let logs = json(&run(&["push-logs", "--set", &set, "--json"]));
