@@ -17,7 +17,6 @@ use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use shadowcopy_catalog::{CatalogError, CopyDetail, CopySummary, JobRecord};
-use shadowcopy_core::CopyState;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::oneshot;
 use utoipa::OpenApi;
@@ -253,21 +252,21 @@ pub struct SetInfo {
 async fn sets(State(shared): State<Arc<Shared>>) -> ApiResult<Vec<SetInfo>> {
     let engine = shared.engine();
     let sets = blocking(move || {
-        let copies = engine.list(None)?;
+        let totals = engine.set_totals()?;
         Ok(engine
             .config
             .sets
             .iter()
             .map(|(name, config)| {
-                let mine = || copies.iter().filter(|c| c.set == *name);
-                let newest = mine().rev().find(|c| c.state == CopyState::Usable);
+                let totals = totals.get(name).cloned().unwrap_or_default();
+                let newest = totals.newest_usable.as_ref();
                 let (policy, pre) = engine.config.retention(name);
                 SetInfo {
                     name: name.clone(),
                     schedule: config.schedule.as_ref().map(|s| s.get_ref().clone()),
                     verify_schedule: config.verify_schedule.as_ref().map(|s| s.get_ref().clone()),
                     retention: policy.is_some() || pre.is_some(),
-                    copies: mine().count(),
+                    copies: totals.copies as usize,
                     newest_usable: newest.map(|c| c.id),
                     newest_usable_ms: newest.map(|c| c.created_ms),
                 }
@@ -283,16 +282,24 @@ async fn sets(State(shared): State<Arc<Shared>>) -> ApiResult<Vec<SetInfo>> {
 struct CopiesQuery {
     /// Only this set's copies.
     set: Option<String>,
+    /// Only copies with a greater id: for the next page, the last id of the page before.
+    after: Option<i64>,
+    /// At most this many copies (default: all).
+    limit: Option<usize>,
 }
 
-/// The copies in the catalog, oldest first (as `shadowcopy list --json`).
+/// The copies in the catalog, oldest first (as `shadowcopy list --json`); in pages with
+/// `limit` and `after` (an empty page is the end).
 #[utoipa::path(get, path = "/v1/copies", params(CopiesQuery), responses((status = 200, body = Vec<CopySummary>)))]
 async fn copies(
     State(shared): State<Arc<Shared>>,
     Param(axum::extract::Query(q)): Param<axum::extract::Query<CopiesQuery>>,
 ) -> ApiResult<Vec<CopySummary>> {
     let engine = shared.engine();
-    Ok(Json(blocking(move || engine.list(q.set.as_deref())).await?))
+    let (after, limit) = (q.after.unwrap_or(0), q.limit.unwrap_or(usize::MAX));
+    Ok(Json(
+        blocking(move || engine.list_page(q.set.as_deref(), after, limit)).await?,
+    ))
 }
 
 /// Everything the catalog knows of one copy (as `shadowcopy show --json`).
@@ -422,10 +429,10 @@ async fn events(
 #[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
 async fn metrics(State(shared): State<Arc<Shared>>) -> Result<Response, ApiError> {
     let engine = shared.engine();
-    let copies = blocking(move || engine.list(None)).await?;
+    let totals = blocking(move || engine.set_totals()).await?;
     let text = shared
         .metrics
-        .encode(&copies, chrono::Utc::now().timestamp_millis());
+        .encode(&totals, chrono::Utc::now().timestamp_millis());
     Ok((
         [(
             header::CONTENT_TYPE,

@@ -4,6 +4,7 @@
 //! queue's depth. Counts and ages are read from the catalog at each scrape (they are
 //! right after a restart); histograms and counters are since the agent started.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -14,8 +15,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
-use shadowcopy_catalog::{CopySummary, JobRecord};
-use shadowcopy_core::CopyState;
+use shadowcopy_catalog::{JobRecord, SetTotals};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SetLabel {
@@ -191,27 +191,28 @@ impl Metrics {
 
     /// The text exposition, with the catalog's copies (`copies`, oldest first) counted
     /// as of now (`now_ms`).
-    pub fn encode(&self, copies: &[CopySummary], now_ms: i64) -> String {
+    pub fn encode(&self, totals: &BTreeMap<String, SetTotals>, now_ms: i64) -> String {
         let _one_at_a_time = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
         self.copies.clear();
         self.newest_usable_age.clear();
         self.newest_copy_bytes.clear();
-        for copy in copies {
-            self.copies
-                .get_or_create(&SetStateLabel {
-                    set: copy.set.clone(),
-                    state: copy.state.as_str().to_string(),
-                })
-                .inc();
-            if copy.state == CopyState::Usable {
-                let set = SetLabel {
-                    set: copy.set.clone(),
-                };
-                // Oldest first: the last one written stays.
+        for (set, totals) in totals {
+            for (state, count) in &totals.by_state {
+                self.copies
+                    .get_or_create(&SetStateLabel {
+                        set: set.clone(),
+                        state: state.as_str().to_string(),
+                    })
+                    .set(*count);
+            }
+            if let Some(newest) = &totals.newest_usable {
+                let label = SetLabel { set: set.clone() };
                 self.newest_usable_age
-                    .get_or_create(&set)
-                    .set((now_ms - copy.created_ms).max(0) as f64 / 1000.0);
-                self.newest_copy_bytes.get_or_create(&set).set(copy.bytes);
+                    .get_or_create(&label)
+                    .set((now_ms - newest.created_ms).max(0) as f64 / 1000.0);
+                self.newest_copy_bytes
+                    .get_or_create(&label)
+                    .set(newest.bytes);
             }
         }
         let mut text = String::new();

@@ -3,7 +3,7 @@
 //! slot); a clock that jumps forward runs a job once, one that jumps back waits for the
 //! next slot after the new time, never for the old one.
 
-use chrono::{DateTime, TimeZone};
+use chrono::{DateTime, TimeZone, Timelike};
 
 /// Why a job runs now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,7 +39,9 @@ pub fn due<Tz: TimeZone>(
         Some(_) => now.clone(),
         None => started.clone(),
     };
-    let next = cron.find_next_occurrence(&from, false).ok()?;
+    let next = cron
+        .find_next_occurrence(&whole_second(&from), false)
+        .ok()?;
     if next > *now {
         return None;
     }
@@ -54,7 +56,13 @@ pub fn due<Tz: TimeZone>(
 
 /// The next slot of `cron` after `now`, for how long the loop may sleep.
 pub fn next_slot<Tz: TimeZone>(cron: &croner::Cron, now: &DateTime<Tz>) -> Option<DateTime<Tz>> {
-    cron.find_next_occurrence(now, false).ok()
+    cron.find_next_occurrence(&whole_second(now), false).ok()
+}
+
+/// `t` without its fraction of a second: slots are on whole seconds, and the next one
+/// after 10:14:59.3 is 10:15:00, not 10:15:00.3.
+fn whole_second<Tz: TimeZone>(t: &DateTime<Tz>) -> DateTime<Tz> {
+    t.with_nanosecond(0).unwrap_or_else(|| t.clone())
 }
 
 #[cfg(test)]
@@ -138,5 +146,26 @@ mod tests {
             Some(Trigger::Schedule)
         );
         assert_eq!(next_slot(&c, &at(10, 0, 5)), Some(at(10, 0, 10)));
+    }
+
+    #[test]
+    fn slots_are_on_whole_seconds_whatever_the_fraction_of_now() {
+        let c = cron("*/15 * * * *");
+        let ms = Duration::milliseconds;
+        assert_eq!(
+            next_slot(&c, &(at(10, 14, 59) + ms(300))),
+            Some(at(10, 15, 0))
+        );
+        // Having fallen due at 10:15:00.4, the next is 10:30:00.000, not 10:30:00.4.
+        let last = at(10, 15, 0) + ms(400);
+        let started = at(10, 1, 0) + ms(700);
+        assert_eq!(
+            due(&c, Some(&last), &started, &at(10, 30, 0)),
+            Some(Trigger::Schedule)
+        );
+        assert_eq!(
+            due(&c, None, &started, &at(10, 15, 0)),
+            Some(Trigger::Schedule)
+        );
     }
 }

@@ -714,6 +714,8 @@ fn api(args: &AgentArgs, bin: &Path) -> anyhow::Result<Api> {
     let mut endpoints = Vec::new();
     for path in [
         "/v1/copies".to_string(),
+        // A page of the newest 100, as a console shows them.
+        format!("/v1/copies?after={}&limit=100", last_id - 100),
         "/v1/sets".into(),
         "/metrics".into(),
         "/v1/status".into(),
@@ -727,13 +729,15 @@ fn api(args: &AgentArgs, bin: &Path) -> anyhow::Result<Api> {
             let answer = agent.get(&path)?;
             times.push(t.elapsed());
             bytes = answer.body.len();
-            if path == "/v1/copies" && (i == 0 || i + 1 == args.requests) {
+            let listing = path.starts_with("/v1/copies?") || path == "/v1/copies";
+            if listing && (i == 0 || i + 1 == args.requests) {
                 let n = answer.json()?.as_array().map_or(0, Vec::len) as u64;
-                ensure!(
-                    n == args.copies,
-                    "/v1/copies lists {n} copies, not {}",
+                let want = if path == "/v1/copies" {
                     args.copies
-                );
+                } else {
+                    100
+                };
+                ensure!(n == want, "{path} lists {n} copies, not {want}");
             }
         }
         let c1 = cpu(pid)?;

@@ -232,6 +232,11 @@ impl Catalog {
                 ])?;
             }
         }
+        let bytes: u64 = files.iter().map(|f| f.size).sum();
+        tx.execute(
+            "UPDATE copies SET file_count = ?2, file_bytes = ?3 WHERE id = ?1",
+            params![id, files.len() as i64, bytes as i64],
+        )?;
         tx.commit()
     }
 

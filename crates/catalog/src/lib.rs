@@ -39,7 +39,9 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags};
 
 pub use jobs::JobRecord;
-pub use queries::{CopyDetail, CopySummary, PhaseRecord, VerificationRecord};
+pub use queries::{
+    CopyDetail, CopySummary, NewestCopy, PhaseRecord, SetTotals, VerificationRecord,
+};
 pub use queue::{QueueError, QueueGuard, QueueHolder, Wait};
 pub use recovery::{ProviderFor, Recovered};
 

@@ -134,6 +134,15 @@ const MIGRATIONS: &[&str] = &[
     "
     ALTER TABLE jobs ADD COLUMN heartbeat_ms INTEGER;
     ",
+    // 7: each copy's file count and bytes, kept with its manifest, so that listing many
+    // copies reads one row per copy instead of counting its files.
+    "
+    ALTER TABLE copies ADD COLUMN file_count INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE copies ADD COLUMN file_bytes INTEGER NOT NULL DEFAULT 0;
+    UPDATE copies SET
+        file_count = (SELECT COUNT(*) FROM files f WHERE f.copy_id = copies.id),
+        file_bytes = (SELECT COALESCE(SUM(size), 0) FROM files f WHERE f.copy_id = copies.id);
+    ",
 ];
 
 /// How many migrations a catalog at schema version `found` lacks, or `Err(known)` when
@@ -238,5 +247,14 @@ mod tests {
         let catalog = Catalog::open_read_only(dir.path()).unwrap();
         assert_eq!(catalog.manifest(1).unwrap().len(), 2);
         assert_eq!(catalog.list(None).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn an_older_catalogs_copies_get_their_file_count_and_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        version_2_catalog(dir.path());
+        let catalog = Catalog::open_existing(dir.path()).unwrap();
+        let copy = catalog.summary(1).unwrap();
+        assert_eq!((copy.files, copy.bytes), (2, 3));
     }
 }

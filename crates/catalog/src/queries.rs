@@ -1,7 +1,7 @@
 //! Reading the catalog: copy summaries for `list`, full details for `show`, and the few
 //! updates that are not part of the coordinator's journal (delete).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -75,10 +75,27 @@ pub struct CopyDetail {
 const SUMMARY_SELECT: &str = "
     SELECT c.id, c.set_name, c.origin, c.provider, c.location, c.state, c.phase, c.error, c.pid,
            c.created_ms, c.finished_ms, c.freeze_deadline_ms, c.freeze_window_us, c.verify_state,
-           (SELECT COUNT(*) FROM files f WHERE f.copy_id = c.id),
-           (SELECT COALESCE(SUM(size), 0) FROM files f WHERE f.copy_id = c.id),
-           c.spec_json
+           c.file_count, c.file_bytes, c.spec_json
     FROM copies c";
+
+/// One set's copies, counted ([`Catalog::set_totals`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SetTotals {
+    /// Its copies in any state this version can read.
+    pub copies: i64,
+    /// How many copies are in each state (states without copies are left out).
+    pub by_state: Vec<(CopyState, i64)>,
+    pub newest_usable: Option<NewestCopy>,
+}
+
+/// A set's newest usable copy, in brief.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewestCopy {
+    pub id: CopyId,
+    pub created_ms: i64,
+    /// The bytes of its files.
+    pub bytes: i64,
+}
 
 /// A row of `copies`, or what in it this version cannot read.
 enum Parsed {
@@ -140,11 +157,28 @@ impl Catalog {
     /// state written by a newer shadowcopy) is left out with a warning, and so never
     /// selected for deletion or recovery.
     pub fn list(&self, set: Option<&str>) -> Result<Vec<CopySummary>, CatalogError> {
-        let sql = format!("{SUMMARY_SELECT} WHERE (?1 IS NULL OR c.set_name = ?1) ORDER BY c.id");
+        self.list_page(set, 0, usize::MAX)
+    }
+
+    /// At most `limit` copies with ids above `after`, oldest first, optionally of one
+    /// set: a page of [`Catalog::list`]; the next page starts after the last id of this
+    /// one, and an empty page is the end.
+    pub fn list_page(
+        &self,
+        set: Option<&str>,
+        after: CopyId,
+        limit: usize,
+    ) -> Result<Vec<CopySummary>, CatalogError> {
+        let sql = format!(
+            "{SUMMARY_SELECT} WHERE (?1 IS NULL OR c.set_name = ?1) AND c.id > ?2 ORDER BY c.id"
+        );
         let mut stmt = self.conn.prepare(&sql)?;
-        let rows = stmt.query_map(params![set], summary)?;
+        let rows = stmt.query_map(params![set, after], summary)?;
         let mut copies = Vec::new();
         for row in rows {
+            if copies.len() >= limit {
+                break;
+            }
             match row? {
                 Parsed::Known(s) => copies.push(self.resolved(*s)),
                 Parsed::Unknown { id, what, value } => {
@@ -157,6 +191,46 @@ impl Catalog {
             }
         }
         Ok(copies)
+    }
+
+    /// Each set's copies counted by state, and its newest usable copy: what a status
+    /// page needs without reading every copy. Sets without copies are not listed; states
+    /// this version cannot read are not counted.
+    pub fn set_totals(&self) -> Result<BTreeMap<String, SetTotals>, CatalogError> {
+        let mut totals: BTreeMap<String, SetTotals> = BTreeMap::new();
+        let mut stmt = self
+            .conn
+            .prepare("SELECT set_name, state, COUNT(*) FROM copies GROUP BY set_name, state")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get(2)?))
+        })?;
+        for row in rows {
+            let (set, state, count) = row?;
+            if let Some(state) = CopyState::parse(&state) {
+                let set = totals.entry(set).or_default();
+                set.by_state.push((state, count));
+                set.copies += count;
+            }
+        }
+        let mut stmt = self.conn.prepare(
+            "SELECT set_name, id, created_ms, file_bytes FROM copies WHERE id IN
+                (SELECT MAX(id) FROM copies WHERE state = ?1 GROUP BY set_name)",
+        )?;
+        let rows = stmt.query_map([CopyState::Usable.as_str()], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                NewestCopy {
+                    id: r.get(1)?,
+                    created_ms: r.get(2)?,
+                    bytes: r.get(3)?,
+                },
+            ))
+        })?;
+        for row in rows {
+            let (set, newest) = row?;
+            totals.entry(set).or_default().newest_usable = Some(newest);
+        }
+        Ok(totals)
     }
 
     pub fn summary(&self, id: CopyId) -> Result<CopySummary, CatalogError> {

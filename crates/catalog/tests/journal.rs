@@ -297,3 +297,81 @@ fn the_queue_admits_one_holder_at_a_time() {
         .acquire_queue(&holder("other"), Wait::No, |_| {})
         .expect("free once the holder is gone");
 }
+
+#[test]
+fn copies_list_in_pages_and_count_per_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = Catalog::open(dir.path()).unwrap();
+    let mut ids = Vec::new();
+    for (set, state, size) in [
+        ("bank", CopyState::Usable, 10),
+        ("ledger", CopyState::Usable, 20),
+        ("bank", CopyState::Usable, 30),
+        ("bank", CopyState::Failed, 40),
+        ("ledger", CopyState::InProgress, 50),
+    ] {
+        let id = catalog
+            .begin_copy(&NewCopy {
+                set_name: set,
+                spec_json: "{}",
+                origin: Origin::Create,
+                provider: "copy",
+                freeze_deadline: Duration::from_secs(10),
+            })
+            .unwrap();
+        let file = |name: &str, size| FileEntry {
+            path: PathBuf::from(name),
+            size,
+            mode: 0o600,
+            mtime_ns: 0,
+            blake3: None,
+        };
+        catalog
+            .record_files(id, &[file("/d/a", size), file("/d/b", 1)])
+            .unwrap();
+        if state != CopyState::InProgress {
+            catalog.finish_copy(id, state, None).unwrap();
+        }
+        ids.push(id);
+    }
+
+    let page = |set, after, limit| -> Vec<CopyId> {
+        let copies = catalog.list_page(set, after, limit).unwrap();
+        copies.iter().map(|c| c.id).collect()
+    };
+    assert_eq!(page(None, 0, 2), ids[..2]);
+    assert_eq!(page(None, ids[1], 2), ids[2..4]);
+    assert_eq!(page(None, ids[3], 2), ids[4..]);
+    assert_eq!(page(None, ids[4], 2), Vec::<CopyId>::new(), "the end");
+    assert_eq!(page(Some("bank"), ids[0], 10), vec![ids[2], ids[3]]);
+    assert_eq!(page(None, 0, usize::MAX), page(None, 0, 100));
+    let listed = catalog.list(None).unwrap();
+    assert_eq!(
+        listed
+            .iter()
+            .map(|c| (c.files, c.bytes))
+            .collect::<Vec<_>>(),
+        vec![(2, 11), (2, 21), (2, 31), (2, 41), (2, 51)],
+        "each copy's file count and bytes as its manifest has them"
+    );
+
+    let totals = catalog.set_totals().unwrap();
+    let bank = &totals["bank"];
+    assert_eq!(bank.copies, 3);
+    let mut by_state = bank.by_state.clone();
+    by_state.sort_by_key(|(s, _)| s.as_str());
+    assert_eq!(
+        by_state,
+        vec![(CopyState::Failed, 1), (CopyState::Usable, 2)]
+    );
+    let newest = bank.newest_usable.as_ref().unwrap();
+    assert_eq!(
+        (newest.id, newest.bytes),
+        (ids[2], 31),
+        "the newest usable, not the failed one after it"
+    );
+    let ledger = &totals["ledger"];
+    assert_eq!(ledger.copies, 2);
+    assert_eq!(ledger.newest_usable.as_ref().unwrap().id, ids[1]);
+    assert_eq!(totals.len(), 2);
+}

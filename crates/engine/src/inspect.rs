@@ -3,10 +3,11 @@
 //! writer kinds and each configured set's writers with their state, like `vssadmin list
 //! writers`) and `providers` (which can serve some paths, and what `auto` picks).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::Serialize;
-use shadowcopy_catalog::{CopyDetail, CopySummary, JobRecord};
+use shadowcopy_catalog::{CopyDetail, CopySummary, JobRecord, SetTotals};
 
 use crate::copies::UsableCopy;
 use crate::engine::Engine;
@@ -73,6 +74,23 @@ impl Engine {
     /// The copies in the catalog (of `set`), oldest first. Reads only.
     pub fn list(&self, set: Option<&str>) -> anyhow::Result<Vec<CopySummary>> {
         Ok(self.open_catalog_read_only()?.list(set)?)
+    }
+
+    /// A page of [`Engine::list`]: at most `limit` copies with ids above `after`.
+    pub fn list_page(
+        &self,
+        set: Option<&str>,
+        after: i64,
+        limit: usize,
+    ) -> anyhow::Result<Vec<CopySummary>> {
+        Ok(self
+            .open_catalog_read_only()?
+            .list_page(set, after, limit)?)
+    }
+
+    /// Each set's copies counted by state, and its newest usable copy. Reads only.
+    pub fn set_totals(&self) -> anyhow::Result<BTreeMap<String, SetTotals>> {
+        Ok(self.open_catalog_read_only()?.set_totals()?)
     }
 
     /// The agent's jobs, newest first, at most `limit`. Reads only.

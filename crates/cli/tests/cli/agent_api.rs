@@ -168,15 +168,26 @@ fn the_api_shows_state_takes_jobs_streams_events_and_serves_metrics() {
     let mut agent = start(&cli, &config, "agent.log");
     api.wait_up(&mut agent);
 
-    // Events, from before the first scheduled copy ends.
+    // Events, until a create job queued after the stream began has finished (one may
+    // have been queued before it).
     let events = {
         let socket = api.socket.clone();
         std::thread::spawn(move || {
+            let mut queued = Vec::new();
             client::read_events(
                 &socket,
                 "/v1/events",
                 Duration::from_secs(60),
-                |name, data| name == "job-finished" && data.contains("\"kind\":\"create\""),
+                |name, data| {
+                    let job: Value = serde_json::from_str(data).unwrap_or_default();
+                    let (id, kind) = (&job["job"]["id"], &job["job"]["kind"]);
+                    match name {
+                        "job-queued" => queued.push(id.clone()),
+                        "job-finished" => return kind == "create" && queued.contains(id),
+                        _ => {}
+                    }
+                    false
+                },
             )
             .unwrap()
         })
@@ -304,6 +315,29 @@ fn the_api_shows_state_takes_jobs_streams_events_and_serves_metrics() {
         .unwrap();
     assert!(bytes >= 4096.0, "{bytes}");
     assert!(api.metric("shadowcopy_queue_depth").is_some());
+
+    // Sets count their copies; the listing comes in pages, oldest first.
+    let sets = api.get("/v1/sets");
+    assert_eq!(sets[1]["name"], "b");
+    assert_eq!(sets[1]["copies"], 1, "{sets:#}");
+    assert_eq!(sets[1]["newest_usable"], copy, "{sets:#}");
+    let (mut paged, mut after) = (Vec::new(), 0);
+    loop {
+        let page = api.get(&format!("/v1/copies?after={after}&limit=1"));
+        let ids: Vec<i64> = page
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["id"].as_i64().unwrap())
+            .collect();
+        let Some(&last) = ids.last() else { break };
+        assert_eq!(ids.len(), 1, "{page:#}");
+        assert!(last > after, "{page:#}");
+        after = last;
+        paged.extend(ids);
+    }
+    assert!(paged.contains(&copy), "{paged:?}");
+    assert!(paged.len() >= 4, "a's copies, b's and c's: {paged:?}");
 
     // The CLI asks the same agent.
     let out = cli.json(&["--config", &config, "agent", "status", "--json"]);
