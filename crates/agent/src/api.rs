@@ -294,13 +294,23 @@ struct CopiesQuery {
 async fn copies(
     State(shared): State<Arc<Shared>>,
     Param(axum::extract::Query(q)): Param<axum::extract::Query<CopiesQuery>>,
-) -> ApiResult<Vec<CopySummary>> {
+) -> Result<Response, ApiError> {
     let engine = shared.engine();
     let (after, limit) = (q.after.unwrap_or(0), q.limit.unwrap_or(usize::MAX));
-    Ok(Json(
-        blocking(move || engine.list_page(q.set.as_deref(), after, limit)).await?,
-    ))
+    // Serialised beside the catalog read, into a buffer of about the right size: a
+    // listing of 10,000 copies is 3.5 MiB, which a growing buffer copies over and over.
+    let body = blocking(move || {
+        let copies = engine.list_page(q.set.as_deref(), after, limit)?;
+        let mut body = Vec::with_capacity(2 + copies.len() * BYTES_PER_COPY);
+        serde_json::to_writer(&mut body, &copies)?;
+        Ok(body)
+    })
+    .await?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
+
+/// About what one copy of `/v1/copies` takes in JSON (360 to 400 bytes, with paths).
+const BYTES_PER_COPY: usize = 400;
 
 /// Everything the catalog knows of one copy (as `shadowcopy show --json`).
 #[utoipa::path(
