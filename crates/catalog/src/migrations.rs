@@ -135,8 +135,10 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE jobs ADD COLUMN heartbeat_ms INTEGER;
     ",
     // 7: each copy's file count and bytes, kept with its manifest, so that listing many
-    // copies reads one row per copy instead of counting its files.
+    // copies reads one row per copy instead of counting its files; copies by state, so
+    // that counting a set's copies and finding its newest usable one reads the index.
     "
+    CREATE INDEX copies_by_state ON copies(set_name, state, id);
     ALTER TABLE copies ADD COLUMN file_count INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE copies ADD COLUMN file_bytes INTEGER NOT NULL DEFAULT 0;
     UPDATE copies SET
