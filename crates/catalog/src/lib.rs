@@ -21,6 +21,7 @@
 //! - a small preallocated file (`space.reserve`) keeps room for `delete` on a full file
 //!   system: [`Catalog::open_to_free_space`] gives it back before writing.
 
+mod archived_logs;
 mod jobs;
 mod journal;
 mod migrations;

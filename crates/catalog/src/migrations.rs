@@ -136,9 +136,17 @@ const MIGRATIONS: &[&str] = &[
     ",
     // 7: each copy's file count and bytes, kept with its manifest, so that listing many
     // copies reads one row per copy instead of counting its files; copies by state, so
-    // that counting a set's copies and finding its newest usable one reads the index.
+    // that counting a set's copies and finding its newest usable one reads the index;
+    // how far each set's logs are in each archive, which log truncation respects.
     "
     CREATE INDEX copies_by_state ON copies(set_name, state, id);
+    CREATE TABLE archived_logs (
+        set_name    TEXT NOT NULL,
+        archive     TEXT NOT NULL,
+        through     TEXT NOT NULL,
+        updated_ms  INTEGER NOT NULL,
+        PRIMARY KEY (set_name, archive)
+    );
     ALTER TABLE copies ADD COLUMN file_count INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE copies ADD COLUMN file_bytes INTEGER NOT NULL DEFAULT 0;
     UPDATE copies SET

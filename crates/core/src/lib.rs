@@ -32,4 +32,6 @@ pub use journal::{Journal, JournalError, NewCopy};
 pub use model::*;
 pub use provider::{Capabilities, CommitControl, CommitRequest, Provider, Unsupported};
 pub use restore::{RestoreOutcome, RestoreRequest, Restorer};
-pub use writer::{KeptCopies, KeptCopiesUnknown, KeptCopy, RestoreMode, RestorePlan, Writer};
+pub use writer::{
+    KeptCopies, KeptCopiesUnknown, KeptCopy, LogsOffHost, RestoreMode, RestorePlan, Writer,
+};

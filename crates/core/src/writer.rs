@@ -167,6 +167,22 @@ pub trait KeptCopies {
     /// Every other usable copy of the set, oldest first. An error means "not known":
     /// a writer then truncates nothing.
     fn kept(&self) -> Result<Vec<KeptCopy>, BoxError>;
+
+    /// Whether the set's logs go to an archive off the host, and how far they are there:
+    /// a log that is only on this host is still needed, whatever the copies need.
+    fn logs_off_host(&self) -> LogsOffHost {
+        LogsOffHost::NoArchive
+    }
+}
+
+/// How far a set's logs are in its archive off the host ([`KeptCopies::logs_off_host`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LogsOffHost {
+    /// The set has no archive: a truncation follows the kept copies alone.
+    NoArchive,
+    /// The set has an archive, which holds its logs up to and including this file (the
+    /// newest one a push of the logs sent or found there); `None`: none yet, or not known.
+    Through(Option<String>),
 }
 
 /// For sets whose writers never look (the raw `pre-restore` copy): asking is an error,

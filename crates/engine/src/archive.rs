@@ -283,9 +283,9 @@ impl Engine {
     ) -> anyhow::Result<LogsReport> {
         let dir = self.log_archive_dir(set, dir)?;
         let wal = shadowcopy_postgres::archive::WalArchive::open(&dir)?;
-        let files: Vec<(String, std::path::PathBuf)> = wal
-            .list()?
-            .into_iter()
+        let listed = wal.list()?;
+        let files: Vec<(String, std::path::PathBuf)> = listed
+            .iter()
             .filter_map(|f| {
                 let path = wal.stored_path(&f.name);
                 let name = path.file_name()?.to_str()?.to_string();
@@ -293,7 +293,26 @@ impl Engine {
             })
             .collect();
         let repo = Repository::open(url, passphrase.expose().as_bytes())?;
-        Ok(repo.push_logs(set, &files)?)
+        let report = repo.push_logs(set, &files)?;
+        // Every file listed is in the archive now: log truncation may expire up to the
+        // newest segment among them.
+        let newest = listed
+            .iter()
+            .filter(|f| f.kind == shadowcopy_postgres::wal::WalFileKind::Segment)
+            .map(|f| f.name.as_str())
+            .max_by_key(|name| (&name[8..], &name[..8]));
+        if let Some(newest) = newest {
+            let recorded = self
+                .open_existing_catalog()
+                .and_then(|c| Ok(c.record_logs_archived(set, url, newest)?));
+            if let Err(e) = recorded {
+                tracing::warn!(
+                    "the catalog does not know that the archive holds set `{set}`'s WAL through \
+                     {newest}, so log truncation keeps it on this host: {e:#}"
+                );
+            }
+        }
+        Ok(report)
     }
 
     /// Writes set `set`'s archived WAL into its WAL archive directory (made if missing),

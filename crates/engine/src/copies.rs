@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use shadowcopy_catalog::{Catalog, CopySummary};
-use shadowcopy_core::{BoxError, CopyState, KeptCopies, KeptCopy, Provider};
+use shadowcopy_core::{BoxError, CopyState, KeptCopies, KeptCopy, LogsOffHost, Provider};
 
 use crate::error::UsageError;
 use crate::set::SetSpec;
@@ -62,9 +62,30 @@ pub fn provider_for(catalog: &Catalog, copy: &CopySummary) -> Result<Arc<dyn Pro
 pub struct CatalogKeptCopies {
     pub catalog_dir: std::path::PathBuf,
     pub set: String,
+    /// The set's archive off the host, if it has one: its logs are kept on this host
+    /// until they are there.
+    pub archive: Option<String>,
 }
 
 impl KeptCopies for CatalogKeptCopies {
+    fn logs_off_host(&self) -> LogsOffHost {
+        let Some(archive) = &self.archive else {
+            return LogsOffHost::NoArchive;
+        };
+        let through = Catalog::open_existing(&self.catalog_dir)
+            .and_then(|c| c.logs_archived_through(&self.set, archive));
+        match through {
+            Ok(through) => LogsOffHost::Through(through),
+            Err(e) => {
+                tracing::warn!(
+                    "how far set `{}`'s logs are in its archive is not known: {e}",
+                    self.set
+                );
+                LogsOffHost::Through(None)
+            }
+        }
+    }
+
     fn kept(&self) -> Result<Vec<KeptCopy>, BoxError> {
         let catalog = Catalog::open_existing(&self.catalog_dir)?;
         let mut kept = Vec::new();

@@ -102,6 +102,7 @@ impl Engine {
         let kept = Box::new(CatalogKeptCopies {
             catalog_dir: self.catalog_dir.clone(),
             set: spec.name.clone(),
+            archive: self.archive_url(None, Some(&spec.name)).ok(),
         });
         let created = create_copy(&catalog, spec, provider.clone(), progress, kept)?;
         Ok(CreateReport::new(spec, &**provider, created))

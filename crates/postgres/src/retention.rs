@@ -12,7 +12,7 @@ use std::path::Path;
 use serde::Serialize;
 use shadowcopy_core::error::human_bytes;
 use shadowcopy_core::model::{CopyId, CopyView};
-use shadowcopy_core::writer::KeptCopy;
+use shadowcopy_core::writer::{KeptCopy, LogsOffHost};
 
 use crate::archive::{ArchiveError, Expired, WalArchive};
 use crate::bin::pg_bin;
@@ -27,6 +27,11 @@ pub enum RetentionError {
     KeptUnknown(String),
     #[error("no WAL was expired: cannot tell where {} starts: {reason}", which(*.id))]
     StartUnknown { id: Option<CopyId>, reason: String },
+    #[error(
+        "no WAL was expired: the set's archive holds none of its WAL yet \
+         (`shadowcopy archive push-logs --set SET` sends it; the agent does after each push)"
+    )]
+    NotOffHost,
     #[error("expiring WAL from the archive failed")]
     Archive(#[from] ArchiveError),
     #[error(transparent)]
@@ -40,13 +45,15 @@ fn which(id: Option<CopyId>) -> String {
     }
 }
 
-/// Where one copy's need for WAL begins.
+/// Where the WAL still needed begins: one copy's start, or the end of what the set's
+/// archive off the host holds.
 #[derive(Clone, Debug, Serialize)]
 pub struct CopyStart {
-    /// `None` for the copy being completed (it has no usable id yet in this context).
+    /// `None` for the copy being completed (it has no usable id yet in this context) and
+    /// for the archive.
     pub id: Option<CopyId>,
     pub segment: String,
-    /// `backup_label` or `pg_control`.
+    /// `backup_label` or `pg_control` (a copy's start), or `archive`.
     pub from: &'static str,
 }
 
@@ -61,9 +68,12 @@ pub struct Truncation {
 impl Truncation {
     /// One line for the user.
     pub fn summary(&self, archive: &Path) -> String {
-        let holder = match self.boundary.id {
-            Some(id) => format!("the start of copy {id}, the oldest kept"),
-            None => "the start of this copy; no kept copy needs older WAL".into(),
+        let holder = match (self.boundary.id, self.boundary.from) {
+            (_, "archive") => {
+                "the newest WAL in the set's archive; what follows is only on this host".into()
+            }
+            (Some(id), _) => format!("the start of copy {id}, the oldest kept"),
+            (None, _) => "the start of this copy; no kept copy needs older WAL".into(),
         };
         match self.expired.removed.len() {
             0 => format!(
@@ -110,12 +120,14 @@ pub fn copy_start(
     }
 }
 
-/// Expires from `archive_dir` what neither `this` copy nor any `kept` copy needs.
+/// Expires from `archive_dir` what neither `this` copy nor any `kept` copy needs, and,
+/// when the set has an archive off the host, only what that archive holds.
 pub fn expire_unneeded(
     archive_dir: &Path,
     layout: &ClusterLayout,
     this: &CopyView,
     kept: &[KeptCopy],
+    off_host: &LogsOffHost,
 ) -> Result<Truncation, RetentionError> {
     let seg_size = WalSegSize::new(layout.wal_segment_size)?;
     let start_of = |id: Option<CopyId>, view: &CopyView| {
@@ -129,6 +141,16 @@ pub fn expire_unneeded(
         // pg_archivecleanup's order: by position, ignoring the timeline.
         if candidate.1.position(seg_size) < oldest.1.position(seg_size) {
             oldest = candidate;
+        }
+    }
+    match off_host {
+        LogsOffHost::NoArchive => {}
+        LogsOffHost::Through(None) => return Err(RetentionError::NotOffHost),
+        LogsOffHost::Through(Some(newest)) => {
+            let held = SegmentName::parse(newest, seg_size)?;
+            if held.position(seg_size) < oldest.1.position(seg_size) {
+                oldest = (None, held, "archive");
+            }
         }
     }
     let archive = WalArchive::open(archive_dir)?;

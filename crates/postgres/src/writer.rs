@@ -395,15 +395,21 @@ impl Writer for PostgresWriter {
     fn backup_complete(
         &mut self,
         copy: &CopyView,
-        kept: &dyn KeptCopies,
+        kept_copies: &dyn KeptCopies,
     ) -> Result<Option<String>, BoxError> {
         let Some(archive) = self.options.archive.clone() else {
             return Ok(None);
         };
-        let kept = kept
+        let kept = kept_copies
             .kept()
             .map_err(|e| RetentionError::KeptUnknown(e.to_string()))?;
-        let truncation = retention::expire_unneeded(&archive, self.layout()?, copy, &kept)?;
+        let truncation = retention::expire_unneeded(
+            &archive,
+            self.layout()?,
+            copy,
+            &kept,
+            &kept_copies.logs_off_host(),
+        )?;
         Ok(Some(truncation.summary(&archive)))
     }
 

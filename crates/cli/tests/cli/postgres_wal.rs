@@ -183,6 +183,115 @@ fn postgres_truncation_never_removes_wal_a_kept_copy_needs() {
 }
 
 #[test]
+fn wal_that_the_sets_archive_lacks_stays_on_the_host() {
+    let cli = Cli::new();
+    let Some((cluster, wal_archive)) = archiving_cluster("wal_the_archive_lacks", &cli) else {
+        return;
+    };
+    Ledger::setup(&mut cluster.connect()).unwrap();
+    let ledger = Ledger::start(&cluster.config(), 2, Duration::from_millis(2));
+    switch_wal(&cluster, 2);
+    // Every set of this config has an archive off the host.
+    let repo = cli.path("archive");
+    let config = cli.path("shadowcopy.toml");
+    std::fs::write(
+        &config,
+        format!("[defaults]\narchive = \"file://{}\"\n", repo.display()),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let run = |args: &[&str]| {
+        let out = cli
+            .cmd(&[&["--config", config], args].concat())
+            .env(
+                "SHADOWCOPY_ARCHIVE_PASSWORD",
+                "correct horse battery staple",
+            )
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", describe(&out));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let create = || {
+        let url = cluster.url();
+        let dir = wal_archive.to_str().unwrap();
+        run(&[
+            "create",
+            "--postgres",
+            &url,
+            "--pg-archive",
+            dir,
+            "--provider",
+            "copy",
+            "--json",
+        ])
+    };
+    run(&["archive", "init", "--json"]);
+
+    // Nothing of the WAL is in the archive yet: nothing is expired, with a warning.
+    let before = archived_segments(&wal_archive);
+    let a = create();
+    let a_id = a["id"].as_i64().unwrap().to_string();
+    let set = a["set"].as_str().unwrap().to_string();
+    assert!(
+        a["warnings"]
+            .to_string()
+            .contains("the set's archive holds none of its WAL yet"),
+        "{a:#}"
+    );
+    assert!(archived_segments(&wal_archive).is_superset(&before));
+
+    // The copy and its WAL go to the archive; then more WAL, only on this host.
+    run(&["archive", "push", &a_id, "--json"]);
+    let logs = run(&["archive", "push-logs", "--set", &set, "--json"]);
+    assert!(logs["copied"].as_u64().unwrap() >= 2, "{logs:#}");
+    let through = archived_segments(&wal_archive)
+        .into_iter()
+        .next_back()
+        .unwrap();
+    switch_wal(&cluster, 3);
+    let only_here: BTreeSet<String> = archived_segments(&wal_archive)
+        .into_iter()
+        .filter(|s| position(s) > position(&through))
+        .collect();
+    assert!(only_here.len() >= 3, "{only_here:?}");
+
+    // With A gone from the host, the next copy would expire up to its own start; it
+    // stops at the newest segment the archive holds.
+    run(&["delete", &a_id, "--json"]);
+    let b = create();
+    let b_id = b["id"].as_i64().unwrap().to_string();
+    let b_start = start_segment(&cli, &b_id);
+    assert!(
+        position(&b_start) > position(&through),
+        "{b_start} {through}"
+    );
+    let n = notes(&b);
+    assert!(
+        n.contains(&format!("before {through}"))
+            && n.contains("the newest WAL in the set's archive"),
+        "{n}"
+    );
+    let left = archived_segments(&wal_archive);
+    assert!(
+        left.is_superset(&only_here),
+        "{left:?} lacks some of {only_here:?}"
+    );
+    assert!(
+        left.iter().all(|s| position(s) >= position(&through)),
+        "{left:?}"
+    );
+
+    // Once the archive has them, the next copy expires up to its start.
+    run(&["archive", "push-logs", "--set", &set, "--json"]);
+    switch_wal(&cluster, 1);
+    let c = create();
+    let c_notes = notes(&c);
+    assert!(c_notes.contains(&format!("before {b_start}")), "{c_notes}");
+    ledger.stop();
+}
+
+#[test]
 fn postgres_log_analysis_finds_the_chain_and_its_holes() {
     let cli = Cli::new();
     let Some((cluster, archive)) = archiving_cluster("postgres_log_analysis", &cli) else {
