@@ -252,9 +252,15 @@ pub fn run(engine: &Engine, request: &JobRequest, progress: Arc<JobProgress>) ->
                 let url = engine.archive_url(None, Some(set))?;
                 let passphrase = engine.archive_passphrase(None)?;
                 let r = engine.archive_push(*copy, &url, &passphrase, &wait, &*progress)?;
-                // A PostgreSQL set's WAL archive goes along (what roll-forward replays).
-                let logs = match engine.log_archive_dir(set, None) {
-                    Ok(_) => Some(engine.archive_push_logs(&url, &passphrase, set, None)?),
+                // A set's logs go along (what roll-forward replays): a PostgreSQL set's
+                // WAL archive, a MariaDB set's closed binary logs.
+                let logs = match engine.logs_of(set, None) {
+                    Ok(_) => match engine.archive_push_logs(&url, &passphrase, set, None) {
+                        Ok(report) => Some(report),
+                        // A server that writes no binary log: nothing to send.
+                        Err(e) if e.downcast_ref::<UsageError>().is_some() => None,
+                        Err(e) => return Err(e),
+                    },
                     Err(_) => None,
                 };
                 Ok((r, logs))
@@ -268,7 +274,7 @@ pub fn run(engine: &Engine, request: &JobRequest, progress: Arc<JobProgress>) ->
                         r.bytes_read,
                         r.blocks_new,
                         r.bytes_uploaded,
-                        logs.map(|l| format!("; {} WAL files sent", l.copied))
+                        logs.map(|l| format!("; {} log files sent", l.copied))
                             .unwrap_or_default()
                     ),
                 )

@@ -8,8 +8,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use shadowcopy_archive::{
-    ArchivedCopy, Cut, Initialized, KeyInfo, LogsReport, PruneReport, PushReport, PushSource,
-    Repository, RestoreReport, SourceFile, VerifyReport,
+    ArchivedCopy, Cut, Initialized, KeyInfo, PruneReport, PushReport, PushSource, Repository,
+    RestoreReport, SourceFile, VerifyReport,
 };
 use shadowcopy_core::model::ComponentRole;
 use shadowcopy_core::secret::Secret;
@@ -229,125 +229,6 @@ impl Engine {
     ) -> anyhow::Result<VerifyReport> {
         let repo = Repository::open(url, passphrase.expose().as_bytes())?;
         Ok(repo.verify(read_data)?)
-    }
-}
-
-impl Engine {
-    /// The WAL archive directory of set `set`: `dir` when given, else its PostgreSQL
-    /// writer's `archive` in the config, else the one its newest copy recorded.
-    pub fn log_archive_dir(
-        &self,
-        set: &str,
-        dir: Option<&Path>,
-    ) -> anyhow::Result<std::path::PathBuf> {
-        use shadowcopy_writers::WriterSpec;
-        if let Some(dir) = dir {
-            return Ok(dir.to_path_buf());
-        }
-        let from_writers = |writers: &[WriterSpec]| {
-            writers.iter().find_map(|w| match w {
-                WriterSpec::Postgres(o) => o.archive.clone(),
-                _ => None,
-            })
-        };
-        if let Some(found) = self
-            .config
-            .sets
-            .get(set)
-            .and_then(|s| from_writers(&s.writers))
-        {
-            return Ok(found);
-        }
-        let newest = self
-            .list(Some(set))
-            .unwrap_or_default()
-            .into_iter()
-            .rev()
-            .find_map(|c| crate::set::SetSpec::from_json(&c.spec_json).ok())
-            .and_then(|spec| from_writers(&spec.writers));
-        newest.ok_or_else(|| {
-            UsageError::new(format!(
-                "set `{set}` has no WAL archive (a postgres writer's `archive`, or create --pg-archive); give --dir DIR"
-            ))
-            .into()
-        })
-    }
-
-    /// Sends the files of set `set`'s WAL archive the repository lacks.
-    pub fn archive_push_logs(
-        &self,
-        url: &str,
-        passphrase: &Secret,
-        set: &str,
-        dir: Option<&Path>,
-    ) -> anyhow::Result<LogsReport> {
-        let dir = self.log_archive_dir(set, dir)?;
-        let wal = shadowcopy_postgres::archive::WalArchive::open(&dir)?;
-        let listed = wal.list()?;
-        let files: Vec<(String, std::path::PathBuf)> = listed
-            .iter()
-            .filter_map(|f| {
-                let path = wal.stored_path(&f.name);
-                let name = path.file_name()?.to_str()?.to_string();
-                Some((name, path))
-            })
-            .collect();
-        let repo = Repository::open(url, passphrase.expose().as_bytes())?;
-        let report = repo.push_logs(set, &files)?;
-        // Every file listed is in the archive now: log truncation may expire up to the
-        // newest segment among them.
-        let newest = listed
-            .iter()
-            .filter(|f| f.kind == shadowcopy_postgres::wal::WalFileKind::Segment)
-            .map(|f| f.name.as_str())
-            .max_by_key(|name| (&name[8..], &name[..8]));
-        if let Some(newest) = newest {
-            let recorded = self
-                .open_existing_catalog()
-                .and_then(|c| Ok(c.record_logs_archived(set, url, newest)?));
-            if let Err(e) = recorded {
-                tracing::warn!(
-                    "the catalog does not know that the archive holds set `{set}`'s WAL through \
-                     {newest}, so log truncation keeps it on this host: {e:#}"
-                );
-            }
-        }
-        Ok(report)
-    }
-
-    /// Writes set `set`'s archived WAL into its WAL archive directory (made if missing),
-    /// for a roll-forward restore after the host was lost.
-    pub fn archive_get_logs(
-        &self,
-        url: &str,
-        passphrase: &Secret,
-        set: &str,
-        dir: Option<&Path>,
-    ) -> anyhow::Result<LogsReport> {
-        use std::os::unix::fs::MetadataExt;
-        let dir = self.log_archive_dir(set, dir)?;
-        let owner = std::fs::metadata(&dir).map_err(|e| {
-            UsageError::new(format!(
-                "the WAL archive directory {} cannot be used ({e}); make it, owned by the database's user \
-                 (as `shadowcopy pg setup URL --archive DIR --apply` does), then get the logs again",
-                dir.display()
-            ))
-        })?;
-        let repo = Repository::open(url, passphrase.expose().as_bytes())?;
-        shadowcopy_postgres::archive::WalArchive::create(&dir)?;
-        // The marker as the directory's owner has it: the server's user reads it back.
-        let marker = dir.join(shadowcopy_postgres::archive::MARKER_FILE);
-        if rustix::process::geteuid().is_root() {
-            rustix::fs::chownat(
-                rustix::fs::CWD,
-                &marker,
-                Some(rustix::fs::Uid::from_raw(owner.uid())),
-                Some(rustix::fs::Gid::from_raw(owner.gid())),
-                rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
-            )
-            .map_err(std::io::Error::from)?;
-        }
-        Ok(repo.get_logs(set, &dir)?)
     }
 }
 

@@ -5,6 +5,7 @@
 //! Front ends parse and print; nothing here prints.
 
 pub mod archive;
+pub mod archive_logs;
 pub mod config;
 pub mod copies;
 pub mod create;

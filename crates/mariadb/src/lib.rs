@@ -5,6 +5,7 @@
 //! binlog truncation after a verified copy, and point-in-time and roll-forward restores.
 
 pub mod bin;
+pub mod binlog_files;
 mod files;
 mod instance;
 pub mod lock;

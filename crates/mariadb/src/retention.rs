@@ -8,7 +8,7 @@
 use mysql::prelude::Queryable;
 use shadowcopy_core::error::human_bytes;
 use shadowcopy_core::model::{CopyId, CopyView};
-use shadowcopy_core::writer::KeptCopy;
+use shadowcopy_core::writer::{KeptCopy, LogsOffHost};
 
 use crate::position::{binlog_number, BinlogPosition, POSITION_FILE};
 use crate::server::{self, MariaDbOptions, ServerLayout};
@@ -19,6 +19,11 @@ pub enum RetentionError {
     KeptUnknown(String),
     #[error("no binary log was purged: cannot tell where {} starts: {reason}", which(*.id))]
     StartUnknown { id: Option<CopyId>, reason: String },
+    #[error(
+        "no binary log was purged: the set's archive holds none of its binary logs yet \
+         (`shadowcopy archive push-logs --set SET` sends them; the agent does after each push)"
+    )]
+    NotOffHost,
     #[error("purging binary logs failed: {0}")]
     Server(String),
 }
@@ -28,6 +33,13 @@ fn which(id: Option<CopyId>) -> String {
         Some(id) => format!("copy {id}"),
         None => "the new copy".into(),
     }
+}
+
+/// What holds back a purge: a copy's start (`None`: the new copy's), or the end of what
+/// the set's archive holds.
+enum Holder {
+    Copy(Option<CopyId>),
+    Archive,
 }
 
 /// The binlog a copy's roll-forward starts in: `Ok(None)` when it has no position file.
@@ -43,17 +55,19 @@ pub fn copy_start(
     Ok(p.binlog_file.is_some().then_some(p))
 }
 
-/// Purges what neither `this` copy nor any `kept` copy needs; returns a line for the user.
+/// Purges what neither `this` copy nor any `kept` copy needs, and, when the set has an
+/// archive off the host, only what that archive holds; returns a line for the user.
 pub fn purge_unneeded(
     options: &MariaDbOptions,
     layout: &ServerLayout,
     this: &CopyView,
     kept: &[KeptCopy],
+    off_host: &LogsOffHost,
 ) -> Result<Option<String>, RetentionError> {
     let start_of = |id: Option<CopyId>, view: &CopyView| {
         copy_start(layout, view).map_err(|reason| RetentionError::StartUnknown { id, reason })
     };
-    let mut oldest: Option<(Option<CopyId>, String, u64)> = None;
+    let mut oldest: Option<(Holder, String, u64)> = None;
     let candidates =
         std::iter::once((None, this)).chain(kept.iter().map(|k| (Some(k.id), &k.view)));
     for (id, view) in candidates {
@@ -69,12 +83,21 @@ pub fn purge_unneeded(
                     reason: format!("{file:?} is not a binary log name"),
                 })?;
         if oldest.as_ref().is_none_or(|(_, _, m)| n < *m) {
-            oldest = Some((id, file, n));
+            oldest = Some((Holder::Copy(id), file, n));
         }
     }
-    let Some((holder, file, _)) = oldest else {
+    let Some((mut holder, mut file, oldest_n)) = oldest else {
         return Ok(None);
     };
+    match off_host {
+        LogsOffHost::NoArchive => {}
+        LogsOffHost::Through(None) => return Err(RetentionError::NotOffHost),
+        LogsOffHost::Through(Some(newest)) => match binlog_number(newest) {
+            Some((_, n)) if n < oldest_n => (holder, file) = (Holder::Archive, newest.clone()),
+            Some(_) => {}
+            None => return Err(RetentionError::NotOffHost),
+        },
+    }
     let mut conn =
         server::connect_with(options).map_err(|e| RetentionError::Server(e.to_string()))?;
     let before = logs(&mut conn)?;
@@ -91,8 +114,11 @@ pub fn purge_unneeded(
     let after = logs(&mut conn)?;
     let purged: Vec<&(String, u64)> = before.iter().filter(|l| !after.contains(l)).collect();
     let holder = match holder {
-        Some(id) => format!("the start of copy {id}, the oldest kept"),
-        None => "the start of this copy; no kept copy needs older logs".into(),
+        Holder::Copy(Some(id)) => format!("the start of copy {id}, the oldest kept"),
+        Holder::Copy(None) => "the start of this copy; no kept copy needs older logs".into(),
+        Holder::Archive => {
+            "the newest binary log in the set's archive; what follows is only on this host".into()
+        }
     };
     Ok(Some(match purged.len() {
         0 => format!("binary logs: nothing to purge before {file} ({holder})"),

@@ -244,14 +244,15 @@ impl Writer for MariaDbWriter {
         if !self.options.purge_binlogs || layout.binlog.is_none() {
             return Ok(None);
         }
-        let kept = kept
+        let kept_copies = kept
             .kept()
             .map_err(|e| RetentionError::KeptUnknown(e.to_string()))?;
         Ok(retention::purge_unneeded(
             &self.options,
             layout,
             copy,
-            &kept,
+            &kept_copies,
+            &kept.logs_off_host(),
         )?)
     }
 

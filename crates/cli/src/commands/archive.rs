@@ -73,7 +73,8 @@ pub enum ArchiveCommand {
         #[command(flatten)]
         wait: WaitOptions,
     },
-    /// Send the files of a set's WAL archive the repository lacks (PostgreSQL)
+    /// Send what the repository lacks of a set's logs: its WAL archive's files
+    /// (PostgreSQL), or the binary logs the server has closed (MariaDB)
     PushLogs {
         /// The set
         #[arg(long)]
@@ -82,8 +83,9 @@ pub enum ArchiveCommand {
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
     },
-    /// Write a set's archived WAL back into its WAL archive directory (for a roll-forward
-    /// restore after the host was lost)
+    /// Write a set's archived logs back (for a roll-forward restore after the host was
+    /// lost): WAL into its WAL archive directory, binary logs where its copies recorded
+    /// them, with the server's binlog index
     GetLogs {
         #[arg(long)]
         set: String,
@@ -338,7 +340,7 @@ pub fn run(g: &GlobalArgs, args: ArchiveArgs) -> anyhow::Result<()> {
             }
             if !out.quiet {
                 println!(
-                    "{} {} WAL files ({} bytes); {} were there already",
+                    "{} {} log files ({} bytes); {} were there already",
                     if getting { "wrote back" } else { "sent" },
                     report.copied,
                     report.bytes,

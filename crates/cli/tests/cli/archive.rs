@@ -633,3 +633,131 @@ fn a_postgres_host_lost_with_its_wal_rolls_forward_from_the_archive_to_the_last_
     assert!(state.balanced(), "{state:?}");
     cluster.stop();
 }
+
+#[test]
+fn a_mariadb_host_lost_with_its_binary_logs_rolls_forward_from_the_archive() {
+    use shadowcopy_testing::mariadb::Ledger;
+    let cli = Cli::new();
+    let places = tempfile::tempdir().unwrap();
+    let Some(db) = crate::mariadb::server(
+        "a_mariadb_host_lost_with_its_binary_logs_rolls_forward_from_the_archive",
+        places.path(),
+    ) else {
+        return;
+    };
+    // Every set of this config has an archive off the host.
+    let repo = cli.path("archive");
+    let config = cli.path("shadowcopy.toml");
+    std::fs::write(
+        &config,
+        format!("[defaults]\narchive = \"file://{}\"\n", repo.display()),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let run = |args: &[&str]| {
+        let out = cli
+            .cmd(&[&["--config", config], args].concat())
+            .env("SHADOWCOPY_ARCHIVE_PASSWORD", PASSPHRASE)
+            .output()
+            .unwrap();
+        json(&out)
+    };
+    let url = db.url();
+    let create = || run(&["create", "--mariadb", &url, "--provider", "copy", "--json"]);
+    let binlogs = || -> Vec<String> {
+        db.sql("SHOW BINARY LOGS")
+            .lines()
+            .filter_map(|l| Some(l.split_whitespace().next()?.to_string()))
+            .collect()
+    };
+    run(&["archive", "init", "--json"]);
+    Ledger::setup(&mut db.connect()).unwrap();
+    let ledger = Ledger::start(&db.opts(), 2, Duration::ZERO);
+    assert!(ledger.wait_for_commits(100, Duration::from_secs(30)));
+
+    // Nothing of the binary logs is in the archive yet: nothing is purged, with a warning.
+    let a = create();
+    let a_id = a["id"].as_i64().unwrap().to_string();
+    let set = a["set"].as_str().unwrap().to_string();
+    assert!(
+        a["warnings"]
+            .to_string()
+            .contains("the set's archive holds none of its binary logs yet"),
+        "{a:#}"
+    );
+    db.sql("FLUSH BINARY LOGS");
+    run(&["archive", "push", &a_id, "--json"]);
+    let logs = run(&["archive", "push-logs", "--set", &set, "--json"]);
+    assert!(logs["copied"].as_u64().unwrap() >= 1, "{logs:#}");
+    let again = run(&["archive", "push-logs", "--set", &set, "--json"]);
+    assert_eq!(
+        again["copied"], 0,
+        "the log being written is not sent: {again:#}"
+    );
+    let archived = binlogs();
+    let through = archived[archived.len() - 2].clone();
+
+    // More logs, only on this host; with A gone from it, the next copy would purge up
+    // to its own start, and stops at the newest log the archive holds.
+    for _ in 0..2 {
+        assert!(ledger.wait_for_commits(ledger.committed() + 50, Duration::from_secs(30)));
+        db.sql("FLUSH BINARY LOGS");
+    }
+    run(&["delete", &a_id, "--json"]);
+    let b = create();
+    let b_id = b["id"].as_i64().unwrap().to_string();
+    let notes = b["notes"].to_string();
+    assert!(
+        notes.contains(&format!("before {through}"))
+            && notes.contains("the newest binary log in the set's archive"),
+        "{b:#}"
+    );
+    assert_eq!(binlogs()[0], through, "nothing the archive lacks is purged");
+
+    // Commits after B, all in closed logs that go to the archive.
+    assert!(ledger.wait_for_commits(ledger.committed() + 200, Duration::from_secs(30)));
+    let acked_all = ledger.stop().acknowledged;
+    db.sql("FLUSH BINARY LOGS");
+    run(&["archive", "push", &b_id, "--json"]);
+    run(&["archive", "push-logs", "--set", &set, "--json"]);
+
+    // The host is lost: the data directory, the binary logs with their index, and the
+    // catalog with every local copy. The empty binlog directory is there again.
+    db.stop();
+    std::fs::remove_dir_all(db.data_dir()).unwrap();
+    let binlog_dir = db.binlog_dir().unwrap().to_path_buf();
+    for entry in std::fs::read_dir(&binlog_dir).unwrap() {
+        std::fs::remove_file(entry.unwrap().path()).unwrap();
+    }
+    std::fs::remove_dir_all(&cli.catalog).unwrap();
+
+    let back = run(&["archive", "get-logs", "--set", &set, "--json"]);
+    assert!(back["copied"].as_u64().unwrap() >= 3, "{back:#}");
+    let listed = run(&["archive", "list", "--json"]);
+    let newest = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .max_by_key(|c| c["created_ms"].as_i64())
+        .unwrap();
+    run(&[
+        "archive",
+        "restore",
+        newest["id"].as_str().unwrap(),
+        "--mode",
+        "roll-forward",
+        "--discard-current",
+        "--json",
+    ]);
+    db.start();
+    let state = Ledger::check(&mut db.connect()).unwrap();
+    let lost = state.missing(&acked_all);
+    assert!(
+        lost.is_empty(),
+        "roll-forward from the archive lost {} acknowledged commits, e.g. {:?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
+    assert!(state.balanced(), "{state:?}");
+    db.stop();
+}
