@@ -34,6 +34,14 @@ pub enum AgentEvent {
     Progress { job: i64, done: u64, total: u64 },
     /// A warning from the running job.
     Warning { job: i64, message: String },
+    /// New logs of the set reached its archive (between copies: `logs_push_every`).
+    LogsPushed {
+        set: String,
+        files: usize,
+        bytes: u64,
+    },
+    /// Sending the set's logs to its archive failed; the next try is a period later.
+    LogsPushFailed { set: String, message: String },
 }
 
 impl AgentEvent {
@@ -47,6 +55,8 @@ impl AgentEvent {
             AgentEvent::Phase { .. } => "phase",
             AgentEvent::Progress { .. } => "progress",
             AgentEvent::Warning { .. } => "warning",
+            AgentEvent::LogsPushed { .. } => "logs-pushed",
+            AgentEvent::LogsPushFailed { .. } => "logs-push-failed",
         }
     }
 }

@@ -18,6 +18,7 @@ pub mod api;
 pub mod client;
 pub mod events;
 pub mod job;
+pub mod log_push;
 pub mod metrics;
 pub mod schedule;
 pub mod scheduler;
@@ -125,6 +126,7 @@ pub fn run(options: &AgentOptions) -> anyhow::Result<()> {
             .map(|a| a.to_string());
     });
     serve(listener, tcp, shared.clone())?;
+    log_push::spawn(shared.clone())?;
     tracing::info!(
         catalog = %engine.catalog_dir.display(),
         socket = %socket.display(),

@@ -1,7 +1,8 @@
 //! The agent's Prometheus metrics (`/metrics`): per set, the age of the newest usable
 //! copy, copies by state, the freeze window and job durations (histograms), bytes of the
-//! newest copy, verification failures and the last result of each kind of job; the
-//! queue's depth. Counts and ages are read from the catalog at each scrape (they are
+//! newest copy, verification failures and the last result of each kind of job; when
+//! each set's logs last reached its archive, and failed pushes of them; the queue's
+//! depth. Counts and ages are read from the catalog at each scrape (they are
 //! right after a restart); histograms and counters are since the agent started.
 
 use std::collections::BTreeMap;
@@ -58,6 +59,8 @@ pub struct Metrics {
     last_job_success: Family<JobLabel, Gauge>,
     last_job_time: Family<JobLabel, FloatGauge>,
     queue_depth: Gauge,
+    logs_pushed: Family<SetLabel, FloatGauge>,
+    log_push_failures: Family<SetLabel, Counter>,
     /// Serialises a scrape's refresh and encoding (two scrapes at once would clear each
     /// other's families).
     scrape: Mutex<()>,
@@ -129,8 +132,23 @@ impl Metrics {
             "Jobs waiting for their turn",
             queue_depth.clone(),
         );
+        let logs_pushed = Family::<SetLabel, FloatGauge>::default();
+        registry.register_with_unit(
+            "logs_pushed",
+            "When the set's logs last reached its archive off the host (Unix time)",
+            Unit::Seconds,
+            logs_pushed.clone(),
+        );
+        let log_push_failures = Family::<SetLabel, Counter>::default();
+        registry.register(
+            "log_push_failures",
+            "Pushes of the set's logs to its archive that failed",
+            log_push_failures.clone(),
+        );
         Metrics {
             registry,
+            logs_pushed,
+            log_push_failures,
             newest_usable_age,
             copies,
             newest_copy_bytes,
@@ -179,6 +197,23 @@ impl Metrics {
                 })
                 .observe(window.as_secs_f64());
         }
+    }
+
+    /// The set's logs reached its archive at `at_ms`.
+    pub fn logs_pushed(&self, set: &str, at_ms: i64) {
+        self.logs_pushed
+            .get_or_create(&SetLabel {
+                set: set.to_string(),
+            })
+            .set(at_ms as f64 / 1000.0);
+    }
+
+    pub fn log_push_failed(&self, set: &str) {
+        self.log_push_failures
+            .get_or_create(&SetLabel {
+                set: set.to_string(),
+            })
+            .inc();
     }
 
     pub fn verification_failed(&self, set: &str) {

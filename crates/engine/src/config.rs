@@ -93,6 +93,9 @@ pub struct SetConfig {
     pub archive: Option<String>,
     /// Which of the set's archived copies `archive prune` keeps.
     pub archive_retention: Option<RetentionPolicy>,
+    /// How often the agent sends the set's new logs (WAL, closed binary logs) to its
+    /// archive, between copies (default a minute; `"0s"`: only with each copy's push).
+    pub logs_push_every: Option<HumanDuration>,
     /// Which of the set's copies `delete --policy` keeps (`[sets.NAME.retention]`).
     pub retention: Option<RetentionPolicy>,
     /// The same for the set's `pre-restore` copies.

@@ -273,6 +273,7 @@ impl SetSpec {
                 copies_dir: None,
                 verify: None,
                 archive: None,
+                logs_push_every: None,
                 archive_retention: None,
                 retention: None,
                 pre_restore_retention: None,

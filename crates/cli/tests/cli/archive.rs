@@ -761,3 +761,84 @@ fn a_mariadb_host_lost_with_its_binary_logs_rolls_forward_from_the_archive() {
     assert!(state.balanced(), "{state:?}");
     db.stop();
 }
+
+#[test]
+fn the_agent_sends_new_wal_to_the_archive_between_copies() {
+    use crate::agent::{start, stop, write_config};
+    use shadowcopy_testing::wait::until;
+    let test = "the_agent_sends_new_wal_to_the_archive_between_copies";
+    let cli = Cli::new();
+    let Some((cluster, wal_archive)) = crate::postgres::archiving_cluster(test, &cli) else {
+        return;
+    };
+    let repo = cli.path("archive");
+    let url = format!("file://{}", repo.display());
+    json(&archive_at(&cli, &url, &["init", "--json"]));
+    let pass_file = cli.path("archive.pass");
+    std::fs::write(&pass_file, format!("{PASSPHRASE}\n")).unwrap();
+    // No schedule: only the logs go, every second.
+    let config = write_config(
+        &cli,
+        &format!(
+            "[defaults]\narchive_password_file = \"{}\"\n\
+             [sets.pg]\nprovider = \"copy\"\narchive = \"{url}\"\nlogs_push_every = \"1s\"\n\
+             [[sets.pg.writers]]\nkind = \"postgres\"\nurl = \"{}\"\narchive = \"{}\"\n",
+            pass_file.display(),
+            cluster.url(),
+            wal_archive.display()
+        ),
+    );
+    let agent = start(&cli, &config, "agent.log");
+    // The segment names in the repository's logs (one stream: set pg's).
+    let in_repo = || -> Vec<String> {
+        let Ok(streams) = std::fs::read_dir(repo.join("logs")) else {
+            return Vec::new();
+        };
+        streams
+            .flat_map(|s| std::fs::read_dir(s.unwrap().path()).unwrap())
+            .filter_map(|f| {
+                let name = f.unwrap().file_name().to_string_lossy().into_owned();
+                Some(name.strip_suffix(".zst")?.to_string())
+            })
+            .collect()
+    };
+    for round in 0..2 {
+        cluster.psql(&format!("CREATE TABLE t{round} AS SELECT 1 AS x"));
+        let last = cluster.psql("SELECT pg_walfile_name(pg_switch_wal())");
+        until(
+            Duration::from_secs(30),
+            || in_repo().contains(&last),
+            || format!("{last} reached the archive: {:?}", in_repo()),
+        );
+    }
+
+    // The repository unreachable: the pushes fail, the agent goes on.
+    std::fs::rename(&repo, cli.path("archive.away")).unwrap();
+    cluster.psql("CREATE TABLE t2 AS SELECT 1 AS x");
+    let missed = cluster.psql("SELECT pg_walfile_name(pg_switch_wal())");
+    until(
+        Duration::from_secs(30),
+        || {
+            std::fs::read_to_string(cli.path("agent.log"))
+                .unwrap()
+                .contains("sending the set's logs to its archive failed")
+        },
+        || "a failed push is logged".into(),
+    );
+    let status = cli.json(&["--config", &config, "agent", "status", "--json"]);
+    assert_eq!(status["pid"], agent.id(), "{status:#}");
+    assert!(!in_repo().contains(&missed));
+    // Back: what was missed goes with the next push.
+    std::fs::rename(cli.path("archive.away"), &repo).unwrap();
+    until(
+        Duration::from_secs(30),
+        || in_repo().contains(&missed),
+        || {
+            format!(
+                "{missed}, archived while the repository was away, reached it: {:?}",
+                in_repo()
+            )
+        },
+    );
+    stop(&cli, agent, "agent.log");
+}
