@@ -195,19 +195,16 @@ impl Repository {
         let mut reused = 0u64;
         for p in from_local {
             let (seed, offset, length) = &local[&p.id];
-            let mut data = vec![0u8; *length as usize];
-            let read = std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-                .open(seed)
-                .and_then(|f| f.read_exact_at(&mut data, *offset));
             // A seed that changed since it was read: that block is downloaded after all.
-            if read.is_err() || self.key.block_id(&data) != p.id {
+            if clone_block(seed, *offset, *length, &files[p.file].0, p.at, |data| {
+                self.key.block_id(data) == p.id
+            })
+            .is_ok_and(|same| same)
+            {
+                reused += u64::from(*length);
+            } else {
                 placements.push(p);
-                continue;
             }
-            files[p.file].0.write_all_at(&data, p.at)?;
-            reused += data.len() as u64;
         }
         let requests = plan(placements);
         let total = manifest.bytes();
@@ -362,6 +359,48 @@ impl Repository {
         }
         Ok(())
     }
+}
+
+/// Puts `length` bytes of `seed` at `offset` into `to` at `at` by `copy_file_range`,
+/// which clones them on a file system that shares extents (XFS with reflink, btrfs: no
+/// data is written, and the restored file shares the space) and copies them in the
+/// kernel elsewhere (by reading and writing them where the kernel cannot: another file
+/// system); then reads them back and asks `same` whether they are the block expected
+/// (the seed may have changed since it was cut).
+fn clone_block(
+    seed: &Path,
+    offset: u64,
+    length: u32,
+    to: &File,
+    at: u64,
+    same: impl Fn(&[u8]) -> bool,
+) -> std::io::Result<bool> {
+    use rustix::io::Errno;
+    let from = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(seed)?;
+    let mut data = vec![0u8; length as usize];
+    let (mut off_in, mut off_out, end) = (offset, at, offset + u64::from(length));
+    while off_in < end {
+        let want = (end - off_in) as usize;
+        match rustix::fs::copy_file_range(&from, Some(&mut off_in), to, Some(&mut off_out), want) {
+            // The seed is shorter than it was.
+            Ok(0) => return Ok(false),
+            Ok(_) => {}
+            Err(Errno::XDEV | Errno::INVAL | Errno::OPNOTSUPP | Errno::NOSYS) => {
+                from.read_exact_at(&mut data, offset)?;
+                if !same(&data) {
+                    return Ok(false);
+                }
+                to.write_all_at(&data, at)?;
+                return Ok(true);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    to.read_exact_at(&mut data, at)?;
+    Ok(same(&data))
 }
 
 /// The copy's directories and symlinks below `to`, with their modes and owners (owners

@@ -267,7 +267,7 @@ impl Engine {
                 )
             })?;
         let spec_json = serde_json::to_string(&manifest.spec)?;
-        crate::set::SetSpec::from_json(&spec_json).map_err(|e| {
+        let spec = crate::set::SetSpec::from_json(&spec_json).map_err(|e| {
             anyhow::anyhow!(
                 "archived copy {manifest_id} has a set spec this version cannot read: {e}"
             )
@@ -290,7 +290,16 @@ impl Engine {
                     freeze_deadline: std::time::Duration::ZERO,
                 })
                 .map_err(|e| anyhow::anyhow!(e))?;
-            let location = shadowcopy_providers::copy_location(&catalog.default_copies_dir(), id);
+            // The set's copies directory (where its blocks can be cloned from the live
+            // files: the same file system, for a reflink or btrfs set), else the catalog's.
+            let copies_dir = self
+                .config
+                .sets
+                .get(&manifest.set)
+                .and_then(|s| s.copies_dir.clone())
+                .or_else(|| spec.copies_dir.clone().filter(|d| d.is_dir()))
+                .unwrap_or_else(|| catalog.default_copies_dir());
+            let location = shadowcopy_providers::copy_location(&copies_dir, id);
             let filled = (|| -> anyhow::Result<RestoreReport> {
                 catalog
                     .set_location(id, &location.to_string_lossy())

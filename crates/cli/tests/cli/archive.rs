@@ -842,3 +842,85 @@ fn the_agent_sends_new_wal_to_the_archive_between_copies() {
     );
     stop(&cli, agent, "agent.log");
 }
+
+#[test]
+fn blocks_a_local_file_holds_are_cloned_on_restore_not_written_again() {
+    use shadowcopy_testing::loopfs::{loopfs_or_skip, FsKind};
+    let test = "blocks_a_local_file_holds_are_cloned_on_restore_not_written_again";
+    let Some(xfs) = loopfs_or_skip(test, FsKind::Xfs, 400 << 20) else {
+        return;
+    };
+    let cli = Cli::new();
+    let db = xfs.path().join("bank.db");
+    bank::create(&db, 20, true).unwrap();
+    bank::pad_to(&db, 48 << 20).unwrap();
+    let repo = cli.path("archive");
+    let url = format!("file://{}", repo.display());
+    let config = cli.path("shadowcopy.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[sets.bank]\nprovider = \"reflink\"\ncopies_dir = \"{}\"\narchive = \"{url}\"\n\
+             [[sets.bank.writers]]\nkind = \"sqlite\"\npath = \"{}\"\n",
+            xfs.path().join("copies").display(),
+            db.display()
+        ),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let run = |args: &[&str]| {
+        let out = cli
+            .cmd(&[&["--config", config], args].concat())
+            .env("SHADOWCOPY_ARCHIVE_PASSWORD", PASSPHRASE)
+            .output()
+            .unwrap();
+        json(&out)
+    };
+    run(&["archive", "init", &url, "--json"]);
+    let created = run(&["create", "bank", "--json"]);
+    let id = created["id"].as_i64().unwrap().to_string();
+    run(&["archive", "push", &id, "--json"]);
+    let archived = run(&["archive", "--archive", &url, "list", "--json"]);
+
+    // In place: the archived copy comes back as a local copy in the set's copies
+    // directory on the XFS, its blocks cloned from the live file (all the same), then
+    // restored by the usual swap.
+    let restored = run(&[
+        "archive",
+        "--archive",
+        &url,
+        "restore",
+        archived[0]["id"].as_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(
+        restored["downloaded"]["bytes_downloaded"], 0,
+        "{restored:#}"
+    );
+    let imported = run(&["show", &restored["copy_id"].to_string(), "--json"]);
+    let location = std::path::PathBuf::from(imported["location"].as_str().unwrap());
+    assert!(location.starts_with(xfs.path()), "{imported:#}");
+    let file = location.join("files").join(db.strip_prefix("/").unwrap());
+    // Every extent of the imported file shares its blocks (with the live file's).
+    let out = std::process::Command::new("filefrag")
+        .arg("-v")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let extents: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            l.trim_start()
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_digit())
+        })
+        .collect();
+    assert!(!extents.is_empty(), "{text}");
+    assert!(
+        extents.iter().all(|l| l.contains("shared")),
+        "blocks written again, not cloned:\n{text}"
+    );
+    assert!(bank::summarize(&db).unwrap().balanced());
+}
