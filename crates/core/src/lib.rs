@@ -16,6 +16,7 @@ mod fakes;
 pub mod journal;
 pub mod model;
 pub mod pathjson;
+pub mod priority;
 pub mod process;
 pub mod provider;
 pub mod restore;

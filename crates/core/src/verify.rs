@@ -25,7 +25,8 @@ use crate::writer::Writer;
 type Hashed = Result<(String, u64), String>;
 
 /// Hashes every file of the copy (in parallel), compares with hashes recorded earlier,
-/// fills the missing ones, then runs each writer's check. A damaged copy is a report
+/// fills the missing ones, then runs each writer's check, all at background priority
+/// ([`crate::priority`]). A damaged copy is a report
 /// with `ok == false`; an `Err` means the check itself could not run.
 pub fn verify_copy(
     view: &CopyView,
@@ -33,6 +34,9 @@ pub fn verify_copy(
     writers: &[Box<dyn Writer>],
     events: &dyn EventSink,
 ) -> Result<VerifyReport, Error> {
+    // What the application should not feel: at background priority, with the hashing
+    // threads and the writers' check processes it starts.
+    let _background = crate::priority::background();
     let mut lines = Vec::new();
     let mut ok = true;
     let total: u64 = files.iter().map(|f| f.size).sum();

@@ -122,6 +122,10 @@ impl Engine {
     ) -> anyhow::Result<PushReport> {
         let catalog = self.open_existing_catalog()?;
         UsableCopy::load(&catalog, id, "archived")?;
+        // Reading, compressing and sealing every changed block is work the application
+        // should not feel: at background priority, as the repository's threads started
+        // below inherit it.
+        let _background = shadowcopy_core::priority::background();
         // Opened before the queue is taken: a wrong passphrase fails at once.
         let repo = Repository::open(url, passphrase.expose().as_bytes())?;
         let _queue = self.take_queue(
