@@ -3,7 +3,7 @@
 //! and the index written again for logs brought back after the host was lost, so that a
 //! roll-forward finds them as the server left them.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -86,8 +86,17 @@ pub fn write_index(binlog: &BinlogLayout) -> Result<usize, BinlogFilesError> {
         }
     }
     logs.sort();
-    let existing = match std::fs::read_to_string(&binlog.index) {
-        Ok(text) => text,
+    // Never through a link the server's user could have put in its place.
+    let existing = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(&binlog.index)
+    {
+        Ok(mut file) => {
+            let mut text = String::new();
+            file.read_to_string(&mut text).map_err(index_err)?;
+            text
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
         Err(e) => return Err(index_err(e)),
     };
@@ -116,9 +125,10 @@ pub fn write_index(binlog: &BinlogLayout) -> Result<usize, BinlogFilesError> {
     file.write_all(text.as_bytes())
         .and_then(|()| file.sync_all())
         .map_err(index_err)?;
-    Owner::new(dir_meta.uid(), dir_meta.gid())
-        .chown(&tmp)
-        .map_err(|e| index_err(std::io::Error::other(e.to_string())))?;
+    // By the handle: the name could be another file by now.
+    if let Some((uid, gid)) = Owner::new(dir_meta.uid(), dir_meta.gid()).ids {
+        std::os::unix::fs::fchown(&file, Some(uid), Some(gid)).map_err(index_err)?;
+    }
     std::fs::rename(&tmp, &binlog.index).map_err(index_err)?;
     Ok(count)
 }
@@ -127,4 +137,61 @@ fn index_tmp(index: &Path) -> PathBuf {
     let mut name = index.file_name().unwrap_or_default().to_os_string();
     name.push(".shadowcopy-tmp");
     index.with_file_name(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout(dir: &Path) -> BinlogLayout {
+        BinlogLayout {
+            dir: dir.to_path_buf(),
+            basename: "mariadb-bin".into(),
+            index: dir.join("mariadb-bin.index"),
+            format: "ROW".into(),
+        }
+    }
+
+    #[test]
+    fn the_index_lists_the_logs_in_order_and_keeps_what_it_had() {
+        let dir = tempfile::tempdir().unwrap();
+        let binlog = layout(dir.path());
+        for n in [3, 1, 2] {
+            std::fs::write(dir.path().join(format!("mariadb-bin.{n:06}")), "x").unwrap();
+        }
+        std::fs::write(dir.path().join("other.000009"), "x").unwrap();
+        std::fs::write(&binlog.index, "./mariadb-bin.000001\n").unwrap();
+        assert_eq!(write_index(&binlog).unwrap(), 3);
+        let text = std::fs::read_to_string(&binlog.index).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "./mariadb-bin.000001".to_string(),
+                dir.path().join("mariadb-bin.000002").display().to_string(),
+                dir.path().join("mariadb-bin.000003").display().to_string(),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_index_replaced_by_a_link_is_not_read_through_it() {
+        // The server's user owns the binlog directory: it could point the index at a
+        // file only root may read, for root to copy into a file the user can read.
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "root's only\n").unwrap();
+        let logs = dir.path().join("binlog");
+        std::fs::create_dir(&logs).unwrap();
+        let binlog = layout(&logs);
+        std::fs::write(logs.join("mariadb-bin.000001"), "x").unwrap();
+        std::os::unix::fs::symlink(&secret, &binlog.index).unwrap();
+        let e = write_index(&binlog).unwrap_err().to_string();
+        assert!(e.contains("mariadb-bin.index"), "{e}");
+        assert_eq!(std::fs::read_to_string(&secret).unwrap(), "root's only\n");
+        assert!(std::fs::symlink_metadata(&binlog.index)
+            .unwrap()
+            .is_symlink());
+        assert!(!logs.join("mariadb-bin.index.shadowcopy-tmp").exists());
+    }
 }
