@@ -334,7 +334,16 @@ impl<'a> Restorer<'a> {
             steps.push(("stage the copy's files".to_string(), t.elapsed()));
             let t = Instant::now();
             let (mut plan, owners) = self.plan(request, targets, &staged)?;
-            plan.install.extend(links);
+            // What a writer put at a link's path wins over the copy's link (a cluster
+            // restored elsewhere points at its own directories, not the live ones).
+            let planned: BTreeSet<PathBuf> = plan.install.iter().map(|(_, t)| t.clone()).collect();
+            for (s, target) in links {
+                if planned.contains(&target) {
+                    plan.discard.push(s);
+                } else {
+                    plan.install.push((s, target));
+                }
+            }
             steps.push(("writers finish the staged files".to_string(), t.elapsed()));
             let mut pre_restore = None;
             if in_place && request.keep_current {

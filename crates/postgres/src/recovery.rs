@@ -127,22 +127,31 @@ pub fn plan(
         target_settings(u)?;
     }
     let owner = crate::files::owner_of(layout);
-    let wal_dir = if in_place {
-        layout.wal_dir.clone()
-    } else {
-        data_dir.join("pg_wal")
+    // A restore elsewhere keeps the tree's shape below a root: its WAL directory and
+    // tablespaces are there too, and the restored cluster must use those, never the
+    // live ones.
+    let moved = (!in_place).then(|| Moved::new(&data_dir, layout)).flatten();
+    let wal_dir = match &moved {
+        _ if in_place => layout.wal_dir.clone(),
+        Some(moved) if layout.separate_wal() => moved.path(&layout.wal_dir),
+        _ => data_dir.join("pg_wal"),
     };
     prepare_directories(&data_dir, &owner, staged, layout)?;
 
     let mut plan = RestorePlan::default();
+    let relinked = match &moved {
+        Some(moved) => relink_moved(&mut plan, &data_dir, moved, layout, &owner, staged)?,
+        None => Vec::new(),
+    };
     let lock_files = [
         data_dir.join("postmaster.pid"),
         data_dir.join("postmaster.opts"),
     ];
     let targets: BTreeSet<&Path> = staged.iter().map(|(t, _)| t.as_path()).collect();
     for (target, s) in staged {
-        if lock_files.contains(target) {
-            // The copied lock file names the server that ran when the copy was made.
+        if lock_files.contains(target) || relinked.contains(target) {
+            // The copied lock file names the server that ran when the copy was made;
+            // the copy's links name the live cluster's directories.
             plan.discard.push(s.clone());
             continue;
         }
@@ -209,6 +218,106 @@ pub fn plan(
         }
     }
     Ok(plan)
+}
+
+/// Where a restore elsewhere (`--to DIR`) put the cluster's directories: it keeps their
+/// shape below DIR from their deepest common directory on, as it does for every set.
+struct Moved {
+    /// The cluster's directories' deepest common directory.
+    common: PathBuf,
+    /// Where it went.
+    to: PathBuf,
+}
+
+impl Moved {
+    /// From the restored data directory `restored` and the live layout.
+    fn new(restored: &Path, layout: &ClusterLayout) -> Option<Moved> {
+        let paths = layout.paths();
+        let mut common = layout.data_dir.clone();
+        for p in &paths {
+            while !p.starts_with(&common) {
+                if !common.pop() {
+                    return None;
+                }
+            }
+        }
+        let rel = layout.data_dir.strip_prefix(&common).ok()?;
+        if !restored.ends_with(rel) {
+            return None;
+        }
+        let to = restored.ancestors().nth(rel.components().count())?;
+        Some(Moved {
+            common,
+            to: to.to_path_buf(),
+        })
+    }
+
+    /// Where the cluster's directory `live` went.
+    fn path(&self, live: &Path) -> PathBuf {
+        match live.strip_prefix(&self.common) {
+            Ok(rel) => self.to.join(rel),
+            Err(_) => self.to.join(live.strip_prefix("/").unwrap_or(live)),
+        }
+    }
+}
+
+/// Points a cluster restored elsewhere at its own WAL directory and tablespaces,
+/// restored beside its data directory: the `pg_wal` link (with `initdb --waldir`), the
+/// `pg_tblspc/<oid>` links, and the copy's `tablespace_map`, which the server follows
+/// at start and which names the live tablespaces: a second cluster writing into them
+/// would corrupt the first.
+/// The links go into `plan`; returns their paths (the copy's own links there are not
+/// installed).
+fn relink_moved(
+    plan: &mut RestorePlan,
+    data_dir: &Path,
+    moved: &Moved,
+    layout: &ClusterLayout,
+    owner: &Owner,
+    staged: &[(PathBuf, PathBuf)],
+) -> Result<Vec<PathBuf>, RecoveryError> {
+    let mut links = Vec::new();
+    if layout.separate_wal() {
+        links.push((data_dir.join("pg_wal"), moved.path(&layout.wal_dir)));
+    }
+    for ts in &layout.tablespaces {
+        let link = data_dir.join("pg_tblspc").join(ts.oid.to_string());
+        links.push((link, moved.path(&ts.location)));
+    }
+    for (link, target) in &links {
+        if !target.exists() {
+            std::fs::create_dir_all(target).map_err(io("create", target))?;
+            std::fs::set_permissions(target, std::fs::Permissions::from_mode(0o700))
+                .map_err(io("set the mode of", target))?;
+            owner.chown(target)?;
+        }
+        // Staged beside it and installed with the rest (over the copy's own link).
+        let staged_link = staged_path(link);
+        match std::fs::symlink_metadata(&staged_link) {
+            Ok(_) => std::fs::remove_file(&staged_link).map_err(io("replace", &staged_link))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io("look at", &staged_link)(e)),
+        }
+        std::os::unix::fs::symlink(target, &staged_link).map_err(io("link", &staged_link))?;
+        owner.lchown(&staged_link)?;
+        plan.install.push((staged_link, link.clone()));
+    }
+    let map = data_dir.join("tablespace_map");
+    if let Some((_, staged_map)) = staged.iter().find(|(t, _)| *t == map) {
+        let text = std::fs::read_to_string(staged_map).map_err(io("read", staged_map))?;
+        let mut rewritten = String::new();
+        for line in text.lines() {
+            match line.split_once(' ') {
+                Some((oid, location)) => {
+                    let location = moved.path(Path::new(location));
+                    rewritten.push_str(&format!("{oid} {}\n", location.display()));
+                }
+                None => rewritten.push_str(&format!("{line}\n")),
+            }
+        }
+        write_owned(staged_map, &rewritten, owner)?;
+    }
+    Ok(links.into_iter().map(|(link, _)| link).collect())
 }
 
 /// `restore_command` reading `archive` through `shadowcopy pg archive-get`, or

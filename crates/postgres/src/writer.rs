@@ -413,8 +413,16 @@ impl Writer for PostgresWriter {
         Ok(Some(truncation.summary(&archive)))
     }
 
-    fn pre_restore(&self, _targets: &[PathBuf]) -> Result<(), BoxError> {
+    fn pre_restore(&self, targets: &[PathBuf]) -> Result<(), BoxError> {
         let layout = self.layout()?;
+        // A restore elsewhere (--to) writes nothing the running cluster uses.
+        let live = layout.paths();
+        if !targets
+            .iter()
+            .any(|t| live.iter().any(|r| t.starts_with(r)))
+        {
+            return Ok(());
+        }
         if let Some(pid) = recovery::running_postmaster(&layout.data_dir) {
             return Err(PostgresError::Running {
                 data_dir: layout.data_dir.clone(),

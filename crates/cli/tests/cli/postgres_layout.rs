@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use shadowcopy_testing::loopfs::{loopfs_or_skip, FsKind, LoopFs};
 use shadowcopy_testing::postgres::{
-    make_postgres_dir, postgres_or_skip, Ledger, PgCluster, PgOptions, LEDGER_ACCOUNTS, TABLESPACE,
+    make_postgres_dir, postgres_or_skip, AdoptOptions, Ledger, PgCluster, PgOptions,
+    LEDGER_ACCOUNTS, TABLESPACE,
 };
 
 use crate::postgres::{destroy_data_files, wait_for_promotion};
@@ -256,6 +257,50 @@ fn postgres_data_wal_and_tablespace_on_three_file_systems_copy_verify_and_restor
         has_file_under(manifest, &ts, &rel[rel.rfind('/').unwrap()..]),
         "the ledger table's file is in the copy"
     );
+
+    // Side by side while production runs under its load: the copy restored below a new
+    // directory starts there with its own WAL directory and tablespace (the links and
+    // the copy's tablespace_map point below it, never at production's) and holds every
+    // commit acknowledged before the copy.
+    let side = cli.path("side");
+    let out = cli.run(&s.args(&["restore", &id, "--to", side.to_str().unwrap(), "--json"]));
+    assert!(out.status.success(), "{}", describe(&out));
+    // The tree keeps its shape below DIR from the three places' common directory on.
+    let mut common = data.clone();
+    while !(wal.starts_with(&common) && ts.starts_with(&common)) {
+        assert!(common.pop());
+    }
+    let below = |p: &Path| side.join(p.strip_prefix(&common).unwrap());
+    let side_data = below(&data);
+    assert_eq!(
+        std::fs::read_link(side_data.join("pg_wal")).unwrap(),
+        below(&wal)
+    );
+    let map = std::fs::read_to_string(side_data.join("tablespace_map")).unwrap();
+    assert!(
+        map.contains(&below(&ts).display().to_string())
+            && !map.contains(&format!(" {}", ts.display())),
+        "{map}"
+    );
+    let second = PgCluster::adopt(&side_data, AdoptOptions::new().wal_dir(below(&wal)));
+    second.start();
+    let state = wait_for_promotion(&second);
+    state.verify(&acked_before_copy).unwrap();
+    assert!(state.balanced(), "{state:?}");
+    let ledger_there = std::fs::canonicalize(side_data.join(&rel)).unwrap();
+    assert!(
+        ledger_there.starts_with(side.join("")),
+        "{}",
+        ledger_there.display()
+    );
+    // A cluster of its own: what it writes, production never sees.
+    second.psql("CREATE TABLE side_probe AS SELECT 1 AS x");
+    second.stop();
+    assert_eq!(
+        cluster.psql("SELECT count(*) FROM pg_class WHERE relname = 'side_probe'"),
+        "0"
+    );
+    assert!(ledger.wait_for_commits(ledger.committed() + 50, Duration::from_secs(30)));
 
     // The load goes on; then the server stops and the data files of the main directory
     // and of the tablespace are destroyed. The WAL directory survives.
