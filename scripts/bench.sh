@@ -14,6 +14,9 @@
 #   sudo ./scripts/bench.sh agent                          # idle cost, API latency over 10,000 copies,
 #                                                          # a copy a minute for 30 min + 30 min baseline (65 min)
 #   sudo ./scripts/bench.sh agent --minutes 2 --idle-seconds 10 --size 64MiB   # quick check (6 min)
+#   sudo ./scripts/bench.sh archive                        # S3: pgbench scale 100 against pgBackRest,
+#                                                          # a 1 GiB SQLite bank against restic
+#   sudo ./scripts/bench.sh archive --scale 5 --size 64MiB # quick check (about 75 s)
 # and the comparison with the tools users would pick instead (installs them when missing):
 #   sudo ./scripts/bench.sh peers sqlite                   # 1 and 8 GiB, 3 runs
 #   sudo ./scripts/bench.sh peers postgres                 # pgbench scale 100 and 1000, 3 runs (hours)
@@ -27,7 +30,7 @@ cd "$(dirname "$0")/.."
 
 workload=sqlite
 case "${1:-}" in
-    sqlite | sizes | postgres | mariadb | peers | agent) workload=$1; shift ;;
+    sqlite | sizes | postgres | mariadb | peers | agent | archive) workload=$1; shift ;;
 esac
 
 # The file-system tools, the databases, the peers and the plots' font (not needed to

@@ -3,7 +3,8 @@
 # file-system tools for the loop-device tests, the sqlite3 shell, PostgreSQL, MariaDB and
 # mariabackup, and the font the benchmark's plots use; and from PyPI, in a virtualenv of
 # its own, moto: the S3-compatible server the archive's tests start on loopback. With --bench also the peers the
-# benchmark compares with (pgBackRest). Not root: says what is missing and goes on.
+# benchmark compares with (pgBackRest, restic) and stunnel for the archive workload. Not
+# root: says what is missing and goes on.
 set -euo pipefail
 
 for_bench=no
@@ -38,9 +39,14 @@ command -v mariadb        >/dev/null 2>&1 || need+=(mariadb-client)
 command -v mariadb-backup >/dev/null 2>&1 || need+=(mariadb-backup)
 # The font the benchmark's plots are drawn with (a unit test draws one).
 [ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need+=(fonts-dejavu-core)
-# The peers the benchmark compares with (`shadowcopy-bench peers`).
+# The peers the benchmark compares with (`shadowcopy-bench peers`, `archive`), and the TLS
+# front and clients of the archive workload's S3 server.
 if [ "$for_bench" = yes ]; then
   command -v pgbackrest >/dev/null 2>&1 || need+=(pgbackrest)
+  command -v restic     >/dev/null 2>&1 || need+=(restic)
+  command -v stunnel4   >/dev/null 2>&1 || need+=(stunnel4)
+  command -v openssl    >/dev/null 2>&1 || need+=(openssl)
+  command -v curl       >/dev/null 2>&1 || need+=(curl)
 fi
 if ((${#need[@]})); then
   if [ "$(id -u)" = 0 ]; then

@@ -331,7 +331,7 @@ struct Mem {
     threads: u64,
 }
 
-fn status_field(status: &str, key: &str) -> Option<u64> {
+pub(crate) fn status_field(status: &str, key: &str) -> Option<u64> {
     status
         .lines()
         .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
@@ -403,14 +403,14 @@ fn clock_ticks() -> u64 {
 /// process (with its load threads) plus `pids` (the agent), to tell what other processes
 /// (another developer's build, say) took while a figure was measured.
 #[derive(Clone, Copy, Debug)]
-struct Busy {
+pub(crate) struct Busy {
     at: Instant,
     machine: u64,
     ours: u64,
 }
 
 impl Busy {
-    fn now(pids: &[u32]) -> Busy {
+    pub(crate) fn now(pids: &[u32]) -> Busy {
         let machine = std::fs::read_to_string("/proc/stat")
             .ok()
             .and_then(|s| {
@@ -438,7 +438,7 @@ impl Busy {
 
     /// The share of all CPUs that other processes (and the kernel's threads) used since
     /// `self`, in per cent.
-    fn others_since(&self, later: &Busy) -> f64 {
+    pub(crate) fn others_since(&self, later: &Busy) -> f64 {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
         let ticks = (later.machine - self.machine).saturating_sub(later.ours - self.ours);
         100.0 * ticks as f64 / clock_ticks() as f64 / (later.at - self.at).as_secs_f64() / cpus

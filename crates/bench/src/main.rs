@@ -16,11 +16,15 @@
 //!   mariabackup), same data, same load, same run; a table and plots (see [`peers`]);
 //! - `agent`: the agent daemon's idle memory and CPU, its API's latency over 10,000
 //!   copies, and a copy a minute of a busy SQLite bank with retention, against the same
-//!   load without the agent (see [`agent`]).
+//!   load without the agent (see [`agent`]);
+//! - `archive`: the archive on a local S3 server, first and incremental push, restore,
+//!   bytes stored and peak memory, against pgBackRest (`repo1-type=s3`) on a pgbench
+//!   database and restic on a SQLite bank, in the same run (see [`archive`]).
 //!
 //! All need root (loop devices, dropping caches) and exit with code 2 without it.
 
 mod agent;
+mod archive;
 mod common;
 mod mariadb;
 mod peers;
@@ -61,6 +65,8 @@ enum Workload {
     Peers(peers::PeersArgs),
     /// The agent: idle memory and CPU, API latency over 10,000 copies, a copy a minute under load
     Agent(agent::AgentArgs),
+    /// The archive on S3: push, incremental push, restore, bytes and memory, against pgBackRest and restic
+    Archive(archive::ArchiveArgs),
 }
 
 /// Every workload measures on loop file systems; regenerating the peers' report does not.
@@ -85,11 +91,12 @@ fn main() -> ExitCode {
         Workload::Mariadb(args) => args.tools(),
         Workload::Peers(args) => args.tools(),
         Workload::Agent(args) => args.tools(),
+        Workload::Archive(args) => args.tools(),
     };
     if let Some(missing) = tools.iter().find(|t| !has_tool(t)) {
         eprintln!(
             "shadowcopy-bench needs {missing}; `scripts/bench.sh` installs what the workloads need \
-             (or apt-get install xfsprogs btrfs-progs sqlite3 pgbackrest mariadb-backup)"
+             (or apt-get install xfsprogs btrfs-progs sqlite3 pgbackrest mariadb-backup restic stunnel4)"
         );
         return ExitCode::from(2);
     }
@@ -100,6 +107,7 @@ fn main() -> ExitCode {
         Workload::Mariadb(args) => mariadb::bench(args),
         Workload::Peers(args) => peers::bench(args),
         Workload::Agent(args) => agent::bench(args),
+        Workload::Archive(args) => archive::bench(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -974,7 +974,7 @@ pub(crate) struct Server {
 }
 
 impl Server {
-    fn new(cluster: PgCluster) -> Server {
+    pub(crate) fn new(cluster: PgCluster) -> Server {
         Server {
             cluster,
             children: Vec::new(),

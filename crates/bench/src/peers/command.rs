@@ -12,13 +12,25 @@ use anyhow::{bail, Context};
 /// with the end of its stderr; past `limit` the command (and its process group) is
 /// killed and the error says so.
 pub fn timed(cmd: &mut Command, limit: Duration) -> anyhow::Result<Duration> {
+    timed_watching(cmd, limit, |_| {}).map(|(took, _)| took)
+}
+
+/// [`timed`], calling `watch` with the command's pid (also its process group's id) about
+/// every 20 ms while it runs; returns its stdout too.
+pub fn timed_watching(
+    cmd: &mut Command,
+    limit: Duration,
+    mut watch: impl FnMut(u32),
+) -> anyhow::Result<(Duration, Vec<u8>)> {
+    use std::io::Seek;
     let shown = format!("{cmd:?}");
     let mut stderr_file = tempfile::tempfile()?;
+    let mut stdout_file = tempfile::tempfile()?;
     let started = Instant::now();
     let mut child = {
         use std::os::unix::process::CommandExt;
         cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(stdout_file.try_clone()?)
             .stderr(stderr_file.try_clone()?)
             .process_group(0)
             .spawn()
@@ -37,12 +49,12 @@ pub fn timed(cmd: &mut Command, limit: Duration) -> anyhow::Result<Duration> {
                 humantime::format_duration(limit)
             );
         }
+        watch(child.id());
         std::thread::sleep(Duration::from_millis(20));
     };
     let took = started.elapsed();
     if !status.success() {
         let mut err = String::new();
-        use std::io::Seek;
         stderr_file.seek(std::io::SeekFrom::Start(0))?;
         stderr_file.read_to_string(&mut err)?;
         let lines: Vec<&str> = err.trim().lines().collect();
@@ -51,7 +63,10 @@ pub fn timed(cmd: &mut Command, limit: Duration) -> anyhow::Result<Duration> {
             lines[lines.len().saturating_sub(8)..].join("\n")
         );
     }
-    Ok(took)
+    let mut out = Vec::new();
+    stdout_file.seek(std::io::SeekFrom::Start(0))?;
+    stdout_file.read_to_end(&mut out)?;
+    Ok((took, out))
 }
 
 /// The bytes in use on the file system holding `path`, after its dirty data is

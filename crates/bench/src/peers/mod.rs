@@ -34,7 +34,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use shadowcopy_testing::loopfs::FsKind;
 
-pub use command::{timed, used_bytes, version};
+pub use command::{timed, timed_watching, used_bytes, version};
+pub(crate) use postgres::{empty_dir, Pgbackrest, Repository, S3Repository};
 use record::{Group, Store};
 
 /// Options of `shadowcopy-bench peers`.

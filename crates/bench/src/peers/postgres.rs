@@ -305,7 +305,8 @@ fn bench_scale(
         let archive = setup.fs.path().join("wal-archive");
         let url = setup_archive(bin, catalog.path(), &mut setup, &archive)?;
         let pgbackrest = if kind == FsKind::Xfs && args.methods.iter().any(|m| m.is_pgbackrest()) {
-            Some(Pgbackrest::set_up(&setup, args.limit)?)
+            let repo = Repository::Dir(setup.fs.path().join("pgbackrest"));
+            Some(Pgbackrest::set_up(&setup, &repo, args.limit)?)
         } else {
             None
         };
@@ -735,7 +736,7 @@ fn check(ctx: &Ctx, rows_before: i64, rows_after: i64) -> anyhow::Result<()> {
 }
 
 /// Removes everything inside `dir`, keeping `dir` itself (its owner and mode).
-fn empty_dir(dir: &Path) -> anyhow::Result<()> {
+pub(crate) fn empty_dir(dir: &Path) -> anyhow::Result<()> {
     for e in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
         let path = e?.path();
         let removed = if path.is_dir() && !path.is_symlink() {
@@ -775,8 +776,56 @@ fn recover_immediately(data: &Path, user: Option<PgUser>) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// The XFS cluster's pgBackRest: its config file and the newest backup kept.
-struct Pgbackrest {
+/// Where a pgBackRest stanza keeps its backups and WAL.
+pub(crate) enum Repository {
+    /// A directory (made, owned by the server user).
+    Dir(PathBuf),
+    /// `repo1-type=s3`: a bucket on an S3-compatible server, under `path`.
+    S3(S3Repository),
+}
+
+/// An S3 repository: pgBackRest speaks HTTPS only and checks the server's certificate
+/// against `ca_file`, for the name `host`.
+pub(crate) struct S3Repository {
+    pub(crate) host: String,
+    pub(crate) port: u16,
+    pub(crate) bucket: String,
+    pub(crate) path: String,
+    pub(crate) ca_file: PathBuf,
+    pub(crate) key: String,
+    pub(crate) secret: String,
+}
+
+impl Repository {
+    /// The `repo1-*` lines of the config.
+    fn config_lines(&self) -> String {
+        match self {
+            Repository::Dir(dir) => format!("repo1-path={}\n", dir.display()),
+            Repository::S3(s3) => format!(
+                "repo1-type=s3\n\
+                 repo1-path={path}\n\
+                 repo1-s3-bucket={bucket}\n\
+                 repo1-s3-endpoint={host}\n\
+                 repo1-storage-port={port}\n\
+                 repo1-s3-region=us-east-1\n\
+                 repo1-s3-uri-style=path\n\
+                 repo1-s3-key={key}\n\
+                 repo1-s3-key-secret={secret}\n\
+                 repo1-storage-ca-file={ca}\n",
+                path = s3.path,
+                bucket = s3.bucket,
+                host = s3.host,
+                port = s3.port,
+                key = s3.key,
+                secret = s3.secret,
+                ca = s3.ca_file.display(),
+            ),
+        }
+    }
+}
+
+/// A cluster's pgBackRest: its config file and the newest backup kept.
+pub(crate) struct Pgbackrest {
     /// Config, lock, log and spool paths (owned by the server user).
     dir: tempfile::TempDir,
     config: PathBuf,
@@ -786,25 +835,31 @@ struct Pgbackrest {
 }
 
 impl Pgbackrest {
-    /// Writes the config (repository on the cluster's file system), adds pgBackRest's
-    /// archive-push to `archive_command` and makes the stanza. The server runs.
-    fn set_up(setup: &Setup, limit: Duration) -> anyhow::Result<Pgbackrest> {
+    /// Writes the config (repository `repo`), adds pgBackRest's archive-push to
+    /// `archive_command` and makes the stanza. The server runs.
+    pub(crate) fn set_up(
+        setup: &Setup,
+        repo: &Repository,
+        limit: Duration,
+    ) -> anyhow::Result<Pgbackrest> {
         let cluster = &setup.server.cluster;
         let dir = tempfile::Builder::new()
             .prefix("shadowcopy-bench-pgbackrest-")
             .tempdir()?;
-        let repo = setup.fs.path().join("pgbackrest");
-        for d in [
+        let mut dirs = vec![
             dir.path().to_path_buf(),
             dir.path().join("lock"),
             dir.path().join("log"),
             dir.path().join("spool"),
-            repo.clone(),
-        ] {
+        ];
+        if let Repository::Dir(d) = repo {
+            dirs.push(d.clone());
+        }
+        for d in dirs {
             make_postgres_dir(&d).map_err(|e| anyhow!(e))?;
         }
         let config = dir.path().join("pgbackrest.conf");
-        fs::write(&config, config_text(dir.path(), &repo, cluster))
+        fs::write(&config, config_text(dir.path(), repo, cluster))
             .with_context(|| format!("writing {}", config.display()))?;
         let p = Pgbackrest {
             dir,
@@ -829,7 +884,7 @@ impl Pgbackrest {
     }
 
     /// `pgbackrest --config=FILE --stanza=bench ARGS` as the server user.
-    fn command(&self, args: &[&str]) -> Command {
+    pub(crate) fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new("pgbackrest");
         for (k, _) in std::env::vars_os() {
             let k = k.to_string_lossy();
@@ -857,7 +912,7 @@ impl Pgbackrest {
     }
 
     /// The label of the newest backup, from `pgbackrest info --output=json`.
-    fn newest_label(&self) -> anyhow::Result<String> {
+    pub(crate) fn newest_label(&self) -> anyhow::Result<String> {
         let out = run_ok(&mut self.command(&["info", "--output=json"]))?;
         newest_label(&String::from_utf8_lossy(&out.stdout))
     }
@@ -877,10 +932,10 @@ impl Pgbackrest {
 
 /// pgBackRest's config for the cluster: repository `repo`, lock, log and spool under
 /// `dir`, a fast checkpoint at the backup's start, everything else at its default.
-fn config_text(dir: &Path, repo: &Path, cluster: &PgCluster) -> String {
+fn config_text(dir: &Path, repo: &Repository, cluster: &PgCluster) -> String {
     format!(
         "[global]\n\
-         repo1-path={repo}\n\
+         {repo}\
          lock-path={dir}/lock\n\
          log-path={dir}/log\n\
          spool-path={dir}/spool\n\
@@ -893,7 +948,7 @@ fn config_text(dir: &Path, repo: &Path, cluster: &PgCluster) -> String {
          pg1-socket-path={socket}\n\
          pg1-port={port}\n\
          pg1-user=postgres\n",
-        repo = repo.display(),
+        repo = repo.config_lines(),
         dir = dir.display(),
         data = cluster.data_dir().display(),
         socket = cluster.socket_dir().display(),
