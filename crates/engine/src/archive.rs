@@ -150,6 +150,34 @@ impl Engine {
                     && DATABASE_WRITERS.contains(&c.writer.split(':').next().unwrap_or_default())
             })
         };
+        // A PostgreSQL copy's WAL directory holds recycled segments (old files renamed
+        // to future names) and segments from before its backup's start: no recovery
+        // from the copy reads them, and they can be most of its bytes.
+        let spec = crate::set::SetSpec::from_json(&copy.summary.spec_json).ok();
+        let not_needed: std::collections::BTreeSet<std::path::PathBuf> = spec
+            .iter()
+            .flat_map(|s| s.writers.iter())
+            .filter_map(|w| match w {
+                shadowcopy_writers::WriterSpec::Postgres(o) => o.layout.as_ref(),
+                _ => None,
+            })
+            .flat_map(|layout| shadowcopy_postgres::log_analysis::wal_not_needed(layout, &view))
+            .collect();
+        if !not_needed.is_empty() {
+            let bytes: u64 = files
+                .iter()
+                .filter(|f| not_needed.contains(&f.path))
+                .map(|f| f.size)
+                .sum();
+            tracing::info!(
+                "copy {id}: {} WAL segments ({bytes} bytes) no recovery reads are left out",
+                not_needed.len()
+            );
+        }
+        let files: Vec<_> = files
+            .into_iter()
+            .filter(|f| !not_needed.contains(&f.path))
+            .collect();
         let mut sources = Vec::with_capacity(files.len());
         for f in &files {
             let read_from = view

@@ -268,6 +268,40 @@ fn live_segments(
     Some(out)
 }
 
+/// The WAL segments in a copy that no recovery from it reads: those before its backup's
+/// start, and recycled ones (old files renamed to future names, whose pages carry an
+/// older address: recovery stops at the first of them, as it would at a missing file).
+/// As the copy's original paths. Empty when the copy's start cannot be read: then
+/// nothing is left out.
+pub fn wal_not_needed(layout: &ClusterLayout, copy: &CopyView) -> Vec<PathBuf> {
+    let Ok(seg_size) = WalSegSize::new(layout.wal_segment_size) else {
+        return Vec::new();
+    };
+    let Ok((start, _)) = crate::retention::copy_start(layout, copy) else {
+        return Vec::new();
+    };
+    let sysid: Option<u64> = layout.system_identifier.parse().ok();
+    let mut out = Vec::new();
+    for (original, in_copy) in &copy.files {
+        if original.parent() != Some(layout.wal_dir.as_path()) {
+            continue;
+        }
+        let Some(name) = original.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        if WalFileName::parse(name).is_none_or(|p| p.kind != WalFileKind::Segment) {
+            continue;
+        }
+        let Ok(s) = SegmentName::parse(name, seg_size) else {
+            continue;
+        };
+        if s.segno < start.segno || !holds_own_wal(in_copy, &s, seg_size, sysid) {
+            out.push(original.clone());
+        }
+    }
+    out
+}
+
 /// Whether the segment's first page was written for this position of this cluster. Its
 /// long page header (`XLogLongPageHeaderData`): magic u16, info u16, timeline u32, page
 /// address u64 at 8, rem_len u32 at 16, padding, system identifier u64 at 24.

@@ -462,6 +462,12 @@ fn a_postgres_cluster_whose_data_and_copies_are_lost_starts_again_from_the_archi
     Ledger::setup(&mut cluster.connect()).unwrap();
     let ledger = Ledger::start(&cluster.config(), 2, Duration::ZERO);
     assert!(ledger.wait_for_commits(50, Duration::from_secs(30)));
+    // Checkpoints after switches: pg_wal keeps old segments renamed to future names.
+    for _ in 0..4 {
+        assert!(ledger.wait_for_commits(ledger.committed() + 20, Duration::from_secs(30)));
+        cluster.psql("SELECT pg_switch_wal()");
+        cluster.psql("CHECKPOINT");
+    }
     let began = std::time::Instant::now();
     let created = crate::postgres::create(&cli, &cluster, &wal_archive);
     let acked = ledger.acknowledged_before(began);
@@ -474,6 +480,16 @@ fn a_postgres_cluster_whose_data_and_copies_are_lost_starts_again_from_the_archi
     assert!(run(&["init"]).status.success());
     let pushed = json(&run(&["push", &id, "--json"]));
     assert!(pushed["blocks"].as_u64().unwrap() > 0, "{pushed:#}");
+    // The recycled segments (and any before the backup's start) stay behind: no
+    // recovery reads them.
+    let local = cli.json(&["show", &id, "--json"])["manifest"]
+        .as_array()
+        .unwrap()
+        .len();
+    let archived = json(&run(&["list", "--json"]))[0]["files"]
+        .as_u64()
+        .unwrap() as usize;
+    assert!(archived < local, "{archived} archived of {local} files");
 
     // The data files and every local copy (the catalog with them) are lost.
     cluster.stop();
