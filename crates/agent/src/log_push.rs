@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use shadowcopy_archive::Repository;
 use shadowcopy_engine::{Engine, UsageError};
 
 use crate::events::AgentEvent;
@@ -22,6 +23,9 @@ pub fn spawn(shared: Arc<Shared>) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("log-push".into())
         .spawn(move || {
+            // Reading, sealing and sending logs is work the application should not feel;
+            // the repositories' threads, started from here, inherit it.
+            let _background = shadowcopy_core::priority::background();
             let mut pusher = LogPusher::default();
             while !shared.status().stopping {
                 pusher.push_due(&shared);
@@ -35,6 +39,10 @@ pub fn spawn(shared: Arc<Shared>) -> std::io::Result<()> {
 struct LogPusher {
     /// When each set's logs were last tried.
     tried: BTreeMap<String, Instant>,
+    /// The repositories opened, by URL: kept open, since opening one derives its key (a
+    /// quarter second of CPU and 64 MiB each time); dropped after a failure, so a
+    /// changed passphrase or repository is opened anew.
+    open: BTreeMap<String, Repository>,
     /// Sets told once that they have no logs to push (a server without a binary log).
     told: BTreeSet<String>,
 }
@@ -47,9 +55,12 @@ impl LogPusher {
                 continue;
             };
             self.tried.insert(name.clone(), Instant::now());
-            let pushed = engine
-                .archive_passphrase(None)
-                .and_then(|passphrase| engine.archive_push_logs(&url, &passphrase, name, None));
+            let pushed = self
+                .repository(&engine, &url)
+                .and_then(|repo| engine.push_logs_to(repo, name, None));
+            if pushed.is_err() {
+                self.open.remove(&url);
+            }
             match pushed {
                 Ok(report) => {
                     shared
@@ -79,6 +90,20 @@ impl LogPusher {
                 }
             }
         }
+    }
+
+    /// The repository at `url`, opened once (and opened again if it is no longer there,
+    /// which then fails with the reason).
+    fn repository(&mut self, engine: &Engine, url: &str) -> anyhow::Result<&Repository> {
+        if self.open.get(url).is_some_and(|r| r.still_there().is_err()) {
+            self.open.remove(url);
+        }
+        if !self.open.contains_key(url) {
+            let passphrase = engine.archive_passphrase(None)?;
+            let repo = Repository::open(url, passphrase.expose().as_bytes())?;
+            self.open.insert(url.to_string(), repo);
+        }
+        Ok(&self.open[url])
     }
 
     /// The archive set `name`'s logs go to, when they are due now.

@@ -237,6 +237,24 @@ impl Repository {
         self.store.url()
     }
 
+    /// Whether the repository this was opened on is still at its URL (one read of its
+    /// `config`): for a caller that keeps it open between uses, as the agent does.
+    pub fn still_there(&self) -> Result<(), ArchiveError> {
+        let gone = |why: &str| ArchiveError::NoRepository {
+            url: self.url().to_string(),
+            why: why.to_string(),
+        };
+        let bytes = self
+            .runtime
+            .block_on(self.store.get(names::CONFIG))?
+            .ok_or_else(|| gone("it has no `config` object any more"))?;
+        let config: RepoConfig = json(&bytes, "the archive's config")?;
+        if config.id != self.config.id {
+            return Err(gone("another repository is there now"));
+        }
+        Ok(())
+    }
+
     pub fn config(&self) -> &RepoConfig {
         &self.config
     }

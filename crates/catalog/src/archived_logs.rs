@@ -1,6 +1,6 @@
-//! How far each set's logs (PostgreSQL's archived WAL) are in each of its archives off
-//! the host: written after a push of the logs succeeds, read by log truncation, which
-//! never removes from this host a log that is nowhere else.
+//! How far each set's logs (PostgreSQL's archived WAL, MariaDB's binary logs) are in each
+//! of its archives off the host: written after a push of the logs succeeds, read by log
+//! truncation, which never removes from this host a log that is nowhere else.
 
 use rusqlite::{params, OptionalExtension};
 
