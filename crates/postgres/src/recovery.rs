@@ -53,6 +53,8 @@ pub enum RecoveryError {
     NoControlFile,
     #[error("roll-forward restores in place (it replays the live WAL and archive into the cluster's own directories); leave out --to")]
     RollForwardElsewhere,
+    #[error("cannot tell where below {} the cluster's WAL directory and tablespaces were restored, so its links would still name the live ones; restore the copy in place, or with --to into a directory of its own", .0.display())]
+    ElsewhereUnknown(PathBuf),
     #[error(transparent)]
     Io(#[from] IoError),
 }
@@ -131,6 +133,10 @@ pub fn plan(
     // tablespaces are there too, and the restored cluster must use those, never the
     // live ones.
     let moved = (!in_place).then(|| Moved::new(&data_dir, layout)).flatten();
+    let has_links = layout.separate_wal() || !layout.tablespaces.is_empty();
+    if !in_place && moved.is_none() && has_links {
+        return Err(RecoveryError::ElsewhereUnknown(data_dir));
+    }
     let wal_dir = match &moved {
         _ if in_place => layout.wal_dir.clone(),
         Some(moved) if layout.separate_wal() => moved.path(&layout.wal_dir),
@@ -266,6 +272,7 @@ impl Moved {
 /// `pg_tblspc/<oid>` links, and the copy's `tablespace_map`, which the server follows
 /// at start and which names the live tablespaces: a second cluster writing into them
 /// would corrupt the first.
+///
 /// The links go into `plan`; returns their paths (the copy's own links there are not
 /// installed).
 fn relink_moved(
