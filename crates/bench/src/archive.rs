@@ -630,6 +630,21 @@ fn measured(cmd: &mut Command, limit: Duration) -> anyhow::Result<Measured> {
 // ---------------------------------------------------------------------------------------
 // The results
 
+/// The floor of a restore: every pack under shadowcopy's `prefix` read with curl,
+/// `--curl-parallel` at once.
+fn curl_floor(s3: &S3, prefix: &str, args: &ArchiveArgs) -> anyhow::Result<Step> {
+    let (curl, bytes) = s3.curl_all(&format!("{prefix}/packs/"), args.curl_parallel, args.limit)?;
+    eprintln!("  curl: {} in {}", human_bytes(bytes), human(curl.took));
+    Ok(Step {
+        took: curl.took,
+        command: curl.took,
+        sent: bytes,
+        peak_bytes: curl.peak_bytes,
+        split: format!("{} at once", args.curl_parallel),
+        detail: String::new(),
+    })
+}
+
 /// One tool's step: a push (or backup), or a restore.
 #[derive(Clone, Debug, Default)]
 struct Step {
@@ -1077,20 +1092,7 @@ fn postgres_part(args: &ArchiveArgs, bin: &Path, s3: &S3) -> anyhow::Result<Part
     eprintln!("  pgbackrest: {}", theirs.split);
 
     eprintln!("scale {scale}: curl of shadowcopy's packs ...");
-    let (curl, bytes) = s3.curl_all(
-        &format!("{}/packs/", archive.prefix),
-        args.curl_parallel,
-        args.limit,
-    )?;
-    let floor = Step {
-        took: curl.took,
-        command: curl.took,
-        sent: bytes,
-        peak_bytes: curl.peak_bytes,
-        split: format!("{} at once", args.curl_parallel),
-        detail: String::new(),
-    };
-    eprintln!("  curl: {} in {}", human_bytes(bytes), human(curl.took));
+    let floor = curl_floor(s3, archive.prefix, args)?;
     let others_cpu = busy.others_since(&Busy::now(&descendants()));
 
     Ok(PartResult {
@@ -1312,20 +1314,7 @@ fn sqlite_part(args: &ArchiveArgs, bin: &Path, s3: &S3) -> anyhow::Result<PartRe
     fs::remove_dir_all(&restored)?;
 
     eprintln!("SQLite: curl of shadowcopy's packs ...");
-    let (curl, bytes) = s3.curl_all(
-        &format!("{}/packs/", archive.prefix),
-        args.curl_parallel,
-        args.limit,
-    )?;
-    let floor = Step {
-        took: curl.took,
-        command: curl.took,
-        sent: bytes,
-        peak_bytes: curl.peak_bytes,
-        split: format!("{} at once", args.curl_parallel),
-        detail: String::new(),
-    };
-    eprintln!("  curl: {} in {}", human_bytes(bytes), human(curl.took));
+    let floor = curl_floor(s3, archive.prefix, args)?;
     let others_cpu = busy.others_since(&Busy::now(&descendants()));
 
     Ok(PartResult {

@@ -36,6 +36,28 @@ fn archive_at(cli: &Cli, url: &str, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// `shadowcopy --config CONFIG ARGS...` with the passphrase: the JSON it prints, which
+/// it must (it must succeed).
+pub(crate) fn json_with_config(cli: &Cli, config: &str, args: &[&str]) -> Value {
+    let out = cli
+        .cmd(&[&["--config", config], args].concat())
+        .env("SHADOWCOPY_ARCHIVE_PASSWORD", PASSPHRASE)
+        .output()
+        .unwrap();
+    json(&out)
+}
+
+/// A config file whose `[defaults]` give every set the archive in directory `repo`.
+pub(crate) fn config_with_archive(cli: &Cli, repo: &std::path::Path) -> String {
+    let config = cli.path("shadowcopy.toml");
+    std::fs::write(
+        &config,
+        format!("[defaults]\narchive = \"file://{}\"\n", repo.display()),
+    )
+    .unwrap();
+    config.display().to_string()
+}
+
 fn json(out: &Output) -> Value {
     assert!(out.status.success(), "{}", describe(out));
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", describe(out)))
@@ -672,21 +694,8 @@ fn a_mariadb_host_lost_with_its_binary_logs_rolls_forward_from_the_archive() {
     };
     // Every set of this config has an archive off the host.
     let repo = cli.path("archive");
-    let config = cli.path("shadowcopy.toml");
-    std::fs::write(
-        &config,
-        format!("[defaults]\narchive = \"file://{}\"\n", repo.display()),
-    )
-    .unwrap();
-    let config = config.to_str().unwrap();
-    let run = |args: &[&str]| {
-        let out = cli
-            .cmd(&[&["--config", config], args].concat())
-            .env("SHADOWCOPY_ARCHIVE_PASSWORD", PASSPHRASE)
-            .output()
-            .unwrap();
-        json(&out)
-    };
+    let config = config_with_archive(&cli, &repo);
+    let run = |args: &[&str]| json_with_config(&cli, &config, args);
     let url = db.url();
     let create = || run(&["create", "--mariadb", &url, "--provider", "copy", "--json"]);
     let binlogs = || -> Vec<String> {
@@ -893,14 +902,7 @@ fn blocks_a_local_file_holds_are_cloned_on_restore_not_written_again() {
     )
     .unwrap();
     let config = config.to_str().unwrap();
-    let run = |args: &[&str]| {
-        let out = cli
-            .cmd(&[&["--config", config], args].concat())
-            .env("SHADOWCOPY_ARCHIVE_PASSWORD", PASSPHRASE)
-            .output()
-            .unwrap();
-        json(&out)
-    };
+    let run = |args: &[&str]| json_with_config(&cli, config, args);
     run(&["archive", "init", &url, "--json"]);
     let created = run(&["create", "bank", "--json"]);
     let id = created["id"].as_i64().unwrap().to_string();

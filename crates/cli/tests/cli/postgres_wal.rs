@@ -193,25 +193,8 @@ fn wal_that_the_sets_archive_lacks_stays_on_the_host() {
     switch_wal(&cluster, 2);
     // Every set of this config has an archive off the host.
     let repo = cli.path("archive");
-    let config = cli.path("shadowcopy.toml");
-    std::fs::write(
-        &config,
-        format!("[defaults]\narchive = \"file://{}\"\n", repo.display()),
-    )
-    .unwrap();
-    let config = config.to_str().unwrap();
-    let run = |args: &[&str]| {
-        let out = cli
-            .cmd(&[&["--config", config], args].concat())
-            .env(
-                "SHADOWCOPY_ARCHIVE_PASSWORD",
-                "correct horse battery staple",
-            )
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", describe(&out));
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
-    };
+    let config = crate::archive::config_with_archive(&cli, &repo);
+    let run = |args: &[&str]| crate::archive::json_with_config(&cli, &config, args);
     let create = || {
         let url = cluster.url();
         let dir = wal_archive.to_str().unwrap();
