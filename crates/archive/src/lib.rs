@@ -6,12 +6,17 @@
 //! manifest that makes a copy archived is written last and only if absent).
 //!
 //! Modules: [`format`] (the objects), [`crypto`] (keys and sealing), [`store`] (object
-//! storage), [`repo`] (init, open, list, keys), [`push`], [`restore`], [`verify`],
+//! storage), [`repo`] (init, open, list, keys), [`push`], [`restore`] and [`verify`]
+//! (both open blocks through `block`; a restore hashes files through `file_hash` and
+//! finishes them through `finishing`),
 //! [`prune`] (two phases, a grace period, one pruner at a time), [`logs`] (a log
 //! archive's files mirrored).
 
+mod block;
 pub mod crypto;
 pub mod error;
+mod file_hash;
+mod finishing;
 pub mod format;
 pub mod logs;
 pub mod prune;

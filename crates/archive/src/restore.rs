@@ -1,8 +1,8 @@
 //! Restoring an archived copy into a directory: each file's blocks grouped by pack,
 //! neighbouring blocks merged into ranged GETs (8 at once), blocks opened (decrypted,
 //! decompressed, their ids checked) on all cores and written at their offsets into
-//! files created exclusively; each file then counts only when its BLAKE3 is the
-//! manifest's. The tree below the target is the copy's, as `restore --to` lays it out.
+//! files created exclusively; each file then counts only when its BLAKE3 (made from its
+//! blocks' as they are written, `file_hash`) is the manifest's. The tree below the target is the copy's, as `restore --to` lays it out.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -13,8 +13,11 @@ use std::time::{Duration, Instant};
 
 use futures_util::{stream, StreamExt, TryStreamExt};
 
+use crate::block::BlockOpener;
 use crate::crypto::BlockId;
 use crate::error::ArchiveError;
+use crate::file_hash::BlockTreeHash;
+use crate::finishing::{write_and_finish, FileEnds};
 use crate::format::names;
 use crate::repo::{Location, Repository, PARALLEL_GETS};
 
@@ -34,10 +37,18 @@ pub struct RestoreReport {
     pub took: Duration,
 }
 
+thread_local! {
+    /// Each blocking thread's opener, made at its first block and kept for the next.
+    static OPENER: std::cell::RefCell<Option<BlockOpener>> = const { std::cell::RefCell::new(None) };
+}
+
 /// Blocks closer than this in a pack are fetched in one request.
 const MERGE_GAP: u64 = 1 << 20;
 /// A request is at most this long (with 8 at once, what a restore holds in memory).
 const MAX_REQUEST: u64 = 16 << 20;
+/// ... and brings at most this much once opened: blocks that compress well come in
+/// several requests, whose opening and writing then spread over the cores.
+const MAX_REQUEST_RAW: u64 = 64 << 20;
 
 /// Where one block goes.
 #[derive(Clone, Debug)]
@@ -53,6 +64,7 @@ struct Request {
     pack: Arc<str>,
     start: u64,
     end: u64,
+    raw: u64,
     blocks: Vec<Placement>,
 }
 
@@ -133,6 +145,7 @@ impl Repository {
         let blocks = self.runtime.block_on(self.blocks(true))?;
         // Files created exclusively (never through a planted link), at full size.
         let mut files = Vec::with_capacity(manifest.files.len());
+        let mut trees = Vec::with_capacity(manifest.files.len());
         let mut placements = Vec::new();
         for (n, record) in manifest.files.iter().enumerate() {
             let target = target_of(to, &record.path)?;
@@ -152,6 +165,7 @@ impl Repository {
             file.set_len(record.size)?;
             files.push((Arc::new(file), target));
             let mut at = 0u64;
+            let mut lengths = Vec::with_capacity(record.blocks.len());
             for id in &record.blocks {
                 let location = blocks.get(id).ok_or_else(|| ArchiveError::Damaged {
                     what: format!("archived copy {manifest_id}"),
@@ -168,6 +182,7 @@ impl Repository {
                     location: location.clone(),
                 });
                 at += location.raw_length as u64;
+                lengths.push(location.raw_length);
             }
             if at != record.size {
                 return Err(ArchiveError::Damaged {
@@ -179,7 +194,19 @@ impl Repository {
                     ),
                 });
             }
+            trees.push(match record.cut {
+                crate::format::Cut::Fixed => {
+                    BlockTreeHash::for_blocks(self.config.block_size, record.size, &lengths)
+                }
+                crate::format::Cut::Cdc => None,
+            });
         }
+        let trees = Arc::new(trees);
+        tracing::debug!(
+            "restore of {manifest_id}: {} files created at {:?}",
+            files.len(),
+            started.elapsed()
+        );
         // Blocks local files already hold.
         let mut local: HashMap<BlockId, (PathBuf, u64, u32)> = HashMap::new();
         for record in &manifest.files {
@@ -197,7 +224,11 @@ impl Repository {
             let (seed, offset, length) = &local[&p.id];
             // A seed that changed since it was read: that block is downloaded after all.
             if clone_block(seed, *offset, *length, &files[p.file].0, p.at, |data| {
-                self.key.block_id(data) == p.id
+                let same = self.key.block_id(data) == p.id;
+                if let (true, Some(tree)) = (same, &trees[p.file]) {
+                    tree.add(p.at, data);
+                }
+                same
             })
             .is_ok_and(|same| same)
             {
@@ -206,84 +237,65 @@ impl Repository {
                 placements.push(p);
             }
         }
+        let mut blocks_left = vec![0usize; files.len()];
+        for p in &placements {
+            blocks_left[p.file] += 1;
+        }
         let requests = plan(placements);
         let total = manifest.bytes();
         let written = std::sync::atomic::AtomicU64::new(reused);
         let downloaded = std::sync::atomic::AtomicU64::new(0);
         let count = requests.len();
-        let files_for_writes: Vec<Arc<File>> = files.iter().map(|(f, _)| f.clone()).collect();
-        self.runtime.block_on(async {
-            stream::iter(requests)
-                .map(|request| {
-                    let files = files_for_writes.clone();
-                    let store = self.store.clone();
-                    let key = self.key.clone();
-                    let downloaded = &downloaded;
-                    async move {
-                        let bytes = store
-                            .get_range(&names::pack(&request.pack), request.start..request.end)
-                            .await?;
-                        downloaded
-                            .fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                        // Opening and writing is CPU and disk work: off the async threads.
-                        tokio::task::spawn_blocking(move || {
-                            let mut n = 0u64;
-                            for b in &request.blocks {
-                                let from = (b.location.offset - request.start) as usize;
-                                let sealed = bytes
-                                    .get(from..from + b.location.length as usize)
-                                    .ok_or_else(|| ArchiveError::Damaged {
-                                        what: format!("pack {}", request.pack),
-                                        why: "it is shorter than its index says".into(),
-                                    })?;
-                                let data = open_block(&key, &b.id, sealed, &request.pack)?;
-                                files[b.file].write_all_at(&data, b.at)?;
-                                n += data.len() as u64;
+        write_and_finish(
+            files,
+            blocks_left,
+            &manifest.files,
+            &trees,
+            &manifest_id,
+            |ends| {
+                self.runtime.block_on(async {
+                    stream::iter(requests)
+                        .map(|request| {
+                            let ends = ends.clone();
+                            let trees = trees.clone();
+                            let store = self.store.clone();
+                            let key = self.key.clone();
+                            let downloaded = &downloaded;
+                            async move {
+                                let bytes = store
+                                    .get_range(
+                                        &names::pack(&request.pack),
+                                        request.start..request.end,
+                                    )
+                                    .await?;
+                                downloaded.fetch_add(
+                                    bytes.len() as u64,
+                                    std::sync::atomic::Ordering::Relaxed,
+                                );
+                                // Opening and writing is CPU and disk work: off the async
+                                // threads.
+                                tokio::task::spawn_blocking(move || {
+                                    write_blocks(&request, bytes, &key, &trees, &ends)
+                                })
+                                .await
+                                .map_err(|e| ArchiveError::Io(std::io::Error::other(e)))?
                             }
-                            Ok::<u64, ArchiveError>(n)
+                        })
+                        .buffer_unordered(PARALLEL_GETS)
+                        .try_for_each(|n| {
+                            let done =
+                                written.fetch_add(n, std::sync::atomic::Ordering::Relaxed) + n;
+                            progress(done, total);
+                            async { Ok(()) }
                         })
                         .await
-                        .map_err(|e| ArchiveError::Io(std::io::Error::other(e)))?
-                    }
                 })
-                .buffer_unordered(PARALLEL_GETS)
-                .try_for_each(|n| {
-                    let done = written.fetch_add(n, std::sync::atomic::Ordering::Relaxed) + n;
-                    progress(done, total);
-                    async { Ok(()) }
-                })
-                .await
-        })?;
-        // Each file counts once its bytes are the manifest's: synced, hashed and given
-        // its mode, owner and time, several files at once (hashing is CPU, syncing is
-        // the disk's).
-        let next = std::sync::atomic::AtomicUsize::new(0);
-        let first_error: std::sync::Mutex<Option<ArchiveError>> = std::sync::Mutex::new(None);
-        let workers = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .clamp(2, 8)
-            .min(files.len().max(1));
-        std::thread::scope(|scope| {
-            for _ in 0..workers {
-                scope.spawn(|| loop {
-                    let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let Some(((file, target), record)) = files.get(n).zip(manifest.files.get(n))
-                    else {
-                        break;
-                    };
-                    if let Err(e) = finish_file(file, target, record, &manifest_id) {
-                        let mut first = first_error.lock().unwrap_or_else(|p| p.into_inner());
-                        first.get_or_insert(e);
-                        // The others stop at their next file.
-                        next.store(files.len(), std::sync::atomic::Ordering::Relaxed);
-                        break;
-                    }
-                });
-            }
-        });
-        if let Some(e) = first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
-            return Err(e);
-        }
+            },
+        )?;
+        tracing::debug!(
+            "restore of {manifest_id}: {count} requests, files written, synced and checked in {:?}",
+            started.elapsed()
+        );
         recreate_tree(to, &manifest.tree)?;
         Ok(RestoreReport {
             manifest: manifest_id,
@@ -295,6 +307,48 @@ impl Repository {
             took: started.elapsed(),
         })
     }
+}
+
+/// Opens the blocks `request` brought (`bytes`, decrypted in place) and writes each at
+/// its place; returns the bytes written.
+fn write_blocks(
+    request: &Request,
+    mut bytes: Vec<u8>,
+    key: &crate::crypto::MasterKey,
+    trees: &[Option<BlockTreeHash>],
+    ends: &FileEnds,
+) -> Result<u64, ArchiveError> {
+    OPENER.with_borrow_mut(|opener| {
+        if opener.is_none() {
+            *opener = Some(BlockOpener::new()?);
+        }
+        let opener = opener.as_mut().expect("made above");
+        let mut n = 0u64;
+        // A block placed more than once (the same bytes at several places) comes once,
+        // its placements one after the other; it is opened (decrypted in place) once.
+        let mut opened = None;
+        for b in &request.blocks {
+            if opened != Some(b.location.offset) {
+                let from = (b.location.offset - request.start) as usize;
+                let sealed = bytes
+                    .get_mut(from..from + b.location.length as usize)
+                    .ok_or_else(|| ArchiveError::Damaged {
+                        what: format!("pack {}", request.pack),
+                        why: "it is shorter than its index says".into(),
+                    })?;
+                opener.open(key, &b.id, b.location.raw_length, sealed, &request.pack)?;
+                opened = Some(b.location.offset);
+            }
+            let data = opener.opened();
+            ends.file(b.file).write_all_at(data, b.at)?;
+            if let Some(tree) = &trees[b.file] {
+                tree.add(b.at, data);
+            }
+            ends.written(b.file, data.len() as u64);
+            n += data.len() as u64;
+        }
+        Ok(n)
+    })
 }
 
 impl Repository {
@@ -356,47 +410,6 @@ impl Repository {
         }
         Ok(())
     }
-}
-
-/// A restored file's end: synced, its BLAKE3 checked against the manifest's, its mode,
-/// owner (as root) and modification time set.
-fn finish_file(
-    file: &File,
-    target: &Path,
-    record: &crate::format::FileRecord,
-    manifest_id: &str,
-) -> Result<(), ArchiveError> {
-    use std::os::unix::fs::PermissionsExt;
-    file.sync_all()?;
-    let mut hasher = blake3::Hasher::new();
-    hasher.update_reader(file)?;
-    let got = hasher.finalize().to_hex().to_string();
-    if got != record.blake3 {
-        return Err(ArchiveError::Damaged {
-            what: format!(
-                "{} restored from archived copy {manifest_id}",
-                target.display()
-            ),
-            why: format!("its BLAKE3 is {got}, not the manifest's {}", record.blake3),
-        });
-    }
-    file.set_permissions(std::fs::Permissions::from_mode(record.mode & 0o7777))?;
-    rustix::fs::fchown(
-        file,
-        Some(rustix::fs::Uid::from_raw(record.uid)),
-        Some(rustix::fs::Gid::from_raw(record.gid)),
-    )
-    .or_else(|e| {
-        // Owners are set as root; a user restoring for themselves keeps theirs.
-        if rustix::process::geteuid().is_root() {
-            Err(std::io::Error::from(e))
-        } else {
-            Ok(())
-        }
-    })?;
-    let mtime = std::time::UNIX_EPOCH + Duration::from_nanos(record.mtime_ns.max(0) as u64);
-    file.set_modified(mtime)?;
-    Ok(())
 }
 
 /// Puts `length` bytes of `seed` at `offset` into `to` at `at` by `copy_file_range`,
@@ -497,28 +510,6 @@ fn recreate_tree(to: &Path, tree: &[crate::format::TreeRecord]) -> Result<(), Ar
     Ok(())
 }
 
-/// A block's bytes, if its sealing and its id are right.
-pub(crate) fn open_block(
-    key: &crate::crypto::MasterKey,
-    id: &BlockId,
-    sealed: &[u8],
-    pack: &str,
-) -> Result<Vec<u8>, ArchiveError> {
-    let what = format!("block {} in pack {pack}", id.hex());
-    let packed = key.open(sealed, format!("block {}", id.hex()).as_bytes(), &what)?;
-    let data = zstd::decode_all(&packed[..]).map_err(|e| ArchiveError::Damaged {
-        what: what.clone(),
-        why: format!("it does not decompress: {e}"),
-    })?;
-    if key.block_id(&data) != *id {
-        return Err(ArchiveError::Damaged {
-            what,
-            why: "its bytes do not hash to its id".into(),
-        });
-    }
-    Ok(data)
-}
-
 /// Groups the blocks by pack and merges neighbours into requests.
 fn plan(mut placements: Vec<Placement>) -> Vec<Request> {
     placements.sort_by(|a, b| {
@@ -532,8 +523,13 @@ fn plan(mut placements: Vec<Placement>) -> Vec<Request> {
         let end = start + p.location.length as u64;
         if let Some(&last) = by_pack.get(&p.location.pack) {
             let r = &mut requests[last];
-            if start <= r.end + MERGE_GAP && end - r.start <= MAX_REQUEST {
+            let raw = u64::from(p.location.raw_length);
+            if start <= r.end + MERGE_GAP
+                && end - r.start <= MAX_REQUEST
+                && r.raw + raw <= MAX_REQUEST_RAW
+            {
                 r.end = r.end.max(end);
+                r.raw += raw;
                 r.blocks.push(p);
                 continue;
             }
@@ -543,8 +539,76 @@ fn plan(mut placements: Vec<Placement>) -> Vec<Request> {
             pack: p.location.pack.clone(),
             start,
             end,
+            raw: u64::from(p.location.raw_length),
             blocks: vec![p],
         });
     }
     requests
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn placement(pack: &str, offset: u64, length: u32, raw_length: u32) -> Placement {
+        Placement {
+            id: BlockId([offset as u8; 32]),
+            file: 0,
+            at: 0,
+            location: Location {
+                pack: pack.into(),
+                index: "i".into(),
+                offset,
+                length,
+                raw_length,
+            },
+        }
+    }
+
+    fn shape(requests: &[Request]) -> Vec<(String, u64, u64, usize)> {
+        let mut v: Vec<_> = requests
+            .iter()
+            .map(|r| (r.pack.to_string(), r.start, r.end, r.blocks.len()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn neighbours_in_a_pack_are_one_request_within_its_limits() {
+        const M: u64 = 1 << 20;
+        // Neighbours (and a gap under 1 MiB) merge; another pack, a gap over 1 MiB, more
+        // than 16 MiB on the wire or 64 MiB opened start a new request.
+        let requests = plan(vec![
+            placement("a", 0, M as u32, M as u32),
+            placement("a", M, M as u32, M as u32),
+            placement("a", 2 * M + 1000, M as u32, M as u32),
+            placement("b", 0, M as u32, M as u32),
+            placement("a", 10 * M, M as u32, M as u32),
+        ]);
+        assert_eq!(
+            shape(&requests),
+            vec![
+                ("a".into(), 0, 3 * M + 1000, 3),
+                ("a".into(), 10 * M, 11 * M, 1),
+                ("b".into(), 0, M, 1),
+            ]
+        );
+        let wire: Vec<Placement> = (0..20)
+            .map(|n| placement("a", n * M, M as u32, M as u32))
+            .collect();
+        assert_eq!(
+            shape(&plan(wire)),
+            vec![("a".into(), 0, 16 * M, 16), ("a".into(), 16 * M, 20 * M, 4)]
+        );
+        // Blocks that compress 20×: 64 MiB of them opened per request.
+        let small = M / 20;
+        let compressed: Vec<Placement> = (0..100)
+            .map(|n| placement("a", n * small, small as u32, M as u32))
+            .collect();
+        let requests = plan(compressed);
+        assert_eq!(requests.len(), 2);
+        assert!(requests.iter().all(|r| r.raw <= MAX_REQUEST_RAW));
+        assert_eq!(requests.iter().map(|r| r.blocks.len()).sum::<usize>(), 100);
+    }
 }

@@ -160,18 +160,15 @@ impl Store {
     /// The object, or `None` when there is none.
     pub async fn get(&self, name: &str) -> Result<Option<Vec<u8>>, ArchiveError> {
         match self.inner.get(&self.path(name)).await {
-            Ok(r) => Ok(Some(r.bytes().await?.to_vec())),
+            // Without a copy where the body is one buffer already.
+            Ok(r) => Ok(Some(r.bytes().await?.into())),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(e.into()),
         }
     }
 
     pub async fn get_range(&self, name: &str, range: Range<u64>) -> Result<Vec<u8>, ArchiveError> {
-        Ok(self
-            .inner
-            .get_range(&self.path(name), range)
-            .await?
-            .to_vec())
+        Ok(self.inner.get_range(&self.path(name), range).await?.into())
     }
 
     /// Writes the object, replacing any.

@@ -7,11 +7,11 @@ use std::collections::{BTreeSet, HashMap};
 
 use futures_util::{stream, StreamExt};
 
+use crate::block::BlockOpener;
 use crate::crypto::BlockId;
 use crate::error::ArchiveError;
 use crate::format::{names, Index, PackHeader};
 use crate::repo::{Repository, PARALLEL_GETS};
-use crate::restore::open_block;
 
 /// What `archive verify` found.
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -167,12 +167,20 @@ impl Repository {
                             problems.push(format!("pack {pack}: {why}"));
                         }
                         let mut checked = 0;
+                        let mut bytes = bytes;
+                        let mut opener = match BlockOpener::new() {
+                            Ok(o) => o,
+                            Err(e) => {
+                                return (0, vec![format!("pack {pack} could not be read: {e}")])
+                            }
+                        };
                         for b in blocks {
-                            let sealed =
-                                bytes.get(b.offset as usize..(b.offset + b.length as u64) as usize);
+                            let sealed = bytes
+                                .get_mut(b.offset as usize..(b.offset + b.length as u64) as usize);
                             let outcome = match sealed {
                                 None => Err("it lies beyond the pack's end".to_string()),
-                                Some(sealed) => open_block(&self.key, &b.id, sealed, pack)
+                                Some(sealed) => opener
+                                    .open(&self.key, &b.id, b.raw_length, sealed, pack)
                                     .map(|_| ())
                                     .map_err(|e| e.to_string()),
                             };

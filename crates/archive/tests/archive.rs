@@ -230,6 +230,50 @@ fn pushes_are_incremental_and_restores_are_exact() {
 }
 
 #[test]
+fn a_block_at_several_places_is_restored_at_each_place() {
+    // The same 1 MiB block three times in one file and once in another, runs of zero
+    // blocks, a short last block; a text whose chunks repeat. Each block is stored
+    // once and must come back at every place it was.
+    let dir = tempfile::tempdir().unwrap();
+    let (_, repo) = repo(dir.path());
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let a = random_bytes(1 << 20, 7);
+    let zeros = vec![0u8; 1 << 20];
+    let mut twins = Vec::new();
+    for part in [&a, &zeros, &a, &zeros, &zeros, &a] {
+        twins.extend_from_slice(part);
+    }
+    twins.extend_from_slice(&random_bytes(100_000, 8));
+    std::fs::write(data.join("twins.db"), &twins).unwrap();
+    let mut other = zeros.clone();
+    other.extend_from_slice(&a);
+    std::fs::write(data.join("other.db"), &other).unwrap();
+    let text = random_bytes(300_000, 9).repeat(4);
+    std::fs::write(data.join("repeats.txt"), &text).unwrap();
+    let files = [
+        ("twins.db", Cut::Fixed),
+        ("other.db", Cut::Fixed),
+        ("repeats.txt", Cut::Cdc),
+    ];
+    let pushed = repo.push(&source(&data, 1, &files), &|_, _| {}).unwrap();
+    assert!(
+        pushed.bytes_uploaded < (3 << 20) + 2 * 300_000,
+        "each block stored once: {pushed:?}"
+    );
+    let to = dir.path().join("restored");
+    let report = repo
+        .restore_to(&pushed.manifest[..8], &to, &|_, _| {})
+        .unwrap();
+    assert_eq!(report.files, 3);
+    let root = to.join("srv/app");
+    assert!(std::fs::read(root.join("twins.db")).unwrap() == twins);
+    assert!(std::fs::read(root.join("other.db")).unwrap() == other);
+    assert!(std::fs::read(root.join("repeats.txt")).unwrap() == text);
+    assert!(repo.verify(1.0).unwrap().ok);
+}
+
+#[test]
 fn damage_is_found_named_and_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (url, repo) = repo(dir.path());
