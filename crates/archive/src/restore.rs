@@ -336,7 +336,14 @@ fn write_blocks(
                         what: format!("pack {}", request.pack),
                         why: "it is shorter than its index says".into(),
                     })?;
-                opener.open(key, &b.id, b.location.raw_length, sealed, &request.pack)?;
+                // Each file is checked whole against the manifest (`finishing`).
+                opener.open_for_checked_file(
+                    key,
+                    &b.id,
+                    b.location.raw_length,
+                    sealed,
+                    &request.pack,
+                )?;
                 opened = Some(b.location.offset);
             }
             let data = opener.opened();

@@ -152,7 +152,8 @@ impl Engine {
         };
         // A PostgreSQL copy's WAL directory holds recycled segments (old files renamed
         // to future names) and segments from before its backup's start: no recovery
-        // from the copy reads them, and they can be most of its bytes.
+        // from the copy reads them, and they can be most of its bytes. Its lock files
+        // name the server that ran: no restore uses them.
         let spec = crate::set::SetSpec::from_json(&copy.summary.spec_json).ok();
         let not_needed: std::collections::BTreeSet<std::path::PathBuf> = spec
             .iter()
@@ -161,7 +162,11 @@ impl Engine {
                 shadowcopy_writers::WriterSpec::Postgres(o) => o.layout.as_ref(),
                 _ => None,
             })
-            .flat_map(|layout| shadowcopy_postgres::log_analysis::wal_not_needed(layout, &view))
+            .flat_map(|layout| {
+                let mut left_out = shadowcopy_postgres::log_analysis::wal_not_needed(layout, &view);
+                left_out.extend(shadowcopy_postgres::recovery::lock_files(&layout.data_dir));
+                left_out
+            })
             .collect();
         if !not_needed.is_empty() {
             let bytes: u64 = files
@@ -170,7 +175,8 @@ impl Engine {
                 .map(|f| f.size)
                 .sum();
             tracing::info!(
-                "copy {id}: {} WAL segments ({bytes} bytes) no recovery reads are left out",
+                "copy {id}: {} files ({bytes} bytes) no recovery reads are left out (old WAL \
+                 segments, the server's lock files)",
                 not_needed.len()
             );
         }

@@ -72,6 +72,17 @@ fn io<'a>(
     }
 }
 
+/// The files a running server keeps in its data directory that name that server: a
+/// copy holds them (it is made while the server runs), no restore puts them back (a
+/// `postmaster.pid` naming a live process stops PostgreSQL from starting), and an
+/// archive push leaves them out.
+pub fn lock_files(data_dir: &Path) -> [PathBuf; 2] {
+    [
+        data_dir.join("postmaster.pid"),
+        data_dir.join("postmaster.opts"),
+    ]
+}
+
 /// The pid of a live postmaster on `data_dir`, from its `postmaster.pid`.
 pub fn running_postmaster(data_dir: &Path) -> Option<i32> {
     let text = std::fs::read_to_string(data_dir.join("postmaster.pid")).ok()?;
@@ -149,10 +160,7 @@ pub fn plan(
         Some(moved) => relink_moved(&mut plan, &data_dir, moved, layout, &owner, staged)?,
         None => Vec::new(),
     };
-    let lock_files = [
-        data_dir.join("postmaster.pid"),
-        data_dir.join("postmaster.opts"),
-    ];
+    let lock_files = lock_files(&data_dir);
     let targets: BTreeSet<&Path> = staged.iter().map(|(t, _)| t.as_path()).collect();
     for (target, s) in staged {
         if lock_files.contains(target) || relinked.contains(target) {

@@ -522,6 +522,39 @@ fn a_postgres_cluster_whose_data_and_copies_are_lost_starts_again_from_the_archi
         .unwrap() as usize;
     assert!(archived < local, "{archived} archived of {local} files");
 
+    // Beside the running production, `restore --to` lays out a data directory without
+    // the lock file that names the live postmaster (PostgreSQL would refuse to start
+    // over it), and a second server starts there with every commit the copy holds.
+    let listed = json(&run(&["list", "--json"]));
+    let beside = tempfile::tempdir().unwrap();
+    let to = beside.path().join("restored");
+    let out = run(&[
+        "restore",
+        listed[0]["id"].as_str().unwrap(),
+        "--to",
+        to.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let data = to.join(cluster.data_dir().strip_prefix("/").unwrap());
+    assert!(data.join("PG_VERSION").exists());
+    for lock in ["postmaster.pid", "postmaster.opts"] {
+        assert!(!data.join(lock).exists(), "{lock} was restored");
+    }
+    let second = shadowcopy_testing::postgres::PgCluster::adopt(
+        &data,
+        shadowcopy_testing::postgres::AdoptOptions::new().setting("archive_mode", "off"),
+    );
+    second.start();
+    let state = crate::postgres::wait_for_promotion(&second);
+    state.verify(&acked).unwrap();
+    assert!(state.balanced(), "{state:?}");
+    second.stop();
+    assert!(cluster.is_running());
+
     // The data files and every local copy (the catalog with them) are lost.
     cluster.stop();
     crate::postgres::destroy_data_files(&cluster);
