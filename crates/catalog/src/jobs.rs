@@ -172,7 +172,7 @@ impl Catalog {
             let renewed = job.heartbeat_ms.unwrap_or(job.created_ms);
             let why = if job.pid == std::process::id() {
                 continue;
-            } else if !process_exists(job.pid) {
+            } else if !shadowcopy_core::process::exists(job.pid) {
                 format!(
                     "interrupted: the process that ran it (pid {}) ended while it was {}",
                     job.pid, job.state
@@ -198,20 +198,5 @@ impl Catalog {
             interrupted.push(job);
         }
         Ok(interrupted)
-    }
-}
-
-/// Whether a process with this id exists (a signal 0 reaches it, or it exists but is
-/// not ours to signal).
-fn process_exists(pid: u32) -> bool {
-    let Some(pid) = i32::try_from(pid)
-        .ok()
-        .and_then(rustix::process::Pid::from_raw)
-    else {
-        return false;
-    };
-    match rustix::process::test_kill_process(pid) {
-        Ok(()) => true,
-        Err(e) => e == rustix::io::Errno::PERM,
     }
 }

@@ -22,6 +22,7 @@
 //!   system: [`Catalog::open_to_free_space`] gives it back before writing.
 
 mod archived_logs;
+mod exposures;
 mod jobs;
 mod journal;
 mod migrations;
@@ -39,6 +40,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
 
+pub use exposures::{ExposureRecord, ExposureState};
 pub use jobs::JobRecord;
 pub use queries::{
     CopyDetail, CopySummary, NewestCopy, PhaseRecord, SetTotals, VerificationRecord,

@@ -153,6 +153,22 @@ const MIGRATIONS: &[&str] = &[
         file_count = (SELECT COUNT(*) FROM files f WHERE f.copy_id = copies.id),
         file_bytes = (SELECT COALESCE(SUM(size), 0) FROM files f WHERE f.copy_id = copies.id);
     ",
+    // 8: copies opened read-only beside production (`expose`): where their scratch
+    // clone is and which process serves it, so that closing one (or cleaning up after a
+    // crash) finds both.
+    "
+    CREATE TABLE exposures (
+        id          INTEGER PRIMARY KEY,
+        copy_id     INTEGER NOT NULL,
+        set_name    TEXT NOT NULL,
+        scratch     BLOB NOT NULL,
+        state       TEXT NOT NULL,
+        builder_pid INTEGER NOT NULL,
+        exposed     TEXT NOT NULL DEFAULT '[]',
+        created_ms  INTEGER NOT NULL,
+        expires_ms  INTEGER NOT NULL
+    );
+    ",
 ];
 
 /// How many migrations a catalog at schema version `found` lacks, or `Err(known)` when

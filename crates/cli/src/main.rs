@@ -93,6 +93,13 @@ enum Command {
     Restore(commands::restore::RestoreArgs),
     /// Delete copies by id, age or count
     Delete(commands::delete::DeleteArgs),
+    /// Open a copy read-only beside production (PostgreSQL as a paused standby on a private
+    /// socket, SQLite as a read-only file) and print how to connect
+    Expose(commands::expose::ExposeArgs),
+    /// The copies opened by `expose`
+    Exposed(commands::expose::ExposedArgs),
+    /// Close an exposure (stop its server, remove its scratch clone)
+    Unexpose(commands::expose::UnexposeArgs),
     /// List writer kinds and the writers of the configured sets, with their state
     Writers(commands::writers::WritersArgs),
     /// List providers and whether each can serve the given paths (and why not)
@@ -120,6 +127,9 @@ impl Command {
             Command::Verify(a) => a.json,
             Command::Restore(a) => a.json,
             Command::Delete(a) => a.json,
+            Command::Expose(a) => a.json,
+            Command::Exposed(a) => a.json,
+            Command::Unexpose(a) => a.json,
             Command::Writers(a) => a.json,
             Command::Providers(a) => a.json,
             Command::Pg(a) => a.json(),
@@ -172,6 +182,9 @@ fn main() -> ExitCode {
         Command::Verify(a) => commands::verify::run(g, a),
         Command::Restore(a) => commands::restore::run(g, a),
         Command::Delete(a) => commands::delete::run(g, a),
+        Command::Expose(a) => commands::expose::expose(g, a),
+        Command::Exposed(a) => commands::expose::exposed(g, a),
+        Command::Unexpose(a) => commands::expose::unexpose(g, a),
         Command::Writers(a) => commands::writers::run(g, a),
         Command::Providers(a) => commands::providers::run(g, a),
         Command::Pg(a) => commands::pg::run(g, a),

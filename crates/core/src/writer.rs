@@ -100,6 +100,15 @@ pub trait Writer: Send {
 
     fn verify(&self, copy: &CopyView) -> Result<VerifyReport, BoxError>;
 
+    /// Opens the copy read-only beside production, built below `scratch` (an empty
+    /// private directory on the copy's file system if it can be, owned by this exposure
+    /// alone and removed when it closes), and says how to reach it. `None`: this writer
+    /// has nothing to open (its data is plain files to read in the copy). The copy itself
+    /// is never written.
+    fn expose(&self, _copy: &CopyView, _scratch: &Path) -> Result<Option<Exposed>, BoxError> {
+        Ok(None)
+    }
+
     /// The copy passed verification. Returns a line for the user when it did something
     /// (logs truncated); an error is reported as a warning and the copy stays usable.
     fn backup_complete(
@@ -151,6 +160,34 @@ pub trait Writer: Send {
             remove: Vec::new(),
             discard: Vec::new(),
         })
+    }
+}
+
+/// A copy opened read-only by its writer ([`Writer::expose`]).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Exposed {
+    /// What to give a client: a socket directory, a file.
+    pub address: String,
+    /// The command that connects to it.
+    pub connect: String,
+    /// The server process serving it, which closing the exposure stops; `None` when
+    /// there is none (a file).
+    pub pid: Option<u32>,
+}
+
+/// `value` as one word for a POSIX shell, for commands printed for the user to run:
+/// as it is when it holds only characters no shell treats specially, else in single
+/// quotes.
+pub fn shell_quote(value: impl AsRef<std::ffi::OsStr>) -> String {
+    let value = value.as_ref().to_string_lossy();
+    let plain = !value.is_empty()
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_./-=:,@%+".contains(c));
+    if plain {
+        value.into_owned()
+    } else {
+        format!("'{}'", value.replace('\'', "'\\''"))
     }
 }
 
@@ -206,4 +243,18 @@ pub fn staged_path(target: &Path) -> PathBuf {
     let mut name = target.file_name().unwrap_or_default().to_os_string();
     name.push(".shadowcopy-restore");
     target.with_file_name(name)
+}
+
+#[cfg(test)]
+mod shell_quote_tests {
+    use super::shell_quote;
+
+    #[test]
+    fn words_are_quoted_only_when_a_shell_would_split_or_expand_them() {
+        assert_eq!(shell_quote("/srv/app.db"), "/srv/app.db");
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("it's"), "'it'\\''s'");
+        assert_eq!(shell_quote("$(rm -rf /)"), "'$(rm -rf /)'");
+        assert_eq!(shell_quote(""), "''");
+    }
 }

@@ -110,7 +110,7 @@ impl Engine {
 
     /// Copy `id`'s files, readable (read-only use): for a front end that looks inside
     /// a copy. Reads the catalog only.
-    pub fn expose(&self, id: i64) -> anyhow::Result<shadowcopy_core::CopyView> {
+    pub fn copy_files(&self, id: i64) -> anyhow::Result<shadowcopy_core::CopyView> {
         let catalog = self.open_catalog_read_only()?;
         let copy = UsableCopy::load(&catalog, id, "read")?;
         let files = catalog.manifest(id)?;

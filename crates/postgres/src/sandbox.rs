@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use shadowcopy_core::error::IoError;
 use shadowcopy_core::model::{CopyView, VerifyReport};
+use shadowcopy_core::writer::{shell_quote, Exposed};
 use shadowcopy_core::{process, BoxError};
 
 use crate::bin::pg_bin;
@@ -61,6 +62,8 @@ struct Sandbox<'a> {
     socket: tempfile::TempDir,
     data: PathBuf,
     started: bool,
+    /// Handed over to an exposure: dropping it stops nothing.
+    kept: bool,
 }
 
 /// Clones the copy into a sandbox, starts it, checks it; see the module documentation.
@@ -139,15 +142,97 @@ pub fn verify_copy(layout: &ClusterLayout, copy: &CopyView) -> Result<VerifyRepo
     Ok(VerifyReport { ok, detail })
 }
 
+/// Opens the copy as a hot standby below `scratch` (see `Writer::expose`): a clone of
+/// it, as for a verification, started on a private unix socket with networking and
+/// archiving off, in standby mode with `recovery_target = 'immediate'` and
+/// `recovery_target_action = 'pause'`: it replays the copy's own WAL to the copy's
+/// consistent point and stays there, read-only, never promoted. The limits hot standby
+/// needs (`max_connections` and the others at least the primary's) come from the copy's
+/// `pg_control`. The server keeps running when this returns; closing the exposure stops
+/// it and removes `scratch`.
+pub fn expose_copy(
+    layout: &ClusterLayout,
+    copy: &CopyView,
+    scratch: &Path,
+) -> Result<Exposed, BoxError> {
+    let mut sandbox = Sandbox::build_in(layout, copy, Some(scratch))?;
+    let signal = sandbox.data.join("standby.signal");
+    std::fs::write(&signal, "").map_err(io("write", &signal))?;
+    files::owner_of(layout).chown(&signal)?;
+    let mut settings = sandbox.settings();
+    settings.retain(|(k, _)| *k != "max_wal_senders");
+    settings.extend(sandbox.hot_standby_limits()?);
+    settings.extend([
+        ("hot_standby", "on".to_string()),
+        ("recovery_target", "immediate".to_string()),
+        ("recovery_target_action", "pause".to_string()),
+        ("default_transaction_read_only", "on".to_string()),
+    ]);
+    let (ok, said) = sandbox.run("pg_ctl", &sandbox.start_args_with(&settings), START_LIMIT)?;
+    sandbox.started = true;
+    if !ok {
+        return Err(format!(
+            "the copy did not start as a standby: {said}; server log: {}",
+            sandbox.log_tail()
+        )
+        .into());
+    }
+    let pid = std::fs::read_to_string(sandbox.data.join("postmaster.pid"))
+        .ok()
+        .and_then(|s| s.lines().next().and_then(|l| l.trim().parse::<u32>().ok()));
+    let socket = sandbox.socket.path().to_path_buf();
+    let user = user_name(layout.owner_uid).unwrap_or_else(|| "postgres".into());
+    // The server and its directories outlive this call: the exposure owns them now.
+    sandbox.keep();
+    Ok(Exposed {
+        address: socket.display().to_string(),
+        connect: format!(
+            "psql {}",
+            shell_quote(format!(
+                "host={} port={SANDBOX_PORT} dbname=postgres user={user}",
+                socket.display()
+            ))
+        ),
+        pid,
+    })
+}
+
+/// The name of user `uid` in `/etc/passwd`.
+fn user_name(uid: u32) -> Option<String> {
+    std::fs::read_to_string("/etc/passwd")
+        .ok()?
+        .lines()
+        .find_map(|line| {
+            let mut fields = line.split(':');
+            let name = fields.next()?;
+            (fields.nth(1)? == uid.to_string()).then(|| name.to_string())
+        })
+}
+
 impl<'a> Sandbox<'a> {
     fn build(layout: &'a ClusterLayout, copy: &CopyView) -> Result<Sandbox<'a>, BoxError> {
+        Sandbox::build_in(layout, copy, None)
+    }
+
+    /// As [`Sandbox::build`], below `parent` when given (else near the copy).
+    fn build_in(
+        layout: &'a ClusterLayout,
+        copy: &CopyView,
+        parent: Option<&Path>,
+    ) -> Result<Sandbox<'a>, BoxError> {
         let copy_data =
             files::copy_root(copy, &layout.data_dir).ok_or_else(|| SandboxError::NotInCopy {
                 what: "data directory",
                 path: layout.data_dir.clone(),
             })?;
         let owner = files::owner_of(layout);
-        let dir = scratch_near(&copy_data, &owner)?;
+        let dir = match parent {
+            Some(parent) => tempfile::Builder::new()
+                .prefix("pg-")
+                .tempdir_in(parent)
+                .map_err(io("create a sandbox in", parent))?,
+            None => scratch_near(&copy_data, &owner)?,
+        };
         owner.chown(dir.path())?;
         let data = dir.path().join("data");
         files::clone_tree(&copy_data, &data, &owner, &|rel: &Path| {
@@ -218,6 +303,7 @@ impl<'a> Sandbox<'a> {
             socket,
             data,
             started: false,
+            kept: false,
         })
     }
 
@@ -226,6 +312,10 @@ impl<'a> Sandbox<'a> {
     }
 
     fn start_args(&self) -> Vec<String> {
+        self.start_args_with(&self.settings())
+    }
+
+    fn start_args_with(&self, settings: &[(&'static str, String)]) -> Vec<String> {
         vec![
             "start".into(),
             "-w".into(),
@@ -236,7 +326,7 @@ impl<'a> Sandbox<'a> {
             "-l".into(),
             self.log_path().display().to_string(),
             "-o".into(),
-            self.settings()
+            settings
                 .iter()
                 .map(|(k, v)| format!("-c {k}={v}"))
                 .collect::<Vec<_>>()
@@ -287,8 +377,20 @@ impl<'a> Sandbox<'a> {
         Ok(out)
     }
 
-    /// Runs a PostgreSQL program as the cluster's owner: (success, what it said).
+    /// Runs a PostgreSQL program as the cluster's owner: (success, the last lines of
+    /// what it said).
     fn run<S: AsRef<str>>(
+        &self,
+        program: &str,
+        args: &[S],
+        limit: Duration,
+    ) -> Result<(bool, String), BoxError> {
+        let (ok, said) = self.run_whole(program, args, limit)?;
+        Ok((ok, last_lines(&said, 20)))
+    }
+
+    /// As [`Sandbox::run`], with all it said.
+    fn run_whole<S: AsRef<str>>(
         &self,
         program: &str,
         args: &[S],
@@ -318,7 +420,46 @@ impl<'a> Sandbox<'a> {
             source,
         })?;
         let said = format!("{}{}", out.stdout.trim(), out.stderr.trim());
-        Ok((out.status.success(), last_lines(&said, 20)))
+        Ok((out.status.success(), said))
+    }
+
+    /// The settings a hot standby of the copy needs at least as high as its primary
+    /// had them, from `pg_controldata`.
+    fn hot_standby_limits(&self) -> Result<Vec<(&'static str, String)>, BoxError> {
+        let data = self.data.display().to_string();
+        let (ok, said) = self.run_whole("pg_controldata", &["-D", &data], START_LIMIT)?;
+        if !ok {
+            return Err(format!(
+                "pg_controldata could not read the copy: {}",
+                last_lines(&said, 5)
+            )
+            .into());
+        }
+        let control: Vec<&str> = said.lines().collect();
+        let value = |label: &str| {
+            control.iter().find_map(|line| {
+                line.strip_prefix(label)
+                    .map(|v| v.trim_start_matches(':').trim().to_string())
+            })
+        };
+        Ok([
+            ("max_connections", "max_connections setting"),
+            ("max_worker_processes", "max_worker_processes setting"),
+            ("max_wal_senders", "max_wal_senders setting"),
+            ("max_prepared_transactions", "max_prepared_xacts setting"),
+            ("max_locks_per_transaction", "max_locks_per_xact setting"),
+        ]
+        .into_iter()
+        .filter_map(|(setting, label)| value(label).map(|v| (setting, v)))
+        .collect())
+    }
+
+    /// Leaves the server running and its directories in place (an exposure owns them).
+    fn keep(mut self) {
+        self.started = false;
+        self.kept = true;
+        self.dir.disable_cleanup(true);
+        self.socket.disable_cleanup(true);
     }
 
     fn log_tail(&self) -> String {
@@ -330,6 +471,9 @@ impl<'a> Sandbox<'a> {
 
 impl Drop for Sandbox<'_> {
     fn drop(&mut self) {
+        if self.kept {
+            return;
+        }
         if self.started || self.data.join("postmaster.pid").exists() {
             let _ = self.stop("immediate");
         }

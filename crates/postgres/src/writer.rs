@@ -27,7 +27,7 @@ use std::time::Instant;
 use postgres::Client;
 use shadowcopy_core::error::IoError;
 use shadowcopy_core::model::{Component, ComponentRole, CopyView, VerifyReport};
-use shadowcopy_core::writer::{KeptCopies, RestoreMode, RestorePlan};
+use shadowcopy_core::writer::{Exposed, KeptCopies, RestoreMode, RestorePlan};
 use shadowcopy_core::{BoxError, Writer};
 
 use crate::cluster::{self, ClusterLayout, PostgresOptions};
@@ -390,6 +390,10 @@ impl Writer for PostgresWriter {
 
     fn verify(&self, copy: &CopyView) -> Result<VerifyReport, BoxError> {
         crate::sandbox::verify_copy(self.layout()?, copy)
+    }
+
+    fn expose(&self, copy: &CopyView, scratch: &Path) -> Result<Option<Exposed>, BoxError> {
+        crate::sandbox::expose_copy(self.layout()?, copy, scratch).map(Some)
     }
 
     fn backup_complete(

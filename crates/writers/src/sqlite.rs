@@ -24,13 +24,14 @@
 //!   removed in the swap so no stale log is replayed onto restored data.
 
 use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags};
 use serde::{Deserialize, Serialize};
 use shadowcopy_core::model::{Component, ComponentRole, CopyView, VerifyReport};
-use shadowcopy_core::writer::{RestoreMode, RestorePlan};
+use shadowcopy_core::writer::{shell_quote, Exposed, RestoreMode, RestorePlan};
 use shadowcopy_core::{BoxError, Writer};
 
 use crate::kind::{KindInfo, KindRole, Normalize, WriterKind};
@@ -348,6 +349,40 @@ impl Writer for SqliteWriter {
         }
         first.map_err(self.sql())?;
         Ok(())
+    }
+
+    /// A checkpointed clone of the copy (its WAL folded in, so that a read-only open
+    /// sees every committed transaction; a WAL file opened read-only with `immutable=1`
+    /// would be ignored), in rollback-journal mode, its file made read-only.
+    fn expose(&self, copy: &CopyView, scratch: &Path) -> Result<Option<Exposed>, BoxError> {
+        let db = copy
+            .path_of(&self.path)
+            .ok_or_else(|| SqliteError::NotInCopy(self.path.clone()))?;
+        let name = self.path.file_name().unwrap_or(std::ffi::OsStr::new("db"));
+        let exposed = scratch.join(name);
+        std::fs::copy(db, &exposed).map_err(SqliteError::Scratch)?;
+        if let Some(wal) = copy.path_of(&Self::wal_path(&self.path)) {
+            std::fs::copy(wal, Self::wal_path(&exposed)).map_err(SqliteError::Scratch)?;
+        }
+        check_header(&exposed)?;
+        let sql = |source| SqliteError::Sql {
+            path: db.to_path_buf(),
+            source,
+        };
+        let conn = Connection::open_with_flags(&exposed, OpenFlags::SQLITE_OPEN_READ_WRITE)
+            .map_err(sql)?;
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .map_err(sql)?;
+        conn.query_row("PRAGMA journal_mode = DELETE", [], |_| Ok(()))
+            .map_err(sql)?;
+        conn.close().map_err(|(_, e)| sql(e))?;
+        std::fs::set_permissions(&exposed, std::fs::Permissions::from_mode(0o444))
+            .map_err(SqliteError::Scratch)?;
+        Ok(Some(Exposed {
+            address: exposed.display().to_string(),
+            connect: format!("sqlite3 -readonly {}", shell_quote(&exposed)),
+            pid: None,
+        }))
     }
 
     fn verify(&self, copy: &CopyView) -> Result<VerifyReport, BoxError> {

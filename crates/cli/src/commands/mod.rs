@@ -5,6 +5,7 @@ pub mod agent;
 pub mod archive;
 pub mod create;
 pub mod delete;
+pub mod expose;
 pub mod list;
 pub mod pg;
 pub mod providers;

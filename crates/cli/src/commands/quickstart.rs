@@ -161,7 +161,7 @@ pub fn run(g: &GlobalArgs, args: QuickstartArgs) -> anyhow::Result<()> {
             say(&format!("   {line}"));
         }
     }
-    let view = engine.expose(created.id)?;
+    let view = engine.copy_files(created.id)?;
     let copy_db = view
         .path_of(&db)
         .context("the copy holds no bank.db")?

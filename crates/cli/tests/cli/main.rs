@@ -10,6 +10,7 @@ mod catalog;
 mod commands;
 mod crash;
 mod exec_provider;
+mod expose;
 mod fsfreeze;
 mod hooks;
 mod hostile_input;

@@ -1,0 +1,218 @@
+//! `expose`, `exposed`, `unexpose` while production runs: a PostgreSQL copy opened as a
+//! paused hot standby on a private socket (it holds every commit acknowledged before the
+//! copy, refuses writes, and production keeps committing), a SQLite copy as a read-only
+//! checkpointed file; a second exposure of the same copy, a copy that failed
+//! verification, an unknown exposure refused; a server killed with kill -9, a TTL that
+//! passed and a command that died while opening are all cleaned by the next command.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use shadowcopy_testing::postgres::Ledger;
+
+use crate::support::{describe, stderr, Cli};
+
+fn gone(pid: u32, within: Duration) -> bool {
+    let began = Instant::now();
+    while began.elapsed() < within {
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// The one thing exposure `record` opened: (address, pid).
+fn opened(record: &Value) -> (String, Option<u32>) {
+    let exposed = record["exposed"].as_array().unwrap();
+    assert_eq!(exposed.len(), 1, "{record:#}");
+    (
+        exposed[0]["address"].as_str().unwrap().to_string(),
+        exposed[0]["pid"].as_u64().map(|p| p as u32),
+    )
+}
+
+#[test]
+fn a_postgres_copy_is_exposed_as_a_paused_standby_beside_production() {
+    let test = "a_postgres_copy_is_exposed_as_a_paused_standby_beside_production";
+    let cli = Cli::new();
+    let Some((cluster, wal_archive)) = crate::postgres::archiving_cluster(test, &cli) else {
+        return;
+    };
+    Ledger::setup(&mut cluster.connect()).unwrap();
+    let ledger = Ledger::start(&cluster.config(), 2, Duration::ZERO);
+    assert!(ledger.wait_for_commits(50, Duration::from_secs(30)));
+    let began = Instant::now();
+    let created = crate::postgres::create(&cli, &cluster, &wal_archive);
+    let acked = ledger.acknowledged_before(began);
+    let id = created["id"].as_i64().unwrap().to_string();
+
+    let record = cli.json(&["expose", &id, "--json"]);
+    let (socket, pid) = opened(&record);
+    let pid = pid.expect("a server serves it");
+    let scratch = record["scratch"].as_str().unwrap().to_string();
+    let connect = record["exposed"][0]["connect"].as_str().unwrap();
+    let user = connect
+        .split_whitespace()
+        .find_map(|w| w.trim_matches('\'').strip_prefix("user="))
+        .unwrap()
+        .to_string();
+    let mut client = postgres::Config::new()
+        .host_path(&socket)
+        .port(5432)
+        .user(&user)
+        .dbname("postgres")
+        .connect(postgres::NoTls)
+        .unwrap();
+    // The copy's state: every commit acknowledged before it, balanced; read-only and
+    // paused in recovery, never promoted.
+    let state = Ledger::check(&mut client).unwrap();
+    state.verify(&acked).unwrap();
+    assert!(state.balanced(), "{state:?}");
+    let row = client
+        .query_one(
+            "SELECT pg_is_in_recovery(), pg_get_wal_replay_pause_state()",
+            &[],
+        )
+        .unwrap();
+    assert!(row.get::<_, bool>(0));
+    assert_eq!(row.get::<_, String>(1), "paused");
+    assert!(client.batch_execute("CREATE TABLE probe (x int)").is_err());
+    drop(client);
+    // Production never stopped and kept committing.
+    assert!(ledger.wait_for_commits(ledger.committed() + 20, Duration::from_secs(30)));
+
+    // Listed; the same copy twice is refused, naming the open exposure.
+    let listed = cli.json(&["exposed", "--json"]);
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    let out = cli.run(&["expose", &id]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("already exposed"),
+        "{}",
+        describe(&out)
+    );
+
+    // The server killed with kill -9: the next command closes what is left.
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid as i32).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    assert!(gone(pid, Duration::from_secs(10)));
+    let listed = cli.json(&["exposed", "--json"]);
+    assert!(listed.as_array().unwrap().is_empty(), "{listed:#}");
+    assert!(!Path::new(&scratch).exists(), "{scratch} left behind");
+
+    // Opened again and closed on request: server stopped, scratch and socket removed.
+    let record = cli.json(&["expose", &id, "--json"]);
+    let (socket, pid) = opened(&record);
+    let pid = pid.unwrap();
+    let scratch = record["scratch"].as_str().unwrap().to_string();
+    let closed = cli.json(&["unexpose", &record["id"].to_string(), "--json"]);
+    assert_eq!(closed.as_array().unwrap().len(), 1, "{closed:#}");
+    assert!(gone(pid, Duration::from_secs(5)));
+    assert!(!Path::new(&scratch).exists());
+    assert!(!Path::new(&socket).exists());
+    assert!(cluster.is_running());
+    let stats = ledger.stop();
+    assert!(stats.committed > 0);
+}
+
+#[test]
+fn a_sqlite_copy_is_exposed_as_a_read_only_file_and_cleaned_after_its_ttl() {
+    let cli = Cli::new();
+    let db = cli.bank("bank.db", 0);
+    let created = cli.json(&[
+        "create",
+        "--sqlite",
+        "bank.db",
+        "--provider",
+        "copy",
+        "--json",
+    ]);
+    let id = created["id"].as_i64().unwrap().to_string();
+    let at_copy = shadowcopy_sample::summarize(&db).unwrap();
+    // Production changes after the copy.
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute("DELETE FROM transfers", []).unwrap();
+    drop(conn);
+
+    let record = cli.json(&["expose", &id, "--ttl", "3s", "--json"]);
+    let (file, pid) = opened(&record);
+    assert_eq!(pid, None);
+    let exposed =
+        rusqlite::Connection::open_with_flags(&file, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    let transfers: i64 = exposed
+        .query_row("SELECT count(*) FROM transfers", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        transfers, at_copy.transfers,
+        "the copy's rows, not production's"
+    );
+    drop(exposed);
+    assert_eq!(
+        shadowcopy_sample::summarize(Path::new(&file)).unwrap(),
+        at_copy
+    );
+    let mode = std::fs::metadata(&file).unwrap().permissions();
+    assert!(mode.readonly());
+    assert!(
+        !Path::new(&format!("{file}-wal")).exists(),
+        "checkpointed: no WAL beside it"
+    );
+
+    // Past its TTL, the next command closes it.
+    std::thread::sleep(Duration::from_millis(3500));
+    let listed = cli.json(&["exposed", "--json"]);
+    assert!(listed.as_array().unwrap().is_empty(), "{listed:#}");
+    assert!(!Path::new(&file).exists());
+
+    // Bad input: an unknown exposure, a copy that does not exist; nothing is left.
+    let out = cli.run(&["unexpose", "99"]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("no exposure 99"),
+        "{}",
+        describe(&out)
+    );
+    let out = cli.run(&["expose", "99"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("99"), "{}", describe(&out));
+    let out = cli.run(&["unexpose"]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+
+    // A copy that failed verification: refused, unless forced (and then its damage
+    // stops the open, which leaves nothing behind).
+    let location = cli.json(&["show", &id, "--json"])["location"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let in_copy = Path::new(&location)
+        .join("files")
+        .join(db.strip_prefix("/").unwrap());
+    std::fs::write(&in_copy, b"not a database").unwrap();
+    assert_eq!(cli.run(&["verify", &id]).status.code(), Some(4));
+    let out = cli.run(&["expose", &id]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("failed verification"),
+        "{}",
+        describe(&out)
+    );
+    let out = cli.run(&["expose", &id, "--force"]);
+    assert!(!out.status.success(), "{}", describe(&out));
+    let listed = cli.json(&["exposed", "--json"]);
+    assert!(listed.as_array().unwrap().is_empty(), "{listed:#}");
+    let copies = Path::new(&location).parent().unwrap();
+    let leftovers: Vec<_> = std::fs::read_dir(copies)
+        .unwrap()
+        .chain(std::fs::read_dir(copies.parent().unwrap()).unwrap())
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains("exposed"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}

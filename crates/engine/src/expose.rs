@@ -1,0 +1,317 @@
+//! `expose`, `exposed`, `unexpose`: a copy opened read-only beside production for
+//! single-item recovery, by its writers (`Writer::expose`: PostgreSQL as a paused hot
+//! standby on a private socket, SQLite as a checkpointed read-only clone), from a
+//! scratch clone; the copy itself is never written.
+//!
+//! Each exposure is recorded before anything is built (its scratch directory and the
+//! process building it), and what each writer opens is recorded as it opens, so closing
+//! it always finds all of it. Exposures past their TTL, whose server died, or whose
+//! builder died before finishing are closed by the next `expose`, `exposed` or
+//! `unexpose` (and by the agent's sweep).
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+use shadowcopy_catalog::{Catalog, ExposureRecord, ExposureState};
+use shadowcopy_core::model::ComponentRole;
+use shadowcopy_core::writer::Exposed;
+use shadowcopy_core::VerifyState;
+
+use crate::copies::UsableCopy;
+use crate::engine::Engine;
+use crate::error::UsageError;
+
+/// How long a server asked to stop may take before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(30);
+
+/// What `unexpose` closed.
+#[derive(Clone, Debug, Serialize)]
+pub struct Closed {
+    pub id: i64,
+    pub copy_id: i64,
+    /// Why: asked, its TTL passed, its server died, its build was interrupted.
+    pub why: &'static str,
+}
+
+impl Engine {
+    /// Opens copy `id` read-only beside production until `ttl` from now. A copy that
+    /// failed verification is refused unless `force`; a copy already exposed is refused.
+    pub fn expose(&self, id: i64, ttl: Duration, force: bool) -> anyhow::Result<ExposureRecord> {
+        let catalog = self.open_existing_catalog()?;
+        self.close_stale_exposures(&catalog)?;
+        let copy = UsableCopy::load(&catalog, id, "exposed")?;
+        if copy.summary.verify_state == VerifyState::Failed && !force {
+            return Err(UsageError::new(format!(
+                "copy {id} failed verification; what it holds may be damaged. Expose it anyway \
+                 with --force, or pick a verified copy (`shadowcopy list`)"
+            ))
+            .into());
+        }
+        if let Some(open) = catalog.exposures()?.iter().find(|e| e.copy_id == id) {
+            return Err(UsageError::new(format!(
+                "copy {id} is already exposed (exposure {}: {}); use it, or close it first with \
+                 `shadowcopy unexpose {}`",
+                open.id,
+                open.exposed
+                    .iter()
+                    .map(|e| e.connect.as_str())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+                open.id
+            ))
+            .into());
+        }
+        let files = catalog.manifest(id)?;
+        let components = catalog.components(id)?;
+        let view = copy
+            .provider
+            .expose(&copy.location, &files)
+            .map_err(|e| anyhow::anyhow!("cannot read copy {id}: {e}"))?;
+        // The owners of the copy's data (a database server runs as its owner) must
+        // reach the scratch directory: each data component's first file's owner.
+        let mut owners: Vec<(u32, u32)> = components
+            .iter()
+            .filter(|c| c.role == ComponentRole::Data)
+            .filter_map(|c| files.iter().find(|f| f.path.starts_with(&c.path)))
+            .filter_map(|f| view.path_of(&f.path))
+            .filter_map(|p| std::fs::symlink_metadata(p).ok())
+            .map(|m| {
+                use std::os::unix::fs::MetadataExt;
+                (m.uid(), m.gid())
+            })
+            .collect();
+        owners.sort_unstable();
+        owners.dedup();
+        let scratch = scratch_near(Path::new(&copy.location), &owners)?;
+        let expires_ms = now_ms() + ttl.as_millis() as i64;
+        let exposure = catalog.record_exposure(id, &copy.summary.set, &scratch, expires_ms)?;
+        let mut exposed: Vec<Exposed> = Vec::new();
+        let mut failure = None;
+        for writer in copy.spec.build_writers() {
+            match writer.expose(&view, &scratch) {
+                Ok(Some(e)) => {
+                    exposed.push(e);
+                    catalog.exposure_progress(exposure, &exposed, false)?;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    failure = Some(
+                        anyhow::anyhow!(e)
+                            .context(format!("{} cannot open copy {id}", writer.name())),
+                    );
+                    break;
+                }
+            }
+        }
+        if failure.is_none() && exposed.is_empty() {
+            failure = Some(
+                UsageError::new(format!(
+                    "copy {id} of set `{}` holds no database to open (its writers open nothing); \
+                     its files are in the copy as they are: `shadowcopy show {id}` lists them",
+                    copy.summary.set
+                ))
+                .into(),
+            );
+        }
+        if let Some(e) = failure {
+            let record = catalog.exposures()?.into_iter().find(|r| r.id == exposure);
+            if let Some(record) = record {
+                close(&catalog, &record)?;
+            }
+            return Err(e);
+        }
+        catalog.exposure_progress(exposure, &exposed, true)?;
+        catalog
+            .exposures()?
+            .into_iter()
+            .find(|r| r.id == exposure)
+            .ok_or_else(|| anyhow::anyhow!("exposure {exposure} vanished from the catalog"))
+    }
+
+    /// The open exposures, after closing the stale ones.
+    pub fn exposed(&self) -> anyhow::Result<Vec<ExposureRecord>> {
+        let catalog = self.open_existing_catalog()?;
+        self.close_stale_exposures(&catalog)?;
+        Ok(catalog.exposures()?)
+    }
+
+    /// Closes exposure `id` (or every one with `None`): stops its servers, removes its
+    /// scratch, forgets it. Stale ones are closed too and reported.
+    pub fn unexpose(&self, id: Option<i64>) -> anyhow::Result<Vec<Closed>> {
+        let catalog = self.open_existing_catalog()?;
+        let mut closed = self.close_stale_exposures(&catalog)?;
+        let all = catalog.exposures()?;
+        let chosen: Vec<&ExposureRecord> = match id {
+            None => all.iter().collect(),
+            Some(id) => {
+                let found: Vec<&ExposureRecord> = all.iter().filter(|e| e.id == id).collect();
+                if found.is_empty() && !closed.iter().any(|c| c.id == id) {
+                    return Err(UsageError::new(format!(
+                        "there is no exposure {id}; `shadowcopy exposed` lists the open ones"
+                    ))
+                    .into());
+                }
+                found
+            }
+        };
+        for record in chosen {
+            close(&catalog, record)?;
+            closed.push(Closed {
+                id: record.id,
+                copy_id: record.copy_id,
+                why: "asked",
+            });
+        }
+        Ok(closed)
+    }
+
+    /// Closes the exposures past their TTL, whose server died, or whose builder died.
+    pub fn close_stale_exposures(&self, catalog: &Catalog) -> anyhow::Result<Vec<Closed>> {
+        let mut closed = Vec::new();
+        for record in catalog.exposures()? {
+            let why = if record.expires_ms <= now_ms() {
+                Some("its TTL passed")
+            } else if record.state == ExposureState::Opening
+                && !shadowcopy_core::process::exists(record.builder_pid)
+            {
+                Some("the command opening it ended before it was open")
+            } else if record
+                .exposed
+                .iter()
+                .any(|e| e.pid.is_some_and(|pid| !serves(pid, &record.scratch)))
+            {
+                Some("its server stopped")
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                close(catalog, &record)?;
+                closed.push(Closed {
+                    id: record.id,
+                    copy_id: record.copy_id,
+                    why,
+                });
+            }
+        }
+        Ok(closed)
+    }
+}
+
+/// Stops what `record` opened, removes its scratch, forgets it.
+fn close(catalog: &Catalog, record: &ExposureRecord) -> anyhow::Result<()> {
+    for e in &record.exposed {
+        if let Some(pid) = e.pid.filter(|&pid| serves(pid, &record.scratch)) {
+            stop(pid);
+        }
+        // A server's socket directory outside the scratch (unix socket paths are short).
+        let address = Path::new(&e.address);
+        if address.is_dir()
+            && address.starts_with(std::env::temp_dir())
+            && address
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("shadowcopy-pg-"))
+        {
+            let _ = std::fs::remove_dir_all(address);
+        }
+    }
+    match std::fs::remove_dir_all(&record.scratch) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(anyhow::anyhow!(
+                "cannot remove exposure {}'s scratch directory {}: {e}",
+                record.id,
+                record.scratch.display()
+            ))
+        }
+    }
+    catalog.remove_exposure(record.id)?;
+    Ok(())
+}
+
+/// Whether `pid` is a live process serving from below `scratch` (a postmaster started
+/// with `-D` there): a pid the kernel gave to something else since is not ours to stop.
+fn serves(pid: u32, scratch: &Path) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let scratch = scratch.as_os_str().as_encoded_bytes();
+    cmdline
+        .split(|&b| b == 0)
+        .any(|arg| arg.starts_with(scratch))
+}
+
+/// SIGTERM, then SIGKILL after [`STOP_GRACE`] (PostgreSQL: a smart shutdown, then none).
+fn stop(pid: u32) {
+    use rustix::process::{kill_process, Pid, Signal};
+    let Some(p) = Pid::from_raw(pid as i32) else {
+        return;
+    };
+    // PostgreSQL's fast shutdown (SIGINT): sessions are ended, nothing is written that
+    // matters (a standby of a throw-away clone).
+    let _ = kill_process(p, Signal::INT);
+    let began = std::time::Instant::now();
+    while shadowcopy_core::process::exists(pid) && began.elapsed() < STOP_GRACE {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if shadowcopy_core::process::exists(pid) {
+        let _ = kill_process(p, Signal::KILL);
+        let began = std::time::Instant::now();
+        while shadowcopy_core::process::exists(pid) && began.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// A new private directory for an exposure: the first ancestor of the copy's location
+/// (its file system, so clones are reflinks) where every one of `owners` can reach it
+/// (mode 0711: they may enter, not list), else the temp directory.
+fn scratch_near(location: &Path, owners: &[(u32, u32)]) -> anyhow::Result<PathBuf> {
+    let make = |dir: &Path| -> Option<PathBuf> {
+        let t = tempfile::Builder::new()
+            .prefix(".shadowcopy-exposed-")
+            .tempdir_in(dir)
+            .ok()?;
+        std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o711)).ok()?;
+        let reachable = owners
+            .iter()
+            .all(|&(uid, gid)| can_reach(t.path(), uid, gid));
+        reachable.then(|| t.keep())
+    };
+    for dir in location.ancestors().skip(1) {
+        if let Some(scratch) = make(dir) {
+            return Ok(scratch);
+        }
+    }
+    make(&std::env::temp_dir()).ok_or_else(|| {
+        anyhow::anyhow!(
+            "no directory near {} nor in {} can hold the exposure where the copy's owners can \
+             reach it",
+            location.display(),
+            std::env::temp_dir().display()
+        )
+    })
+}
+
+/// Whether user `uid` (group `gid`) can enter `dir`.
+fn can_reach(dir: &Path, uid: u32, gid: u32) -> bool {
+    if uid == rustix::process::geteuid().as_raw() {
+        return true;
+    }
+    std::process::Command::new("test")
+        .arg("-x")
+        .arg(dir)
+        .uid(uid)
+        .gid(gid)
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
