@@ -153,6 +153,7 @@ mod tests {
             address: "/tmp/s".into(),
             connect: "psql ...".into(),
             pid: Some(42),
+            writer: "postgres:x".into(),
         };
         catalog
             .exposure_progress(id, std::slice::from_ref(&server), true)

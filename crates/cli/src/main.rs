@@ -100,6 +100,9 @@ enum Command {
     Exposed(commands::expose::ExposedArgs),
     /// Close an exposure (stop its server, remove its scratch clone)
     Unexpose(commands::expose::UnexposeArgs),
+    /// Pull rows of one table out of a copy (exposed for the time it takes), as SQL that
+    /// the database's client loads into production, or as CSV
+    Extract(commands::expose::ExtractArgs),
     /// List writer kinds and the writers of the configured sets, with their state
     Writers(commands::writers::WritersArgs),
     /// List providers and whether each can serve the given paths (and why not)
@@ -130,6 +133,7 @@ impl Command {
             Command::Expose(a) => a.json,
             Command::Exposed(a) => a.json,
             Command::Unexpose(a) => a.json,
+            Command::Extract(_) => false,
             Command::Writers(a) => a.json,
             Command::Providers(a) => a.json,
             Command::Pg(a) => a.json(),
@@ -185,6 +189,7 @@ fn main() -> ExitCode {
         Command::Expose(a) => commands::expose::expose(g, a),
         Command::Exposed(a) => commands::expose::exposed(g, a),
         Command::Unexpose(a) => commands::expose::unexpose(g, a),
+        Command::Extract(a) => commands::expose::extract(g, a),
         Command::Writers(a) => commands::writers::run(g, a),
         Command::Providers(a) => commands::providers::run(g, a),
         Command::Pg(a) => commands::pg::run(g, a),

@@ -11,6 +11,7 @@ pub mod coordinator;
 pub mod dbfiles;
 pub mod error;
 pub mod events;
+pub mod extract;
 #[cfg(test)]
 mod fakes;
 pub mod journal;

@@ -31,6 +31,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::error::BoxError;
+use crate::extract::ExtractRequest;
 use crate::model::{Component, CopyId, CopyView, VerifyReport};
 
 /// What the restore swaps in: each staged file renamed onto its target, and files that
@@ -109,6 +110,17 @@ pub trait Writer: Send {
         Ok(None)
     }
 
+    /// Writes the rows `request` names from what [`Writer::expose`] opened into `out`;
+    /// `false` when this writer extracts nothing (the default).
+    fn extract(
+        &self,
+        _exposed: &Exposed,
+        _request: &ExtractRequest,
+        _out: &mut dyn std::io::Write,
+    ) -> Result<bool, BoxError> {
+        Ok(false)
+    }
+
     /// The copy passed verification. Returns a line for the user when it did something
     /// (logs truncated); an error is reported as a warning and the copy stays usable.
     fn backup_complete(
@@ -173,6 +185,9 @@ pub struct Exposed {
     /// The server process serving it, which closing the exposure stops; `None` when
     /// there is none (a file).
     pub pid: Option<u32>,
+    /// The writer that opened it (its `name()`), which extracts from it.
+    #[serde(default)]
+    pub writer: String,
 }
 
 /// `value` as one word for a POSIX shell, for commands printed for the user to run:

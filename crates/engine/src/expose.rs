@@ -1,4 +1,4 @@
-//! `expose`, `exposed`, `unexpose`: a copy opened read-only beside production for
+//! `expose`, `exposed`, `unexpose`, `extract`: a copy opened read-only beside production for
 //! single-item recovery, by its writers (`Writer::expose`: PostgreSQL as a paused hot
 //! standby on a private socket, SQLite as a checkpointed read-only clone), from a
 //! scratch clone; the copy itself is never written.
@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use shadowcopy_catalog::{Catalog, ExposureRecord, ExposureState};
+use shadowcopy_core::extract::ExtractRequest;
 use shadowcopy_core::model::ComponentRole;
 use shadowcopy_core::writer::Exposed;
 use shadowcopy_core::VerifyState;
@@ -24,6 +25,8 @@ use crate::copies::UsableCopy;
 use crate::engine::Engine;
 use crate::error::UsageError;
 
+/// How long the exposure behind an `extract` may live if the command dies.
+const EXTRACT_TTL: Duration = Duration::from_secs(3600);
 /// How long a server asked to stop may take before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(30);
 
@@ -92,7 +95,8 @@ impl Engine {
         let mut failure = None;
         for writer in copy.spec.build_writers() {
             match writer.expose(&view, &scratch) {
-                Ok(Some(e)) => {
+                Ok(Some(mut e)) => {
+                    e.writer = writer.name();
                     exposed.push(e);
                     catalog.exposure_progress(exposure, &exposed, false)?;
                 }
@@ -129,6 +133,62 @@ impl Engine {
             .into_iter()
             .find(|r| r.id == exposure)
             .ok_or_else(|| anyhow::anyhow!("exposure {exposure} vanished from the catalog"))
+    }
+
+    /// Writes the rows `request` names from copy `id` into `out`: from its open
+    /// exposure if it has one (left open), else the copy is exposed for as long as it
+    /// takes and closed afterwards, whatever happened.
+    pub fn extract(
+        &self,
+        id: i64,
+        request: &ExtractRequest,
+        out: &mut dyn std::io::Write,
+    ) -> anyhow::Result<()> {
+        let open = {
+            let catalog = self.open_existing_catalog()?;
+            self.close_stale_exposures(&catalog)?;
+            catalog
+                .exposures()?
+                .into_iter()
+                .find(|e| e.copy_id == id && e.state == ExposureState::Open)
+        };
+        let (record, ours) = match open {
+            Some(record) => (record, false),
+            None => (self.expose(id, EXTRACT_TTL, false)?, true),
+        };
+        let extracted = (|| -> anyhow::Result<()> {
+            let catalog = self.open_existing_catalog()?;
+            let copy = UsableCopy::load(&catalog, id, "extracted from")?;
+            for writer in copy.spec.build_writers() {
+                let name = writer.name();
+                let Some(exposed) = record.exposed.iter().find(|e| e.writer == name) else {
+                    continue;
+                };
+                if writer
+                    .extract(exposed, request, out)
+                    .map_err(|e| anyhow::anyhow!(e).context(format!("{name}: extract")))?
+                {
+                    return Ok(());
+                }
+            }
+            Err(UsageError::new(format!(
+                "nothing in copy {id} can extract a table (its writers: {})",
+                record
+                    .exposed
+                    .iter()
+                    .map(|e| e.writer.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+            .into())
+        })();
+        if ours {
+            let closed = self.unexpose(Some(record.id));
+            extracted?;
+            closed?;
+            return Ok(());
+        }
+        extracted
     }
 
     /// The open exposures, after closing the stale ones.

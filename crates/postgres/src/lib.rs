@@ -1,11 +1,13 @@
 //! PostgreSQL support for shadowcopy: the `postgres` writer (backup mode, copies that
-//! carry their own WAL), verification on a sandbox, restore plans for point-in-time and
+//! carry their own WAL), verification on a sandbox, copies exposed as paused hot
+//! standbys and rows extracted from them, restore plans for point-in-time and
 //! roll-forward, the WAL archive `archive_command` and `restore_command` call into, and
 //! WAL segment arithmetic.
 
 pub mod archive;
 pub mod bin;
 pub mod cluster;
+pub mod extract;
 mod files;
 pub mod label;
 pub mod log_analysis;

@@ -26,7 +26,7 @@ const START_LIMIT: Duration = Duration::from_secs(1800);
 /// How long the integrity checks may take.
 const CHECK_LIMIT: Duration = Duration::from_secs(6 * 3600);
 /// The port the sandbox listens on: only its socket file's name, in a private directory.
-const SANDBOX_PORT: u16 = 5432;
+pub(crate) const SANDBOX_PORT: u16 = 5432;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
@@ -194,11 +194,12 @@ pub fn expose_copy(
             ))
         ),
         pid,
+        writer: String::new(),
     })
 }
 
 /// The name of user `uid` in `/etc/passwd`.
-fn user_name(uid: u32) -> Option<String> {
+pub(crate) fn user_name(uid: u32) -> Option<String> {
     std::fs::read_to_string("/etc/passwd")
         .ok()?
         .lines()

@@ -26,6 +26,7 @@ use std::time::Instant;
 
 use postgres::Client;
 use shadowcopy_core::error::IoError;
+use shadowcopy_core::extract::ExtractRequest;
 use shadowcopy_core::model::{Component, ComponentRole, CopyView, VerifyReport};
 use shadowcopy_core::writer::{Exposed, KeptCopies, RestoreMode, RestorePlan};
 use shadowcopy_core::{BoxError, Writer};
@@ -394,6 +395,18 @@ impl Writer for PostgresWriter {
 
     fn expose(&self, copy: &CopyView, scratch: &Path) -> Result<Option<Exposed>, BoxError> {
         crate::sandbox::expose_copy(self.layout()?, copy, scratch).map(Some)
+    }
+
+    fn extract(
+        &self,
+        exposed: &Exposed,
+        request: &ExtractRequest,
+        out: &mut dyn std::io::Write,
+    ) -> Result<bool, BoxError> {
+        let owner = self.layout()?.owner_uid;
+        let user = crate::sandbox::user_name(owner).unwrap_or_else(|| "postgres".into());
+        crate::extract::extract(exposed, &user, request, out)?;
+        Ok(true)
     }
 
     fn backup_complete(

@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags};
 use serde::{Deserialize, Serialize};
+use shadowcopy_core::extract::{no_such_table, ExtractFormat, ExtractRequest};
 use shadowcopy_core::model::{Component, ComponentRole, CopyView, VerifyReport};
 use shadowcopy_core::writer::{shell_quote, Exposed, RestoreMode, RestorePlan};
 use shadowcopy_core::{BoxError, Writer};
@@ -382,7 +383,95 @@ impl Writer for SqliteWriter {
             address: exposed.display().to_string(),
             connect: format!("sqlite3 -readonly {}", shell_quote(&exposed)),
             pid: None,
+            writer: String::new(),
         }))
+    }
+
+    /// With the SQLite shell (`sqlite3`, read-only): `.mode insert` statements in a
+    /// transaction, or CSV with a header.
+    fn extract(
+        &self,
+        exposed: &Exposed,
+        request: &ExtractRequest,
+        out: &mut dyn std::io::Write,
+    ) -> Result<bool, BoxError> {
+        let file = Path::new(&exposed.address);
+        let conn = Connection::open_with_flags(file, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(
+            |source| SqliteError::Sql {
+                path: file.to_path_buf(),
+                source,
+            },
+        )?;
+        let names: Vec<String> = conn
+            .prepare(
+                "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+            )
+            .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+            .map_err(|source| SqliteError::Sql {
+                path: file.to_path_buf(),
+                source,
+            })?;
+        drop(conn);
+        // SQLite's names are case-insensitive.
+        let Some(table) = names
+            .iter()
+            .find(|n| n.eq_ignore_ascii_case(&request.table))
+        else {
+            return Err(no_such_table(
+                &request.table,
+                &format!("the copy of {}", self.path.display()),
+                &names,
+            )
+            .into());
+        };
+        let quoted = format!("\"{}\"", table.replace('"', "\"\""));
+        let filter = request
+            .filter
+            .as_deref()
+            .map(|f| format!(" WHERE {f}"))
+            .unwrap_or_default();
+        let select = format!("SELECT * FROM {quoted}{filter};");
+        let mut shell = std::process::Command::new("sqlite3");
+        shell.arg("-readonly").arg("-batch").arg("-bail");
+        match request.format {
+            ExtractFormat::Csv => {
+                shell.arg("-csv").arg("-header");
+            }
+            ExtractFormat::Sql => {
+                shell.arg("-cmd").arg(format!(".mode insert {quoted}"));
+            }
+        }
+        shell
+            .arg(file)
+            .arg(&select)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = shell.spawn().map_err(|e| {
+            format!(
+                "cannot run sqlite3, the SQLite shell extract uses ({e}); install it \
+                 (Debian: apt-get install sqlite3)"
+            )
+        })?;
+        if request.format == ExtractFormat::Sql {
+            writeln!(out, "BEGIN;")?;
+        }
+        let mut stdout = child.stdout.take().expect("piped");
+        let copied = std::io::copy(&mut stdout, out);
+        let done = child.wait_with_output()?;
+        copied?;
+        if !done.status.success() {
+            return Err(format!(
+                "sqlite3 refused `{select}`: {}",
+                String::from_utf8_lossy(&done.stderr).trim()
+            )
+            .into());
+        }
+        if request.format == ExtractFormat::Sql {
+            writeln!(out, "COMMIT;")?;
+        }
+        out.flush()?;
+        Ok(true)
     }
 
     fn verify(&self, copy: &CopyView) -> Result<VerifyReport, BoxError> {

@@ -1,9 +1,13 @@
 //! `shadowcopy expose ID`, `exposed`, `unexpose ID|--all`: a copy opened read-only
 //! beside production (a paused PostgreSQL hot standby on a private socket, a read-only
 //! SQLite file) to look at or pull one thing back from; closed on request or at its TTL.
+//! `extract ID --table T`: exposed, the rows dumped, closed.
+
+use std::os::unix::fs::OpenOptionsExt;
 
 use clap::Args;
 use shadowcopy_catalog::ExposureRecord;
+use shadowcopy_core::extract::{ExtractFormat, ExtractRequest};
 use shadowcopy_engine::HumanDuration;
 
 use crate::output::local_time;
@@ -22,6 +26,34 @@ pub struct ExposeArgs {
     /// Print the result as JSON
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ExtractArgs {
+    /// The copy's id
+    pub id: i64,
+    /// The table (`schema.table` for PostgreSQL)
+    #[arg(long)]
+    pub table: String,
+    /// Only the rows where this SQL condition holds
+    #[arg(long = "where", value_name = "SQL")]
+    pub filter: Option<String>,
+    /// `sql`: statements the database's client loads into production (psql, sqlite3);
+    /// `csv`: CSV with a header
+    #[arg(long, value_enum, default_value = "sql")]
+    pub format: Format,
+    /// PostgreSQL: the database holding the table
+    #[arg(long, default_value = "postgres")]
+    pub database: String,
+    /// Write into this file (created; refused if it exists) instead of standard output
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub output: Option<std::path::PathBuf>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum Format {
+    Sql,
+    Csv,
 }
 
 #[derive(Args, Debug)]
@@ -112,6 +144,66 @@ pub fn unexpose(g: &GlobalArgs, args: UnexposeArgs) -> anyhow::Result<()> {
         }
         for c in &closed {
             println!("closed exposure {} of copy {} ({})", c.id, c.copy_id, c.why);
+        }
+    }
+    Ok(())
+}
+
+pub fn extract(g: &GlobalArgs, args: ExtractArgs) -> anyhow::Result<()> {
+    let engine = g.engine()?;
+    let request = ExtractRequest {
+        table: args.table,
+        filter: args.filter,
+        format: match args.format {
+            Format::Sql => ExtractFormat::Sql,
+            Format::Csv => ExtractFormat::Csv,
+        },
+        database: Some(args.database),
+    };
+    match args.output {
+        None => {
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            engine.extract(args.id, &request, &mut out)?;
+            std::io::Write::flush(&mut out)?;
+        }
+        Some(path) => {
+            // Written beside its name and renamed into place once complete: a failed
+            // extract leaves no file that looks like a result.
+            let file_name = path
+                .file_name()
+                .ok_or_else(|| anyhow::anyhow!("--output {} names no file", path.display()))?;
+            if std::fs::symlink_metadata(&path).is_ok() {
+                return Err(shadowcopy_engine::UsageError::new(format!(
+                    "{} exists; name a new file",
+                    path.display()
+                ))
+                .into());
+            }
+            let dir = path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(std::path::Path::new("."));
+            let partial = dir.join(format!(".{}.partial", file_name.to_string_lossy()));
+            // create_new: never through a link planted at that name.
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&partial)
+                .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", partial.display()))?;
+            let mut out = std::io::BufWriter::new(file);
+            let written = engine
+                .extract(args.id, &request, &mut out)
+                .and_then(|()| Ok(out.into_inner().map_err(|e| e.into_error())?.sync_all()?));
+            if let Err(e) = written {
+                let _ = std::fs::remove_file(&partial);
+                return Err(e);
+            }
+            // No replacing: a file made meanwhile at that name is kept.
+            std::fs::hard_link(&partial, &path)
+                .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))?;
+            std::fs::remove_file(&partial)?;
         }
     }
     Ok(())

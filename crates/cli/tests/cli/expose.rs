@@ -84,6 +84,43 @@ fn a_postgres_copy_is_exposed_as_a_paused_standby_beside_production() {
     // Production never stopped and kept committing.
     assert!(ledger.wait_for_commits(ledger.committed() + 20, Duration::from_secs(30)));
 
+    // A row deleted by mistake in production, found in the copy and put back while the
+    // load runs: `extract` piped into psql.
+    let lost = acked[acked.len() / 2];
+    cluster.psql(&format!("DELETE FROM ledger WHERE id = {lost}"));
+    let state = Ledger::check(&mut cluster.connect()).unwrap();
+    assert_eq!(state.missing(&acked), vec![lost]);
+    let rows = cli.ok(&[
+        "extract",
+        &id,
+        "--table",
+        "ledger",
+        "--where",
+        &format!("id = {lost}"),
+    ]);
+    assert!(rows.contains("COPY ledger"), "{rows}");
+    let mut psql = std::process::Command::new("psql")
+        .args([&cluster.url(), "-v", "ON_ERROR_STOP=1", "-q", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut psql.stdin.take().unwrap(), rows.as_bytes()).unwrap();
+    let loaded = psql.wait_with_output().unwrap();
+    assert!(loaded.status.success(), "{}", describe(&loaded));
+    let state = Ledger::check(&mut cluster.connect()).unwrap();
+    state.verify(&acked).unwrap();
+    assert!(state.balanced(), "{state:?}");
+    // A table that is not there: refused, with the closest names; nothing stays open.
+    let out = cli.run(&["extract", &id, "--table", "legder"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("there is no table \"legder\"") && stderr(&out).contains("ledger"),
+        "{}",
+        describe(&out)
+    );
+
     // Listed; the same copy twice is refused, naming the open exposure.
     let listed = cli.json(&["exposed", "--json"]);
     assert_eq!(listed.as_array().unwrap().len(), 1);
@@ -165,11 +202,68 @@ fn a_sqlite_copy_is_exposed_as_a_read_only_file_and_cleaned_after_its_ttl() {
         "checkpointed: no WAL beside it"
     );
 
+    // Rows pulled out as CSV and as statements for sqlite3, into a new file.
+    let csv = cli.ok(&[
+        "extract", &id, "--table", "accounts", "--where", "id <= 2", "--format", "csv",
+    ]);
+    assert_eq!(csv.lines().next(), Some("id,balance"), "{csv}");
+    assert_eq!(csv.lines().count(), 3, "{csv}");
+    let out_file = cli.path("transfers.sql");
+    cli.ok(&[
+        "extract",
+        &id,
+        "--table",
+        "TRANSFERS",
+        "-o",
+        out_file.to_str().unwrap(),
+    ]);
+    let sql = std::fs::read_to_string(&out_file).unwrap();
+    assert_eq!(
+        sql.matches("INSERT INTO").count() as i64,
+        at_copy.transfers,
+        "{sql}"
+    );
+    // Loaded into production, it brings the deleted rows back.
+    let load = std::process::Command::new("sqlite3")
+        .arg(&db)
+        .stdin(std::fs::File::open(&out_file).unwrap())
+        .output()
+        .unwrap();
+    assert!(load.status.success(), "{}", describe(&load));
+    assert_eq!(
+        shadowcopy_sample::summarize(&db).unwrap().transfers,
+        at_copy.transfers
+    );
+    // An existing output file is refused before anything runs; a missing table names
+    // the ones there are.
+    let out = cli.run(&[
+        "extract",
+        &id,
+        "--table",
+        "accounts",
+        "-o",
+        out_file.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    let out = cli.run(&["extract", &id, "--table", "acounts"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("the closest: accounts"),
+        "{}",
+        describe(&out)
+    );
+
     // Past its TTL, the next command closes it.
     std::thread::sleep(Duration::from_millis(3500));
     let listed = cli.json(&["exposed", "--json"]);
     assert!(listed.as_array().unwrap().is_empty(), "{listed:#}");
     assert!(!Path::new(&file).exists());
+
+    // With nothing exposed, extract opens the copy for the time it takes and closes it.
+    let csv = cli.ok(&["extract", &id, "--table", "accounts", "--format", "csv"]);
+    assert!(csv.starts_with("id,balance\n"), "{csv}");
+    let listed = cli.json(&["exposed", "--json"]);
+    assert!(listed.as_array().unwrap().is_empty(), "{listed:#}");
 
     // Bad input: an unknown exposure, a copy that does not exist; nothing is left.
     let out = cli.run(&["unexpose", "99"]);
