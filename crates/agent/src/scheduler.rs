@@ -104,6 +104,9 @@ struct Running {
     record: JobRecord,
 }
 
+/// How often the agent closes the exposures past their TTL.
+const EXPOSURE_SWEEP: Duration = Duration::from_secs(30);
+
 /// How often the open jobs' heartbeat is written (the lease, in the engine, is much
 /// longer).
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
@@ -120,6 +123,10 @@ pub struct Scheduler {
     running: Option<Running>,
     heartbeat: Instant,
     stopping: bool,
+    /// The last sweep of exposures past their TTL (or whose server died), and whether
+    /// one is running on its thread.
+    swept: Instant,
+    sweeping: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Scheduler {
@@ -151,6 +158,8 @@ impl Scheduler {
             running: None,
             heartbeat: Instant::now(),
             stopping: false,
+            swept: Instant::now() - EXPOSURE_SWEEP,
+            sweeping: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         })
     }
 
@@ -172,6 +181,7 @@ impl Scheduler {
                 break;
             }
             self.heartbeat();
+            self.sweep_exposures();
             if watchdog.is_some() {
                 notify(&[NotifyState::Watchdog]);
             }
@@ -191,6 +201,39 @@ impl Scheduler {
             }
         }
         Ok(())
+    }
+
+    /// Every [`EXPOSURE_SWEEP`], on a thread of its own (stopping a server takes a
+    /// moment): closes the exposures (`shadowcopy expose`) past their TTL, whose server
+    /// died, or whose `expose` died halfway.
+    fn sweep_exposures(&mut self) {
+        use std::sync::atomic::Ordering;
+        if self.swept.elapsed() < EXPOSURE_SWEEP || self.sweeping.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.swept = Instant::now();
+        let engine = self.shared.engine();
+        let sweeping = self.sweeping.clone();
+        let catalog_dir = self.catalog.dir().to_path_buf();
+        std::thread::spawn(move || {
+            let swept = shadowcopy_catalog::Catalog::open_existing(&catalog_dir)
+                .map_err(anyhow::Error::from)
+                .and_then(|catalog| engine.close_stale_exposures(&catalog));
+            match swept {
+                Ok(closed) => {
+                    for c in closed {
+                        tracing::info!(
+                            exposure = c.id,
+                            copy = c.copy_id,
+                            why = c.why,
+                            "exposure closed"
+                        );
+                    }
+                }
+                Err(e) => tracing::warn!("the sweep of exposures failed: {e:#}"),
+            }
+            sweeping.store(false, Ordering::Release);
+        });
     }
 
     /// Queues the jobs whose schedules fell due.

@@ -1,7 +1,8 @@
 //! `expose`, `exposed`, `unexpose`, `extract`: a copy opened read-only beside production for
 //! single-item recovery, by its writers (`Writer::expose`: PostgreSQL as a paused hot
-//! standby on a private socket, SQLite as a checkpointed read-only clone), from a
-//! scratch clone; the copy itself is never written.
+//! standby on a private socket, MariaDB as a read-only server after crash recovery,
+//! SQLite as a checkpointed read-only clone), from a scratch clone; the copy itself is
+//! never written.
 //!
 //! Each exposure is recorded before anything is built (its scratch directory and the
 //! process building it), and what each writer opens is recorded as it opens, so closing
@@ -266,15 +267,18 @@ fn close(catalog: &Catalog, record: &ExposureRecord) -> anyhow::Result<()> {
         if let Some(pid) = e.pid.filter(|&pid| serves(pid, &record.scratch)) {
             stop(pid);
         }
-        // A server's socket directory outside the scratch (unix socket paths are short).
+        // A server's run directory (its socket: unix socket paths are short) in the
+        // temp directory rather than the scratch: the address, or the socket's parent.
         let address = Path::new(&e.address);
-        if address.is_dir()
-            && address.starts_with(std::env::temp_dir())
-            && address
-                .file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("shadowcopy-pg-"))
-        {
-            let _ = std::fs::remove_dir_all(address);
+        for dir in [Some(address), address.parent()].into_iter().flatten() {
+            let ours = dir.parent() == Some(std::env::temp_dir().as_path())
+                && dir.file_name().is_some_and(|n| {
+                    let n = n.to_string_lossy();
+                    n.starts_with("shadowcopy-pg-") || n.starts_with("shadowcopy-mariadb-")
+                });
+            if ours && dir.is_dir() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
         }
     }
     match std::fs::remove_dir_all(&record.scratch) {
@@ -298,10 +302,11 @@ fn serves(pid: u32, scratch: &Path) -> bool {
     let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
         return false;
     };
+    // `-D /scratch/...` (PostgreSQL), `--datadir=/scratch/...` (MariaDB).
     let scratch = scratch.as_os_str().as_encoded_bytes();
     cmdline
         .split(|&b| b == 0)
-        .any(|arg| arg.starts_with(scratch))
+        .any(|arg| arg.windows(scratch.len()).any(|w| w == scratch))
 }
 
 /// SIGTERM, then SIGKILL after [`STOP_GRACE`] (PostgreSQL: a smart shutdown, then none).

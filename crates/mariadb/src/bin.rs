@@ -17,6 +17,7 @@ pub fn program(name: &str) -> Result<PathBuf, MissingProgram> {
         "mariadb" => Some("mysql"),
         "mariadb-check" => Some("mysqlcheck"),
         "mariadb-binlog" => Some("mysqlbinlog"),
+        "mariadb-dump" => Some("mysqldump"),
         _ => None,
     };
     std::iter::once(name)

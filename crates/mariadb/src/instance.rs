@@ -50,6 +50,16 @@ impl TempServer {
         dirs: &ServerDirs,
         limit: Duration,
     ) -> Result<TempServer, BoxError> {
+        TempServer::start_with(layout, dirs, limit, &[])
+    }
+
+    /// As [`TempServer::start`], with `extra` options after the others.
+    pub fn start_with(
+        layout: &ServerLayout,
+        dirs: &ServerDirs,
+        limit: Duration,
+        extra: &[&str],
+    ) -> Result<TempServer, BoxError> {
         let owner = crate::files::owner_of(layout);
         let run = tempfile::Builder::new()
             .prefix("shadowcopy-mariadb-")
@@ -109,6 +119,7 @@ impl TempServer {
                 args.push(format!("{flag}={}", d.display()));
             }
         }
+        args.extend(extra.iter().map(|a| a.to_string()));
         let mut cmd = Command::new(bin::program("mariadbd")?);
         cmd.args(&args)
             .current_dir(run.path())
@@ -169,6 +180,18 @@ impl TempServer {
             cmd.arg("--protocol=socket");
         }
         Ok(cmd)
+    }
+
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Leaves the server running and its run directory (socket, log) in place: an
+    /// exposure owns them now, and stops the server by its pid.
+    pub fn keep(mut self) {
+        self.child = None;
+        self.run.disable_cleanup(true);
     }
 
     /// The last lines of the server's error log, on one line.

@@ -17,8 +17,9 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use shadowcopy_core::error::IoError;
+use shadowcopy_core::extract::ExtractRequest;
 use shadowcopy_core::model::{Component, ComponentRole, CopyView, VerifyReport};
-use shadowcopy_core::writer::{KeptCopies, RestoreMode, RestorePlan};
+use shadowcopy_core::writer::{Exposed, KeptCopies, RestoreMode, RestorePlan};
 use shadowcopy_core::{BoxError, Writer};
 
 use crate::lock::{BackupLock, Frozen, InnoDbState};
@@ -233,6 +234,24 @@ impl Writer for MariaDbWriter {
 
     fn verify(&self, copy: &CopyView) -> Result<VerifyReport, BoxError> {
         crate::sandbox::verify_copy(self.layout()?, copy)
+    }
+
+    fn expose(
+        &self,
+        copy: &CopyView,
+        scratch: &std::path::Path,
+    ) -> Result<Option<Exposed>, BoxError> {
+        crate::sandbox::expose_copy(self.layout()?, copy, scratch).map(Some)
+    }
+
+    fn extract(
+        &self,
+        exposed: &Exposed,
+        request: &ExtractRequest,
+        out: &mut dyn std::io::Write,
+    ) -> Result<bool, BoxError> {
+        crate::extract::extract(exposed, request, out)?;
+        Ok(true)
     }
 
     fn backup_complete(

@@ -42,9 +42,10 @@ pub struct ExtractArgs {
     /// `csv`: CSV with a header
     #[arg(long, value_enum, default_value = "sql")]
     pub format: Format,
-    /// PostgreSQL: the database holding the table
-    #[arg(long, default_value = "postgres")]
-    pub database: String,
+    /// The database holding the table (PostgreSQL: default `postgres`; MariaDB: or
+    /// name it in --table DB.TABLE)
+    #[arg(long)]
+    pub database: Option<String>,
     /// Write into this file (created; refused if it exists) instead of standard output
     #[arg(long, short = 'o', value_name = "FILE")]
     pub output: Option<std::path::PathBuf>,
@@ -158,7 +159,7 @@ pub fn extract(g: &GlobalArgs, args: ExtractArgs) -> anyhow::Result<()> {
             Format::Sql => ExtractFormat::Sql,
             Format::Csv => ExtractFormat::Csv,
         },
-        database: Some(args.database),
+        database: args.database,
     };
     match args.output {
         None => {

@@ -310,3 +310,134 @@ fn a_sqlite_copy_is_exposed_as_a_read_only_file_and_cleaned_after_its_ttl() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+#[test]
+fn a_mariadb_copy_is_exposed_read_only_and_a_row_deleted_by_mistake_comes_back() {
+    use shadowcopy_testing::mariadb::Ledger;
+    let test = "a_mariadb_copy_is_exposed_read_only_and_a_row_deleted_by_mistake_comes_back";
+    let cli = Cli::new();
+    let places = tempfile::tempdir().unwrap();
+    let Some(db) = crate::mariadb::server(test, places.path()) else {
+        return;
+    };
+    Ledger::setup(&mut db.connect()).unwrap();
+    let ledger = Ledger::start(&db.opts(), 2, Duration::ZERO);
+    assert!(ledger.wait_for_commits(100, Duration::from_secs(30)));
+    let began = Instant::now();
+    let created = crate::mariadb::create(&cli, &db, &[]);
+    let acked = ledger.acknowledged_before(began);
+    let id = created["id"].as_i64().unwrap().to_string();
+
+    let record = cli.json(&["expose", &id, "--json"]);
+    let (socket, pid) = opened(&record);
+    let pid = pid.expect("a server serves it");
+    let scratch = record["scratch"].as_str().unwrap().to_string();
+    let mut conn = mysql::Conn::new(
+        mysql::OptsBuilder::new()
+            .user(Some("root"))
+            .socket(Some(socket.clone())),
+    )
+    .unwrap();
+    let state = Ledger::check(&mut conn).unwrap();
+    state.verify(&acked).unwrap();
+    assert!(state.balanced(), "{state:?}");
+    use mysql::prelude::Queryable;
+    assert!(conn
+        .query_drop("INSERT INTO shadowcopy.ledger (writer, seq, amount) VALUES (0, 0, 0)")
+        .is_err());
+    drop(conn);
+
+    // A row deleted by mistake in production comes back through `extract` piped into
+    // the mariadb client, while the load runs.
+    let lost = acked[acked.len() / 2];
+    db.sql(&format!("DELETE FROM shadowcopy.ledger WHERE id = {lost}"));
+    let rows = cli.ok(&[
+        "extract",
+        &id,
+        "--table",
+        "shadowcopy.ledger",
+        "--where",
+        &format!("id = {lost}"),
+    ]);
+    assert!(rows.contains("INSERT INTO"), "{rows}");
+    let client = shadowcopy_testing::mariadb::mariadb_bin("mariadb");
+    let mut load = std::process::Command::new(client)
+        .arg("--no-defaults")
+        .arg(format!("--socket={}", db.socket().display()))
+        .args(["--user=root", "shadowcopy"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut load.stdin.take().unwrap(), rows.as_bytes()).unwrap();
+    let loaded = load.wait_with_output().unwrap();
+    assert!(loaded.status.success(), "{}", describe(&loaded));
+    let state = Ledger::check(&mut db.connect()).unwrap();
+    state.verify(&acked).unwrap();
+    assert!(state.balanced(), "{state:?}");
+    // CSV, the database named apart; a table that is not there.
+    let csv = cli.ok(&[
+        "extract",
+        &id,
+        "--table",
+        "ledger",
+        "--database",
+        "shadowcopy",
+        "--format",
+        "csv",
+        "--where",
+        "id <= 3",
+    ]);
+    assert!(csv.starts_with("id,writer,seq,amount,at\n"), "{csv}");
+    assert_eq!(csv.lines().count(), 4, "{csv}");
+    let out = cli.run(&["extract", &id, "--table", "shadowcopy.legder"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("the closest: shadowcopy.ledger"),
+        "{}",
+        describe(&out)
+    );
+
+    let closed = cli.json(&["unexpose", "--all", "--json"]);
+    assert_eq!(closed.as_array().unwrap().len(), 1, "{closed:#}");
+    assert!(gone(pid, Duration::from_secs(10)));
+    assert!(!Path::new(&scratch).exists());
+    assert!(!Path::new(&socket).exists());
+    assert!(ledger.wait_for_commits(ledger.committed() + 20, Duration::from_secs(30)));
+    ledger.stop();
+}
+
+#[test]
+fn the_agent_closes_an_exposure_past_its_ttl_without_any_command() {
+    let cli = Cli::new();
+    let db = cli.bank("bank.db", 0);
+    let created = cli.json(&[
+        "create",
+        "--sqlite",
+        "bank.db",
+        "--provider",
+        "copy",
+        "--json",
+    ]);
+    let id = created["id"].as_i64().unwrap().to_string();
+    let record = cli.json(&["expose", &id, "--ttl", "1s", "--json"]);
+    let (file, _) = opened(&record);
+    std::thread::sleep(Duration::from_millis(1200));
+    assert!(Path::new(&file).exists(), "nothing closed it yet");
+    let config = crate::agent::write_config(&cli, &crate::agent::set("bank", &db, ""));
+    let agent = crate::agent::start(&cli, &config, "agent.log");
+    let began = Instant::now();
+    while Path::new(&file).exists() && began.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!Path::new(&file).exists(), "the agent did not close it");
+    let catalog = rusqlite::Connection::open(cli.catalog.join("catalog.db")).unwrap();
+    let open: i64 = catalog
+        .query_row("SELECT count(*) FROM exposures", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(open, 0);
+    crate::agent::stop(&cli, agent, "agent.log");
+    let log = std::fs::read_to_string(cli.path("agent.log")).unwrap();
+    assert!(log.contains("exposure closed"), "{log}");
+}
