@@ -274,6 +274,33 @@ fn a_block_at_several_places_is_restored_at_each_place() {
 }
 
 #[test]
+fn a_file_that_compresses_well_comes_back_through_one_request_opened_in_parts() {
+    // 80 distinct 1 MiB blocks that compress to almost nothing: one ranged request,
+    // whose blocks open into more than 32 MiB and so are opened on several threads
+    // (each on its own slice of the request's bytes).
+    let dir = tempfile::tempdir().unwrap();
+    let (_, repo) = repo(dir.path());
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let mut db = Vec::with_capacity(80 << 20);
+    for block in 0..80u32 {
+        for word in 0..(1u32 << 18) {
+            db.extend_from_slice(&(block * 7 + word % 3).to_le_bytes());
+        }
+    }
+    db.extend_from_slice(b"a short last block");
+    std::fs::write(data.join("big.db"), &db).unwrap();
+    let pushed = repo
+        .push(&source(&data, 1, &[("big.db", Cut::Fixed)]), &|_, _| {})
+        .unwrap();
+    assert!(pushed.bytes_uploaded < 4 << 20, "{pushed:?}");
+    let to = dir.path().join("restored");
+    let report = repo.restore_to(&pushed.manifest, &to, &|_, _| {}).unwrap();
+    assert_eq!(report.requests, 1, "{report:?}");
+    assert!(std::fs::read(to.join("srv/app/big.db")).unwrap() == db);
+}
+
+#[test]
 fn damage_is_found_named_and_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (url, repo) = repo(dir.path());

@@ -972,12 +972,16 @@ fn restore_step(
 /// What shadowcopy's restore reported.
 fn restore_report(report: &Value) -> String {
     format!(
-        "{} files, {} written, {} downloaded in {} requests, {} from local files",
+        "{} files, {} written, {} downloaded in {} requests, {} from local files, {} of \
+         the command spent restoring (the rest: starting, opening the repository and its key)",
         report["files"],
         human_bytes(report["bytes"].as_u64().unwrap_or(0)),
         human_bytes(report["bytes_downloaded"].as_u64().unwrap_or(0)),
         report["requests"],
         human_bytes(report["bytes_reused"].as_u64().unwrap_or(0)),
+        human(Duration::from_micros(
+            report["took_us"].as_u64().unwrap_or(0)
+        )),
     )
 }
 

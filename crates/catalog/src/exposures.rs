@@ -164,6 +164,10 @@ mod tests {
             (ExposureState::Open, &vec![server], 7)
         );
         assert_eq!(listed[0].scratch, Path::new("/srv/copies/.x"));
+        // One exposure per copy.
+        assert!(catalog
+            .record_exposure(7, "app", Path::new("/srv/copies/.y"), 1_000)
+            .is_err());
         catalog.remove_exposure(id).unwrap();
         assert!(catalog.exposures().unwrap().is_empty());
     }

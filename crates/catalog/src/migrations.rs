@@ -168,6 +168,7 @@ const MIGRATIONS: &[&str] = &[
         created_ms  INTEGER NOT NULL,
         expires_ms  INTEGER NOT NULL
     );
+    CREATE UNIQUE INDEX exposures_one_per_copy ON exposures(copy_id);
     ",
 ];
 

@@ -55,18 +55,7 @@ impl Engine {
             .into());
         }
         if let Some(open) = catalog.exposures()?.iter().find(|e| e.copy_id == id) {
-            return Err(UsageError::new(format!(
-                "copy {id} is already exposed (exposure {}: {}); use it, or close it first with \
-                 `shadowcopy unexpose {}`",
-                open.id,
-                open.exposed
-                    .iter()
-                    .map(|e| e.connect.as_str())
-                    .collect::<Vec<_>>()
-                    .join("; "),
-                open.id
-            ))
-            .into());
+            return Err(already_exposed(id, open));
         }
         let files = catalog.manifest(id)?;
         let components = catalog.components(id)?;
@@ -91,7 +80,17 @@ impl Engine {
         owners.dedup();
         let scratch = scratch_near(Path::new(&copy.location), &owners)?;
         let expires_ms = now_ms() + ttl.as_millis() as i64;
-        let exposure = catalog.record_exposure(id, &copy.summary.set, &scratch, expires_ms)?;
+        let exposure = match catalog.record_exposure(id, &copy.summary.set, &scratch, expires_ms) {
+            Ok(exposure) => exposure,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&scratch);
+                // Another `expose` of the same copy got there first (one per copy).
+                return match catalog.exposures()?.iter().find(|r| r.copy_id == id) {
+                    Some(open) => Err(already_exposed(id, open)),
+                    None => Err(e.into()),
+                };
+            }
+        };
         let mut exposed: Vec<Exposed> = Vec::new();
         let mut failure = None;
         for writer in copy.spec.build_writers() {
@@ -259,6 +258,21 @@ impl Engine {
         }
         Ok(closed)
     }
+}
+
+fn already_exposed(id: i64, open: &ExposureRecord) -> anyhow::Error {
+    UsageError::new(format!(
+        "copy {id} is already exposed (exposure {}: {}); use it, or close it first with \
+         `shadowcopy unexpose {}`",
+        open.id,
+        open.exposed
+            .iter()
+            .map(|e| e.connect.as_str())
+            .collect::<Vec<_>>()
+            .join("; "),
+        open.id
+    ))
+    .into()
 }
 
 /// Stops what `record` opened, removes its scratch, forgets it.
