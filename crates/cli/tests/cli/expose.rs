@@ -162,6 +162,14 @@ fn a_postgres_copy_is_exposed_as_a_paused_standby_beside_production() {
 fn a_sqlite_copy_is_exposed_as_a_read_only_file_and_cleaned_after_its_ttl() {
     let cli = Cli::new();
     let db = cli.bank("bank.db", 0);
+    // Transfers run the whole time; a copy, then one of the transfers it holds is
+    // deleted by mistake in production.
+    let load = shadowcopy_sample::start_transfers(&db, 2, Duration::from_millis(2));
+    let began = Instant::now();
+    while load.committed() < 50 && began.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let began = Instant::now();
     let created = cli.json(&[
         "create",
         "--sqlite",
@@ -170,31 +178,34 @@ fn a_sqlite_copy_is_exposed_as_a_read_only_file_and_cleaned_after_its_ttl() {
         "copy",
         "--json",
     ]);
+    let acked = load.acknowledged_before(began);
     let id = created["id"].as_i64().unwrap().to_string();
-    let at_copy = shadowcopy_sample::summarize(&db).unwrap();
-    // Production changes after the copy.
+    let lost = acked[acked.len() / 2];
     let conn = rusqlite::Connection::open(&db).unwrap();
-    conn.execute("DELETE FROM transfers", []).unwrap();
+    conn.busy_timeout(Duration::from_secs(10)).unwrap();
+    conn.execute("DELETE FROM transfers WHERE id = ?1", [lost])
+        .unwrap();
     drop(conn);
+    assert!(!shadowcopy_sample::transfer_ids(&db)
+        .unwrap()
+        .contains(&lost));
 
-    let record = cli.json(&["expose", &id, "--ttl", "3s", "--json"]);
+    let exposed_at = Instant::now();
+    let record = cli.json(&["expose", &id, "--ttl", "5s", "--json"]);
     let (file, pid) = opened(&record);
     assert_eq!(pid, None);
+    // The copy's rows: every transfer acknowledged before it, balanced; read-only,
+    // checkpointed (no WAL beside it).
+    let in_copy = shadowcopy_sample::transfer_ids(Path::new(&file)).unwrap();
+    assert!(acked.iter().all(|t| in_copy.contains(t)));
+    assert!(shadowcopy_sample::summarize(Path::new(&file))
+        .unwrap()
+        .balanced());
     let exposed =
         rusqlite::Connection::open_with_flags(&file, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .unwrap();
-    let transfers: i64 = exposed
-        .query_row("SELECT count(*) FROM transfers", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(
-        transfers, at_copy.transfers,
-        "the copy's rows, not production's"
-    );
+    assert!(exposed.execute("DELETE FROM transfers", []).is_err());
     drop(exposed);
-    assert_eq!(
-        shadowcopy_sample::summarize(Path::new(&file)).unwrap(),
-        at_copy
-    );
     let mode = std::fs::metadata(&file).unwrap().permissions();
     assert!(mode.readonly());
     assert!(
@@ -202,38 +213,41 @@ fn a_sqlite_copy_is_exposed_as_a_read_only_file_and_cleaned_after_its_ttl() {
         "checkpointed: no WAL beside it"
     );
 
-    // Rows pulled out as CSV and as statements for sqlite3, into a new file.
-    let csv = cli.ok(&[
-        "extract", &id, "--table", "accounts", "--where", "id <= 2", "--format", "csv",
-    ]);
-    assert_eq!(csv.lines().next(), Some("id,balance"), "{csv}");
-    assert_eq!(csv.lines().count(), 3, "{csv}");
-    let out_file = cli.path("transfers.sql");
+    // The lost transfer, as statements for sqlite3 in a new file, loaded into production
+    // while the transfers go on.
+    let out_file = cli.path("lost.sql");
     cli.ok(&[
         "extract",
         &id,
         "--table",
         "TRANSFERS",
+        "--where",
+        &format!("id = {lost}"),
         "-o",
         out_file.to_str().unwrap(),
     ]);
     let sql = std::fs::read_to_string(&out_file).unwrap();
-    assert_eq!(
-        sql.matches("INSERT INTO").count() as i64,
-        at_copy.transfers,
-        "{sql}"
-    );
-    // Loaded into production, it brings the deleted rows back.
-    let load = std::process::Command::new("sqlite3")
+    assert_eq!(sql.matches("INSERT INTO").count(), 1, "{sql}");
+    let loaded = std::process::Command::new("sqlite3")
+        .arg("-cmd")
+        .arg(".timeout 10000")
         .arg(&db)
         .stdin(std::fs::File::open(&out_file).unwrap())
         .output()
         .unwrap();
-    assert!(load.status.success(), "{}", describe(&load));
-    assert_eq!(
-        shadowcopy_sample::summarize(&db).unwrap().transfers,
-        at_copy.transfers
-    );
+    assert!(loaded.status.success(), "{}", describe(&loaded));
+    assert!(shadowcopy_sample::transfer_ids(&db)
+        .unwrap()
+        .contains(&lost));
+    // CSV with a header.
+    let csv = cli.ok(&[
+        "extract", &id, "--table", "accounts", "--where", "id <= 2", "--format", "csv",
+    ]);
+    assert_eq!(csv.lines().next(), Some("id,balance"), "{csv}");
+    assert_eq!(csv.lines().count(), 3, "{csv}");
+    let stats = load.stop();
+    assert!(stats.errors.is_empty(), "{:?}", stats.errors);
+    assert!(shadowcopy_sample::summarize(&db).unwrap().balanced());
     // An existing output file is refused before anything runs; a missing table names
     // the ones there are.
     let out = cli.run(&[
@@ -254,7 +268,7 @@ fn a_sqlite_copy_is_exposed_as_a_read_only_file_and_cleaned_after_its_ttl() {
     );
 
     // Past its TTL, the next command closes it.
-    std::thread::sleep(Duration::from_millis(3500));
+    std::thread::sleep(Duration::from_millis(5500).saturating_sub(exposed_at.elapsed()));
     let listed = cli.json(&["exposed", "--json"]);
     assert!(listed.as_array().unwrap().is_empty(), "{listed:#}");
     assert!(!Path::new(&file).exists());
