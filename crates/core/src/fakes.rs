@@ -406,6 +406,7 @@ impl Writer for FakeWriter {
             install: staged.iter().map(|(t, s)| (s.clone(), t.clone())).collect(),
             remove: Vec::new(),
             discard: Vec::new(),
+            notes: Vec::new(),
         })
     }
 }

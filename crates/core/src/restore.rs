@@ -56,6 +56,8 @@ pub struct RestoreRequest {
 pub struct RestoreOutcome {
     pub targets: Vec<PathBuf>,
     pub pre_restore: Option<CopyId>,
+    /// What the writers had to say once it was done (how to start it, for `--to`).
+    pub notes: Vec<String>,
     pub steps: Vec<(String, Duration)>,
     pub took: Duration,
 }
@@ -200,6 +202,7 @@ impl<'a> Restorer<'a> {
         Ok(RestoreOutcome {
             targets: plan.install.iter().map(|(_, t)| t.clone()).collect(),
             pre_restore,
+            notes: plan.notes,
             steps,
             took: started.elapsed(),
         })
@@ -249,6 +252,7 @@ impl<'a> Restorer<'a> {
         Ok(RestoreOutcome {
             targets: targets.iter().map(|(_, t)| t.clone()).collect(),
             pre_restore: result?,
+            notes: Vec::new(),
             steps,
             took: started.elapsed(),
         })
@@ -484,6 +488,7 @@ impl<'a> Restorer<'a> {
             plan.install.extend(part.install);
             plan.remove.extend(part.remove);
             plan.discard.extend(part.discard);
+            plan.notes.extend(part.notes);
         }
         for (target, s) in staged {
             if !claimed.contains(target) {

@@ -44,6 +44,9 @@ pub struct RestorePlan {
     pub install: Vec<(PathBuf, PathBuf)>,
     pub remove: Vec<PathBuf>,
     pub discard: Vec<PathBuf>,
+    /// Lines for the user once the restore is done (how to start what was restored
+    /// elsewhere).
+    pub notes: Vec<String>,
 }
 
 /// What a restore brings back.
@@ -171,6 +174,7 @@ pub trait Writer: Send {
             install: staged.iter().map(|(t, s)| (s.clone(), t.clone())).collect(),
             remove: Vec::new(),
             discard: Vec::new(),
+            notes: Vec::new(),
         })
     }
 }

@@ -73,6 +73,8 @@ pub struct RestoreReport {
     #[serde(rename = "took_us", serialize_with = "crate::micros")]
     pub took: Duration,
     pub steps: Vec<PhaseTime>,
+    /// What the writers had to say (for `--to`: how to start what was restored).
+    pub notes: Vec<String>,
     /// Restored into a directory (`--to`), not in place.
     #[serde(skip)]
     pub elsewhere: bool,
@@ -183,6 +185,7 @@ impl Engine {
                 .into_iter()
                 .map(|(phase, took)| PhaseTime { phase, took })
                 .collect(),
+            notes: outcome.notes,
             elsewhere: options.to.is_some(),
         })
     }

@@ -181,7 +181,7 @@ pub fn expose_copy(
         .ok()
         .and_then(|s| s.lines().next().and_then(|l| l.trim().parse::<u32>().ok()));
     let socket = sandbox.socket.path().to_path_buf();
-    let user = user_name(layout.owner_uid).unwrap_or_else(|| "postgres".into());
+    let user = superuser(layout);
     // The server and its directories outlive this call: the exposure owns them now.
     sandbox.keep();
     Ok(Exposed {
@@ -196,6 +196,15 @@ pub fn expose_copy(
         pid,
         writer: String::new(),
     })
+}
+
+/// The role to connect to an exposed copy as: the cluster's bootstrap superuser.
+pub(crate) fn superuser(layout: &ClusterLayout) -> String {
+    if layout.superuser.is_empty() {
+        user_name(layout.owner_uid).unwrap_or_else(|| "postgres".into())
+    } else {
+        layout.superuser.clone()
+    }
 }
 
 /// The name of user `uid` in `/etc/passwd`.

@@ -403,8 +403,7 @@ impl Writer for PostgresWriter {
         request: &ExtractRequest,
         out: &mut dyn std::io::Write,
     ) -> Result<bool, BoxError> {
-        let owner = self.layout()?.owner_uid;
-        let user = crate::sandbox::user_name(owner).unwrap_or_else(|| "postgres".into());
+        let user = crate::sandbox::superuser(self.layout()?);
         crate::extract::extract(exposed, &user, request, out)?;
         Ok(true)
     }

@@ -644,6 +644,7 @@ impl Writer for SqliteWriter {
                 suffixed(&db_target, "-journal"),
             ],
             discard: vec![suffixed(&db_target, "-shm")],
+            notes: Vec::new(),
         })
     }
 }

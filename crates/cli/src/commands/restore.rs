@@ -48,6 +48,9 @@ pub fn run(g: &GlobalArgs, args: RestoreArgs) -> anyhow::Result<()> {
         if let Some(pre) = report.pre_restore {
             println!("  the state it replaced is kept as copy {pre} (pre-restore); undo with `shadowcopy restore {pre}`");
         }
+        for note in &report.notes {
+            println!("  {note}");
+        }
     }
     Ok(())
 }

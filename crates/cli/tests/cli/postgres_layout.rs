@@ -265,6 +265,13 @@ fn postgres_data_wal_and_tablespace_on_three_file_systems_copy_verify_and_restor
     let side = cli.path("side");
     let out = cli.run(&s.args(&["restore", &id, "--to", side.to_str().unwrap(), "--json"]));
     assert!(out.status.success(), "{}", describe(&out));
+    // It says how to start it, on a port of its own.
+    let restored: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let note = restored["notes"][0].as_str().unwrap().to_string();
+    assert!(
+        note.contains("pg_ctl") && note.contains(" start -D "),
+        "{note}"
+    );
     // The tree keeps its shape below DIR from the three places' common directory on.
     let mut common = data.clone();
     while !(wal.starts_with(&common) && ts.starts_with(&common)) {
@@ -296,6 +303,24 @@ fn postgres_data_wal_and_tablespace_on_three_file_systems_copy_verify_and_restor
     // A cluster of its own: what it writes, production never sees.
     second.psql("CREATE TABLE side_probe AS SELECT 1 AS x");
     second.stop();
+    // The command the restore printed starts it too (pg_ctl waits until it answers).
+    let command = note.split_once(": ").unwrap().1;
+    let started = std::process::Command::new("sh")
+        .args(["-c", command])
+        .output()
+        .unwrap();
+    assert!(
+        started.status.success(),
+        "{command}: {}",
+        describe(&started)
+    );
+    let stop = command.replace(" start -D ", " stop -m fast -D ");
+    let stop = stop.split(" -l ").next().unwrap();
+    let stopped = std::process::Command::new("sh")
+        .args(["-c", stop])
+        .output()
+        .unwrap();
+    assert!(stopped.status.success(), "{}", describe(&stopped));
     assert_eq!(
         cluster.psql("SELECT count(*) FROM pg_class WHERE relname = 'side_probe'"),
         "0"
