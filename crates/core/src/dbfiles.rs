@@ -153,3 +153,25 @@ pub fn clone_tree(
     }
     Ok(())
 }
+
+/// The name of user `uid` in `/etc/passwd`.
+pub fn user_name(uid: u32) -> Option<String> {
+    std::fs::read_to_string("/etc/passwd")
+        .ok()?
+        .lines()
+        .find_map(|line| {
+            let mut fields = line.split(':');
+            let name = fields.next()?;
+            (fields.nth(1)? == uid.to_string()).then(|| name.to_string())
+        })
+}
+
+/// The first port of `range` nothing listens on (TCP, any address), else its start:
+/// for a second server started beside the live one.
+pub fn free_port(range: std::ops::Range<u16>) -> u16 {
+    let start = range.start;
+    range
+        .into_iter()
+        .find(|&p| std::net::TcpListener::bind(("0.0.0.0", p)).is_ok())
+        .unwrap_or(start)
+}

@@ -6,6 +6,7 @@
 
 pub mod bin;
 pub mod binlog_files;
+pub mod elsewhere;
 pub mod extract;
 mod files;
 mod instance;

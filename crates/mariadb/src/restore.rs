@@ -212,6 +212,15 @@ pub fn plan(
             return Err(RestoreError::RollForwardElsewhere.into());
         }
         chown_parents(&owner, &datadir, staged)?;
+        let moved = crate::elsewhere::Moved::new(layout, &datadir);
+        if let Some(moved) = &moved {
+            crate::elsewhere::relocate_index(layout, moved, staged)?;
+        }
+        plan.notes.push(crate::elsewhere::start_note(
+            layout,
+            &datadir,
+            moved.as_ref(),
+        ));
         return Ok((plan, Vec::new()));
     }
     match mode {

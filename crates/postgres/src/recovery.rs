@@ -122,23 +122,14 @@ fn quote(value: &str) -> String {
 /// Where a cluster restored elsewhere looks for a port of its own.
 const SIDE_PORTS: std::ops::Range<u16> = 5433..6433;
 
-/// The first port of `range` nothing listens on (TCP, any address), else its start.
-fn free_port(range: std::ops::Range<u16>) -> u16 {
-    let start = range.start;
-    range
-        .into_iter()
-        .find(|&p| std::net::TcpListener::bind(("0.0.0.0", p)).is_ok())
-        .unwrap_or(start)
-}
-
 /// How to start a cluster restored into `data_dir` beside the live one.
 fn start_note(layout: &ClusterLayout, data_dir: &Path, port: u16) -> String {
     use shadowcopy_core::writer::shell_quote;
     let pg_ctl = crate::bin::pg_bin(layout.version_num, "pg_ctl")
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| "pg_ctl".into());
-    let user =
-        crate::sandbox::user_name(layout.owner_uid).unwrap_or_else(|| layout.owner_uid.to_string());
+    let user = shadowcopy_core::dbfiles::user_name(layout.owner_uid)
+        .unwrap_or_else(|| layout.owner_uid.to_string());
     format!(
         "start it beside the live cluster (port {port}, archiving off): runuser -u {} -- {} \
          start -D {} -l {}",
@@ -250,7 +241,7 @@ pub fn plan(
                 // A second cluster started from the same copy must not push its WAL into
                 // the original's archive, nor want the live one's port.
                 settings.push(("archive_mode", "off".to_string()));
-                let port = free_port(SIDE_PORTS);
+                let port = shadowcopy_core::dbfiles::free_port(SIDE_PORTS);
                 settings.push(("port", port.to_string()));
                 plan.notes.push(start_note(layout, &data_dir, port));
             }

@@ -201,22 +201,10 @@ pub fn expose_copy(
 /// The role to connect to an exposed copy as: the cluster's bootstrap superuser.
 pub(crate) fn superuser(layout: &ClusterLayout) -> String {
     if layout.superuser.is_empty() {
-        user_name(layout.owner_uid).unwrap_or_else(|| "postgres".into())
+        shadowcopy_core::dbfiles::user_name(layout.owner_uid).unwrap_or_else(|| "postgres".into())
     } else {
         layout.superuser.clone()
     }
-}
-
-/// The name of user `uid` in `/etc/passwd`.
-pub(crate) fn user_name(uid: u32) -> Option<String> {
-    std::fs::read_to_string("/etc/passwd")
-        .ok()?
-        .lines()
-        .find_map(|line| {
-            let mut fields = line.split(':');
-            let name = fields.next()?;
-            (fields.nth(1)? == uid.to_string()).then(|| name.to_string())
-        })
 }
 
 impl<'a> Sandbox<'a> {

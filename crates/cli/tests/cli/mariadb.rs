@@ -48,18 +48,64 @@ pub(crate) fn create(cli: &Cli, db: &MariaDbInstance, extra: &[&str]) -> serde_j
 }
 
 /// Restores copy `id` point-in-time into a new directory and starts a server on it.
+/// The restore rewrote the binlog index to name the restored logs, and printed the
+/// command that starts the server beside the live one: that command starts it.
 fn start_copy(cli: &Cli, id: &str) -> (tempfile::TempDir, MariaDbInstance) {
     let dir = tempfile::tempdir().unwrap();
     let to = dir.path().join("copy");
-    let out = cli.run(&["restore", id, "--to", to.to_str().unwrap()]);
+    let out = cli.run(&["restore", id, "--to", to.to_str().unwrap(), "--json"]);
     assert!(out.status.success(), "{}", describe(&out));
+    let restored: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let index = std::fs::read_to_string(to.join("binlog").join(format!("{BINLOG_BASENAME}.index")))
+        .unwrap();
+    assert!(
+        index
+            .lines()
+            .all(|l| l.starts_with(to.join("binlog").to_str().unwrap())),
+        "{index}"
+    );
+    let note = restored["notes"][0].as_str().unwrap();
+    let command = note.split_once("): ").unwrap().1;
+    let mut printed = std::process::Command::new("sh")
+        .args(["-c", &format!("exec {command}")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let socket = to.join("data").join("restored.sock");
+    let began = Instant::now();
+    while !socket.exists() && began.elapsed() < Duration::from_secs(60) {
+        assert!(printed.try_wait().unwrap().is_none(), "{command} exited");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut conn = mysql::Conn::new(
+        mysql::OptsBuilder::new()
+            .user(Some("root"))
+            .socket(Some(socket.to_string_lossy())),
+    );
+    let began = Instant::now();
+    while conn.is_err() && began.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(100));
+        conn = mysql::Conn::new(
+            mysql::OptsBuilder::new()
+                .user(Some("root"))
+                .socket(Some(socket.to_string_lossy())),
+        );
+    }
+    // A clean shutdown from a client; the server exits 0.
+    mysql::prelude::Queryable::query_drop(
+        &mut conn.unwrap_or_else(|e| panic!("{command}: {e}")),
+        "SHUTDOWN",
+    )
+    .unwrap();
+    let done = printed.wait_with_output().unwrap();
+    assert!(done.status.success(), "{command}: {}", describe(&done));
     let copy = MariaDbInstance::adopt(
         to.join("data"),
         AdoptOptions::new()
             .binlog_dir(to.join("binlog"))
             .innodb_log_dir(to.join("redo"))
             .undo_dir(to.join("undo"))
-            .relocate_binlog_index()
             .fix_ownership(),
     );
     copy.start();
