@@ -26,6 +26,8 @@ use crate::copies::UsableCopy;
 use crate::engine::Engine;
 use crate::error::UsageError;
 
+/// The longest an exposure may stay open.
+const MAX_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 /// How long the exposure behind an `extract` may live if the command dies.
 const EXTRACT_TTL: Duration = Duration::from_secs(3600);
 /// How long a server asked to stop may take before it is killed.
@@ -44,6 +46,13 @@ impl Engine {
     /// Opens copy `id` read-only beside production until `ttl` from now. A copy that
     /// failed verification is refused unless `force`; a copy already exposed is refused.
     pub fn expose(&self, id: i64, ttl: Duration, force: bool) -> anyhow::Result<ExposureRecord> {
+        if ttl < Duration::from_secs(1) || ttl > MAX_TTL {
+            return Err(UsageError::new(format!(
+                "--ttl {} is out of range: an exposure lives from 1s to 30d",
+                humantime::format_duration(ttl)
+            ))
+            .into());
+        }
         let catalog = self.open_existing_catalog()?;
         self.close_stale_exposures(&catalog)?;
         let copy = UsableCopy::load(&catalog, id, "exposed")?;

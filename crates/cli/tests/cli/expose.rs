@@ -292,6 +292,11 @@ fn a_sqlite_copy_is_exposed_as_a_read_only_file_and_cleaned_after_its_ttl() {
     assert!(stderr(&out).contains("99"), "{}", describe(&out));
     let out = cli.run(&["unexpose"]);
     assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    for ttl in ["0s", "100000y"] {
+        let out = cli.run(&["expose", &id, "--ttl", ttl]);
+        assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+        assert!(stderr(&out).contains("out of range"), "{}", describe(&out));
+    }
 
     // A copy that failed verification: refused, unless forced (and then its damage
     // stops the open, which leaves nothing behind).
