@@ -243,9 +243,7 @@ impl Engine {
         for record in catalog.exposures()? {
             let why = if record.expires_ms <= now_ms() {
                 Some("its TTL passed")
-            } else if record.state == ExposureState::Opening
-                && !shadowcopy_core::process::exists(record.builder_pid)
-            {
+            } else if record.state == ExposureState::Opening && !running(record.builder_pid) {
                 Some("the command opening it ended before it was open")
             } else if record
                 .exposed
@@ -332,25 +330,41 @@ fn serves(pid: u32, scratch: &Path) -> bool {
         .any(|arg| arg.windows(scratch.len()).any(|w| w == scratch))
 }
 
-/// SIGTERM, then SIGKILL after [`STOP_GRACE`] (PostgreSQL: a smart shutdown, then none).
+/// SIGINT (PostgreSQL's fast shutdown: sessions are ended), then SIGTERM after two
+/// seconds (MariaDB's shutdown; it ignores SIGINT), then SIGKILL after [`STOP_GRACE`].
 fn stop(pid: u32) {
     use rustix::process::{kill_process, Pid, Signal};
     let Some(p) = Pid::from_raw(pid as i32) else {
         return;
     };
-    // PostgreSQL's fast shutdown (SIGINT): sessions are ended, nothing is written that
-    // matters (a standby of a throw-away clone).
-    let _ = kill_process(p, Signal::INT);
-    let began = std::time::Instant::now();
-    while shadowcopy_core::process::exists(pid) && began.elapsed() < STOP_GRACE {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    if shadowcopy_core::process::exists(pid) {
-        let _ = kill_process(p, Signal::KILL);
+    let wait = |limit: Duration| {
         let began = std::time::Instant::now();
-        while shadowcopy_core::process::exists(pid) && began.elapsed() < Duration::from_secs(5) {
+        while running(pid) && began.elapsed() < limit {
             std::thread::sleep(Duration::from_millis(20));
         }
+    };
+    let _ = kill_process(p, Signal::INT);
+    wait(Duration::from_secs(2));
+    if running(pid) {
+        let _ = kill_process(p, Signal::TERM);
+        wait(STOP_GRACE);
+    }
+    if running(pid) {
+        let _ = kill_process(p, Signal::KILL);
+        wait(Duration::from_secs(5));
+    }
+}
+
+/// Whether `pid` is a process that has not ended: a zombie (a server this process
+/// started, as `extract` does, and has not reaped) has.
+fn running(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name, which is in parentheses.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
     }
 }
 
