@@ -211,6 +211,18 @@ fn restore_brings_back_the_tree_it_copied() {
             Path::new("/etc/hostname")
         );
     };
+    // Inside the live data (directly, or through a link to it): refused, nothing written.
+    std::os::unix::fs::symlink("data", cli.path("to-data")).unwrap();
+    for inside in ["data/restored", "to-data/restored/deeper"] {
+        let out = cli.run(&["restore", "1", "--to", inside]);
+        assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+        assert!(
+            stderr(&out).contains("restore --to needs a directory outside the set's data"),
+            "{}",
+            describe(&out)
+        );
+        assert!(!data.join("restored").exists());
+    }
     // Elsewhere: the same tree under the new directory, not moved up a level.
     cli.ok(&["restore", "1", "--to", "out"]);
     check(&cli.path("out"));
