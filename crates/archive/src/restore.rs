@@ -99,6 +99,35 @@ fn check_target(to: &Path) -> Result<(), ArchiveError> {
     Ok(())
 }
 
+/// `to` must not be inside a directory of the copy that exists here (its live data, on
+/// the host it came from): the restore would write among files an application owns.
+fn check_outside_live_data(
+    to: &Path,
+    tree: &[crate::format::TreeRecord],
+) -> Result<(), ArchiveError> {
+    let absolute = if to.is_absolute() {
+        to.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(to)
+    };
+    let resolved = shadowcopy_core::safe_fs::resolve_existing_prefix(&absolute);
+    let inside = tree
+        .iter()
+        .filter(|e| e.symlink.is_none())
+        .map(|e| e.path.as_path())
+        .filter(|d| resolved.starts_with(d))
+        .find(|d| std::fs::symlink_metadata(d).is_ok_and(|m| m.is_dir()));
+    match inside {
+        Some(dir) => Err(ArchiveError::Usage(format!(
+            "{} is inside {}, a directory of the archived copy's data that exists here; \
+             restore into a directory outside it",
+            to.display(),
+            dir.display()
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// The target of a file below `to`: the original path's place in the tree.
 pub fn target_of(to: &Path, original: &Path) -> Result<PathBuf, ArchiveError> {
     let relative = original.strip_prefix("/").unwrap_or(original);
@@ -140,6 +169,7 @@ impl Repository {
         let started = Instant::now();
         let (manifest_id, manifest) = self.manifest(id)?;
         check_target(to)?;
+        check_outside_live_data(to, &manifest.tree)?;
         let blocks = self.runtime.block_on(self.blocks(true))?;
         // Files created exclusively (never through a planted link), at full size.
         let mut files = Vec::with_capacity(manifest.files.len());

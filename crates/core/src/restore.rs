@@ -157,7 +157,7 @@ impl<'a> Restorer<'a> {
             let to = map.to.as_deref().unwrap_or(Path::new("/"));
             // Inside the live data, a restore would write among the files a running
             // application owns (and the copy's tree would nest in what it copies).
-            let resolved = resolve_existing_prefix(to);
+            let resolved = crate::safe_fs::resolve_existing_prefix(to);
             if let Some(root) = request
                 .components
                 .iter()
@@ -514,28 +514,6 @@ impl<'a> Restorer<'a> {
             }
         }
         Ok((plan, owners))
-    }
-}
-
-/// `path` with its longest existing prefix resolved (symlinks followed), the rest as
-/// written: where a directory not made yet would be.
-fn resolve_existing_prefix(path: &Path) -> PathBuf {
-    let mut existing = path.to_path_buf();
-    let mut rest = Vec::new();
-    loop {
-        if let Ok(real) = std::fs::canonicalize(&existing) {
-            return rest.iter().rev().fold(real, |p, c| p.join(c));
-        }
-        match (
-            existing.file_name().map(|n| n.to_os_string()),
-            existing.parent(),
-        ) {
-            (Some(name), Some(parent)) => {
-                rest.push(name);
-                existing = parent.to_path_buf();
-            }
-            _ => return path.to_path_buf(),
-        }
     }
 }
 

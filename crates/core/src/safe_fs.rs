@@ -509,6 +509,28 @@ pub fn open_parent(
     Ok((open_dir(parent, create)?, name.to_os_string()))
 }
 
+/// `path` with its longest existing prefix resolved (symlinks followed), the rest as
+/// written: where a directory not made yet would be.
+pub fn resolve_existing_prefix(path: &Path) -> PathBuf {
+    let mut existing = path.to_path_buf();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(real) = std::fs::canonicalize(&existing) {
+            return rest.iter().rev().fold(real, |p, c| p.join(c));
+        }
+        match (
+            existing.file_name().map(|n| n.to_os_string()),
+            existing.parent(),
+        ) {
+            (Some(name), Some(parent)) => {
+                rest.push(name);
+                existing = parent.to_path_buf();
+            }
+            _ => return path.to_path_buf(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -453,6 +453,27 @@ fn a_directory_comes_back_from_the_archive_with_its_modes_and_links() {
         .unwrap()
         .to_string();
     json(&run(&["push", &id, "--json"]));
+    // Into a directory inside the live data: refused, nothing written.
+    let listed = json(&run(&["list", "--json"]));
+    let inside = data.join("conf/restored");
+    let out = run(&[
+        "restore",
+        listed[0]["id"].as_str().unwrap(),
+        "--to",
+        inside.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("restore into a directory outside it"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!inside.exists());
     std::fs::remove_dir_all(&data).unwrap();
     std::fs::remove_dir_all(&cli.catalog).unwrap();
 
