@@ -354,7 +354,9 @@ impl Writer for SqliteWriter {
 
     /// A checkpointed clone of the copy (its WAL folded in, so that a read-only open
     /// sees every committed transaction; a WAL file opened read-only with `immutable=1`
-    /// would be ignored), in rollback-journal mode, its file made read-only.
+    /// would be ignored), in rollback-journal mode, its file made read-only and private:
+    /// mode 0400, owned as the database is (its owner and root read it; the scratch
+    /// directory lets others pass, not list, and this keeps them out all the same).
     fn expose(&self, copy: &CopyView, scratch: &Path) -> Result<Option<Exposed>, BoxError> {
         let db = copy
             .path_of(&self.path)
@@ -377,8 +379,18 @@ impl Writer for SqliteWriter {
         conn.query_row("PRAGMA journal_mode = DELETE", [], |_| Ok(()))
             .map_err(sql)?;
         conn.close().map_err(|(_, e)| sql(e))?;
-        std::fs::set_permissions(&exposed, std::fs::Permissions::from_mode(0o444))
+        std::fs::set_permissions(&exposed, std::fs::Permissions::from_mode(0o400))
             .map_err(SqliteError::Scratch)?;
+        if rustix::process::geteuid().is_root() {
+            use std::os::unix::fs::MetadataExt;
+            let original = std::fs::metadata(db).map_err(SqliteError::Scratch)?;
+            rustix::fs::chown(
+                &exposed,
+                Some(rustix::fs::Uid::from_raw(original.uid())),
+                Some(rustix::fs::Gid::from_raw(original.gid())),
+            )
+            .map_err(|e| SqliteError::Scratch(e.into()))?;
+        }
         Ok(Some(Exposed {
             address: exposed.display().to_string(),
             connect: format!("sqlite3 -readonly {}", shell_quote(&exposed)),

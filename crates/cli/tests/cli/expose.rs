@@ -208,6 +208,14 @@ fn a_sqlite_copy_is_exposed_as_a_read_only_file_and_cleaned_after_its_ttl() {
     drop(exposed);
     let mode = std::fs::metadata(&file).unwrap().permissions();
     assert!(mode.readonly());
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            mode.mode() & 0o777,
+            0o400,
+            "private to the database's owner"
+        );
+    }
     assert!(
         !Path::new(&format!("{file}-wal")).exists(),
         "checkpointed: no WAL beside it"
