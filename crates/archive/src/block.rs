@@ -32,7 +32,7 @@ impl BlockOpener {
         sealed: &mut [u8],
         pack: &str,
     ) -> Result<&[u8], ArchiveError> {
-        self.open_sealed(key, id, raw_length, sealed, pack)?;
+        self.open_for_checked_file(key, id, raw_length, sealed, pack)?;
         if key.block_id(&self.out) != *id {
             return Err(ArchiveError::Damaged {
                 what: format!("block {} in pack {pack}", id.hex()),
@@ -55,18 +55,6 @@ impl BlockOpener {
         sealed: &mut [u8],
         pack: &str,
     ) -> Result<&[u8], ArchiveError> {
-        self.open_sealed(key, id, raw_length, sealed, pack)?;
-        Ok(&self.out)
-    }
-
-    fn open_sealed(
-        &mut self,
-        key: &MasterKey,
-        id: &BlockId,
-        raw_length: u32,
-        sealed: &mut [u8],
-        pack: &str,
-    ) -> Result<(), ArchiveError> {
         let what = || format!("block {} in pack {pack}", id.hex());
         let packed =
             key.open_in_place(sealed, format!("block {}", id.hex()).as_bytes(), &what())?;
@@ -85,7 +73,7 @@ impl BlockOpener {
                 why: format!("it decompresses into {n} bytes, not its {raw_length}"),
             });
         }
-        Ok(())
+        Ok(&self.out)
     }
 
     /// The bytes of the block opened last.

@@ -24,6 +24,19 @@ fn gone(pid: u32, within: Duration) -> bool {
     false
 }
 
+/// Feeds `rows` (what `extract` wrote) to a database client, which must succeed.
+fn load(client: &mut std::process::Command, rows: &str) {
+    let mut child = client
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), rows.as_bytes()).unwrap();
+    let loaded = child.wait_with_output().unwrap();
+    assert!(loaded.status.success(), "{}", describe(&loaded));
+}
+
 /// The one thing exposure `record` opened: (address, pid).
 fn opened(record: &Value) -> (String, Option<u32>) {
     let exposed = record["exposed"].as_array().unwrap();
@@ -99,16 +112,17 @@ fn a_postgres_copy_is_exposed_as_a_paused_standby_beside_production() {
         &format!("id = {lost}"),
     ]);
     assert!(rows.contains("COPY ledger"), "{rows}");
-    let mut psql = std::process::Command::new("psql")
-        .args([&cluster.url(), "-v", "ON_ERROR_STOP=1", "-q", "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(&mut psql.stdin.take().unwrap(), rows.as_bytes()).unwrap();
-    let loaded = psql.wait_with_output().unwrap();
-    assert!(loaded.status.success(), "{}", describe(&loaded));
+    load(
+        std::process::Command::new("psql").args([
+            &cluster.url(),
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-q",
+            "-f",
+            "-",
+        ]),
+        &rows,
+    );
     let state = Ledger::check(&mut cluster.connect()).unwrap();
     state.verify(&acked).unwrap();
     assert!(state.balanced(), "{state:?}");
@@ -387,19 +401,13 @@ fn a_mariadb_copy_is_exposed_read_only_and_a_row_deleted_by_mistake_comes_back()
         &format!("id = {lost}"),
     ]);
     assert!(rows.contains("INSERT INTO"), "{rows}");
-    let client = shadowcopy_testing::mariadb::mariadb_bin("mariadb");
-    let mut load = std::process::Command::new(client)
-        .arg("--no-defaults")
-        .arg(format!("--socket={}", db.socket().display()))
-        .args(["--user=root", "shadowcopy"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(&mut load.stdin.take().unwrap(), rows.as_bytes()).unwrap();
-    let loaded = load.wait_with_output().unwrap();
-    assert!(loaded.status.success(), "{}", describe(&loaded));
+    load(
+        std::process::Command::new(shadowcopy_testing::mariadb::mariadb_bin("mariadb"))
+            .arg("--no-defaults")
+            .arg(format!("--socket={}", db.socket().display()))
+            .args(["--user=root", "shadowcopy"]),
+        &rows,
+    );
     let state = Ledger::check(&mut db.connect()).unwrap();
     state.verify(&acked).unwrap();
     assert!(state.balanced(), "{state:?}");
