@@ -71,7 +71,7 @@ const FREEZE_DEADLINE: &str = "60s";
 /// Tries of a create the InnoDB safety check refused before the bench gives up.
 const CREATE_ATTEMPTS: u32 = 3;
 /// What the InnoDB safety check of file-by-file copies says when it discards a copy.
-const INNODB_MOVED: &str = "InnoDB flushed";
+const INNODB_MOVED: &str = "during a file-by-file copy";
 /// How long a restored server may take from its start until it answers a query.
 const QUERYABLE_TIMEOUT: Duration = Duration::from_secs(600);
 /// Size of one filler row (incompressible bytes).
@@ -950,10 +950,10 @@ mod tests {
     #[test]
     fn the_safety_check_line_is_found() {
         let e =
-            "`shadowcopy create` failed: error: set failed\n  because: InnoDB flushed 3 page(s)";
+            "`shadowcopy create` failed: error: set failed\n  because: InnoDB wrote 3 page(s) during a file-by-file copy";
         assert_eq!(
             first_line_with(e, INNODB_MOVED),
-            "because: InnoDB flushed 3 page(s)"
+            "because: InnoDB wrote 3 page(s) during a file-by-file copy"
         );
     }
 }

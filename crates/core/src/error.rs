@@ -128,6 +128,27 @@ impl Error {
     }
 }
 
+/// A failure a new attempt may well not meet: the application was busy at the instant
+/// of the copy (InnoDB wrote pages during a file-by-file copy). A writer wraps such an
+/// error in it; the engine then runs the whole set again, a few times, before it
+/// reports the error. Shows as the error it wraps.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct Transient(pub BoxError);
+
+impl Transient {
+    pub fn boxed(e: impl Into<BoxError>) -> BoxError {
+        Box::new(Transient(e.into()))
+    }
+
+    /// Whether any cause in `chain` is a [`Transient`] failure.
+    pub fn in_chain<'a>(
+        mut chain: impl Iterator<Item = &'a (dyn std::error::Error + 'static)>,
+    ) -> bool {
+        chain.any(|cause| cause.downcast_ref::<Transient>().is_some())
+    }
+}
+
 /// Formats a duration the way people read it: `850ms`, `2.4s`, `3m12s`.
 pub fn humanize(d: Duration) -> String {
     let ms = d.as_secs_f64() * 1000.0;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use shadowcopy_catalog::Catalog;
+use shadowcopy_core::error::Transient;
 use shadowcopy_core::{
     Coordinator, CopyState, CreatedCopy, EventSink, KeptCopies, Origin, Provider, ShadowSetRequest,
     VerifyReport,
@@ -99,11 +100,14 @@ impl Engine {
             refuse_renamed_zero_config(&catalog, spec)?;
         }
         let _queue = self.take_queue(&catalog, "create", &spec.name, wait.policy(), &*progress)?;
-        let kept = Box::new(CatalogKeptCopies {
-            catalog_dir: self.catalog_dir.clone(),
-            set: spec.name.clone(),
-            archive: self.archive_url(None, Some(&spec.name)).ok(),
-        });
+        let archive = self.archive_url(None, Some(&spec.name)).ok();
+        let kept = || -> Box<dyn KeptCopies> {
+            Box::new(CatalogKeptCopies {
+                catalog_dir: self.catalog_dir.clone(),
+                set: spec.name.clone(),
+                archive: archive.clone(),
+            })
+        };
         let created = create_copy(&catalog, spec, provider.clone(), progress, kept)?;
         Ok(CreateReport::new(spec, &**provider, created))
     }
@@ -139,7 +143,13 @@ impl CreateReport {
     }
 }
 
-/// Runs the coordinator for `spec` (the caller holds the queue). One btrfs snapshot, or
+/// How many times a set is run when it fails only because the application was busy at
+/// the instant of the copy ([`Transient`]: InnoDB wrote pages during a file-by-file
+/// copy). Each failed attempt is recorded as a failed copy, never usable.
+const CREATE_ATTEMPTS: usize = 3;
+
+/// Runs the coordinator for `spec` (the caller holds the queue), again after a
+/// [`Transient`] failure, up to [`CREATE_ATTEMPTS`] times in all. One btrfs snapshot, or
 /// a copy of frozen file systems, holds every file at one instant: MariaDB then needs no
 /// check of InnoDB's background writes.
 fn create_copy(
@@ -147,23 +157,49 @@ fn create_copy(
     spec: &SetSpec,
     provider: Arc<dyn Provider>,
     events: Arc<dyn EventSink>,
-    kept_copies: Box<dyn KeptCopies>,
+    kept_copies: impl Fn() -> Box<dyn KeptCopies>,
 ) -> anyhow::Result<CreatedCopy> {
     let spec_json = spec.to_json()?;
     let run_spec = spec.with_atomic_snapshot(
         provider.capabilities().atomic_snapshot || spec.freezes_file_systems(),
     );
-    Ok(Coordinator::new(catalog, events).create(ShadowSetRequest {
-        set_name: spec.name.clone(),
-        spec_json,
-        origin: Origin::Create,
-        writers: run_spec.build_writers(),
-        unmanaged_components: spec.unmanaged_components(),
-        provider,
-        freeze_deadline: spec.freeze_deadline(),
-        verify: spec.verify,
-        kept_copies,
-    })?)
+    let mut refused = Vec::new();
+    loop {
+        let attempt = refused.len() + 1;
+        let result = Coordinator::new(catalog, events.clone()).create(ShadowSetRequest {
+            set_name: spec.name.clone(),
+            spec_json: spec_json.clone(),
+            origin: Origin::Create,
+            writers: run_spec.build_writers(),
+            unmanaged_components: spec.unmanaged_components(),
+            provider: provider.clone(),
+            freeze_deadline: spec.freeze_deadline(),
+            verify: spec.verify,
+            kept_copies: kept_copies(),
+        });
+        match result {
+            Ok(mut created) => {
+                created.notes.extend(refused);
+                return Ok(created);
+            }
+            Err(e) if attempt < CREATE_ATTEMPTS && Transient::in_chain(causes(&e)) => {
+                let line = format!(
+                    "attempt {attempt} of {CREATE_ATTEMPTS} was discarded and the set run again: {}",
+                    shadowcopy_core::error::error_chain(&e)
+                );
+                events.warning(&line);
+                refused.push(line);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// `e` and its sources, first to last.
+fn causes<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(e), |cur| cur.source())
 }
 
 /// A zero-config set is named after its file; a second database (or directory) with the

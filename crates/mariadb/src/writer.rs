@@ -171,15 +171,20 @@ impl Writer for MariaDbWriter {
         if let (Some(frozen), Some(later)) = (&self.frozen, later) {
             let later = later?;
             tracing::info!(
-                "InnoDB while frozen: {} page(s) flushed, redo log end {} -> {}, checkpoint {} -> {}",
+                "InnoDB while frozen: {} page(s) flushed, {} written, redo log end {} -> {}, checkpoint {} -> {}",
                 later.pages_flushed.saturating_sub(frozen.innodb.pages_flushed),
+                later.pages_written.saturating_sub(frozen.innodb.pages_written),
                 frozen.innodb.lsn,
                 later.lsn,
                 frozen.innodb.checkpoint,
                 later.checkpoint
             );
             if !self.options.atomic_snapshot {
-                frozen.innodb.copy_is_consistent(&later)?;
+                // A busy moment, not a broken server: the engine tries the set again.
+                frozen
+                    .innodb
+                    .copy_is_consistent(&later)
+                    .map_err(shadowcopy_core::error::Transient::boxed)?;
             }
         }
         Ok(())

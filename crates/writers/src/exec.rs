@@ -3,7 +3,9 @@
 //! `post-snapshot`, `backup-complete`, `abort`, `pre-restore`, `post-restore`), the
 //! qemu-guest-agent fsfreeze-hook convention: exit 0 means done, anything else fails the
 //! step, and a hook should exit 0 for events it does not handle (or list the events it
-//! wants in `events`). The set's facts are in the environment: `SHADOWCOPY_EVENT`,
+//! wants in `events`). A hook that exits 75 (`EX_TEMPFAIL`) from `prepare`, `freeze` or
+//! `thaw` says the application is busy right now: the set is discarded and run again
+//! (up to three times in all). The set's facts are in the environment: `SHADOWCOPY_EVENT`,
 //! `SHADOWCOPY_SET`, `SHADOWCOPY_PATHS` (colon-separated), `SHADOWCOPY_DEADLINE_MS`
 //! (time left for `freeze`).
 //!
@@ -88,6 +90,9 @@ pub const EVENTS: [&str; 8] = [
     "post-restore",
 ];
 
+/// The exit code by which a hook says "busy, try again" (`EX_TEMPFAIL`, sysexits.h).
+const EXIT_BUSY: i32 = 75;
+
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 const OUTPUT_KEPT: usize = 4096;
 
@@ -101,6 +106,12 @@ pub enum ExecError {
     FreezeWithoutThaw(PathBuf),
     #[error("unknown hook event `{}`; the events are {}", .0, EVENTS.join(", "))]
     UnknownEvent(String),
+    #[error("the hook `{} {event}` exited with 75 (busy, try again); its output: {output}", .script.display())]
+    Busy {
+        script: PathBuf,
+        event: &'static str,
+        output: String,
+    },
     #[error("the hook `{} {event}` exited with {status}; its output: {output}", .script.display())]
     Failed {
         script: PathBuf,
@@ -204,6 +215,11 @@ impl ExecWriter {
                 }
                 Ok(())
             }
+            Some(s) if s.code() == Some(EXIT_BUSY) => Err(ExecError::Busy {
+                script: script.clone(),
+                event,
+                output,
+            }),
             Some(s) => Err(ExecError::Failed {
                 script: script.clone(),
                 event,
@@ -235,6 +251,14 @@ fn tail(output: &str) -> String {
         "(none)".into()
     } else {
         text
+    }
+}
+
+/// A hook's "busy" as a failure the engine retries; anything else as it is.
+fn busy_is_transient(e: ExecError) -> BoxError {
+    match e {
+        ExecError::Busy { .. } => shadowcopy_core::error::Transient::boxed(e),
+        e => e.into(),
     }
 }
 
@@ -271,7 +295,8 @@ impl Writer for ExecWriter {
     }
 
     fn prepare(&mut self) -> Result<(), BoxError> {
-        Ok(self.run("prepare", self.timeout())?)
+        self.run("prepare", self.timeout())
+            .map_err(busy_is_transient)
     }
 
     fn freeze(&mut self, deadline: Instant) -> Result<(), BoxError> {
@@ -294,7 +319,7 @@ impl Writer for ExecWriter {
         let result = self.run_guarded("freeze", left, &mut |group| watchdog.guard(group));
         watchdog.unguard();
         self.watchdog = Some(watchdog);
-        Ok(result?)
+        result.map_err(busy_is_transient)
     }
 
     /// Runs `thaw`; if it fails, the watchdog runs it once more right away instead of
@@ -313,7 +338,7 @@ impl Writer for ExecWriter {
                 w.disarm();
             }
         }
-        Ok(result?)
+        result.map_err(busy_is_transient)
     }
 
     fn abort(&mut self) -> Result<(), BoxError> {

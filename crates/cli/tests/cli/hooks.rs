@@ -19,6 +19,7 @@ fn hook(cli: &Cli) -> (PathBuf, PathBuf) {
          echo \"$1 $SHADOWCOPY_EVENT $SHADOWCOPY_SET\" >> \"$HOOK_LOG\"\n\
          if [ \"$1\" = freeze ] && [ -n \"$FAIL_FREEZE\" ]; then echo 'cannot flush the cache' >&2; exit 1; fi\n\
          if [ \"$1\" = freeze ] && [ -n \"$HANG_FREEZE\" ]; then sleep 61; fi\n\
+         if [ \"$1\" = freeze ] && [ -n \"$BUSY_FREEZES\" ] && [ \"$(grep -c '^freeze' \"$HOOK_LOG\")\" -le \"$BUSY_FREEZES\" ]; then echo 'cache busy' >&2; exit 75; fi\n\
          exit 0\n",
     )
     .unwrap();
@@ -127,6 +128,96 @@ fn a_hook_that_fails_to_freeze_aborts_the_set_and_its_output_is_recorded() {
         "the next run succeeds: {}",
         stderr(&out)
     );
+}
+
+/// A hook exiting 75 (busy) from `freeze` has the set run again, up to three times in
+/// all; every discarded attempt is a failed copy, never usable, and the note says why.
+#[test]
+fn a_busy_hook_has_the_set_run_again_up_to_three_times() {
+    let cli = Cli::new();
+    let db = cli.bank("bank.db", 0);
+    let (script, log) = hook(&cli);
+    let create = |busy_freezes: &str| {
+        cli.cmd(&[
+            "create",
+            "--sqlite",
+            "bank.db",
+            "--exec-writer",
+            script.to_str().unwrap(),
+            "--json",
+        ])
+        .env("HOOK_LOG", &log)
+        .env("BUSY_FREEZES", busy_freezes)
+        .output()
+        .unwrap()
+    };
+    // Busy twice, then not: the third attempt is the copy.
+    let out = create("2");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let notes = created["notes"].to_string();
+    assert!(
+        notes.contains("attempt 1 of 3 was discarded")
+            && notes.contains("attempt 2 of 3")
+            && notes.contains("cache busy"),
+        "{created}"
+    );
+    assert!(
+        stderr(&out).contains("attempt 2 of 3 was discarded"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        events(&log),
+        [
+            "prepare",
+            "freeze",
+            "thaw",
+            "abort", // attempt 1
+            "prepare",
+            "freeze",
+            "thaw",
+            "abort", // attempt 2
+            "prepare",
+            "freeze",
+            "thaw",
+            "post-snapshot",
+            "backup-complete",
+        ]
+    );
+    let list = cli.json(&["list", "--json"]);
+    let states: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        states.iter().filter(|s| **s == "failed").count(),
+        2,
+        "{list}"
+    );
+    assert_eq!(states.len(), 3, "{list}");
+
+    // Busy every time: three attempts, then the error, and nothing more listed usable.
+    std::fs::remove_file(&log).unwrap();
+    let out = create("9");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("exited with 75 (busy, try again)"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(events(&log).iter().filter(|e| *e == "freeze").count(), 3);
+    assert_writable(&db);
+    let list = cli.json(&["list", "--json"]);
+    let usable = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["state"] != "failed")
+        .count();
+    assert_eq!((list.as_array().unwrap().len(), usable), (6, 1), "{list}");
 }
 
 fn sleepers() -> usize {
