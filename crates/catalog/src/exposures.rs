@@ -153,6 +153,7 @@ mod tests {
             address: "/tmp/s".into(),
             connect: "psql ...".into(),
             pid: Some(42),
+            port: Some(5433),
             writer: "postgres:x".into(),
         };
         catalog

@@ -35,5 +35,6 @@ pub use model::*;
 pub use provider::{Capabilities, CommitControl, CommitRequest, Provider, Unsupported};
 pub use restore::{RestoreOutcome, RestoreRequest, Restorer};
 pub use writer::{
-    KeptCopies, KeptCopiesUnknown, KeptCopy, LogsOffHost, RestoreMode, RestorePlan, Writer,
+    ExposeOptions, KeptCopies, KeptCopiesUnknown, KeptCopy, LogsOffHost, RestoreMode, RestorePlan,
+    Writer,
 };

@@ -104,12 +104,16 @@ pub trait Writer: Send {
 
     fn verify(&self, copy: &CopyView) -> Result<VerifyReport, BoxError>;
 
-    /// Opens the copy read-only beside production, built below `scratch` (an empty
-    /// private directory on the copy's file system if it can be, owned by this exposure
-    /// alone and removed when it closes), and says how to reach it. `None`: this writer
-    /// has nothing to open (its data is plain files to read in the copy). The copy itself
-    /// is never written.
-    fn expose(&self, _copy: &CopyView, _scratch: &Path) -> Result<Option<Exposed>, BoxError> {
+    /// Opens the copy read-only beside production, built below `options.scratch` (an
+    /// empty private directory on the copy's file system if it can be, owned by this
+    /// exposure alone and removed when it closes), and says how to reach it. `None`: this
+    /// writer has nothing to open (its data is plain files to read in the copy). The copy
+    /// itself is never written. An option the writer cannot honour is an error naming it.
+    fn expose(
+        &self,
+        _copy: &CopyView,
+        _options: &ExposeOptions,
+    ) -> Result<Option<Exposed>, BoxError> {
         Ok(None)
     }
 
@@ -179,6 +183,22 @@ pub trait Writer: Send {
     }
 }
 
+/// How [`Writer::expose`] opens a copy.
+#[derive(Clone, Debug, Default)]
+pub struct ExposeOptions {
+    /// The writer's own directory for what it builds.
+    pub scratch: PathBuf,
+    /// Also listen on this TCP port on the loopback address, where the copy's own
+    /// accounts and passwords are asked for.
+    pub port: Option<u16>,
+    /// Put the server's socket in this directory instead of a private one (the engine
+    /// checked that not every user can reach it: the socket lets its users in).
+    pub socket_dir: Option<PathBuf>,
+    /// Replay the logs after the copy up to this target (as `restore --until`) before
+    /// opening it read-only there.
+    pub until: Option<String>,
+}
+
 /// A copy opened read-only by its writer ([`Writer::expose`]).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Exposed {
@@ -189,6 +209,9 @@ pub struct Exposed {
     /// The server process serving it, which closing the exposure stops; `None` when
     /// there is none (a file).
     pub pid: Option<u32>,
+    /// The port it listens on (on loopback with `--port`, else only its socket's name).
+    #[serde(default)]
+    pub port: Option<u16>,
     /// The writer that opened it (its `name()`), which extracts from it.
     #[serde(default)]
     pub writer: String,

@@ -19,7 +19,7 @@ use serde::Serialize;
 use shadowcopy_catalog::{Catalog, ExposureRecord, ExposureState};
 use shadowcopy_core::extract::ExtractRequest;
 use shadowcopy_core::model::ComponentRole;
-use shadowcopy_core::writer::Exposed;
+use shadowcopy_core::writer::{ExposeOptions, Exposed};
 use shadowcopy_core::VerifyState;
 
 use crate::copies::UsableCopy;
@@ -42,21 +42,107 @@ pub struct Closed {
     pub why: &'static str,
 }
 
-impl Engine {
-    /// Opens copy `id` read-only beside production until `ttl` from now. A copy that
-    /// failed verification is refused unless `force`; a copy already exposed is refused.
-    pub fn expose(&self, id: i64, ttl: Duration, force: bool) -> anyhow::Result<ExposureRecord> {
+/// What `expose` is asked for.
+#[derive(Clone, Debug)]
+pub struct ExposeRequest {
+    /// How long it stays open.
+    pub ttl: Duration,
+    /// Open a copy that failed verification.
+    pub force: bool,
+    /// Also listen on this loopback port (the copy's own accounts and passwords).
+    pub port: Option<u16>,
+    /// The server's socket in this directory (not reachable by every user).
+    pub socket_dir: Option<PathBuf>,
+    /// Replay the logs after the copy up to this target first (as `restore --until`).
+    pub until: Option<String>,
+}
+
+impl ExposeRequest {
+    pub fn new(ttl: Duration) -> ExposeRequest {
+        ExposeRequest {
+            ttl,
+            force: false,
+            port: None,
+            socket_dir: None,
+            until: None,
+        }
+    }
+
+    /// Bad input, found before anything is built: the TTL's range, a port something
+    /// already listens on, a socket directory that is missing or open to every user.
+    fn check(&self) -> Result<(), UsageError> {
+        let ttl = self.ttl;
         if ttl < Duration::from_secs(1) || ttl > MAX_TTL {
             return Err(UsageError::new(format!(
                 "--ttl {} is out of range: an exposure lives from 1s to 30d",
                 humantime::format_duration(ttl)
-            ))
-            .into());
+            )));
         }
+        if let Some(port) = self.port {
+            if port == 0 {
+                return Err(UsageError::new(
+                    "--port 0 is no port; give one from 1 to 65535",
+                ));
+            }
+            if let Err(e) = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, port)) {
+                return Err(UsageError::new(format!(
+                    "--port {port} cannot be used on 127.0.0.1 ({e}): something listens there \
+                     already; choose another port, or leave out --port (the copy then has a \
+                     private socket)"
+                )));
+            }
+        }
+        if let Some(dir) = &self.socket_dir {
+            use std::os::unix::fs::MetadataExt;
+            let meta = std::fs::symlink_metadata(dir).map_err(|e| {
+                UsageError::new(format!(
+                    "--socket-dir {}: {e}; give an existing directory",
+                    dir.display()
+                ))
+            })?;
+            if !meta.is_dir() {
+                return Err(UsageError::new(format!(
+                    "--socket-dir {} is not a directory (a link is not followed); give the \
+                     directory itself",
+                    dir.display()
+                )));
+            }
+            if meta.mode() & 0o001 != 0 {
+                return Err(UsageError::new(format!(
+                    "--socket-dir {} can be entered by every user (mode {:o}), and the exposed \
+                     copy lets in whoever reaches its socket; choose a directory only the \
+                     database's owner and its group can enter (chmod o-rwx), or leave out \
+                     --socket-dir",
+                    dir.display(),
+                    meta.mode() & 0o7777
+                )));
+            }
+            let plain = dir
+                .to_str()
+                .is_some_and(|s| !s.contains(|c: char| c.is_whitespace() || c == '\'' || c == '"'));
+            if !plain {
+                return Err(UsageError::new(format!(
+                    "--socket-dir {} holds a space or a quote, which a server's command line \
+                     cannot carry; choose another directory",
+                    dir.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Engine {
+    /// Opens copy `id` read-only beside production, as `request` says, until its TTL
+    /// from now. A copy that failed verification is refused unless `force`; a copy
+    /// already exposed is refused.
+    pub fn expose(&self, id: i64, request: &ExposeRequest) -> anyhow::Result<ExposureRecord> {
+        request.check()?;
+        let ttl = request.ttl;
         let catalog = self.open_existing_catalog()?;
         self.close_stale_exposures(&catalog)?;
         let copy = UsableCopy::load(&catalog, id, "exposed")?;
-        if copy.summary.verify_state == VerifyState::Failed && !force {
+        if copy.summary.verify_state == VerifyState::Failed && !request.force {
             return Err(UsageError::new(format!(
                 "copy {id} failed verification; what it holds may be damaged. Expose it anyway \
                  with --force, or pick a verified copy (`shadowcopy list`)"
@@ -100,10 +186,16 @@ impl Engine {
                 };
             }
         };
+        let options = ExposeOptions {
+            scratch: scratch.clone(),
+            port: request.port,
+            socket_dir: request.socket_dir.clone(),
+            until: request.until.clone(),
+        };
         let mut exposed: Vec<Exposed> = Vec::new();
         let mut failure = None;
         for writer in copy.spec.build_writers() {
-            match writer.expose(&view, &scratch) {
+            match writer.expose(&view, &options) {
                 Ok(Some(mut e)) => {
                     e.writer = writer.name();
                     exposed.push(e);
@@ -145,12 +237,13 @@ impl Engine {
     }
 
     /// Writes the rows `request` names from copy `id` into `out`: from its open
-    /// exposure if it has one (left open), else the copy is exposed for as long as it
-    /// takes and closed afterwards, whatever happened.
+    /// exposure if it has one (left open), else the copy is exposed (at `until` when
+    /// given) for as long as it takes and closed afterwards, whatever happened.
     pub fn extract(
         &self,
         id: i64,
         request: &ExtractRequest,
+        until: Option<&str>,
         out: &mut dyn std::io::Write,
     ) -> anyhow::Result<()> {
         let open = {
@@ -161,9 +254,22 @@ impl Engine {
                 .into_iter()
                 .find(|e| e.copy_id == id && e.state == ExposureState::Open)
         };
-        let (record, ours) = match open {
-            Some(record) => (record, false),
-            None => (self.expose(id, EXTRACT_TTL, false)?, true),
+        let (record, ours) = match (open, until) {
+            (Some(record), None) => (record, false),
+            (Some(record), Some(_)) => {
+                return Err(UsageError::new(format!(
+                    "copy {id} is already exposed (exposure {}), and --until opens it anew at \
+                     its target; close it first (`shadowcopy unexpose {}`), or leave out \
+                     --until to extract from it as it is",
+                    record.id, record.id
+                ))
+                .into())
+            }
+            (None, until) => {
+                let mut expose = ExposeRequest::new(EXTRACT_TTL);
+                expose.until = until.map(str::to_string);
+                (self.expose(id, &expose)?, true)
+            }
         };
         let extracted = (|| -> anyhow::Result<()> {
             let catalog = self.open_existing_catalog()?;
@@ -288,6 +394,7 @@ fn close(catalog: &Catalog, record: &ExposureRecord) -> anyhow::Result<()> {
         if let Some(pid) = e.pid.filter(|&pid| serves(pid, &record.scratch)) {
             stop(pid);
         }
+        remove_left_socket(e);
         // A server's run directory (its socket: unix socket paths are short) in the
         // temp directory rather than the scratch: the address, or the socket's parent.
         let address = Path::new(&e.address);
@@ -315,6 +422,35 @@ fn close(catalog: &Catalog, record: &ExposureRecord) -> anyhow::Result<()> {
     }
     catalog.remove_exposure(record.id)?;
     Ok(())
+}
+
+/// The socket a server killed before its shutdown left in a directory the user chose
+/// (`--socket-dir`), where nothing else removes it: MariaDB's `shadowcopy-expose-*.sock`,
+/// or PostgreSQL's `.s.PGSQL.PORT` and its lock file when that names this server.
+fn remove_left_socket(e: &Exposed) {
+    use std::os::unix::fs::FileTypeExt;
+    let is_socket =
+        |p: &Path| std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_socket());
+    let address = Path::new(&e.address);
+    let ours = address.file_name().is_some_and(|n| {
+        let n = n.to_string_lossy();
+        n.starts_with("shadowcopy-expose-") && n.ends_with(".sock")
+    });
+    if ours && is_socket(address) {
+        let _ = std::fs::remove_file(address);
+    }
+    if let (Some(port), Some(pid)) = (e.port, e.pid) {
+        let socket = address.join(format!(".s.PGSQL.{port}"));
+        let lock = address.join(format!(".s.PGSQL.{port}.lock"));
+        let named = std::fs::read_to_string(&lock)
+            .is_ok_and(|t| t.lines().next().map(str::trim) == Some(pid.to_string().as_str()));
+        if named && !running(pid) {
+            if is_socket(&socket) {
+                let _ = std::fs::remove_file(&socket);
+            }
+            let _ = std::fs::remove_file(&lock);
+        }
+    }
 }
 
 /// Whether `pid` is a live process serving from below `scratch` (a postmaster started

@@ -27,7 +27,7 @@ pub use create::{CreateReport, PhaseTime, PlannedSet};
 pub use delete::{DeleteOptions, DeleteReport, Deleted, PruneOptions, PruneReport};
 pub use engine::{default_catalog_dir, Engine, EngineOptions, WaitOptions};
 pub use error::UsageError;
-pub use expose::Closed;
+pub use expose::{Closed, ExposeRequest};
 pub use progress::{Progress, Silent};
 pub use restore::{RestoreOptions, RestoreReport};
 pub use retention::{Decision, RetentionPolicy};

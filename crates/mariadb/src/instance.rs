@@ -35,6 +35,20 @@ pub enum InstanceError {
     DidNotStop { why: String, log: String },
 }
 
+/// How a [`TempServer`] is started beyond the defaults (a socket in its private run
+/// directory, no networking, no privilege checks: only the server's owner and root
+/// reach that directory).
+#[derive(Clone, Debug, Default)]
+pub struct StartOptions<'a> {
+    /// Options after the others.
+    pub extra: &'a [&'a str],
+    /// The socket here instead (the caller checked who can reach it).
+    pub socket: Option<PathBuf>,
+    /// Also listen on this port on the loopback address; privilege checks then stay on
+    /// (the copy's own accounts and passwords).
+    pub port: Option<u16>,
+}
+
 pub struct TempServer {
     child: Option<Child>,
     run: tempfile::TempDir,
@@ -50,15 +64,15 @@ impl TempServer {
         dirs: &ServerDirs,
         limit: Duration,
     ) -> Result<TempServer, BoxError> {
-        TempServer::start_with(layout, dirs, limit, &[])
+        TempServer::start_with(layout, dirs, limit, &StartOptions::default())
     }
 
-    /// As [`TempServer::start`], with `extra` options after the others.
+    /// As [`TempServer::start`], reached as `options` say.
     pub fn start_with(
         layout: &ServerLayout,
         dirs: &ServerDirs,
         limit: Duration,
-        extra: &[&str],
+        options: &StartOptions,
     ) -> Result<TempServer, BoxError> {
         let owner = crate::files::owner_of(layout);
         let run = tempfile::Builder::new()
@@ -70,7 +84,10 @@ impl TempServer {
         owner.chown(run.path())?;
         owner.chown(&tmp)?;
         files::make_traversable(run.path(), &owner)?;
-        let socket = run.path().join("sock");
+        let socket = options
+            .socket
+            .clone()
+            .unwrap_or_else(|| run.path().join("sock"));
         let mut args = vec![
             "--no-defaults".to_string(),
             format!("--datadir={}", dirs.datadir.display()),
@@ -78,9 +95,7 @@ impl TempServer {
             format!("--pid-file={}", run.path().join("pid").display()),
             format!("--log-error={}", run.path().join("error.log").display()),
             format!("--tmpdir={}", tmp.display()),
-            "--skip-networking".into(),
             "--skip-log-bin".into(),
-            "--skip-grant-tables".into(),
             "--skip-slave-start".into(),
             "--event-scheduler=OFF".into(),
             "--performance-schema=OFF".into(),
@@ -119,7 +134,13 @@ impl TempServer {
                 args.push(format!("{flag}={}", d.display()));
             }
         }
-        args.extend(extra.iter().map(|a| a.to_string()));
+        match options.port {
+            None => args.extend(["--skip-networking".into(), "--skip-grant-tables".into()]),
+            Some(port) => {
+                args.extend([format!("--port={port}"), "--bind-address=127.0.0.1".into()])
+            }
+        }
+        args.extend(options.extra.iter().map(|a| a.to_string()));
         let mut cmd = Command::new(bin::program("mariadbd")?);
         cmd.args(&args)
             .current_dir(run.path())

@@ -7,6 +7,7 @@
 pub mod bin;
 pub mod binlog_files;
 pub mod elsewhere;
+mod expose;
 pub mod extract;
 mod files;
 mod instance;

@@ -107,7 +107,7 @@ pub fn roll_forward(
 }
 
 /// The live binary logs from `start` on (up to `until`'s file), in index order.
-fn logs_from(
+pub(crate) fn logs_from(
     layout: &ServerLayout,
     binlog: &BinlogLayout,
     start: &str,
@@ -140,7 +140,7 @@ fn logs_from(
 }
 
 /// `mariadb-binlog … | mariadb`, into the temporary server.
-fn replay(
+pub(crate) fn replay(
     server: &TempServer,
     logs: &[PathBuf],
     start_pos: u64,

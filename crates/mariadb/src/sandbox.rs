@@ -3,14 +3,14 @@
 //! (see `instance.rs`: private socket, no networking, no binary log, no replication),
 //! InnoDB's crash recovery runs as the server starts, then `mariadb-check
 //! --all-databases` runs CHECK TABLE on every table, and the server is stopped cleanly.
-//! The copy itself is never written; the sandbox is removed afterwards.
+//! The copy itself is never written; the sandbox is removed afterwards. An exposure
+//! (expose.rs) builds the same sandbox and keeps it running.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use shadowcopy_core::model::{CopyView, VerifyReport};
-use shadowcopy_core::writer::{shell_quote, Exposed};
 use shadowcopy_core::{process, BoxError};
 
 use crate::files::{self, Owner};
@@ -18,10 +18,10 @@ use crate::instance::{last_lines, ServerDirs, TempServer};
 use crate::server::ServerLayout;
 
 /// How long crash recovery of the copy may take before the check counts as failed.
-const START_LIMIT: Duration = Duration::from_secs(1800);
+pub(crate) const START_LIMIT: Duration = Duration::from_secs(1800);
 /// How long CHECK TABLE of everything may take.
 const CHECK_LIMIT: Duration = Duration::from_secs(6 * 3600);
-const STOP_LIMIT: Duration = Duration::from_secs(300);
+pub(crate) const STOP_LIMIT: Duration = Duration::from_secs(300);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
@@ -100,54 +100,10 @@ pub fn verify_copy(layout: &ServerLayout, copy: &CopyView) -> Result<VerifyRepor
     Ok(VerifyReport { ok, detail })
 }
 
-/// Opens the copy read-only beside production (see `Writer::expose`): a clone of it
-/// below `scratch`, as for a verification; InnoDB's crash recovery runs on a first
-/// start, which stops cleanly, then the server starts again with `--innodb-read-only
-/// --read-only` on its private socket (no networking, no binary log, no replication)
-/// and keeps running; closing the exposure stops it.
-pub fn expose_copy(
-    layout: &ServerLayout,
-    copy: &CopyView,
-    scratch: &Path,
-) -> Result<Exposed, BoxError> {
-    let owner = crate::files::owner_of(layout);
-    let copy_data =
-        files::copy_root(copy, &layout.datadir).ok_or_else(|| SandboxError::NotInCopy {
-            what: "data directory",
-            path: layout.datadir.clone(),
-        })?;
-    let dir = scratch.join("mariadb");
-    std::fs::create_dir(&dir).map_err(files::io_err("create", &dir))?;
-    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
-        .map_err(files::io_err("set the mode of", &dir))?;
-    owner.chown(&dir)?;
-    let dirs = build(layout, copy, &copy_data, &dir, &owner)?;
-    let mut recovery = TempServer::start(layout, &dirs, START_LIMIT)?;
-    recovery.stop(STOP_LIMIT)?;
-    let server = TempServer::start_with(
-        layout,
-        &dirs,
-        START_LIMIT,
-        &["--innodb-read-only", "--read-only"],
-    )?;
-    let pid = server.pid();
-    let socket = server.socket.clone();
-    server.keep();
-    Ok(Exposed {
-        address: socket.display().to_string(),
-        connect: format!(
-            "mariadb --no-defaults --socket={} --user=root",
-            shell_quote(&socket)
-        ),
-        pid,
-        writer: String::new(),
-    })
-}
-
 /// The sandbox's directories: the copy's data directory, and its separate redo, undo and
 /// system tablespace directories, cloned under `scratch`. Binary logs stay out (the
 /// sandbox writes none and needs none).
-fn build(
+pub(crate) fn build(
     layout: &ServerLayout,
     copy: &CopyView,
     copy_data: &Path,

@@ -19,7 +19,7 @@ use std::time::Instant;
 use shadowcopy_core::error::IoError;
 use shadowcopy_core::extract::ExtractRequest;
 use shadowcopy_core::model::{Component, ComponentRole, CopyView, VerifyReport};
-use shadowcopy_core::writer::{Exposed, KeptCopies, RestoreMode, RestorePlan};
+use shadowcopy_core::writer::{ExposeOptions, Exposed, KeptCopies, RestoreMode, RestorePlan};
 use shadowcopy_core::{BoxError, Writer};
 
 use crate::lock::{BackupLock, Frozen, InnoDbState};
@@ -244,9 +244,9 @@ impl Writer for MariaDbWriter {
     fn expose(
         &self,
         copy: &CopyView,
-        scratch: &std::path::Path,
+        options: &ExposeOptions,
     ) -> Result<Option<Exposed>, BoxError> {
-        crate::sandbox::expose_copy(self.layout()?, copy, scratch).map(Some)
+        crate::expose::expose_copy(self.layout()?, copy, options).map(Some)
     }
 
     fn extract(

@@ -21,7 +21,7 @@ pub fn extract(
     let database = request.database.as_deref().unwrap_or("postgres");
     let mut client = postgres::Config::new()
         .host_path(&exposed.address)
-        .port(crate::sandbox::SANDBOX_PORT)
+        .port(exposed.port.unwrap_or(crate::sandbox::SANDBOX_PORT))
         .user(user)
         .dbname(database)
         .application_name("shadowcopy extract")

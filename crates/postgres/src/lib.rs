@@ -7,6 +7,7 @@
 pub mod archive;
 pub mod bin;
 pub mod cluster;
+mod expose;
 pub mod extract;
 mod files;
 pub mod label;

@@ -361,7 +361,7 @@ fn relink_moved(
 
 /// `restore_command` reading `archive` through `shadowcopy pg archive-get`, or
 /// `/bin/false` (nothing archived) when the set has no archive.
-fn restore_command(archive: Option<&Path>) -> Result<String, RecoveryError> {
+pub(crate) fn restore_command(archive: Option<&Path>) -> Result<String, RecoveryError> {
     Ok(match archive {
         Some(dir) => format!(
             "{} pg archive-get --archive {} %f %p",

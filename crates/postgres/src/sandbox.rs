@@ -4,7 +4,8 @@
 //! from the copy's own WAL, then `pg_amcheck` checks every database (heap and btree) and,
 //! after a clean stop, `pg_checksums --check` reads every page when the cluster has
 //! checksums. The copy itself is never written; the sandbox is removed afterwards, and
-//! its server stopped even when a check fails.
+//! its server stopped even when a check fails. An exposure (expose.rs) starts the same
+//! sandbox and keeps it.
 
 use std::fmt::Write as _;
 use std::os::unix::process::CommandExt;
@@ -14,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use shadowcopy_core::error::IoError;
 use shadowcopy_core::model::{CopyView, VerifyReport};
-use shadowcopy_core::writer::{shell_quote, Exposed};
 use shadowcopy_core::{process, BoxError};
 
 use crate::bin::pg_bin;
@@ -22,7 +22,7 @@ use crate::cluster::ClusterLayout;
 use crate::files;
 
 /// How long recovery to consistency may take before the check counts as failed.
-const START_LIMIT: Duration = Duration::from_secs(1800);
+pub(crate) const START_LIMIT: Duration = Duration::from_secs(1800);
 /// How long the integrity checks may take.
 const CHECK_LIMIT: Duration = Duration::from_secs(6 * 3600);
 /// The port the sandbox listens on: only its socket file's name, in a private directory.
@@ -56,12 +56,12 @@ fn io<'a>(
 }
 
 /// A started (or startable) throw-away cluster made from a copy.
-struct Sandbox<'a> {
+pub(crate) struct Sandbox<'a> {
     layout: &'a ClusterLayout,
-    dir: tempfile::TempDir,
-    socket: tempfile::TempDir,
-    data: PathBuf,
-    started: bool,
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) socket: tempfile::TempDir,
+    pub(crate) data: PathBuf,
+    pub(crate) started: bool,
     /// Handed over to an exposure: dropping it stops nothing.
     kept: bool,
 }
@@ -142,78 +142,13 @@ pub fn verify_copy(layout: &ClusterLayout, copy: &CopyView) -> Result<VerifyRepo
     Ok(VerifyReport { ok, detail })
 }
 
-/// Opens the copy as a hot standby below `scratch` (see `Writer::expose`): a clone of
-/// it, as for a verification, started on a private unix socket with networking and
-/// archiving off, in standby mode with `recovery_target = 'immediate'` and
-/// `recovery_target_action = 'pause'`: it replays the copy's own WAL to the copy's
-/// consistent point and stays there, read-only, never promoted. The limits hot standby
-/// needs (`max_connections` and the others at least the primary's) come from the copy's
-/// `pg_control`. The server keeps running when this returns; closing the exposure stops
-/// it and removes `scratch`.
-pub fn expose_copy(
-    layout: &ClusterLayout,
-    copy: &CopyView,
-    scratch: &Path,
-) -> Result<Exposed, BoxError> {
-    let mut sandbox = Sandbox::build_in(layout, copy, Some(scratch))?;
-    let signal = sandbox.data.join("standby.signal");
-    std::fs::write(&signal, "").map_err(io("write", &signal))?;
-    files::owner_of(layout).chown(&signal)?;
-    let mut settings = sandbox.settings();
-    settings.retain(|(k, _)| *k != "max_wal_senders");
-    settings.extend(sandbox.hot_standby_limits()?);
-    settings.extend([
-        ("hot_standby", "on".to_string()),
-        ("recovery_target", "immediate".to_string()),
-        ("recovery_target_action", "pause".to_string()),
-        ("default_transaction_read_only", "on".to_string()),
-    ]);
-    let (ok, said) = sandbox.run("pg_ctl", &sandbox.start_args_with(&settings), START_LIMIT)?;
-    sandbox.started = true;
-    if !ok {
-        return Err(format!(
-            "the copy did not start as a standby: {said}; server log: {}",
-            sandbox.log_tail()
-        )
-        .into());
-    }
-    let pid = std::fs::read_to_string(sandbox.data.join("postmaster.pid"))
-        .ok()
-        .and_then(|s| s.lines().next().and_then(|l| l.trim().parse::<u32>().ok()));
-    let socket = sandbox.socket.path().to_path_buf();
-    let user = superuser(layout);
-    // The server and its directories outlive this call: the exposure owns them now.
-    sandbox.keep();
-    Ok(Exposed {
-        address: socket.display().to_string(),
-        connect: format!(
-            "psql {}",
-            shell_quote(format!(
-                "host={} port={SANDBOX_PORT} dbname=postgres user={user}",
-                socket.display()
-            ))
-        ),
-        pid,
-        writer: String::new(),
-    })
-}
-
-/// The role to connect to an exposed copy as: the cluster's bootstrap superuser.
-pub(crate) fn superuser(layout: &ClusterLayout) -> String {
-    if layout.superuser.is_empty() {
-        shadowcopy_core::dbfiles::user_name(layout.owner_uid).unwrap_or_else(|| "postgres".into())
-    } else {
-        layout.superuser.clone()
-    }
-}
-
 impl<'a> Sandbox<'a> {
     fn build(layout: &'a ClusterLayout, copy: &CopyView) -> Result<Sandbox<'a>, BoxError> {
         Sandbox::build_in(layout, copy, None)
     }
 
     /// As [`Sandbox::build`], below `parent` when given (else near the copy).
-    fn build_in(
+    pub(crate) fn build_in(
         layout: &'a ClusterLayout,
         copy: &CopyView,
         parent: Option<&Path>,
@@ -305,7 +240,7 @@ impl<'a> Sandbox<'a> {
         })
     }
 
-    fn log_path(&self) -> PathBuf {
+    pub(crate) fn log_path(&self) -> PathBuf {
         self.dir.path().join("server.log")
     }
 
@@ -313,7 +248,7 @@ impl<'a> Sandbox<'a> {
         self.start_args_with(&self.settings())
     }
 
-    fn start_args_with(&self, settings: &[(&'static str, String)]) -> Vec<String> {
+    pub(crate) fn start_args_with(&self, settings: &[(&'static str, String)]) -> Vec<String> {
         vec![
             "start".into(),
             "-w".into(),
@@ -335,7 +270,7 @@ impl<'a> Sandbox<'a> {
     /// The sandbox's settings: private socket, no network, no archiving, no restore
     /// command, no durability (it is thrown away). Values hold no spaces or quotes
     /// (temp dir names), as `pg_ctl -o` splits on spaces.
-    fn settings(&self) -> Vec<(&'static str, String)> {
+    pub(crate) fn settings(&self) -> Vec<(&'static str, String)> {
         let d = self.dir.path();
         vec![
             ("config_file", d.join("sandbox.conf").display().to_string()),
@@ -377,7 +312,7 @@ impl<'a> Sandbox<'a> {
 
     /// Runs a PostgreSQL program as the cluster's owner: (success, the last lines of
     /// what it said).
-    fn run<S: AsRef<str>>(
+    pub(crate) fn run<S: AsRef<str>>(
         &self,
         program: &str,
         args: &[S],
@@ -423,7 +358,7 @@ impl<'a> Sandbox<'a> {
 
     /// The settings a hot standby of the copy needs at least as high as its primary
     /// had them, from `pg_controldata`.
-    fn hot_standby_limits(&self) -> Result<Vec<(&'static str, String)>, BoxError> {
+    pub(crate) fn hot_standby_limits(&self) -> Result<Vec<(&'static str, String)>, BoxError> {
         let data = self.data.display().to_string();
         let (ok, said) = self.run_whole("pg_controldata", &["-D", &data], START_LIMIT)?;
         if !ok {
@@ -453,14 +388,14 @@ impl<'a> Sandbox<'a> {
     }
 
     /// Leaves the server running and its directories in place (an exposure owns them).
-    fn keep(mut self) {
+    pub(crate) fn keep(mut self) {
         self.started = false;
         self.kept = true;
         self.dir.disable_cleanup(true);
         self.socket.disable_cleanup(true);
     }
 
-    fn log_tail(&self) -> String {
+    pub(crate) fn log_tail(&self) -> String {
         std::fs::read_to_string(self.log_path())
             .map(|s| last_lines(&s, 20))
             .unwrap_or_else(|e| format!("(no server log: {e})"))
@@ -506,7 +441,7 @@ fn scratch_near(copy_data: &Path, owner: &files::Owner) -> Result<tempfile::Temp
         .map_err(io("create a sandbox in", &std::env::temp_dir()))
 }
 
-fn last_lines(s: &str, n: usize) -> String {
+pub(crate) fn last_lines(s: &str, n: usize) -> String {
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(n)..].join(" | ")
 }

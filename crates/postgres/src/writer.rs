@@ -28,7 +28,7 @@ use postgres::Client;
 use shadowcopy_core::error::IoError;
 use shadowcopy_core::extract::ExtractRequest;
 use shadowcopy_core::model::{Component, ComponentRole, CopyView, VerifyReport};
-use shadowcopy_core::writer::{Exposed, KeptCopies, RestoreMode, RestorePlan};
+use shadowcopy_core::writer::{ExposeOptions, Exposed, KeptCopies, RestoreMode, RestorePlan};
 use shadowcopy_core::{BoxError, Writer};
 
 use crate::cluster::{self, ClusterLayout, PostgresOptions};
@@ -393,8 +393,18 @@ impl Writer for PostgresWriter {
         crate::sandbox::verify_copy(self.layout()?, copy)
     }
 
-    fn expose(&self, copy: &CopyView, scratch: &Path) -> Result<Option<Exposed>, BoxError> {
-        crate::sandbox::expose_copy(self.layout()?, copy, scratch).map(Some)
+    fn expose(
+        &self,
+        copy: &CopyView,
+        options: &ExposeOptions,
+    ) -> Result<Option<Exposed>, BoxError> {
+        crate::expose::expose_copy(
+            self.layout()?,
+            copy,
+            options,
+            self.options.archive.as_deref(),
+        )
+        .map(Some)
     }
 
     fn extract(
@@ -403,7 +413,7 @@ impl Writer for PostgresWriter {
         request: &ExtractRequest,
         out: &mut dyn std::io::Write,
     ) -> Result<bool, BoxError> {
-        let user = crate::sandbox::superuser(self.layout()?);
+        let user = crate::expose::superuser(self.layout()?);
         crate::extract::extract(exposed, &user, request, out)?;
         Ok(true)
     }

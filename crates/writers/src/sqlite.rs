@@ -32,7 +32,7 @@ use rusqlite::{Connection, OpenFlags};
 use serde::{Deserialize, Serialize};
 use shadowcopy_core::extract::{no_such_table, ExtractFormat, ExtractRequest};
 use shadowcopy_core::model::{Component, ComponentRole, CopyView, VerifyReport};
-use shadowcopy_core::writer::{shell_quote, Exposed, RestoreMode, RestorePlan};
+use shadowcopy_core::writer::{shell_quote, ExposeOptions, Exposed, RestoreMode, RestorePlan};
 use shadowcopy_core::{BoxError, Writer};
 
 use crate::kind::{KindInfo, KindRole, Normalize, WriterKind};
@@ -74,6 +74,8 @@ impl KindInfo for SqliteOptions {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SqliteError {
+    #[error("{0}")]
+    ExposeOption(&'static str),
     #[error("{} does not exist; give the path of an existing SQLite database", .0.display())]
     Missing(PathBuf),
     #[error("{} is not a SQLite database (its first bytes are not \"SQLite format 3\"); give the path of the database file itself", .0.display())]
@@ -357,7 +359,26 @@ impl Writer for SqliteWriter {
     /// would be ignored), in rollback-journal mode, its file made read-only and private:
     /// mode 0400, owned as the database is (its owner and root read it; the scratch
     /// directory lets others pass, not list, and this keeps them out all the same).
-    fn expose(&self, copy: &CopyView, scratch: &Path) -> Result<Option<Exposed>, BoxError> {
+    fn expose(
+        &self,
+        copy: &CopyView,
+        options: &ExposeOptions,
+    ) -> Result<Option<Exposed>, BoxError> {
+        if options.until.is_some() {
+            return Err(SqliteError::ExposeOption(
+                "--until: SQLite keeps no log past a copy; expose the copy nearest the moment \
+                 you want (`shadowcopy list`)",
+            )
+            .into());
+        }
+        if options.port.is_some() || options.socket_dir.is_some() {
+            return Err(SqliteError::ExposeOption(
+                "--port and --socket-dir: a SQLite copy is a file, read with `sqlite3 -readonly`; \
+                 leave them out",
+            )
+            .into());
+        }
+        let scratch = options.scratch.as_path();
         let db = copy
             .path_of(&self.path)
             .ok_or_else(|| SqliteError::NotInCopy(self.path.clone()))?;
@@ -395,6 +416,7 @@ impl Writer for SqliteWriter {
             address: exposed.display().to_string(),
             connect: format!("sqlite3 -readonly {}", shell_quote(&exposed)),
             pid: None,
+            port: None,
             writer: String::new(),
         }))
     }

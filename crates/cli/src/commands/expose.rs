@@ -8,7 +8,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use clap::Args;
 use shadowcopy_catalog::ExposureRecord;
 use shadowcopy_core::extract::{ExtractFormat, ExtractRequest};
-use shadowcopy_engine::HumanDuration;
+use shadowcopy_engine::{ExposeRequest, HumanDuration};
 
 use crate::output::local_time;
 use crate::GlobalArgs;
@@ -23,6 +23,19 @@ pub struct ExposeArgs {
     /// Open a copy that failed verification
     #[arg(long)]
     pub force: bool,
+    /// Bring the copy forward to this point first, with the logs after it (PostgreSQL:
+    /// a time, an LSN or xid:N, with the WAL archive and live WAL; MariaDB: a time, a
+    /// binlog FILE:POS or a GTID, with the binary logs), as `restore --until`
+    #[arg(long, value_name = "TARGET")]
+    pub until: Option<String>,
+    /// Also listen on this port on 127.0.0.1, where the copy's own accounts and
+    /// passwords are asked for (the default is a private socket only)
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Put the server's socket in this directory (one that not every user can enter)
+    /// instead of a private one
+    #[arg(long, value_name = "DIR")]
+    pub socket_dir: Option<std::path::PathBuf>,
     /// Print the result as JSON
     #[arg(long)]
     pub json: bool,
@@ -49,6 +62,9 @@ pub struct ExtractArgs {
     /// Write into this file (created; refused if it exists) instead of standard output
     #[arg(long, short = 'o', value_name = "FILE")]
     pub output: Option<std::path::PathBuf>,
+    /// Extract the rows as they were at this point after the copy (as `expose --until`)
+    #[arg(long, value_name = "TARGET")]
+    pub until: Option<String>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -80,7 +96,14 @@ pub struct UnexposeArgs {
 pub fn expose(g: &GlobalArgs, args: ExposeArgs) -> anyhow::Result<()> {
     let engine = g.engine()?;
     let out = g.output(args.json);
-    let record = engine.expose(args.id, args.ttl.0, args.force)?;
+    let request = ExposeRequest {
+        force: args.force,
+        until: args.until,
+        port: args.port,
+        socket_dir: args.socket_dir,
+        ..ExposeRequest::new(args.ttl.0)
+    };
+    let record = engine.expose(args.id, &request)?;
     if out.json {
         out.print_json(&record)?;
     } else if out.human() {
@@ -165,7 +188,7 @@ pub fn extract(g: &GlobalArgs, args: ExtractArgs) -> anyhow::Result<()> {
         None => {
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
-            engine.extract(args.id, &request, &mut out)?;
+            engine.extract(args.id, &request, args.until.as_deref(), &mut out)?;
             std::io::Write::flush(&mut out)?;
         }
         Some(path) => {
@@ -195,7 +218,7 @@ pub fn extract(g: &GlobalArgs, args: ExtractArgs) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", partial.display()))?;
             let mut out = std::io::BufWriter::new(file);
             let written = engine
-                .extract(args.id, &request, &mut out)
+                .extract(args.id, &request, args.until.as_deref(), &mut out)
                 .and_then(|()| Ok(out.into_inner().map_err(|e| e.into_error())?.sync_all()?));
             if let Err(e) = written {
                 let _ = std::fs::remove_file(&partial);

@@ -11,6 +11,7 @@ mod commands;
 mod crash;
 mod exec_provider;
 mod expose;
+mod expose_until;
 mod fsfreeze;
 mod hooks;
 mod hostile_input;

@@ -1,0 +1,204 @@
+//! `expose --until`, `--port`, `--socket-dir` and `extract --until` while production
+//! runs: a PostgreSQL copy brought forward with the WAL after it (archived and still
+//! live) to a moment after the copy, on a loopback port where the copy's own password is
+//! asked for; a target past the WAL there is refused naming the newest commit; a port
+//! in use and a socket directory every user can enter are refused before anything is
+//! built.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use shadowcopy_testing::postgres::Ledger;
+
+use crate::support::{describe, stderr, Cli};
+
+/// A loopback port nothing listens on right now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind(("127.0.0.1", 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn a_postgres_copy_is_exposed_at_a_moment_after_it_on_a_port_with_its_own_passwords() {
+    let test = "a_postgres_copy_is_exposed_at_a_moment_after_it_on_a_port_with_its_own_passwords";
+    let cli = Cli::new();
+    let Some((cluster, wal_archive)) = crate::postgres::archiving_cluster(test, &cli) else {
+        return;
+    };
+    Ledger::setup(&mut cluster.connect()).unwrap();
+    // An account with a password, which a port exposure asks for.
+    cluster.psql("CREATE ROLE reader LOGIN PASSWORD 'copy-secret'; GRANT SELECT ON ALL TABLES IN SCHEMA public TO reader");
+    let ledger = Ledger::start(&cluster.config(), 2, Duration::ZERO);
+    assert!(ledger.wait_for_commits(50, Duration::from_secs(30)));
+    let created = crate::postgres::create(&cli, &cluster, &wal_archive);
+    let id = created["id"].as_i64().unwrap().to_string();
+
+    // The moment to go back to, well after the copy: some WAL since is archived (a
+    // switch), the newest only in the live WAL directory.
+    assert!(ledger.wait_for_commits(ledger.committed() + 100, Duration::from_secs(30)));
+    cluster.psql("SELECT pg_switch_wal()");
+    assert!(ledger.wait_for_commits(ledger.committed() + 100, Duration::from_secs(30)));
+    let before_target = Instant::now();
+    let target = cluster.psql(
+        "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'",
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let after_target = Instant::now();
+    assert!(ledger.wait_for_commits(ledger.committed() + 100, Duration::from_secs(30)));
+    let acked_before_target = ledger.acknowledged_before(before_target);
+    let acked_after_target: Vec<i64> = {
+        let later = ledger.acknowledged_before(Instant::now());
+        let early = ledger.acknowledged_before(after_target);
+        later.into_iter().filter(|id| !early.contains(id)).collect()
+    };
+    assert!(!acked_after_target.is_empty());
+
+    // Bad input first, refused before anything is built.
+    let taken = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+    let busy = taken.local_addr().unwrap().port().to_string();
+    let out = cli.run(&["expose", &id, "--port", &busy]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains(&format!("--port {busy} cannot be used")),
+        "{}",
+        describe(&out)
+    );
+    drop(taken);
+    let open_dir = cli.path("sockets-for-everyone");
+    std::fs::create_dir(&open_dir).unwrap();
+    std::fs::set_permissions(
+        &open_dir,
+        std::os::unix::fs::PermissionsExt::from_mode(0o1777),
+    )
+    .unwrap();
+    let out = cli.run(&["expose", &id, "--socket-dir", open_dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("can be entered by every user"),
+        "{}",
+        describe(&out)
+    );
+    let out = cli.run(&["expose", &id, "--until", "2999-01-01 00:00:00+00"]);
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("ends before that target") && stderr(&out).contains("newest commit"),
+        "{}",
+        describe(&out)
+    );
+    assert!(cli
+        .json(&["exposed", "--json"])
+        .as_array()
+        .unwrap()
+        .is_empty());
+
+    // At the target, on a port: the copy's own password is asked for there.
+    let port = free_port();
+    let record = cli.json(&[
+        "expose",
+        &id,
+        "--until",
+        &target,
+        "--port",
+        &port.to_string(),
+        "--json",
+    ]);
+    let exposed = &record["exposed"][0];
+    assert_eq!(exposed["port"], port, "{record:#}");
+    let tcp = |password: Option<&str>| {
+        let mut config = postgres::Config::new();
+        config
+            .host("127.0.0.1")
+            .port(port)
+            .user("reader")
+            .dbname("postgres");
+        if let Some(p) = password {
+            config.password(p);
+        }
+        config.connect(postgres::NoTls)
+    };
+    assert!(tcp(None).is_err(), "no password, no entry");
+    assert!(tcp(Some("guess")).is_err(), "a wrong password, no entry");
+    let mut client = tcp(Some("copy-secret")).unwrap();
+    let state = Ledger::check(&mut client).unwrap();
+    state.verify(&acked_before_target).unwrap();
+    assert!(state.balanced(), "{state:?}");
+    assert_eq!(
+        state.missing(&acked_after_target).len(),
+        acked_after_target.len(),
+        "nothing committed after the target is there"
+    );
+    let paused: String = client
+        .query_one("SELECT pg_get_wal_replay_pause_state()", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(paused, "paused");
+    drop(client);
+    cli.ok(&["unexpose", "--all"]);
+
+    // extract --until: the same moment's rows, in CSV, exposed and closed around it.
+    let csv = cli.ok(&[
+        "extract", &id, "--until", &target, "--table", "ledger", "--format", "csv",
+    ]);
+    let rows = csv.lines().count() - 1;
+    assert_eq!(rows, state.ids.len(), "{}", &csv[..csv.len().min(300)]);
+    assert!(cli
+        .json(&["exposed", "--json"])
+        .as_array()
+        .unwrap()
+        .is_empty());
+    assert!(cluster.is_running());
+    let stats = ledger.stop();
+    assert!(stats.errors.is_empty(), "{:?}", stats.errors);
+}
+
+#[test]
+fn a_socket_directory_of_the_user_s_choosing_holds_the_exposed_copy_s_socket() {
+    let test = "a_socket_directory_of_the_user_s_choosing_holds_the_exposed_copy_s_socket";
+    let cli = Cli::new();
+    let Some((cluster, wal_archive)) = crate::postgres::archiving_cluster(test, &cli) else {
+        return;
+    };
+    Ledger::setup(&mut cluster.connect()).unwrap();
+    let created = crate::postgres::create(&cli, &cluster, &wal_archive);
+    let id = created["id"].as_i64().unwrap().to_string();
+    // A directory the cluster's owner can write in, closed to others.
+    let dir = cli.path("expose-sockets");
+    shadowcopy_testing::postgres::make_postgres_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o750)).unwrap();
+    let record = cli.json(&[
+        "expose",
+        &id,
+        "--socket-dir",
+        dir.to_str().unwrap(),
+        "--json",
+    ]);
+    let exposed = &record["exposed"][0];
+    assert_eq!(exposed["address"], dir.to_str().unwrap(), "{record:#}");
+    let port = exposed["port"].as_u64().unwrap() as u16;
+    assert_ne!(port, cluster.port());
+    let socket = dir.join(format!(".s.PGSQL.{port}"));
+    assert!(socket.exists(), "{record:#}");
+    let pid = exposed["pid"].as_u64().unwrap() as i32;
+    // Killed: the socket and its lock it could not remove are removed by the next
+    // command that closes it.
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    let began = Instant::now();
+    while Path::new(&format!("/proc/{pid}")).exists() && began.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(cli
+        .json(&["exposed", "--json"])
+        .as_array()
+        .unwrap()
+        .is_empty());
+    assert!(!socket.exists(), "the socket was left in {}", dir.display());
+    assert!(!dir.join(format!(".s.PGSQL.{port}.lock")).exists());
+    assert!(dir.exists());
+}

@@ -1,0 +1,360 @@
+//! `Writer::expose` for PostgreSQL: a copy opened read-only beside production, as a hot
+//! standby of a sandbox clone of it (sandbox.rs) that is never promoted and never
+//! archives.
+//!
+//! - Without a target it replays the copy's own WAL to the copy's consistent point
+//!   (standby mode, `recovery_target = 'immediate'`) and pauses there.
+//! - With `--until` (a time, an LSN or `xid:N`, as `restore --until`) it runs archive
+//!   recovery with that target and `recovery_target_action = 'pause'`: the WAL after the
+//!   copy comes from the set's WAL archive (`restore_command`) and from the live WAL
+//!   directory (its segments after the copy, copied into the sandbox first: the newest
+//!   WAL is rarely archived yet, and it is what holds the minutes before a mistake). A
+//!   target the WAL does not reach stops the server ("recovery ended before configured
+//!   recovery target was reached"), and the error names the newest commit the WAL holds.
+//! - It listens on a private socket directory, or on the one the user chose, and with
+//!   `--port` also on the loopback address, where the copy's own accounts and password
+//!   hashes are asked for (`md5`, which also takes SCRAM); on the socket the cluster's
+//!   owner and root are let in without one, as on a verification sandbox.
+
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use shadowcopy_core::error::IoError;
+use shadowcopy_core::model::CopyView;
+use shadowcopy_core::writer::{shell_quote, ExposeOptions, Exposed};
+use shadowcopy_core::BoxError;
+
+use crate::cluster::ClusterLayout;
+use crate::files;
+use crate::log_analysis;
+use crate::recovery;
+use crate::retention::copy_start;
+use crate::sandbox::{last_lines, Sandbox, SANDBOX_PORT, START_LIMIT};
+use crate::wal::{SegmentName, WalFileKind, WalFileName, WalSegSize};
+
+/// Where a socket directory the user chose gets a port (the socket file's name) of its
+/// own, so that it never takes the name of a live server's socket there.
+const SOCKET_DIR_PORTS: std::ops::Range<u16> = 5433..6433;
+/// How often the replay's progress is looked at while it runs to the target.
+const POLL: Duration = Duration::from_millis(100);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExposeError {
+    #[error("--until replays WAL after the copy from the set's WAL archive, and this PostgreSQL writer has none; give the set an `archive` (see `shadowcopy pg archive-setup`), or expose the copy at its own point (leave out --until)")]
+    NoArchive,
+    #[error("--until {until}: the WAL after the copy (in the copy, the set's archive and the live WAL directory) ends before that target, so the copy cannot be brought there; {newest}. Choose a target up to there (`shadowcopy pg log-analysis ID` shows the WAL chain)")]
+    Unreachable { until: String, newest: String },
+    #[error("--until {until} is before the copy's consistent point; expose an older copy (`shadowcopy list`) for a target that early")]
+    BeforeCopy { until: String },
+    #[error("no port in {}..{} is free for a socket in {}; leave out --socket-dir, or give --port", SOCKET_DIR_PORTS.start, SOCKET_DIR_PORTS.end, .0.display())]
+    NoSocketName(PathBuf),
+    #[error("the copy did not start as a standby: {said}; server log: {log}")]
+    Start { said: String, log: String },
+    #[error("the copy stopped while replaying to --until {until}; server log: {log}")]
+    Stopped { until: String, log: String },
+    #[error(
+        "the replay to --until {until} did not reach it within {}; server log: {log}",
+        shadowcopy_core::error::humanize(START_LIMIT)
+    )]
+    Slow { until: String, log: String },
+    #[error(transparent)]
+    Io(#[from] IoError),
+}
+
+fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> IoError + 'a {
+    move |source| IoError {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Opens the copy as described in the module documentation. The server keeps running
+/// when this returns; closing the exposure stops it and removes `options.scratch`.
+pub fn expose_copy(
+    layout: &ClusterLayout,
+    copy: &CopyView,
+    options: &ExposeOptions,
+    archive: Option<&Path>,
+) -> Result<Exposed, BoxError> {
+    let target = match &options.until {
+        Some(until) => {
+            let settings = recovery::target_settings(until)?;
+            if archive.is_none() {
+                return Err(ExposeError::NoArchive.into());
+            }
+            Some((until.clone(), settings))
+        }
+        None => None,
+    };
+    let mut sandbox = Sandbox::build_in(layout, copy, Some(&options.scratch))?;
+    let owner = files::owner_of(layout);
+    let socket_dir = match &options.socket_dir {
+        Some(dir) => dir.clone(),
+        None => sandbox.socket.path().to_path_buf(),
+    };
+    let port = match (options.port, &options.socket_dir) {
+        (Some(port), _) => port,
+        (None, Some(dir)) => free_socket_name(dir)?,
+        (None, None) => SANDBOX_PORT,
+    };
+    let mut settings = sandbox.settings();
+    settings.retain(|(k, _)| {
+        !matches!(
+            *k,
+            "max_wal_senders" | "port" | "unix_socket_directories" | "listen_addresses"
+        )
+    });
+    settings.extend(sandbox.hot_standby_limits()?);
+    settings.extend([
+        ("port", port.to_string()),
+        ("unix_socket_directories", socket_dir.display().to_string()),
+        ("hot_standby", "on".to_string()),
+        ("recovery_target_action", "pause".to_string()),
+        ("default_transaction_read_only", "on".to_string()),
+    ]);
+    if options.port.is_some() {
+        settings.push(("listen_addresses", "127.0.0.1".to_string()));
+        let hba = sandbox.dir.path().join("sandbox_hba.conf");
+        std::fs::write(&hba, "local all all trust\nhost all all 127.0.0.1/32 md5\n")
+            .map_err(io("write", &hba))?;
+    } else {
+        settings.push(("listen_addresses", "''".to_string()));
+    }
+    let signal = match &target {
+        None => {
+            settings.push(("recovery_target", "immediate".to_string()));
+            "standby.signal"
+        }
+        Some((_, target_settings)) => {
+            // Values with spaces (the command, a time) go into the sandbox's own config
+            // file: `pg_ctl -o` splits on spaces.
+            settings.retain(|(k, _)| *k != "restore_command");
+            let mut conf = String::from(
+                "# A copy exposed read-only by shadowcopy, brought forward to --until.\n",
+            );
+            let restore_command = recovery::restore_command(archive)?;
+            for (k, v) in std::iter::once(&("restore_command", restore_command))
+                .chain(target_settings.iter())
+            {
+                conf.push_str(&format!("{k} = '{}'\n", v.replace('\'', "''")));
+            }
+            let conf_file = sandbox.dir.path().join("sandbox.conf");
+            std::fs::write(&conf_file, conf).map_err(io("write", &conf_file))?;
+            copy_live_wal(layout, copy, &sandbox.data.join("pg_wal"), &owner)?;
+            "recovery.signal"
+        }
+    };
+    let signal = sandbox.data.join(signal);
+    std::fs::write(&signal, "").map_err(io("write", &signal))?;
+    owner.chown(&signal)?;
+
+    let (ok, said) = sandbox.run("pg_ctl", &sandbox.start_args_with(&settings), START_LIMIT)?;
+    sandbox.started = true;
+    let user = superuser(layout);
+    if let Some((until, _)) = &target {
+        if !ok {
+            return Err(stopped(layout, archive, copy, until, &sandbox).into());
+        }
+        wait_for_pause(&sandbox, &socket_dir, port, &user, until).map_err(|e| match e {
+            ExposeError::Stopped { .. } => stopped(layout, archive, copy, until, &sandbox),
+            e => e,
+        })?;
+    } else if !ok {
+        return Err(ExposeError::Start {
+            said,
+            log: sandbox.log_tail(),
+        }
+        .into());
+    }
+    let pid = std::fs::read_to_string(sandbox.data.join("postmaster.pid"))
+        .ok()
+        .and_then(|s| s.lines().next().and_then(|l| l.trim().parse::<u32>().ok()));
+    // The server and its directories outlive this call: the exposure owns them now.
+    sandbox.keep();
+    let connect = match options.port {
+        Some(port) => format!(
+            "psql {}  (the copy's own accounts and passwords)",
+            shell_quote(format!("host=127.0.0.1 port={port} dbname=postgres"))
+        ),
+        None => format!(
+            "psql {}",
+            shell_quote(format!(
+                "host={} port={port} dbname=postgres user={user}",
+                socket_dir.display()
+            ))
+        ),
+    };
+    Ok(Exposed {
+        address: socket_dir.display().to_string(),
+        connect,
+        pid,
+        port: Some(port),
+        writer: String::new(),
+    })
+}
+
+/// The role to connect to an exposed copy as: the cluster's bootstrap superuser.
+pub(crate) fn superuser(layout: &ClusterLayout) -> String {
+    if layout.superuser.is_empty() {
+        shadowcopy_core::dbfiles::user_name(layout.owner_uid).unwrap_or_else(|| "postgres".into())
+    } else {
+        layout.superuser.clone()
+    }
+}
+
+/// The first port in [`SOCKET_DIR_PORTS`] whose socket file is not in `dir`.
+fn free_socket_name(dir: &Path) -> Result<u16, ExposeError> {
+    SOCKET_DIR_PORTS
+        .clone()
+        .find(|p| {
+            let sock = dir.join(format!(".s.PGSQL.{p}"));
+            std::fs::symlink_metadata(&sock).is_err()
+                && std::fs::symlink_metadata(dir.join(format!(".s.PGSQL.{p}.lock"))).is_err()
+        })
+        .ok_or_else(|| ExposeError::NoSocketName(dir.to_path_buf()))
+}
+
+/// Copies the live WAL directory's segments from the copy's start on (and its timeline
+/// history files) into the sandbox's `pg_wal`, where the copy has none of that name.
+/// Only regular files, opened without following links (the directory is the database
+/// owner's); a recycled segment (an old file under a future name) is copied too and
+/// recovery stops at it, as it would on the live server.
+fn copy_live_wal(
+    layout: &ClusterLayout,
+    copy: &CopyView,
+    sandbox_wal: &Path,
+    owner: &files::Owner,
+) -> Result<(), BoxError> {
+    let seg_size = WalSegSize::new(layout.wal_segment_size)?;
+    let (start, _) = copy_start(layout, copy)?;
+    let entries = match std::fs::read_dir(&layout.wal_dir) {
+        Ok(e) => e,
+        // A host that lost its WAL directory still has the archive.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io("read", &layout.wal_dir)(e).into()),
+    };
+    for entry in entries {
+        let entry = entry.map_err(io("read", &layout.wal_dir))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let wanted = match WalFileName::parse(&name) {
+            Some(f) if f.kind == WalFileKind::Segment => SegmentName::parse(&name, seg_size)
+                .is_ok_and(|s| s.timeline >= start.timeline && s.segno >= start.segno),
+            Some(f) => f.kind == WalFileKind::TimelineHistory,
+            None => false,
+        };
+        let dest = sandbox_wal.join(&name);
+        if !wanted || std::fs::symlink_metadata(&dest).is_ok() {
+            continue;
+        }
+        let from = entry.path();
+        if !entry.file_type().map_err(io("inspect", &from))?.is_file() {
+            continue;
+        }
+        let mut src = match std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(&from)
+        {
+            Ok(f) => f,
+            // Removed or recycled by the live server meanwhile.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io("open", &from)(e).into()),
+        };
+        let mut dst = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&dest)
+            .map_err(io("create", &dest))?;
+        std::io::copy(&mut src, &mut dst).map_err(io("copy", &from))?;
+        owner.chown(&dest)?;
+    }
+    Ok(())
+}
+
+/// Waits until the replay pauses at its target, or the server stops (target not
+/// reached, or before the copy's consistent point).
+fn wait_for_pause(
+    sandbox: &Sandbox,
+    socket_dir: &Path,
+    port: u16,
+    user: &str,
+    until: &str,
+) -> Result<(), ExposeError> {
+    let began = Instant::now();
+    let pid_file = sandbox.data.join("postmaster.pid");
+    loop {
+        let state = postgres::Config::new()
+            .host_path(socket_dir)
+            .port(port)
+            .user(user)
+            .dbname("postgres")
+            .connect_timeout(Duration::from_secs(5))
+            .connect(postgres::NoTls)
+            .and_then(|mut c| {
+                c.query_one("SELECT pg_get_wal_replay_pause_state()", &[])
+                    .map(|r| r.get::<_, String>(0))
+            });
+        if state.is_ok_and(|s| s == "paused") {
+            return Ok(());
+        }
+        if !pid_file.exists() {
+            return Err(ExposeError::Stopped {
+                until: until.to_string(),
+                log: sandbox.log_tail(),
+            });
+        }
+        if began.elapsed() > START_LIMIT {
+            return Err(ExposeError::Slow {
+                until: until.to_string(),
+                log: sandbox.log_tail(),
+            });
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// Why the server stopped on its way to `until`, in the user's words: the target is past
+/// the WAL there is (with the newest commit it holds), or before the copy.
+fn stopped(
+    layout: &ClusterLayout,
+    archive: Option<&Path>,
+    copy: &CopyView,
+    until: &str,
+    sandbox: &Sandbox,
+) -> ExposeError {
+    let log = std::fs::read_to_string(sandbox.log_path()).unwrap_or_default();
+    if log.contains("before consistent recovery point") {
+        return ExposeError::BeforeCopy {
+            until: until.to_string(),
+        };
+    }
+    if log.contains("recovery ended before configured recovery target was reached") {
+        let newest = match log_analysis::analyze(layout, archive, copy) {
+            Ok(a) => match a.roll_forward.newest_commit {
+                Some(c) => format!(
+                    "the newest commit it holds is transaction {} at {} (LSN {})",
+                    c.xid, c.time, c.lsn
+                ),
+                None => format!(
+                    "it holds no commit after the copy (its last segment is {})",
+                    a.roll_forward
+                        .last_segment
+                        .as_deref()
+                        .unwrap_or("the copy's own")
+                ),
+            },
+            Err(e) => format!("the WAL chain could not be read to say where it ends: {e}"),
+        };
+        return ExposeError::Unreachable {
+            until: until.to_string(),
+            newest,
+        };
+    }
+    ExposeError::Stopped {
+        until: until.to_string(),
+        log: last_lines(&log, 20),
+    }
+}
