@@ -1,8 +1,11 @@
 //! `expose`, `exposed`, `unexpose`, `extract`: a copy opened read-only beside production for
 //! single-item recovery, by its writers (`Writer::expose`: PostgreSQL as a paused hot
-//! standby on a private socket, MariaDB as a read-only server after crash recovery,
-//! SQLite as a checkpointed read-only clone), from a scratch clone; the copy itself is
-//! never written.
+//! standby, MariaDB as a read-only server after crash recovery, SQLite as a
+//! checkpointed read-only clone; optionally brought forward `--until` a target, on a
+//! loopback `--port` or in a `--socket-dir`), from a scratch clone, or, for plain files,
+//! as read-only bind mounts of the copy (bind_mount.rs); the copy itself is never
+//! written. Bad options (a port in use, a socket directory open to all) are refused
+//! before anything is built.
 //!
 //! Each exposure is recorded before anything is built (its scratch directory and the
 //! process building it), and what each writer opens is recorded as it opens, so closing
@@ -22,6 +25,7 @@ use shadowcopy_core::model::ComponentRole;
 use shadowcopy_core::writer::{ExposeOptions, Exposed};
 use shadowcopy_core::VerifyState;
 
+use crate::bind_mount;
 use crate::copies::UsableCopy;
 use crate::engine::Engine;
 use crate::error::UsageError;
@@ -212,14 +216,24 @@ impl Engine {
             }
         }
         if failure.is_none() && exposed.is_empty() {
-            failure = Some(
-                UsageError::new(format!(
-                    "copy {id} of set `{}` holds no database to open (its writers open nothing); \
-                     its files are in the copy as they are: `shadowcopy show {id}` lists them",
-                    copy.summary.set
-                ))
-                .into(),
-            );
+            // Plain files: the copy's directories, mounted read-only in the scratch.
+            match mount_plain_roots(&copy.spec.data_paths(), &view, &scratch) {
+                Ok(mounted) if mounted.is_empty() => {
+                    failure = Some(
+                        UsageError::new(format!(
+                            "copy {id} of set `{}` holds no database to open and no directory \
+                             to mount; `shadowcopy show {id}` lists its files",
+                            copy.summary.set
+                        ))
+                        .into(),
+                    )
+                }
+                Ok(mounted) => {
+                    exposed = mounted;
+                    catalog.exposure_progress(exposure, &exposed, false)?;
+                }
+                Err(e) => failure = Some(e.context(format!("cannot mount copy {id}"))),
+            }
         }
         if let Some(e) = failure {
             let record = catalog.exposures()?.into_iter().find(|r| r.id == exposure);
@@ -409,6 +423,14 @@ fn close(catalog: &Catalog, record: &ExposureRecord) -> anyhow::Result<()> {
             }
         }
     }
+    // Never remove below a mount: a copy's directory mounted there would go with it.
+    bind_mount::unmount_below(&record.scratch).map_err(|e| {
+        anyhow::anyhow!(
+            "exposure {} stays listed, its scratch directory {} in place: {e}",
+            record.id,
+            record.scratch.display()
+        )
+    })?;
     match std::fs::remove_dir_all(&record.scratch) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -422,6 +444,48 @@ fn close(catalog: &Catalog, record: &ExposureRecord) -> anyhow::Result<()> {
     }
     catalog.remove_exposure(record.id)?;
     Ok(())
+}
+
+/// Mounts each of `roots` that the copy holds as a directory read-only below `scratch`
+/// (`scratch/<n>-<its name>`), as one [`Exposed`] each; a failure unmounts what was
+/// mounted before it.
+fn mount_plain_roots(
+    roots: &[PathBuf],
+    view: &shadowcopy_core::CopyView,
+    scratch: &Path,
+) -> anyhow::Result<Vec<Exposed>> {
+    let mut mounted = Vec::new();
+    for (n, root) in roots.iter().enumerate() {
+        let Some(in_copy) = shadowcopy_core::dbfiles::copy_root(view, root) else {
+            continue;
+        };
+        if !std::fs::symlink_metadata(&in_copy).is_ok_and(|m| m.is_dir()) {
+            continue;
+        }
+        let name = root
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "root".into());
+        let at = scratch.join(format!("{n}-{name}"));
+        std::fs::create_dir(&at)
+            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", at.display()))?;
+        if let Err(e) = bind_mount::mount_read_only(&in_copy, &at) {
+            let _ = bind_mount::unmount_below(scratch);
+            return Err(e);
+        }
+        mounted.push(Exposed {
+            address: at.display().to_string(),
+            connect: format!(
+                "read-only at {}  (the copy of {})",
+                shadowcopy_core::writer::shell_quote(&at),
+                root.display()
+            ),
+            pid: None,
+            port: None,
+            writer: "files".into(),
+        });
+    }
+    Ok(mounted)
 }
 
 /// The socket a server killed before its shutdown left in a directory the user chose

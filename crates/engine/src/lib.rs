@@ -6,6 +6,7 @@
 
 pub mod archive;
 pub mod archive_logs;
+mod bind_mount;
 pub mod config;
 pub mod copies;
 pub mod create;

@@ -135,8 +135,8 @@ pub fn expose_copy(
                 "# A copy exposed read-only by shadowcopy, brought forward to --until.\n",
             );
             let restore_command = recovery::restore_command(archive)?;
-            for (k, v) in std::iter::once(&("restore_command", restore_command))
-                .chain(target_settings.iter())
+            for (k, v) in
+                std::iter::once(&("restore_command", restore_command)).chain(target_settings.iter())
             {
                 conf.push_str(&format!("{k} = '{}'\n", v.replace('\'', "''")));
             }

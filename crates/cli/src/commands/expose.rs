@@ -1,7 +1,8 @@
 //! `shadowcopy expose ID`, `exposed`, `unexpose ID|--all`: a copy opened read-only
-//! beside production (a paused PostgreSQL hot standby on a private socket, a read-only
-//! SQLite file) to look at or pull one thing back from; closed on request or at its TTL.
-//! `extract ID --table T`: exposed, the rows dumped, closed.
+//! beside production (a paused PostgreSQL hot standby, a read-only MariaDB server, a
+//! read-only SQLite file, a read-only bind mount of plain files), at the copy's point or
+//! brought forward `--until` a target, to look at or pull one thing back from; closed on
+//! request or at its TTL. `extract ID --table T`: exposed, the rows dumped, closed.
 
 use std::os::unix::fs::OpenOptionsExt;
 

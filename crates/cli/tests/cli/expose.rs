@@ -476,3 +476,116 @@ fn the_agent_closes_an_exposure_past_its_ttl_without_any_command() {
     let log = std::fs::read_to_string(cli.path("agent.log")).unwrap();
     assert!(log.contains("exposure closed"), "{log}");
 }
+
+/// A copy of plain files is exposed as a read-only bind mount of the copy's directory:
+/// readable as it was, unwritable, the copy untouched; closed (also after the command
+/// that opened it was killed) it is unmounted before anything below it is removed.
+#[test]
+fn a_copy_of_plain_files_is_mounted_read_only_and_unmounted_when_closed() {
+    let test = "a_copy_of_plain_files_is_mounted_read_only_and_unmounted_when_closed";
+    if !shadowcopy_testing::loopfs::require_root(test) {
+        return;
+    }
+    let cli = Cli::new();
+    let data = cli.path("site");
+    std::fs::create_dir_all(data.join("conf")).unwrap();
+    std::fs::write(data.join("conf/app.toml"), "port = 8080\n").unwrap();
+    std::fs::write(data.join("index.html"), "<h1>v1</h1>\n").unwrap();
+    let created = cli.json(&[
+        "create",
+        "--path",
+        data.to_str().unwrap(),
+        "--provider",
+        "copy",
+        "--json",
+    ]);
+    let id = created["id"].as_i64().unwrap().to_string();
+    // Production changes after the copy.
+    std::fs::write(data.join("index.html"), "<h1>v2</h1>\n").unwrap();
+
+    let record = cli.json(&["expose", &id, "--json"]);
+    let (at, pid) = opened(&record);
+    assert_eq!(pid, None);
+    let at = Path::new(&at);
+    assert_eq!(
+        std::fs::read_to_string(at.join("index.html")).unwrap(),
+        "<h1>v1</h1>\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(at.join("conf/app.toml")).unwrap(),
+        "port = 8080\n"
+    );
+    // Read-only even for root.
+    let err = std::fs::write(at.join("index.html"), "x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc_erofs()), "{err}");
+    assert!(std::fs::remove_file(at.join("conf/app.toml")).is_err());
+    let scratch = record["scratch"].as_str().unwrap().to_string();
+    let closed = cli.json(&["unexpose", "--all", "--json"]);
+    assert_eq!(closed.as_array().unwrap().len(), 1, "{closed:#}");
+    assert!(!Path::new(&scratch).exists());
+    assert!(!mounted_below(&scratch));
+    // The copy is whole: restored elsewhere it holds v1.
+    let to = cli.path("restored");
+    cli.ok(&["restore", &id, "--to", to.to_str().unwrap()]);
+    let restored: Vec<_> = walkdir(&to)
+        .into_iter()
+        .filter(|p| p.ends_with("index.html"))
+        .collect();
+    assert_eq!(restored.len(), 1, "{restored:?}");
+    assert_eq!(
+        std::fs::read_to_string(&restored[0]).unwrap(),
+        "<h1>v1</h1>\n"
+    );
+
+    // The command that mounted it killed before it finished: the next command unmounts
+    // (found in the mount table) before it removes the scratch.
+    let record = cli.json(&["expose", &id, "--json"]);
+    let scratch = record["scratch"].as_str().unwrap().to_string();
+    let catalog = rusqlite::Connection::open(cli.catalog.join("catalog.db")).unwrap();
+    catalog
+        .execute(
+            "UPDATE exposures SET state = 'opening', builder_pid = 999999999, exposed = '[]'",
+            [],
+        )
+        .unwrap();
+    drop(catalog);
+    assert!(mounted_below(&scratch));
+    assert!(cli
+        .json(&["exposed", "--json"])
+        .as_array()
+        .unwrap()
+        .is_empty());
+    assert!(!mounted_below(&scratch), "left mounted");
+    assert!(!Path::new(&scratch).exists());
+    assert_eq!(
+        std::fs::read_to_string(data.join("index.html")).unwrap(),
+        "<h1>v2</h1>\n"
+    );
+}
+
+fn libc_erofs() -> i32 {
+    rustix::io::Errno::ROFS.raw_os_error()
+}
+
+fn mounted_below(dir: &str) -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .any(|l| l.split(' ').nth(4).is_some_and(|p| p.starts_with(dir)))
+}
+
+fn walkdir(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}

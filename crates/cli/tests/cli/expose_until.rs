@@ -202,3 +202,96 @@ fn a_socket_directory_of_the_user_s_choosing_holds_the_exposed_copy_s_socket() {
     assert!(!dir.join(format!(".s.PGSQL.{port}.lock")).exists());
     assert!(dir.exists());
 }
+
+#[test]
+fn a_mariadb_copy_is_brought_forward_with_the_binary_logs_and_exposed_on_a_port() {
+    use mysql::prelude::Queryable;
+    use shadowcopy_testing::mariadb::Ledger;
+    let test = "a_mariadb_copy_is_brought_forward_with_the_binary_logs_and_exposed_on_a_port";
+    let cli = Cli::new();
+    let places = tempfile::tempdir().unwrap();
+    let Some(db) = crate::mariadb::server(test, places.path()) else {
+        return;
+    };
+    Ledger::setup(&mut db.connect()).unwrap();
+    db.sql("CREATE USER reader@'%' IDENTIFIED BY 'copy-secret'; GRANT SELECT ON shadowcopy.* TO reader@'%'");
+    let ledger = Ledger::start(&db.opts(), 2, Duration::ZERO);
+    assert!(ledger.wait_for_commits(100, Duration::from_secs(30)));
+    let created = crate::mariadb::create(&cli, &db, &[]);
+    let id = created["id"].as_i64().unwrap().to_string();
+    assert!(ledger.wait_for_commits(ledger.committed() + 100, Duration::from_secs(30)));
+    db.sql("FLUSH BINARY LOGS");
+    assert!(ledger.wait_for_commits(ledger.committed() + 100, Duration::from_secs(30)));
+    // The target: a whole second of the server's clock (binlog events carry seconds);
+    // what was acknowledged before that second began is in, what came a second after
+    // it is not.
+    let asked = Instant::now();
+    let now = db.sql("SELECT DATE_FORMAT(UTC_TIMESTAMP(6), '%Y-%m-%d %H:%i:%s.%f')");
+    let (whole, fraction) = now.trim().split_once('.').unwrap();
+    let fraction = Duration::from_micros(fraction.parse().unwrap());
+    let target = format!("{whole}Z");
+    let second_began = asked - fraction - Duration::from_millis(100);
+    std::thread::sleep(Duration::from_millis(2500));
+    let late_from = Instant::now();
+    assert!(ledger.wait_for_commits(ledger.committed() + 100, Duration::from_secs(30)));
+    let acked_before = ledger.acknowledged_before(second_began);
+    let late: Vec<i64> = {
+        let early = ledger.acknowledged_before(late_from);
+        ledger
+            .acknowledged_before(Instant::now())
+            .into_iter()
+            .filter(|id| !early.contains(id))
+            .collect()
+    };
+    assert!(!late.is_empty());
+
+    let port = free_port();
+    let record = cli.json(&[
+        "expose",
+        &id,
+        "--until",
+        &target,
+        "--port",
+        &port.to_string(),
+        "--json",
+    ]);
+    let exposed = &record["exposed"][0];
+    assert_eq!(exposed["port"], port, "{record:#}");
+    let tcp = |password: Option<&str>| {
+        mysql::Conn::new(
+            mysql::OptsBuilder::new()
+                .ip_or_hostname(Some("127.0.0.1"))
+                .tcp_port(port)
+                .user(Some("reader"))
+                .pass(password),
+        )
+    };
+    assert!(tcp(None).is_err(), "no password, no entry");
+    assert!(tcp(Some("guess")).is_err(), "a wrong password, no entry");
+    let mut conn = tcp(Some("copy-secret")).unwrap();
+    let state = Ledger::check(&mut conn).unwrap();
+    state.verify(&acked_before).unwrap();
+    assert!(state.balanced(), "{state:?}");
+    assert_eq!(
+        state.missing(&late).len(),
+        late.len(),
+        "nothing after the target"
+    );
+    assert!(conn
+        .query_drop("INSERT INTO shadowcopy.ledger (writer, seq, amount) VALUES (0, 0, 0)")
+        .is_err());
+    drop(conn);
+    // extract works over its socket as root while it is open.
+    let csv = cli.ok(&[
+        "extract",
+        &id,
+        "--table",
+        "shadowcopy.ledger",
+        "--format",
+        "csv",
+    ]);
+    assert_eq!(csv.lines().count() - 1, state.ids.len());
+    cli.ok(&["unexpose", "--all"]);
+    let stats = ledger.stop();
+    assert!(stats.errors.is_empty(), "{:?}", stats.errors);
+}
