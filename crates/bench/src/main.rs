@@ -26,6 +26,7 @@
 mod agent;
 mod archive;
 mod common;
+mod expose;
 mod mariadb;
 mod peers;
 mod postgres;
@@ -67,6 +68,8 @@ enum Workload {
     Agent(agent::AgentArgs),
     /// The archive on S3: push, incremental push, restore, bytes and memory, against pgBackRest and restic
     Archive(archive::ArchiveArgs),
+    /// Single-item recovery beside a busy cluster: pgbench's TPS while copies are exposed, extracted from and brought forward
+    Expose(expose::ExposeArgs),
 }
 
 /// Every workload measures on loop file systems; regenerating the peers' report does not.
@@ -92,6 +95,7 @@ fn main() -> ExitCode {
         Workload::Peers(args) => args.tools(),
         Workload::Agent(args) => args.tools(),
         Workload::Archive(args) => args.tools(),
+        Workload::Expose(args) => args.tools(),
     };
     if let Some(missing) = tools.iter().find(|t| !has_tool(t)) {
         eprintln!(
@@ -108,6 +112,7 @@ fn main() -> ExitCode {
         Workload::Peers(args) => peers::bench(args),
         Workload::Agent(args) => agent::bench(args),
         Workload::Archive(args) => archive::bench(args),
+        Workload::Expose(args) => expose::bench(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -145,12 +145,12 @@ struct Run {
 
 /// pgbench's figures over one measurement.
 #[derive(Clone, Debug)]
-struct Bench {
-    tps: f64,
+pub(crate) struct Bench {
+    pub(crate) tps: f64,
     /// Fewest transactions completed in one whole second (first and last second left out).
-    slowest_second: Option<u64>,
+    pub(crate) slowest_second: Option<u64>,
     /// The longest transaction.
-    longest: Option<Duration>,
+    pub(crate) longest: Option<Duration>,
 }
 
 /// The TPS comparison of one provider.
@@ -1081,7 +1081,7 @@ impl Pgbench {
         })
     }
 
-    fn exited(&self) -> bool {
+    pub(crate) fn exited(&self) -> bool {
         // `try_wait` needs `&mut`; /proc tells whether the process still runs.
         fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
             .map(|s| {
@@ -1116,7 +1116,7 @@ impl Pgbench {
     }
 
     /// Waits for a timed run; an error when it failed.
-    fn finish_unlogged(&mut self) -> anyhow::Result<()> {
+    pub(crate) fn finish_unlogged(&mut self) -> anyhow::Result<()> {
         let status = self.child.wait()?;
         ensure!(
             status.success(),
@@ -1127,7 +1127,7 @@ impl Pgbench {
     }
 
     /// Waits for a timed run and reads its TPS and per-second log.
-    fn finish(mut self) -> anyhow::Result<Bench> {
+    pub(crate) fn finish(mut self) -> anyhow::Result<Bench> {
         self.finish_unlogged()?;
         let stdout = fs::read_to_string(self.dir.join("stdout"))?;
         let tps = stdout
@@ -1255,7 +1255,7 @@ pub(crate) fn tail(s: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-fn opt_human(d: Option<Duration>) -> String {
+pub(crate) fn opt_human(d: Option<Duration>) -> String {
     d.map_or("–".into(), human)
 }
 

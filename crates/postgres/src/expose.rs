@@ -11,6 +11,10 @@
 //!   WAL is rarely archived yet, and it is what holds the minutes before a mistake). A
 //!   target the WAL does not reach stops the server ("recovery ended before configured
 //!   recovery target was reached"), and the error names the newest commit the WAL holds.
+//!   A time after that newest commit but not after the moment of asking is reached all
+//!   the same: nothing was committed in between, so the copy opens right after that
+//!   commit (`recovery_target_xid`; PostgreSQL alone cannot tell it reached such a time,
+//!   as it stops only at the first commit past it).
 //! - It listens on a private socket directory, or on the one the user chose, and with
 //!   `--port` also on the loopback address, where the copy's own accounts and password
 //!   hashes are asked for (`md5`, which also takes SCRAM); on the socket the cluster's
@@ -44,7 +48,11 @@ pub enum ExposeError {
     #[error("--until replays WAL after the copy from the set's WAL archive, and this PostgreSQL writer has none; give the set an `archive` (see `shadowcopy pg archive-setup`), or expose the copy at its own point (leave out --until)")]
     NoArchive,
     #[error("--until {until}: the WAL after the copy (in the copy, the set's archive and the live WAL directory) ends before that target, so the copy cannot be brought there; {newest}. Choose a target up to there (`shadowcopy pg log-analysis ID` shows the WAL chain)")]
-    Unreachable { until: String, newest: String },
+    Unreachable {
+        until: String,
+        newest: String,
+        newest_commit: Option<log_analysis::Commit>,
+    },
     #[error("--until {until} is before the copy's consistent point; expose an older copy (`shadowcopy list`) for a target that early")]
     BeforeCopy { until: String },
     #[error("no port in {}..{} is free for a socket in {}; leave out --socket-dir, or give --port", SOCKET_DIR_PORTS.start, SOCKET_DIR_PORTS.end, .0.display())]
@@ -78,16 +86,80 @@ pub fn expose_copy(
     options: &ExposeOptions,
     archive: Option<&Path>,
 ) -> Result<Exposed, BoxError> {
-    let target = match &options.until {
-        Some(until) => {
-            let settings = recovery::target_settings(until)?;
-            if archive.is_none() {
-                return Err(ExposeError::NoArchive.into());
-            }
-            Some((until.clone(), settings))
-        }
-        None => None,
+    let Some(until) = &options.until else {
+        return open(layout, copy, options, archive, None);
     };
+    let settings = recovery::target_settings(until)?;
+    if archive.is_none() {
+        return Err(ExposeError::NoArchive.into());
+    }
+    let asked_at = chrono::Utc::now();
+    let opened = open(layout, copy, options, archive, Some((until, settings)));
+    // A time between the newest commit and now: PostgreSQL cannot tell it reached it (it
+    // stops at the first commit after the target, and there is none yet), but the state
+    // then is the state after that newest commit, which every WAL copied since holds.
+    let newest = match &opened {
+        Err(e) => match e.downcast_ref::<ExposeError>() {
+            Some(ExposeError::Unreachable {
+                newest_commit: Some(c),
+                ..
+            }) => settled_before(until, c, asked_at).then(|| c.clone()),
+            _ => None,
+        },
+        Ok(_) => None,
+    };
+    let Some(commit) = newest else {
+        return opened;
+    };
+    tracing::info!(
+        "--until {until}: no commit after transaction {} ({}); opening the copy right after it",
+        commit.xid,
+        commit.time
+    );
+    let at_commit = vec![
+        ("recovery_target_xid", commit.xid.to_string()),
+        ("recovery_target_inclusive", "on".to_string()),
+    ];
+    open(layout, copy, options, archive, Some((until, at_commit)))
+}
+
+/// Whether `until` (a time with a zone) lies after `commit` and no later than `now`:
+/// nothing was committed between them.
+fn settled_before(
+    until: &str,
+    commit: &log_analysis::Commit,
+    now: chrono::DateTime<chrono::Utc>,
+) -> bool {
+    let (Some(target), Some(committed)) = (parse_time(until), parse_time(&commit.time)) else {
+        return false;
+    };
+    committed <= target && target <= now
+}
+
+/// A time as `--until` and pg_waldump give it, when it names its zone:
+/// `2026-12-07 13:33:04.369778+00`, `…+02:00`, `…Z`, `… UTC`.
+fn parse_time(s: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    let s = s.trim();
+    let s = s
+        .strip_suffix(" UTC")
+        .or_else(|| s.strip_suffix('Z'))
+        .map(|t| format!("{t}+00"))
+        .unwrap_or_else(|| s.to_string());
+    ["%Y-%m-%d %H:%M:%S%.f%#z", "%Y-%m-%dT%H:%M:%S%.f%#z"]
+        .iter()
+        .find_map(|f| chrono::DateTime::parse_from_str(&s, f).ok())
+        .map(|t| t.with_timezone(&chrono::Utc))
+}
+
+/// Builds the sandbox and starts it, paused at the copy's point or at `target` (the
+/// `--until` as given, and its settings).
+fn open(
+    layout: &ClusterLayout,
+    copy: &CopyView,
+    options: &ExposeOptions,
+    archive: Option<&Path>,
+    target: Option<(&String, Vec<(&'static str, String)>)>,
+) -> Result<Exposed, BoxError> {
     let mut sandbox = Sandbox::build_in(layout, copy, Some(&options.scratch))?;
     let owner = files::owner_of(layout);
     let socket_dir = match &options.socket_dir {
@@ -332,29 +404,85 @@ fn stopped(
         };
     }
     if log.contains("recovery ended before configured recovery target was reached") {
-        let newest = match log_analysis::analyze(layout, archive, copy) {
+        let (newest, newest_commit) = match log_analysis::analyze(layout, archive, copy) {
             Ok(a) => match a.roll_forward.newest_commit {
-                Some(c) => format!(
-                    "the newest commit it holds is transaction {} at {} (LSN {})",
-                    c.xid, c.time, c.lsn
+                Some(c) => (
+                    format!(
+                        "the newest commit it holds is transaction {} at {} (LSN {})",
+                        c.xid, c.time, c.lsn
+                    ),
+                    Some(c),
                 ),
-                None => format!(
-                    "it holds no commit after the copy (its last segment is {})",
-                    a.roll_forward
-                        .last_segment
-                        .as_deref()
-                        .unwrap_or("the copy's own")
+                None => (
+                    format!(
+                        "it holds no commit after the copy (its last segment is {})",
+                        a.roll_forward
+                            .last_segment
+                            .as_deref()
+                            .unwrap_or("the copy's own")
+                    ),
+                    None,
                 ),
             },
-            Err(e) => format!("the WAL chain could not be read to say where it ends: {e}"),
+            Err(e) => (
+                format!("the WAL chain could not be read to say where it ends: {e}"),
+                None,
+            ),
         };
         return ExposeError::Unreachable {
             until: until.to_string(),
             newest,
+            newest_commit,
         };
     }
     ExposeError::Stopped {
         until: until.to_string(),
         log: last_lines(&log, 20),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn commit(time: &str) -> log_analysis::Commit {
+        log_analysis::Commit {
+            xid: 7,
+            lsn: "0/1000000".into(),
+            time: time.into(),
+        }
+    }
+
+    #[test]
+    fn times_with_a_zone_are_read_and_without_one_are_not() {
+        let utc = |s| parse_time(s).map(|t| t.to_rfc3339());
+        assert_eq!(
+            utc("2026-12-07 13:33:04.369778+00").as_deref(),
+            Some("2026-12-07T13:33:04.369778+00:00")
+        );
+        assert_eq!(
+            utc("2026-12-07 15:33:04+02:00").as_deref(),
+            Some("2026-12-07T13:33:04+00:00")
+        );
+        assert_eq!(
+            utc("2026-12-07 13:33:03.972494 UTC").as_deref(),
+            Some("2026-12-07T13:33:03.972494+00:00")
+        );
+        assert!(utc("2026-12-07T13:33:04Z").is_some());
+        // The server's own zone would decide: not guessed.
+        assert!(utc("2026-12-07 13:33:04").is_none());
+        assert!(utc("0/3000060").is_none());
+    }
+
+    #[test]
+    fn a_time_after_the_newest_commit_and_not_after_now_is_settled() {
+        let now = parse_time("2026-12-07 13:40:00+00").unwrap();
+        let c = commit("2026-12-07 13:33:03.972494 UTC");
+        assert!(settled_before("2026-12-07 13:35:00+00", &c, now));
+        // In the future: commits may still come.
+        assert!(!settled_before("2026-12-07 13:45:00+00", &c, now));
+        // Before the newest commit: PostgreSQL itself must find it.
+        assert!(!settled_before("2026-12-07 13:30:00+00", &c, now));
+        assert!(!settled_before("2026-12-07 13:35:00", &c, now));
     }
 }

@@ -361,6 +361,8 @@ fn last_commit_in(waldump: &Path, segment: &Path) -> Option<Commit> {
         .arg("--rmgr=Transaction")
         .arg(segment)
         .env("LC_ALL", "C")
+        // Commit times in UTC, whatever this host's zone (`expose --until` compares them).
+        .env("TZ", "UTC")
         .output()
         .ok()?;
     parse_last_commit(&String::from_utf8_lossy(&out.stdout))

@@ -152,6 +152,19 @@ fn a_postgres_copy_is_exposed_at_a_moment_after_it_on_a_port_with_its_own_passwo
     assert!(cluster.is_running());
     let stats = ledger.stop();
     assert!(stats.errors.is_empty(), "{:?}", stats.errors);
+
+    // A moment after the last commit (the load has stopped): nothing was committed
+    // between, so the copy opens right after that commit, holding every row.
+    std::thread::sleep(Duration::from_millis(500));
+    let quiet = cluster.psql(
+        "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'",
+    );
+    let csv = cli.ok(&[
+        "extract", &id, "--until", &quiet, "--table", "ledger", "--format", "csv",
+    ]);
+    let production = Ledger::check(&mut cluster.connect()).unwrap();
+    assert_eq!(csv.lines().count() - 1, production.ids.len());
+    assert!(production.missing(&stats.acknowledged).is_empty());
 }
 
 #[test]
