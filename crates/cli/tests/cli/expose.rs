@@ -350,6 +350,46 @@ fn a_sqlite_copy_is_exposed_as_a_read_only_file_and_cleaned_after_its_ttl() {
         .filter(|e| e.file_name().to_string_lossy().contains("exposed"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // --until and --port do not apply to a file; a deleted copy is gone.
+    let fresh = cli.json(&[
+        "create",
+        "--sqlite",
+        db.to_str().unwrap(),
+        "--provider",
+        "copy",
+        "--json",
+    ]);
+    let fresh = fresh["id"].as_i64().unwrap().to_string();
+    let out = cli.run(&["expose", &fresh, "--until", "2026-01-01 00:00:00+00"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("SQLite keeps no log past a copy"),
+        "{}",
+        describe(&out)
+    );
+    let port = std::net::TcpListener::bind(("127.0.0.1", 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let out = cli.run(&["expose", &fresh, "--port", &port]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("a SQLite copy is a file"),
+        "{}",
+        describe(&out)
+    );
+    cli.ok(&["delete", &fresh]);
+    let out = cli.run(&["expose", &fresh]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(stderr(&out).contains(&fresh), "{}", describe(&out));
+    assert!(cli
+        .json(&["exposed", "--json"])
+        .as_array()
+        .unwrap()
+        .is_empty());
 }
 
 #[test]
