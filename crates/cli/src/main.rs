@@ -109,6 +109,8 @@ enum Command {
     Providers(commands::providers::ProvidersArgs),
     /// PostgreSQL: WAL archive commands for archive_command/restore_command, setup
     Pg(commands::pg::PgArgs),
+    /// MariaDB: the binary log chain after a copy (log-analysis)
+    Mariadb(commands::mariadb::MariadbArgs),
     /// Run the configured sets on their schedules (copy, prune, verify) until stopped, with
     /// an API on a unix socket; `agent status` asks the running agent what it is doing
     Agent(commands::agent::AgentArgs),
@@ -137,6 +139,7 @@ impl Command {
             Command::Writers(a) => a.json,
             Command::Providers(a) => a.json,
             Command::Pg(a) => a.json(),
+            Command::Mariadb(a) => a.json(),
             Command::Agent(a) => a.json(),
             Command::Jobs(a) => a.json,
             Command::Archive(a) => a.json,
@@ -193,6 +196,7 @@ fn main() -> ExitCode {
         Command::Writers(a) => commands::writers::run(g, a),
         Command::Providers(a) => commands::providers::run(g, a),
         Command::Pg(a) => commands::pg::run(g, a),
+        Command::Mariadb(a) => commands::mariadb::run(g, a),
         Command::Agent(a) => commands::agent::run(g, a),
         Command::Jobs(a) => commands::agent::jobs(g, a),
         Command::Archive(a) => commands::archive::run(g, a),

@@ -69,7 +69,8 @@ impl Engine {
     }
 
     /// Opens the catalog, which must exist, read-only: nothing is written, and it works
-    /// on a full file system (`list`, `show`, `pg log-analysis`, `delete --dry-run`).
+    /// on a full file system (`list`, `show`, `pg log-analysis`, `mariadb log-analysis`,
+    /// `delete --dry-run`).
     pub fn open_catalog_read_only(&self) -> anyhow::Result<Catalog> {
         Ok(Catalog::open_read_only(&self.catalog_dir)?)
     }

@@ -15,6 +15,7 @@ pub mod engine;
 pub mod error;
 pub mod expose;
 pub mod inspect;
+pub mod mariadb;
 pub mod postgres;
 pub mod progress;
 pub mod restore;

@@ -7,6 +7,7 @@ pub mod create;
 pub mod delete;
 pub mod expose;
 pub mod list;
+pub mod mariadb;
 pub mod pg;
 pub mod providers;
 pub mod quickstart;

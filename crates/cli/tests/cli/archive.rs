@@ -808,6 +808,16 @@ fn a_mariadb_host_lost_with_its_binary_logs_rolls_forward_from_the_archive() {
     db.sql("FLUSH BINARY LOGS");
     run(&["archive", "push", &b_id, "--json"]);
     run(&["archive", "push-logs", "--set", &set, "--json"]);
+    // Log analysis tells how far the archive holds them (the catalog's record).
+    let analysis = run(&["mariadb", "log-analysis", &b_id, "--json"]);
+    let now = binlogs();
+    assert_eq!(
+        analysis["archive"],
+        serde_json::json!({"url": format!("file://{}", repo.display()),
+            "through": now[now.len() - 2], "error": null}),
+        "{analysis:#}"
+    );
+    assert_eq!(analysis["roll_forward"]["ends"]["kind"], "end-of-log");
 
     // The host is lost: the data directory, the binary logs with their index, and the
     // catalog with every local copy. The empty binlog directory is there again.

@@ -276,6 +276,7 @@ fn commands_other_than_create_need_an_existing_catalog_and_make_none() {
         &["delete", "1"][..],
         &["delete", "--older-than", "1d", "--dry-run"][..],
         &["pg", "log-analysis", "1"][..],
+        &["mariadb", "log-analysis", "1"][..],
     ] {
         let out = cli.run(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", describe(&out));

@@ -4,7 +4,8 @@
 //! back the copy's state and nothing later; `--until` stops the replay where it is told;
 //! binlog truncation keeps what kept copies need; abort paths (server killed mid-set,
 //! coordinator killed while frozen, deadline) leave the server writable and nothing
-//! half-listed.
+//! half-listed; `mariadb log-analysis` follows the binary logs after a copy and stops
+//! its roll-forward reach at a hole.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -540,4 +541,191 @@ fn mariadb_config_set_and_writers_report_the_server() {
     );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("mariadb-check"), "{text}");
+}
+
+/// Waits for `commits` more commits of the load, then closes the binary log, `n` times.
+fn rotate_under_load(db: &MariaDbInstance, ledger: &Ledger, n: usize, commits: usize) {
+    for _ in 0..n {
+        let target = ledger.committed() + commits;
+        assert!(ledger.wait_for_commits(target, Duration::from_secs(20)));
+        db.sql("FLUSH BINARY LOGS");
+    }
+}
+
+/// The binary logs and the index, as bytes: what log-analysis must not change.
+fn binlog_state(db: &MariaDbInstance) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut state: Vec<(PathBuf, Vec<u8>)> = std::fs::read_dir(db.binlog_dir().unwrap())
+        .unwrap()
+        .map(|e| {
+            let p = e.unwrap().path();
+            let bytes = std::fs::read(&p).unwrap();
+            (p, bytes)
+        })
+        .collect();
+    state.sort();
+    state
+}
+
+#[test]
+fn mariadb_log_analysis_follows_the_binlogs_after_a_copy_and_stops_at_a_hole() {
+    let cli = Cli::new();
+    let places = tempfile::tempdir().unwrap();
+    let Some(db) = server("mariadb_log_analysis", places.path()) else {
+        return;
+    };
+    Ledger::setup(&mut db.connect()).unwrap();
+    let ledger = Ledger::start(&db.opts(), 2, Duration::ZERO);
+    rotate_under_load(&db, &ledger, 2, 20);
+    let created = create(&cli, &db, &[]);
+    let id = created["id"].as_i64().unwrap().to_string();
+    rotate_under_load(&db, &ledger, 3, 20);
+    assert!(ledger.wait_for_commits(ledger.committed() + 20, Duration::from_secs(20)));
+    let stats = ledger.stop();
+    assert!(stats.error_count == 0, "{:?}", stats.errors);
+    let newest = db
+        .sql("SHOW MASTER STATUS")
+        .split('\t')
+        .next()
+        .unwrap()
+        .to_string();
+    let newest_gtid = db.sql("SELECT @@gtid_binlog_pos");
+    let seq = |gtid: &str| gtid.rsplit('-').next().unwrap().parse::<u64>().unwrap();
+    let number = |name: &str| name.rsplit_once('.').unwrap().1.parse::<u64>().unwrap();
+
+    let before = binlog_state(&db);
+    let a = cli.json(&["mariadb", "log-analysis", &id, "--json"]);
+    let human = cli.ok(&["mariadb", "log-analysis", &id]);
+    assert!(binlog_state(&db) == before, "log-analysis wrote nothing");
+    eprintln!("{a:#}\n{human}");
+
+    // The copy's file and the three after it, every one in the index, no hole.
+    let start = a["copy"]["file"].as_str().unwrap().to_string();
+    let files: Vec<&str> = a["live"]["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    let expected: Vec<String> = (number(&start)..=number(&newest))
+        .map(|n| format!("{BINLOG_BASENAME}.{n:06}"))
+        .collect();
+    assert_eq!(files, expected, "{a:#}");
+    assert_eq!(files.len(), 4, "{a:#}");
+    assert_eq!(a["live"]["files"][0]["from"], a["copy"]["position"]);
+    assert_eq!(a["in_copy"][0]["name"], start.as_str(), "{a:#}");
+    assert_eq!(a["holes"], serde_json::json!([]), "{a:#}");
+    assert_eq!(a["purged"], serde_json::json!([]), "{a:#}");
+    assert_eq!(a["archive"], serde_json::Value::Null);
+    // Point in time: the copy's own position; roll-forward: the newest transaction.
+    let copy_gtid = a["point_in_time"]["gtid"].as_str().unwrap();
+    assert_eq!(a["point_in_time"]["file"], start.as_str());
+    let rf = &a["roll_forward"];
+    assert_eq!(rf["ends"]["kind"], "end-of-log", "{a:#}");
+    assert_eq!(rf["files"], 4);
+    assert_eq!(rf["last_file"], newest.as_str());
+    assert_eq!(rf["without_until"], "reaches");
+    assert_eq!(rf["until"], serde_json::Value::Null);
+    assert_eq!(
+        rf["last_transaction"]["gtid"],
+        newest_gtid.as_str(),
+        "{a:#}"
+    );
+    assert!(rf["last_transaction"]["time"]
+        .as_str()
+        .unwrap()
+        .ends_with(" UTC"));
+    assert_eq!(
+        rf["transactions"].as_u64().unwrap(),
+        seq(&newest_gtid) - seq(copy_gtid),
+        "every transaction after the copy is in the chain: {a:#}"
+    );
+    assert!(
+        human.contains("no holes") && human.contains(&newest_gtid),
+        "{human}"
+    );
+
+    // A binary log removed from the middle: a hole, purged from the index's view, and
+    // roll-forward stops before it.
+    let victim = expected[1].clone();
+    std::fs::remove_file(db.binlog_dir().unwrap().join(&victim)).unwrap();
+    let a = cli.json(&["mariadb", "log-analysis", &id, "--json"]);
+    let human = cli.ok(&["mariadb", "log-analysis", &id]);
+    eprintln!("{a:#}\n{human}");
+    assert_eq!(
+        a["holes"],
+        serde_json::json!([{"first": victim, "last": victim, "files": 1,
+            "named_in_index": 1, "maybe_in_archive": false}]),
+        "{a:#}"
+    );
+    assert_eq!(a["purged"], serde_json::json!([victim]));
+    let rf = &a["roll_forward"];
+    assert_eq!(
+        rf["ends"],
+        serde_json::json!({"kind": "missing", "file": victim})
+    );
+    assert_eq!(rf["files"], 1);
+    assert_eq!(rf["last_file"], start.as_str());
+    assert_eq!(rf["unreachable_files"], 2);
+    assert_eq!(rf["without_until"], "refused");
+    let first = &a["live"]["files"][0];
+    assert_eq!(rf["last_transaction"]["gtid"], first["last_gtid"]);
+    assert!(
+        seq(rf["last_transaction"]["gtid"].as_str().unwrap()) > seq(copy_gtid),
+        "roll-forward still reaches past the copy: {a:#}"
+    );
+    assert_eq!(
+        rf["until"],
+        format!("{start}:{}", first["end_position"]).as_str()
+    );
+    assert!(
+        human.contains("HOLE") && human.contains(&victim) && human.contains("--until"),
+        "{human}"
+    );
+
+    // What the report says of a restore holds: refused as it is, done with the --until.
+    db.stop();
+    let out = cli.run(&["restore", &id, "--mode", "roll-forward"]);
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert!(stderr(&out).contains(&victim), "{}", describe(&out));
+    let until = rf["until"].as_str().unwrap();
+    let out = cli.run(&[
+        "restore",
+        &id,
+        "--mode",
+        "roll-forward",
+        "--until",
+        until,
+        "--json",
+    ]);
+    assert!(out.status.success(), "--until {until}: {}", describe(&out));
+    let restored: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    db.start();
+    let state = Ledger::check(&mut db.connect()).unwrap();
+    assert!(state.balanced(), "{state:?}");
+
+    // Clear refusals, exit 2: an unknown copy, a copy of no MariaDB server, a copy
+    // without a binlog position.
+    let refused = |id: &str, says: &str| {
+        let out = cli.run(&["mariadb", "log-analysis", id]);
+        assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+        assert!(stderr(&out).contains(says), "{}", describe(&out));
+        assert!(out.stdout.is_empty(), "{}", describe(&out));
+    };
+    refused("999", "999");
+    cli.bank("bank.db", 0);
+    let sqlite = cli.json(&[
+        "create",
+        "--sqlite",
+        "bank.db",
+        "--provider",
+        "copy",
+        "--json",
+    ]);
+    refused(
+        &sqlite["id"].as_i64().unwrap().to_string(),
+        "holds no MariaDB server",
+    );
+    // The pre-restore copy (the state the restore replaced) has no binlog position.
+    let pre_restore = restored["pre_restore"].as_i64().unwrap().to_string();
+    refused(&pre_restore, "holds no binlog position");
 }
