@@ -177,11 +177,10 @@ pub enum ChainEnd {
 pub enum PlainRestore {
     /// It replays exactly this chain.
     Reaches,
-    /// It refuses: a file the index names is missing (or the index cannot be read).
+    /// It refuses: a file the index names is missing, the index skips the file where
+    /// the chain breaks and names later ones (replaying those without it would apply
+    /// transactions whose predecessors are lost), or the index cannot be read.
     Refused,
-    /// The index skips the file where the chain breaks and names later ones: it would
-    /// replay those without it.
-    ReplaysPastTheBreak,
 }
 
 /// What a roll-forward restore reaches.
@@ -564,10 +563,8 @@ fn chain(
             .values()
             .any(|k| k.number >= break_at && k.in_index && k.size.is_none() == gone)
     };
-    let without_until = if !index_read || listed_after(true) {
+    let without_until = if !index_read || listed_after(true) || listed_after(false) {
         PlainRestore::Refused
-    } else if listed_after(false) {
-        PlainRestore::ReplaysPastTheBreak
     } else {
         PlainRestore::Reaches
     };
@@ -1036,8 +1033,8 @@ DELIMITER ;
         assert_eq!(c.reachable, [3]);
         assert_eq!(
             c.without_until,
-            PlainRestore::ReplaysPastTheBreak,
-            "the index names no missing file, and names 5 after the hole"
+            PlainRestore::Refused,
+            "the index names no missing file, but names 5 after the hole"
         );
     }
 
@@ -1071,7 +1068,7 @@ DELIMITER ;
         assert_eq!(c.unlisted, ["mariadb-bin.000004"]);
         assert_eq!(
             c.without_until,
-            PlainRestore::ReplaysPastTheBreak,
+            PlainRestore::Refused,
             "the index goes on to 5"
         );
         // No index: files are listed, nothing is reachable.

@@ -39,6 +39,12 @@ pub enum ReplayError {
     },
     #[error("--until names {0}, which is not a live binary log at or after the copy's")]
     UntilNotFound(String),
+    #[error("the binary log {missing} is {why}, and the logs after it cannot be replayed without it (their transactions build on its); replay up to the end of {last} with `--until {last}:<its size>` (`shadowcopy mariadb log-analysis ID` prints it), or find {missing}")]
+    Break {
+        missing: String,
+        why: &'static str,
+        last: String,
+    },
     #[error("the copy holds {}, a link to a table file outside the data directory; roll-forward cannot replay into it", .0.display())]
     LinkedTable(PathBuf),
     #[error("the copy's file {} is outside the server's data directories; it cannot be replayed into", .0.display())]
@@ -131,9 +137,34 @@ pub(crate) fn logs_from(
             .ok_or_else(|| ReplayError::UntilNotFound(file.clone()))?;
         logs.truncate(end + 1);
     }
-    for l in &logs {
+    let name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned());
+    for (i, l) in logs.iter().enumerate() {
+        if i > 0 {
+            // The index may skip a number (a file removed from it and from the disk):
+            // replaying the later logs without it would apply transactions whose
+            // predecessors are lost.
+            let prev = name(&logs[i - 1]).unwrap_or_default();
+            let expected = crate::position::binlog_number(&prev)
+                .map(|(base, n)| format!("{base}.{:06}", n + 1));
+            if let Some(expected) = expected {
+                if name(l).as_deref() != Some(expected.as_str()) {
+                    return Err(ReplayError::Break {
+                        missing: expected,
+                        why: "not in the binlog index",
+                        last: prev,
+                    });
+                }
+            }
+        }
         if !l.is_file() {
-            return Err(gone(format!("{} is missing", l.display())));
+            if i == 0 {
+                return Err(gone(format!("{} is missing", l.display())));
+            }
+            return Err(ReplayError::Break {
+                missing: name(l).unwrap_or_default(),
+                why: "missing from its directory",
+                last: name(&logs[i - 1]).unwrap_or_default(),
+            });
         }
     }
     Ok(logs)

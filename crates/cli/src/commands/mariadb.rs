@@ -237,10 +237,7 @@ fn print_analysis(id: i64, a: &LogAnalysis) {
     match rf.without_until {
         PlainRestore::Reaches => {}
         PlainRestore::Refused => println!(
-            "                 restore --mode roll-forward refuses while a binary log the index names is missing (or the index is unreadable){until}"
-        ),
-        PlainRestore::ReplaysPastTheBreak => println!(
-            "                 WARNING: the index skips the break and names later binary logs: restore --mode roll-forward would replay those without it{until}"
+            "                 restore --mode roll-forward refuses to replay past the break (or without a readable index){until}"
         ),
     }
 }

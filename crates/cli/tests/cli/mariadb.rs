@@ -687,6 +687,26 @@ fn mariadb_log_analysis_follows_the_binlogs_after_a_copy_and_stops_at_a_hole() {
     let out = cli.run(&["restore", &id, "--mode", "roll-forward"]);
     assert!(!out.status.success(), "{}", describe(&out));
     assert!(stderr(&out).contains(&victim), "{}", describe(&out));
+    // The index rewritten without it (removed from both): still refused, never replayed
+    // past the missing log.
+    let index = db.binlog_index().unwrap();
+    let listed = std::fs::read_to_string(&index).unwrap();
+    let without: String = listed
+        .lines()
+        .filter(|l| !l.ends_with(victim.as_str()))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&index, &without).unwrap();
+    let out = cli.run(&["restore", &id, "--mode", "roll-forward"]);
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains(&format!("{victim} is not in the binlog index")),
+        "{}",
+        describe(&out)
+    );
+    let a = cli.json(&["mariadb", "log-analysis", &id, "--json"]);
+    assert_eq!(a["roll_forward"]["without_until"], "refused", "{a:#}");
+    std::fs::write(&index, &listed).unwrap();
     let until = rf["until"].as_str().unwrap();
     let out = cli.run(&[
         "restore",
