@@ -56,7 +56,13 @@ pub fn expose_copy(
                 .start()
                 .ok_or_else(|| ExposeError::NoPosition("it names no binlog file".into()))?;
             let logs = replay::logs_from(layout, binlog, file, Some(until))?;
-            check_reachable(&logs, until)?;
+            check_reachable(
+                layout,
+                copy,
+                &logs,
+                until,
+                options.until.as_deref().unwrap_or(""),
+            )?;
             Some((logs, pos, until))
         }
         None => None,
@@ -117,22 +123,132 @@ fn copy_position(copy: &CopyView, layout: &ServerLayout) -> Result<BinlogPositio
     BinlogPosition::parse(&text).map_err(|e| ExposeError::NoPosition(e.to_string()))
 }
 
-/// A binlog position past the end of its file is refused before anything is built.
-/// (A time or GTID past the logs is found by reading them: see `log_analysis.rs`.)
-fn check_reachable(logs: &[std::path::PathBuf], until: &Until) -> Result<(), ExposeError> {
-    if let Until::Position { file, position } = until {
-        let last = logs.last().map(Path::new);
-        let size = last
-            .and_then(|l| std::fs::metadata(l).ok())
-            .map(|m| m.len());
-        if let (Some(last), Some(size)) = (last, size) {
-            if *position > size {
-                return Err(ExposeError::Unreachable {
-                    until: format!("{file}:{position}"),
-                    newest: format!("{} ends at position {size}", last.display()),
-                });
+/// A target past the binary logs there are is refused before anything is built: a
+/// binlog position past the end of its file, a time still to come, a GTID beyond the
+/// newest of its domain (the newest transaction, from `log_analysis`, is named). A time
+/// between the newest transaction and now is reached: nothing happened in between.
+fn check_reachable(
+    layout: &ServerLayout,
+    copy: &CopyView,
+    logs: &[std::path::PathBuf],
+    until: &Until,
+    given: &str,
+) -> Result<(), BoxError> {
+    let unreachable = |newest: String| ExposeError::Unreachable {
+        until: given.to_string(),
+        newest,
+    };
+    let newest = || -> String {
+        match crate::log_analysis::analyze(layout, copy, None) {
+            Ok(a) => match a.roll_forward.last_transaction {
+                Some(t) => format!(
+                    "the newest transaction is GTID {} at {}, ending at {}:{}",
+                    t.gtid.as_deref().unwrap_or("?"),
+                    t.time.as_deref().unwrap_or("?"),
+                    t.file,
+                    t.end_position.map_or("?".into(), |p| p.to_string())
+                ),
+                None => "no transaction follows the copy".into(),
+            },
+            Err(e) => format!("the binary logs could not be read to say where they end: {e}"),
+        }
+    };
+    match until {
+        Until::Position { file, position } => {
+            let last = logs.last().map(Path::new);
+            let size = last
+                .and_then(|l| std::fs::metadata(l).ok())
+                .map(|m| m.len());
+            if let (Some(last), Some(size)) = (last, size) {
+                if *position > size {
+                    return Err(unreachable(format!(
+                        "{} ends at position {size} ({file})",
+                        last.display()
+                    ))
+                    .into());
+                }
+            }
+        }
+        Until::Time { datetime, tz } => {
+            if let Some(at) = utc_of(datetime, tz.as_deref()) {
+                if at > chrono::Utc::now() {
+                    return Err(
+                        unreachable(format!("that time is still to come; {}", newest())).into(),
+                    );
+                }
+            }
+        }
+        Until::Gtid(g) => {
+            let a = crate::log_analysis::analyze(layout, copy, None)?;
+            let last = a.roll_forward.last_transaction.and_then(|t| t.gtid);
+            if let (Some(target), Some(last)) = (gtid(g), last.as_deref().and_then(gtid)) {
+                if target.0 == last.0 && target.2 > last.2 {
+                    return Err(unreachable(newest()).into());
+                }
             }
         }
     }
     Ok(())
+}
+
+/// `domain-server-sequence` of a single GTID.
+fn gtid(g: &str) -> Option<(u64, u64, u64)> {
+    let mut parts = g.trim().split('-').map(|p| p.parse::<u64>().ok());
+    Some((parts.next()??, parts.next()??, parts.next()??))
+}
+
+/// The instant `datetime` names in `tz` (the POSIX zone `Until` keeps: `UTC0`,
+/// `UTC-02:00` for two hours east), or in this host's zone without one.
+fn utc_of(datetime: &str, tz: Option<&str>) -> Option<chrono::DateTime<chrono::Utc>> {
+    use chrono::TimeZone;
+    let naive = chrono::NaiveDateTime::parse_from_str(datetime, "%Y-%m-%d %H:%M:%S%.f").ok()?;
+    match tz {
+        None => chrono::Local
+            .from_local_datetime(&naive)
+            .earliest()
+            .map(|t| t.with_timezone(&chrono::Utc)),
+        Some(tz) => {
+            let rest = tz.strip_prefix("UTC")?;
+            let west = match rest.as_bytes().first() {
+                None | Some(b'0') => 0,
+                Some(b'+') | Some(b'-') => {
+                    let (h, m) = rest[1..].split_once(':')?;
+                    let secs = h.parse::<i64>().ok()? * 3600 + m.parse::<i64>().ok()? * 60;
+                    if rest.starts_with('+') {
+                        secs
+                    } else {
+                        -secs
+                    }
+                }
+                _ => return None,
+            };
+            // POSIX counts west of UTC as positive: local + west = UTC.
+            Some(naive.and_utc() + chrono::Duration::seconds(west))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn until_times_are_read_in_their_zone() {
+        let at = |d, tz| utc_of(d, tz).map(|t| t.to_rfc3339());
+        assert_eq!(
+            at("2026-12-07 13:00:00", Some("UTC0")).as_deref(),
+            Some("2026-12-07T13:00:00+00:00")
+        );
+        assert_eq!(
+            at("2026-12-07 15:00:00.5", Some("UTC-02:00")).as_deref(),
+            Some("2026-12-07T13:00:00.500+00:00")
+        );
+        assert_eq!(
+            at("2026-12-07 07:30:00", Some("UTC+05:30")).as_deref(),
+            Some("2026-12-07T13:00:00+00:00")
+        );
+        assert!(at("2026-12-07 13:00:00", None).is_some());
+        assert_eq!(gtid("0-1-42"), Some((0, 1, 42)));
+        assert_eq!(gtid("0-1"), None);
+    }
 }

@@ -258,6 +258,24 @@ fn a_mariadb_copy_is_brought_forward_with_the_binary_logs_and_exposed_on_a_port(
     };
     assert!(!late.is_empty());
 
+    // Targets past the binary logs: refused before anything is built, naming the newest
+    // transaction.
+    for beyond in ["0-1-999999999", "2999-01-01 00:00:00Z"] {
+        let out = cli.run(&["expose", &id, "--until", beyond]);
+        assert!(!out.status.success(), "{}", describe(&out));
+        assert!(
+            stderr(&out).contains("past the binary logs there are")
+                && stderr(&out).contains("the newest transaction is GTID"),
+            "{}",
+            describe(&out)
+        );
+    }
+    assert!(cli
+        .json(&["exposed", "--json"])
+        .as_array()
+        .unwrap()
+        .is_empty());
+
     let port = free_port();
     let record = cli.json(&[
         "expose",
