@@ -198,6 +198,10 @@ impl Engine {
         };
         let mut exposed: Vec<Exposed> = Vec::new();
         let mut failure = None;
+        // Built and served at background priority, as a verification is: the clone, the
+        // recovery, a replay to --until and the server left running (it inherits it)
+        // take what production leaves.
+        let _background = shadowcopy_core::priority::background();
         for writer in copy.spec.build_writers() {
             match writer.expose(&view, &options) {
                 Ok(Some(mut e)) => {
