@@ -154,6 +154,7 @@ mod tests {
             connect: "psql ...".into(),
             pid: Some(42),
             port: Some(5433),
+            private_dir: Some("/tmp/shadowcopy-pg-x".into()),
             writer: "postgres:x".into(),
         };
         catalog

@@ -251,6 +251,8 @@ impl Journal for FakeJournal {
 pub enum Act {
     Fail,
     Panic,
+    /// Fails as only a busy moment ([`crate::error::Transient`]).
+    Busy,
 }
 
 /// A writer of one file (its component) that logs every call as `NAME.method`.
@@ -288,6 +290,12 @@ impl FakeWriter {
         self
     }
 
+    /// `method` fails as a busy moment ([`crate::error::Transient`]).
+    pub fn busy_at(mut self, method: &'static str) -> Self {
+        self.at = Some((method, Act::Busy));
+        self
+    }
+
     /// `freeze` takes this long (and then succeeds).
     pub fn sleep_in_freeze(mut self, d: Duration) -> Self {
         self.freeze_sleep = d;
@@ -321,6 +329,10 @@ impl FakeWriter {
             Some((m, Act::Panic)) if m == method => {
                 panic!("injected panic in {}.{method}", self.name)
             }
+            Some((m, Act::Busy)) if m == method => Err(crate::error::Transient::boxed(format!(
+                "injected busy moment in {}.{method}",
+                self.name
+            ))),
             _ => Ok(()),
         }
     }

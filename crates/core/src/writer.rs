@@ -212,6 +212,10 @@ pub struct Exposed {
     /// The port it listens on (on loopback with `--port`, else only its socket's name).
     #[serde(default)]
     pub port: Option<u16>,
+    /// A private directory of its own (socket, logs) outside the scratch, removed when
+    /// the exposure closes; never a directory the user chose.
+    #[serde(default)]
+    pub private_dir: Option<PathBuf>,
     /// The writer that opened it (its `name()`), which extracts from it.
     #[serde(default)]
     pub writer: String,

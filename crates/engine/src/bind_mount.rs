@@ -48,8 +48,10 @@ pub fn unmount_below(dir: &Path) -> anyhow::Result<()> {
     let mut points = mounts_below(dir);
     points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
     for p in points {
-        unmount(&p, UnmountFlags::empty())
-            .or_else(|_| unmount(&p, UnmountFlags::DETACH))
+        // Never through a link: a directory below the scratch that its owner swapped for
+        // a link must not take root's unmount elsewhere.
+        unmount(&p, UnmountFlags::NOFOLLOW)
+            .or_else(|_| unmount(&p, UnmountFlags::NOFOLLOW | UnmountFlags::DETACH))
             .map_err(|e| anyhow::anyhow!("cannot unmount {}: {e}", p.display()))?;
     }
     Ok(())

@@ -190,6 +190,11 @@ fn create_copy(
                 events.warning(&line);
                 refused.push(line);
             }
+            Err(e) if Transient::in_chain(causes(&e)) => {
+                return Err(anyhow::Error::from(e).context(format!(
+                    "each of {CREATE_ATTEMPTS} attempts was discarded as busy; try again later"
+                )))
+            }
             Err(e) => return Err(e.into()),
         }
     }

@@ -221,7 +221,28 @@ impl Engine {
         }
         if failure.is_none() && exposed.is_empty() {
             // Plain files: the copy's directories, mounted read-only in the scratch.
-            match mount_plain_roots(&copy.spec.data_paths(), &view, &scratch) {
+            let asked = [
+                ("--until", request.until.is_some()),
+                ("--port", request.port.is_some()),
+                ("--socket-dir", request.socket_dir.is_some()),
+            ];
+            let given: Vec<&str> = asked
+                .iter()
+                .filter(|(_, on)| *on)
+                .map(|(n, _)| *n)
+                .collect();
+            let mounted = if given.is_empty() {
+                mount_plain_roots(&copy.spec.data_paths(), &view, &scratch)
+            } else {
+                Err(UsageError::new(format!(
+                    "copy {id} of set `{}` holds plain files, which are mounted read-only as \
+                     they were: {} do not apply; leave them out",
+                    copy.summary.set,
+                    given.join(", ")
+                ))
+                .into())
+            };
+            match mounted {
                 Ok(mounted) if mounted.is_empty() => {
                     failure = Some(
                         UsageError::new(format!(
@@ -413,10 +434,19 @@ fn close(catalog: &Catalog, record: &ExposureRecord) -> anyhow::Result<()> {
             stop(pid);
         }
         remove_left_socket(e);
-        // A server's run directory (its socket: unix socket paths are short) in the
-        // temp directory rather than the scratch: the address, or the socket's parent.
+        // A server's private run directory (its socket: unix socket paths are short) in
+        // the temp directory rather than the scratch, as the writer recorded it; an
+        // exposure recorded before that field (never one with --socket-dir) by its
+        // address, or the socket's parent.
         let address = Path::new(&e.address);
-        for dir in [Some(address), address.parent()].into_iter().flatten() {
+        let candidates: Vec<&Path> = match &e.private_dir {
+            Some(dir) => vec![dir.as_path()],
+            None => [Some(address), address.parent()]
+                .into_iter()
+                .flatten()
+                .collect(),
+        };
+        for dir in candidates {
             let ours = dir.parent() == Some(std::env::temp_dir().as_path())
                 && dir.file_name().is_some_and(|n| {
                     let n = n.to_string_lossy();
@@ -486,6 +516,7 @@ fn mount_plain_roots(
             ),
             pid: None,
             port: None,
+            private_dir: None,
             writer: "files".into(),
         });
     }
@@ -504,7 +535,7 @@ fn remove_left_socket(e: &Exposed) {
         let n = n.to_string_lossy();
         n.starts_with("shadowcopy-expose-") && n.ends_with(".sock")
     });
-    if ours && is_socket(address) {
+    if ours && e.pid.is_none_or(|pid| !running(pid)) && is_socket(address) {
         let _ = std::fs::remove_file(address);
     }
     if let (Some(port), Some(pid)) = (e.port, e.pid) {

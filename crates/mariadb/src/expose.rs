@@ -30,6 +30,8 @@ pub enum ExposeError {
     NoBinlog,
     #[error("--until replays the binary logs from the copy's position, and the copy holds no readable {POSITION_FILE} ({0}); expose it at its own point (leave out --until)")]
     NoPosition(String),
+    #[error("--until {until} is before the copy ({copy}): a copy only goes forward; expose an older copy (`shadowcopy list`) for a target that early")]
+    BeforeCopy { until: String, copy: String },
     #[error("--until {until} is past the binary logs there are: {newest}. Choose a target up to there (`shadowcopy mariadb log-analysis ID` shows the chain)")]
     Unreachable { until: String, newest: String },
 }
@@ -55,14 +57,10 @@ pub fn expose_copy(
             let (file, pos) = position
                 .start()
                 .ok_or_else(|| ExposeError::NoPosition("it names no binlog file".into()))?;
+            let given = options.until.as_deref().unwrap_or("");
+            check_after_copy(&position, until, given)?;
             let logs = replay::logs_from(layout, binlog, file, Some(until))?;
-            check_reachable(
-                layout,
-                copy,
-                &logs,
-                until,
-                options.until.as_deref().unwrap_or(""),
-            )?;
+            check_reachable(layout, copy, &logs, until, given)?;
             Some((logs, pos, until))
         }
         None => None,
@@ -78,10 +76,17 @@ pub fn expose_copy(
         replay::replay(&recovery, &logs, pos, Some(until))?;
     }
     recovery.stop(STOP_LIMIT)?;
+    // Named after the exposure's scratch directory, unique among exposures.
+    let unique = options
+        .scratch
+        .file_name()
+        .map(|n| n.to_string_lossy().trim_start_matches('.').to_string())
+        .unwrap_or_else(|| std::process::id().to_string());
     let socket = options
         .socket_dir
         .as_ref()
-        .map(|d| d.join(format!("shadowcopy-expose-{}.sock", std::process::id())));
+        .map(|d| d.join(format!("shadowcopy-expose-{unique}.sock")));
+    let checked = options.port.is_some() || options.socket_dir.is_some();
     let server = TempServer::start_with(
         layout,
         &dirs,
@@ -94,10 +99,15 @@ pub fn expose_copy(
     )?;
     let pid = server.pid();
     let socket = server.socket.clone();
+    let private_dir = server.run_dir().to_path_buf();
     server.keep();
     let connect = match options.port {
         Some(port) => format!(
             "mariadb --no-defaults --host=127.0.0.1 --port={port} --user=USER -p  (the copy's own accounts and passwords; as root on this host: mariadb --no-defaults --socket={})",
+            shell_quote(&socket)
+        ),
+        None if checked => format!(
+            "mariadb --no-defaults --socket={} --user=root  (the copy's own accounts: root by unix_socket where the copy allows it)",
             shell_quote(&socket)
         ),
         None => format!(
@@ -110,6 +120,7 @@ pub fn expose_copy(
         connect,
         pid,
         port: options.port,
+        private_dir: Some(private_dir),
         writer: String::new(),
     })
 }
@@ -184,6 +195,59 @@ fn check_reachable(
             if let (Some(target), Some(last)) = (gtid(g), last.as_deref().and_then(gtid)) {
                 if target.0 == last.0 && target.2 > last.2 {
                     return Err(unreachable(newest()).into());
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A target before the copy's own position is refused: replaying from the copy would
+/// reach nothing, and the copy would open at its own point as if it were the target.
+fn check_after_copy(
+    position: &BinlogPosition,
+    until: &Until,
+    given: &str,
+) -> Result<(), ExposeError> {
+    let before = |copy: String| ExposeError::BeforeCopy {
+        until: given.to_string(),
+        copy,
+    };
+    match until {
+        Until::Position {
+            file,
+            position: pos,
+        } => {
+            if let Some((copy_file, copy_pos)) = position.start() {
+                if file == copy_file && *pos < copy_pos {
+                    return Err(before(format!("{copy_file}:{copy_pos}")));
+                }
+            }
+        }
+        Until::Time { datetime, tz } => {
+            let captured = chrono::DateTime::parse_from_rfc3339(&position.captured_at).ok();
+            if let (Some(at), Some(captured)) = (utc_of(datetime, tz.as_deref()), captured) {
+                if at < captured {
+                    return Err(before(format!("captured at {}", position.captured_at)));
+                }
+            }
+        }
+        Until::Gtid(g) => {
+            let copy_gtids: Vec<(u64, u64, u64)> = position
+                .gtid
+                .as_deref()
+                .unwrap_or("")
+                .split(',')
+                .filter_map(gtid)
+                .collect();
+            for target in g.split(',').filter_map(gtid) {
+                if let Some(c) = copy_gtids.iter().find(|c| c.0 == target.0) {
+                    if target.2 < c.2 {
+                        return Err(before(format!(
+                            "GTID {}",
+                            position.gtid.as_deref().unwrap_or("")
+                        )));
+                    }
                 }
             }
         }

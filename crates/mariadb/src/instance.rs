@@ -42,7 +42,8 @@ pub enum InstanceError {
 pub struct StartOptions<'a> {
     /// Options after the others.
     pub extra: &'a [&'a str],
-    /// The socket here instead (the caller checked who can reach it).
+    /// The socket here instead; privilege checks then stay on (the copy's own accounts:
+    /// root on this host gets in by `unix_socket` where the copy lets it).
     pub socket: Option<PathBuf>,
     /// Also listen on this port on the loopback address; privilege checks then stay on
     /// (the copy's own accounts and passwords).
@@ -135,10 +136,15 @@ impl TempServer {
             }
         }
         match options.port {
-            None => args.extend(["--skip-networking".into(), "--skip-grant-tables".into()]),
+            None => args.push("--skip-networking".into()),
             Some(port) => {
                 args.extend([format!("--port={port}"), "--bind-address=127.0.0.1".into()])
             }
+        }
+        // Without privilege checks only where nobody but root and the server's owner
+        // reach the socket: its private run directory, and no port.
+        if options.port.is_none() && options.socket.is_none() {
+            args.push("--skip-grant-tables".into());
         }
         args.extend(options.extra.iter().map(|a| a.to_string()));
         let mut cmd = Command::new(bin::program("mariadbd")?);
@@ -201,6 +207,11 @@ impl TempServer {
             cmd.arg("--protocol=socket");
         }
         Ok(cmd)
+    }
+
+    /// The private directory of its pid file, error log and (by default) socket.
+    pub fn run_dir(&self) -> &Path {
+        self.run.path()
     }
 
     /// The server's process id, while it runs.

@@ -30,7 +30,6 @@ use shadowcopy_core::writer::{shell_quote, ExposeOptions, Exposed};
 use shadowcopy_core::BoxError;
 
 use crate::cluster::ClusterLayout;
-use crate::files;
 use crate::log_analysis;
 use crate::recovery;
 use crate::retention::copy_start;
@@ -53,6 +52,8 @@ pub enum ExposeError {
         newest: String,
         newest_commit: Option<log_analysis::Commit>,
     },
+    #[error("--until {0:?} names no time zone, and the exposed copy would read it in UTC, not in the cluster's zone; add one (2026-11-22 10:00:00+01, …Z, … UTC)")]
+    NoZone(String),
     #[error("--until {until} is before the copy's consistent point; expose an older copy (`shadowcopy list`) for a target that early")]
     BeforeCopy { until: String },
     #[error("no port in {}..{} is free for a socket in {}; leave out --socket-dir, or give --port", SOCKET_DIR_PORTS.start, SOCKET_DIR_PORTS.end, .0.display())]
@@ -92,6 +93,9 @@ pub fn expose_copy(
     let settings = recovery::target_settings(until)?;
     if archive.is_none() {
         return Err(ExposeError::NoArchive.into());
+    }
+    if settings.iter().any(|(k, _)| *k == "recovery_target_time") && parse_time(until).is_none() {
+        return Err(ExposeError::NoZone(until.clone()).into());
     }
     let asked_at = chrono::Utc::now();
     let opened = open(layout, copy, options, archive, Some((until, settings)));
@@ -161,7 +165,6 @@ fn open(
     target: Option<(&String, Vec<(&'static str, String)>)>,
 ) -> Result<Exposed, BoxError> {
     let mut sandbox = Sandbox::build_in(layout, copy, Some(&options.scratch))?;
-    let owner = files::owner_of(layout);
     let socket_dir = match &options.socket_dir {
         Some(dir) => dir.clone(),
         None => sandbox.socket.path().to_path_buf(),
@@ -171,6 +174,23 @@ fn open(
         (None, Some(dir)) => free_socket_name(dir)?,
         (None, None) => SANDBOX_PORT,
     };
+    // Root writes all it writes here before the sandbox is handed over.
+    strip_recovery_settings(&sandbox.data)?;
+    let user = superuser(layout);
+    // On the socket, each OS user is the role of its own name (peer), but root and the
+    // cluster's owner are the superuser (what extract connects as); on the port, the
+    // copy's own passwords.
+    let owner_name = shadowcopy_core::dbfiles::user_name(layout.owner_uid)
+        .unwrap_or_else(|| layout.owner_uid.to_string());
+    write_new(
+        &sandbox.dir.path().join("sandbox_ident.conf"),
+        &format!("expose root {user}\nexpose {owner_name} {user}\nexpose /^(.*)$ \\1\n"),
+    )?;
+    let mut hba = String::from("local all all peer map=expose\n");
+    if options.port.is_some() {
+        hba.push_str("host all all 127.0.0.1/32 md5\n");
+    }
+    write_new(&sandbox.dir.path().join("sandbox_hba.conf"), &hba)?;
     let mut settings = sandbox.settings();
     settings.retain(|(k, _)| {
         !matches!(
@@ -178,22 +198,22 @@ fn open(
             "max_wal_senders" | "port" | "unix_socket_directories" | "listen_addresses"
         )
     });
-    settings.extend(sandbox.hot_standby_limits()?);
     settings.extend([
         ("port", port.to_string()),
         ("unix_socket_directories", socket_dir.display().to_string()),
         ("hot_standby", "on".to_string()),
         ("recovery_target_action", "pause".to_string()),
         ("default_transaction_read_only", "on".to_string()),
+        (
+            "listen_addresses",
+            if options.port.is_some() {
+                "127.0.0.1"
+            } else {
+                "''"
+            }
+            .to_string(),
+        ),
     ]);
-    if options.port.is_some() {
-        settings.push(("listen_addresses", "127.0.0.1".to_string()));
-        let hba = sandbox.dir.path().join("sandbox_hba.conf");
-        std::fs::write(&hba, "local all all trust\nhost all all 127.0.0.1/32 md5\n")
-            .map_err(io("write", &hba))?;
-    } else {
-        settings.push(("listen_addresses", "''".to_string()));
-    }
     let signal = match &target {
         None => {
             settings.push(("recovery_target", "immediate".to_string()));
@@ -212,19 +232,17 @@ fn open(
             {
                 conf.push_str(&format!("{k} = '{}'\n", v.replace('\'', "''")));
             }
-            let conf_file = sandbox.dir.path().join("sandbox.conf");
-            std::fs::write(&conf_file, conf).map_err(io("write", &conf_file))?;
-            copy_live_wal(layout, copy, &sandbox.data.join("pg_wal"), &owner)?;
+            write_new(&sandbox.dir.path().join("sandbox.conf"), &conf)?;
+            copy_live_wal(layout, copy, &sandbox.data.join("pg_wal"))?;
             "recovery.signal"
         }
     };
-    let signal = sandbox.data.join(signal);
-    std::fs::write(&signal, "").map_err(io("write", &signal))?;
-    owner.chown(&signal)?;
+    write_new(&sandbox.data.join(signal), "")?;
+    sandbox.hand_over()?;
+    settings.extend(sandbox.hot_standby_limits()?);
 
     let (ok, said) = sandbox.run("pg_ctl", &sandbox.start_args_with(&settings), START_LIMIT)?;
     sandbox.started = true;
-    let user = superuser(layout);
     if let Some((until, _)) = &target {
         if !ok {
             return Err(stopped(layout, archive, copy, until, &sandbox).into());
@@ -243,7 +261,9 @@ fn open(
     let pid = std::fs::read_to_string(sandbox.data.join("postmaster.pid"))
         .ok()
         .and_then(|s| s.lines().next().and_then(|l| l.trim().parse::<u32>().ok()));
-    // The server and its directories outlive this call: the exposure owns them now.
+    // The server and its directories outlive this call: the exposure owns them now (the
+    // private socket directory too, unused with --socket-dir, removed at the close).
+    let private_dir = sandbox.socket.path().to_path_buf();
     sandbox.keep();
     let connect = match options.port {
         Some(port) => format!(
@@ -263,6 +283,7 @@ fn open(
         connect,
         pid,
         port: Some(port),
+        private_dir: Some(private_dir),
         writer: String::new(),
     })
 }
@@ -289,17 +310,21 @@ fn free_socket_name(dir: &Path) -> Result<u16, ExposeError> {
 }
 
 /// Copies the live WAL directory's segments from the copy's start on (and its timeline
-/// history files) into the sandbox's `pg_wal`, where the copy has none of that name.
-/// Only regular files, opened without following links (the directory is the database
-/// owner's); a recycled segment (an old file under a future name) is copied too and
-/// recovery stops at it, as it would on the live server.
+/// history files) into the sandbox's `pg_wal`. A live segment that holds this cluster's
+/// WAL for its own position replaces the copy's file of that name (the same segment,
+/// written further, where the copy may hold a recycled file under that name); a
+/// recycled live file is left out. Only regular files of the right size, opened without
+/// following links and without blocking (the directory is the database owner's, and so
+/// could hold a link or a FIFO), read up to that size. Called before the sandbox is
+/// handed over, so nothing below it can be swapped meanwhile.
 fn copy_live_wal(
     layout: &ClusterLayout,
     copy: &CopyView,
     sandbox_wal: &Path,
-    owner: &files::Owner,
 ) -> Result<(), BoxError> {
+    use std::io::Read;
     let seg_size = WalSegSize::new(layout.wal_segment_size)?;
+    let sysid: Option<u64> = layout.system_identifier.parse().ok();
     let (start, _) = copy_start(layout, copy)?;
     let entries = match std::fs::read_dir(&layout.wal_dir) {
         Ok(e) => e,
@@ -310,38 +335,123 @@ fn copy_live_wal(
     for entry in entries {
         let entry = entry.map_err(io("read", &layout.wal_dir))?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        let wanted = match WalFileName::parse(&name) {
-            Some(f) if f.kind == WalFileKind::Segment => SegmentName::parse(&name, seg_size)
-                .is_ok_and(|s| s.timeline >= start.timeline && s.segno >= start.segno),
-            Some(f) => f.kind == WalFileKind::TimelineHistory,
-            None => false,
+        let (segment, limit) = match WalFileName::parse(&name) {
+            Some(f) if f.kind == WalFileKind::Segment => {
+                match SegmentName::parse(&name, seg_size) {
+                    Ok(s) if s.timeline >= start.timeline && s.segno >= start.segno => {
+                        (Some(s), seg_size.bytes())
+                    }
+                    _ => continue,
+                }
+            }
+            Some(f) if f.kind == WalFileKind::TimelineHistory => (None, 1 << 20),
+            _ => continue,
         };
-        let dest = sandbox_wal.join(&name);
-        if !wanted || std::fs::symlink_metadata(&dest).is_ok() {
-            continue;
-        }
         let from = entry.path();
-        if !entry.file_type().map_err(io("inspect", &from))?.is_file() {
-            continue;
-        }
         let mut src = match std::fs::OpenOptions::new()
             .read(true)
-            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .custom_flags(
+                (rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32,
+            )
             .open(&from)
         {
             Ok(f) => f,
-            // Removed or recycled by the live server meanwhile.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(io("open", &from)(e).into()),
+            // Removed or recycled by the live server meanwhile, or a link.
+            Err(_) => continue,
         };
+        let meta = src.metadata().map_err(io("inspect", &from))?;
+        if !meta.is_file() || meta.len() > limit {
+            continue;
+        }
+        let dest = sandbox_wal.join(&name);
+        let mut head = [0u8; 32];
+        match segment {
+            Some(s) => {
+                if meta.len() != limit
+                    || src.read_exact(&mut head).is_err()
+                    || !crate::log_analysis::header_is_own(&head, &s, seg_size, sysid)
+                {
+                    continue;
+                }
+                match std::fs::remove_file(&dest) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(io("replace", &dest)(e).into()),
+                }
+            }
+            None if std::fs::symlink_metadata(&dest).is_ok() => continue,
+            None => {}
+        }
         let mut dst = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
             .open(&dest)
             .map_err(io("create", &dest))?;
-        std::io::copy(&mut src, &mut dst).map_err(io("copy", &from))?;
-        owner.chown(&dest)?;
+        let written = if segment.is_some() {
+            std::io::Write::write_all(&mut dst, &head).map_err(io("copy", &from))?;
+            32
+        } else {
+            0
+        };
+        std::io::copy(&mut (&mut src).take(limit - written), &mut dst)
+            .map_err(io("copy", &from))?;
+    }
+    Ok(())
+}
+
+/// A file only root writes in the sandbox before it is handed over: created anew (an
+/// earlier one removed), never through a link.
+fn write_new(path: &Path, contents: &str) -> Result<(), ExposeError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io("replace", path)(e).into()),
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)
+        .map_err(io("create", path))?;
+    std::io::Write::write_all(&mut f, contents.as_bytes()).map_err(io("write", path))?;
+    Ok(())
+}
+
+/// Leaves out of the clone's `postgresql.auto.conf` what would steer its recovery
+/// elsewhere: a copy of a cluster once restored by shadowcopy (or set up by hand) may
+/// carry `restore_command`, `recovery_target*` or a primary to follow, which the file
+/// (read after the sandbox's own) would put over the exposure's.
+fn strip_recovery_settings(data: &Path) -> Result<(), ExposeError> {
+    let auto = data.join("postgresql.auto.conf");
+    let text = match std::fs::read_to_string(&auto) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io("read", &auto)(e).into()),
+    };
+    let steering = |line: &str| {
+        let key = line
+            .split('=')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        key == "restore_command"
+            || key.starts_with("recovery_target")
+            || key == "recovery_end_command"
+            || key == "archive_cleanup_command"
+            || key == "primary_conninfo"
+            || key == "primary_slot_name"
+    };
+    let kept: String = text
+        .lines()
+        .filter(|l| !steering(l))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    if kept != text {
+        write_new(&auto, &kept)?;
     }
     Ok(())
 }

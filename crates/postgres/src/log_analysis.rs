@@ -309,9 +309,16 @@ fn holds_own_wal(path: &Path, s: &SegmentName, seg_size: WalSegSize, sysid: Opti
     use std::io::Read;
     let mut header = [0u8; 32];
     let read = std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut header));
-    if read.is_err() {
-        return false;
-    }
+    read.is_ok() && header_is_own(&header, s, seg_size, sysid)
+}
+
+/// [`holds_own_wal`] of a segment's first 32 bytes.
+pub(crate) fn header_is_own(
+    header: &[u8; 32],
+    s: &SegmentName,
+    seg_size: WalSegSize,
+    sysid: Option<u64>,
+) -> bool {
     let u64_at = |o: usize| u64::from_le_bytes(header[o..o + 8].try_into().unwrap_or_default());
     let page_address = u64_at(8);
     let file_sysid = u64_at(24);

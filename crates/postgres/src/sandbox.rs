@@ -64,12 +64,15 @@ pub(crate) struct Sandbox<'a> {
     pub(crate) started: bool,
     /// Handed over to an exposure: dropping it stops nothing.
     kept: bool,
+    /// Given to the cluster's owner ([`Sandbox::hand_over`]).
+    handed_over: bool,
 }
 
 /// Clones the copy into a sandbox, starts it, checks it; see the module documentation.
 pub fn verify_copy(layout: &ClusterLayout, copy: &CopyView) -> Result<VerifyReport, BoxError> {
     let began = Instant::now();
     let mut sandbox = Sandbox::build(layout, copy)?;
+    sandbox.hand_over()?;
     let built = began.elapsed();
     let mut detail = String::new();
     let _ = write!(detail, "sandbox clone {}", humanize(built));
@@ -166,7 +169,8 @@ impl<'a> Sandbox<'a> {
                 .map_err(io("create a sandbox in", parent))?,
             None => scratch_near(&copy_data, &owner)?,
         };
-        owner.chown(dir.path())?;
+        // `dir` stays root's (mode 0700) until `hand_over`: nothing root writes below it
+        // can be swapped for a link by the cluster's owner meanwhile.
         let data = dir.path().join("data");
         files::clone_tree(&copy_data, &data, &owner, &|rel: &Path| {
             // Not the live server's lock file, and not the symlinks into live storage.
@@ -227,9 +231,6 @@ impl<'a> Sandbox<'a> {
             "# A throw-away server checking a shadowcopy copy (settings on its command line).\n",
         )
         .map_err(io("write", &conf))?;
-        for f in [&hba, &ident, &conf] {
-            owner.chown(f)?;
-        }
         Ok(Sandbox {
             layout,
             dir,
@@ -237,7 +238,19 @@ impl<'a> Sandbox<'a> {
             data,
             started: false,
             kept: false,
+            handed_over: false,
         })
+    }
+
+    /// Gives the sandbox to the cluster's owner (everything below it, links themselves),
+    /// once root has written all it writes there: the server and its tools run as that
+    /// owner from here on.
+    pub(crate) fn hand_over(&mut self) -> Result<(), BoxError> {
+        if !self.handed_over {
+            files::owner_of(self.layout).chown_tree(self.dir.path())?;
+            self.handed_over = true;
+        }
+        Ok(())
     }
 
     pub(crate) fn log_path(&self) -> PathBuf {
@@ -431,6 +444,10 @@ fn scratch_near(copy_data: &Path, owner: &files::Owner) -> Result<tempfile::Temp
             .tempdir_in(dir)
         {
             if owner.chown(t.path()).is_ok() && owner.can_enter(t.path()) {
+                // Root's again until the sandbox is handed over.
+                let me = (rustix::process::geteuid(), rustix::process::getegid());
+                std::os::unix::fs::chown(t.path(), Some(me.0.as_raw()), Some(me.1.as_raw()))
+                    .map_err(io("take back", t.path()))?;
                 return Ok(t);
             }
         }

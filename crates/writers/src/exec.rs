@@ -215,11 +215,17 @@ impl ExecWriter {
                 }
                 Ok(())
             }
-            Some(s) if s.code() == Some(EXIT_BUSY) => Err(ExecError::Busy {
-                script: script.clone(),
-                event,
-                output,
-            }),
+            // "Busy" means something only where the set is run again for it.
+            Some(s)
+                if s.code() == Some(EXIT_BUSY)
+                    && matches!(event, "prepare" | "freeze" | "thaw") =>
+            {
+                Err(ExecError::Busy {
+                    script: script.clone(),
+                    event,
+                    output,
+                })
+            }
             Some(s) => Err(ExecError::Failed {
                 script: script.clone(),
                 event,

@@ -417,6 +417,7 @@ impl Writer for SqliteWriter {
             connect: format!("sqlite3 -readonly {}", shell_quote(&exposed)),
             pid: None,
             port: None,
+            private_dir: None,
             writer: String::new(),
         }))
     }

@@ -30,7 +30,12 @@ fn a_postgres_copy_is_exposed_at_a_moment_after_it_on_a_port_with_its_own_passwo
     };
     Ledger::setup(&mut cluster.connect()).unwrap();
     // An account with a password, which a port exposure asks for.
-    cluster.psql("CREATE ROLE reader LOGIN PASSWORD 'copy-secret'; GRANT SELECT ON ALL TABLES IN SCHEMA public TO reader");
+    cluster.psql("CREATE ROLE reader LOGIN PASSWORD 'copy-secret'; GRANT SELECT, INSERT ON ALL TABLES IN SCHEMA public TO reader; GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO reader");
+    // Recovery settings left in the cluster's postgresql.auto.conf (as an earlier
+    // restore or a hand-made standby leaves them) go with every copy: the exposure must
+    // not follow them.
+    cluster.psql("ALTER SYSTEM SET recovery_target_time = '2000-01-01 00:00:00+00'");
+    cluster.psql("ALTER SYSTEM SET restore_command = '/bin/false'");
     let ledger = Ledger::start(&cluster.config(), 2, Duration::ZERO);
     assert!(ledger.wait_for_commits(50, Duration::from_secs(30)));
     let created = crate::postgres::create(&cli, &cluster, &wal_archive);
@@ -78,6 +83,13 @@ fn a_postgres_copy_is_exposed_at_a_moment_after_it_on_a_port_with_its_own_passwo
     assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
     assert!(
         stderr(&out).contains("can be entered by every user"),
+        "{}",
+        describe(&out)
+    );
+    let out = cli.run(&["expose", &id, "--until", "2026-01-01 00:00:00"]);
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("names no time zone"),
         "{}",
         describe(&out)
     );
@@ -135,6 +147,15 @@ fn a_postgres_copy_is_exposed_at_a_moment_after_it_on_a_port_with_its_own_passwo
         .unwrap()
         .get(0);
     assert_eq!(paused, "paused");
+    // Read-only, even for an account that may write in production.
+    let refused = client
+        .batch_execute("INSERT INTO ledger (writer, seq, amount) VALUES (0, 0, 0)")
+        .unwrap_err();
+    let why = refused
+        .as_db_error()
+        .map(|d| d.message().to_string())
+        .unwrap_or_default();
+    assert!(why.contains("read-only"), "{refused:?}");
     drop(client);
     cli.ok(&["unexpose", "--all"]);
 
@@ -227,7 +248,7 @@ fn a_mariadb_copy_is_brought_forward_with_the_binary_logs_and_exposed_on_a_port(
         return;
     };
     Ledger::setup(&mut db.connect()).unwrap();
-    db.sql("CREATE USER reader@'%' IDENTIFIED BY 'copy-secret'; GRANT SELECT ON shadowcopy.* TO reader@'%'");
+    db.sql("CREATE USER reader@'%' IDENTIFIED BY 'copy-secret'; GRANT SELECT, INSERT ON shadowcopy.* TO reader@'%'");
     let ledger = Ledger::start(&db.opts(), 2, Duration::ZERO);
     assert!(ledger.wait_for_commits(100, Duration::from_secs(30)));
     let created = crate::mariadb::create(&cli, &db, &[]);
@@ -260,6 +281,16 @@ fn a_mariadb_copy_is_brought_forward_with_the_binary_logs_and_exposed_on_a_port(
 
     // Targets past the binary logs: refused before anything is built, naming the newest
     // transaction.
+    // Before the copy: refused too (a copy only goes forward).
+    for before in ["0-1-1", "2000-01-01 00:00:00Z"] {
+        let out = cli.run(&["expose", &id, "--until", before]);
+        assert!(!out.status.success(), "{}", describe(&out));
+        assert!(
+            stderr(&out).contains("is before the copy"),
+            "{}",
+            describe(&out)
+        );
+    }
     for beyond in ["0-1-999999999", "2999-01-01 00:00:00Z"] {
         let out = cli.run(&["expose", &id, "--until", beyond]);
         assert!(!out.status.success(), "{}", describe(&out));
@@ -308,9 +339,11 @@ fn a_mariadb_copy_is_brought_forward_with_the_binary_logs_and_exposed_on_a_port(
         late.len(),
         "nothing after the target"
     );
-    assert!(conn
+    let refused = conn
         .query_drop("INSERT INTO shadowcopy.ledger (writer, seq, amount) VALUES (0, 0, 0)")
-        .is_err());
+        .unwrap_err()
+        .to_string();
+    assert!(refused.to_lowercase().contains("read"), "{refused}");
     drop(conn);
     // extract works over its socket as root while it is open.
     let csv = cli.ok(&[

@@ -448,6 +448,44 @@ fn abort_at_thaw_thaws_everyone_and_tries_again() {
     assert_eq!(set.count("provider.persist"), 0);
 }
 
+/// A set is run again only when every failure was a busy moment: a hard thaw failure
+/// beside a busy one (in either order), or after a busy freeze, is what is reported.
+#[test]
+fn a_hard_thaw_failure_is_reported_over_a_busy_one() {
+    let transient = |e: &Error| {
+        crate::error::Transient::in_chain(std::iter::successors(
+            Some(e as &(dyn std::error::Error + 'static)),
+            |c| c.source(),
+        ))
+    };
+    for (busy, hard) in [(0, 1), (1, 0)] {
+        let set = Set::new(2);
+        let mut writers = set.writers();
+        writers[busy] = set.writer(busy).busy_at("thaw");
+        writers[hard] = set.writer(hard).fail_at("thaw");
+        let e = set.create(writers, set.provider()).unwrap_err();
+        assert!(
+            !transient(&e),
+            "busy w{busy}, hard w{hard}: {}",
+            error_chain(&e)
+        );
+        set.assert_thawed();
+    }
+    // Only busy: reported as such (the engine runs the set again).
+    let set = Set::new(2);
+    let writers = vec![set.writer(0), set.writer(1).busy_at("thaw")];
+    let e = set.create(writers, set.provider()).unwrap_err();
+    assert!(transient(&e), "{}", error_chain(&e));
+    // Busy in freeze, and a thaw that fails for real: the thaw's failure.
+    let set = Set::new(2);
+    let writers = vec![
+        set.writer(0).fail_at("thaw"),
+        set.writer(1).busy_at("freeze"),
+    ];
+    let e = set.create(writers, set.provider()).unwrap_err();
+    assert!(!transient(&e), "{}", error_chain(&e));
+}
+
 #[test]
 fn abort_when_the_window_cannot_be_recorded() {
     let set = Set::new(2);

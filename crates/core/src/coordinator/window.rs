@@ -174,10 +174,18 @@ impl Committed<'_> {
 
 impl WindowFailed<'_> {
     /// Thaws; the error is what failed in the window (a failed thaw or record after it
-    /// is not what the caller needs to hear first).
+    /// is not what the caller needs to hear first), unless that was only a busy moment
+    /// and the thaw failed for real: then the thaw's, so that the set is not run again
+    /// over an application that may still be frozen.
     pub(super) fn thaw(self, run: &mut Run) -> Error {
-        let _ = self.frozen.thaw(run);
-        self.error
+        match self.frozen.thaw(run) {
+            Err(thaw) if is_transient(&self.error) && !is_transient(&thaw) => thaw,
+            Err(thaw) => {
+                tracing::warn!("also while thawing: {}", crate::error::error_chain(&thaw));
+                self.error
+            }
+            Ok(_) => self.error,
+        }
     }
 }
 
@@ -277,16 +285,28 @@ impl FreezeGuard<'_> {
 
     /// Thaws every writer that was asked to freeze, in reverse order; reports the first
     /// failure after trying all.
+    /// Thaws every writer asked to freeze, last first. Of several failures the first
+    /// that is not [`Transient`](crate::error::Transient) is the one reported: a set is
+    /// run again only when every failure was only a busy moment.
     fn thaw_all(&mut self) -> Result<(), Error> {
-        let mut first = None;
+        let mut reported: Option<Error> = None;
         for i in (0..self.asked).rev() {
             let w = &mut self.writers[i];
             if let Err(e) = w.thaw() {
-                first.get_or_insert(writer_error(&**w, Phase::Thaw)(e));
+                let e = writer_error(&**w, Phase::Thaw)(e);
+                let replaces = match &reported {
+                    None => true,
+                    Some(r) => is_transient(r) && !is_transient(&e),
+                };
+                if replaces {
+                    reported = Some(e);
+                } else {
+                    tracing::warn!("also while thawing: {}", crate::error::error_chain(&e));
+                }
             }
         }
         self.asked = 0;
-        first.map_or(Ok(()), Err)
+        reported.map_or(Ok(()), Err)
     }
 }
 
@@ -294,4 +314,12 @@ impl Drop for FreezeGuard<'_> {
     fn drop(&mut self) {
         let _ = self.thaw_all();
     }
+}
+
+/// Whether `e` is only a busy moment ([`Transient`](crate::error::Transient)).
+fn is_transient(e: &Error) -> bool {
+    crate::error::Transient::in_chain(std::iter::successors(
+        Some(e as &(dyn std::error::Error + 'static)),
+        |c| c.source(),
+    ))
 }
