@@ -69,8 +69,10 @@ pub fn expose_copy(
     std::fs::create_dir(&dir).map_err(files::io_err("create", &dir))?;
     std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
         .map_err(files::io_err("set the mode of", &dir))?;
-    owner.chown(&dir)?;
+    // Root's while root builds it (nothing written below can be swapped for a link),
+    // then the server's owner's.
     let dirs = build(layout, copy, &copy_data, &dir, &owner)?;
+    owner.chown_tree(&dir)?;
     let mut recovery = TempServer::start(layout, &dirs, START_LIMIT)?;
     if let Some((logs, pos, until)) = replay_plan {
         replay::replay(&recovery, &logs, pos, Some(until))?;

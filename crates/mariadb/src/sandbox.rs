@@ -42,6 +42,9 @@ pub fn verify_copy(layout: &ServerLayout, copy: &CopyView) -> Result<VerifyRepor
         })?;
     let scratch = scratch_near(&copy_data, &owner)?;
     let dirs = build(layout, copy, &copy_data, scratch.path(), &owner)?;
+    // Root's until here (nothing root wrote below it could be swapped for a link); the
+    // server runs as the owner from now on.
+    owner.chown_tree(scratch.path())?;
     let mut detail = String::new();
     let _ = write!(
         detail,
@@ -218,6 +221,10 @@ fn scratch_near(copy_data: &Path, owner: &Owner) -> Result<tempfile::TempDir, Bo
             .tempdir_in(dir)
         {
             if owner.chown(t.path()).is_ok() && owner.can_enter(t.path()) {
+                // Root's again until the sandbox is built (see `verify_copy`).
+                let me = (rustix::process::geteuid(), rustix::process::getegid());
+                std::os::unix::fs::chown(t.path(), Some(me.0.as_raw()), Some(me.1.as_raw()))
+                    .map_err(files::io_err("take back", t.path()))?;
                 return Ok(t);
             }
         }
@@ -226,8 +233,10 @@ fn scratch_near(copy_data: &Path, owner: &Owner) -> Result<tempfile::TempDir, Bo
         .prefix("shadowcopy-mariadb-sandbox-")
         .tempdir()
         .map_err(files::io_err("create a sandbox in", &std::env::temp_dir()))?;
-    owner.chown(t.path())?;
-    files::make_traversable(t.path(), owner)?;
+    // Its ancestors, not itself: it stays closed (root's, 0700) until it is handed over.
+    if let Some(parent) = t.path().parent() {
+        files::make_traversable(parent, owner)?;
+    }
     Ok(t)
 }
 
