@@ -6,9 +6,10 @@
 //! --read-only` and no binary log, and keeps running; closing the exposure stops it.
 //!
 //! It listens on a socket in a private directory (no networking, no privilege checks:
-//! only the server's owner and root reach it), or in the directory the user chose, and
-//! with `--port` on the loopback address too, where the copy's own accounts and
-//! passwords are asked for (privilege checks on, on the socket as well).
+//! only the server's owner and root reach it), or in a directory the user chose, and
+//! with `--port` on the loopback address too; in both of those the copy's own accounts
+//! and passwords are asked for (privilege checks on, on the socket as well). The clone
+//! stays root's until it is built, then goes to the server's owner.
 
 use std::path::Path;
 

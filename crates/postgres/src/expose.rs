@@ -17,8 +17,11 @@
 //!   as it stops only at the first commit past it).
 //! - It listens on a private socket directory, or on the one the user chose, and with
 //!   `--port` also on the loopback address, where the copy's own accounts and password
-//!   hashes are asked for (`md5`, which also takes SCRAM); on the socket the cluster's
-//!   owner and root are let in without one, as on a verification sandbox.
+//!   hashes are asked for (`md5`, which also takes SCRAM). On the socket each OS user is
+//!   the role of its own name (`peer`), root and the cluster's owner the superuser.
+//! - The sandbox stays root's until root has written all it writes there (its settings,
+//!   the signal file, the live WAL), then goes to the cluster's owner: nothing root
+//!   writes can be swapped for a link meanwhile.
 
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -44,7 +47,7 @@ const POLL: Duration = Duration::from_millis(100);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExposeError {
-    #[error("--until replays WAL after the copy from the set's WAL archive, and this PostgreSQL writer has none; give the set an `archive` (see `shadowcopy pg archive-setup`), or expose the copy at its own point (leave out --until)")]
+    #[error("--until replays WAL after the copy from the set's WAL archive, and this PostgreSQL writer has none; give the set an `archive` (`shadowcopy pg setup URL --archive DIR`), or expose the copy at its own point (leave out --until)")]
     NoArchive,
     #[error("--until {until}: the WAL after the copy (in the copy, the set's archive and the live WAL directory) ends before that target, so the copy cannot be brought there; {newest}. Choose a target up to there (`shadowcopy pg log-analysis ID` shows the WAL chain)")]
     Unreachable {
