@@ -3,9 +3,10 @@
 //! `post-snapshot`, `backup-complete`, `abort`, `pre-restore`, `post-restore`), the
 //! qemu-guest-agent fsfreeze-hook convention: exit 0 means done, anything else fails the
 //! step, and a hook should exit 0 for events it does not handle (or list the events it
-//! wants in `events`). A hook that exits 75 (`EX_TEMPFAIL`) from `prepare`, `freeze` or
-//! `thaw` says the application is busy right now: the set is discarded and run again
-//! (up to three times in all). The set's facts are in the environment: `SHADOWCOPY_EVENT`,
+//! wants in `events`). A hook that exits 75 (`EX_TEMPFAIL`) from `prepare` or `freeze`
+//! says the application is busy right now: it is thawed, the set discarded and run again
+//! (up to three times in all); from `thaw` that is a failure like any other (the
+//! application may still be frozen). The set's facts are in the environment: `SHADOWCOPY_EVENT`,
 //! `SHADOWCOPY_SET`, `SHADOWCOPY_PATHS` (colon-separated), `SHADOWCOPY_DEADLINE_MS`
 //! (time left for `freeze`).
 //!
@@ -216,10 +217,7 @@ impl ExecWriter {
                 Ok(())
             }
             // "Busy" means something only where the set is run again for it.
-            Some(s)
-                if s.code() == Some(EXIT_BUSY)
-                    && matches!(event, "prepare" | "freeze" | "thaw") =>
-            {
+            Some(s) if s.code() == Some(EXIT_BUSY) && matches!(event, "prepare" | "freeze") => {
                 Err(ExecError::Busy {
                     script: script.clone(),
                     event,
@@ -344,7 +342,7 @@ impl Writer for ExecWriter {
                 w.disarm();
             }
         }
-        result.map_err(busy_is_transient)
+        Ok(result?)
     }
 
     fn abort(&mut self) -> Result<(), BoxError> {
