@@ -21,7 +21,7 @@ use crate::files;
 use crate::instance::{StartOptions, TempServer};
 use crate::position::{BinlogPosition, POSITION_FILE};
 use crate::replay;
-use crate::sandbox::{build, SandboxError, START_LIMIT, STOP_LIMIT};
+use crate::sandbox::{build, copy_data_dir, START_LIMIT, STOP_LIMIT};
 use crate::server::ServerLayout;
 use crate::until::Until;
 
@@ -45,11 +45,7 @@ pub fn expose_copy(
 ) -> Result<Exposed, BoxError> {
     let until = options.until.as_deref().map(Until::parse).transpose()?;
     let owner = crate::files::owner_of(layout);
-    let copy_data =
-        files::copy_root(copy, &layout.datadir).ok_or_else(|| SandboxError::NotInCopy {
-            what: "data directory",
-            path: layout.datadir.clone(),
-        })?;
+    let copy_data = copy_data_dir(layout, copy)?;
     // What the replay needs is checked before anything is built.
     let replay_plan = match &until {
         Some(until) => {

@@ -35,11 +35,7 @@ pub enum SandboxError {
 pub fn verify_copy(layout: &ServerLayout, copy: &CopyView) -> Result<VerifyReport, BoxError> {
     let began = Instant::now();
     let owner = crate::files::owner_of(layout);
-    let copy_data =
-        files::copy_root(copy, &layout.datadir).ok_or_else(|| SandboxError::NotInCopy {
-            what: "data directory",
-            path: layout.datadir.clone(),
-        })?;
+    let copy_data = copy_data_dir(layout, copy)?;
     let scratch = scratch_near(&copy_data, &owner)?;
     let dirs = build(layout, copy, &copy_data, scratch.path(), &owner)?;
     // Root's until here (nothing root wrote below it could be swapped for a link); the
@@ -101,6 +97,17 @@ pub fn verify_copy(layout: &ServerLayout, copy: &CopyView) -> Result<VerifyRepor
         let _ = write!(detail, "; {e}");
     }
     Ok(VerifyReport { ok, detail })
+}
+
+/// Where the copy holds the server's data directory.
+pub(crate) fn copy_data_dir(
+    layout: &ServerLayout,
+    copy: &CopyView,
+) -> Result<PathBuf, SandboxError> {
+    files::copy_root(copy, &layout.datadir).ok_or_else(|| SandboxError::NotInCopy {
+        what: "data directory",
+        path: layout.datadir.clone(),
+    })
 }
 
 /// The sandbox's directories: the copy's data directory, and its separate redo, undo and

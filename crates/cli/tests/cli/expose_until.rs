@@ -21,6 +21,27 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// `expose ID --until TARGET --port P --json` on a free port: the port.
+fn expose_on_a_port(cli: &Cli, id: &str, target: &str) -> u16 {
+    let port = free_port();
+    let record = cli.json(&[
+        "expose",
+        id,
+        "--until",
+        target,
+        "--port",
+        &port.to_string(),
+        "--json",
+    ]);
+    assert_eq!(record["exposed"][0]["port"], port, "{record:#}");
+    port
+}
+
+fn assert_nothing_exposed(cli: &Cli) {
+    let listed = cli.json(&["exposed", "--json"]);
+    assert!(listed.as_array().unwrap().is_empty(), "{listed:#}");
+}
+
 #[test]
 fn a_postgres_copy_is_exposed_at_a_moment_after_it_on_a_port_with_its_own_passwords() {
     let test = "a_postgres_copy_is_exposed_at_a_moment_after_it_on_a_port_with_its_own_passwords";
@@ -100,25 +121,10 @@ fn a_postgres_copy_is_exposed_at_a_moment_after_it_on_a_port_with_its_own_passwo
         "{}",
         describe(&out)
     );
-    assert!(cli
-        .json(&["exposed", "--json"])
-        .as_array()
-        .unwrap()
-        .is_empty());
+    assert_nothing_exposed(&cli);
 
     // At the target, on a port: the copy's own password is asked for there.
-    let port = free_port();
-    let record = cli.json(&[
-        "expose",
-        &id,
-        "--until",
-        &target,
-        "--port",
-        &port.to_string(),
-        "--json",
-    ]);
-    let exposed = &record["exposed"][0];
-    assert_eq!(exposed["port"], port, "{record:#}");
+    let port = expose_on_a_port(&cli, &id, &target);
     let tcp = |password: Option<&str>| {
         let mut config = postgres::Config::new();
         config
@@ -165,11 +171,7 @@ fn a_postgres_copy_is_exposed_at_a_moment_after_it_on_a_port_with_its_own_passwo
     ]);
     let rows = csv.lines().count() - 1;
     assert_eq!(rows, state.ids.len(), "{}", &csv[..csv.len().min(300)]);
-    assert!(cli
-        .json(&["exposed", "--json"])
-        .as_array()
-        .unwrap()
-        .is_empty());
+    assert_nothing_exposed(&cli);
     assert!(cluster.is_running());
     let stats = ledger.stop();
     assert!(stats.errors.is_empty(), "{:?}", stats.errors);
@@ -227,11 +229,7 @@ fn a_socket_directory_of_the_user_s_choosing_holds_the_exposed_copy_s_socket() {
     while Path::new(&format!("/proc/{pid}")).exists() && began.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(cli
-        .json(&["exposed", "--json"])
-        .as_array()
-        .unwrap()
-        .is_empty());
+    assert_nothing_exposed(&cli);
     assert!(!socket.exists(), "the socket was left in {}", dir.display());
     assert!(!dir.join(format!(".s.PGSQL.{port}.lock")).exists());
     assert!(dir.exists());
@@ -301,24 +299,9 @@ fn a_mariadb_copy_is_brought_forward_with_the_binary_logs_and_exposed_on_a_port(
             describe(&out)
         );
     }
-    assert!(cli
-        .json(&["exposed", "--json"])
-        .as_array()
-        .unwrap()
-        .is_empty());
+    assert_nothing_exposed(&cli);
 
-    let port = free_port();
-    let record = cli.json(&[
-        "expose",
-        &id,
-        "--until",
-        &target,
-        "--port",
-        &port.to_string(),
-        "--json",
-    ]);
-    let exposed = &record["exposed"][0];
-    assert_eq!(exposed["port"], port, "{record:#}");
+    let port = expose_on_a_port(&cli, &id, &target);
     let tcp = |password: Option<&str>| {
         mysql::Conn::new(
             mysql::OptsBuilder::new()
