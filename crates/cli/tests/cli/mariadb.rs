@@ -466,6 +466,13 @@ fn mariadb_aborts_leave_the_server_writable_and_nothing_half_listed() {
     assert_eq!(created["verification"]["ok"], true);
     let stats = ledger.stop();
     assert!(stats.committed > 50);
+    // Not verified, file by file: said so, with the command that checks it.
+    let created = create(&cli, &db, &["--no-verify"]);
+    let warnings = created["warnings"].to_string();
+    assert!(
+        warnings.contains("not verified") && warnings.contains("shadowcopy verify"),
+        "{created}"
+    );
 }
 
 /// Waits until the newest copy is frozen; panics with the create's output if it ended.
