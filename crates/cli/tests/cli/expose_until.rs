@@ -3,7 +3,8 @@
 //! live) to a moment after the copy, on a loopback port where the copy's own password is
 //! asked for; a target past the WAL there is refused naming the newest commit; a port
 //! in use and a socket directory every user can enter are refused before anything is
-//! built.
+//! built; a copy holding recycled WAL files under the names the live server has written
+//! since is brought forward with the live segments.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -341,4 +342,68 @@ fn a_mariadb_copy_is_brought_forward_with_the_binary_logs_and_exposed_on_a_port(
     cli.ok(&["unexpose", "--all"]);
     let stats = ledger.stop();
     assert!(stats.errors.is_empty(), "{:?}", stats.errors);
+}
+
+/// The copy's `pg_wal` holds recycled files (old segments renamed to future names, stale
+/// inside); the live server has since written real WAL under one of those names, the
+/// current one, not archived yet. `--until` just after the newest commit must read the
+/// live segment, not the copy's stale file of that name.
+#[test]
+fn expose_until_reads_the_live_segment_where_the_copy_holds_a_recycled_file_of_that_name() {
+    let test =
+        "expose_until_reads_the_live_segment_where_the_copy_holds_a_recycled_file_of_that_name";
+    let cli = Cli::new();
+    let Some((cluster, wal_archive)) = crate::postgres::archiving_cluster(test, &cli) else {
+        return;
+    };
+    cluster.psql("CREATE TABLE filler (x text); CREATE TABLE marker (n int)");
+    // About `mb` MiB of WAL: rows of 1 KiB, below the size PostgreSQL compresses.
+    let fill = |mb: u32| {
+        cluster.psql(&format!(
+            "INSERT INTO filler SELECT repeat(md5(g::text), 32) FROM generate_series(1, {}) g",
+            mb * 900
+        ));
+    };
+    let current = || cluster.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    let future = || -> Vec<String> {
+        let now = current();
+        let mut names: Vec<String> = std::fs::read_dir(cluster.wal_dir())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.len() == 24 && n.as_str() > now.as_str())
+            .collect();
+        names.sort();
+        names
+    };
+    for _ in 0..4 {
+        fill(40);
+        cluster.psql("CHECKPOINT");
+    }
+    let recycled = future();
+    assert!(
+        recycled.len() >= 2,
+        "no recycled segments to test with: {recycled:?}"
+    );
+    let created = crate::postgres::create(&cli, &cluster, &wal_archive);
+    let id = created["id"].as_i64().unwrap().to_string();
+    // Real WAL into the first recycled names; the last of them is the current segment,
+    // partly written and not archived.
+    fill(20);
+    let now = current();
+    assert!(
+        recycled.contains(&now),
+        "the current segment {now} was not a recycled file at the copy: {recycled:?}"
+    );
+    cluster.psql("INSERT INTO marker VALUES (42)");
+    let target = cluster.psql(
+        "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'",
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let out = cli.run(&[
+        "extract", &id, "--until", &target, "--table", "marker", "--format", "csv",
+    ]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "n\n42\n");
+    assert_nothing_exposed(&cli);
 }
