@@ -141,11 +141,10 @@ impl Transient {
         Box::new(Transient(e.into()))
     }
 
-    /// Whether any cause in `chain` is a [`Transient`] failure.
-    pub fn in_chain<'a>(
-        mut chain: impl Iterator<Item = &'a (dyn std::error::Error + 'static)>,
-    ) -> bool {
-        chain.any(|cause| cause.downcast_ref::<Transient>().is_some())
+    /// Whether `e` or any of its sources is a [`Transient`] failure.
+    pub fn in_chain(e: &(dyn std::error::Error + 'static)) -> bool {
+        std::iter::successors(Some(e), |cur| cur.source())
+            .any(|cause| cause.downcast_ref::<Transient>().is_some())
     }
 }
 

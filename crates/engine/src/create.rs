@@ -193,7 +193,7 @@ fn create_copy(
                 created.notes.extend(refused);
                 return Ok(created);
             }
-            Err(e) if attempt < CREATE_ATTEMPTS && Transient::in_chain(causes(&e)) => {
+            Err(e) if attempt < CREATE_ATTEMPTS && Transient::in_chain(&e) => {
                 let line = format!(
                     "attempt {attempt} of {CREATE_ATTEMPTS} was discarded and the set run again: {}",
                     shadowcopy_core::error::error_chain(&e)
@@ -201,7 +201,7 @@ fn create_copy(
                 events.warning(&line);
                 refused.push(line);
             }
-            Err(e) if Transient::in_chain(causes(&e)) => {
+            Err(e) if Transient::in_chain(&e) => {
                 return Err(anyhow::Error::from(e).context(format!(
                     "each of {CREATE_ATTEMPTS} attempts was discarded as busy; try again later"
                 )))
@@ -215,13 +215,6 @@ fn create_copy(
 /// volume, or a copy of frozen file systems.
 fn at_one_instant(spec: &SetSpec, provider: &dyn Provider) -> bool {
     provider.capabilities().atomic_snapshot || spec.freezes_file_systems()
-}
-
-/// `e` and its sources, first to last.
-fn causes<'a>(
-    e: &'a (dyn std::error::Error + 'static),
-) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
-    std::iter::successors(Some(e), |cur| cur.source())
 }
 
 /// A zero-config set is named after its file; a second database (or directory) with the

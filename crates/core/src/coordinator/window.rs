@@ -318,8 +318,5 @@ impl Drop for FreezeGuard<'_> {
 
 /// Whether `e` is only a busy moment ([`Transient`](crate::error::Transient)).
 fn is_transient(e: &Error) -> bool {
-    crate::error::Transient::in_chain(std::iter::successors(
-        Some(e as &(dyn std::error::Error + 'static)),
-        |c| c.source(),
-    ))
+    crate::error::Transient::in_chain(e)
 }
