@@ -19,7 +19,7 @@ use shadowcopy_core::BoxError;
 
 use crate::files;
 use crate::instance::{StartOptions, TempServer};
-use crate::position::{BinlogPosition, POSITION_FILE};
+use crate::position::{BinlogPosition, CopyPositionError, POSITION_FILE};
 use crate::replay;
 use crate::sandbox::{build, copy_data_dir, START_LIMIT, STOP_LIMIT};
 use crate::server::ServerLayout;
@@ -126,11 +126,10 @@ pub fn expose_copy(
 
 /// The binlog position the copy holds (its position file).
 fn copy_position(copy: &CopyView, layout: &ServerLayout) -> Result<BinlogPosition, ExposeError> {
-    let file = copy
-        .path_of(&layout.datadir.join(POSITION_FILE))
-        .ok_or_else(|| ExposeError::NoPosition("it is not in the copy".into()))?;
-    let text = std::fs::read_to_string(file).map_err(|e| ExposeError::NoPosition(e.to_string()))?;
-    BinlogPosition::parse(&text).map_err(|e| ExposeError::NoPosition(e.to_string()))
+    crate::position::in_copy(layout, copy).map_err(|e| match e {
+        CopyPositionError::Missing => ExposeError::NoPosition("it is not in the copy".into()),
+        CopyPositionError::Unreadable { why, .. } => ExposeError::NoPosition(why),
+    })
 }
 
 /// A target past the binary logs there are is refused before anything is built: a
@@ -148,21 +147,21 @@ fn check_reachable(
         until: given.to_string(),
         newest,
     };
-    let newest = || -> String {
-        match crate::log_analysis::analyze(layout, copy, None) {
-            Ok(a) => match a.roll_forward.last_transaction {
-                Some(t) => format!(
-                    "the newest transaction is GTID {} at {}, ending at {}:{}",
-                    t.gtid.as_deref().unwrap_or("?"),
-                    t.time.as_deref().unwrap_or("?"),
-                    t.file,
-                    t.end_position.map_or("?".into(), |p| p.to_string())
-                ),
-                None => "no transaction follows the copy".into(),
-            },
-            Err(e) => format!("the binary logs could not be read to say where they end: {e}"),
+    // The newest transaction after the copy: what an error names, read once (log
+    // analysis reads every binary log after the copy).
+    let newest = |last: Option<&crate::log_analysis::Transaction>| -> String {
+        match last {
+            Some(t) => format!(
+                "the newest transaction is GTID {} at {}, ending at {}:{}",
+                t.gtid.as_deref().unwrap_or("?"),
+                t.time.as_deref().unwrap_or("?"),
+                t.file,
+                t.end_position.map_or("?".into(), |p| p.to_string())
+            ),
+            None => "no transaction follows the copy".into(),
         }
     };
+    let analyze = || crate::log_analysis::analyze(layout, copy, None);
     match until {
         Until::Position { file, position } => {
             let last = logs.last().map(Path::new);
@@ -182,18 +181,23 @@ fn check_reachable(
         Until::Time { datetime, tz } => {
             if let Some(at) = utc_of(datetime, tz.as_deref()) {
                 if at > chrono::Utc::now() {
-                    return Err(
-                        unreachable(format!("that time is still to come; {}", newest())).into(),
-                    );
+                    let said = match analyze() {
+                        Ok(a) => newest(a.roll_forward.last_transaction.as_ref()),
+                        Err(e) => {
+                            format!("the binary logs could not be read to say where they end: {e}")
+                        }
+                    };
+                    return Err(unreachable(format!("that time is still to come; {said}")).into());
                 }
             }
         }
         Until::Gtid(g) => {
-            let a = crate::log_analysis::analyze(layout, copy, None)?;
-            let last = a.roll_forward.last_transaction.and_then(|t| t.gtid);
-            if let (Some(target), Some(last)) = (gtid(g), last.as_deref().and_then(gtid)) {
-                if target.0 == last.0 && target.2 > last.2 {
-                    return Err(unreachable(newest()).into());
+            let a = analyze()?;
+            let last = a.roll_forward.last_transaction.as_ref();
+            let last_gtid = last.and_then(|t| t.gtid.as_deref()).and_then(gtid);
+            if let (Some(target), Some(last_gtid)) = (gtid(g), last_gtid) {
+                if target.0 == last_gtid.0 && target.2 > last_gtid.2 {
+                    return Err(unreachable(newest(last)).into());
                 }
             }
         }

@@ -25,7 +25,9 @@ use std::process::{Command, Stdio};
 use serde::Serialize;
 use shadowcopy_core::model::CopyView;
 
-use crate::position::{binlog_number, read_index, BinlogPosition, POSITION_FILE};
+use crate::position::{
+    binlog_number, is_gtid, read_index, BinlogPosition, CopyPositionError, POSITION_FILE,
+};
 use crate::server::{BinlogLayout, ServerLayout};
 
 /// Where the events of a binary log begin (after its 4-byte magic number).
@@ -344,15 +346,10 @@ pub fn analyze(
 
 /// The copy's position file, read from the copy.
 fn copy_position(layout: &ServerLayout, copy: &CopyView) -> Result<BinlogPosition, AnalysisError> {
-    let path = copy
-        .path_of(&layout.datadir.join(POSITION_FILE))
-        .ok_or(AnalysisError::NoPosition)?;
-    let bad = |why: String| AnalysisError::BadPosition {
-        path: path.to_path_buf(),
-        why,
-    };
-    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
-    BinlogPosition::parse(&text).map_err(|e| bad(e.to_string()))
+    crate::position::in_copy(layout, copy).map_err(|e| match e {
+        CopyPositionError::Missing => AnalysisError::NoPosition,
+        CopyPositionError::Unreadable { path, why } => AnalysisError::BadPosition { path, why },
+    })
 }
 
 /// One numbered binary log as the index and the directory know it.
@@ -714,15 +711,6 @@ fn parse_header(line: &str) -> Option<Header<'_>> {
         &date[4..6]
     );
     Some(Header { time, end, what })
-}
-
-/// A GTID `domain-server-sequence`.
-fn is_gtid(s: &str) -> bool {
-    let parts: Vec<&str> = s.split('-').collect();
-    parts.len() == 3
-        && parts
-            .iter()
-            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// Folds `mariadb-binlog`'s `#` lines into [`Events`].

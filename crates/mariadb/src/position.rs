@@ -34,6 +34,40 @@ pub struct BinlogPosition {
     pub captured_at: String,
 }
 
+/// Why a copy's position file cannot be had.
+#[derive(Debug)]
+pub enum CopyPositionError {
+    /// The copy holds none.
+    Missing,
+    /// It is there but cannot be read or parsed.
+    Unreadable { path: PathBuf, why: String },
+}
+
+/// The binlog position the copy holds (its [`POSITION_FILE`]).
+pub fn in_copy(
+    layout: &crate::server::ServerLayout,
+    copy: &shadowcopy_core::model::CopyView,
+) -> Result<BinlogPosition, CopyPositionError> {
+    let path = copy
+        .path_of(&layout.datadir.join(POSITION_FILE))
+        .ok_or(CopyPositionError::Missing)?;
+    let bad = |why: String| CopyPositionError::Unreadable {
+        path: path.to_path_buf(),
+        why,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    BinlogPosition::parse(&text).map_err(|e| bad(e.to_string()))
+}
+
+/// Whether `s` has the shape of one MariaDB GTID, `domain-server-sequence` in digits.
+pub fn is_gtid(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('-').collect();
+    parts.len() == 3
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum PositionError {
     #[error("line {line} of the binlog position file is not `key: value`: {text:?}")]

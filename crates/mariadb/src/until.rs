@@ -35,16 +35,10 @@ impl Until {
                 });
             }
         }
-        let gtid = |g: &str| {
-            let parts: Vec<&str> = g.split('-').collect();
-            parts.len() == 3
-                && parts
-                    .iter()
-                    .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
-        };
         // A date alone (2026-11-22) looks like a GTID, but means a time without one.
         let date_only = s.len() == 10 && s.as_bytes()[4] == b'-' && s.as_bytes()[7] == b'-';
-        if !s.is_empty() && !date_only && s.split(',').map(str::trim).all(gtid) {
+        if !s.is_empty() && !date_only && s.split(',').map(str::trim).all(crate::position::is_gtid)
+        {
             return Ok(Until::Gtid(s.replace(' ', "")));
         }
         parse_time(s).ok_or_else(bad)
