@@ -407,20 +407,7 @@ fn copy_live_wal(
 /// A file only root writes in the sandbox before it is handed over: created anew (an
 /// earlier one removed), never through a link.
 fn write_new(path: &Path, contents: &str) -> Result<(), ExposeError> {
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io("replace", path)(e).into()),
-    }
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-        .open(path)
-        .map_err(io("create", path))?;
-    std::io::Write::write_all(&mut f, contents.as_bytes()).map_err(io("write", path))?;
-    Ok(())
+    Ok(crate::files::replace_file(path, contents)?)
 }
 
 /// Leaves out of the clone's `postgresql.auto.conf` what would steer its recovery

@@ -457,23 +457,7 @@ fn read_dir(dir: &Path) -> Result<Vec<std::fs::DirEntry>, RecoveryError> {
 /// there (a symlink someone planted, say) is removed and the file created exclusively,
 /// never opened through a link; the owner is set on the file itself.
 fn write_owned(path: &Path, content: &str, owner: &Owner) -> Result<(), RecoveryError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io("replace", path)(e)),
-    }
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(io("create", path))?;
-    file.write_all(content.as_bytes())
-        .map_err(io("write", path))?;
-    file.set_permissions(std::fs::Permissions::from_mode(0o600))
-        .map_err(io("set the mode of", path))?;
+    crate::files::replace_file(path, content)?;
     owner.lchown(path)?;
     Ok(())
 }
