@@ -4,7 +4,8 @@
 //! asked for; a target past the WAL there is refused naming the newest commit; a port
 //! in use and a socket directory every user can enter are refused before anything is
 //! built; a copy holding recycled WAL files under the names the live server has written
-//! since is brought forward with the live segments.
+//! since is brought forward with the live segments, and a link the cluster's owner
+//! planted among them is not followed.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -400,10 +401,31 @@ fn expose_until_reads_the_live_segment_where_the_copy_holds_a_recycled_file_of_t
         "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'",
     );
     std::thread::sleep(Duration::from_millis(300));
-    let out = cli.run(&[
-        "extract", &id, "--until", &target, "--table", "marker", "--format", "csv",
-    ]);
+    // The attacker: the cluster's owner plants a link named like a timeline history file
+    // in the live WAL directory, to a file only root may read. Root copies the live WAL
+    // into the sandbox, which the owner then gets: the link must not be followed.
+    let secret = cli.path("root-only-secret");
+    std::fs::write(&secret, "TOP SECRET\n").unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let planted = cluster.wal_dir().join("00000099.history");
+    std::os::unix::fs::symlink(&secret, &planted).unwrap();
+    let record = cli.json(&["expose", &id, "--until", &target, "--json"]);
+    std::fs::remove_file(&planted).unwrap();
+    let scratch = Path::new(record["scratch"].as_str().unwrap());
+    let sandbox_wal = std::fs::read_dir(scratch)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().join("data/pg_wal"))
+        .find(|p| p.is_dir())
+        .expect("the sandbox's pg_wal");
+    assert!(
+        std::fs::symlink_metadata(sandbox_wal.join("00000099.history")).is_err(),
+        "the planted link was copied into {}",
+        sandbox_wal.display()
+    );
+    let out = cli.run(&["extract", &id, "--table", "marker", "--format", "csv"]);
     assert!(out.status.success(), "{}", describe(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "n\n42\n");
+    cli.ok(&["unexpose", "--all"]);
     assert_nothing_exposed(&cli);
 }
