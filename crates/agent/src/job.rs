@@ -20,12 +20,15 @@ use crate::events::JobProgress;
 pub enum JobRequest {
     /// A copy of a set the agent's config names.
     Create { set: String },
-    /// Verify a copy again: `copy`, or else the newest usable copy of `set`.
+    /// Verify a copy again: `copy`, or else the newest usable copy of `set`; `full`
+    /// reads everything even between the set's full verifications.
     Verify {
         #[serde(default)]
         copy: Option<i64>,
         #[serde(default)]
         set: Option<String>,
+        #[serde(default)]
+        full: bool,
     },
     /// Restore a copy in place (the current state kept as a pre-restore copy unless
     /// `discard_current`). Restoring elsewhere (`--to`) is for the CLI, as root.
@@ -86,6 +89,7 @@ impl JobRequest {
             JobRequest::Verify {
                 copy: Some(id),
                 set,
+                ..
             } => {
                 let of = engine.check_verify(*id)?;
                 if set.as_ref().is_some_and(|s| *s != of) {
@@ -100,6 +104,7 @@ impl JobRequest {
             JobRequest::Verify {
                 copy: None,
                 set: Some(set),
+                ..
             } => {
                 newest_usable(engine, set)?;
                 Ok(set.clone())
@@ -107,6 +112,7 @@ impl JobRequest {
             JobRequest::Verify {
                 copy: None,
                 set: None,
+                ..
             } => Err(UsageError::new(
                 "say which copy to verify: `copy` (an id) or `set` (its newest usable copy)",
             )
@@ -216,11 +222,11 @@ pub fn run(engine: &Engine, request: &JobRequest, progress: Arc<JobProgress>) ->
                     ),
                 )
             }),
-        JobRequest::Verify { copy, set } => copy
+        JobRequest::Verify { copy, set, full } => copy
             .map(Ok)
             .unwrap_or_else(|| newest_usable(engine, set.as_deref().unwrap_or_default()))
             .and_then(|id| {
-                let outcome = engine.verify(id, &wait, &*progress)?;
+                let outcome = engine.verify(id, *full, &wait, &*progress)?;
                 let line = format!(
                     "copy {id} {}: {}",
                     if outcome.ok { "passed" } else { "FAILED" },

@@ -58,6 +58,7 @@ impl ScheduledKind {
             ScheduledKind::Verify => JobRequest::Verify {
                 copy: None,
                 set: Some(set.to_string()),
+                full: false,
             },
         }
     }

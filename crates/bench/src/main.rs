@@ -19,7 +19,9 @@
 //!   load without the agent (see [`agent`]);
 //! - `archive`: the archive on a local S3 server, first and incremental push, restore,
 //!   bytes stored and peak memory, against pgBackRest (`repo1-type=s3`) on a pgbench
-//!   database and restic on a SQLite bank, in the same run (see [`archive`]).
+//!   database and restic on a SQLite bank, in the same run (see [`archive`]);
+//! - `verify`: a copy's verification building on the last verified copy against a full
+//!   one, after 1 % of an 8 GiB SQLite database changed (see [`verify`]).
 //!
 //! All need root (loop devices, dropping caches) and exit with code 2 without it.
 
@@ -33,6 +35,7 @@ mod postgres;
 mod sizes;
 mod sqlite;
 mod stats;
+mod verify;
 
 use std::process::ExitCode;
 
@@ -70,6 +73,8 @@ enum Workload {
     Archive(archive::ArchiveArgs),
     /// Single-item recovery beside a busy cluster: pgbench's TPS while copies are exposed, extracted from and brought forward
     Expose(expose::ExposeArgs),
+    /// Verification building on the last verified copy against a full one, after a little of a large SQLite database changed
+    Verify(verify::VerifyArgs),
 }
 
 /// Every workload measures on loop file systems; regenerating the peers' report does not.
@@ -96,6 +101,7 @@ fn main() -> ExitCode {
         Workload::Agent(args) => args.tools(),
         Workload::Archive(args) => args.tools(),
         Workload::Expose(args) => args.tools(),
+        Workload::Verify(args) => args.tools(),
     };
     if let Some(missing) = tools.iter().find(|t| !has_tool(t)) {
         eprintln!(
@@ -113,6 +119,7 @@ fn main() -> ExitCode {
         Workload::Agent(args) => agent::bench(args),
         Workload::Archive(args) => archive::bench(args),
         Workload::Expose(args) => expose::bench(args),
+        Workload::Verify(args) => verify::bench(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

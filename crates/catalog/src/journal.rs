@@ -4,11 +4,10 @@ use std::time::{Duration, SystemTime};
 
 use rusqlite::params;
 use shadowcopy_core::journal::{Journal, JournalError, NewCopy};
-use shadowcopy_core::model::{
-    Component, CopyId, CopyState, FileEntry, Phase, VerifyReport, VerifyState,
-};
+use shadowcopy_core::model::{Component, CopyId, CopyState, FileEntry, Phase, VerifyState};
+use shadowcopy_core::verify::Verification;
 
-use crate::{now_ms, paths, Catalog};
+use crate::{leaf_hashes, now_ms, paths, Catalog};
 
 impl Catalog {
     /// A journal call's SQL error, said to be a full file system when it is one.
@@ -105,10 +104,10 @@ impl Journal for Catalog {
     fn record_verification(
         &self,
         id: CopyId,
-        report: &VerifyReport,
+        verification: &Verification,
         took: Duration,
     ) -> Result<(), JournalError> {
-        self.journal(self.insert_verification(id, report, took))
+        self.journal(self.insert_verification(id, verification, took))
     }
 
     fn finish_copy(
@@ -243,14 +242,27 @@ impl Catalog {
     fn insert_verification(
         &self,
         id: CopyId,
-        report: &VerifyReport,
+        verification: &Verification,
         took: Duration,
     ) -> rusqlite::Result<()> {
+        let report = &verification.report;
         let tx = self.conn.unchecked_transaction()?;
+        let now = now_ms();
+        let full_at = leaf_hashes::full_at(&tx, verification.base, now)?;
         tx.execute(
-            "INSERT INTO verifications (copy_id, at_ms, ok, took_us, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![id, now_ms(), report.ok, took.as_micros() as i64, report.detail],
+            "INSERT INTO verifications (copy_id, at_ms, ok, took_us, detail, base_copy_id, full_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                id,
+                now,
+                report.ok,
+                took.as_micros() as i64,
+                report.detail,
+                verification.base,
+                full_at
+            ],
         )?;
+        leaf_hashes::record(&tx, id, report.ok, &verification.leaves)?;
         let state = if report.ok {
             VerifyState::Passed
         } else {

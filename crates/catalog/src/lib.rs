@@ -25,6 +25,7 @@ mod archived_logs;
 mod exposures;
 mod jobs;
 mod journal;
+mod leaf_hashes;
 mod migrations;
 mod paths;
 mod queries;
@@ -42,6 +43,7 @@ use rusqlite::{Connection, OpenFlags};
 
 pub use exposures::{ExposureRecord, ExposureState};
 pub use jobs::JobRecord;
+pub use leaf_hashes::LeafBase;
 pub use queries::{
     CopyDetail, CopySummary, NewestCopy, PhaseRecord, SetTotals, VerificationRecord,
 };
@@ -283,7 +285,10 @@ impl Catalog {
             | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let try_open = |immutable: bool| -> rusqlite::Result<Connection> {
             let conn = if immutable {
-                Connection::open_with_flags(sqlite_uri(path, "mode=ro&immutable=1"), flags)?
+                Connection::open_with_flags(
+                    shadowcopy_core::dbfiles::sqlite_uri(path, "mode=ro&immutable=1"),
+                    flags,
+                )?
             } else {
                 Connection::open_with_flags(path, flags)?
             };
@@ -368,22 +373,6 @@ fn absolute(dir: &Path) -> Result<PathBuf, CatalogError> {
         dir: dir.to_path_buf(),
         source,
     })
-}
-
-/// A `file:` URI for `path` with `query` (every byte but the unreserved ones escaped).
-fn sqlite_uri(path: &Path, query: &str) -> String {
-    use std::os::unix::ffi::OsStrExt;
-    let mut uri = String::from("file:");
-    for &b in path.as_os_str().as_bytes() {
-        if b.is_ascii_alphanumeric() || b"/-_.~".contains(&b) {
-            uri.push(b as char);
-        } else {
-            uri.push_str(&format!("%{b:02X}"));
-        }
-    }
-    uri.push('?');
-    uri.push_str(query);
-    uri
 }
 
 /// Refuses to start a catalog where copies exist: `catalog.db` is missing or empty
@@ -527,6 +516,6 @@ fn warn_if_open_to_others(dir: &Path) {
     }
 }
 
-pub(crate) fn now_ms() -> i64 {
+pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }

@@ -170,6 +170,24 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE UNIQUE INDEX exposures_one_per_copy ON exposures(copy_id);
     ",
+    // 9: incremental verification. Each verification names the copy it built on
+    // (`base_copy_id`, NULL: every byte read) and when the full verification its chain
+    // goes back to ran (`full_at_ms`; those before were all full). `leaf_hashes` keeps,
+    // for the newest verified copy of each set, its files' BLAKE3 leaf values: what the
+    // next copy's verification builds on.
+    "
+    ALTER TABLE verifications ADD COLUMN base_copy_id INTEGER;
+    ALTER TABLE verifications ADD COLUMN full_at_ms INTEGER;
+    UPDATE verifications SET full_at_ms = at_ms;
+    CREATE TABLE leaf_hashes (
+        copy_id     INTEGER NOT NULL REFERENCES copies(id) ON DELETE CASCADE,
+        path        BLOB NOT NULL,
+        size        INTEGER NOT NULL,
+        leaf_size   INTEGER NOT NULL,
+        cvs         BLOB NOT NULL,
+        PRIMARY KEY (copy_id, path)
+    );
+    ",
 ];
 
 /// How many migrations a catalog at schema version `found` lacks, or `Err(known)` when

@@ -52,6 +52,10 @@ pub struct VerificationRecord {
     pub ok: bool,
     pub took_us: i64,
     pub detail: String,
+    /// The verified copy whose shared blocks it did not read again (absent: it read
+    /// everything).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base: Option<i64>,
 }
 
 /// Everything the catalog knows of one copy.
@@ -296,7 +300,8 @@ impl Catalog {
             })?
             .collect::<Result<_, _>>()?;
         let mut stmt = self.conn.prepare(
-            "SELECT at_ms, ok, took_us, detail FROM verifications WHERE copy_id = ?1 ORDER BY at_ms",
+            "SELECT at_ms, ok, took_us, detail, base_copy_id FROM verifications WHERE copy_id = ?1
+             ORDER BY at_ms",
         )?;
         let verifications = stmt
             .query_map([id], |r| {
@@ -305,6 +310,7 @@ impl Catalog {
                     ok: r.get(1)?,
                     took_us: r.get(2)?,
                     detail: r.get(3)?,
+                    base: r.get(4)?,
                 })
             })?
             .collect::<Result<_, _>>()?;

@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use shadowcopy_catalog::{Catalog, QueueError, QueueHolder, Wait};
 use shadowcopy_core::journal::{Journal, NewCopy};
+use shadowcopy_core::verify::Verification;
 use shadowcopy_core::{
     BoxError, CommitControl, CommitRequest, Component, ComponentRole, CopyId, CopyState, CopyView,
     FileEntry, Origin, Phase, Provider, Unsupported, VerifyReport, VerifyState,
@@ -129,10 +130,10 @@ fn a_copy_is_recorded_call_by_call() {
     catalog
         .record_verification(
             id,
-            &VerifyReport {
+            &Verification::without_hashes(VerifyReport {
                 ok: true,
                 detail: "fine".into(),
-            },
+            }),
             Duration::from_millis(5),
         )
         .unwrap();
@@ -374,4 +375,107 @@ fn copies_list_in_pages_and_count_per_set() {
     assert_eq!(ledger.copies, 2);
     assert_eq!(ledger.newest_usable.as_ref().unwrap().id, ids[1]);
     assert_eq!(totals.len(), 2);
+}
+
+/// A finished copy of set `bank` whose verification `passed` (or not), built on `base`
+/// with `leaves` for one file.
+fn verified_copy(catalog: &Catalog, passed: bool, base: Option<CopyId>, leaves: u8) -> CopyId {
+    use shadowcopy_core::leaf_hash::LeafHashes;
+    let id = begin(catalog);
+    catalog.finish_copy(id, CopyState::Usable, None).unwrap();
+    let verification = Verification {
+        report: VerifyReport {
+            ok: passed,
+            detail: String::new(),
+        },
+        leaves: vec![(
+            PathBuf::from("/data/bank.db"),
+            LeafHashes {
+                leaf_size: 16384,
+                size: 2 * 16384,
+                cvs: vec![[leaves; 32], [leaves; 32]],
+            },
+        )],
+        base,
+        bytes_read: 0,
+        bytes: 2 * 16384,
+    };
+    catalog
+        .record_verification(id, &verification, Duration::from_millis(1))
+        .unwrap();
+    id
+}
+
+/// Incremental verification builds on the set's newest verified copy: one copy's
+/// leaves are kept per set, a failed verification is never built on, an older copy
+/// verified again does not take the newest's place, and a chain whose full
+/// verification is older than the set allows ends (the next one is full).
+#[test]
+fn a_verification_builds_on_the_newest_passed_copy_within_the_full_period() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = Catalog::open(dir.path()).unwrap();
+    let now = shadowcopy_catalog::now_ms();
+    assert!(
+        catalog.verify_base("bank", None, 0).unwrap().is_none(),
+        "nothing yet"
+    );
+
+    let first = verified_copy(&catalog, true, None, 1);
+    let base = catalog
+        .verify_base("bank", None, now - 1000)
+        .unwrap()
+        .unwrap();
+    assert_eq!(base.copy, first);
+    let leaves = &base.leaves[Path::new("/data/bank.db")];
+    assert_eq!((leaves.size, leaves.cvs[1]), (2 * 16384, [1; 32]));
+    // A copy is never its own base.
+    assert!(catalog
+        .verify_base("bank", Some(first), 0)
+        .unwrap()
+        .is_none());
+    assert!(catalog.verify_base("other", None, 0).unwrap().is_none());
+
+    // Built on the first: the chain still goes back to the first's full verification.
+    let second = verified_copy(&catalog, true, Some(first), 2);
+    let base = catalog
+        .verify_base("bank", None, now - 1000)
+        .unwrap()
+        .unwrap();
+    assert_eq!(base.copy, second);
+    // Only the newest copy's leaves are kept.
+    assert!(catalog
+        .verify_base("bank", Some(second), 0)
+        .unwrap()
+        .is_none());
+
+    // A failed verification is not built on, and takes nothing away from the second.
+    let third = verified_copy(&catalog, false, Some(second), 3);
+    assert_eq!(
+        catalog.verify_base("bank", None, 0).unwrap().unwrap().copy,
+        second
+    );
+    assert!(catalog
+        .verify_base("bank", Some(second), 0)
+        .unwrap()
+        .is_none());
+    let _ = third;
+
+    // The first verified again (in full): the second keeps its place.
+    let verification = Verification::without_hashes(VerifyReport {
+        ok: true,
+        detail: String::new(),
+    });
+    catalog
+        .record_verification(first, &verification, Duration::from_millis(1))
+        .unwrap();
+    assert_eq!(
+        catalog.verify_base("bank", None, 0).unwrap().unwrap().copy,
+        second
+    );
+
+    // The full verification the chain goes back to is older than allowed: none.
+    assert!(catalog
+        .verify_base("bank", None, now + 60_000)
+        .unwrap()
+        .is_none());
 }

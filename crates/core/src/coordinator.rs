@@ -35,7 +35,7 @@ use crate::model::{
     Component, CopyId, CopyState, CopyView, FileEntry, Origin, Phase, VerifyReport,
 };
 use crate::provider::{CommitControl, CommitRequest, Provider};
-use crate::verify::verify_copy;
+use crate::verify::{verify_copy, Verification, VerifyBase, VerifySummary};
 use crate::writer::{KeptCopies, Writer};
 
 use undo::{Undo, UndoStack};
@@ -56,6 +56,9 @@ pub struct ShadowSetRequest {
     pub provider: Arc<dyn Provider>,
     pub freeze_deadline: Duration,
     pub verify: bool,
+    /// A verified copy of the set to verify this one against: blocks they share are not
+    /// read again, and writers check what changed (`None`: a full verification).
+    pub verify_base: Option<VerifyBase>,
     /// The set's other usable copies, for writers that truncate logs after a verified
     /// copy (`backup_complete`).
     pub kept_copies: Box<dyn KeptCopies>,
@@ -68,7 +71,7 @@ pub struct CreatedCopy {
     pub location: String,
     pub freeze_window: Duration,
     pub files: Vec<FileEntry>,
-    pub verification: Option<VerifyReport>,
+    pub verification: Option<VerifySummary>,
     pub phases: Vec<(Phase, Duration)>,
     /// What writers did after the verified copy (logs truncated), one line each.
     pub notes: Vec<String>,
@@ -163,7 +166,7 @@ struct Snapshotted {
 /// be recorded usable.
 struct Verified {
     copy: Snapshotted,
-    verification: Option<VerifyReport>,
+    verification: Option<VerifySummary>,
     notes: Vec<String>,
     warnings: Vec<String>,
 }
@@ -427,7 +430,7 @@ impl Run<'_> {
                 warnings: Vec::new(),
             });
         }
-        let report = self.check(&mut copy, &request.writers)?;
+        let report = self.check(&mut copy, &request.writers, request.verify_base.as_ref())?;
         let (notes, warnings) =
             self.backup_complete(&copy.view, &mut request.writers, &*request.kept_copies)?;
         Ok(Verified {
@@ -444,19 +447,22 @@ impl Run<'_> {
         &mut self,
         copy: &mut Snapshotted,
         writers: &[Box<dyn Writer>],
-    ) -> Result<VerifyReport, Error> {
+        base: Option<&VerifyBase>,
+    ) -> Result<VerifySummary, Error> {
         let started = Instant::now();
         let events = self.rec.events.clone();
         // A check that cannot run (no scratch space, say) counts as failed: the copy is
         // kept, and no log is truncated on its account.
-        let report = self.rec.step(Phase::Verify, || {
+        let verification = self.rec.step(Phase::Verify, || {
             Ok(
-                verify_copy(&copy.view, &mut copy.files, writers, &*events).unwrap_or_else(|e| {
-                    VerifyReport {
-                        ok: false,
-                        detail: format!("the check could not run: {}", error_chain(&e)),
-                    }
-                }),
+                verify_copy(&copy.view, &mut copy.files, writers, &*events, base).unwrap_or_else(
+                    |e| {
+                        Verification::without_hashes(VerifyReport {
+                            ok: false,
+                            detail: format!("the check could not run: {}", error_chain(&e)),
+                        })
+                    },
+                ),
             )
         })?;
         let (journal, id) = (self.rec.journal, self.rec.id);
@@ -464,8 +470,10 @@ impl Run<'_> {
             .record_files(id, &copy.files)
             .map_err(Error::journal("file hashes"))?;
         journal
-            .record_verification(id, &report, started.elapsed())
+            .record_verification(id, &verification, started.elapsed())
             .map_err(Error::journal("verification"))?;
+        let summary = verification.summary();
+        let report = verification.report;
         if !report.ok {
             // The copy is complete but damaged: keep it for inspection, never let the
             // application drop logs because of it.
@@ -478,7 +486,7 @@ impl Run<'_> {
                 detail: report.detail,
             });
         }
-        Ok(report)
+        Ok(summary)
     }
 
     /// A writer failing here (say, a log truncation) leaves a verified copy: the failure

@@ -9,6 +9,24 @@ use crate::model::CopyView;
 
 use crate::error::{io_err, IoError};
 
+/// A `file:` URI naming `path` for SQLite byte for byte (every byte outside the
+/// unreserved characters percent-encoded, so any Linux name survives), with `query`
+/// (`mode=ro&immutable=1`).
+pub fn sqlite_uri(path: &Path, query: &str) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let mut uri = String::from("file:");
+    for &b in path.as_os_str().as_bytes() {
+        if b.is_ascii_alphanumeric() || b"/-_.~".contains(&b) {
+            uri.push(b as char);
+        } else {
+            uri.push_str(&format!("%{b:02X}"));
+        }
+    }
+    uri.push('?');
+    uri.push_str(query);
+    uri
+}
+
 /// Where the copy holds the directory `original` (found through any file under it).
 pub fn copy_root(copy: &CopyView, original: &Path) -> Option<PathBuf> {
     copy.files.iter().find_map(|(o, c)| {

@@ -216,7 +216,7 @@ impl Journal for FakeJournal {
     fn record_verification(
         &self,
         _id: CopyId,
-        _report: &VerifyReport,
+        _verification: &crate::verify::Verification,
         _took: Duration,
     ) -> Result<(), JournalError> {
         self.call("journal.record_verification".into())
@@ -707,6 +707,7 @@ impl Set {
             provider: Arc::new(provider),
             freeze_deadline,
             verify: true,
+            verify_base: None,
             kept_copies: Box::new(KeptCopiesUnknown),
         })
     }

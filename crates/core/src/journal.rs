@@ -13,7 +13,8 @@
 
 use std::time::{Duration, SystemTime};
 
-use crate::model::{Component, CopyId, CopyState, FileEntry, Origin, Phase, VerifyReport};
+use crate::model::{Component, CopyId, CopyState, FileEntry, Origin, Phase};
+use crate::verify::Verification;
 
 pub type JournalError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
@@ -57,10 +58,12 @@ pub trait Journal {
     fn record_components(&self, id: CopyId, components: &[Component]) -> Result<(), JournalError>;
     fn record_files(&self, id: CopyId, files: &[FileEntry]) -> Result<(), JournalError>;
     fn record_freeze_window(&self, id: CopyId, window: Duration) -> Result<(), JournalError>;
+    /// The outcome of a verification, what it built on, and (when it passed) the leaf
+    /// hashes the next copy's verification can build on.
     fn record_verification(
         &self,
         id: CopyId,
-        report: &VerifyReport,
+        verification: &Verification,
         took: Duration,
     ) -> Result<(), JournalError>;
     fn finish_copy(

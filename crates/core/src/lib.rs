@@ -11,10 +11,12 @@ pub mod coordinator;
 pub mod dbfiles;
 pub mod error;
 pub mod events;
+pub mod extents;
 pub mod extract;
 #[cfg(test)]
 mod fakes;
 pub mod journal;
+pub mod leaf_hash;
 pub mod model;
 pub mod pathjson;
 pub mod priority;

@@ -1,6 +1,8 @@
 //! The model: phases of a shadow set, states of a copy, components and file manifests.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -265,6 +267,23 @@ impl TryFrom<FileEntryJson> for FileEntry {
 #[derive(Clone, Debug, Default)]
 pub struct CopyView {
     pub files: Vec<(PathBuf, PathBuf)>,
+}
+
+/// What changed in a copy since the verified copy its verification builds on
+/// (`base`): for each file (by original path), the byte ranges whose blocks are not
+/// the base's, ascending. A file not listed changed entirely (the base has no such
+/// file, or the two could not be compared).
+#[derive(Clone, Debug, Default)]
+pub struct Changes {
+    pub base: CopyId,
+    pub files: HashMap<PathBuf, Vec<Range<u64>>>,
+}
+
+impl Changes {
+    /// The changed ranges of `original`; `None`: all of it changed.
+    pub fn of(&self, original: &Path) -> Option<&[Range<u64>]> {
+        self.files.get(original).map(Vec::as_slice)
+    }
 }
 
 impl CopyView {

@@ -456,6 +456,7 @@ impl<'a> Restorer<'a> {
                 provider: request.provider.clone(),
                 freeze_deadline: PRE_RESTORE_DEADLINE,
                 verify: false,
+                verify_base: None,
                 kept_copies: Box::new(KeptCopiesUnknown),
             })
             .map_err(|e| Error::Restore {

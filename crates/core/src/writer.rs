@@ -32,7 +32,7 @@ use std::time::Instant;
 
 use crate::error::BoxError;
 use crate::extract::ExtractRequest;
-use crate::model::{Component, CopyId, CopyView, VerifyReport};
+use crate::model::{Changes, Component, CopyId, CopyView, VerifyReport};
 
 /// What the restore swaps in: each staged file renamed onto its target, and files that
 /// must not survive beside the restored data. The state being replaced is kept as a
@@ -103,6 +103,18 @@ pub trait Writer: Send {
     }
 
     fn verify(&self, copy: &CopyView) -> Result<VerifyReport, BoxError>;
+
+    /// Checks the copy knowing what changed since a verified copy of the same set
+    /// (`changes`): a writer whose check can be limited to that does less than
+    /// [`Writer::verify`]; the default checks everything. It must still find damage in
+    /// anything that changed.
+    fn verify_changed(
+        &self,
+        copy: &CopyView,
+        _changes: &Changes,
+    ) -> Result<VerifyReport, BoxError> {
+        self.verify(copy)
+    }
 
     /// Opens the copy read-only beside production, built below `options.scratch` (an
     /// empty private directory on the copy's file system if it can be, owned by this

@@ -399,7 +399,8 @@ impl Engine {
             }
         };
         let (id, restore) = id;
-        let verification = self.verify(id, wait, progress)?.into_result()?;
+        // Brought back from off the host: read and checked in full.
+        let verification = self.verify(id, true, wait, progress)?.into_result()?;
         Ok(ImportReport {
             copy_id: id,
             restore,

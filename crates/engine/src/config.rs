@@ -60,6 +60,10 @@ pub struct SetDefaults {
     pub freeze_deadline: Option<HumanDuration>,
     pub copies_dir: Option<PathBuf>,
     pub verify: Option<bool>,
+    /// How often a copy's verification reads everything (`"7d"`, the default); in
+    /// between, a verification reads only what changed since the set's newest verified
+    /// copy. `"0s"`: always read everything.
+    pub full_verify_every: Option<HumanDuration>,
     /// Which copies `delete --policy` (and the agent) keep, for sets without their own.
     pub retention: Option<RetentionPolicy>,
     /// The same for `pre-restore` copies (without one they are all kept).
@@ -89,6 +93,10 @@ pub struct SetConfig {
     pub freeze_deadline: Option<HumanDuration>,
     pub copies_dir: Option<PathBuf>,
     pub verify: Option<bool>,
+    /// How often a copy's verification reads everything (`"7d"`, the default); in
+    /// between, a verification reads only what changed since the set's newest verified
+    /// copy. `"0s"`: always read everything.
+    pub full_verify_every: Option<HumanDuration>,
     /// Where `archive push` sends the set's copies (else `[defaults] archive`).
     pub archive: Option<String>,
     /// Which of the set's archived copies `archive prune` keeps.

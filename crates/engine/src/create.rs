@@ -7,9 +7,9 @@ use std::time::Duration;
 use serde::Serialize;
 use shadowcopy_catalog::Catalog;
 use shadowcopy_core::error::Transient;
+use shadowcopy_core::verify::VerifySummary;
 use shadowcopy_core::{
     Coordinator, CopyState, CreatedCopy, EventSink, KeptCopies, Origin, Provider, ShadowSetRequest,
-    VerifyReport,
 };
 
 use crate::copies::CatalogKeptCopies;
@@ -17,6 +17,7 @@ use crate::engine::{Engine, WaitOptions};
 use crate::error::UsageError;
 use crate::progress::Progress;
 use crate::set::{CreateOptions, SetSpec};
+use crate::verify::verify_base;
 
 /// A copy made and recorded usable: what `create --json` prints.
 #[derive(Clone, Debug, Serialize)]
@@ -31,7 +32,7 @@ pub struct CreateReport {
     pub files: usize,
     pub bytes: u64,
     pub phases: Vec<PhaseTime>,
-    pub verification: Option<VerifyReport>,
+    pub verification: Option<VerifySummary>,
     /// What writers did after the verified copy (WAL expired from the archive).
     pub notes: Vec<String>,
     /// Problems that left the copy usable (a log truncation that failed).
@@ -186,6 +187,10 @@ fn create_copy(
             provider: provider.clone(),
             freeze_deadline: spec.freeze_deadline(),
             verify: spec.verify,
+            verify_base: match spec.verify {
+                true => verify_base(catalog, &spec.name, None, spec.full_verify_every()),
+                false => None,
+            },
             kept_copies: kept_copies(),
         });
         match result {

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Serialize;
-use shadowcopy_catalog::{Catalog, ExposureRecord, ExposureState};
+use shadowcopy_catalog::{now_ms, Catalog, ExposureRecord, ExposureState};
 use shadowcopy_core::extract::ExtractRequest;
 use shadowcopy_core::model::ComponentRole;
 use shadowcopy_core::writer::{ExposeOptions, Exposed};
@@ -645,10 +645,4 @@ fn can_reach(dir: &Path, uid: u32, gid: u32) -> bool {
         .gid(gid)
         .status()
         .is_ok_and(|s| s.success())
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }

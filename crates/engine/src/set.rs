@@ -41,6 +41,10 @@ pub struct SetSpec {
     #[serde(default, with = "shadowcopy_core::pathjson::option")]
     pub copies_dir: Option<PathBuf>,
     pub verify: bool,
+    /// How often a verification reads everything (in between, only what changed since
+    /// the set's newest verified copy); 0: always.
+    #[serde(default = "default_full_verify_every_ms")]
+    pub full_verify_every_ms: u64,
     /// The exec provider this set uses (`provider = "exec:NAME"`), as configured when the
     /// copy was made, so the copy can be read and deleted without the config file.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -135,6 +139,17 @@ pub struct CreateOptions {
     /// Skip the integrity check after the copy (the copy is recorded as not verified)
     #[arg(long, help_heading = "Copy")]
     pub no_verify: bool,
+    /// Verify the copy in full (every byte read, every page checked) even when the set's
+    /// `full_verify_every` has not come round
+    #[arg(long, conflicts_with = "no_verify", help_heading = "Copy")]
+    pub full_verify: bool,
+}
+
+/// A full verification a week, incremental ones in between.
+pub const DEFAULT_FULL_VERIFY_EVERY: Duration = Duration::from_secs(7 * 24 * 3600);
+
+fn default_full_verify_every_ms() -> u64 {
+    DEFAULT_FULL_VERIFY_EVERY.as_millis() as u64
 }
 
 impl SetSpec {
@@ -272,6 +287,7 @@ impl SetSpec {
                 freeze_deadline: None,
                 copies_dir: None,
                 verify: None,
+                full_verify_every: None,
                 archive: None,
                 logs_push_every: None,
                 archive_retention: None,
@@ -364,9 +380,24 @@ impl SetSpec {
             freeze_deadline_ms,
             copies_dir,
             verify: !o.no_verify && source.verify.or(d.verify).unwrap_or(true),
+            full_verify_every_ms: if o.full_verify {
+                0
+            } else {
+                source
+                    .full_verify_every
+                    .as_ref()
+                    .or(d.full_verify_every.as_ref())
+                    .map_or(DEFAULT_FULL_VERIFY_EVERY, |h| h.0)
+                    .as_millis() as u64
+            },
             exec_providers,
             discovered,
         })
+    }
+
+    /// How often a verification reads everything (zero: every time).
+    pub fn full_verify_every(&self) -> Duration {
+        Duration::from_millis(self.full_verify_every_ms)
     }
 
     pub fn from_json(json: &str) -> Result<SetSpec, serde_json::Error> {

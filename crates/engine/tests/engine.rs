@@ -131,7 +131,7 @@ fn the_whole_cycle_through_the_engine() {
         assert!(lines.iter().any(|l| l == phase), "{phase} not in {lines:?}");
     }
 
-    let verified = engine.verify(created.id, &wait, &Silent).unwrap();
+    let verified = engine.verify(created.id, false, &wait, &Silent).unwrap();
     assert!(verified.ok, "{verified:?}");
 
     // Damage the live bank, restore in place: the copy is back, the damage kept aside.

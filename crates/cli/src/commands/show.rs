@@ -86,10 +86,14 @@ pub fn run(g: &GlobalArgs, args: ShowArgs) -> anyhow::Result<()> {
         println!("verifications:");
         for v in &d.verifications {
             println!(
-                "  {}  {}  {}",
+                "  {}  {}  {}  {}",
                 local_time(v.at_ms),
                 if v.ok { "passed" } else { "FAILED" },
-                micros(Some(v.took_us))
+                micros(Some(v.took_us)),
+                match v.base {
+                    Some(base) => format!("changes since copy {base}"),
+                    None => "full".to_string(),
+                }
             );
             for line in v.detail.lines() {
                 println!("      {line}");

@@ -12,6 +12,11 @@ use crate::GlobalArgs;
 pub struct VerifyArgs {
     /// The copy's id
     pub id: i64,
+    /// Read every byte and check every page, even between the set's full verifications
+    /// (`full_verify_every`); without it, blocks the copy shares with the set's newest
+    /// other verified copy are not read again
+    #[arg(long)]
+    pub full: bool,
     #[command(flatten)]
     pub wait: WaitOptions,
     /// Print the result as JSON
@@ -23,7 +28,7 @@ pub fn run(g: &GlobalArgs, args: VerifyArgs) -> anyhow::Result<()> {
     let engine = g.engine()?;
     let out = g.output(args.json);
     let printer = PhasePrinter::new(out, "");
-    let outcome = engine.verify(args.id, &args.wait, &printer);
+    let outcome = engine.verify(args.id, args.full, &args.wait, &printer);
     printer.finish();
     let outcome = outcome?;
     if out.json {

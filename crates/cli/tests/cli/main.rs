@@ -15,6 +15,7 @@ mod expose_until;
 mod fsfreeze;
 mod hooks;
 mod hostile_input;
+mod incremental_verify;
 mod mariadb;
 mod multivolume;
 mod postgres;

@@ -265,6 +265,7 @@ fn hung_provider_is_abandoned_and_the_writers_thawed_at_the_deadline() {
                     provider: p,
                     freeze_deadline: deadline,
                     verify: true,
+                    verify_base: None,
                     kept_copies: Box::new(Vec::<shadowcopy_core::KeptCopy>::new()),
                 },
             )

@@ -72,6 +72,7 @@ impl Env {
             provider,
             freeze_deadline: deadline,
             verify: true,
+            verify_base: None,
             kept_copies: Box::new(Vec::<shadowcopy_core::KeptCopy>::new()),
         }
     }
