@@ -3,7 +3,7 @@
 //! changed, not with the database's size).
 //!
 //! A SQLite bank padded to `--size` (default 8 GiB) on a loop file system of each
-//! provider's kind (`reflink` on XFS, `btrfs` on btrfs). A first copy is taken and
+//! provider's kind (`reflink` on XFS, `btrfs` on btrfs, in a subvolume of its own). A first copy is taken and
 //! verified in full. Then, for each of `--runs` runs:
 //!
 //! 1. `--change` of the database's pages (default 1 %) are rewritten where they lie,
@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context};
 use rand::RngExt;
 use serde_json::Value;
-use shadowcopy_testing::loopfs::LoopFs;
+use shadowcopy_testing::loopfs::{FsKind, LoopFs};
 
 use crate::common::{self, drop_caches, loadavg, phase, shadowcopy};
 use crate::stats::{self, human, human_bytes, Spread};
@@ -115,7 +115,21 @@ pub fn bench(args: &VerifyArgs) -> anyhow::Result<()> {
 }
 
 fn measure(bin: &Path, fs: &LoopFs, provider: &str, args: &VerifyArgs) -> anyhow::Result<Vec<Run>> {
-    let db = fs.path().join("bank.db");
+    // On btrfs in a subvolume of its own (a snapshot covers one subvolume).
+    let home = fs.path().join("bank");
+    if fs.kind == FsKind::Btrfs {
+        let made = std::process::Command::new("btrfs")
+            .args(["subvolume", "create"])
+            .arg(&home)
+            .output()?;
+        ensure!(
+            made.status.success(),
+            "btrfs subvolume create failed: {made:?}"
+        );
+    } else {
+        std::fs::create_dir(&home)?;
+    }
+    let db = home.join("bank.db");
     shadowcopy_sample::create(&db, crate::sqlite::ACCOUNTS, true)?;
     shadowcopy_sample::pad_to(&db, args.size)?;
     let catalog = tempfile::Builder::new()

@@ -27,6 +27,29 @@ pub fn sqlite_uri(path: &Path, query: &str) -> String {
     uri
 }
 
+/// A scratch directory as close to `near` (a file or directory of a copy) as possible,
+/// so that a clone of the copy's files shares their blocks: a new directory named
+/// `.PREFIX*` in the nearest writable ancestor of `near` for which `usable` says yes
+/// (a btrfs snapshot is read-only; the directory holding it is not), else `PREFIX*` in
+/// the temp dir.
+pub fn scratch_near(
+    near: &Path,
+    prefix: &str,
+    usable: impl Fn(&Path) -> bool,
+) -> std::io::Result<tempfile::TempDir> {
+    for dir in near.ancestors().skip(1) {
+        if let Ok(t) = tempfile::Builder::new()
+            .prefix(&format!(".{prefix}"))
+            .tempdir_in(dir)
+        {
+            if usable(t.path()) {
+                return Ok(t);
+            }
+        }
+    }
+    tempfile::Builder::new().prefix(prefix).tempdir()
+}
+
 /// Where the copy holds the directory `original` (found through any file under it).
 pub fn copy_root(copy: &CopyView, original: &Path) -> Option<PathBuf> {
     copy.files.iter().find_map(|(o, c)| {
@@ -67,6 +90,17 @@ impl Owner {
                 .map_err(io_err("give to the server's owner", path))?;
         }
         Ok(())
+    }
+
+    /// Whether the owner could use `dir` (a new directory of ours) once given it: it is
+    /// tried by giving it to the owner and taken back at once, so that it stays closed
+    /// to the owner until it is handed over.
+    pub fn reachable_yet_ours(&self, dir: &Path) -> bool {
+        if self.chown(dir).is_err() || !self.can_enter(dir) {
+            return false;
+        }
+        let me = (rustix::process::geteuid(), rustix::process::getegid());
+        std::os::unix::fs::chown(dir, Some(me.0.as_raw()), Some(me.1.as_raw())).is_ok()
     }
 
     /// Whether the owner can reach and write `dir` (every ancestor traversable).

@@ -8,7 +8,7 @@
 //! compressed or encrypted (`ENCODED`), inline, unwritten or not block-aligned is never
 //! taken as shared, nor is a hole. Two files compare only on one file system (the same
 //! device, or for btrfs, whose subvolumes have devices of their own, the same file
-//! system UUID); anything else shares nothing.
+//! system UUID, from `BTRFS_IOC_FS_INFO`); anything else shares nothing.
 //!
 //! The one module that allows `unsafe`: rustix has no safe wrapper for these two
 //! ioctls, so each call lays out the kernel's structure itself (see the SAFETY notes).
@@ -190,35 +190,43 @@ pub fn complement(ranges: &[Range<u64>], size: u64) -> Vec<Range<u64>> {
     out
 }
 
-/// `struct fsuuid2`, what `FS_IOC_GETFSUUID` fills.
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct FsUuid {
-    len: u8,
-    uuid: [u8; 16],
-}
+/// `struct btrfs_ioctl_fs_info_args`, what `BTRFS_IOC_FS_INFO` fills: 1024 bytes,
+/// the file system's UUID at bytes 16 to 32.
+type BtrfsFsInfo = [u8; 1024];
 
-const FS_IOC_GETFSUUID: Opcode = opcode::read::<FsUuid>(0x15, 0);
+const BTRFS_IOC_FS_INFO: Opcode = opcode::read::<BtrfsFsInfo>(0x94, 31);
 const BTRFS_SUPER_MAGIC: u64 = 0x9123_683e;
 
-/// Whether block addresses of `a` and `b` are addresses on one device: the same
-/// device number, or both on btrfs (whose subvolumes each have a device number of
-/// their own) with the same file system UUID.
+/// Whether block addresses of `a` and `b` are addresses in one space: the same device
+/// number, or both on one btrfs file system (whose subvolumes each have a device
+/// number of their own; its addresses are the file system's, not a device's).
 fn same_block_space(a: &File, b: &File) -> bool {
-    let is_btrfs =
-        |f: &File| rustix::fs::fstatfs(f).is_ok_and(|s| s.f_type as u64 == BTRFS_SUPER_MAGIC);
-    if is_btrfs(a) && is_btrfs(b) {
-        return matches!((fs_uuid(a), fs_uuid(b)), (Some(x), Some(y)) if x == y);
+    match (btrfs_fsid(a), btrfs_fsid(b)) {
+        (Some(x), Some(y)) => x == y,
+        (None, None) => {
+            matches!((a.metadata(), b.metadata()), (Ok(x), Ok(y)) if x.dev() == y.dev())
+        }
+        _ => false,
     }
-    matches!((a.metadata(), b.metadata()), (Ok(x), Ok(y)) if x.dev() == y.dev())
 }
 
-/// The file system's UUID, where the kernel reports one.
-fn fs_uuid(file: &File) -> Option<Vec<u8>> {
-    // SAFETY: FS_IOC_GETFSUUID fills a `struct fsuuid2`, which `FsUuid` lays out.
-    let got = unsafe { ioctl(file.as_fd(), Getter::<FS_IOC_GETFSUUID, FsUuid>::new()) }.ok()?;
-    let len = usize::from(got.len).min(got.uuid.len());
-    (len > 0).then(|| got.uuid[..len].to_vec())
+/// The UUID of the btrfs file system `file` is on; `None` on any other file system.
+fn btrfs_fsid(file: &File) -> Option<[u8; 16]> {
+    let on_btrfs = rustix::fs::fstatfs(file).is_ok_and(|s| s.f_type as u64 == BTRFS_SUPER_MAGIC);
+    if !on_btrfs {
+        return None;
+    }
+    // SAFETY: BTRFS_IOC_FS_INFO fills a `struct btrfs_ioctl_fs_info_args`, 1024 bytes,
+    // which `BtrfsFsInfo` is.
+    let info = unsafe {
+        ioctl(
+            file.as_fd(),
+            Getter::<BTRFS_IOC_FS_INFO, BtrfsFsInfo>::new(),
+        )
+    }
+    .map_err(|e| tracing::debug!("BTRFS_IOC_FS_INFO: {e}"))
+    .ok()?;
+    info[16..32].try_into().ok()
 }
 
 #[cfg(test)]

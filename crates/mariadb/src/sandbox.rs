@@ -222,23 +222,11 @@ pub fn read_check(out: &str) -> (usize, Vec<Problem>) {
 /// shares blocks): the nearest writable ancestor of `copy_data` that the server's owner
 /// can reach, else the temp dir.
 fn scratch_near(copy_data: &Path, owner: &Owner) -> Result<tempfile::TempDir, BoxError> {
-    for dir in copy_data.ancestors().skip(1) {
-        if let Ok(t) = tempfile::Builder::new()
-            .prefix(".shadowcopy-mariadb-sandbox-")
-            .tempdir_in(dir)
-        {
-            if owner.chown(t.path()).is_ok() && owner.can_enter(t.path()) {
-                // Root's again until the sandbox is built (see `verify_copy`).
-                let me = (rustix::process::geteuid(), rustix::process::getegid());
-                std::os::unix::fs::chown(t.path(), Some(me.0.as_raw()), Some(me.1.as_raw()))
-                    .map_err(files::io_err("take back", t.path()))?;
-                return Ok(t);
-            }
-        }
-    }
-    let t = tempfile::Builder::new()
-        .prefix("shadowcopy-mariadb-sandbox-")
-        .tempdir()
+    // Root's again until the sandbox is built (see `verify_copy`).
+    let t =
+        shadowcopy_core::dbfiles::scratch_near(copy_data, "shadowcopy-mariadb-sandbox-", |dir| {
+            owner.reachable_yet_ours(dir)
+        })
         .map_err(files::io_err("create a sandbox in", &std::env::temp_dir()))?;
     // Its ancestors, not itself: it stays closed (root's, 0700) until it is handed over.
     if let Some(parent) = t.path().parent() {

@@ -438,24 +438,10 @@ impl Drop for Sandbox<'_> {
 /// shares blocks): the nearest writable ancestor of `copy_data` that the cluster's owner
 /// can reach, else the temp dir.
 fn scratch_near(copy_data: &Path, owner: &files::Owner) -> Result<tempfile::TempDir, SandboxError> {
-    for dir in copy_data.ancestors().skip(1) {
-        if let Ok(t) = tempfile::Builder::new()
-            .prefix(".shadowcopy-pg-sandbox-")
-            .tempdir_in(dir)
-        {
-            if owner.chown(t.path()).is_ok() && owner.can_enter(t.path()) {
-                // Root's again until the sandbox is handed over.
-                let me = (rustix::process::geteuid(), rustix::process::getegid());
-                std::os::unix::fs::chown(t.path(), Some(me.0.as_raw()), Some(me.1.as_raw()))
-                    .map_err(io("take back", t.path()))?;
-                return Ok(t);
-            }
-        }
-    }
-    tempfile::Builder::new()
-        .prefix("shadowcopy-pg-sandbox-")
-        .tempdir()
-        .map_err(io("create a sandbox in", &std::env::temp_dir()))
+    shadowcopy_core::dbfiles::scratch_near(copy_data, "shadowcopy-pg-sandbox-", |dir| {
+        owner.reachable_yet_ours(dir)
+    })
+    .map_err(io("create a sandbox in", &std::env::temp_dir()))
 }
 
 pub(crate) fn last_lines(s: &str, n: usize) -> String {

@@ -204,14 +204,9 @@ impl SqliteWriter {
             .path_of(&self.path)
             .ok_or_else(|| SqliteError::NotInCopy(self.path.clone()))?;
         let wal = copy.path_of(&Self::wal_path(&self.path));
-        let scratch = tempfile::Builder::new()
-            .prefix(".shadowcopy-verify-")
-            .tempdir_in(db.parent().unwrap_or(Path::new("/")))
-            .or_else(|_| {
-                tempfile::Builder::new()
-                    .prefix("shadowcopy-verify-")
-                    .tempdir()
-            })
+        // On the copy's file system where it can be (a btrfs snapshot is read-only; the
+        // directory holding it is not), so the clone is a reflink, not a copy.
+        let scratch = shadowcopy_core::dbfiles::scratch_near(db, "shadowcopy-verify-", |_| true)
             .map_err(SqliteError::Scratch)?;
         let scratch_db = scratch.path().join("db");
         // std::fs::copy uses copy_file_range: a reflink where the file system can.
