@@ -123,29 +123,23 @@ pub fn hash_file(
             *cv = reuse.as_ref().and_then(|r| r.leaves.whole_leaf(i)).copied();
         }
     }
-    // Read the rest in runs of neighbouring leaves, a buffer at a time.
+    // Read the rest in runs of neighbouring leaves, a buffer at a time, the runs ahead
+    // announced to the kernel so that scattered reads are in flight together.
+    let runs = runs_to_read(&cvs, buf.len() / leaf, size);
+    let mut prefetch = Prefetch::new(file, &runs);
     let mut read = 0;
-    let mut i = 0;
-    while i < count {
-        if cvs[i].is_some() {
-            i += 1;
-            continue;
-        }
-        let mut run = 1;
-        while i + run < count && cvs[i + run].is_none() && (run + 1) * leaf <= buf.len() {
-            run += 1;
-        }
-        let start = i as u64 * LEAF_SIZE;
-        let len = (size - start).min((run * leaf) as u64) as usize;
-        file.read_exact_at(&mut buf[..len], start)?;
+    for (n, run) in runs.iter().enumerate() {
+        prefetch.ahead_of(n);
+        let len = (run.end - run.start) as usize;
+        file.read_exact_at(&mut buf[..len], run.start)?;
         read += len as u64;
+        let first = (run.start / LEAF_SIZE) as usize;
         for (k, piece) in buf[..len].chunks(leaf).enumerate() {
             let mut hasher = blake3::Hasher::new();
-            hasher.set_input_offset(start + (k * leaf) as u64);
+            hasher.set_input_offset(run.start + (k * leaf) as u64);
             hasher.update(piece);
-            cvs[i + k] = Some(hasher.finalize_non_root());
+            cvs[first + k] = Some(hasher.finalize_non_root());
         }
-        i += run;
     }
     let cvs: Vec<ChainingValue> = cvs
         .into_iter()
@@ -167,6 +161,74 @@ pub fn hash_file(
         },
         read,
     })
+}
+
+/// The byte ranges to read: runs of neighbouring leaves without a value, at most
+/// `max_leaves` each, the last one ending at `size`.
+fn runs_to_read(cvs: &[Option<ChainingValue>], max_leaves: usize, size: u64) -> Vec<Range<u64>> {
+    let mut runs = Vec::new();
+    let mut i = 0;
+    while i < cvs.len() {
+        if cvs[i].is_some() {
+            i += 1;
+            continue;
+        }
+        let mut run = 1;
+        while i + run < cvs.len() && cvs[i + run].is_none() && run < max_leaves {
+            run += 1;
+        }
+        let start = i as u64 * LEAF_SIZE;
+        runs.push(start..(start + (run as u64) * LEAF_SIZE).min(size));
+        i += run;
+    }
+    runs
+}
+
+/// How far ahead of the reading the kernel is told which ranges come next
+/// (`POSIX_FADV_WILLNEED`): enough to keep a disk's queue full of scattered reads,
+/// little enough not to push the application's pages out of the cache.
+const PREFETCH_BYTES: u64 = 64 << 20;
+
+/// The runs announced so far.
+struct Prefetch<'a> {
+    file: &'a File,
+    runs: &'a [Range<u64>],
+    /// Runs up to here are announced.
+    announced: usize,
+    /// Bytes announced and not yet read.
+    ahead: u64,
+}
+
+impl<'a> Prefetch<'a> {
+    fn new(file: &'a File, runs: &'a [Range<u64>]) -> Prefetch<'a> {
+        Prefetch {
+            file,
+            runs,
+            announced: 0,
+            ahead: 0,
+        }
+    }
+
+    /// Before run `n` is read: runs announced up to [`PREFETCH_BYTES`] beyond it.
+    fn ahead_of(&mut self, n: usize) {
+        if let Some(run) = n.checked_sub(1).and_then(|p| self.runs.get(p)) {
+            self.ahead = self.ahead.saturating_sub(run.end - run.start);
+        }
+        while self.announced < self.runs.len()
+            && (self.announced <= n || self.ahead < PREFETCH_BYTES)
+        {
+            let run = &self.runs[self.announced];
+            // Only advice: a file system that ignores it is read as it comes.
+            let _ = rustix::fs::fadvise(
+                self.file,
+                run.start,
+                std::num::NonZeroU64::new(run.end - run.start),
+                rustix::fs::Advice::WillNeed,
+            );
+            self.ahead += run.end - run.start;
+            self.announced += 1;
+        }
+    }
 }
 
 /// The chaining value of the subtree of `len` bytes at `offset`, from the leaves'.

@@ -6,6 +6,7 @@
 
 pub mod archive;
 pub mod bin;
+mod changed_blocks;
 pub mod cluster;
 mod expose;
 pub mod extract;

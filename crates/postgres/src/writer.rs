@@ -27,7 +27,7 @@ use std::time::Instant;
 use postgres::Client;
 use shadowcopy_core::error::IoError;
 use shadowcopy_core::extract::ExtractRequest;
-use shadowcopy_core::model::{Component, ComponentRole, CopyView, VerifyReport};
+use shadowcopy_core::model::{Changes, Component, ComponentRole, CopyView, VerifyReport};
 use shadowcopy_core::writer::{ExposeOptions, Exposed, KeptCopies, RestoreMode, RestorePlan};
 use shadowcopy_core::{BoxError, Writer};
 
@@ -391,6 +391,10 @@ impl Writer for PostgresWriter {
 
     fn verify(&self, copy: &CopyView) -> Result<VerifyReport, BoxError> {
         crate::sandbox::verify_copy(self.layout()?, copy)
+    }
+
+    fn verify_changed(&self, copy: &CopyView, changes: &Changes) -> Result<VerifyReport, BoxError> {
+        crate::sandbox::verify_changed(self.layout()?, copy, changes)
     }
 
     fn expose(

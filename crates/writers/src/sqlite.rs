@@ -590,12 +590,15 @@ impl Writer for SqliteWriter {
     /// Only the pages that changed since the base copy (those in changed blocks of the
     /// database file, and every page the copy's WAL holds) get a structural check
     /// ([`page_check`]); `PRAGMA integrity_check` waits for the next full verification.
-    /// A database mostly changed, or not compared, is checked in full.
+    /// A database mostly changed, or not compared, is checked in full. The copy is never
+    /// written: with an empty WAL it is read as it is, else a scratch clone takes the WAL.
     fn verify_changed(&self, copy: &CopyView, changes: &Changes) -> Result<VerifyReport, BoxError> {
         let Some(ranges) = changes.of(&self.path) else {
             return self.verify(copy);
         };
-        let (db, _scratch, scratch_db) = self.scratch_clone(copy)?;
+        let db = copy
+            .path_of(&self.path)
+            .ok_or_else(|| SqliteError::NotInCopy(self.path.clone()))?;
         let size = std::fs::metadata(db)
             .map_err(|source| SqliteError::Read {
                 path: db.to_path_buf(),
@@ -606,7 +609,7 @@ impl Writer for SqliteWriter {
         if changed.saturating_mul(4) > size {
             return self.verify(copy);
         }
-        let head = match read_header(&scratch_db) {
+        let head = match read_header(db) {
             Ok(head) => head,
             Err(e) => {
                 return Ok(VerifyReport {
@@ -622,16 +625,23 @@ impl Writer for SqliteWriter {
         let wal = copy.path_of(&Self::wal_path(&self.path));
         let pages =
             changed_pages::changed_pages(ranges, page_size, wal).map_err(SqliteError::Scratch)?;
-        // The copy's WAL folded into the scratch database, as a reader would see it.
-        let sql = |source| SqliteError::Sql {
-            path: db.to_path_buf(),
-            source,
-        };
-        Connection::open_with_flags(&scratch_db, OpenFlags::SQLITE_OPEN_READ_WRITE)
-            .and_then(|conn| conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())))
-            .map_err(sql)?;
-        let found =
-            page_check::check_changed_pages(&scratch_db, &pages).map_err(SqliteError::Scratch)?;
+        // With frames in the copy's WAL, they are folded into a scratch clone, as a reader
+        // would see them; without, the copy itself is read (the pages just hashed are in
+        // the cache).
+        let wal_empty = wal.is_none_or(|w| std::fs::metadata(w).is_ok_and(|m| m.len() == 0));
+        let found = if wal_empty {
+            page_check::check_changed_pages(db, &pages)
+        } else {
+            let (_, _scratch, scratch_db) = self.scratch_clone(copy)?;
+            Connection::open_with_flags(&scratch_db, OpenFlags::SQLITE_OPEN_READ_WRITE)
+                .and_then(|conn| conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())))
+                .map_err(|source| SqliteError::Sql {
+                    path: db.to_path_buf(),
+                    source,
+                })?;
+            page_check::check_changed_pages(&scratch_db, &pages)
+        }
+        .map_err(SqliteError::Scratch)?;
         let counts = format!(
             "{} changed pages: {} b-tree pages checked, {} free, {} overflow or not reached; {} pages read",
             pages.len(),

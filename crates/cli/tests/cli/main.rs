@@ -20,6 +20,7 @@ mod mariadb;
 mod multivolume;
 mod postgres;
 mod postgres_aborts;
+mod postgres_incremental;
 mod postgres_layout;
 mod postgres_wal;
 mod queue;
