@@ -151,6 +151,7 @@ pub(crate) fn check(
     };
     let mut first = connect("postgres")?;
     let block_size: u64 = setting(&mut first, "block_size")?;
+    // In blocks (its unit is the block size).
     let segment_blocks: u64 = setting(&mut first, "segment_size")?;
     let names: BTreeMap<u32, String> = first
         .query(
@@ -194,29 +195,31 @@ pub(crate) fn check(
                     )
                 })
                 .collect();
-            check_segment(&mut client, &name, s, &blocks, &mut found);
+            check_segment(&mut client, &name, s, &blocks, &mut found)?;
         }
     }
     Ok(found)
 }
 
-/// One server setting as a number.
+/// One server setting as a number, in its own unit (`pg_settings.setting`).
 fn setting(client: &mut Client, name: &str) -> Result<u64, BoxError> {
-    let row = client.query_one(&format!("SELECT current_setting('{name}')"), &[])?;
+    let row = client.query_one("SELECT setting FROM pg_settings WHERE name = $1", &[&name])?;
     let text: String = row.get(0);
     text.parse()
         .map_err(|_| format!("the sandbox's {name} is {text:?}, not a number").into())
 }
 
 /// Reads `blocks` (inclusive ranges) of one relation file through the buffer manager,
-/// with `verify_heapam` for a table's main fork.
+/// with `verify_heapam` for a table's main fork. What PostgreSQL reports as damaged data
+/// (SQLSTATE class XX: a page that fails its checksum or header check) is a finding;
+/// any other error means the check could not run.
 fn check_segment(
     client: &mut Client,
     database: &str,
     s: &ChangedSegment,
     blocks: &[(i64, i64)],
     found: &mut BlockCheck,
-) {
+) -> Result<(), BoxError> {
     let relation = client.query_opt(
         "SELECT c.oid::regclass::text, c.relkind::text,
                 pg_relation_size(c.oid, $3) / current_setting('block_size')::int8
@@ -227,14 +230,14 @@ fn check_segment(
         Ok(Some(row)) => (row.get(0), row.get(1), row.get(2)),
         Ok(None) => {
             found.unknown += 1;
-            return;
+            return Ok(());
         }
         Err(e) => {
-            found.problems.push(format!(
+            return Err(format!(
                 "database {database}, file node {} ({} fork): cannot find its relation: {e}",
                 s.filenode, s.fork
-            ));
-            return;
+            )
+            .into())
         }
     };
     // Blocks past the relation's end as the sandbox has it (recovery truncated it).
@@ -244,7 +247,7 @@ fn check_segment(
         .map(|&(a, b)| (a, b.min(size - 1)))
         .unzip();
     if starts.is_empty() {
-        return;
+        return Ok(());
     }
     found.relations += 1;
     found.blocks += starts
@@ -258,7 +261,7 @@ fn check_segment(
             .query(
                 "SELECT v.blkno, v.offnum, v.attnum, v.msg
                  FROM unnest($2::int8[], $3::int8[]) AS b(s, e),
-                      LATERAL verify_heapam($1::regclass, false, false, 'none', b.s, b.e) v",
+                      LATERAL verify_heapam($1::text::regclass, false, false, 'none', b.s, b.e) v",
                 &[&name, &starts, &ends],
             )
             .map(|rows| {
@@ -275,20 +278,25 @@ fn check_segment(
     } else {
         client
             .query(
-                "SELECT sum(pg_prewarm($1::regclass, 'buffer', $4, b.s, b.e))
+                "SELECT sum(pg_prewarm($1::text::regclass, 'buffer', $4, b.s, b.e))
                  FROM unnest($2::int8[], $3::int8[]) AS b(s, e)",
                 &[&name, &starts, &ends, &s.fork],
             )
             .map(drop)
     };
-    if let Err(e) = checked {
-        let why = e
-            .as_db_error()
-            .map_or_else(|| e.to_string(), |d| d.message().to_string());
-        found.problems.push(format!(
-            "database {database}, {name} ({} fork): {why}",
-            s.fork
-        ));
+    match checked {
+        Ok(()) => Ok(()),
+        Err(e) => match e.as_db_error() {
+            Some(d) if d.code().code().starts_with("XX") => {
+                found.problems.push(format!(
+                    "database {database}, {name} ({} fork): {}",
+                    s.fork,
+                    d.message()
+                ));
+                Ok(())
+            }
+            _ => Err(format!("database {database}, {name} ({} fork): {e}", s.fork).into()),
+        },
     }
 }
 
