@@ -17,9 +17,17 @@
 //!    reading everything (BLAKE3 of every byte, `PRAGMA integrity_check`): its time and
 //!    the device's reads.
 //!
-//! The report: per provider, both verifications' median (min – max) time and device
-//! reads, and their ratios. A verification that fails fails the bench; nothing asserts
-//! on time.
+//! With `--parts postgres`, the same on a pgbench database of `--scale` (data checksums
+//! on), per provider on a loop file system of its kind: `VACUUM FREEZE` and a first copy
+//! verified in full, then per run one row updated in every hundredth page of
+//! `pgbench_accounts` (about 1 % of the table's pages, plus its index and the pages the
+//! new row versions go to) and a `CHECKPOINT`, then `create` building on the last copy
+//! and `verify --full` of the same copy (a sandbox with `pg_amcheck` over everything and
+//! `pg_checksums`), each with the page cache dropped.
+//!
+//! The report: per database and provider, both verifications' median (min – max) time
+//! and device reads, and their ratios. A verification that fails fails the bench;
+//! nothing asserts on time.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -30,12 +38,26 @@ use serde_json::Value;
 use shadowcopy_testing::loopfs::{FsKind, LoopFs};
 
 use crate::common::{self, drop_caches, loadavg, phase, shadowcopy};
+use crate::postgres::{self as pg, Ctx};
 use crate::stats::{self, human, human_bytes, Spread};
+
+/// The databases the workload measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Part {
+    Sqlite,
+    Postgres,
+}
 
 /// Options of the verify workload.
 #[derive(clap::Args, Debug)]
 pub struct VerifyArgs {
-    /// Size the database is padded to
+    /// The databases to measure, in order
+    #[arg(long, value_delimiter = ',', default_value = "sqlite")]
+    parts: Vec<Part>,
+    /// pgbench scale of the PostgreSQL part (scale 1 is about 15 MiB)
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
+    scale: u32,
+    /// Size the SQLite database is padded to
     #[arg(long, default_value = "8GiB", value_parser = stats::parse_size)]
     size: u64,
     /// Share of the database's pages changed before each copy, in percent
@@ -53,7 +75,7 @@ pub struct VerifyArgs {
     /// The shadowcopy binary [default: `shadowcopy` beside this binary]
     #[arg(long, value_name = "PATH")]
     shadowcopy: Option<PathBuf>,
-    /// Also write the results into this Markdown file, between the bench:verify markers
+    /// Also write the results into this Markdown file, between the bench:verify-sqlite and bench:verify-postgres markers
     #[arg(long, value_name = "FILE")]
     markdown: Option<PathBuf>,
 }
@@ -87,29 +109,47 @@ pub fn bench(args: &VerifyArgs) -> anyhow::Result<()> {
     let bin = common::shadowcopy_bin(args.shadowcopy.as_deref())?;
     let load_before = loadavg();
     let began = Instant::now();
-    let mut results = Vec::new();
-    for provider in &args.providers {
-        let kind = common::fs_for(provider)
-            .filter(|_| provider != "copy")
-            .with_context(|| {
-                format!("the verify workload measures reflink and btrfs, not `{provider}`")
-            })?;
-        // The database, the changed pages of every copy, and room to spare.
-        let image = args.size + args.size / 4 + (1 << 30);
-        let fs = LoopFs::new(kind, image).map_err(anyhow::Error::msg)?;
-        eprintln!(
-            "{provider}: a bank of {} on {} ...",
-            human_bytes(args.size),
-            kind.name()
+    for part in &args.parts {
+        let mut results = Vec::new();
+        for provider in &args.providers {
+            let kind = common::fs_for(provider)
+                .filter(|_| provider != "copy")
+                .with_context(|| {
+                    format!("the verify workload measures reflink and btrfs, not `{provider}`")
+                })?;
+            let runs = match part {
+                Part::Sqlite => {
+                    // The database, the changed pages of every copy, and room to spare.
+                    let image = args.size + args.size / 4 + (1 << 30);
+                    let fs = LoopFs::new(kind, image).map_err(anyhow::Error::msg)?;
+                    eprintln!(
+                        "{provider}: a bank of {} on {} ...",
+                        human_bytes(args.size),
+                        kind.name()
+                    );
+                    measure(&bin, &fs, provider, args)?
+                }
+                Part::Postgres => measure_postgres(&bin, kind, provider, args)?,
+            };
+            results.push((provider.clone(), runs));
+        }
+        let load_after = loadavg();
+        let section = report(
+            *part,
+            args,
+            &results,
+            &load_before,
+            &load_after,
+            began.elapsed(),
         );
-        let runs = measure(&bin, &fs, provider, args)?;
-        results.push((provider.clone(), runs));
-    }
-    let load_after = loadavg();
-    let section = report(args, &results, &load_before, &load_after, began.elapsed());
-    println!("{section}");
-    if let Some(md) = &args.markdown {
-        common::write_section(md, "verify", &section)?;
+        println!("{section}");
+        if let Some(md) = &args.markdown {
+            let name = match part {
+                Part::Sqlite => "verify-sqlite",
+                Part::Postgres => "verify-postgres",
+            };
+            common::write_section(md, name, &section)?;
+        }
     }
     Ok(())
 }
@@ -218,6 +258,112 @@ fn measure(bin: &Path, fs: &LoopFs, provider: &str, args: &VerifyArgs) -> anyhow
     Ok(runs)
 }
 
+/// The PostgreSQL part for one provider (see the module documentation).
+fn measure_postgres(
+    bin: &Path,
+    kind: FsKind,
+    provider: &str,
+    args: &VerifyArgs,
+) -> anyhow::Result<Vec<Run>> {
+    pg::prepare(args.dir.as_deref())?;
+    let mut clusters = pg::make_clusters(args.scale, &[kind])?;
+    let (_, setup) = clusters
+        .setups
+        .iter_mut()
+        .find(|(k, _)| *k == kind)
+        .context("no cluster on the provider's file system")?;
+    let catalog = tempfile::Builder::new()
+        .prefix("shadowcopy-bench-catalog-")
+        .tempdir()?;
+    let work = tempfile::Builder::new()
+        .prefix("shadowcopy-bench-verify-")
+        .tempdir()?;
+    let archive = setup.fs.path().join("wal-archive");
+    let url = pg::setup_archive(bin, catalog.path(), setup, &archive)?;
+    let device = loop_device(setup.fs.path())?;
+    let ctx = Ctx {
+        bin,
+        catalog: catalog.path(),
+        archive: &archive,
+        work: work.path(),
+        scale: args.scale,
+        url,
+        setup,
+        failures: Default::default(),
+    };
+    // Hint bits set before the first copy, not by the first reader after it (which
+    // would write every page of the table again).
+    ctx.psql("VACUUM FREEZE")?;
+    ctx.psql("CHECKPOINT")?;
+    eprintln!("  the first copy, verified in full ...");
+    let first = ctx.create(provider)?;
+    ensure!(
+        first["verification"].get("base").is_none(),
+        "the first copy built on another: {first}"
+    );
+    let pages: u64 = ctx
+        .psql("SELECT relpages FROM pg_class WHERE relname = 'pgbench_accounts'")?
+        .parse()
+        .context("relpages of pgbench_accounts")?;
+    let rows = u64::from(args.scale) * pg::ROWS_PER_SCALE as u64;
+    // One row in every hundredth page (rows are spread evenly over the pages).
+    let step = (rows / pages.max(1) * 100).max(1);
+    let mut runs = Vec::new();
+    for run in 1..=args.runs {
+        eprintln!("  run {run}: one row in every {step} updated ...");
+        ctx.psql(&format!(
+            "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid % {step} = {run}"
+        ))?;
+        ctx.psql("CHECKPOINT")?;
+        drop_caches()?;
+        let before = sectors_read(&device)?;
+        let created = ctx.create(provider)?;
+        let incremental_device = (sectors_read(&device)? - before) * 512;
+        let v = &created["verification"];
+        ensure!(
+            v["base"].is_i64(),
+            "run {run}: the verification built on no copy: {created}"
+        );
+        let id = created["id"].as_i64().context("create --json has no id")?;
+        drop_caches()?;
+        let before = sectors_read(&device)?;
+        let out = shadowcopy(
+            bin,
+            catalog.path(),
+            "verify",
+            &[id.to_string(), "--full".into(), "--json".into()],
+        )?;
+        let full_device = (sectors_read(&device)? - before) * 512;
+        let full: Value = serde_json::from_slice(&out.stdout)?;
+        ensure!(
+            full["ok"] == true,
+            "run {run}: verify --full failed: {full}"
+        );
+        let r = Run {
+            incremental: phase(&created, "verify")?,
+            incremental_read: v["bytes_read"].as_u64().unwrap_or(0),
+            incremental_device,
+            full: common::micros(&full["took_us"])?,
+            full_read: full["bytes_read"].as_u64().unwrap_or(0),
+            full_device,
+            pages_changed: pages / 100,
+        };
+        eprintln!(
+            "    incremental {} (read {}, device {}), full {} (read {}, device {})",
+            human(r.incremental),
+            human_bytes(r.incremental_read),
+            human_bytes(r.incremental_device),
+            human(r.full),
+            human_bytes(r.full_read),
+            human_bytes(r.full_device)
+        );
+        eprintln!("    {}", v["detail"].as_str().unwrap_or_default());
+        runs.push(r);
+    }
+    ctx.setup.server.stop();
+    Ok(runs)
+}
+
 /// Rewrites `count` pages of the bank's filler rows in place: a few bytes at a random
 /// offset of a random row each (SQLite's blob I/O writes only the page they are on),
 /// then checkpoints into the database file.
@@ -259,6 +405,7 @@ fn sectors_read(device: &Path) -> anyhow::Result<u64> {
 }
 
 fn report(
+    part: Part,
     args: &VerifyArgs,
     results: &[(String, Vec<Run>)],
     load_before: &str,
@@ -267,9 +414,15 @@ fn report(
 ) -> String {
     let mut s = String::new();
     s.push_str(&format!(
-        "Measured with `shadowcopy-bench verify --size {} --change {} --runs {}` ({} in all).\n\n",
-        human_bytes(args.size),
-        args.change,
+        "Measured with `shadowcopy-bench verify --parts {} {} --runs {}` ({} since the bench began).\n\n",
+        match part {
+            Part::Sqlite => "sqlite",
+            Part::Postgres => "postgres",
+        },
+        match part {
+            Part::Sqlite => format!("--size {} --change {}", human_bytes(args.size), args.change),
+            Part::Postgres => format!("--scale {}", args.scale),
+        },
         args.runs,
         human(took)
     ));

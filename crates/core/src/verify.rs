@@ -123,11 +123,15 @@ pub fn verify_copy(
     let mut lines = Vec::new();
     let mut ok = true;
     let total: u64 = files.iter().map(|f| f.size).sum();
+    let in_copy = index(view);
+    let in_base = base.map(|b| index(&b.view));
     let jobs: Vec<Job<'_>> = files
         .iter()
         .map(|f| Job {
-            path: view.path_of(&f.path),
-            base: base.and_then(|b| Some((b.view.path_of(&f.path)?, b.leaves.get(&f.path)?))),
+            path: in_copy.get(f.path.as_path()).copied(),
+            base: base.zip(in_base.as_ref()).and_then(|(b, in_base)| {
+                Some((*in_base.get(f.path.as_path())?, b.leaves.get(&f.path)?))
+            }),
         })
         .collect();
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -231,6 +235,18 @@ pub fn verify_copy(
         bytes_read,
         bytes: total,
     })
+}
+
+/// Where a view holds each original, looked up by hash (a copy can hold 40,000 files).
+/// The first mapping of an original wins, as with `CopyView::path_of`.
+fn index(view: &CopyView) -> HashMap<&Path, &Path> {
+    let mut in_copy: HashMap<&Path, &Path> = HashMap::with_capacity(view.files.len());
+    for (original, copied) in &view.files {
+        in_copy
+            .entry(original.as_path())
+            .or_insert(copied.as_path());
+    }
+    in_copy
 }
 
 /// Hashes the files of `jobs` on up to `workers` threads, each taking the next index

@@ -187,7 +187,7 @@ fn create_copy(
             provider: provider.clone(),
             freeze_deadline: spec.freeze_deadline(),
             verify: spec.verify,
-            verify_base: match spec.verify {
+            verify_base: match spec.verify && !spec.full_verify_now {
                 true => verify_base(catalog, &spec.name, None, spec.full_verify_every()),
                 false => None,
             },

@@ -45,6 +45,10 @@ pub struct SetSpec {
     /// the set's newest verified copy); 0: always.
     #[serde(default = "default_full_verify_every_ms")]
     pub full_verify_every_ms: u64,
+    /// This `create` verifies in full whatever the period says (`--full-verify`). Never
+    /// recorded: it is about one run, not the set.
+    #[serde(skip)]
+    pub full_verify_now: bool,
     /// The exec provider this set uses (`provider = "exec:NAME"`), as configured when the
     /// copy was made, so the copy can be read and deleted without the config file.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -380,16 +384,13 @@ impl SetSpec {
             freeze_deadline_ms,
             copies_dir,
             verify: !o.no_verify && source.verify.or(d.verify).unwrap_or(true),
-            full_verify_every_ms: if o.full_verify {
-                0
-            } else {
-                source
-                    .full_verify_every
-                    .as_ref()
-                    .or(d.full_verify_every.as_ref())
-                    .map_or(DEFAULT_FULL_VERIFY_EVERY, |h| h.0)
-                    .as_millis() as u64
-            },
+            full_verify_every_ms: source
+                .full_verify_every
+                .as_ref()
+                .or(d.full_verify_every.as_ref())
+                .map_or(DEFAULT_FULL_VERIFY_EVERY, |h| h.0)
+                .as_millis() as u64,
+            full_verify_now: o.full_verify,
             exec_providers,
             discovered,
         })

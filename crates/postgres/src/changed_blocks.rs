@@ -55,7 +55,7 @@ pub(crate) fn changed_segments(
         let ranges = match changes.of(original) {
             Some(ranges) => ranges.to_vec(),
             None => match std::fs::symlink_metadata(copied) {
-                Ok(m) => vec![0..m.len()],
+                Ok(m) => std::iter::once(0..m.len()).collect(),
                 Err(_) => continue,
             },
         };
