@@ -207,53 +207,15 @@ fn measure(bin: &Path, fs: &LoopFs, provider: &str, args: &VerifyArgs) -> anyhow
     for run in 1..=args.runs {
         eprintln!("  run {run}: changing {to_change} of {pages} pages ...");
         change_pages(&db, to_change)?;
-        drop_caches()?;
-        let before = sectors_read(&device)?;
-        let created = create(&[])?;
-        let incremental_device = (sectors_read(&device)? - before) * 512;
-        let v = &created["verification"];
-        ensure!(
-            v["ok"] == true,
-            "run {run}: the copy failed verification: {created}"
-        );
-        ensure!(
-            v["base"].is_i64(),
-            "run {run}: the verification built on no copy: {created}"
-        );
-        let id = created["id"].as_i64().context("create --json has no id")?;
-        drop_caches()?;
-        let before = sectors_read(&device)?;
-        let out = shadowcopy(
+        let created = || create(&[]);
+        runs.push(verify_both_ways(
             bin,
             catalog.path(),
-            "verify",
-            &[id.to_string(), "--full".into(), "--json".into()],
-        )?;
-        let full_device = (sectors_read(&device)? - before) * 512;
-        let full: Value = serde_json::from_slice(&out.stdout)?;
-        ensure!(
-            full["ok"] == true,
-            "run {run}: verify --full failed: {full}"
-        );
-        let r = Run {
-            incremental: phase(&created, "verify")?,
-            incremental_read: v["bytes_read"].as_u64().unwrap_or(0),
-            incremental_device,
-            full: common::micros(&full["took_us"])?,
-            full_read: full["bytes_read"].as_u64().unwrap_or(0),
-            full_device,
-            pages_changed: to_change,
-        };
-        eprintln!(
-            "    incremental {} (read {}, device {}), full {} (read {}, device {})",
-            human(r.incremental),
-            human_bytes(r.incremental_read),
-            human_bytes(r.incremental_device),
-            human(r.full),
-            human_bytes(r.full_read),
-            human_bytes(r.full_device)
-        );
-        runs.push(r);
+            &device,
+            run,
+            to_change,
+            created,
+        )?);
     }
     Ok(runs)
 }
@@ -315,53 +277,79 @@ fn measure_postgres(
             "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid % {step} = {run}"
         ))?;
         ctx.psql("CHECKPOINT")?;
-        drop_caches()?;
-        let before = sectors_read(&device)?;
-        let created = ctx.create(provider)?;
-        let incremental_device = (sectors_read(&device)? - before) * 512;
-        let v = &created["verification"];
-        ensure!(
-            v["base"].is_i64(),
-            "run {run}: the verification built on no copy: {created}"
-        );
-        let id = created["id"].as_i64().context("create --json has no id")?;
-        drop_caches()?;
-        let before = sectors_read(&device)?;
-        let out = shadowcopy(
+        let created = || ctx.create(provider);
+        runs.push(verify_both_ways(
             bin,
             catalog.path(),
-            "verify",
-            &[id.to_string(), "--full".into(), "--json".into()],
-        )?;
-        let full_device = (sectors_read(&device)? - before) * 512;
-        let full: Value = serde_json::from_slice(&out.stdout)?;
-        ensure!(
-            full["ok"] == true,
-            "run {run}: verify --full failed: {full}"
-        );
-        let r = Run {
-            incremental: phase(&created, "verify")?,
-            incremental_read: v["bytes_read"].as_u64().unwrap_or(0),
-            incremental_device,
-            full: common::micros(&full["took_us"])?,
-            full_read: full["bytes_read"].as_u64().unwrap_or(0),
-            full_device,
-            pages_changed: pages / 100,
-        };
-        eprintln!(
-            "    incremental {} (read {}, device {}), full {} (read {}, device {})",
-            human(r.incremental),
-            human_bytes(r.incremental_read),
-            human_bytes(r.incremental_device),
-            human(r.full),
-            human_bytes(r.full_read),
-            human_bytes(r.full_device)
-        );
-        eprintln!("    {}", v["detail"].as_str().unwrap_or_default());
-        runs.push(r);
+            &device,
+            run,
+            pages / 100,
+            created,
+        )?);
     }
     ctx.setup.server.stop();
     Ok(runs)
+}
+
+/// One run, after the change: with the page cache dropped, `create` (its verification
+/// building on the last copy), then `verify ID --full` of the same copy, the loop
+/// `device`'s reads counted during each.
+fn verify_both_ways(
+    bin: &Path,
+    catalog: &Path,
+    device: &Path,
+    run: u32,
+    pages_changed: u64,
+    create: impl FnOnce() -> anyhow::Result<Value>,
+) -> anyhow::Result<Run> {
+    drop_caches()?;
+    let before = sectors_read(device)?;
+    let created = create()?;
+    let incremental_device = (sectors_read(device)? - before) * 512;
+    let v = &created["verification"];
+    ensure!(
+        v["ok"] == true,
+        "run {run}: the copy failed verification: {created}"
+    );
+    ensure!(
+        v["base"].is_i64(),
+        "run {run}: the verification built on no copy: {created}"
+    );
+    let id = created["id"].as_i64().context("create --json has no id")?;
+    drop_caches()?;
+    let before = sectors_read(device)?;
+    let out = shadowcopy(
+        bin,
+        catalog,
+        "verify",
+        &[id.to_string(), "--full".into(), "--json".into()],
+    )?;
+    let full_device = (sectors_read(device)? - before) * 512;
+    let full: Value = serde_json::from_slice(&out.stdout)?;
+    ensure!(
+        full["ok"] == true,
+        "run {run}: verify --full failed: {full}"
+    );
+    let r = Run {
+        incremental: phase(&created, "verify")?,
+        incremental_read: v["bytes_read"].as_u64().unwrap_or(0),
+        incremental_device,
+        full: common::micros(&full["took_us"])?,
+        full_read: full["bytes_read"].as_u64().unwrap_or(0),
+        full_device,
+        pages_changed,
+    };
+    eprintln!(
+        "    incremental {} (read {}, device {}), full {} (read {}, device {})",
+        human(r.incremental),
+        human_bytes(r.incremental_read),
+        human_bytes(r.incremental_device),
+        human(r.full),
+        human_bytes(r.full_read),
+        human_bytes(r.full_device)
+    );
+    eprintln!("    {}", v["detail"].as_str().unwrap_or_default());
+    Ok(r)
 }
 
 /// Rewrites `count` pages of the bank's filler rows in place: a few bytes at a random

@@ -18,12 +18,21 @@ const BIN: &str = env!("CARGO_BIN_EXE_shadowcopy");
 
 /// A cluster archiving into `archive` through `shadowcopy pg archive-push`.
 pub(crate) fn archiving_cluster(test: &str, cli: &Cli) -> Option<(PgCluster, PathBuf)> {
+    archiving_cluster_with(test, cli, PgOptions::new())
+}
+
+/// [`archiving_cluster`] made with `options` (data checksums on).
+pub(crate) fn archiving_cluster_with(
+    test: &str,
+    cli: &Cli,
+    options: PgOptions,
+) -> Option<(PgCluster, PathBuf)> {
     let archive = cli.path("wal-archive");
     make_postgres_dir(&archive).unwrap();
     let command = format!("{BIN} pg archive-push --archive {} %p", archive.display());
     let cluster = postgres_or_skip(
         test,
-        PgOptions::new()
+        options
             .data_checksums(true)
             .setting("archive_mode", "on")
             .setting("archive_command", &command),

@@ -8,11 +8,10 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 use shadowcopy_testing::loopfs::{loopfs_or_skip, FsKind, LoopFs};
-use shadowcopy_testing::postgres::{make_postgres_dir, postgres_or_skip, PgCluster, PgOptions};
+use shadowcopy_testing::postgres::{PgCluster, PgOptions};
 
+use crate::postgres::archiving_cluster_with;
 use crate::support::{describe, Cli};
-
-const BIN: &str = env!("CARGO_BIN_EXE_shadowcopy");
 const BLOCK: usize = 8192;
 
 /// The server stops before its file system is unmounted (fields drop in order).
@@ -24,25 +23,8 @@ struct OnXfs {
 
 fn cluster_on_xfs(test: &str, cli: &Cli) -> Option<OnXfs> {
     let fs = loopfs_or_skip(test, FsKind::Xfs, 1 << 30)?;
-    let archive = cli.path("wal-archive");
-    make_postgres_dir(&archive).unwrap();
-    let command = format!("{BIN} pg archive-push --archive {} %p", archive.display());
-    let cluster = postgres_or_skip(
-        test,
-        PgOptions::new()
-            .data_dir(fs.path().join("pgdata"))
-            .data_checksums(true)
-            .setting("archive_mode", "on")
-            .setting("archive_command", &command),
-    )?;
-    cli.ok(&[
-        "pg",
-        "setup",
-        &cluster.url(),
-        "--archive",
-        archive.to_str().unwrap(),
-        "--apply",
-    ]);
+    let options = PgOptions::new().data_dir(fs.path().join("pgdata"));
+    let (cluster, archive) = archiving_cluster_with(test, cli, options)?;
     Some(OnXfs {
         cluster,
         archive,
