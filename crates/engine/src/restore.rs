@@ -75,6 +75,9 @@ pub struct RestoreReport {
     pub steps: Vec<PhaseTime>,
     /// What the writers had to say (for `--to`: how to start what was restored).
     pub notes: Vec<String>,
+    /// What the restore did not stop for but you should know (the copy was never
+    /// verified); also printed as warnings as the restore starts.
+    pub warnings: Vec<String>,
     /// Restored into a directory (`--to`), not in place.
     #[serde(skip)]
     pub elsewhere: bool,
@@ -161,6 +164,16 @@ impl Engine {
         }
         let copy = UsableCopy::load(&catalog, id, "restored")?;
         options.check(&copy)?;
+        let mut warnings = Vec::new();
+        if copy.summary.verify_state == VerifyState::NotVerified {
+            let warning = format!(
+                "copy {id} was never verified (made with --no-verify, or its verification is \
+                 still to come): nothing has checked that its files are whole and that it \
+                 opens; `shadowcopy verify {id}` checks it"
+            );
+            progress.warning(&warning);
+            warnings.push(warning);
+        }
         let outcome = Restorer::new(&catalog, progress).restore(RestoreRequest {
             copy_id: id,
             set_name: copy.summary.set.clone(),
@@ -186,6 +199,7 @@ impl Engine {
                 .map(|(phase, took)| PhaseTime { phase, took })
                 .collect(),
             notes: outcome.notes,
+            warnings,
             elsewhere: options.to.is_some(),
         })
     }

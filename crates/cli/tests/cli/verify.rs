@@ -183,3 +183,50 @@ fn failed_verification_with_json_prints_the_error_object() {
         describe(&out)
     );
 }
+
+/// A copy nobody verified is restored, with a warning that says so (on stderr and in
+/// the report's `warnings`); a verified copy's restore has none.
+#[test]
+fn a_copy_never_verified_is_restored_with_a_warning() {
+    let cli = Cli::new();
+    let _db = cli.bank("bank.db", 0);
+    let create = |extra: &[&str]| {
+        let mut args = vec![
+            "create",
+            "--sqlite",
+            "bank.db",
+            "--provider",
+            "copy",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        cli.json(&args)["id"].as_i64().unwrap()
+    };
+    let unverified = create(&["--no-verify"]);
+    let out = cli.run(&[
+        "restore",
+        &unverified.to_string(),
+        "--discard-current",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let warnings = report["warnings"].as_array().unwrap();
+    assert_eq!(warnings.len(), 1, "{report}");
+    let warning = warnings[0].as_str().unwrap();
+    assert!(warning.contains("never verified"), "{report}");
+    assert!(
+        warning.contains(&format!("shadowcopy verify {unverified}")),
+        "{report}"
+    );
+    assert!(stderr(&out).contains("warning: copy"), "{}", describe(&out));
+
+    let verified = create(&[]);
+    let report = cli.json(&[
+        "restore",
+        &verified.to_string(),
+        "--discard-current",
+        "--json",
+    ]);
+    assert_eq!(report["warnings"], serde_json::json!([]), "{report}");
+}
