@@ -79,44 +79,23 @@ pub fn bench(args: &ExposeArgs) -> anyhow::Result<()> {
     let bin = common::shadowcopy_bin(args.shadowcopy.as_deref())?;
     let load_before = loadavg();
     let began = Instant::now();
-    let mut clusters = pg::make_clusters(args.scale, &[kind])?;
-    let db_bytes = clusters.db_bytes;
-    let (_, setup) = clusters
-        .setups
-        .iter_mut()
-        .find(|(k, _)| *k == kind)
-        .context("no cluster on the provider's file system")?;
-    let catalog = tempfile::Builder::new()
-        .prefix("shadowcopy-bench-catalog-")
-        .tempdir()?;
-    let work = tempfile::Builder::new()
-        .prefix("shadowcopy-bench-expose-")
-        .tempdir()?;
-    let archive = setup.fs.path().join("wal-archive");
-    let url = pg::setup_archive(&bin, catalog.path(), setup, &archive)?;
-    let ctx = Ctx {
-        bin: &bin,
-        catalog: catalog.path(),
-        archive: &archive,
-        work: work.path(),
-        scale: args.scale,
-        url,
-        setup,
-        failures: Default::default(),
-    };
+    let mut cluster = pg::archived_cluster(&bin, args.scale, kind, "expose")?;
+    let db_bytes = cluster.clusters.db_bytes;
+    let ctx = cluster.ctx(&bin, args.scale)?;
+    let work = ctx.work;
     eprintln!("taking the copy ({}) ...", args.provider);
     let created = ctx.create(&args.provider)?;
     let id = created["id"].as_i64().context("create --json has no id")?;
 
     pg::prewarm(ctx.cluster().data_dir())?;
-    let mut warmup = Pgbench::spawn(ctx.cluster(), &["-T", "5"], &work.path().join("warmup"))?;
+    let mut warmup = Pgbench::spawn(ctx.cluster(), &["-T", "5"], &work.join("warmup"))?;
     warmup.finish_unlogged()?;
     let seconds = args.seconds.to_string();
     let logged = ["-T", seconds.as_str(), "-l", "--aggregate-interval", "1"];
     eprintln!("pgbench alone for {seconds} s ...");
-    let alone = Pgbench::spawn(ctx.cluster(), &logged, &work.path().join("alone"))?.finish()?;
+    let alone = Pgbench::spawn(ctx.cluster(), &logged, &work.join("alone"))?.finish()?;
     eprintln!("pgbench for {seconds} s with exposures of copy {id} ...");
-    let load = Pgbench::spawn(ctx.cluster(), &logged, &work.path().join("exposing"))?;
+    let load = Pgbench::spawn(ctx.cluster(), &logged, &work.join("exposing"))?;
     let end = Instant::now() + Duration::from_secs(args.seconds);
     let mut took: Vec<Vec<Duration>> = vec![Vec::new(); STEPS.len()];
     let rounds = (|| -> anyhow::Result<usize> {
@@ -138,7 +117,7 @@ pub fn bench(args: &ExposeArgs) -> anyhow::Result<()> {
         Ok(r) => r,
         Err(e) => {
             let _ = load.interrupt();
-            let _ = shadowcopy(&bin, catalog.path(), "unexpose", &["--all".into()]);
+            let _ = shadowcopy(&bin, ctx.catalog, "unexpose", &["--all".into()]);
             return Err(e);
         }
     };

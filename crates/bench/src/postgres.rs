@@ -538,6 +538,74 @@ pub(crate) fn setup_archive(
     Ok(url)
 }
 
+/// A pgbench cluster of one scale on a file system of one kind, archiving its WAL
+/// (`wal-archive` on that file system), with a fresh catalog and work directory for
+/// the runs against it: what the expose and verify workloads start from.
+pub(crate) struct ArchivedCluster {
+    catalog: tempfile::TempDir,
+    work: tempfile::TempDir,
+    archive: PathBuf,
+    url: String,
+    kind: FsKind,
+    /// Last, so it goes last: its server stops and its file system is unmounted after
+    /// the directories above are removed.
+    pub(crate) clusters: Clusters,
+}
+
+/// Makes the pgbench database of `scale` on a file system of `kind` and sets up its WAL
+/// archive; `workload` names the work directory.
+pub(crate) fn archived_cluster(
+    bin: &Path,
+    scale: u32,
+    kind: FsKind,
+    workload: &str,
+) -> anyhow::Result<ArchivedCluster> {
+    let mut clusters = make_clusters(scale, &[kind])?;
+    let catalog = tempfile::Builder::new()
+        .prefix("shadowcopy-bench-catalog-")
+        .tempdir()?;
+    let work = tempfile::Builder::new()
+        .prefix(&format!("shadowcopy-bench-{workload}-"))
+        .tempdir()?;
+    let setup = setup_of(&mut clusters, kind)?;
+    let archive = setup.fs.path().join("wal-archive");
+    let url = setup_archive(bin, catalog.path(), setup, &archive)?;
+    Ok(ArchivedCluster {
+        catalog,
+        work,
+        archive,
+        url,
+        kind,
+        clusters,
+    })
+}
+
+impl ArchivedCluster {
+    /// What the runs against it need.
+    pub(crate) fn ctx<'a>(&'a mut self, bin: &'a Path, scale: u32) -> anyhow::Result<Ctx<'a>> {
+        Ok(Ctx {
+            bin,
+            catalog: self.catalog.path(),
+            archive: &self.archive,
+            work: self.work.path(),
+            scale,
+            url: self.url.clone(),
+            setup: setup_of(&mut self.clusters, self.kind)?,
+            failures: Default::default(),
+        })
+    }
+}
+
+/// The cluster of `clusters` on the file system of `kind`.
+fn setup_of(clusters: &mut Clusters, kind: FsKind) -> anyhow::Result<&mut Setup> {
+    clusters
+        .setups
+        .iter_mut()
+        .find(|(k, _)| *k == kind)
+        .map(|(_, setup)| setup)
+        .context("no cluster on the provider's file system")
+}
+
 /// Everything the runs on one file system need.
 pub(crate) struct Ctx<'a> {
     pub(crate) bin: &'a Path,

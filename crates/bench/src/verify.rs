@@ -38,7 +38,7 @@ use serde_json::Value;
 use shadowcopy_testing::loopfs::{FsKind, LoopFs};
 
 use crate::common::{self, drop_caches, loadavg, phase, shadowcopy};
-use crate::postgres::{self as pg, Ctx};
+use crate::postgres as pg;
 use crate::stats::{self, human, human_bytes, Spread};
 
 /// The databases the workload measures.
@@ -228,31 +228,9 @@ fn measure_postgres(
     args: &VerifyArgs,
 ) -> anyhow::Result<Vec<Run>> {
     pg::prepare(args.dir.as_deref())?;
-    let mut clusters = pg::make_clusters(args.scale, &[kind])?;
-    let (_, setup) = clusters
-        .setups
-        .iter_mut()
-        .find(|(k, _)| *k == kind)
-        .context("no cluster on the provider's file system")?;
-    let catalog = tempfile::Builder::new()
-        .prefix("shadowcopy-bench-catalog-")
-        .tempdir()?;
-    let work = tempfile::Builder::new()
-        .prefix("shadowcopy-bench-verify-")
-        .tempdir()?;
-    let archive = setup.fs.path().join("wal-archive");
-    let url = pg::setup_archive(bin, catalog.path(), setup, &archive)?;
-    let device = loop_device(setup.fs.path())?;
-    let ctx = Ctx {
-        bin,
-        catalog: catalog.path(),
-        archive: &archive,
-        work: work.path(),
-        scale: args.scale,
-        url,
-        setup,
-        failures: Default::default(),
-    };
+    let mut cluster = pg::archived_cluster(bin, args.scale, kind, "verify")?;
+    let ctx = cluster.ctx(bin, args.scale)?;
+    let device = loop_device(ctx.setup.fs.path())?;
     // Hint bits set before the first copy, not by the first reader after it (which
     // would write every page of the table again).
     ctx.psql("VACUUM FREEZE")?;
@@ -280,7 +258,7 @@ fn measure_postgres(
         let created = || ctx.create(provider);
         runs.push(verify_both_ways(
             bin,
-            catalog.path(),
+            ctx.catalog,
             &device,
             run,
             pages / 100,
