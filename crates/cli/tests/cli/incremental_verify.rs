@@ -227,3 +227,36 @@ fn change_a_little_small(db: &Path) {
     conn.execute("UPDATE accounts SET balance = balance WHERE id = 1", [])
         .unwrap();
 }
+
+/// The base copy's files are opened as the copy's are, never through a symlink: a link
+/// put in place of the base's database, pointing at the live database (whose blocks the
+/// new copy shares), is not followed, so nothing is taken as shared and everything is
+/// read (following it would have found the blocks shared and read little).
+#[test]
+fn a_symlink_in_place_of_the_base_copys_file_is_not_followed() {
+    let test = "a_symlink_in_place_of_the_base_copys_file_is_not_followed";
+    let Some(xfs) = loopfs_or_skip(test, FsKind::Xfs, 400 << 20) else {
+        return;
+    };
+    let cli = Cli::new();
+    let db = bank_in(xfs.path());
+    let first = create(&cli, &db, "reflink", &[]);
+    let first_id = first["id"].as_i64().unwrap();
+    let base_file = in_copy(&cli, first_id, &db);
+    std::fs::remove_file(&base_file).unwrap();
+    std::os::unix::fs::symlink(&db, &base_file).unwrap();
+
+    let second = create(&cli, &db, "reflink", &[]);
+    let v = &second["verification"];
+    assert_eq!(v["ok"], true, "{second}");
+    assert_eq!(v["base"], first_id, "{second}");
+    let (read, bytes) = (
+        v["bytes_read"].as_u64().unwrap(),
+        v["bytes"].as_u64().unwrap(),
+    );
+    assert!(bytes > 48 << 20, "{second}");
+    assert!(
+        read >= 48 << 20,
+        "the link was followed: read {read} of {bytes}: {second}"
+    );
+}
