@@ -284,6 +284,13 @@ impl<'a> Staging<'a> {
             Ok(())
         };
         for r in remove {
+            // A writer that lists every entry of a directory it empties sees the staging
+            // area, when the area had to go into that very directory (nothing above it on
+            // its file system is closed to other users): the area is ours, not the
+            // application's, and goes when the restore ends.
+            if self.record.areas.iter().any(|a| r.starts_with(a)) {
+                continue;
+            }
             aside(self, r, &mut ops)?;
         }
         for (staged, target) in install {

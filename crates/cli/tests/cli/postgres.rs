@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use shadowcopy_testing::loopfs::{loopfs_or_skip, FsKind};
 use shadowcopy_testing::pgbench;
 use shadowcopy_testing::postgres::{
     make_postgres_dir, postgres_or_skip, Ledger, PgCluster, PgOptions,
@@ -298,4 +299,89 @@ fn a_server_lost_mid_set_aborts_cleanly_and_the_next_create_succeeds() {
     let created = create(&cli, &cluster, &archive);
     assert_eq!(created["verification"]["ok"], true);
     assert_server_clean(&cluster);
+}
+
+/// A cluster whose data directory is a btrfs subvolume of its own, owned by the server's
+/// user (as a packager or an operator makes one): no directory above it on its file
+/// system is closed to other users, so a restore stages inside the cluster's own
+/// directories, and a point-in-time restore, which empties `pg_wal/archive_status` of
+/// whatever the copy does not hold, must not take its own staging area for the server's.
+#[test]
+fn point_in_time_restore_of_a_cluster_that_is_a_btrfs_subvolume_owned_by_the_server() {
+    let test = "point_in_time_restore_of_a_cluster_that_is_a_btrfs_subvolume";
+    let Some(fs) = loopfs_or_skip(test, FsKind::Btrfs, 1 << 30) else {
+        return;
+    };
+    let data = fs.path().join("pgdata");
+    let made = std::process::Command::new("btrfs")
+        .args(["subvolume", "create"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", describe(&made));
+    let cli = Cli::new();
+    let Some((cluster, archive)) =
+        archiving_cluster_with(test, &cli, PgOptions::new().data_dir(&data))
+    else {
+        return;
+    };
+    Ledger::setup(&mut cluster.connect()).unwrap();
+    let ledger = Ledger::start(&cluster.config(), 2, Duration::ZERO);
+    assert!(ledger.wait_for_commits(50, Duration::from_secs(20)));
+    let began = Instant::now();
+    let out = cli.run(&[
+        "create",
+        "--postgres",
+        &cluster.url(),
+        "--pg-archive",
+        archive.to_str().unwrap(),
+        "--provider",
+        "btrfs",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        describe(&out),
+        cluster.log()
+    );
+    let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let acked_before_copy = ledger.acknowledged_before(began);
+    let more = ledger.committed() + 100;
+    assert!(ledger.wait_for_commits(more, Duration::from_secs(30)));
+    let acked_all = ledger.stop().acknowledged;
+    cluster.stop();
+
+    let id = created["id"].as_i64().unwrap().to_string();
+    let out = cli.run(&["restore", &id, "--discard-current", "--json"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("warning"),
+        "{}",
+        describe(&out)
+    );
+    let leftovers: Vec<PathBuf> = walkdir::WalkDir::new(&data)
+        .into_iter()
+        .map(Result::unwrap)
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .contains(".shadowcopy-restore")
+        })
+        .map(|e| e.into_path())
+        .collect();
+    assert!(leftovers.is_empty(), "staging left behind: {leftovers:?}");
+    cluster.start();
+    let state = wait_for_promotion(&cluster);
+    assert!(state.missing(&acked_before_copy).is_empty(), "{state:?}");
+    assert!(state.balanced(), "{state:?}");
+    assert!(
+        state.ids.len() < acked_all.len(),
+        "point in time stops at the copy ({} rows, {} acknowledged in all)",
+        state.ids.len(),
+        acked_all.len()
+    );
+    cluster.stop();
+    drop(cluster);
+    drop(fs);
 }
