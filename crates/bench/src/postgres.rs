@@ -353,8 +353,16 @@ pub(crate) fn make_clusters(scale: u32, kinds: &[FsKind]) -> anyhow::Result<Clus
     let data = data_estimate(scale);
     let init_fs = make_fs(init_kind, data)?;
     let init_data = init_fs.path().join("data");
-    let cluster = PgCluster::try_init(PgOptions::new().data_dir(&init_data).data_checksums(true))
-        .map_err(|e| anyhow!(e))?;
+    // Timestamps in the server's log, to tell where a restored server's start goes
+    // (redo, the end-of-recovery checkpoint, promotion).
+    let cluster = PgCluster::try_init(
+        PgOptions::new()
+            .data_dir(&init_data)
+            .data_checksums(true)
+            .setting("log_line_prefix", "%m [%p] ")
+            .setting("log_startup_progress_interval", "1s"),
+    )
+    .map_err(|e| anyhow!(e))?;
     eprintln!(
         "scale {scale}: pgbench -i -s {scale} into {} ({}) ...",
         init_data.display(),
@@ -661,6 +669,15 @@ impl Ctx<'_> {
         args
     }
 
+    /// `shadowcopy create --no-verify` of the cluster: the copy's id.
+    pub(crate) fn create_unverified(&self, provider: &str) -> anyhow::Result<i64> {
+        let mut args = self.create_args(provider);
+        args.push("--no-verify".into());
+        let out = shadowcopy(self.bin, self.catalog, "create", &args)?;
+        let created: Value = serde_json::from_slice(&out.stdout).context("create --json output")?;
+        created["id"].as_i64().context("create --json has no id")
+    }
+
     /// `shadowcopy create` of the cluster: the parsed `--json` output, which must say the
     /// copy passed verification.
     pub(crate) fn create(&self, provider: &str) -> anyhow::Result<Value> {
@@ -910,12 +927,14 @@ impl Ctx<'_> {
         let wall = t.elapsed();
         let restored: Value =
             serde_json::from_slice(&out.stdout).context("restore --json output")?;
+        let logged = self.cluster().log().len();
         let start = self.start_until_writable()?;
         eprintln!(
-            "  {mode}: restore {} ({}), then the server took {} to leave recovery",
+            "  {mode}: restore {} ({}), then the server took {} to leave recovery:\n{}",
             human(wall),
             common::restore_steps(&restored),
-            human(start)
+            human(start),
+            start_log(self.cluster().log().get(logged..).unwrap_or_default())
         );
         Ok((wall, start))
     }
@@ -1478,6 +1497,15 @@ fn environment(
         warmup = humantime::format_duration(args.warmup),
         runs = args.runs,
     )
+}
+
+/// The server's own account of a start (its log's `LOG:` lines, timestamped), indented.
+fn start_log(text: &str) -> String {
+    text.lines()
+        .filter(|l| l.contains("LOG:"))
+        .map(|l| format!("      {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 #[cfg(test)]

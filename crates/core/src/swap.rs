@@ -19,7 +19,7 @@
 //! - Cleaning up: staging areas are recorded before anything is written in them, so an
 //!   interrupted staging leaves nothing behind that the next command does not remove.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 
@@ -362,11 +362,7 @@ impl<'a> Staging<'a> {
                 .into(),
             });
         }
-        for op in &ops {
-            if let SwapOp::Install { to, .. } = op {
-                dirs.sync_parent(to, events);
-            }
-        }
+        dirs.sync_installed(&ops, events);
         self.finish(events);
         Ok(())
     }
@@ -478,8 +474,23 @@ impl DirCache {
         }
     }
 
-    fn sync_parent(&mut self, path: &Path, events: &dyn EventSink) {
-        let Some(dir) = path.parent() else { return };
+    /// Makes the installs of `ops` durable: syncs each directory a file was installed
+    /// into, once (a restore of a thousand files into one directory would otherwise force
+    /// the file system's log a thousand times: 2 s of a 3 s PostgreSQL restore on XFS).
+    fn sync_installed(&mut self, ops: &[SwapOp], events: &dyn EventSink) {
+        let dirs: BTreeSet<&Path> = ops
+            .iter()
+            .filter_map(|op| match op {
+                SwapOp::Install { to, .. } => to.parent(),
+                SwapOp::Aside { .. } => None,
+            })
+            .collect();
+        for dir in dirs {
+            self.sync_dir(dir, events);
+        }
+    }
+
+    fn sync_dir(&mut self, dir: &Path, events: &dyn EventSink) {
         let result = self
             .open(dir)
             .map_err(|e| std::io::Error::other(e.to_string()))
@@ -553,11 +564,7 @@ pub fn finish_interrupted(
             renamed += 1;
         }
     }
-    for op in &record.ops {
-        if let SwapOp::Install { to, .. } = op {
-            dirs.sync_parent(to, events);
-        }
-    }
+    dirs.sync_installed(&record.ops, events);
     if !record.ops.is_empty() {
         let done = SwapRecord {
             ops: Vec::new(),

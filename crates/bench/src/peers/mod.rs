@@ -22,6 +22,7 @@
 //! from all of it.
 
 mod command;
+mod fragment;
 mod mariadb;
 mod plot;
 mod postgres;

@@ -67,6 +67,7 @@ use serde_json::Value;
 use shadowcopy_testing::loopfs::FsKind;
 use shadowcopy_testing::postgres::{make_postgres_dir, pg_bin, PgCluster, PgUser};
 
+use super::fragment::{self, Fragmentation};
 use super::record::{Figures, Group, Outcome, Sample};
 use super::{timed, used_bytes, version, Common};
 use crate::common::{self, drop_caches, loadavg, micros, phase};
@@ -106,6 +107,15 @@ pub struct PostgresArgs {
     /// method counted as failed in that run
     #[arg(long, default_value = "2h", value_parser = humantime::parse_duration)]
     limit: Duration,
+    /// Before the runs, fragment the clusters' files as copies kept beside a busy database
+    /// do: this many copies (reflink on XFS, snapshots on btrfs, unverified), taken under
+    /// full pgbench load `--fragment-every` apart, then deleted. The size is then recorded
+    /// as `scale N, fragmented` (0: the files as `pgbench -i` wrote them)
+    #[arg(long, default_value_t = 0)]
+    fragment_copies: u32,
+    /// Time between the fragmenting copies
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    fragment_every: Duration,
     #[command(flatten)]
     common: Common,
 }
@@ -320,14 +330,6 @@ fn bench_scale(
             pgbackrest,
         });
     }
-    let first = &mut sites[0].setup.server;
-    first.start()?;
-    let data_bytes: u64 = first
-        .cluster
-        .try_psql("SELECT sum(pg_database_size(oid)) FROM pg_database")
-        .map_err(|e| anyhow!(e))?
-        .parse()
-        .context("pg_database_size")?;
     let ctx = Scale {
         args,
         bin,
@@ -336,6 +338,22 @@ fn bench_scale(
             .prefix("shadowcopy-bench-peers-pg-")
             .tempdir()?,
     };
+    let mut fragmented = String::new();
+    if args.fragment_copies > 0 {
+        for site in &mut sites {
+            let f = ctx.fragment(site)?;
+            eprintln!("  {}: {}", site.kind.name(), f.describe());
+            fragmented += &format!("{}: {}; ", site.kind.name(), f.describe());
+        }
+    }
+    let first = &mut sites[0].setup.server;
+    first.start()?;
+    let data_bytes: u64 = first
+        .cluster
+        .try_psql("SELECT sum(pg_database_size(oid)) FROM pg_database")
+        .map_err(|e| anyhow!(e))?
+        .parse()
+        .context("pg_database_size")?;
 
     // Every finished run is saved at once: a scale 1000 measurement takes hours, and a
     // later failure or a stopped bench keeps the runs that finished.
@@ -348,14 +366,31 @@ fn bench_scale(
             ));
         }
         notes.extend(group_notes(args));
+        let size = if args.fragment_copies > 0 {
+            format!("scale {scale}, fragmented")
+        } else {
+            format!("scale {scale}")
+        };
+        let fragmentation = if args.fragment_copies > 0 {
+            format!(
+                "- fragmented first: {} copies under full pgbench load, {} apart, then deleted \
+                 (extents as `filefrag` counts them, files of `base/`): {}\n",
+                args.fragment_copies,
+                humantime::format_duration(args.fragment_every),
+                fragmented.trim_end_matches("; ")
+            )
+        } else {
+            String::new()
+        };
         Group {
             workload: "postgres".into(),
-            size: format!("scale {scale}"),
+            size,
             data_bytes,
             reference: args.reference().row().into(),
             environment: environment(
                 &format!(
-                    "- data: `pgbench -i -s {scale} -q` took {}, database {} (all databases: {})\n",
+                    "- data: `pgbench -i -s {scale} -q` took {}, database {} (all databases: {})\n\
+                     {fragmentation}",
                     human(made.init_took),
                     human_bytes(made.db_bytes),
                     human_bytes(data_bytes)
@@ -460,8 +495,8 @@ impl Site {
 }
 
 impl Scale<'_> {
-    /// One method's sample: load, baseline window, copy, restore, check.
-    fn sample(&self, site: &mut Site, method: Method, run: u32) -> anyhow::Result<Figures> {
+    /// The bench context of `site`'s cluster, and its pgBackRest when it has one.
+    fn ctx<'s>(&'s self, site: &'s mut Site) -> (Ctx<'s>, Option<&'s mut Pgbackrest>) {
         let Site {
             setup,
             catalog,
@@ -470,7 +505,7 @@ impl Scale<'_> {
             pgbackrest,
             ..
         } = site;
-        let mut ctx = Ctx {
+        let ctx = Ctx {
             bin: self.bin,
             catalog: catalog.path(),
             archive,
@@ -480,7 +515,53 @@ impl Scale<'_> {
             setup,
             failures: RefCell::new(Vec::new()),
         };
-        let pgbackrest = pgbackrest.as_mut();
+        (ctx, pgbackrest.as_mut())
+    }
+
+    /// `--fragment-copies`: copies under full load, `--fragment-every` apart, then
+    /// deleted; returns the cluster's fragmentation afterwards (server stopped).
+    fn fragment(&self, site: &mut Site) -> anyhow::Result<Fragmentation> {
+        let provider = match site.kind {
+            FsKind::Btrfs => "btrfs",
+            _ => "reflink",
+        };
+        let kind = site.kind.name();
+        let (ctx, _) = self.ctx(site);
+        if !ctx.cluster().is_running() {
+            ctx.setup.server.start()?;
+        }
+        let before = fragment::measure(&ctx.cluster().data_dir().join("base"))?;
+        eprintln!(
+            "scale {}, {kind}: fragmenting ({} copies under load, {} apart); before: {}",
+            self.scale,
+            self.args.fragment_copies,
+            humantime::format_duration(self.args.fragment_every),
+            before.describe()
+        );
+        let load = ctx.start_load(&["-T", "86400"], &self.work.path().join("fragment"))?;
+        let mut ids = Vec::new();
+        let copied = (|| {
+            for _ in 0..self.args.fragment_copies {
+                std::thread::sleep(self.args.fragment_every);
+                ids.push(ctx.create_unverified(provider)?);
+            }
+            anyhow::Ok(())
+        })();
+        let stopped = load.interrupt();
+        copied?;
+        stopped?;
+        ctx.wait_sessions_ended()?;
+        for id in ids {
+            ctx.delete(id)?;
+        }
+        ctx.trim();
+        ctx.setup.server.stop();
+        fragment::measure(&ctx.cluster().data_dir().join("base"))
+    }
+
+    /// One method's sample: load, baseline window, copy, restore, check.
+    fn sample(&self, site: &mut Site, method: Method, run: u32) -> anyhow::Result<Figures> {
+        let (mut ctx, pgbackrest) = self.ctx(site);
         if !ctx.cluster().is_running() {
             ctx.setup.server.start()?;
         }
