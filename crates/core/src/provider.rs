@@ -161,6 +161,24 @@ pub trait Provider: Send + Sync {
     }
     fn expose(&self, location: &str, files: &[FileEntry]) -> Result<CopyView, BoxError>;
     fn restore_file(&self, location: &str, original: &Path, dest: &Path) -> Result<(), BoxError>;
+    /// Stages several files as [`Provider::restore_file`] does, `(original, dest)` each,
+    /// calling `staged(i)` once file `i` is in place; on an error, the index of the file
+    /// that failed. A provider may stage them concurrently and make them durable together
+    /// (a thousand clones are faster two at a time, and one `syncfs` is cheaper than a
+    /// thousand `fsync`s); the default stages them one after the other.
+    fn restore_files(
+        &self,
+        location: &str,
+        files: &[(PathBuf, PathBuf)],
+        staged: &(dyn Fn(usize) + Sync),
+    ) -> Result<(), (usize, BoxError)> {
+        for (i, (original, dest)) in files.iter().enumerate() {
+            self.restore_file(location, original, dest)
+                .map_err(|e| (i, e))?;
+            staged(i);
+        }
+        Ok(())
+    }
     /// The directories and symlinks the copy holds at or below `roots` (the set's
     /// directory components; the roots themselves included), by original path, parents
     /// before children. The default: none, for a provider that keeps regular files only.

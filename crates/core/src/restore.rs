@@ -12,6 +12,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -328,20 +329,25 @@ impl<'a> Restorer<'a> {
         let size_of = |original: &PathBuf| sizes.get(original.as_path()).copied().unwrap_or(0);
         let total: u64 = targets.iter().map(|(original, _)| size_of(original)).sum();
         let result = (|| -> Result<(RestorePlan, Option<CopyId>), Error> {
-            let mut done = 0;
+            let mut files = Vec::with_capacity(targets.len());
             for (original, target) in targets {
                 let (s, pinned) = staging.staged_path(target, &new_dir)?;
                 staged.push((target.clone(), s));
-                request
-                    .provider
-                    .restore_file(&request.location, original, &pinned)
-                    .map_err(|source| Error::Restore {
-                        step: format!("staging the copy's file {}", original.display()),
-                        source,
-                    })?;
-                done += size_of(original);
-                self.events.bytes(done, total);
+                files.push((original.clone(), pinned));
             }
+            let done = AtomicU64::new(0);
+            let events = &self.events;
+            let staged_one = |i: usize| {
+                let size = size_of(&files[i].0);
+                events.bytes(done.fetch_add(size, Ordering::SeqCst) + size, total);
+            };
+            request
+                .provider
+                .restore_files(&request.location, &files, &staged_one)
+                .map_err(|(i, source)| Error::Restore {
+                    step: format!("staging the copy's file {}", files[i].0.display()),
+                    source,
+                })?;
             let mut links = Vec::new();
             for e in &tree {
                 let TreeKind::Symlink { target: link } = &e.kind else {
@@ -380,6 +386,9 @@ impl<'a> Restorer<'a> {
             let remove: Vec<PathBuf> = plan.remove.iter().chain(&plan.discard).cloned().collect();
             staging.swap(&plan.install, &remove, &*self.events)?;
             steps.push(("swap in by rename".to_string(), t.elapsed()));
+            let t = Instant::now();
+            staging.finish(&*self.events);
+            steps.push(("remove what was replaced".to_string(), t.elapsed()));
             self.restore_directories(&tree, &new_dir);
             Ok((plan, pre_restore))
         })();

@@ -258,8 +258,9 @@ impl<'a> Staging<'a> {
     }
 
     /// The swap: moves every existing live path of `remove` and every existing target of
-    /// `install` aside, and installs each staged file, recording the list first. On an
-    /// error the renames done so far are undone (in reverse).
+    /// `install` aside, and installs each staged file, recording the list first; then
+    /// [`Staging::finish`] is due. On an error the renames done so far are undone (in
+    /// reverse) and the staging removed.
     pub(crate) fn swap(
         &mut self,
         install: &[(PathBuf, PathBuf)],
@@ -363,13 +364,14 @@ impl<'a> Staging<'a> {
             });
         }
         dirs.sync_installed(&ops, events);
-        self.finish(events);
         Ok(())
     }
 
-    /// Removes the staging areas and ends the journal entry (the restore is complete, or
-    /// failed with everything put back).
-    fn finish(&mut self, events: &dyn EventSink) {
+    /// Removes the staging areas, with them what the swap moved aside, and ends the
+    /// journal entry (the restore is complete, or failed with everything put back). After
+    /// a swap the caller calls it, so that the removal is timed as its own step: freeing a
+    /// fragmented file's blocks costs per extent.
+    pub(crate) fn finish(&mut self, events: &dyn EventSink) {
         self.ended = true;
         // First the record says there is nothing left to rename, so that a kill while the
         // areas are being removed never has the next command replay renames against a

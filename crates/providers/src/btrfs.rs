@@ -263,6 +263,20 @@ fn source_of(location: &Path) -> Result<PathBuf, BtrfsError> {
         .map_err(|_| BtrfsError::NoSource(location.to_path_buf()))
 }
 
+/// The regular file of the snapshot at `location` that holds `original`.
+fn snapshot_file(location: &str, original: &Path) -> Result<PathBuf, BoxError> {
+    let loc = Path::new(location);
+    let src = in_snapshot(loc, &source_of(loc)?, original)?;
+    if !src.is_file() {
+        return Err(LayoutError::NotInCopy {
+            location: location.to_string(),
+            original: original.to_path_buf(),
+        }
+        .into());
+    }
+    Ok(src)
+}
+
 /// `original` (under `subvolume`) as a path inside the snapshot.
 fn in_snapshot(location: &Path, subvolume: &Path, original: &Path) -> Result<PathBuf, BtrfsError> {
     let rel = original.strip_prefix(subvolume).map_err(|_| {
@@ -546,16 +560,27 @@ impl Provider for BtrfsProvider {
     }
 
     fn restore_file(&self, location: &str, original: &Path, dest: &Path) -> Result<(), BoxError> {
-        let loc = Path::new(location);
-        let src = in_snapshot(loc, &source_of(loc)?, original)?;
-        if !src.is_file() {
-            return Err(LayoutError::NotInCopy {
-                location: location.to_string(),
-                original: original.to_path_buf(),
-            }
-            .into());
-        }
-        Ok(reflink::restore(&src, dest, self.parallelism)?)
+        let src = snapshot_file(location, original)?;
+        Ok(reflink::restore(
+            &src,
+            dest,
+            self.parallelism,
+            reflink::Durable::Now,
+        )?)
+    }
+
+    fn restore_files(
+        &self,
+        location: &str,
+        files: &[(PathBuf, PathBuf)],
+        staged: &(dyn Fn(usize) + Sync),
+    ) -> Result<(), (usize, BoxError)> {
+        let sources = files
+            .iter()
+            .enumerate()
+            .map(|(i, (original, _))| snapshot_file(location, original).map_err(|e| (i, e)))
+            .collect::<Result<Vec<_>, _>>()?;
+        reflink::restore_many(&sources, files, self.parallelism, staged)
     }
 
     fn tree(&self, location: &str, roots: &[PathBuf]) -> Result<Vec<TreeEntry>, BoxError> {

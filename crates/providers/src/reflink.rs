@@ -349,7 +349,23 @@ impl Provider for ReflinkProvider {
     /// supported) falls back to the full copy of the `copy` provider.
     fn restore_file(&self, location: &str, original: &Path, dest: &Path) -> Result<(), BoxError> {
         let src = layout::existing_in_copy(location, original)?;
-        Ok(restore(&src, dest, self.parallelism)?)
+        Ok(restore(&src, dest, self.parallelism, Durable::Now)?)
+    }
+
+    fn restore_files(
+        &self,
+        location: &str,
+        files: &[(PathBuf, PathBuf)],
+        staged: &(dyn Fn(usize) + Sync),
+    ) -> Result<(), (usize, BoxError)> {
+        let sources = files
+            .iter()
+            .enumerate()
+            .map(|(i, (original, _))| {
+                layout::existing_in_copy(location, original).map_err(|e| (i, e.into()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        restore_many(&sources, files, self.parallelism, staged)
     }
 
     fn tree(&self, location: &str, roots: &[PathBuf]) -> Result<Vec<TreeEntry>, BoxError> {
@@ -456,8 +472,82 @@ fn commit(
         .collect())
 }
 
+/// Whether [`restore`] makes its file durable itself.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Durable {
+    /// `fsync` the clone.
+    Now,
+    /// The caller syncs the file system afterwards ([`restore_many`]).
+    Later,
+}
+
+/// From this many files on, [`restore_many`] syncs each file system once instead of each
+/// file: `syncfs` also flushes whatever else is dirty there, worth it only against many
+/// `fsync`s.
+const SYNCFS_FROM: usize = 32;
+
+/// Clones each of `sources` to its destination in `files` (`(original, dest)`) on
+/// `parallelism` threads, then (for many files) makes them all durable with one `syncfs`
+/// per file system: a clone costs per extent of its source, so the files of a fragmented
+/// cluster clone faster two at a time, and one sync forces XFS's log once instead of once
+/// per file.
+pub(crate) fn restore_many(
+    sources: &[PathBuf],
+    files: &[(PathBuf, PathBuf)],
+    parallelism: usize,
+    staged: &(dyn Fn(usize) + Sync),
+) -> Result<(), (usize, BoxError)> {
+    let durable = if files.len() < SYNCFS_FROM {
+        Durable::Now
+    } else {
+        Durable::Later
+    };
+    let work = |i: usize| -> Result<(), (usize, ReflinkError)> {
+        // One file per thread: a full copy (across file systems) gets no threads of its own.
+        restore(&sources[i], &files[i].1, 1, durable).map_err(|e| (i, e))?;
+        staged(i);
+        Ok(())
+    };
+    match pool::run(files.len(), parallelism, &|| false, &work) {
+        Ok(()) => {}
+        Err(Stop::Failed((i, e))) => return Err((i, e.into())),
+        Err(Stop::Cancelled) => unreachable!("nothing cancels a restore's staging"),
+        Err(Stop::Panicked) => return Err((0, ReflinkError::Panicked.into())),
+    }
+    if durable == Durable::Now {
+        return Ok(());
+    }
+    let mut dirs = std::collections::BTreeSet::new();
+    let mut devices = std::collections::BTreeSet::new();
+    for (i, (_, dest)) in files.iter().enumerate() {
+        let dir = dest.parent().unwrap_or(Path::new("/"));
+        if dirs.insert(dir) {
+            sync_file_system(dir, &mut devices).map_err(|e| (i, e.into()))?;
+        }
+    }
+    Ok(())
+}
+
+/// `syncfs` of the file system holding `dir`, unless `devices` says it was synced.
+fn sync_file_system(
+    dir: &Path,
+    devices: &mut std::collections::BTreeSet<u64>,
+) -> Result<(), ReflinkError> {
+    let d = std::fs::File::open(dir).map_err(io_err("open", dir))?;
+    let dev = d.metadata().map_err(io_err("inspect", dir))?.dev();
+    if devices.insert(dev) {
+        rustix::fs::syncfs(&d).map_err(|e| io_err("sync the file system of", dir)(e.into()))?;
+    }
+    Ok(())
+}
+
 /// Clones `src` to `dest` (falling back to a full copy across file systems).
-pub(crate) fn restore(src: &Path, dest: &Path, parallelism: usize) -> Result<(), ReflinkError> {
+pub(crate) fn restore(
+    src: &Path,
+    dest: &Path,
+    parallelism: usize,
+    durable: Durable,
+) -> Result<(), ReflinkError> {
     let meta = std::fs::symlink_metadata(src).map_err(io_err("inspect", src))?;
     let input = layout::open_source(src, &meta).map_err(io_err("open", src))?;
     // A new file in the restore's private staging directory: never one that exists.
@@ -470,7 +560,9 @@ pub(crate) fn restore(src: &Path, dest: &Path, parallelism: usize) -> Result<(),
     match rustix::fs::ioctl_ficlone(&out, &input) {
         Ok(()) => {
             layout::set_metadata(&out, dest, &meta)?;
-            out.sync_all().map_err(io_err("fsync", dest))?;
+            if durable == Durable::Now {
+                out.sync_all().map_err(io_err("fsync", dest))?;
+            }
             Ok(())
         }
         Err(Errno::XDEV | Errno::OPNOTSUPP | Errno::INVAL | Errno::NOTTY) => {

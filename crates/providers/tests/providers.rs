@@ -553,6 +553,54 @@ mod reflink {
         assert_eq!(listed, vec![fs.mount.join("data/app.db")]);
     }
 
+    /// Many files are cloned on several threads and made durable with one sync of their
+    /// file system: each comes out whole, with its mode, and each is told once.
+    #[test]
+    fn many_files_restore_together_as_each_alone() {
+        let Some(fs) = loopfs_or_skip(
+            "many_files_restore_together_as_each_alone",
+            FsKind::Xfs,
+            300 << 20,
+        ) else {
+            return;
+        };
+        let data = fs.mount.join("data");
+        std::fs::create_dir(&data).unwrap();
+        let originals: Vec<PathBuf> = (0..64)
+            .map(|i| {
+                let f = data.join(format!("f{i}"));
+                std::fs::write(&f, vec![i as u8; 4096 * (i + 1)]).unwrap();
+                std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600 + i as u32 % 8))
+                    .unwrap();
+                f
+            })
+            .collect();
+        let p = build("reflink", &opts(Some(&fs.mount.join("copies")), &fs.mount)).unwrap();
+        let req = request(1, &[&data]);
+        let loc = p.location(&req).unwrap();
+        p.commit(&req, &loc, &control()).unwrap();
+        let staged = fs.mount.join("staged");
+        std::fs::create_dir(&staged).unwrap();
+        let files: Vec<(PathBuf, PathBuf)> = originals
+            .iter()
+            .enumerate()
+            .map(|(i, o)| (o.clone(), staged.join(format!("s{i}"))))
+            .collect();
+        let told = std::sync::atomic::AtomicUsize::new(0);
+        p.restore_files(&loc, &files, &|_| {
+            told.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        })
+        .unwrap_or_else(|(i, e)| panic!("file {i}: {e}"));
+        assert_eq!(told.into_inner(), files.len());
+        for (original, dest) in &files {
+            assert_eq!(hash(dest), hash(original), "{}", dest.display());
+            assert_eq!(
+                std::fs::metadata(dest).unwrap().mode() & 0o7777,
+                std::fs::metadata(original).unwrap().mode() & 0o7777
+            );
+        }
+    }
+
     #[test]
     fn restore_across_file_systems_falls_back_to_copy() {
         let Some(fs) = loopfs_or_skip(

@@ -397,6 +397,44 @@ pub fn commit_expose_restore(make: Make, dir: &Path) {
         "{}: restore_file of a file the copy does not hold must fail",
         p.kind()
     );
+
+    // restore_files stages them all as restore_file does, telling each one once.
+    let many = dir.join("restored-together");
+    std::fs::create_dir_all(&many).unwrap();
+    let pairs: Vec<(PathBuf, PathBuf)> = files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| (f.path.clone(), many.join(format!("r{i}"))))
+        .collect();
+    let told = std::sync::Mutex::new(Vec::new());
+    p.restore_files(&loc, &pairs, &|i| told.lock().unwrap().push(i))
+        .unwrap_or_else(|(i, e)| panic!("{}: restore_files, file {i}: {}", p.kind(), chain(&*e)));
+    let mut told = told.into_inner().unwrap();
+    told.sort_unstable();
+    assert_eq!(told, (0..pairs.len()).collect::<Vec<_>>(), "{}", p.kind());
+    for (i, (_, dest)) in pairs.iter().enumerate() {
+        assert!(
+            read(dest) == read(&restored.join(format!("r{i}"))),
+            "{}: restore_files and restore_file differ for {}",
+            p.kind(),
+            files[i].path.display()
+        );
+    }
+    // A file the copy does not hold fails, and is the one named.
+    let mut with_missing = pairs.clone();
+    with_missing.insert(
+        1.min(with_missing.len()),
+        (fx.data.join("not-in-the-copy"), many.join("missing")),
+    );
+    for (_, dest) in &pairs {
+        std::fs::remove_file(dest).unwrap();
+    }
+    let failed = p.restore_files(&loc, &with_missing, &|_| {});
+    assert!(
+        matches!(failed, Err((i, _)) if i == 1.min(pairs.len())),
+        "{}: restore_files of a file the copy does not hold must fail naming it",
+        p.kind()
+    );
     p.delete(&loc).expect("delete");
     assert_gone(&loc);
 }

@@ -291,13 +291,11 @@ fn bench_scale(
     let data = data_estimate(scale);
     // XFS: the data, a full copy (shadowcopy copy, or the base backup) and, for `copy`, its
     // restore staged beside the live files (the peers restore into an emptied directory;
-    // `cp -a` and reflink clone), the repository and WAL; btrfs: the data and what changes
-    // under the load.
-    let full_copies = if args.methods.contains(&Method::Copy) {
-        3
-    } else {
-        2
-    };
+    // `cp -a` and reflink clone), the repository (compressed) and WAL; btrfs: the data and
+    // what changes under the load.
+    let full_copies = 1
+        + u64::from(args.methods.contains(&Method::PgBasebackup))
+        + 2 * u64::from(args.methods.contains(&Method::Copy));
     let mut peak = full_copies * data + 4 * GIB;
     if kinds.contains(&FsKind::Btrfs) {
         peak += data + 4 * GIB;
