@@ -575,12 +575,12 @@ impl Provider for BtrfsProvider {
         files: &[(PathBuf, PathBuf)],
         staged: &(dyn Fn(usize) + Sync),
     ) -> Result<(), (usize, BoxError)> {
-        let sources = files
-            .iter()
-            .enumerate()
-            .map(|(i, (original, _))| snapshot_file(location, original).map_err(|e| (i, e)))
-            .collect::<Result<Vec<_>, _>>()?;
-        reflink::restore_many(&sources, files, self.parallelism, staged)
+        reflink::restore_many(
+            files,
+            &|original| snapshot_file(location, original),
+            self.parallelism,
+            staged,
+        )
     }
 
     fn tree(&self, location: &str, roots: &[PathBuf]) -> Result<Vec<TreeEntry>, BoxError> {

@@ -358,14 +358,12 @@ impl Provider for ReflinkProvider {
         files: &[(PathBuf, PathBuf)],
         staged: &(dyn Fn(usize) + Sync),
     ) -> Result<(), (usize, BoxError)> {
-        let sources = files
-            .iter()
-            .enumerate()
-            .map(|(i, (original, _))| {
-                layout::existing_in_copy(location, original).map_err(|e| (i, e.into()))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        restore_many(&sources, files, self.parallelism, staged)
+        restore_many(
+            files,
+            &|original| Ok(layout::existing_in_copy(location, original)?),
+            self.parallelism,
+            staged,
+        )
     }
 
     fn tree(&self, location: &str, roots: &[PathBuf]) -> Result<Vec<TreeEntry>, BoxError> {
@@ -486,17 +484,24 @@ pub(crate) enum Durable {
 /// `fsync`s.
 const SYNCFS_FROM: usize = 32;
 
-/// Clones each of `sources` to its destination in `files` (`(original, dest)`) on
-/// `parallelism` threads, then (for many files) makes them all durable with one `syncfs`
-/// per file system: a clone costs per extent of its source, so the files of a fragmented
-/// cluster clone faster two at a time, and one sync forces XFS's log once instead of once
-/// per file.
+/// Clones the copy's file of each `(original, dest)` of `files` (found by `source`) to
+/// its destination on `parallelism` threads, then (for many files) makes them all
+/// durable with one `syncfs` per file system: a clone costs per extent of its source, so
+/// the files of a fragmented cluster clone faster two at a time, and one sync forces
+/// XFS's log once instead of once per file.
 pub(crate) fn restore_many(
-    sources: &[PathBuf],
     files: &[(PathBuf, PathBuf)],
+    source: &(dyn Fn(&Path) -> Result<PathBuf, BoxError> + Sync),
     parallelism: usize,
     staged: &(dyn Fn(usize) + Sync),
 ) -> Result<(), (usize, BoxError)> {
+    // Every file is found before any is cloned: a file the copy lacks fails the restore
+    // before it has written anything.
+    let sources = files
+        .iter()
+        .enumerate()
+        .map(|(i, (original, _))| source(original).map_err(|e| (i, e)))
+        .collect::<Result<Vec<_>, _>>()?;
     let durable = if files.len() < SYNCFS_FROM {
         Durable::Now
     } else {

@@ -53,6 +53,16 @@ pub(crate) fn archiving_cluster_with(
 
 /// `create --postgres URL --pg-archive DIR --provider copy --json`.
 pub(crate) fn run_create(cli: &Cli, cluster: &PgCluster, archive: &Path) -> std::process::Output {
+    run_create_with(cli, cluster, archive, "copy")
+}
+
+/// [`run_create`] with `provider`.
+fn run_create_with(
+    cli: &Cli,
+    cluster: &PgCluster,
+    archive: &Path,
+    provider: &str,
+) -> std::process::Output {
     cli.run(&[
         "create",
         "--postgres",
@@ -60,7 +70,7 @@ pub(crate) fn run_create(cli: &Cli, cluster: &PgCluster, archive: &Path) -> std:
         "--pg-archive",
         archive.to_str().unwrap(),
         "--provider",
-        "copy",
+        provider,
         "--json",
     ])
 }
@@ -329,16 +339,7 @@ fn point_in_time_restore_of_a_cluster_that_is_a_btrfs_subvolume_owned_by_the_ser
     let ledger = Ledger::start(&cluster.config(), 2, Duration::ZERO);
     assert!(ledger.wait_for_commits(50, Duration::from_secs(20)));
     let began = Instant::now();
-    let out = cli.run(&[
-        "create",
-        "--postgres",
-        &cluster.url(),
-        "--pg-archive",
-        archive.to_str().unwrap(),
-        "--provider",
-        "btrfs",
-        "--json",
-    ]);
+    let out = run_create_with(&cli, &cluster, &archive, "btrfs");
     assert!(
         out.status.success(),
         "{}\n{}",
