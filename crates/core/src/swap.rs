@@ -478,7 +478,7 @@ impl DirCache {
 
     /// Makes the installs of `ops` durable: syncs each directory a file was installed
     /// into, once (a restore of a thousand files into one directory would otherwise force
-    /// the file system's log a thousand times: 2 s of a 3 s PostgreSQL restore on XFS).
+    /// the file system's log a thousand times).
     fn sync_installed(&mut self, ops: &[SwapOp], events: &dyn EventSink) {
         let dirs: BTreeSet<&Path> = ops
             .iter()

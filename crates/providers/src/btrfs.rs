@@ -263,10 +263,10 @@ fn source_of(location: &Path) -> Result<PathBuf, BtrfsError> {
         .map_err(|_| BtrfsError::NoSource(location.to_path_buf()))
 }
 
-/// The regular file of the snapshot at `location` that holds `original`.
-fn snapshot_file(location: &str, original: &Path) -> Result<PathBuf, BoxError> {
-    let loc = Path::new(location);
-    let src = in_snapshot(loc, &source_of(loc)?, original)?;
+/// The regular file of the snapshot at `location` (taken of `subvolume`) that holds
+/// `original`.
+fn snapshot_file(location: &str, subvolume: &Path, original: &Path) -> Result<PathBuf, BoxError> {
+    let src = in_snapshot(Path::new(location), subvolume, original)?;
     if !src.is_file() {
         return Err(LayoutError::NotInCopy {
             location: location.to_string(),
@@ -560,7 +560,7 @@ impl Provider for BtrfsProvider {
     }
 
     fn restore_file(&self, location: &str, original: &Path, dest: &Path) -> Result<(), BoxError> {
-        let src = snapshot_file(location, original)?;
+        let src = snapshot_file(location, &source_of(Path::new(location))?, original)?;
         Ok(reflink::restore(
             &src,
             dest,
@@ -575,9 +575,11 @@ impl Provider for BtrfsProvider {
         files: &[(PathBuf, PathBuf)],
         staged: &(dyn Fn(usize) + Sync),
     ) -> Result<(), (usize, BoxError)> {
+        // The subvolume the snapshot was taken of is read once, not once per file.
+        let subvolume = source_of(Path::new(location)).map_err(|e| (0, e.into()))?;
         reflink::restore_many(
             files,
-            &|original| snapshot_file(location, original),
+            &|original| snapshot_file(location, &subvolume, original),
             self.parallelism,
             staged,
         )
