@@ -92,7 +92,16 @@ pub struct ErrorDetail {
 }
 
 impl ApiError {
-    fn bad_input(status: StatusCode, message: impl Into<String>) -> ApiError {
+    /// An error with its HTTP status and the CLI's exit code for it.
+    pub fn new(status: StatusCode, code: i32, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_input(status: StatusCode, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
             code: 2,
@@ -391,7 +400,10 @@ async fn submit(
     State(shared): State<Arc<Shared>>,
     JsonBody(request): JsonBody<JobRequest>,
 ) -> Result<(StatusCode, Json<JobRecord>), ApiError> {
-    let record = ask(&shared, |reply| Command::Submit(request, reply)).await?;
+    let record = ask(&shared, |reply| {
+        Command::Submit(request, "api".into(), reply)
+    })
+    .await?;
     Ok((StatusCode::ACCEPTED, Json(record)))
 }
 

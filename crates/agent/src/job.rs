@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use shadowcopy_core::CopyState;
 use shadowcopy_engine::restore::Mode;
 use shadowcopy_engine::{
@@ -15,7 +15,7 @@ use shadowcopy_engine::{
 use crate::events::JobProgress;
 
 /// A job to run. As an API request body: `{"kind": "create", "set": "app"}`.
-#[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum JobRequest {
     /// A copy of a set the agent's config names.

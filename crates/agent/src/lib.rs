@@ -18,6 +18,7 @@ pub mod api;
 pub mod client;
 pub mod events;
 pub mod job;
+pub mod link;
 pub mod log_push;
 pub mod metrics;
 pub mod schedule;
@@ -46,6 +47,12 @@ pub struct AgentOptions {
     pub socket: Option<PathBuf>,
     /// The operators' group owning the socket (else `[agent] socket_group`).
     pub socket_group: Option<String>,
+    /// The backup server to enrol with (with `enroll_token`) or the one enrolled with.
+    pub server: Option<String>,
+    /// A one-time token from `shadowcopy server enroll HOST`.
+    pub enroll_token: Option<String>,
+    /// The name to enrol as (default: this machine's name).
+    pub host_name: Option<String>,
 }
 
 /// Runs the agent until SIGTERM or SIGINT. Returns an error (before anything runs)
@@ -59,6 +66,7 @@ pub fn run(options: &AgentOptions) -> anyhow::Result<()> {
     let socket = socket::socket_path(&engine, options.socket.as_deref());
     socket::check(&socket)?;
     let catalog = engine.open_catalog()?;
+    let identity = server_identity(&engine, options)?;
     let group = options
         .socket_group
         .clone()
@@ -127,6 +135,10 @@ pub fn run(options: &AgentOptions) -> anyhow::Result<()> {
     });
     serve(listener, tcp, shared.clone())?;
     log_push::spawn(shared.clone())?;
+    if let Some(identity) = identity {
+        tracing::info!(server = %identity.url, host = %identity.host, "linked to the backup server");
+        link::spawn(shared.clone(), identity)?;
+    }
     tracing::info!(
         catalog = %engine.catalog_dir.display(),
         socket = %socket.display(),
@@ -138,6 +150,50 @@ pub fn run(options: &AgentOptions) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&socket);
     tracing::info!("agent stopped");
     result
+}
+
+/// The backup server this agent answers to, if any: enrolled now (`--enroll-token`),
+/// or before. Refused before anything runs when `--server` names another server than
+/// the one enrolled with, or a server this agent has no identity for.
+fn server_identity(
+    engine: &Engine,
+    options: &AgentOptions,
+) -> anyhow::Result<Option<link::identity::Identity>> {
+    use link::identity::{enroll, this_host, Identity};
+    use shadowcopy_engine::UsageError;
+    if let Some(token) = &options.enroll_token {
+        let Some(url) = &options.server else {
+            return Err(UsageError::new(
+                "--enroll-token needs --server URL: the server that made the token",
+            )
+            .into());
+        };
+        let host = options.host_name.clone().unwrap_or_else(this_host);
+        let identity = enroll(&engine.catalog_dir, url, token, &host)?;
+        tracing::info!(server = %identity.url, host = %identity.host, "enrolled");
+        return Ok(Some(identity));
+    }
+    let identity = Identity::load(&engine.catalog_dir)?;
+    match (&options.server, identity) {
+        (None, identity) => Ok(identity),
+        (Some(url), None) => Err(UsageError::new(format!(
+            "this agent has not enrolled with {url}: have its administrator run `shadowcopy server enroll {}` and start the agent with --enroll-token TOKEN",
+            options.host_name.clone().unwrap_or_else(this_host)
+        ))
+        .into()),
+        (Some(url), Some(identity)) => {
+            let (given, _, _) = link::https::parse_url(url)?;
+            if given != identity.url {
+                return Err(UsageError::new(format!(
+                    "this agent is enrolled with {}, not {given}; remove {} to enrol with another server",
+                    identity.url,
+                    identity.dir.display()
+                ))
+                .into());
+            }
+            Ok(Some(identity))
+        }
+    }
 }
 
 /// Serves the API on its own thread (a one-thread runtime: the API is small), on the

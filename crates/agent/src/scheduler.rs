@@ -428,8 +428,8 @@ impl Scheduler {
                     }
                 }
             }
-            Wake::Command(Command::Submit(request, reply)) => {
-                let _ = reply.send(self.submit(request));
+            Wake::Command(Command::Submit(request, trigger, reply)) => {
+                let _ = reply.send(self.submit(request, &trigger));
             }
             Wake::Command(Command::Cancel(id, reply)) => {
                 let _ = reply.send(self.cancel_queued(id));
@@ -437,13 +437,13 @@ impl Scheduler {
         }
     }
 
-    /// A job from the API: checked, then queued.
-    fn submit(&mut self, request: JobRequest) -> anyhow::Result<JobRecord> {
+    /// A job from the API or the backup server: checked, then queued.
+    fn submit(&mut self, request: JobRequest, trigger: &str) -> anyhow::Result<JobRecord> {
         if self.stopping {
             return Err(Stopping.into());
         }
         let set = request.check(&self.shared.engine())?;
-        self.enqueue(request, &set, "api", false)
+        self.enqueue(request, &set, trigger, false)
     }
 
     fn cancel_queued(&mut self, id: i64) -> anyhow::Result<JobRecord> {

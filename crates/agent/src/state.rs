@@ -48,8 +48,13 @@ pub struct ScheduleStatus {
 
 /// What the API asks of the scheduler.
 pub enum Command {
-    /// Queue a job; the reply is its record, or why it was refused.
-    Submit(JobRequest, oneshot::Sender<anyhow::Result<JobRecord>>),
+    /// Queue a job (`trigger`: who asked, `api` or `server:ID`); the reply is its
+    /// record, or why it was refused.
+    Submit(
+        JobRequest,
+        String,
+        oneshot::Sender<anyhow::Result<JobRecord>>,
+    ),
     /// Take a queued job out of the queue; the reply is its record, or why not.
     Cancel(i64, oneshot::Sender<anyhow::Result<JobRecord>>),
 }

@@ -31,7 +31,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// C. rustls 0.23.48 deprecates it for lacking post-quantum key exchange (X25519MLKEM768);
 /// moving to aws-lc-rs is a one-line change here when that matters more than build time.
 #[allow(deprecated)]
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 

@@ -143,6 +143,19 @@ impl Catalog {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// The newest job queued with this trigger (`server:ID`: the agent's job that runs
+    /// the backup server's job ID).
+    pub fn job_with_trigger(&self, trigger: &str) -> Result<Option<JobRecord>, CatalogError> {
+        Ok(self
+            .conn
+            .query_row(
+                &format!("{SELECT} WHERE trigger = ?1 ORDER BY id DESC LIMIT 1"),
+                [trigger],
+                record,
+            )
+            .optional()?)
+    }
+
     /// The newest job of `kind` for `set` (when did it last fall due).
     pub fn last_job(&self, set: &str, kind: &str) -> Result<Option<JobRecord>, CatalogError> {
         Ok(self

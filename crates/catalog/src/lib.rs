@@ -27,6 +27,7 @@ mod jobs;
 mod journal;
 mod leaf_hashes;
 mod migrations;
+mod outbox;
 mod paths;
 mod queries;
 mod queue;
@@ -44,6 +45,7 @@ use rusqlite::{Connection, OpenFlags};
 pub use exposures::{ExposureRecord, ExposureState};
 pub use jobs::JobRecord;
 pub use leaf_hashes::LeafBase;
+pub use outbox::CopyChange;
 pub use queries::{
     CopyDetail, CopySummary, NewestCopy, PhaseRecord, SetTotals, VerificationRecord,
 };

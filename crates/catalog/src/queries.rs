@@ -6,15 +6,15 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use rusqlite::{params, OptionalExtension, Row};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use shadowcopy_core::model::{
     Component, ComponentRole, CopyId, CopyState, FileEntry, Origin, VerifyState,
 };
 
 use crate::{paths, Catalog, CatalogError};
 
-/// One copy as `list` shows it.
-#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+/// One copy as `list` shows it (and as an agent tells its backup server).
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CopySummary {
     #[schema(value_type = i64)]
     pub id: CopyId,

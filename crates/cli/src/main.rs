@@ -51,6 +51,25 @@ pub struct GlobalArgs {
     /// Print only errors
     #[arg(short, long, global = true, help_heading = "Global options")]
     pub quiet: bool,
+    /// A backup server: `list`, `create`, `restore` and `jobs` with --host, and `hosts`,
+    /// go through it (the API token from SHADOWCOPY_SERVER_TOKEN); `agent` enrols with
+    /// it or checks it is the one enrolled with
+    #[arg(
+        long,
+        global = true,
+        env = "SHADOWCOPY_SERVER",
+        value_name = "URL",
+        help_heading = "Global options"
+    )]
+    pub server: Option<String>,
+    /// Read the backup server's API token from FILE (instead of SHADOWCOPY_SERVER_TOKEN)
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        help_heading = "Global options"
+    )]
+    pub server_token_file: Option<PathBuf>,
 }
 
 impl GlobalArgs {
@@ -114,8 +133,13 @@ enum Command {
     /// Run the configured sets on their schedules (copy, prune, verify) until stopped, with
     /// an API on a unix socket; `agent status` asks the running agent what it is doing
     Agent(commands::agent::AgentArgs),
-    /// What the agent ran and how each job ended
+    /// What the agent ran and how each job ended (with --server: the server's jobs)
     Jobs(commands::agent::JobsArgs),
+    /// Run the backup server (central catalog in PostgreSQL; agents connect out to it
+    /// with mutual TLS), or, on its machine, enrol and revoke hosts and make API tokens
+    Server(commands::server::ServerArgs),
+    /// The hosts a backup server manages (with --server)
+    Hosts(commands::remote::HostsArgs),
     /// Copies kept off the host: an encrypted, incremental repository on S3 or a directory
     Archive(commands::archive::ArchiveArgs),
 }
@@ -143,6 +167,8 @@ impl Command {
             Command::Agent(a) => a.json(),
             Command::Jobs(a) => a.json,
             Command::Archive(a) => a.json,
+            Command::Server(a) => a.json(),
+            Command::Hosts(a) => a.json,
         }
     }
 }
@@ -159,7 +185,8 @@ fn main() -> ExitCode {
         _ => "debug",
     };
     // The agent logs what it does (info); as JSON lines when not at a terminal (journald).
-    let agent = matches!(&cli.command, Command::Agent(a) if a.is_daemon());
+    let agent = matches!(&cli.command, Command::Agent(a) if a.is_daemon())
+        || matches!(&cli.command, Command::Server(a) if a.is_daemon());
     let filter = if agent && filter == "warn" {
         "info"
     } else {
@@ -200,6 +227,8 @@ fn main() -> ExitCode {
         Command::Agent(a) => commands::agent::run(g, a),
         Command::Jobs(a) => commands::agent::jobs(g, a),
         Command::Archive(a) => commands::archive::run(g, a),
+        Command::Server(a) => commands::server::run(g, a),
+        Command::Hosts(a) => commands::remote::hosts(g, a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

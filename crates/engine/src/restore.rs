@@ -49,7 +49,16 @@ pub struct RestoreOptions {
 
 /// `--mode`.
 #[derive(
-    clap::ValueEnum, Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, utoipa::ToSchema,
+    clap::ValueEnum,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    Serialize,
+    Deserialize,
+    PartialEq,
+    Eq,
+    utoipa::ToSchema,
 )]
 #[serde(rename_all = "kebab-case")]
 pub enum Mode {

@@ -7,6 +7,7 @@ pub mod faults;
 pub mod ledger;
 pub mod loopfs;
 pub mod mariadb;
+pub mod netns;
 pub mod pgbench;
 pub mod postgres;
 pub mod provider_suite;

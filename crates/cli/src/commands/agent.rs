@@ -25,6 +25,18 @@ pub struct AgentArgs {
     /// The group whose members may use the API (the socket is mode 0660)
     #[arg(long, value_name = "GROUP")]
     pub socket_group: Option<String>,
+    /// Enrol with the backup server (--server URL) with this one-time token from
+    /// `shadowcopy server enroll HOST`, then run linked to it
+    #[arg(
+        long,
+        env = "SHADOWCOPY_ENROLL_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub enroll_token: Option<String>,
+    /// The host name to enrol as [default: this machine's name]
+    #[arg(long, value_name = "NAME")]
+    pub host_name: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -56,6 +68,9 @@ pub fn run(g: &GlobalArgs, args: AgentArgs) -> anyhow::Result<()> {
             engine: g.engine_options(),
             socket: args.socket,
             socket_group: args.socket_group,
+            server: g.server.clone(),
+            enroll_token: args.enroll_token,
+            host_name: args.host_name,
         }),
         Some(AgentCommand::Openapi) => {
             print!("{}", shadowcopy_agent::api::openapi_json());
@@ -130,6 +145,12 @@ pub struct JobsArgs {
     /// How many of the newest jobs to show
     #[arg(long, default_value_t = 50, value_name = "N")]
     pub limit: usize,
+    /// The backup server's jobs for this host (with --server)
+    #[arg(long, value_name = "HOST")]
+    pub host: Option<String>,
+    /// The backup server's jobs for every host (with --server)
+    #[arg(long, conflicts_with = "host")]
+    pub all_hosts: bool,
     /// Print as JSON
     #[arg(long)]
     pub json: bool,
@@ -137,6 +158,13 @@ pub struct JobsArgs {
 
 pub fn jobs(g: &GlobalArgs, args: JobsArgs) -> anyhow::Result<()> {
     let out = g.output(args.json);
+    if args.all_hosts {
+        let server = super::remote::required(g, "jobs --all-hosts")?;
+        return super::remote::jobs(&server, None, args.limit, out);
+    }
+    if let Some((server, host)) = super::remote::target(g, &args.host, "jobs")? {
+        return super::remote::jobs(&server, Some(&host), args.limit, out);
+    }
     let jobs = g.engine()?.jobs(args.limit)?;
     if out.json {
         return out.print_json(&jobs);

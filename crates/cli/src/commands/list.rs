@@ -1,4 +1,5 @@
-//! `shadowcopy list [SET]`: the copies in the catalog, oldest first.
+//! `shadowcopy list [SET]`: the copies in the catalog, oldest first (with `--server URL
+//! --host H`: the copies host H's agent last reported to the backup server).
 
 use clap::Args;
 
@@ -9,15 +10,20 @@ use crate::GlobalArgs;
 pub struct ListArgs {
     /// Only this set's copies
     pub set: Option<String>,
+    /// With --server: this host's copies
+    #[arg(long, value_name = "HOST")]
+    pub host: Option<String>,
     /// Print as JSON
     #[arg(long)]
     pub json: bool,
 }
 
 pub fn run(g: &GlobalArgs, args: ListArgs) -> anyhow::Result<()> {
-    let engine = g.engine()?;
     let out = g.output(args.json);
-    let copies = engine.list(args.set.as_deref())?;
+    let copies = match super::remote::target(g, &args.host, "list")? {
+        Some((server, host)) => super::remote::copies(&server, &host, args.set.as_deref())?,
+        None => g.engine()?.list(args.set.as_deref())?,
+    };
     if out.json {
         return out.print_json(&copies);
     }

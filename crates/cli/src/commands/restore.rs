@@ -7,7 +7,8 @@ use clap::Args;
 use shadowcopy_core::error::humanize;
 use shadowcopy_engine::{RestoreOptions, WaitOptions};
 
-use crate::output::PhasePrinter;
+use crate::commands::remote;
+use crate::output::{Output, PhasePrinter};
 use crate::GlobalArgs;
 
 #[derive(Args, Debug)]
@@ -16,14 +17,20 @@ pub struct RestoreArgs {
     pub options: RestoreOptions,
     #[command(flatten)]
     pub wait: WaitOptions,
+    /// With --server: restore on this host, in place, through its agent
+    #[arg(long, value_name = "HOST")]
+    pub host: Option<String>,
     /// Print the result as JSON
     #[arg(long)]
     pub json: bool,
 }
 
 pub fn run(g: &GlobalArgs, args: RestoreArgs) -> anyhow::Result<()> {
-    let engine = g.engine()?;
     let out = g.output(args.json);
+    if let Some((server, host)) = remote::target(g, &args.host, "restore")? {
+        return on_host(&server, &host, &args, out);
+    }
+    let engine = g.engine()?;
     let report = engine.restore(
         &args.options,
         &args.wait,
@@ -51,6 +58,47 @@ pub fn run(g: &GlobalArgs, args: RestoreArgs) -> anyhow::Result<()> {
         for note in &report.notes {
             println!("  {note}");
         }
+    }
+    Ok(())
+}
+
+/// `restore --server URL --host H ID`: an in-place restore on H, queued on the server
+/// and followed to its end.
+fn on_host(
+    server: &shadowcopy_agent::link::https::ServerClient,
+    host: &str,
+    args: &RestoreArgs,
+    out: Output,
+) -> anyhow::Result<()> {
+    let o = &args.options;
+    if o.to.is_some() {
+        return Err(shadowcopy_engine::UsageError::new(
+            "--to is not taken with --host: an agent restores in place; restore elsewhere on the host itself",
+        )
+        .into());
+    }
+    let job = remote::run_job(
+        server,
+        host,
+        shadowcopy_agent::job::JobRequest::Restore {
+            copy: o.id,
+            force: o.force,
+            discard_current: o.discard_current,
+            mode: o.mode,
+            until: o.until.clone(),
+        },
+        &args.wait,
+        out,
+    )?;
+    if out.json {
+        return out.print_json(&job);
+    }
+    if out.human() {
+        println!(
+            "restored copy {} on {host}: {}",
+            o.id,
+            job.result.as_deref().unwrap_or("done")
+        );
     }
     Ok(())
 }

@@ -1,0 +1,375 @@
+//! Who an agent is to its backup server, and how it became so. An administrator makes
+//! a one-time token for a host name on the server (`shadowcopy server enroll HOST`);
+//! the token carries the SHA-256 of the server's CA, so the agent trusts the server it
+//! enrols with without being given a CA file. The agent makes a key, sends a
+//! certificate signing request with the token, and keeps the certificate the server's
+//! CA signs for its host name. From then on it calls the server with that certificate
+//! (mutual TLS) and trusts only that CA.
+//!
+//! Kept in the catalog directory, `server/` (0700): `agent.key` (0600), `agent.pem`,
+//! `ca.pem` and `link.json` (the server's URL and the host name). Nothing is written
+//! unless the server accepted the enrolment.
+
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use serde::{Deserialize, Serialize};
+use shadowcopy_engine::UsageError;
+
+use crate::link::https::ServerClient;
+use crate::link::protocol::{EnrollRequest, EnrollResponse};
+
+/// The directory below the catalog holding the agent's identity.
+pub const IDENTITY_DIR: &str = "server";
+
+/// Prefix of enrolment tokens.
+pub const ENROLL_PREFIX: &str = "sce1";
+/// Prefix of operators' API tokens.
+pub const OPERATOR_PREFIX: &str = "sco1";
+
+/// A token as printed: `PREFIX_SECRET_CAPIN` (hex).
+#[derive(Clone)]
+pub struct Token {
+    pub secret: String,
+    pub ca_pin: [u8; 32],
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(..)")
+    }
+}
+
+/// The SHA-256 of `bytes`.
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+impl Token {
+    /// Formats a token with `prefix`.
+    pub fn format(prefix: &str, secret: &str, ca_pin: &[u8; 32]) -> String {
+        format!("{prefix}_{secret}_{}", hex(ca_pin))
+    }
+
+    /// Reads a token of the kind `prefix` names (what it is, in `what`, for errors).
+    pub fn parse(text: &str, prefix: &str, what: &str) -> anyhow::Result<Token> {
+        let text = text.trim();
+        let bad = || {
+            UsageError::new(format!(
+                "the {what} is not one the server printed (it starts `{prefix}_` and has two more parts); copy it again"
+            ))
+        };
+        let mut parts = text.split('_');
+        if parts.next() != Some(prefix) {
+            return Err(bad().into());
+        }
+        let (Some(secret), Some(pin), None) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(bad().into());
+        };
+        if secret.len() < 32 || unhex(secret).is_none() {
+            return Err(bad().into());
+        }
+        let pin: [u8; 32] = unhex(pin).and_then(|p| p.try_into().ok()).ok_or_else(bad)?;
+        Ok(Token {
+            secret: secret.to_string(),
+            ca_pin: pin,
+        })
+    }
+}
+
+/// Trusts the server whose chain holds the CA with this SHA-256, and verifies the
+/// server's certificate against that CA (name, validity, signature) as usual.
+#[derive(Debug)]
+struct PinnedCa {
+    pin: [u8; 32],
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedCa {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let ca = intermediates
+            .iter()
+            .find(|c| sha256(c.as_ref()) == self.pin)
+            .ok_or_else(|| {
+                rustls::Error::General(
+                    "the server's CA is not the one the token names: this is not the server that made the token"
+                        .into(),
+                )
+            })?;
+        let mut roots = RootCertStore::empty();
+        roots.add(ca.clone().into_owned())?;
+        let verifier =
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+                .build()
+                .map_err(|e| rustls::Error::General(e.to_string()))?;
+        verifier.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// A client configuration that trusts the server whose CA has this SHA-256 (enrolment,
+/// and operators, whose tokens carry it), without a client certificate.
+pub fn pinned_client_config(pin: [u8; 32]) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    let provider = crate::tls::provider();
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(PinnedCa { pin, provider }))
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// An operator's client: the server at `url`, trusted by the CA fingerprint in the token.
+pub fn operator_client(url: &str, token: &str) -> anyhow::Result<ServerClient> {
+    let parsed = Token::parse(token, OPERATOR_PREFIX, "API token")?;
+    ServerClient::new(
+        url,
+        pinned_client_config(parsed.ca_pin)?,
+        Some(token.trim().to_string()),
+    )
+}
+
+/// Whether `name` can be a host's name: what a certificate can carry as a DNS name.
+pub fn check_host_name(name: &str) -> anyhow::Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(UsageError::new(format!(
+            "`{name}` cannot be a host name: use letters, digits, `-` and `.` (as in a DNS name)"
+        ))
+        .into())
+    }
+}
+
+/// This machine's name (`uname -n`).
+pub fn this_host() -> String {
+    rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// What `link.json` holds.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct LinkFile {
+    url: String,
+    host: String,
+}
+
+/// An enrolled agent: its server, its host name, and where its key and certificates are.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    pub dir: PathBuf,
+    pub url: String,
+    pub host: String,
+}
+
+impl Identity {
+    /// The identity kept below `catalog_dir`, if the agent has enrolled.
+    pub fn load(catalog_dir: &Path) -> anyhow::Result<Option<Identity>> {
+        let dir = catalog_dir.join(IDENTITY_DIR);
+        let link = dir.join("link.json");
+        let text = match std::fs::read(&link) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => anyhow::bail!("cannot read {}: {e}", link.display()),
+        };
+        let file: LinkFile = serde_json::from_slice(&text)
+            .map_err(|e| anyhow::anyhow!("{} is damaged ({e}); enrol again", link.display()))?;
+        Ok(Some(Identity {
+            dir,
+            url: file.url,
+            host: file.host,
+        }))
+    }
+
+    /// The client the agent calls its server with: its certificate, the server's CA.
+    pub fn client(&self) -> anyhow::Result<ServerClient> {
+        let mut roots = RootCertStore::empty();
+        for ca in CertificateDer::pem_file_iter(self.dir.join("ca.pem"))? {
+            roots.add(ca?)?;
+        }
+        let chain = CertificateDer::pem_file_iter(self.dir.join("agent.pem"))?
+            .collect::<Result<Vec<_>, _>>()?;
+        let key = PrivateKeyDer::from_pem_file(self.dir.join("agent.key"))?;
+        let config = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)?;
+        ServerClient::new(&self.url, Arc::new(config), None)
+    }
+}
+
+/// Enrols this agent with the server at `url` as `host`, with `token` (from `shadowcopy
+/// server enroll HOST`); writes the identity below `catalog_dir` only once the server
+/// has signed its certificate. Refused if the agent is enrolled already.
+pub fn enroll(catalog_dir: &Path, url: &str, token: &str, host: &str) -> anyhow::Result<Identity> {
+    check_host_name(host)?;
+    let parsed = Token::parse(token, ENROLL_PREFIX, "enrolment token")?;
+    let dir = catalog_dir.join(IDENTITY_DIR);
+    if let Some(existing) = Identity::load(catalog_dir)? {
+        return Err(UsageError::new(format!(
+            "this agent is enrolled already, as `{}` with {}; to enrol again, remove {} first",
+            existing.host,
+            existing.url,
+            dir.display()
+        ))
+        .into());
+    }
+    if dir.exists() {
+        return Err(UsageError::new(format!(
+            "{} exists without link.json (an enrolment that did not finish?); remove it and enrol again",
+            dir.display()
+        ))
+        .into());
+    }
+    let key = rcgen::KeyPair::generate()?;
+    let mut params = rcgen::CertificateParams::new(vec![host.to_string()])?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, host);
+    let csr = params.serialize_request(&key)?.pem()?;
+    let client = ServerClient::new(url, pinned_client_config(parsed.ca_pin)?, None)?;
+    let request = EnrollRequest {
+        host: host.to_string(),
+        token: parsed.secret.clone(),
+        csr_pem: csr,
+    };
+    let answer: EnrollResponse = client.json_blocking(
+        "POST",
+        "/v1/enroll",
+        Some(&request),
+        Duration::from_secs(30),
+    )?;
+    let ca = CertificateDer::from_pem_slice(answer.ca_pem.as_bytes())
+        .map_err(|e| anyhow::anyhow!("the server sent a CA that does not parse: {e}"))?;
+    if sha256(ca.as_ref()) != parsed.ca_pin {
+        anyhow::bail!("the server sent a CA other than the one the token names; nothing was kept");
+    }
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|e| anyhow::anyhow!("cannot make {}: {e}", dir.display()))?;
+    let written = (|| -> anyhow::Result<()> {
+        write_new(
+            &dir.join("agent.key"),
+            key.serialize_pem().as_bytes(),
+            0o600,
+        )?;
+        write_new(
+            &dir.join("agent.pem"),
+            answer.certificate_pem.as_bytes(),
+            0o644,
+        )?;
+        write_new(&dir.join("ca.pem"), answer.ca_pem.as_bytes(), 0o644)?;
+        let link = serde_json::to_vec_pretty(&LinkFile {
+            url: client.url().to_string(),
+            host: host.to_string(),
+        })?;
+        // Last: its presence says the enrolment is complete.
+        write_new(&dir.join("link.json"), &link, 0o644)?;
+        Ok(())
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_dir_all(&dir);
+        return Err(e.context(format!(
+            "the identity could not be kept in {}",
+            dir.display()
+        )));
+    }
+    Ok(Identity {
+        dir,
+        url: client.url().to_string(),
+        host: host.to_string(),
+    })
+}
+
+/// Creates `path` (it must not exist), writes `bytes` and syncs it.
+fn write_new(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)
+        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    Ok(())
+}

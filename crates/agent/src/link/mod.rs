@@ -1,0 +1,347 @@
+//! The agent's link to its backup server (`shadowcopy agent --server URL`): it sends
+//! the catalog's outbox (every change to a copy) and runs the jobs the server queues
+//! for this host, one at a time, through the agent's own queue. The agent never waits
+//! on the server: schedules, copies and the local catalog go on while the server is
+//! unreachable, and the link catches up when it returns (nothing is lost: a change
+//! leaves the outbox only once the server has applied it; a job's end is reported
+//! until the server takes it, even after the server gave the job up as lost).
+//!
+//! Modules: [`identity`] (enrolment, the key and certificates), [`https`] (calling the
+//! server), [`protocol`] (what both ends say).
+
+pub mod https;
+pub mod identity;
+pub mod protocol;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use shadowcopy_catalog::{Catalog, JobRecord};
+use tokio::sync::oneshot;
+
+use crate::link::https::ServerClient;
+use crate::link::identity::Identity;
+use crate::link::protocol::{
+    JobFinish, JobHeartbeat, ServerJob, SyncRequest, SyncResponse, LONG_POLL_MAX_SECS,
+};
+use crate::scheduler::Wake;
+use crate::state::{Command, Shared};
+
+/// How many outbox changes go in one call.
+const SYNC_BATCH: usize = 500;
+/// How often the outbox is looked at, and the server told the agent is alive.
+const SYNC_EVERY: Duration = Duration::from_secs(1);
+const ALIVE_EVERY: Duration = Duration::from_secs(20);
+/// How often a running job's lease is renewed.
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
+/// How long one call may take (a job poll: its wait plus this).
+const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+/// The longest pause between attempts while the server cannot be reached.
+const MAX_BACKOFF: Duration = Duration::from_secs(15);
+
+/// Starts the link on a thread of its own.
+pub fn spawn(shared: Arc<Shared>, identity: Identity) -> anyhow::Result<()> {
+    let client = identity.client()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("server-link".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let link = Link {
+                    shared,
+                    client,
+                    host: identity.host,
+                };
+                tokio::join!(link.sync_loop(), link.job_loop());
+            })
+        })?;
+    Ok(())
+}
+
+struct Link {
+    shared: Arc<Shared>,
+    client: ServerClient,
+    host: String,
+}
+
+/// Pauses that grow while the server stays away, and logs an outage once.
+struct Backoff {
+    what: &'static str,
+    pause: Duration,
+    down: bool,
+}
+
+impl Backoff {
+    fn new(what: &'static str) -> Backoff {
+        Backoff {
+            what,
+            pause: Duration::from_millis(500),
+            down: false,
+        }
+    }
+
+    fn ok(&mut self) {
+        if self.down {
+            tracing::info!("the backup server answers again ({})", self.what);
+        }
+        self.down = false;
+        self.pause = Duration::from_millis(500);
+    }
+
+    async fn failed(&mut self, e: &anyhow::Error) {
+        if !self.down {
+            tracing::warn!(
+                "the backup server cannot be reached ({}): {e:#}; retrying",
+                self.what
+            );
+        } else {
+            tracing::debug!("the backup server is still away ({}): {e:#}", self.what);
+        }
+        self.down = true;
+        tokio::time::sleep(self.pause).await;
+        self.pause = (self.pause * 2).min(MAX_BACKOFF);
+    }
+}
+
+impl Link {
+    fn catalog(&self) -> anyhow::Result<Catalog> {
+        self.shared.engine().open_catalog()
+    }
+
+    /// Sends the outbox until it is empty; returns how many changes the server took.
+    async fn sync_once(&self, catalog: &Catalog) -> anyhow::Result<usize> {
+        let mut sent = 0;
+        loop {
+            let changes = catalog.outbox_after(0, SYNC_BATCH)?;
+            let n = changes.len();
+            let last = changes.last().map(|c| c.seq);
+            let answer: SyncResponse = self
+                .client
+                .json(
+                    "POST",
+                    "/v1/agent/sync",
+                    Some(&SyncRequest {
+                        version: env!("CARGO_PKG_VERSION").to_string(),
+                        changes,
+                    }),
+                    CALL_TIMEOUT,
+                )
+                .await?;
+            if let Some(last) = last {
+                catalog.outbox_acknowledged(answer.applied_seq.min(last))?;
+            }
+            sent += n;
+            if n < SYNC_BATCH {
+                return Ok(sent);
+            }
+        }
+    }
+
+    async fn sync_loop(&self) {
+        let mut backoff = Backoff::new("sending copies");
+        let catalog = loop {
+            match self.catalog() {
+                Ok(c) => break c,
+                Err(e) => backoff.failed(&e).await,
+            }
+        };
+        let mut alive = tokio::time::Instant::now() - ALIVE_EVERY;
+        loop {
+            let pending = catalog.outbox_len().unwrap_or(1);
+            if pending > 0 || alive.elapsed() >= ALIVE_EVERY {
+                match self.sync_once(&catalog).await {
+                    Ok(n) => {
+                        backoff.ok();
+                        alive = tokio::time::Instant::now();
+                        if n > 0 {
+                            tracing::debug!(changes = n, "copies sent to the backup server");
+                        }
+                    }
+                    Err(e) => {
+                        backoff.failed(&e).await;
+                        continue;
+                    }
+                }
+            }
+            tokio::time::sleep(SYNC_EVERY).await;
+        }
+    }
+
+    async fn job_loop(&self) {
+        let mut backoff = Backoff::new("taking jobs");
+        // Jobs this host had when the agent (or its link) last stopped: each is seen to
+        // its end and reported, never run twice.
+        loop {
+            match self
+                .client
+                .json::<Vec<ServerJob>>("GET", "/v1/agent/jobs/open", None::<&()>, CALL_TIMEOUT)
+                .await
+            {
+                Ok(open) => {
+                    backoff.ok();
+                    for job in open {
+                        self.see_through(job).await;
+                    }
+                    break;
+                }
+                Err(e) => backoff.failed(&e).await,
+            }
+        }
+        loop {
+            let next = self
+                .client
+                .json::<Option<ServerJob>>(
+                    "POST",
+                    &format!("/v1/agent/jobs/next?wait={LONG_POLL_MAX_SECS}"),
+                    None::<&()>,
+                    CALL_TIMEOUT + Duration::from_secs(LONG_POLL_MAX_SECS),
+                )
+                .await;
+            match next {
+                Ok(Some(job)) => {
+                    backoff.ok();
+                    self.see_through(job).await;
+                }
+                Ok(None) => backoff.ok(),
+                Err(e) => backoff.failed(&e).await,
+            }
+        }
+    }
+
+    /// Runs a server job through the agent's queue (unless the agent queued it before),
+    /// waits for its end, renewing its lease, and reports the end.
+    async fn see_through(&self, job: ServerJob) {
+        let trigger = format!("server:{}", job.id);
+        tracing::info!(job = job.id, kind = %job.kind, set = %job.set, "a job from the backup server");
+        let known = self
+            .catalog()
+            .and_then(|c| Ok(c.job_with_trigger(&trigger)?));
+        let local = match known {
+            Ok(Some(local)) => Ok(local),
+            Ok(None) if job.state != "claimed" => Err(format!(
+                "not run: the agent stopped before it queued the job (it was {})",
+                job.state
+            )),
+            Ok(None) => self.submit(&job, &trigger).await,
+            Err(e) => Err(format!(
+                "not run: the agent's catalog cannot be read: {e:#}"
+            )),
+        };
+        let finish = match local {
+            Ok(local) => self.wait_for(&job, local).await,
+            Err(result) => JobFinish {
+                ok: false,
+                result,
+                copy_id: None,
+                agent_job: None,
+            },
+        };
+        self.report(&job, finish).await;
+    }
+
+    /// Queues the job as the agent's own.
+    async fn submit(&self, job: &ServerJob, trigger: &str) -> Result<JobRecord, String> {
+        let request = job.job_request().map_err(|e| format!("{e:#}"))?;
+        let (reply, answer) = oneshot::channel();
+        self.shared
+            .commands
+            .send(Wake::Command(Command::Submit(
+                request,
+                trigger.to_string(),
+                reply,
+            )))
+            .map_err(|_| "not run: the agent is stopping".to_string())?;
+        match answer.await {
+            Ok(Ok(record)) => Ok(record),
+            Ok(Err(e)) => Err(format!("refused by the agent: {e:#}")),
+            Err(_) => Err("not run: the agent is stopping".to_string()),
+        }
+    }
+
+    /// Waits for the agent's job to end, renewing the server's lease meanwhile.
+    async fn wait_for(&self, job: &ServerJob, local: JobRecord) -> JobFinish {
+        let mut last_beat = tokio::time::Instant::now() - HEARTBEAT_EVERY;
+        loop {
+            if last_beat.elapsed() >= HEARTBEAT_EVERY {
+                last_beat = tokio::time::Instant::now();
+                let beat = JobHeartbeat {
+                    agent_job: Some(local.id),
+                };
+                let path = format!("/v1/agent/jobs/{}/heartbeat", job.id);
+                if let Err(e) = self
+                    .client
+                    .json::<serde_json::Value>("POST", &path, Some(&beat), CALL_TIMEOUT)
+                    .await
+                {
+                    tracing::debug!(job = job.id, "the lease could not be renewed: {e:#}");
+                }
+            }
+            let now = self.catalog().and_then(|c| Ok(c.job(local.id)?));
+            match now {
+                Ok(Some(record)) if record.finished_ms.is_some() => {
+                    return JobFinish {
+                        ok: record.state == "done",
+                        result: record
+                            .result
+                            .clone()
+                            .unwrap_or_else(|| record.state.clone()),
+                        copy_id: record.copy_id,
+                        agent_job: Some(record.id),
+                    }
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    return JobFinish {
+                        ok: false,
+                        result: format!("the agent's job {} vanished from its catalog", local.id),
+                        copy_id: None,
+                        agent_job: Some(local.id),
+                    }
+                }
+                Err(e) => tracing::warn!(job = job.id, "the agent's catalog cannot be read: {e:#}"),
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Tells the server how the job ended, until it takes it; the copies first, so the
+    /// server knows the copy a finished job names.
+    async fn report(&self, job: &ServerJob, finish: JobFinish) {
+        let mut backoff = Backoff::new("reporting a job");
+        let path = format!("/v1/agent/jobs/{}/finish", job.id);
+        loop {
+            if let Ok(catalog) = self.catalog() {
+                if let Err(e) = self.sync_once(&catalog).await {
+                    backoff.failed(&e).await;
+                    continue;
+                }
+            }
+            match self
+                .client
+                .json::<ServerJob>("POST", &path, Some(&finish), CALL_TIMEOUT)
+                .await
+            {
+                Ok(recorded) => {
+                    tracing::info!(job = job.id, host = %self.host, state = %recorded.state, "the backup server has the job's end");
+                    return;
+                }
+                Err(e)
+                    if e.downcast_ref::<https::Unreachable>().is_some()
+                        || e.downcast_ref::<https::Refused>()
+                            .is_some_and(|r| r.status >= 500) =>
+                {
+                    backoff.failed(&e).await
+                }
+                Err(e) => {
+                    tracing::error!(
+                        job = job.id,
+                        "the backup server refused the job's end: {e:#}"
+                    );
+                    return;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! What an agent and its backup server say to each other, as JSON over HTTPS (the
+//! server's routes under `/v1/agent/`, `/v1/enroll`), and what operators read from the
+//! server (`/v1/hosts`, `/v1/jobs`). One definition for both ends.
+
+use serde::{Deserialize, Serialize};
+use shadowcopy_catalog::CopyChange;
+
+use crate::job::JobRequest;
+
+/// How long the server may hold a job poll open before it answers "nothing".
+pub const LONG_POLL_MAX_SECS: u64 = 30;
+
+/// `POST /v1/enroll`: a host's first call, with the one-time token an administrator
+/// made for it and a certificate signing request for the key the agent just made.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollRequest {
+    pub host: String,
+    /// The token's secret part (the part before the CA fingerprint).
+    pub token: String,
+    pub csr_pem: String,
+}
+
+/// The agent's certificate, bound to its host name, and the server's CA.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EnrollResponse {
+    pub certificate_pem: String,
+    pub ca_pem: String,
+}
+
+/// `POST /v1/agent/sync`: the outbox's next changes.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncRequest {
+    /// The agent's version, shown by `hosts`.
+    pub version: String,
+    pub changes: Vec<CopyChange>,
+}
+
+/// The highest change the server has applied for this host (the agent forgets those).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SyncResponse {
+    pub applied_seq: i64,
+}
+
+/// A job the server queued for a host, as the agent claims it and operators see it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ServerJob {
+    pub id: i64,
+    pub host: String,
+    pub kind: String,
+    /// The set, or `*` when the job names copies rather than a set.
+    pub set: String,
+    pub request: serde_json::Value,
+    /// `queued`, `claimed` (an agent has it), `running`, `done`, `failed`, `lost` (its
+    /// agent stopped renewing its lease; an agent that returns still reports how it
+    /// ended) or `cancelled`.
+    pub state: String,
+    /// Who asked: `operator NAME` or `local USER` (the server's command line).
+    pub created_by: String,
+    pub created_ms: i64,
+    pub claimed_ms: Option<i64>,
+    pub finished_ms: Option<i64>,
+    pub lease_until_ms: Option<i64>,
+    /// The agent's own job that ran it (its `shadowcopy jobs`).
+    pub agent_job: Option<i64>,
+    pub copy_id: Option<i64>,
+    pub result: Option<String>,
+}
+
+impl ServerJob {
+    /// The request as the agent runs it.
+    pub fn job_request(&self) -> anyhow::Result<JobRequest> {
+        serde_json::from_value(self.request.clone())
+            .map_err(|e| anyhow::anyhow!("job {} is not a request this agent knows: {e}", self.id))
+    }
+}
+
+/// `POST /v1/agent/jobs/{id}/heartbeat`: still at it (the lease is renewed).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobHeartbeat {
+    /// The agent's own job running it, once queued there.
+    pub agent_job: Option<i64>,
+}
+
+/// `POST /v1/agent/jobs/{id}/finish`: how it ended.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobFinish {
+    pub ok: bool,
+    pub result: String,
+    pub copy_id: Option<i64>,
+    pub agent_job: Option<i64>,
+}
+
+/// `POST /v1/hosts/{host}/jobs`: an operator's job for a host.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitJob {
+    pub request: JobRequest,
+}
+
+/// One host as `shadowcopy --server URL hosts` shows it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HostInfo {
+    pub name: String,
+    /// `enrolled`, `revoked`, or `waiting` (a token made, not used yet).
+    pub state: String,
+    pub enrolled_ms: Option<i64>,
+    pub last_seen_ms: Option<i64>,
+    pub agent_version: Option<String>,
+    pub copies: i64,
+    pub usable_copies: i64,
+    pub newest_copy_ms: Option<i64>,
+    /// Jobs waiting for the host (queued, claimed or running).
+    pub open_jobs: i64,
+}

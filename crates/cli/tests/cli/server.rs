@@ -1,0 +1,286 @@
+//! The backup server with three enrolled agents, each a real process in a network
+//! namespace of its own with its SQLite ledger on an XFS loop file system: copies queued
+//! from the server's CLI on every host, one host's database restored from it, a host cut
+//! off in the middle of a job (the server gives the job up as lost, the agent's
+//! scheduled copies go on, and when the link returns the job's end and every copy reach
+//! the server, nothing twice), the server killed with SIGKILL in the middle of a job and
+//! its PostgreSQL restarted under it. At the end the central catalog lists exactly the
+//! copies each agent holds.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use shadowcopy_testing::loopfs::{loopfs_or_skip, FsKind};
+use shadowcopy_testing::netns::{require_netns, NetNs};
+use shadowcopy_testing::wait::{until, until_some};
+
+use crate::central::{summaries, Central, Host};
+use crate::support::describe;
+
+const HOOK: &str = "#!/bin/bash\n\
+    # Slow to prepare while {DIR}/slow exists: a job long enough to be caught mid-way.\n\
+    if [ \"$1\" = prepare ] && [ -e \"{DIR}/slow\" ]; then sleep 4; fi\n\
+    exit 0\n";
+
+fn config(schedule: &str) -> String {
+    format!(
+        "[sets.app]\nprovider = \"reflink\"\n{schedule}\n\
+         [[sets.app.writers]]\nkind = \"sqlite\"\npath = \"{{DB}}\"\n\
+         [[sets.app.writers]]\nkind = \"exec\"\nscript = \"{{DIR}}/hook.sh\"\nevents = [\"prepare\"]\n"
+    )
+}
+
+/// Queues a job through the server's CLI without waiting; its id.
+fn queue(central: &Central, args: &[&str]) -> i64 {
+    let mut all = args.to_vec();
+    all.extend(["--no-wait", "--json"]);
+    let v = central.op_json(&all);
+    let job = if v.get("job").is_some() {
+        &v["job"]
+    } else {
+        &v
+    };
+    job["id"].as_i64().unwrap()
+}
+
+fn wait_job(central: &Central, id: i64, states: &[&str], limit: Duration) -> Value {
+    until_some(
+        limit,
+        || {
+            let job = central.job(id);
+            states
+                .contains(&job["state"].as_str().unwrap())
+                .then_some(job)
+        },
+        || format!("job {id} did not become {states:?}: {:#}", central.job(id)),
+    )
+}
+
+/// Waits until the server lists exactly the copies the host's agent holds.
+fn converged(central: &Central, host: &Host) {
+    let started = Instant::now();
+    loop {
+        let local = host.local_copies();
+        let remote = summaries(&central.op_json(&["list", "--host", &host.name, "--json"]));
+        if local == remote {
+            return;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            panic!(
+                "{}: the server lists {remote:?}, the agent holds {local:?}\nagent log:\n{}",
+                host.name,
+                host.log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn three_agents_copy_and_restore_through_the_server_across_a_partition_and_a_server_kill() {
+    let test = "three_agents_copy_and_restore_through_the_server";
+    if !require_netns(test) {
+        return;
+    }
+    let names = ["host-a", "host-b", "host-c"];
+    let mut filesystems = Vec::new();
+    for _ in names {
+        let Some(fs) = loopfs_or_skip(test, FsKind::Xfs, 300 << 20) else {
+            return;
+        };
+        filesystems.push(fs);
+    }
+    let spaces: Vec<NetNs> = (1..=3).map(|n| NetNs::new(n).unwrap()).collect();
+    let mut addresses: Vec<String> = spaces.iter().map(|ns| ns.here.clone()).collect();
+    addresses.push("127.0.0.1".into());
+    let Some(mut central) = Central::start(test, "0.0.0.0", &addresses) else {
+        return;
+    };
+    let mut hosts = Vec::new();
+    for ((name, fs), ns) in names.iter().zip(&filesystems).zip(spaces) {
+        // host-b copies on its own schedule too (every 3 s, the newest 3 kept).
+        let schedule = if *name == "host-b" {
+            "schedule = \"*/3 * * * * *\"\n[sets.app.retention]\nkeep_last = 3\n"
+        } else {
+            ""
+        };
+        let dir = fs.path().join("host");
+        let host = Host::new(name, &dir, Some(ns), &config(schedule));
+        std::fs::write(
+            dir.join("hook.sh"),
+            HOOK.replace("{DIR}", &dir.display().to_string()),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.join("hook.sh"), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
+        hosts.push(host);
+    }
+
+    // Enrolment: each agent with its own one-time token, from inside its namespace.
+    for host in &mut hosts {
+        let token = central.enroll_token(&host.name);
+        let url = central.url(&host.ns.as_ref().unwrap().here);
+        host.start_agent(&url, Some(&token));
+    }
+    until(
+        Duration::from_secs(30),
+        || {
+            let hosts = central.op_json(&["hosts", "--json"]);
+            hosts.as_array().unwrap().len() == 3
+                && hosts
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|h| h["state"] == "enrolled" && h["last_seen_ms"].is_i64())
+        },
+        || {
+            format!(
+                "not every host enrolled: {:#}",
+                central.op_json(&["hosts", "--json"])
+            )
+        },
+    );
+
+    // A copy of every host, queued from the server's CLI and followed to its end.
+    let mut first_copy = Vec::new();
+    for host in &hosts {
+        host.write(1, 100);
+        let out = central.op(&["create", "--host", &host.name, "app", "--json"]);
+        assert!(out.status.success(), "{}\n{}", describe(&out), host.log());
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["job"]["state"], "done", "{v:#}");
+        assert_eq!(v["copy"]["state"], "usable", "{v:#}");
+        assert_eq!(v["copy"]["verify_state"], "passed", "{v:#}");
+        first_copy.push(v["copy"]["id"].as_i64().unwrap());
+    }
+
+    // host-a's database restored from the server: the ledger is back to the copy's 100 rows.
+    let a = &hosts[0];
+    a.write(101, 250);
+    assert_eq!(a.ledger(), 250);
+    let out = central.op(&["restore", "--host", "host-a", &first_copy[0].to_string()]);
+    assert!(out.status.success(), "{}\n{}", describe(&out), a.log());
+    assert_eq!(
+        a.ledger(),
+        100,
+        "the restore brought back the copy's ledger"
+    );
+    a.write(101, 120);
+
+    // host-b cut off while its job runs: the server loses the job, the agent finishes it
+    // and goes on with its schedule; the link back, both agree.
+    let b = &hosts[1];
+    std::fs::write(b.dir.join("slow"), "").unwrap();
+    let job = queue(&central, &["create", "--host", "host-b", "app"]);
+    let claimed = wait_job(
+        &central,
+        job,
+        &["claimed", "running"],
+        Duration::from_secs(30),
+    );
+    b.ns.as_ref().unwrap().cut();
+    let cut_at = chrono::Utc::now().timestamp_millis();
+    let lost = wait_job(&central, job, &["lost"], Duration::from_secs(30));
+    assert!(
+        lost["result"].as_str().unwrap().contains("lease"),
+        "{lost:#}"
+    );
+    std::fs::remove_file(b.dir.join("slow")).unwrap();
+    // Copies go on while the server is unreachable: its schedule runs.
+    until(
+        Duration::from_secs(30),
+        || {
+            b.local_jobs().as_array().unwrap().iter().any(|j| {
+                j["trigger"] == "schedule"
+                    && j["state"] == "done"
+                    && j["started_ms"].as_i64().unwrap_or(0) > cut_at
+            })
+        },
+        || {
+            format!(
+                "no scheduled copy ran on host-b while it was cut off:\n{}",
+                b.log()
+            )
+        },
+    );
+    b.ns.as_ref().unwrap().heal();
+    let done = wait_job(&central, job, &["done", "failed"], Duration::from_secs(90));
+    assert_eq!(done["state"], "done", "{done:#}\n{}", b.log());
+    assert!(
+        done["result"]
+            .as_str()
+            .unwrap()
+            .contains("after its lease ran out"),
+        "{done:#}"
+    );
+    // The agent ran it once: one job of its own for the server's job.
+    let trigger = format!("server:{job}");
+    let runs: Vec<Value> = b
+        .local_jobs()
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|j| j["trigger"] == trigger.as_str())
+        .cloned()
+        .collect();
+    assert_eq!(runs.len(), 1, "{runs:#?}");
+    assert_eq!(runs[0]["copy_id"], done["copy_id"]);
+    assert_eq!(claimed["id"], done["id"]);
+
+    // The server killed with SIGKILL while host-c's job runs, then started again.
+    let c = &hosts[2];
+    std::fs::write(c.dir.join("slow"), "").unwrap();
+    let before = c.local_copies().len();
+    let job = queue(&central, &["create", "--host", "host-c", "app"]);
+    wait_job(
+        &central,
+        job,
+        &["claimed", "running"],
+        Duration::from_secs(30),
+    );
+    central.kill9();
+    std::thread::sleep(Duration::from_secs(2));
+    central.start_server();
+    let done = wait_job(&central, job, &["done", "failed"], Duration::from_secs(90));
+    assert_eq!(done["state"], "done", "{done:#}\n{}", c.log());
+    std::fs::remove_file(c.dir.join("slow")).unwrap();
+    assert_eq!(c.local_copies().len(), before + 1, "one copy for one job");
+
+    // PostgreSQL restarted under the server: the next calls work again.
+    central.pg.stop();
+    central.pg.start();
+    until(
+        Duration::from_secs(30),
+        || central.op(&["hosts", "--json"]).status.success(),
+        || {
+            format!(
+                "the server did not recover from PostgreSQL's restart:\n{}",
+                central.log()
+            )
+        },
+    );
+    let job = queue(&central, &["create", "--host", "host-c", "app"]);
+    let done = wait_job(&central, job, &["done", "failed"], Duration::from_secs(60));
+    assert_eq!(done["state"], "done", "{done:#}");
+
+    // The central catalog lists exactly what each agent holds.
+    for host in &hosts {
+        converged(&central, host);
+        assert!(host.ledger() >= 100);
+    }
+    // Every server job ended; none handed out twice.
+    let jobs = central.op_json(&["jobs", "--all-hosts", "--json"]);
+    for j in jobs.as_array().unwrap() {
+        assert_eq!(j["state"], "done", "{j:#}");
+    }
+    let hosts_view = central.op_json(&["hosts", "--json"]);
+    for h in hosts_view.as_array().unwrap() {
+        assert_eq!(h["open_jobs"], 0, "{h:#}");
+    }
+    for host in &mut hosts {
+        host.stop_agent();
+    }
+    let log = central.log();
+    assert!(!log.contains("\"level\":\"ERROR\""), "{log}");
+}

@@ -1,0 +1,217 @@
+//! The routes agents call: `/v1/enroll` (with a one-time token, no certificate yet),
+//! and under `/v1/agent/` with the certificate the server signed: `sync` (the outbox's
+//! copy changes), `jobs/next` (a long poll for the host's next job), `jobs/open` (what
+//! a returning agent must see through), `jobs/{id}/heartbeat` and `jobs/{id}/finish`.
+//! Each acts on the caller's own host only: a job of another host is "not found".
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Extension, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::Deserialize;
+use shadowcopy_agent::api::{ApiError, JsonBody, Param};
+use shadowcopy_agent::link::protocol::{
+    EnrollRequest, EnrollResponse, JobFinish, JobHeartbeat, ServerJob, SyncRequest, SyncResponse,
+    LONG_POLL_MAX_SECS,
+};
+
+use crate::admin::{self, EnrollRefused};
+use crate::auth::AgentCaller;
+use crate::state::AppState;
+use crate::{database, queue};
+
+/// The most changes one sync may carry.
+pub const SYNC_MAX_CHANGES: usize = 1000;
+
+pub async fn enroll(
+    State(state): State<Arc<AppState>>,
+    Extension(peer): Extension<SocketAddr>,
+    JsonBody(request): JsonBody<EnrollRequest>,
+) -> Result<Json<EnrollResponse>, ApiError> {
+    let mut db = state.db.get().await.map_err(database)?;
+    admin::enroll(&mut db, &state.ca, &request, &peer.to_string())
+        .await
+        .map(Json)
+        .map_err(|e| {
+            if e.downcast_ref::<EnrollRefused>().is_some() {
+                ApiError::new(StatusCode::FORBIDDEN, 1, e.to_string())
+            } else {
+                ApiError::from(e)
+            }
+        })
+}
+
+pub async fn sync(
+    State(state): State<Arc<AppState>>,
+    caller: AgentCaller,
+    JsonBody(request): JsonBody<SyncRequest>,
+) -> Result<Json<SyncResponse>, ApiError> {
+    if request.changes.len() > SYNC_MAX_CHANGES {
+        return Err(ApiError::bad_input(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("at most {SYNC_MAX_CHANGES} changes per sync"),
+        ));
+    }
+    for c in &request.changes {
+        if c.copy.as_ref().is_some_and(|copy| copy.id != c.copy_id) {
+            return Err(ApiError::bad_input(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "change {} names copy {} but carries another copy",
+                    c.seq, c.copy_id
+                ),
+            ));
+        }
+    }
+    let mut db = state.db.get().await.map_err(database)?;
+    let tx = db.transaction().await.map_err(database)?;
+    let applied: i64 = tx
+        .query_one(
+            "SELECT applied_seq FROM hosts WHERE name = $1 FOR UPDATE",
+            &[&caller.host],
+        )
+        .await
+        .map_err(database)?
+        .get(0);
+    let mut newest = applied;
+    for change in request.changes.iter().filter(|c| c.seq > applied) {
+        match &change.copy {
+            Some(copy) => {
+                let record = serde_json::to_value(copy).map_err(|e| {
+                    ApiError::from(anyhow::anyhow!("a copy could not be recorded: {e}"))
+                })?;
+                tx.execute(
+                    "INSERT INTO copies (host, copy_id, set_name, state, verify_state, created_ms, record, seq)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                     ON CONFLICT (host, copy_id) DO UPDATE SET set_name = $3, state = $4,
+                         verify_state = $5, created_ms = $6, record = $7, seq = $8, updated_at = now()",
+                    &[
+                        &caller.host,
+                        &change.copy_id,
+                        &copy.set,
+                        &copy.state.as_str(),
+                        &copy.verify_state.as_str(),
+                        &copy.created_ms,
+                        &record,
+                        &change.seq,
+                    ],
+                )
+                .await
+                .map_err(database)?;
+            }
+            None => {
+                tx.execute(
+                    "DELETE FROM copies WHERE host = $1 AND copy_id = $2",
+                    &[&caller.host, &change.copy_id],
+                )
+                .await
+                .map_err(database)?;
+            }
+        }
+        newest = newest.max(change.seq);
+    }
+    tx.execute(
+        "UPDATE hosts SET applied_seq = $2, agent_version = $3 WHERE name = $1",
+        &[&caller.host, &newest, &request.version],
+    )
+    .await
+    .map_err(database)?;
+    tx.commit().await.map_err(database)?;
+    Ok(Json(SyncResponse {
+        applied_seq: newest,
+    }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Wait {
+    /// Seconds to wait for a job (at most 30).
+    #[serde(default)]
+    wait: Option<u64>,
+}
+
+/// The host's next job, waiting up to `wait` seconds for one; `null` if none came.
+pub async fn next(
+    State(state): State<Arc<AppState>>,
+    caller: AgentCaller,
+    Param(axum::extract::Query(wait)): Param<axum::extract::Query<Wait>>,
+) -> Result<Json<Option<ServerJob>>, ApiError> {
+    let wait = Duration::from_secs(wait.wait.unwrap_or(0).min(LONG_POLL_MAX_SECS));
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        // Registered before looking, so that a job queued meanwhile wakes this poll.
+        let queued = state.queued.notified();
+        let claimed = {
+            let mut db = state.db.get().await.map_err(database)?;
+            queue::claim(&mut db, &caller.host, state.lease.as_secs_f64())
+                .await
+                .map_err(database)?
+        };
+        if let Some(job) = claimed {
+            tracing::info!(job = job.id, host = %caller.host, kind = %job.kind, "job claimed");
+            return Ok(Json(Some(job)));
+        }
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return Ok(Json(None));
+        }
+        // Also look again every second: another server may have queued it.
+        let _ = tokio::time::timeout((deadline - now).min(Duration::from_secs(1)), queued).await;
+    }
+}
+
+pub async fn open(
+    State(state): State<Arc<AppState>>,
+    caller: AgentCaller,
+) -> Result<Json<Vec<ServerJob>>, ApiError> {
+    let db = state.db.get().await.map_err(database)?;
+    Ok(Json(
+        queue::open_for(&db, &caller.host).await.map_err(database)?,
+    ))
+}
+
+fn not_yours(caller: &AgentCaller, id: i64) -> ApiError {
+    tracing::warn!(host = %caller.host, job = id, "an agent named a job that is not its host's");
+    ApiError::bad_input(
+        StatusCode::NOT_FOUND,
+        format!("host `{}` has no open job {id}", caller.host),
+    )
+}
+
+pub async fn heartbeat(
+    State(state): State<Arc<AppState>>,
+    caller: AgentCaller,
+    Param(axum::extract::Path(id)): Param<axum::extract::Path<i64>>,
+    JsonBody(beat): JsonBody<JobHeartbeat>,
+) -> Result<Json<ServerJob>, ApiError> {
+    let db = state.db.get().await.map_err(database)?;
+    queue::heartbeat(
+        &db,
+        &caller.host,
+        id,
+        beat.agent_job,
+        state.lease.as_secs_f64(),
+    )
+    .await
+    .map_err(database)?
+    .map(Json)
+    .ok_or_else(|| not_yours(&caller, id))
+}
+
+pub async fn finish(
+    State(state): State<Arc<AppState>>,
+    caller: AgentCaller,
+    Param(axum::extract::Path(id)): Param<axum::extract::Path<i64>>,
+    JsonBody(end): JsonBody<JobFinish>,
+) -> Result<Json<ServerJob>, ApiError> {
+    let db = state.db.get().await.map_err(database)?;
+    let job = queue::finish(&db, &caller.host, id, &end)
+        .await
+        .map_err(database)?
+        .ok_or_else(|| not_yours(&caller, id))?;
+    tracing::info!(job = id, host = %caller.host, state = %job.state, "job ended");
+    Ok(Json(job))
+}

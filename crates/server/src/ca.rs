@@ -1,0 +1,227 @@
+//! The server's certificate authority, made at the first start in the state directory
+//! (`ca.key` 0600, `ca.pem`; the directory 0700): it signs each enrolled agent's
+//! certificate (bound to its host name, for client authentication only) and, at every
+//! start, the server's own certificate for the names it is reached by. The SHA-256 of
+//! the CA certificate is what tokens carry so that agents and operators trust it.
+
+use std::io::Write;
+use std::net::IpAddr;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use shadowcopy_agent::link::identity::sha256;
+use shadowcopy_engine::UsageError;
+use time::{Duration, OffsetDateTime};
+
+/// How long an agent's certificate is valid.
+pub const AGENT_CERT_DAYS: i64 = 397;
+
+pub struct Authority {
+    issuer: Issuer<'static, KeyPair>,
+    ca_der: CertificateDer<'static>,
+    ca_pem: String,
+}
+
+/// An agent's certificate as signed.
+pub struct Signed {
+    pub pem: String,
+    pub fingerprint: [u8; 32],
+    pub serial: String,
+    pub not_after: OffsetDateTime,
+}
+
+fn random_serial() -> SerialNumber {
+    let mut bytes: [u8; 16] = rand::random();
+    bytes[0] &= 0x7f; // positive
+    SerialNumber::from_slice(&bytes)
+}
+
+/// Makes the state directory (0700) if it is missing; refuses one others can enter.
+pub fn state_dir(dir: &Path) -> anyhow::Result<PathBuf> {
+    match std::fs::DirBuilder::new()
+        .mode(0o700)
+        .recursive(true)
+        .create(dir)
+    {
+        Ok(()) => {}
+        Err(e) => anyhow::bail!("cannot make the state directory {}: {e}", dir.display()),
+    }
+    let meta = std::fs::symlink_metadata(dir)?;
+    if !meta.is_dir() {
+        return Err(UsageError::new(format!("{} is not a directory", dir.display())).into());
+    }
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(UsageError::new(format!(
+            "the state directory {} is open to other users (mode {:o}); it holds the CA's key: chmod 700 it",
+            dir.display(),
+            meta.permissions().mode() & 0o777
+        ))
+        .into());
+    }
+    Ok(dir.to_path_buf())
+}
+
+fn write_new(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)
+        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+fn read_private(path: &Path) -> anyhow::Result<String> {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)
+        .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?;
+    Ok(std::io::read_to_string(f)?)
+}
+
+impl Authority {
+    /// The CA in `dir` (a state directory), made if it has none.
+    pub fn load_or_create(dir: &Path) -> anyhow::Result<Authority> {
+        let key_path = dir.join("ca.key");
+        let cert_path = dir.join("ca.pem");
+        match (key_path.exists(), cert_path.exists()) {
+            (true, true) => {
+                let key = KeyPair::from_pem(&read_private(&key_path)?)
+                    .map_err(|e| anyhow::anyhow!("{} does not parse: {e}", key_path.display()))?;
+                let pem = read_private(&cert_path)?;
+                let issuer = Issuer::from_ca_cert_pem(&pem, key)
+                    .map_err(|e| anyhow::anyhow!("{} does not parse: {e}", cert_path.display()))?;
+                let der = rustls::pki_types::pem::PemObject::from_pem_slice(pem.as_bytes())
+                    .map_err(|e| anyhow::anyhow!("{} does not parse: {e}", cert_path.display()))?;
+                Ok(Authority {
+                    issuer,
+                    ca_der: der,
+                    ca_pem: pem,
+                })
+            }
+            (false, false) => {
+                let key = KeyPair::generate()?;
+                let mut params = CertificateParams::new(Vec::<String>::new())?;
+                params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+                params.key_usages = vec![
+                    KeyUsagePurpose::KeyCertSign,
+                    KeyUsagePurpose::CrlSign,
+                    KeyUsagePurpose::DigitalSignature,
+                ];
+                params
+                    .distinguished_name
+                    .push(DnType::CommonName, "shadowcopy server CA");
+                let now = OffsetDateTime::now_utc();
+                params.not_before = now - Duration::hours(1);
+                params.not_after = now + Duration::days(3650);
+                params.serial_number = Some(random_serial());
+                let cert = params.self_signed(&key)?;
+                write_new(&key_path, key.serialize_pem().as_bytes(), 0o600)?;
+                write_new(&cert_path, cert.pem().as_bytes(), 0o644)?;
+                tracing::info!(ca = %cert_path.display(), "made the server's CA");
+                Ok(Authority {
+                    ca_der: cert.der().clone(),
+                    ca_pem: cert.pem(),
+                    issuer: Issuer::new(params, key),
+                })
+            }
+            _ => anyhow::bail!(
+                "{} holds only one of ca.key and ca.pem; restore the other from a backup (agents trust that CA), or move both away to make a new CA and enrol every agent again",
+                dir.display()
+            ),
+        }
+    }
+
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    pub fn ca_der(&self) -> &CertificateDer<'static> {
+        &self.ca_der
+    }
+
+    /// The SHA-256 of the CA certificate: what tokens carry.
+    pub fn pin(&self) -> [u8; 32] {
+        sha256(self.ca_der.as_ref())
+    }
+
+    /// Signs a certificate for `host` with the key of `csr_pem` (whose signature proves
+    /// the agent holds it). Only the key is taken from the request: the name, the
+    /// lifetime and the use (client authentication) are the server's.
+    pub fn sign_agent(&self, csr_pem: &str, host: &str) -> anyhow::Result<Signed> {
+        let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| {
+            UsageError::new(format!("the certificate signing request is not valid: {e}"))
+        })?;
+        let mut params = CertificateParams::new(vec![host.to_string()]).map_err(|e| {
+            UsageError::new(format!("`{host}` cannot be a certificate's name: {e}"))
+        })?;
+        params.distinguished_name.push(DnType::CommonName, host);
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - Duration::minutes(5);
+        params.not_after = now + Duration::days(AGENT_CERT_DAYS);
+        let serial = random_serial();
+        params.serial_number = Some(serial.clone());
+        let cert = params.signed_by(&csr.public_key, &self.issuer)?;
+        Ok(Signed {
+            pem: cert.pem(),
+            fingerprint: sha256(cert.der().as_ref()),
+            serial: shadowcopy_agent::link::identity::hex(&serial.to_bytes()),
+            not_after: params.not_after,
+        })
+    }
+
+    /// The server's TLS settings: a certificate made now for `names` (host names or
+    /// addresses), sent with the CA; client certificates checked against the CA when
+    /// given (agents), not required (enrolment, operators with tokens).
+    pub fn server_config(&self, names: &[String]) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        for name in names {
+            params.subject_alt_names.push(match name.parse::<IpAddr>() {
+                Ok(ip) => SanType::IpAddress(ip),
+                Err(_) => SanType::DnsName(name.clone().try_into().map_err(|e| {
+                    UsageError::new(format!("`{name}` cannot be the server's name: {e}"))
+                })?),
+            });
+        }
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "shadowcopy server");
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - Duration::minutes(5);
+        params.not_after = now + Duration::days(825);
+        params.serial_number = Some(random_serial());
+        let cert = params.signed_by(&key, &self.issuer)?;
+        let provider = shadowcopy_agent::tls::provider();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca_der.clone())?;
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .allow_unauthenticated()
+        .build()?;
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(
+                vec![cert.der().clone(), self.ca_der.clone()],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            )?;
+        Ok(Arc::new(config))
+    }
+}
