@@ -61,7 +61,7 @@ pub fn run(options: &AgentOptions) -> anyhow::Result<()> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
     // Everything that can be refused is checked before anything is written.
-    let engine = Arc::new(Engine::new(&options.engine)?);
+    let engine = Arc::new(link::policies::engine(&options.engine)?);
     let tcp = tls::TlsListen::from_config(&engine.config.agent)?;
     let socket = socket::socket_path(&engine, options.socket.as_deref());
     socket::check(&socket)?;

@@ -521,7 +521,7 @@ impl Scheduler {
 
     /// SIGHUP: the config read again; a bad one is refused and the old one kept.
     fn reload(&mut self) {
-        let reloaded = Engine::new(&self.options).and_then(|e| {
+        let reloaded = crate::link::policies::engine(&self.options).and_then(|e| {
             let s = schedules(&e)?;
             Ok((e, s))
         });

@@ -140,6 +140,8 @@ enum Command {
     Server(commands::server::ServerArgs),
     /// The hosts a backup server manages (with --server)
     Hosts(commands::remote::HostsArgs),
+    /// The schedules and retention a backup server holds for its hosts' sets (with --server)
+    Policy(commands::policy::PolicyArgs),
     /// Copies kept off the host: an encrypted, incremental repository on S3 or a directory
     Archive(commands::archive::ArchiveArgs),
 }
@@ -169,6 +171,7 @@ impl Command {
             Command::Archive(a) => a.json,
             Command::Server(a) => a.json(),
             Command::Hosts(a) => a.json,
+            Command::Policy(a) => a.json(),
         }
     }
 }
@@ -229,6 +232,7 @@ fn main() -> ExitCode {
         Command::Archive(a) => commands::archive::run(g, a),
         Command::Server(a) => commands::server::run(g, a),
         Command::Hosts(a) => commands::remote::hosts(g, a),
+        Command::Policy(a) => commands::policy::run(g, a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

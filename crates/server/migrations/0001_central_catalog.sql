@@ -60,6 +60,8 @@ CREATE TABLE jobs (
     created_at  timestamptz NOT NULL DEFAULT now(),
     claimed_at  timestamptz,
     lease_until timestamptz,
+    -- When the reaper last gave it up (its agent may still report its end).
+    lost_at     timestamptz,
     finished_at timestamptz,
     agent_job   bigint,
     copy_id     bigint,

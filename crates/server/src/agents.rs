@@ -14,8 +14,8 @@ use axum::Json;
 use serde::Deserialize;
 use shadowcopy_agent::api::{ApiError, JsonBody, Param};
 use shadowcopy_agent::link::protocol::{
-    EnrollRequest, EnrollResponse, JobFinish, JobHeartbeat, ServerJob, SyncRequest, SyncResponse,
-    LONG_POLL_MAX_SECS,
+    EnrollRequest, EnrollResponse, JobFinish, JobHeartbeat, Policies, ServerJob, SyncRequest,
+    SyncResponse, LONG_POLL_MAX_SECS,
 };
 
 use crate::admin::{self, EnrollRefused};
@@ -113,15 +113,19 @@ pub async fn sync(
         }
         newest = newest.max(change.seq);
     }
-    tx.execute(
-        "UPDATE hosts SET applied_seq = $2, agent_version = $3 WHERE name = $1",
-        &[&caller.host, &newest, &request.version],
-    )
-    .await
-    .map_err(database)?;
+    let policy_version: i64 = tx
+        .query_one(
+            "UPDATE hosts SET applied_seq = $2, agent_version = $3 WHERE name = $1
+             RETURNING policy_version",
+            &[&caller.host, &newest, &request.version],
+        )
+        .await
+        .map_err(database)?
+        .get(0);
     tx.commit().await.map_err(database)?;
     Ok(Json(SyncResponse {
         applied_seq: newest,
+        policy_version,
     }))
 }
 
@@ -214,4 +218,17 @@ pub async fn finish(
         .ok_or_else(|| not_yours(&caller, id))?;
     tracing::info!(job = id, host = %caller.host, state = %job.state, "job ended");
     Ok(Json(job))
+}
+
+/// The caller's host's schedules and retention.
+pub async fn policies(
+    State(state): State<Arc<AppState>>,
+    caller: AgentCaller,
+) -> Result<Json<Policies>, ApiError> {
+    let db = state.db.get().await.map_err(database)?;
+    Ok(Json(
+        crate::policies::for_host(&db, &caller.host)
+            .await
+            .map_err(database)?,
+    ))
 }

@@ -9,7 +9,10 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use shadowcopy_engine::UsageError;
 
 /// The migrations, in order; `schema_migrations` records which ran.
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../migrations/0001_central_catalog.sql"))];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("../migrations/0001_central_catalog.sql")),
+    (2, include_str!("../migrations/0002_set_policies.sql")),
+];
 
 /// Any number that no other user of the database would take as an advisory lock.
 const MIGRATION_LOCK: i64 = 0x5348_4443_4f50_5901;

@@ -8,8 +8,9 @@
 //!
 //! Modules: [`db`] (pool, migrations), [`ca`] (the CA, certificates), [`listen`]
 //! (TLS, the caller's certificate), [`auth`] (agents and operators, roles), [`agents`]
-//! and [`operators`] (the routes), [`queue`] (jobs, leases, the reaper), [`admin`]
-//! (enrolment, revocation, tokens, audit), [`state`].
+//! and [`operators`] (the routes), [`queue`] (jobs, leases, the reaper), [`policies`]
+//! (schedules and retention per host and set), [`admin`] (enrolment, revocation,
+//! tokens, audit), [`state`].
 
 pub mod admin;
 pub mod agents;
@@ -18,6 +19,7 @@ pub mod ca;
 pub mod db;
 pub mod listen;
 pub mod operators;
+pub mod policies;
 pub mod queue;
 pub mod state;
 
@@ -77,6 +79,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/agent/sync",
             post(agents::sync).layer(DefaultBodyLimit::max(SYNC_BODY_LIMIT)),
         )
+        .route("/v1/agent/policies", get(agents::policies))
         .route("/v1/agent/jobs/open", get(agents::open))
         .route("/v1/agent/jobs/next", post(agents::next))
         .route("/v1/agent/jobs/{id}/heartbeat", post(agents::heartbeat))
@@ -89,6 +92,15 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(operators::enroll_token),
         )
         .route("/v1/hosts/{host}/revoke", post(operators::revoke))
+        .route(
+            "/v1/hosts/{host}/policies",
+            axum::routing::put(policies::put),
+        )
+        .route(
+            "/v1/hosts/{host}/policies/{set}",
+            axum::routing::delete(policies::remove),
+        )
+        .route("/v1/policies", get(policies::list))
         .route("/v1/jobs", get(operators::jobs))
         .route(
             "/v1/jobs/{id}",

@@ -121,7 +121,7 @@ pub async fn finish(
             &format!(
                 "UPDATE jobs SET state = CASE WHEN $3 THEN 'done' ELSE 'failed' END,
                         finished_at = now(), lease_until = NULL,
-                        result = $4 || CASE WHEN state = 'lost'
+                        result = $4 || CASE WHEN lost_at IS NOT NULL
                                  THEN ' (reported after its lease ran out)' ELSE '' END,
                         copy_id = $5, agent_job = COALESCE($6, agent_job)
                   WHERE id = $1 AND host = $2 AND state IN ('claimed', 'running', 'lost')
@@ -217,7 +217,7 @@ pub async fn reap(db: &impl GenericClient) -> Result<Vec<ServerJob>, tokio_postg
     let rows = db
         .query(
             &format!(
-                "UPDATE jobs SET state = 'lost',
+                "UPDATE jobs SET state = 'lost', lost_at = now(),
                         result = 'its agent stopped renewing the lease at '
                                  || to_char(lease_until AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') || ' UTC'
                   WHERE state IN ('claimed', 'running') AND lease_until < now()

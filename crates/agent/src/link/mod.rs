@@ -6,11 +6,15 @@
 //! leaves the outbox only once the server has applied it; a job's end is reported
 //! until the server takes it, even after the server gave the job up as lost).
 //!
+//! The server's schedules and retention for this host's sets ([`policies`]) are fetched
+//! when their version changes, kept on disk, and put in force by a reload.
+//!
 //! Modules: [`identity`] (enrolment, the key and certificates), [`https`] (calling the
-//! server), [`protocol`] (what both ends say).
+//! server), [`protocol`] (what both ends say), [`policies`].
 
 pub mod https;
 pub mod identity;
+pub mod policies;
 pub mod protocol;
 
 use std::sync::Arc;
@@ -22,7 +26,7 @@ use tokio::sync::oneshot;
 use crate::link::https::ServerClient;
 use crate::link::identity::Identity;
 use crate::link::protocol::{
-    JobFinish, JobHeartbeat, ServerJob, SyncRequest, SyncResponse, LONG_POLL_MAX_SECS,
+    JobFinish, JobHeartbeat, Policies, ServerJob, SyncRequest, SyncResponse, LONG_POLL_MAX_SECS,
 };
 use crate::scheduler::Wake;
 use crate::state::{Command, Shared};
@@ -31,7 +35,7 @@ use crate::state::{Command, Shared};
 const SYNC_BATCH: usize = 500;
 /// How often the outbox is looked at, and the server told the agent is alive.
 const SYNC_EVERY: Duration = Duration::from_secs(1);
-const ALIVE_EVERY: Duration = Duration::from_secs(20);
+const ALIVE_EVERY: Duration = Duration::from_secs(10);
 /// How often a running job's lease is renewed.
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
 /// How long one call may take (a job poll: its wait plus this).
@@ -110,8 +114,9 @@ impl Link {
         self.shared.engine().open_catalog()
     }
 
-    /// Sends the outbox until it is empty; returns how many changes the server took.
-    async fn sync_once(&self, catalog: &Catalog) -> anyhow::Result<usize> {
+    /// Sends the outbox until it is empty; returns how many changes the server took,
+    /// and the version of this host's policies.
+    async fn sync_once(&self, catalog: &Catalog) -> anyhow::Result<(usize, i64)> {
         let mut sent = 0;
         loop {
             let changes = catalog.outbox_after(0, SYNC_BATCH)?;
@@ -134,7 +139,7 @@ impl Link {
             }
             sent += n;
             if n < SYNC_BATCH {
-                return Ok(sent);
+                return Ok((sent, answer.policy_version));
             }
         }
     }
@@ -148,15 +153,31 @@ impl Link {
             }
         };
         let mut alive = tokio::time::Instant::now() - ALIVE_EVERY;
+        let catalog_dir = self.shared.engine().catalog_dir.clone();
+        let mut policy_version = match policies::load(&catalog_dir) {
+            Ok(p) => p.map(|p| p.version).unwrap_or(0),
+            Err(e) => {
+                tracing::warn!("{e:#}");
+                -1
+            }
+        };
         loop {
             let pending = catalog.outbox_len().unwrap_or(1);
             if pending > 0 || alive.elapsed() >= ALIVE_EVERY {
                 match self.sync_once(&catalog).await {
-                    Ok(n) => {
+                    Ok((n, version)) => {
                         backoff.ok();
                         alive = tokio::time::Instant::now();
                         if n > 0 {
                             tracing::debug!(changes = n, "copies sent to the backup server");
+                        }
+                        if version != policy_version {
+                            match self.fetch_policies(&catalog_dir).await {
+                                Ok(v) => policy_version = v,
+                                Err(e) => tracing::warn!(
+                                    "the server's policies could not be taken: {e:#}"
+                                ),
+                            }
                         }
                     }
                     Err(e) => {
@@ -167,6 +188,25 @@ impl Link {
             }
             tokio::time::sleep(SYNC_EVERY).await;
         }
+    }
+
+    /// Fetches this host's policies, keeps them and has the agent reload; their version.
+    async fn fetch_policies(&self, catalog_dir: &std::path::Path) -> anyhow::Result<i64> {
+        let policies: Policies = self
+            .client
+            .json("GET", "/v1/agent/policies", None::<&()>, CALL_TIMEOUT)
+            .await?;
+        policies::store(catalog_dir, &policies)?;
+        tracing::info!(
+            version = policies.version,
+            sets = policies.sets.len(),
+            "the backup server's schedules and retention taken"
+        );
+        let _ = self
+            .shared
+            .commands
+            .send(Wake::Signal(signal_hook::consts::SIGHUP));
+        Ok(policies.version)
     }
 
     async fn job_loop(&self) {
@@ -260,24 +300,11 @@ impl Link {
         }
     }
 
-    /// Waits for the agent's job to end, renewing the server's lease meanwhile.
+    /// Waits for the agent's job to end, renewing the server's lease meanwhile (not once
+    /// it has ended: a job given up as lost stays so until its end is reported).
     async fn wait_for(&self, job: &ServerJob, local: JobRecord) -> JobFinish {
         let mut last_beat = tokio::time::Instant::now() - HEARTBEAT_EVERY;
         loop {
-            if last_beat.elapsed() >= HEARTBEAT_EVERY {
-                last_beat = tokio::time::Instant::now();
-                let beat = JobHeartbeat {
-                    agent_job: Some(local.id),
-                };
-                let path = format!("/v1/agent/jobs/{}/heartbeat", job.id);
-                if let Err(e) = self
-                    .client
-                    .json::<serde_json::Value>("POST", &path, Some(&beat), CALL_TIMEOUT)
-                    .await
-                {
-                    tracing::debug!(job = job.id, "the lease could not be renewed: {e:#}");
-                }
-            }
             let now = self.catalog().and_then(|c| Ok(c.job(local.id)?));
             match now {
                 Ok(Some(record)) if record.finished_ms.is_some() => {
@@ -302,6 +329,20 @@ impl Link {
                 }
                 Err(e) => tracing::warn!(job = job.id, "the agent's catalog cannot be read: {e:#}"),
             }
+            if last_beat.elapsed() >= HEARTBEAT_EVERY {
+                last_beat = tokio::time::Instant::now();
+                let beat = JobHeartbeat {
+                    agent_job: Some(local.id),
+                };
+                let path = format!("/v1/agent/jobs/{}/heartbeat", job.id);
+                if let Err(e) = self
+                    .client
+                    .json::<serde_json::Value>("POST", &path, Some(&beat), CALL_TIMEOUT)
+                    .await
+                {
+                    tracing::debug!(job = job.id, "the lease could not be renewed: {e:#}");
+                }
+            }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
@@ -313,7 +354,7 @@ impl Link {
         let path = format!("/v1/agent/jobs/{}/finish", job.id);
         loop {
             if let Ok(catalog) = self.catalog() {
-                if let Err(e) = self.sync_once(&catalog).await {
+                if let Err(e) = self.sync_once(&catalog).await.map(|_| ()) {
                     backoff.failed(&e).await;
                     continue;
                 }

@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 use shadowcopy_catalog::CopyChange;
+use shadowcopy_engine::RetentionPolicy;
 
 use crate::job::JobRequest;
 
@@ -37,10 +38,44 @@ pub struct SyncRequest {
     pub changes: Vec<CopyChange>,
 }
 
-/// The highest change the server has applied for this host (the agent forgets those).
+/// The highest change the server has applied for this host (the agent forgets those),
+/// and the version of the host's policies (the agent fetches them when it changed).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SyncResponse {
     pub applied_seq: i64,
+    #[serde(default)]
+    pub policy_version: i64,
+}
+
+/// What the server decides for one set of a host's agent: when it is copied and
+/// verified, and which copies stay. It replaces the set's `schedule`,
+/// `verify_schedule` and `retention` in the agent's config (a field left out: none).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SetPolicy {
+    pub set: String,
+    #[serde(default)]
+    pub schedule: Option<String>,
+    #[serde(default)]
+    pub verify_schedule: Option<String>,
+    #[serde(default)]
+    pub retention: Option<RetentionPolicy>,
+}
+
+/// `GET /v1/agent/policies`: every policy of the caller's host, with their version.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Policies {
+    pub version: i64,
+    pub sets: Vec<SetPolicy>,
+}
+
+/// A policy as operators list it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HostPolicy {
+    pub host: String,
+    pub policy: SetPolicy,
+    pub updated_by: String,
+    pub updated_ms: i64,
 }
 
 /// A job the server queued for a host, as the agent claims it and operators see it.

@@ -9,6 +9,7 @@ pub mod expose;
 pub mod list;
 pub mod mariadb;
 pub mod pg;
+pub mod policy;
 pub mod providers;
 pub mod quickstart;
 pub mod remote;

@@ -16,7 +16,7 @@ use shadowcopy_engine::{UsageError, WaitOptions};
 use crate::output::{local_time, Output};
 use crate::GlobalArgs;
 
-const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The server client the global options name, if any.
 pub fn client(g: &GlobalArgs) -> anyhow::Result<Option<ServerClient>> {
@@ -67,7 +67,7 @@ pub fn target(
     Ok(Some((client, host.clone())))
 }
 
-fn block<T>(f: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+pub fn block<T>(f: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
@@ -132,7 +132,7 @@ pub fn copies(
 }
 
 /// Percent-encodes what goes into a path or query.
-fn encode(s: &str) -> String {
+pub fn encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {

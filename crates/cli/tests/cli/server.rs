@@ -1,8 +1,9 @@
 //! The backup server with three enrolled agents, each a real process in a network
-//! namespace of its own with its SQLite ledger on an XFS loop file system: copies queued
-//! from the server's CLI on every host, one host's database restored from it, a host cut
-//! off in the middle of a job (the server gives the job up as lost, the agent's
-//! scheduled copies go on, and when the link returns the job's end and every copy reach
+//! namespace of its own with its SQLite ledger on an XFS loop file system, copying on
+//! schedules the server holds: copies queued from the server's CLI on every host, one
+//! host's database restored from it, a host cut off in the middle of a job (the server
+//! gives the job up as lost; the agent, restarted while cut off, goes on copying by the
+//! schedule it was last given; when the link returns the job's end and every copy reach
 //! the server, nothing twice), the server killed with SIGKILL in the middle of a job and
 //! its PostgreSQL restarted under it. At the end the central catalog lists exactly the
 //! copies each agent holds.
@@ -22,9 +23,10 @@ const HOOK: &str = "#!/bin/bash\n\
     if [ \"$1\" = prepare ] && [ -e \"{DIR}/slow\" ]; then sleep 4; fi\n\
     exit 0\n";
 
-fn config(schedule: &str) -> String {
+/// Every host's config: one set, no schedule of its own (the server holds them).
+fn config() -> String {
     format!(
-        "[sets.app]\nprovider = \"reflink\"\n{schedule}\n\
+        "[sets.app]\nprovider = \"reflink\"\n\
          [[sets.app.writers]]\nkind = \"sqlite\"\npath = \"{{DB}}\"\n\
          [[sets.app.writers]]\nkind = \"exec\"\nscript = \"{{DIR}}/hook.sh\"\nevents = [\"prepare\"]\n"
     )
@@ -41,6 +43,21 @@ fn queue(central: &Central, args: &[&str]) -> i64 {
         &v
     };
     job["id"].as_i64().unwrap()
+}
+
+/// How many scheduled copies the host's agent made since `since_ms`.
+fn scheduled_since(host: &Host, since_ms: i64) -> usize {
+    host.local_jobs()
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|j| {
+            j["kind"] == "create"
+                && j["trigger"] == "schedule"
+                && j["state"] == "done"
+                && j["started_ms"].as_i64().unwrap_or(0) > since_ms
+        })
+        .count()
 }
 
 fn wait_job(central: &Central, id: i64, states: &[&str], limit: Duration) -> Value {
@@ -98,14 +115,8 @@ fn three_agents_copy_and_restore_through_the_server_across_a_partition_and_a_ser
     };
     let mut hosts = Vec::new();
     for ((name, fs), ns) in names.iter().zip(&filesystems).zip(spaces) {
-        // host-b copies on its own schedule too (every 3 s, the newest 3 kept).
-        let schedule = if *name == "host-b" {
-            "schedule = \"*/3 * * * * *\"\n[sets.app.retention]\nkeep_last = 3\n"
-        } else {
-            ""
-        };
         let dir = fs.path().join("host");
-        let host = Host::new(name, &dir, Some(ns), &config(schedule));
+        let host = Host::new(name, &dir, Some(ns), &config());
         std::fs::write(
             dir.join("hook.sh"),
             HOOK.replace("{DIR}", &dir.display().to_string()),
@@ -117,11 +128,36 @@ fn three_agents_copy_and_restore_through_the_server_across_a_partition_and_a_ser
         hosts.push(host);
     }
 
-    // Enrolment: each agent with its own one-time token, from inside its namespace.
-    for host in &mut hosts {
-        let token = central.enroll_token(&host.name);
+    // Enrolment: each agent with its own one-time token, from inside its namespace; the
+    // schedules set on the server before: host-b every 3 s keeping the newest 3, the
+    // others every 5 s keeping 50.
+    let tokens: Vec<String> = hosts
+        .iter()
+        .map(|h| central.enroll_token(&h.name))
+        .collect();
+    for host in &hosts {
+        let (every, keep) = if host.name == "host-b" {
+            ("*/3", "3")
+        } else {
+            ("*/5", "50")
+        };
+        let schedule = format!("{every} * * * * *");
+        central.op_json(&[
+            "policy",
+            "set",
+            "--host",
+            &host.name,
+            "app",
+            "--schedule",
+            &schedule,
+            "--keep-last",
+            keep,
+            "--json",
+        ]);
+    }
+    for (host, token) in hosts.iter_mut().zip(&tokens) {
         let url = central.url(&host.ns.as_ref().unwrap().here);
-        host.start_agent(&url, Some(&token));
+        host.start_agent(&url, Some(token));
     }
     until(
         Duration::from_secs(30),
@@ -141,6 +177,14 @@ fn three_agents_copy_and_restore_through_the_server_across_a_partition_and_a_ser
             )
         },
     );
+    // Every host copies by the server's schedule.
+    for host in &hosts {
+        until(
+            Duration::from_secs(60),
+            || scheduled_since(host, 0) > 0,
+            || format!("{} made no scheduled copy:\n{}", host.name, host.log()),
+        );
+    }
 
     // A copy of every host, queued from the server's CLI and followed to its end.
     let mut first_copy = Vec::new();
@@ -168,9 +212,10 @@ fn three_agents_copy_and_restore_through_the_server_across_a_partition_and_a_ser
     );
     a.write(101, 120);
 
-    // host-b cut off while its job runs: the server loses the job, the agent finishes it
-    // and goes on with its schedule; the link back, both agree.
-    let b = &hosts[1];
+    // host-b cut off while its job runs: the server loses the job; the agent finishes it
+    // and, restarted while cut off, goes on with the schedule it was given; the link
+    // back, both agree.
+    let b = &mut hosts[1];
     std::fs::write(b.dir.join("slow"), "").unwrap();
     let job = queue(&central, &["create", "--host", "host-b", "app"]);
     let claimed = wait_job(
@@ -187,19 +232,26 @@ fn three_agents_copy_and_restore_through_the_server_across_a_partition_and_a_ser
         "{lost:#}"
     );
     std::fs::remove_file(b.dir.join("slow")).unwrap();
-    // Copies go on while the server is unreachable: its schedule runs.
     until(
         Duration::from_secs(30),
-        || {
-            b.local_jobs().as_array().unwrap().iter().any(|j| {
-                j["trigger"] == "schedule"
-                    && j["state"] == "done"
-                    && j["started_ms"].as_i64().unwrap_or(0) > cut_at
-            })
-        },
+        || scheduled_since(b, cut_at) > 0,
         || {
             format!(
                 "no scheduled copy ran on host-b while it was cut off:\n{}",
+                b.log()
+            )
+        },
+    );
+    b.stop_agent();
+    let restarted_at = chrono::Utc::now().timestamp_millis();
+    let url = central.url(&b.ns.as_ref().unwrap().here);
+    b.start_agent(&url, None);
+    until(
+        Duration::from_secs(30),
+        || scheduled_since(b, restarted_at) > 0,
+        || {
+            format!(
+                "host-b, restarted while cut off, made no scheduled copy:\n{}",
                 b.log()
             )
         },
@@ -231,7 +283,6 @@ fn three_agents_copy_and_restore_through_the_server_across_a_partition_and_a_ser
     // The server killed with SIGKILL while host-c's job runs, then started again.
     let c = &hosts[2];
     std::fs::write(c.dir.join("slow"), "").unwrap();
-    let before = c.local_copies().len();
     let job = queue(&central, &["create", "--host", "host-c", "app"]);
     wait_job(
         &central,
@@ -245,7 +296,15 @@ fn three_agents_copy_and_restore_through_the_server_across_a_partition_and_a_ser
     let done = wait_job(&central, job, &["done", "failed"], Duration::from_secs(90));
     assert_eq!(done["state"], "done", "{done:#}\n{}", c.log());
     std::fs::remove_file(c.dir.join("slow")).unwrap();
-    assert_eq!(c.local_copies().len(), before + 1, "one copy for one job");
+    let trigger = format!("server:{job}");
+    let runs = c
+        .local_jobs()
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|j| j["trigger"] == trigger.as_str())
+        .count();
+    assert_eq!(runs, 1, "one run for one job");
 
     // PostgreSQL restarted under the server: the next calls work again.
     central.pg.stop();

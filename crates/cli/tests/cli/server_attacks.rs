@@ -309,6 +309,31 @@ fn the_server_refuses_strangers_and_each_agent_acts_on_its_own_host_only() {
         describe(&out)
     );
 
+    // A policy with a schedule that does not parse is refused; nothing is recorded.
+    let out = central.op(&[
+        "policy",
+        "set",
+        "--host",
+        "alpha",
+        "app",
+        "--schedule",
+        "every hour",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a cron expression"),
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(count(&central, "SELECT COUNT(*) FROM set_policies"), 0);
+    assert_eq!(
+        count(
+            &central,
+            "SELECT policy_version FROM hosts WHERE name = 'alpha'"
+        ),
+        0
+    );
+
     // Malformed and oversized requests get clear errors.
     let admin = operator_client(&url, &central.admin_token).unwrap();
     let (status, v) = call(&admin, "POST", "/v1/hosts/alpha/jobs", Some(b"{".to_vec())).unwrap();
