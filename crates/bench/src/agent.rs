@@ -194,7 +194,7 @@ impl Part {
 // The agent process and what /proc says of it.
 
 /// A running `shadowcopy agent`; killed when dropped without [`Agent::stop`].
-struct Agent {
+pub(crate) struct Agent {
     child: Option<Child>,
     socket: PathBuf,
     log: PathBuf,
@@ -206,16 +206,30 @@ impl Agent {
     /// Starts the agent on `catalog` with `config` (its log in `log`) and waits until its
     /// API answers.
     fn start(bin: &Path, catalog: &Path, config: &Path, log: &Path) -> anyhow::Result<Agent> {
+        Agent::start_with(bin, catalog, config, log, |_| {})
+    }
+
+    /// [`Agent::start`] with more arguments (after `agent --socket S`) or environment.
+    pub(crate) fn start_with(
+        bin: &Path,
+        catalog: &Path,
+        config: &Path,
+        log: &Path,
+        more: impl FnOnce(&mut Command),
+    ) -> anyhow::Result<Agent> {
         let socket = catalog.join("agent.sock");
         let spawned_ms = now_ms();
-        let child = Command::new(bin)
+        let mut command = Command::new(bin);
+        command
             .arg("--config")
             .arg(config)
             .arg("--catalog")
             .arg(catalog)
             .arg("agent")
             .arg("--socket")
-            .arg(&socket)
+            .arg(&socket);
+        more(&mut command);
+        let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(File::create(log).with_context(|| format!("creating {}", log.display()))?)
@@ -235,7 +249,7 @@ impl Agent {
         self.child.as_mut().expect("the agent runs until stopped")
     }
 
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.as_ref().expect("the agent runs").id()
     }
 
@@ -283,7 +297,7 @@ impl Agent {
     }
 
     /// SIGTERM, then its exit (it finishes a running job first), which must be clean.
-    fn stop(mut self) -> anyhow::Result<()> {
+    pub(crate) fn stop(mut self) -> anyhow::Result<()> {
         let pid = rustix::process::Pid::from_raw(self.pid() as i32).context("no pid")?;
         rustix::process::kill_process(pid, rustix::process::Signal::TERM)?;
         let deadline = Instant::now() + Duration::from_secs(600);
@@ -324,11 +338,11 @@ impl Drop for Agent {
 
 /// Memory of a process, from /proc/PID/status (KiB).
 #[derive(Clone, Copy, Debug, Default)]
-struct Mem {
-    rss: u64,
-    hwm: u64,
-    anon: u64,
-    threads: u64,
+pub(crate) struct Mem {
+    pub(crate) rss: u64,
+    pub(crate) hwm: u64,
+    pub(crate) anon: u64,
+    pub(crate) threads: u64,
 }
 
 pub(crate) fn status_field(status: &str, key: &str) -> Option<u64> {
@@ -338,7 +352,7 @@ pub(crate) fn status_field(status: &str, key: &str) -> Option<u64> {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 
-fn mem(pid: u32) -> anyhow::Result<Mem> {
+pub(crate) fn mem(pid: u32) -> anyhow::Result<Mem> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let get = |key| status_field(&s, key).with_context(|| format!("no {key} for {pid}"));
     Ok(Mem {
@@ -353,14 +367,14 @@ fn mem(pid: u32) -> anyhow::Result<Mem> {
 /// waited-for children's), the nanoseconds its live threads ran (schedstat) and their
 /// context switches.
 #[derive(Clone, Copy, Debug)]
-struct Cpu {
-    at: Instant,
-    ticks: u64,
-    sched_ns: u64,
-    switches: u64,
+pub(crate) struct Cpu {
+    pub(crate) at: Instant,
+    pub(crate) ticks: u64,
+    pub(crate) sched_ns: u64,
+    pub(crate) switches: u64,
 }
 
-fn cpu(pid: u32) -> anyhow::Result<Cpu> {
+pub(crate) fn cpu(pid: u32) -> anyhow::Result<Cpu> {
     let at = Instant::now();
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     let after = &stat[stat.rfind(')').context("/proc/PID/stat without a name")? + 1..];
@@ -395,7 +409,7 @@ fn cpu(pid: u32) -> anyhow::Result<Cpu> {
     })
 }
 
-fn clock_ticks() -> u64 {
+pub(crate) fn clock_ticks() -> u64 {
     common::sh("getconf", &["CLK_TCK"]).parse().unwrap_or(100)
 }
 
@@ -445,7 +459,7 @@ impl Busy {
     }
 }
 
-fn mib(kib: u64) -> String {
+pub(crate) fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
 }
 
@@ -457,7 +471,7 @@ fn now_ms() -> i64 {
 }
 
 /// A SQLite set of the config (`extra`: lines of the set's table).
-fn sqlite_set(name: &str, db: &Path, extra: &str) -> String {
+pub(crate) fn sqlite_set(name: &str, db: &Path, extra: &str) -> String {
     format!(
         "[sets.{name}]\n{extra}\n[[sets.{name}.writers]]\nkind = \"sqlite\"\npath = \"{}\"\n\n",
         db.display()
@@ -787,7 +801,7 @@ fn columns(conn: &Connection, table: &str, skip: &str) -> anyhow::Result<Vec<Str
 /// Fills the catalog up to `total` copies with copies of its newest usable copy (new ids,
 /// one minute apart going back in time, each its own location, and the same files,
 /// phases, components and verifications); the id of the newest copy.
-fn synthesize(catalog: &Path, total: u64) -> anyhow::Result<i64> {
+pub(crate) fn synthesize(catalog: &Path, total: u64) -> anyhow::Result<i64> {
     let mut conn = Connection::open(catalog.join("catalog.db"))?;
     conn.busy_timeout(Duration::from_secs(10))?;
     let (template, have): (i64, i64) = conn.query_row(
@@ -838,7 +852,7 @@ fn synthesize(catalog: &Path, total: u64) -> anyhow::Result<i64> {
 }
 
 /// The nearest-rank percentile `p` of sorted durations.
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let n = sorted.len();
     let rank = ((p / 100.0) * n as f64).ceil() as usize;
     sorted[rank.clamp(1, n) - 1]

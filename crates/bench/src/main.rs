@@ -17,6 +17,9 @@
 //! - `agent`: the agent daemon's idle memory and CPU, its API's latency over 10,000
 //!   copies, and a copy a minute of a busy SQLite bank with retention, against the same
 //!   load without the agent (see [`agent`]);
+//! - `server`: the backup server's job dispatch latency and CPU with 50 agents polling,
+//!   a 10,000-copy catalog sync from a real agent, and what being managed costs that
+//!   agent (see [`server`]);
 //! - `archive`: the archive on a local S3 server, first and incremental push, restore,
 //!   bytes stored and peak memory, against pgBackRest (`repo1-type=s3`) on a pgbench
 //!   database and restic on a SQLite bank, in the same run (see [`archive`]);
@@ -32,6 +35,7 @@ mod expose;
 mod mariadb;
 mod peers;
 mod postgres;
+mod server;
 mod sizes;
 mod sqlite;
 mod stats;
@@ -69,6 +73,8 @@ enum Workload {
     Peers(peers::PeersArgs),
     /// The agent: idle memory and CPU, API latency over 10,000 copies, a copy a minute under load
     Agent(agent::AgentArgs),
+    /// The backup server: dispatch latency and CPU with 50 polling agents, a 10,000-copy catalog sync, a managed agent's cost
+    Server(server::ServerArgs),
     /// The archive on S3: push, incremental push, restore, bytes and memory, against pgBackRest and restic
     Archive(archive::ArchiveArgs),
     /// Single-item recovery beside a busy cluster: pgbench's TPS while copies are exposed, extracted from and brought forward
@@ -99,6 +105,7 @@ fn main() -> ExitCode {
         Workload::Mariadb(args) => args.tools(),
         Workload::Peers(args) => args.tools(),
         Workload::Agent(args) => args.tools(),
+        Workload::Server(args) => args.tools(),
         Workload::Archive(args) => args.tools(),
         Workload::Expose(args) => args.tools(),
         Workload::Verify(args) => args.tools(),
@@ -117,6 +124,7 @@ fn main() -> ExitCode {
         Workload::Mariadb(args) => mariadb::bench(args),
         Workload::Peers(args) => peers::bench(args),
         Workload::Agent(args) => agent::bench(args),
+        Workload::Server(args) => server::bench(args),
         Workload::Archive(args) => archive::bench(args),
         Workload::Expose(args) => expose::bench(args),
         Workload::Verify(args) => verify::bench(args),

@@ -23,6 +23,10 @@ use crate::auth::AgentCaller;
 use crate::state::AppState;
 use crate::{database, queue};
 
+/// How often a waiting poll looks at the queue without being woken (jobs queued
+/// through another server process).
+const RECHECK_EVERY: Duration = Duration::from_secs(2);
+
 /// The most changes one sync may carry.
 pub const SYNC_MAX_CHANGES: usize = 1000;
 
@@ -145,14 +149,24 @@ pub async fn next(
 ) -> Result<Json<Option<ServerJob>>, ApiError> {
     let wait = Duration::from_secs(wait.wait.unwrap_or(0).min(LONG_POLL_MAX_SECS));
     let deadline = tokio::time::Instant::now() + wait;
+    let wake = state.queued_for(&caller.host);
     loop {
         // Registered before looking, so that a job queued meanwhile wakes this poll.
-        let queued = state.queued.notified();
+        let queued = wake.notified();
+        tokio::pin!(queued);
+        queued.as_mut().enable();
         let claimed = {
             let mut db = state.db.get().await.map_err(database)?;
-            queue::claim(&mut db, &caller.host, state.lease.as_secs_f64())
+            if queue::has_queued(&db, &caller.host)
                 .await
                 .map_err(database)?
+            {
+                queue::claim(&mut db, &caller.host, state.lease.as_secs_f64())
+                    .await
+                    .map_err(database)?
+            } else {
+                None
+            }
         };
         if let Some(job) = claimed {
             tracing::info!(job = job.id, host = %caller.host, kind = %job.kind, "job claimed");
@@ -162,8 +176,8 @@ pub async fn next(
         if now >= deadline {
             return Ok(Json(None));
         }
-        // Also look again every second: another server may have queued it.
-        let _ = tokio::time::timeout((deadline - now).min(Duration::from_secs(1)), queued).await;
+        // Also look again now and then: another server may have queued it.
+        let _ = tokio::time::timeout((deadline - now).min(RECHECK_EVERY), queued).await;
     }
 }
 

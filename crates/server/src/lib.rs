@@ -154,7 +154,7 @@ pub fn run(options: &ServerOptions) -> anyhow::Result<()> {
             db: pool,
             ca: authority,
             lease: options.job_lease,
-            queued: tokio::sync::Notify::new(),
+            queued: Default::default(),
         });
         tokio::spawn(reaper(state.clone()));
         let app = router(state.clone());

@@ -168,7 +168,7 @@ pub async fn submit(
         .map_err(database)?;
     }
     tracing::info!(job = job.id, host = %host, kind = %job.kind, by = %actor, "job queued");
-    state.queued.notify_waiters();
+    state.queued_for(&host).notify_waiters();
     Ok((StatusCode::CREATED, Json(job)))
 }
 

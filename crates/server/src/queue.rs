@@ -52,6 +52,21 @@ pub async fn submit(
     Ok(job(&row))
 }
 
+/// Whether `host` has a queued job (one indexed read: what a waiting poll asks before
+/// it takes the claim's lock).
+pub async fn has_queued(
+    db: &impl GenericClient,
+    host: &str,
+) -> Result<bool, tokio_postgres::Error> {
+    Ok(db
+        .query_opt(
+            "SELECT 1 FROM jobs WHERE host = $1 AND state = 'queued' LIMIT 1",
+            &[&host],
+        )
+        .await?
+        .is_some())
+}
+
 /// Hands `host`'s oldest queued job to its agent, unless one is claimed or running.
 pub async fn claim(
     db: &mut deadpool_postgres::Object,

@@ -1,6 +1,9 @@
 //! What every route shares: the central catalog's pool, the CA, the job lease, and the
-//! wake-up for agents waiting on a job poll.
+//! wake-ups of agents waiting on a job poll, one per host (a job queued for one host
+//! wakes only that host's poll).
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
@@ -13,6 +16,18 @@ pub struct AppState {
     pub ca: Authority,
     /// How long a claimed job stays an agent's without a heartbeat.
     pub lease: Duration,
-    /// Woken when a job is queued (waiting polls look again).
-    pub queued: Notify,
+    /// Per host: woken when a job is queued for it (its waiting poll looks again).
+    pub queued: Mutex<HashMap<String, Arc<Notify>>>,
+}
+
+impl AppState {
+    /// The wake-up of `host`'s polls.
+    pub fn queued_for(&self, host: &str) -> Arc<Notify> {
+        self.queued
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(host.to_string())
+            .or_default()
+            .clone()
+    }
 }

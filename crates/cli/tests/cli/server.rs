@@ -24,13 +24,9 @@ const HOOK: &str = "#!/bin/bash\n\
     exit 0\n";
 
 /// Every host's config: one set, no schedule of its own (the server holds them).
-fn config() -> String {
-    format!(
-        "[sets.app]\nprovider = \"reflink\"\n\
-         [[sets.app.writers]]\nkind = \"sqlite\"\npath = \"{{DB}}\"\n\
-         [[sets.app.writers]]\nkind = \"exec\"\nscript = \"{{DIR}}/hook.sh\"\nevents = [\"prepare\"]\n"
-    )
-}
+const CONFIG: &str = "[sets.app]\nprovider = \"reflink\"\n\
+     [[sets.app.writers]]\nkind = \"sqlite\"\npath = \"{DB}\"\n\
+     [[sets.app.writers]]\nkind = \"exec\"\nscript = \"{DIR}/hook.sh\"\nevents = [\"prepare\"]\n";
 
 /// Queues a job through the server's CLI without waiting; its id.
 fn queue(central: &Central, args: &[&str]) -> i64 {
@@ -116,7 +112,7 @@ fn three_agents_copy_and_restore_through_the_server_across_a_partition_and_a_ser
     let mut hosts = Vec::new();
     for ((name, fs), ns) in names.iter().zip(&filesystems).zip(spaces) {
         let dir = fs.path().join("host");
-        let host = Host::new(name, &dir, Some(ns), &config());
+        let host = Host::new(name, &dir, Some(ns), CONFIG);
         std::fs::write(
             dir.join("hook.sh"),
             HOOK.replace("{DIR}", &dir.display().to_string()),
@@ -232,6 +228,8 @@ fn three_agents_copy_and_restore_through_the_server_across_a_partition_and_a_ser
         "{lost:#}"
     );
     std::fs::remove_file(b.dir.join("slow")).unwrap();
+    // Nothing is left frozen or locked: the application writes on.
+    b.write(101, 150);
     until(
         Duration::from_secs(30),
         || scheduled_since(b, cut_at) > 0,
