@@ -14,7 +14,18 @@ shadowcopy=${SHADOWCOPY:-$(command -v shadowcopy || echo "$here/target/release/s
 bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
 [ -n "$bin" ] || { echo "PostgreSQL is not installed: apt-get install postgresql" >&2; exit 2; }
 
-mkdir -p "$dir"
+# DIR is made here (or is one this script made before, with its marker inside, owned by
+# whoever runs it): never a directory or symlink someone else put in a shared /tmp.
+if [ -L "$dir" ]; then
+  echo "$dir is a symlink; give a new directory" >&2; exit 2
+elif [ -e "$dir" ]; then
+  if [ ! -O "$dir/.shadowcopy-try" ] || [ -L "$dir/.shadowcopy-try" ]; then
+    echo "$dir exists and was not made by this script; give a new directory" >&2; exit 2
+  fi
+else
+  mkdir -m 700 "$dir"
+  touch "$dir/.shadowcopy-try"
+fi
 dir=$(cd "$dir" && pwd)
 # Only its owner (and root) can reach the cluster's socket in DIR: no TCP port is opened,
 # so `trust` lets in no one else.
@@ -22,7 +33,7 @@ chmod 700 "$dir"
 as_pg=()
 if [ "$(id -u)" = 0 ]; then
   # PostgreSQL refuses to run as root: the cluster belongs to the postgres user.
-  chown postgres: "$dir"
+  chown -h postgres: "$dir"
   as_pg=(runuser -u postgres --)
 fi
 if [ ! -e "$dir/pg/PG_VERSION" ]; then

@@ -161,6 +161,7 @@ fn server_identity(
 ) -> anyhow::Result<Option<link::identity::Identity>> {
     use link::identity::{enroll, this_host, Identity};
     use shadowcopy_engine::UsageError;
+    let identity = Identity::load(&engine.catalog_dir)?;
     if let Some(token) = &options.enroll_token {
         let Some(url) = &options.server else {
             return Err(UsageError::new(
@@ -169,11 +170,27 @@ fn server_identity(
             .into());
         };
         let host = options.host_name.clone().unwrap_or_else(this_host);
+        let (given, _, _) = link::https::parse_url(url)?;
+        match &identity {
+            // A start command that keeps its token (a unit file, a script) starts again.
+            Some(known) if known.url == given && known.host == host => {
+                tracing::warn!(
+                    server = %known.url,
+                    host = %known.host,
+                    "enrolled already; the enrolment token is not used (remove it from the start command)"
+                );
+                return Ok(identity);
+            }
+            _ => {}
+        }
         let identity = enroll(&engine.catalog_dir, url, token, &host)?;
+        // The server starts this host's copies afresh: every copy goes to it again.
+        let catalog = engine.open_catalog()?;
+        catalog.outbox_link()?;
+        catalog.outbox_refill()?;
         tracing::info!(server = %identity.url, host = %identity.host, "enrolled");
         return Ok(Some(identity));
     }
-    let identity = Identity::load(&engine.catalog_dir)?;
     match (&options.server, identity) {
         (None, identity) => Ok(identity),
         (Some(url), None) => Err(UsageError::new(format!(

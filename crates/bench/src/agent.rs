@@ -689,21 +689,7 @@ fn api(args: &AgentArgs, bin: &Path) -> anyhow::Result<Api> {
             &format!("provider = \"copy\"\nschedule = \"{NEVER}\""),
         ),
     )?;
-    for _ in 0..REAL_COPIES {
-        let out = Command::new(bin)
-            .arg("--config")
-            .arg(&config_path)
-            .arg("--catalog")
-            .arg(&catalog)
-            .args(["create", "bank", "--json"])
-            .output()?;
-        ensure!(
-            out.status.success(),
-            "`shadowcopy create bank` failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
+    create_copies(bin, &config_path, &catalog, REAL_COPIES)?;
     let t = Instant::now();
     let last_id = synthesize(&catalog, args.copies)?;
     let synthesis = t.elapsed();
@@ -796,6 +782,31 @@ fn columns(conn: &Connection, table: &str, skip: &str) -> anyhow::Result<Vec<Str
         .query_map([], |r| r.get::<_, String>(1))?
         .collect::<Result<Vec<_>, _>>()?;
     Ok(names.into_iter().filter(|c| c != skip).collect())
+}
+
+/// `count` real copies of the set `bank` of `config` (`shadowcopy create bank`).
+pub(crate) fn create_copies(
+    bin: &Path,
+    config: &Path,
+    catalog: &Path,
+    count: u64,
+) -> anyhow::Result<()> {
+    for _ in 0..count {
+        let out = Command::new(bin)
+            .arg("--config")
+            .arg(config)
+            .arg("--catalog")
+            .arg(catalog)
+            .args(["create", "bank", "--json"])
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "`shadowcopy create bank` failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
 }
 
 /// Fills the catalog up to `total` copies with copies of its newest usable copy (new ids,

@@ -32,7 +32,9 @@ use shadowcopy_agent::link::https::ServerClient;
 use shadowcopy_agent::link::identity::{enroll, operator_client, Identity};
 use shadowcopy_testing::postgres::{PgCluster, PgOptions};
 
-use crate::agent::{clock_ticks, cpu, mem, mib, percentile, sqlite_set, synthesize, Agent};
+use crate::agent::{
+    clock_ticks, cpu, create_copies, mem, mib, percentile, sqlite_set, synthesize, Agent,
+};
 use crate::common::{self, loadavg};
 use crate::stats::human;
 
@@ -422,20 +424,7 @@ fn sync(args: &ServerArgs, bin: &Path) -> anyhow::Result<String> {
     shadowcopy_sample::create(&db, crate::sqlite::ACCOUNTS, true)?;
     let config = work.path().join("agent.toml");
     std::fs::write(&config, sqlite_set("bank", &db, "provider = \"copy\""))?;
-    for _ in 0..3 {
-        let out = Command::new(bin)
-            .arg("--config")
-            .arg(&config)
-            .arg("--catalog")
-            .arg(&catalog)
-            .args(["create", "bank", "--json"])
-            .output()?;
-        ensure!(
-            out.status.success(),
-            "create: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    create_copies(bin, &config, &catalog, 3)?;
     synthesize(&catalog, args.copies)?;
     let token = rt.block_on(central.token("real-agent"))?;
     eprintln!("sync: an agent with {} copies enrolls ...", args.copies);

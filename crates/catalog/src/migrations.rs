@@ -188,21 +188,24 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (copy_id, path)
     );
     ",
-    // 10: the outbox an agent sends its copies to its backup server from. Every change
-    // to a copy (made, a phase, verified, deleted) gives the copy the next sequence
-    // number; one row per copy, so a catalog that no server reads stays as small as its
-    // copies (and one row per deleted copy). Copies made before are all in it once.
+    // 10: the outbox an agent sends its copies to its backup server from. Once the
+    // agent is linked to a server (a row in `outbox_link`), every change to a copy (made,
+    // a phase, verified, deleted) gives the copy the next sequence number; one row per
+    // copy, only its newest change. A catalog no server reads records nothing.
     "
+    CREATE TABLE outbox_link (id INTEGER PRIMARY KEY CHECK (id = 1));
     CREATE TABLE outbox (
         seq     INTEGER PRIMARY KEY AUTOINCREMENT,
         copy_id INTEGER NOT NULL UNIQUE
     );
-    INSERT INTO outbox (copy_id) SELECT id FROM copies ORDER BY id;
     CREATE TRIGGER outbox_copy_made AFTER INSERT ON copies
+        WHEN EXISTS (SELECT 1 FROM outbox_link)
         BEGIN INSERT OR REPLACE INTO outbox (copy_id) VALUES (NEW.id); END;
     CREATE TRIGGER outbox_copy_changed AFTER UPDATE ON copies
+        WHEN EXISTS (SELECT 1 FROM outbox_link)
         BEGIN INSERT OR REPLACE INTO outbox (copy_id) VALUES (NEW.id); END;
     CREATE TRIGGER outbox_copy_deleted AFTER DELETE ON copies
+        WHEN EXISTS (SELECT 1 FROM outbox_link)
         BEGIN INSERT OR REPLACE INTO outbox (copy_id) VALUES (OLD.id); END;
     ",
 ];

@@ -19,12 +19,21 @@ impl UsageError {
     }
 }
 
+/// A wait the user bounded ran out while the work goes on elsewhere (a job a backup
+/// server runs, followed with `--wait`): exit code 3, as for a busy queue.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct WaitExceeded(pub String);
+
 /// The exit code for an error, from the first cause in its chain that decides one:
 /// 2 bad input, 3 the queue is busy, 4 a copy failed verification, 1 anything else.
 pub fn exit_code(err: &anyhow::Error) -> i32 {
     for cause in err.chain() {
         if cause.downcast_ref::<UsageError>().is_some() {
             return 2;
+        }
+        if cause.downcast_ref::<WaitExceeded>().is_some() {
+            return 3;
         }
         if let Some(e) = cause.downcast_ref::<shadowcopy_core::Error>() {
             return e.kind().exit_code();

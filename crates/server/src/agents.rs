@@ -43,7 +43,7 @@ pub async fn enroll(
             if e.downcast_ref::<EnrollRefused>().is_some() {
                 ApiError::new(StatusCode::FORBIDDEN, 1, e.to_string())
             } else {
-                ApiError::from(e)
+                crate::api_error(e)
             }
         })
 }
@@ -72,6 +72,18 @@ pub async fn sync(
     }
     let mut db = state.db.get().await.map_err(database)?;
     let tx = db.transaction().await.map_err(database)?;
+    if request.reset {
+        tracing::warn!(host = %caller.host, "the agent sends every copy again (its catalog was restored or made anew)");
+        tx.execute("DELETE FROM copies WHERE host = $1", &[&caller.host])
+            .await
+            .map_err(database)?;
+        tx.execute(
+            "UPDATE hosts SET applied_seq = 0 WHERE name = $1",
+            &[&caller.host],
+        )
+        .await
+        .map_err(database)?;
+    }
     let applied: i64 = tx
         .query_one(
             "SELECT applied_seq FROM hosts WHERE name = $1 FOR UPDATE",
@@ -84,9 +96,10 @@ pub async fn sync(
     for change in request.changes.iter().filter(|c| c.seq > applied) {
         match &change.copy {
             Some(copy) => {
-                let record = serde_json::to_value(copy).map_err(|e| {
+                let mut record = serde_json::to_value(copy).map_err(|e| {
                     ApiError::from(anyhow::anyhow!("a copy could not be recorded: {e}"))
                 })?;
+                without_nul(&mut record);
                 tx.execute(
                     "INSERT INTO copies (host, copy_id, set_name, state, verify_state, created_ms, record, seq)
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
@@ -245,4 +258,15 @@ pub async fn policies(
             .await
             .map_err(database)?,
     ))
+}
+
+/// Takes NUL characters out of the strings of `value`: PostgreSQL's `jsonb` refuses them
+/// (an error text from a tool could hold one), and a copy must not fail the whole sync.
+fn without_nul(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::String(s) if s.contains('\0') => *s = s.replace('\0', ""),
+        serde_json::Value::Array(items) => items.iter_mut().for_each(without_nul),
+        serde_json::Value::Object(map) => map.values_mut().for_each(without_nul),
+        _ => {}
+    }
 }

@@ -125,15 +125,27 @@ impl FromRequestParts<Arc<AppState>> for AgentCaller {
         let client = state.db.get().await.map_err(database)?;
         let row = client
             .query_opt(
-                "UPDATE hosts h SET last_seen_at = now()
-                   FROM agent_certificates c
-                  WHERE c.fingerprint = $1 AND c.host = h.name
-              RETURNING h.name, c.revoked_at IS NOT NULL OR h.revoked_at IS NOT NULL,
-                        c.not_after < now()",
+                "SELECT h.name, c.revoked_at IS NOT NULL OR h.revoked_at IS NOT NULL,
+                        c.not_after < now()
+                   FROM agent_certificates c JOIN hosts h ON c.host = h.name
+                  WHERE c.fingerprint = $1",
                 &[&fingerprint.as_slice()],
             )
             .await
             .map_err(database)?;
+        if let Some(r) = row
+            .as_ref()
+            .filter(|r| !r.get::<_, bool>(1) && !r.get::<_, bool>(2))
+        {
+            // Seen: only an agent that is let in.
+            client
+                .execute(
+                    "UPDATE hosts SET last_seen_at = now() WHERE name = $1",
+                    &[&r.get::<_, String>(0)],
+                )
+                .await
+                .map_err(database)?;
+        }
         match row {
             None => Err(refuse(
                 "the certificate is not one this server issued to an agent",

@@ -1,10 +1,9 @@
 //! The server's certificate authority, made at the first start in the state directory
-//! (`ca.key` 0600, `ca.pem`; the directory 0700): it signs each enrolled agent's
+//! (`ca/ca.key` 0600, `ca/ca.pem`; the directories 0700): it signs each enrolled agent's
 //! certificate (bound to its host name, for client authentication only) and, at every
 //! start, the server's own certificate for the names it is reached by. The SHA-256 of
 //! the CA certificate is what tokens carry so that agents and operators trust it.
 
-use std::io::Write;
 use std::net::IpAddr;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -15,9 +14,12 @@ use rcgen::{
     ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use shadowcopy_agent::link::identity::sha256;
+use shadowcopy_agent::link::identity::{sha256, write_new};
 use shadowcopy_engine::UsageError;
 use time::{Duration, OffsetDateTime};
+
+/// The CA's directory in the state directory: `ca.key` (0600) and `ca.pem`.
+pub const CA_DIR: &str = "ca";
 
 /// How long an agent's certificate is valid.
 pub const AGENT_CERT_DAYS: i64 = 397;
@@ -56,6 +58,15 @@ pub fn state_dir(dir: &Path) -> anyhow::Result<PathBuf> {
     if !meta.is_dir() {
         return Err(UsageError::new(format!("{} is not a directory", dir.display())).into());
     }
+    let me = rustix::process::geteuid().as_raw();
+    if std::os::unix::fs::MetadataExt::uid(&meta) != me {
+        return Err(UsageError::new(format!(
+            "the state directory {} belongs to another user (uid {}, not {me}); it holds the CA's key: give one of your own",
+            dir.display(),
+            std::os::unix::fs::MetadataExt::uid(&meta)
+        ))
+        .into());
+    }
     if meta.permissions().mode() & 0o077 != 0 {
         return Err(UsageError::new(format!(
             "the state directory {} is open to other users (mode {:o}); it holds the CA's key: chmod 700 it",
@@ -65,19 +76,6 @@ pub fn state_dir(dir: &Path) -> anyhow::Result<PathBuf> {
         .into());
     }
     Ok(dir.to_path_buf())
-}
-
-fn write_new(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-        .open(path)
-        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    Ok(())
 }
 
 fn read_private(path: &Path) -> anyhow::Result<String> {
@@ -90,56 +88,70 @@ fn read_private(path: &Path) -> anyhow::Result<String> {
 }
 
 impl Authority {
-    /// The CA in `dir` (a state directory), made if it has none.
-    pub fn load_or_create(dir: &Path) -> anyhow::Result<Authority> {
-        let key_path = dir.join("ca.key");
-        let cert_path = dir.join("ca.pem");
-        match (key_path.exists(), cert_path.exists()) {
-            (true, true) => {
-                let key = KeyPair::from_pem(&read_private(&key_path)?)
-                    .map_err(|e| anyhow::anyhow!("{} does not parse: {e}", key_path.display()))?;
-                let pem = read_private(&cert_path)?;
-                let issuer = Issuer::from_ca_cert_pem(&pem, key)
-                    .map_err(|e| anyhow::anyhow!("{} does not parse: {e}", cert_path.display()))?;
-                let der = rustls::pki_types::pem::PemObject::from_pem_slice(pem.as_bytes())
-                    .map_err(|e| anyhow::anyhow!("{} does not parse: {e}", cert_path.display()))?;
-                Ok(Authority {
-                    issuer,
-                    ca_der: der,
-                    ca_pem: pem,
-                })
-            }
-            (false, false) => {
-                let key = KeyPair::generate()?;
-                let mut params = CertificateParams::new(Vec::<String>::new())?;
-                params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-                params.key_usages = vec![
-                    KeyUsagePurpose::KeyCertSign,
-                    KeyUsagePurpose::CrlSign,
-                    KeyUsagePurpose::DigitalSignature,
-                ];
-                params
-                    .distinguished_name
-                    .push(DnType::CommonName, "shadowcopy server CA");
-                let now = OffsetDateTime::now_utc();
-                params.not_before = now - Duration::hours(1);
-                params.not_after = now + Duration::days(3650);
-                params.serial_number = Some(random_serial());
-                let cert = params.self_signed(&key)?;
-                write_new(&key_path, key.serialize_pem().as_bytes(), 0o600)?;
-                write_new(&cert_path, cert.pem().as_bytes(), 0o644)?;
-                tracing::info!(ca = %cert_path.display(), "made the server's CA");
-                Ok(Authority {
-                    ca_der: cert.der().clone(),
-                    ca_pem: cert.pem(),
-                    issuer: Issuer::new(params, key),
-                })
-            }
-            _ => anyhow::bail!(
-                "{} holds only one of ca.key and ca.pem; restore the other from a backup (agents trust that CA), or move both away to make a new CA and enrol every agent again",
-                dir.display()
-            ),
+    /// The CA of the state directory `dir` (in `dir/ca`), if it has one.
+    pub fn load(dir: &Path) -> anyhow::Result<Option<Authority>> {
+        let ca = dir.join(CA_DIR);
+        if !ca.exists() {
+            return Ok(None);
         }
+        let key_path = ca.join("ca.key");
+        let cert_path = ca.join("ca.pem");
+        let key = KeyPair::from_pem(&read_private(&key_path)?)
+            .map_err(|e| anyhow::anyhow!("{} does not parse: {e}", key_path.display()))?;
+        let pem = read_private(&cert_path)?;
+        let issuer = Issuer::from_ca_cert_pem(&pem, key)
+            .map_err(|e| anyhow::anyhow!("{} does not parse: {e}", cert_path.display()))?;
+        let der = rustls::pki_types::pem::PemObject::from_pem_slice(pem.as_bytes())
+            .map_err(|e| anyhow::anyhow!("{} does not parse: {e}", cert_path.display()))?;
+        Ok(Some(Authority {
+            issuer,
+            ca_der: der,
+            ca_pem: pem,
+        }))
+    }
+
+    /// The CA of `dir`, made if it has none (the server's first start). The key and
+    /// the certificate are written into a new directory that is then renamed into
+    /// place: a crash leaves both or neither.
+    pub fn load_or_create(dir: &Path) -> anyhow::Result<Authority> {
+        if let Some(ca) = Authority::load(dir)? {
+            return Ok(ca);
+        }
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "shadowcopy server CA");
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - Duration::hours(1);
+        params.not_after = now + Duration::days(3650);
+        params.serial_number = Some(random_serial());
+        let cert = params.self_signed(&key)?;
+        let new = dir.join(format!(".{CA_DIR}.new-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&new);
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&new)
+            .map_err(|e| anyhow::anyhow!("cannot make {}: {e}", new.display()))?;
+        write_new(&new.join("ca.key"), key.serialize_pem().as_bytes(), 0o600)?;
+        write_new(&new.join("ca.pem"), cert.pem().as_bytes(), 0o644)?;
+        std::fs::File::open(&new)?.sync_all()?;
+        std::fs::rename(&new, dir.join(CA_DIR)).map_err(|e| {
+            anyhow::anyhow!("cannot put the new CA in place in {}: {e}", dir.display())
+        })?;
+        std::fs::File::open(dir)?.sync_all()?;
+        tracing::info!(ca = %dir.join(CA_DIR).join("ca.pem").display(), "made the server's CA");
+        Ok(Authority {
+            ca_der: cert.der().clone(),
+            ca_pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        })
     }
 
     pub fn ca_pem(&self) -> &str {

@@ -71,6 +71,18 @@ pub(crate) fn database(e: impl std::fmt::Display) -> ApiError {
     )
 }
 
+/// An error of an operation for its caller: the database's own in the log only (503),
+/// the rest (bad input, refusals) as they are.
+pub(crate) fn api_error(e: anyhow::Error) -> ApiError {
+    if e.chain()
+        .any(|c| c.is::<tokio_postgres::Error>() || c.is::<deadpool_postgres::PoolError>())
+    {
+        database(format!("{e:#}"))
+    } else {
+        ApiError::from(e)
+    }
+}
+
 /// The routes.
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
@@ -121,13 +133,25 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-/// The CA and the migrated database, as every command needs them.
+/// The CA and the migrated database, as every command needs them. Only the server
+/// (`create_ca`) makes a CA; an administrator's command on a state directory without
+/// one is refused (its tokens would name a CA no server has).
 async fn open(
     options: &ServerOptions,
     pool_size: usize,
+    create_ca: bool,
 ) -> anyhow::Result<(deadpool_postgres::Pool, Authority)> {
     let dir = ca::state_dir(&options.state_dir)?;
-    let authority = Authority::load_or_create(&dir)?;
+    let authority = if create_ca {
+        Authority::load_or_create(&dir)?
+    } else {
+        Authority::load(&dir)?.ok_or_else(|| {
+            UsageError::new(format!(
+                "{} holds no CA: the server has not started with this state directory; give the server's --state (or start `shadowcopy server` once)",
+                dir.display()
+            ))
+        })?
+    };
     let pool = db::pool(&options.database, pool_size)?;
     db::migrate(&pool).await?;
     Ok((pool, authority))
@@ -136,16 +160,16 @@ async fn open(
 /// Runs the server until SIGTERM or SIGINT.
 pub fn run(options: &ServerOptions) -> anyhow::Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
-    if options.job_lease < Duration::from_secs(2) {
+    if options.job_lease < Duration::from_secs(3) {
         return Err(UsageError::new(
-            "--job-lease must be at least 2 s (agents renew it every 5 s; 60 s is the default)",
+            "--job-lease must be at least 3 s (agents renew it every third of it, at most every 5 s; 60 s is the default)",
         )
         .into());
     }
     let runtime = runtime()?;
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
     runtime.block_on(async {
-        let (pool, authority) = open(options, 16).await?;
+        let (pool, authority) = open(options, 16, true).await?;
         let tls = authority.server_config(&options.names)?;
         let listener = tokio::net::TcpListener::bind(options.listen)
             .await
@@ -162,7 +186,7 @@ pub fn run(options: &ServerOptions) -> anyhow::Result<()> {
         tracing::info!(
             listen = %options.listen,
             names = ?options.names,
-            ca = %options.state_dir.join("ca.pem").display(),
+            ca = %options.state_dir.join(ca::CA_DIR).join("ca.pem").display(),
             "server started"
         );
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
@@ -210,7 +234,7 @@ fn local_actor() -> String {
 /// `shadowcopy server enroll HOST`: a one-time token for HOST, valid for `ttl`.
 pub fn enroll_token(options: &ServerOptions, host: &str, ttl: Duration) -> anyhow::Result<String> {
     runtime()?.block_on(async {
-        let (pool, authority) = open(options, 1).await?;
+        let (pool, authority) = open(options, 1, false).await?;
         let mut db = pool.get().await?;
         admin::enroll_token(&mut db, &authority, host, ttl, &local_actor()).await
     })
@@ -219,7 +243,7 @@ pub fn enroll_token(options: &ServerOptions, host: &str, ttl: Duration) -> anyho
 /// `shadowcopy server revoke HOST`.
 pub fn revoke(options: &ServerOptions, host: &str) -> anyhow::Result<()> {
     runtime()?.block_on(async {
-        let (pool, _) = open(options, 1).await?;
+        let (pool, _) = open(options, 1, false).await?;
         let mut db = pool.get().await?;
         admin::revoke(&mut db, host, &local_actor()).await
     })
@@ -228,7 +252,7 @@ pub fn revoke(options: &ServerOptions, host: &str) -> anyhow::Result<()> {
 /// `shadowcopy server token create NAME --role ROLE`.
 pub fn create_token(options: &ServerOptions, name: &str, role: Role) -> anyhow::Result<String> {
     runtime()?.block_on(async {
-        let (pool, authority) = open(options, 1).await?;
+        let (pool, authority) = open(options, 1, false).await?;
         let mut db = pool.get().await?;
         admin::create_token(&mut db, &authority, name, role, &local_actor()).await
     })
@@ -237,7 +261,7 @@ pub fn create_token(options: &ServerOptions, name: &str, role: Role) -> anyhow::
 /// `shadowcopy server token revoke NAME`.
 pub fn revoke_token(options: &ServerOptions, name: &str) -> anyhow::Result<()> {
     runtime()?.block_on(async {
-        let (pool, _) = open(options, 1).await?;
+        let (pool, _) = open(options, 1, false).await?;
         let mut db = pool.get().await?;
         admin::revoke_token(&mut db, name, &local_actor()).await
     })

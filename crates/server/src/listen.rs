@@ -17,6 +17,10 @@ use tower::ServiceExt;
 pub struct PeerCertificate(pub Option<[u8; 32]>);
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a caller has to send a request's headers once connected.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connections served at once; more wait to be accepted.
+pub const MAX_CONNECTIONS: usize = 4096;
 
 /// Serves `app` on `listener` until the task is dropped.
 pub async fn serve(
@@ -25,7 +29,11 @@ pub async fn serve(
     app: Router,
 ) {
     let acceptor = TlsAcceptor::from(config);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let (tcp, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
@@ -37,6 +45,7 @@ pub async fn serve(
         let acceptor = acceptor.clone();
         let app = app.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(e)) => {
@@ -64,6 +73,8 @@ pub async fn serve(
                 },
             );
             if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service)
                 .await
             {

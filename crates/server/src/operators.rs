@@ -150,7 +150,10 @@ pub async fn submit(
     let value = serde_json::to_value(request)
         .map_err(|e| ApiError::from(anyhow::anyhow!("the job could not be recorded: {e}")))?;
     let actor = caller.actor();
-    let job = queue::submit(&db, &host, request.kind(), &set, &value, &actor)
+    // The job and its audit line together, or neither.
+    let mut db = db;
+    let tx = db.transaction().await.map_err(database)?;
+    let job = queue::submit(&tx, &host, request.kind(), &set, &value, &actor)
         .await
         .map_err(database)?;
     if matches!(
@@ -158,7 +161,7 @@ pub async fn submit(
         JobRequest::Restore { .. } | JobRequest::Delete { .. } | JobRequest::Prune { .. }
     ) {
         admin::audit(
-            &db,
+            &tx,
             &actor,
             request.kind(),
             Some(&host),
@@ -167,6 +170,7 @@ pub async fn submit(
         .await
         .map_err(database)?;
     }
+    tx.commit().await.map_err(database)?;
     tracing::info!(job = job.id, host = %host, kind = %job.kind, by = %actor, "job queued");
     state.queued_for(&host).notify_waiters();
     Ok((StatusCode::CREATED, Json(job)))
@@ -216,26 +220,26 @@ pub async fn cancel(
     Param(Path(id)): Param<Path<i64>>,
 ) -> Result<Json<ServerJob>, ApiError> {
     caller.require(Role::Operator, "cancelling a job")?;
-    let db = state.db.get().await.map_err(database)?;
+    let mut db = state.db.get().await.map_err(database)?;
+    let tx = db.transaction().await.map_err(database)?;
     let why = format!("cancelled before its turn by {}", caller.actor());
-    match queue::cancel(&db, id, &why).await.map_err(database)? {
-        Some(job) => {
-            admin::audit(
-                &db,
-                &caller.actor(),
-                "cancel",
-                Some(&job.host),
-                serde_json::json!({ "job": id }),
-            )
-            .await
-            .map_err(database)?;
-            Ok(Json(job))
-        }
-        None => Err(ApiError::bad_input(
+    let Some(job) = queue::cancel(&tx, id, &why).await.map_err(database)? else {
+        return Err(ApiError::bad_input(
             StatusCode::CONFLICT,
             format!("job {id} is not queued (only a queued job can be cancelled)"),
-        )),
-    }
+        ));
+    };
+    admin::audit(
+        &tx,
+        &caller.actor(),
+        "cancel",
+        Some(&job.host),
+        serde_json::json!({ "job": id }),
+    )
+    .await
+    .map_err(database)?;
+    tx.commit().await.map_err(database)?;
+    Ok(Json(job))
 }
 
 #[derive(Deserialize)]
@@ -262,7 +266,9 @@ pub async fn enroll_token(
     caller.require(Role::Admin, "making an enrolment token")?;
     let ttl = Duration::from_secs(request.ttl_secs.unwrap_or(3600));
     let mut db = state.db.get().await.map_err(database)?;
-    let token = admin::enroll_token(&mut db, &state.ca, &host, ttl, &caller.actor()).await?;
+    let token = admin::enroll_token(&mut db, &state.ca, &host, ttl, &caller.actor())
+        .await
+        .map_err(crate::api_error)?;
     Ok(Json(TokenAnswer {
         host,
         token,
@@ -277,7 +283,9 @@ pub async fn revoke(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     caller.require(Role::Admin, "revoking a host")?;
     let mut db = state.db.get().await.map_err(database)?;
-    admin::revoke(&mut db, &host, &caller.actor()).await?;
+    admin::revoke(&mut db, &host, &caller.actor())
+        .await
+        .map_err(crate::api_error)?;
     Ok(Json(serde_json::json!({ "host": host, "revoked": true })))
 }
 

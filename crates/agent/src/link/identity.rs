@@ -259,6 +259,19 @@ impl Identity {
         }))
     }
 
+    /// A short name of the server (the first bytes of its CA's SHA-256), so that the
+    /// agent's jobs for one server's job ids are never taken for another's.
+    pub fn server_tag(&self) -> anyhow::Result<String> {
+        let ca = CertificateDer::from_pem_file(self.dir.join("ca.pem"))
+            .map_err(|e| anyhow::anyhow!("{}: {e}", self.dir.join("ca.pem").display()))?;
+        Ok(hex(&sha256(ca.as_ref())[..4]))
+    }
+
+    /// The trigger of the agent's job that runs the server's job `id`.
+    pub fn trigger(tag: &str, id: i64) -> String {
+        format!("server:{tag}:{id}")
+    }
+
     /// The client the agent calls its server with: its certificate, the server's CA.
     pub fn client(&self) -> anyhow::Result<ServerClient> {
         let mut roots = RootCertStore::empty();
@@ -360,8 +373,9 @@ pub fn enroll(catalog_dir: &Path, url: &str, token: &str, host: &str) -> anyhow:
     })
 }
 
-/// Creates `path` (it must not exist), writes `bytes` and syncs it.
-fn write_new(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
+/// Creates `path` (it must not exist, and is never a symlink followed), writes `bytes`
+/// and syncs it.
+pub fn write_new(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)

@@ -46,6 +46,14 @@ const MAX_BACKOFF: Duration = Duration::from_secs(15);
 /// Starts the link on a thread of its own.
 pub fn spawn(shared: Arc<Shared>, identity: Identity) -> anyhow::Result<()> {
     let client = identity.client()?;
+    let tag = identity.server_tag()?;
+    // From now on every change to a copy goes to the outbox; a catalog linked for the
+    // first time puts every copy it holds in it.
+    let catalog = shared.engine().open_catalog()?;
+    if catalog.outbox_link()? {
+        catalog.outbox_refill()?;
+    }
+    drop(catalog);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -57,6 +65,8 @@ pub fn spawn(shared: Arc<Shared>, identity: Identity) -> anyhow::Result<()> {
                     shared,
                     client,
                     host: identity.host,
+                    tag,
+                    reset: std::sync::atomic::AtomicBool::new(false),
                 };
                 tokio::join!(link.sync_loop(), link.job_loop());
             })
@@ -68,6 +78,11 @@ struct Link {
     shared: Arc<Shared>,
     client: ServerClient,
     host: String,
+    /// The server's short name, in the triggers of the agent's jobs for its jobs.
+    tag: String,
+    /// The next sync asks the server to forget this host's copies first (every copy is
+    /// in the outbox again).
+    reset: std::sync::atomic::AtomicBool,
 }
 
 /// Pauses that grow while the server stays away, and logs an outage once.
@@ -115,10 +130,14 @@ impl Link {
     }
 
     /// Sends the outbox until it is empty; returns how many changes the server took,
-    /// and the version of this host's policies.
+    /// and the version of this host's policies. When the server has applied numbers
+    /// this catalog never gave (it was restored from a backup, or made anew), every copy
+    /// goes in the outbox again and the next call asks the server to start over.
     async fn sync_once(&self, catalog: &Catalog) -> anyhow::Result<(usize, i64)> {
+        use std::sync::atomic::Ordering;
         let mut sent = 0;
         loop {
+            let reset = self.reset.load(Ordering::SeqCst);
             let changes = catalog.outbox_after(0, SYNC_BATCH)?;
             let n = changes.len();
             let last = changes.last().map(|c| c.seq);
@@ -129,11 +148,24 @@ impl Link {
                     "/v1/agent/sync",
                     Some(&SyncRequest {
                         version: env!("CARGO_PKG_VERSION").to_string(),
+                        reset,
                         changes,
                     }),
                     CALL_TIMEOUT,
                 )
                 .await?;
+            if reset {
+                self.reset.store(false, Ordering::SeqCst);
+            }
+            if answer.applied_seq > catalog.outbox_high_water()? {
+                tracing::warn!(
+                    server = answer.applied_seq,
+                    "the backup server has applied changes this catalog never made (a catalog restored or made anew?); sending every copy again"
+                );
+                catalog.outbox_refill()?;
+                self.reset.store(true, Ordering::SeqCst);
+                continue;
+            }
             if let Some(last) = last {
                 catalog.outbox_acknowledged(answer.applied_seq.min(last))?;
             }
@@ -209,27 +241,47 @@ impl Link {
         Ok(policies.version)
     }
 
-    async fn job_loop(&self) {
-        let mut backoff = Backoff::new("taking jobs");
-        // Jobs this host had when the agent (or its link) last stopped: each is seen to
-        // its end and reported, never run twice.
-        loop {
-            match self
-                .client
-                .json::<Vec<ServerJob>>("GET", "/v1/agent/jobs/open", None::<&()>, CALL_TIMEOUT)
-                .await
-            {
-                Ok(open) => {
-                    backoff.ok();
-                    for job in open {
-                        self.see_through(job).await;
-                    }
-                    break;
+    /// The host's jobs handed out and not ended, each seen to its end and reported
+    /// (never run twice); false when the server could not be asked.
+    async fn see_open_jobs(&self) -> bool {
+        match self
+            .client
+            .json::<Vec<ServerJob>>("GET", "/v1/agent/jobs/open", None::<&()>, CALL_TIMEOUT)
+            .await
+        {
+            Ok(open) => {
+                for job in open {
+                    self.see_through(job).await;
                 }
-                Err(e) => backoff.failed(&e).await,
+                true
+            }
+            Err(e) => {
+                tracing::debug!("the open jobs could not be read: {e:#}");
+                false
             }
         }
+    }
+
+    async fn job_loop(&self) {
+        let mut backoff = Backoff::new("taking jobs");
+        // Jobs this host had when the agent (or its link) last stopped.
+        while !self.see_open_jobs().await {
+            backoff
+                .failed(&anyhow::anyhow!("the open jobs could not be read"))
+                .await;
+        }
+        backoff.ok();
+        let mut unsure = false;
         loop {
+            // A poll that failed may have claimed a job whose answer was lost: the open
+            // jobs are looked at again before the next poll.
+            if unsure && !self.see_open_jobs().await {
+                backoff
+                    .failed(&anyhow::anyhow!("the open jobs could not be read"))
+                    .await;
+                continue;
+            }
+            unsure = false;
             let next = self
                 .client
                 .json::<Option<ServerJob>>(
@@ -245,7 +297,10 @@ impl Link {
                     self.see_through(job).await;
                 }
                 Ok(None) => backoff.ok(),
-                Err(e) => backoff.failed(&e).await,
+                Err(e) => {
+                    unsure = true;
+                    backoff.failed(&e).await
+                }
             }
         }
     }
@@ -253,7 +308,7 @@ impl Link {
     /// Runs a server job through the agent's queue (unless the agent queued it before),
     /// waits for its end, renewing its lease, and reports the end.
     async fn see_through(&self, job: ServerJob) {
-        let trigger = format!("server:{}", job.id);
+        let trigger = Identity::trigger(&self.tag, job.id);
         tracing::info!(job = job.id, kind = %job.kind, set = %job.set, "a job from the backup server");
         let known = self
             .catalog()
@@ -303,7 +358,15 @@ impl Link {
     /// Waits for the agent's job to end, renewing the server's lease meanwhile (not once
     /// it has ended: a job given up as lost stays so until its end is reported).
     async fn wait_for(&self, job: &ServerJob, local: JobRecord) -> JobFinish {
-        let mut last_beat = tokio::time::Instant::now() - HEARTBEAT_EVERY;
+        // A third of the lease the server gives, at most HEARTBEAT_EVERY.
+        let every = match (job.claimed_ms, job.lease_until_ms) {
+            (Some(from), Some(until)) if until > from => {
+                Duration::from_millis(((until - from) / 3) as u64)
+                    .clamp(Duration::from_millis(500), HEARTBEAT_EVERY)
+            }
+            _ => HEARTBEAT_EVERY,
+        };
+        let mut last_beat = tokio::time::Instant::now() - every;
         loop {
             let now = self.catalog().and_then(|c| Ok(c.job(local.id)?));
             match now {
@@ -329,7 +392,7 @@ impl Link {
                 }
                 Err(e) => tracing::warn!(job = job.id, "the agent's catalog cannot be read: {e:#}"),
             }
-            if last_beat.elapsed() >= HEARTBEAT_EVERY {
+            if last_beat.elapsed() >= every {
                 last_beat = tokio::time::Instant::now();
                 let beat = JobHeartbeat {
                     agent_job: Some(local.id),
@@ -347,16 +410,16 @@ impl Link {
         }
     }
 
-    /// Tells the server how the job ended, until it takes it; the copies first, so the
-    /// server knows the copy a finished job names.
+    /// Tells the server how the job ended, until it takes it; the copies first when it
+    /// can (so the server knows the copy a finished job names), but a sync that fails
+    /// does not hold the report back.
     async fn report(&self, job: &ServerJob, finish: JobFinish) {
         let mut backoff = Backoff::new("reporting a job");
         let path = format!("/v1/agent/jobs/{}/finish", job.id);
         loop {
             if let Ok(catalog) = self.catalog() {
-                if let Err(e) = self.sync_once(&catalog).await.map(|_| ()) {
-                    backoff.failed(&e).await;
-                    continue;
+                if let Err(e) = self.sync_once(&catalog).await {
+                    tracing::debug!(job = job.id, "the copies could not be sent first: {e:#}");
                 }
             }
             match self

@@ -35,6 +35,10 @@ pub struct EnrollResponse {
 pub struct SyncRequest {
     /// The agent's version, shown by `hosts`.
     pub version: String,
+    /// Forget every copy recorded for this host first: the agent sends all of them again
+    /// (its catalog was restored or made anew, and its numbers start below the server's).
+    #[serde(default)]
+    pub reset: bool,
     pub changes: Vec<CopyChange>,
 }
 

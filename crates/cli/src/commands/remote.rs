@@ -7,10 +7,11 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use shadowcopy_agent::job::JobRequest;
-use shadowcopy_agent::link::https::ServerClient;
+use shadowcopy_agent::link::https::{ServerClient, Unreachable};
 use shadowcopy_agent::link::identity::operator_client;
 use shadowcopy_agent::link::protocol::{HostInfo, ServerJob, SubmitJob};
 use shadowcopy_catalog::CopySummary;
+use shadowcopy_engine::error::WaitExceeded;
 use shadowcopy_engine::{UsageError, WaitOptions};
 
 use crate::output::{local_time, Output};
@@ -167,12 +168,24 @@ pub fn run_job(
     let deadline = Instant::now() + wait.wait.0;
     let mut seen = job.state.clone();
     loop {
-        let now: ServerJob = block(client.json(
+        let asked: anyhow::Result<ServerJob> = block(client.json(
             "GET",
             &format!("/v1/jobs/{}", job.id),
             None::<&()>,
             CALL_TIMEOUT,
-        ))?;
+        ));
+        let now = match asked {
+            Ok(now) => now,
+            // The job goes on without us: a server briefly away is asked again.
+            Err(e) if e.downcast_ref::<Unreachable>().is_some() && Instant::now() < deadline => {
+                if out.human() {
+                    eprintln!("  (the server is not answering: {e:#}; asking again)");
+                }
+                std::thread::sleep(Duration::from_secs(1));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         if now.state != seen {
             if out.human() && !matches!(now.state.as_str(), "done" | "failed") {
                 println!("  job {}: {}", now.id, now.state);
@@ -190,12 +203,13 @@ pub fn run_job(
             _ => {}
         }
         if Instant::now() >= deadline {
-            anyhow::bail!(
-                "job {} on host {host} is still {} after {}; follow it with `shadowcopy --server URL jobs --host {host}`",
+            return Err(WaitExceeded(format!(
+                "job {} on host {host} is still {} after {} (--wait); it goes on: follow it with `shadowcopy --server URL jobs --host {host}`",
                 now.id,
                 now.state,
                 humantime::format_duration(wait.wait.0)
-            );
+            ))
+            .into());
         }
         std::thread::sleep(Duration::from_millis(500));
     }

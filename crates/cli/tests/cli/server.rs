@@ -41,6 +41,14 @@ fn queue(central: &Central, args: &[&str]) -> i64 {
     job["id"].as_i64().unwrap()
 }
 
+/// Whether an agent's job ran the server's job `id` (its trigger is
+/// `server:SERVER-TAG:ID`).
+fn runs_job(local: &Value, id: i64) -> bool {
+    local["trigger"].as_str().is_some_and(|t| {
+        t.starts_with("server:") && t.rsplit(':').next() == Some(id.to_string().as_str())
+    })
+}
+
 /// How many scheduled copies the host's agent made since `since_ms`.
 fn scheduled_since(host: &Host, since_ms: i64) -> usize {
     host.local_jobs()
@@ -265,13 +273,12 @@ fn three_agents_copy_and_restore_through_the_server_across_a_partition_and_a_ser
         "{done:#}"
     );
     // The agent ran it once: one job of its own for the server's job.
-    let trigger = format!("server:{job}");
     let runs: Vec<Value> = b
         .local_jobs()
         .as_array()
         .unwrap()
         .iter()
-        .filter(|j| j["trigger"] == trigger.as_str())
+        .filter(|j| runs_job(j, job))
         .cloned()
         .collect();
     assert_eq!(runs.len(), 1, "{runs:#?}");
@@ -294,13 +301,12 @@ fn three_agents_copy_and_restore_through_the_server_across_a_partition_and_a_ser
     let done = wait_job(&central, job, &["done", "failed"], Duration::from_secs(90));
     assert_eq!(done["state"], "done", "{done:#}\n{}", c.log());
     std::fs::remove_file(c.dir.join("slow")).unwrap();
-    let trigger = format!("server:{job}");
     let runs = c
         .local_jobs()
         .as_array()
         .unwrap()
         .iter()
-        .filter(|j| j["trigger"] == trigger.as_str())
+        .filter(|j| runs_job(j, job))
         .count();
     assert_eq!(runs, 1, "one run for one job");
 
@@ -340,4 +346,79 @@ fn three_agents_copy_and_restore_through_the_server_across_a_partition_and_a_ser
     }
     let log = central.log();
     assert!(!log.contains("\"level\":\"ERROR\""), "{log}");
+}
+
+#[test]
+fn a_restored_catalog_and_a_new_enrolment_leave_the_server_listing_what_the_agent_holds() {
+    let test = "a_restored_catalog_and_a_new_enrolment";
+    let Some(central) = Central::start(test, "127.0.0.1", &["127.0.0.1".to_string()]) else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let config = "[sets.app]\nprovider = \"copy\"\n[[sets.app.writers]]\nkind = \"sqlite\"\npath = \"{DB}\"\n";
+    let mut host = Host::new("solo", &work.path().join("solo"), None, config);
+    host.write(1, 10);
+    let url = central.url("127.0.0.1");
+    host.start_agent(&url, Some(&central.enroll_token("solo")));
+    let create = |central: &Central| {
+        let out = central.op(&["create", "--host", "solo", "app"]);
+        assert!(out.status.success(), "{}", describe(&out));
+    };
+    create(&central);
+    create(&central);
+    converged(&central, &host);
+    assert_eq!(host.local_copies().len(), 2);
+
+    // The catalog as a backup would hold it, then two more copies the server learns of.
+    host.stop_agent();
+    let backup = work.path().join("catalog-backup");
+    let copied = std::process::Command::new("cp")
+        .args(["-a"])
+        .arg(host.catalog())
+        .arg(&backup)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    host.start_agent(&url, None);
+    create(&central);
+    create(&central);
+    converged(&central, &host);
+    assert_eq!(host.local_copies().len(), 4);
+
+    // The catalog restored from the backup: its numbers are below what the server
+    // applied; the agent sends every copy again and the server forgets the two it
+    // no longer holds.
+    host.stop_agent();
+    std::fs::remove_dir_all(host.catalog()).unwrap();
+    let restored = std::process::Command::new("cp")
+        .args(["-a"])
+        .arg(&backup)
+        .arg(host.catalog())
+        .status()
+        .unwrap();
+    assert!(restored.success());
+    host.start_agent(&url, None);
+    converged(&central, &host);
+    assert_eq!(host.local_copies().len(), 2);
+    assert!(
+        host.log().contains("sending every copy again"),
+        "{}",
+        host.log()
+    );
+
+    // Enrolled anew (its identity removed, a new token): the server lists every copy
+    // the agent holds, not only those changed since.
+    host.stop_agent();
+    std::fs::remove_dir_all(host.catalog().join("server")).unwrap();
+    host.start_agent(&url, Some(&central.enroll_token("solo")));
+    converged(&central, &host);
+    assert_eq!(
+        summaries(&central.op_json(&["list", "--host", "solo", "--json"])).len(),
+        2
+    );
+    // A start command that keeps its token starts again (the token is not used).
+    host.stop_agent();
+    host.start_agent(&url, Some("sce1_00000000000000000000000000000000_00"));
+    assert!(host.log().contains("enrolled already"), "{}", host.log());
+    host.stop_agent();
 }

@@ -45,7 +45,7 @@ fn json_body(v: Value) -> Option<Vec<u8>> {
 fn client_with(central: &Central, cert: &str, key: &str) -> ServerClient {
     let mut roots = rustls::RootCertStore::empty();
     roots
-        .add(CertificateDer::from_pem_file(central.state_dir().join("ca.pem")).unwrap())
+        .add(CertificateDer::from_pem_file(central.state_dir().join("ca/ca.pem")).unwrap())
         .unwrap();
     let config = rustls::ClientConfig::builder_with_provider(shadowcopy_agent::tls::provider())
         .with_safe_default_protocol_versions()
@@ -194,11 +194,11 @@ fn the_server_refuses_strangers_and_each_agent_acts_on_its_own_host_only() {
     .unwrap_err();
     assert!(e.contains("TLS") || e.contains("reach"), "{e}");
     let ca_key = rcgen::KeyPair::from_pem(
-        &std::fs::read_to_string(central.state_dir().join("ca.key")).unwrap(),
+        &std::fs::read_to_string(central.state_dir().join("ca/ca.key")).unwrap(),
     )
     .unwrap();
     let server_ca = rcgen::Issuer::from_ca_cert_pem(
-        &std::fs::read_to_string(central.state_dir().join("ca.pem")).unwrap(),
+        &std::fs::read_to_string(central.state_dir().join("ca/ca.pem")).unwrap(),
         ca_key,
     )
     .unwrap();
@@ -391,7 +391,7 @@ fn the_server_refuses_strangers_and_each_agent_acts_on_its_own_host_only() {
 }
 
 fn sha_of_ca(central: &Central) -> [u8; 32] {
-    let der = CertificateDer::from_pem_file(central.state_dir().join("ca.pem")).unwrap();
+    let der = CertificateDer::from_pem_file(central.state_dir().join("ca/ca.pem")).unwrap();
     shadowcopy_agent::link::identity::sha256(der.as_ref())
 }
 
