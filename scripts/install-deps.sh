@@ -23,6 +23,9 @@ command -v sqlite3    >/dev/null 2>&1 || need+=(sqlite3)
 command -v losetup    >/dev/null 2>&1 || need+=(mount)
 # Network namespaces for the backup server's tests (agents on simulated hosts).
 command -v ip         >/dev/null 2>&1 || need+=(iproute2)
+# A real browser for the web console's tests (driven through WebDriver).
+command -v chromium     >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 # PostgreSQL for the postgres writer's tests: Debian keeps pg_ctl and initdb off the PATH,
 # in /usr/lib/postgresql/<major>/bin.
 if ! { compgen -G '/usr/lib/postgresql/*/bin/pg_ctl' && compgen -G '/usr/lib/postgresql/*/bin/initdb'; } >/dev/null 2>&1 &&

@@ -101,6 +101,14 @@ impl ApiError {
         }
     }
 
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
     pub fn bad_input(status: StatusCode, message: impl Into<String>) -> ApiError {
         ApiError {
             status,

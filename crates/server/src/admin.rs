@@ -284,7 +284,7 @@ pub async fn hosts(db: &impl GenericClient) -> Result<Vec<HostInfo>, tokio_postg
             "SELECT h.name,
                     CASE WHEN h.revoked_at IS NOT NULL THEN 'revoked'
                          WHEN h.enrolled_at IS NOT NULL THEN 'enrolled' ELSE 'waiting' END,
-                    ms(h.enrolled_at), ms(h.last_seen_at), h.agent_version,
+                    ms(h.enrolled_at), ms(h.last_seen_at), h.agent_version, h.sets,
                     (SELECT COUNT(*) FROM copies c WHERE c.host = h.name),
                     (SELECT COUNT(*) FROM copies c WHERE c.host = h.name AND c.state = 'usable'),
                     (SELECT MAX(created_ms) FROM copies c WHERE c.host = h.name AND c.state = 'usable'),
@@ -302,10 +302,11 @@ pub async fn hosts(db: &impl GenericClient) -> Result<Vec<HostInfo>, tokio_postg
             enrolled_ms: r.get(2),
             last_seen_ms: r.get(3),
             agent_version: r.get(4),
-            copies: r.get(5),
-            usable_copies: r.get(6),
-            newest_copy_ms: r.get(7),
-            open_jobs: r.get(8),
+            sets: r.get(5),
+            copies: r.get(6),
+            usable_copies: r.get(7),
+            newest_copy_ms: r.get(8),
+            open_jobs: r.get(9),
         })
         .collect())
 }

@@ -132,9 +132,9 @@ pub async fn sync(
     }
     let policy_version: i64 = tx
         .query_one(
-            "UPDATE hosts SET applied_seq = $2, agent_version = $3 WHERE name = $1
+            "UPDATE hosts SET applied_seq = $2, agent_version = $3, sets = $4 WHERE name = $1
              RETURNING policy_version",
-            &[&caller.host, &newest, &request.version],
+            &[&caller.host, &newest, &request.version, &request.sets],
         )
         .await
         .map_err(database)?

@@ -12,6 +12,7 @@ use shadowcopy_engine::UsageError;
 const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../migrations/0001_central_catalog.sql")),
     (2, include_str!("../migrations/0002_set_policies.sql")),
+    (3, include_str!("../migrations/0003_console.sql")),
 ];
 
 /// Any number that no other user of the database would take as an advisory lock.

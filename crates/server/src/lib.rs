@@ -10,12 +10,13 @@
 //! (TLS, the caller's certificate), [`auth`] (agents and operators, roles), [`agents`]
 //! and [`operators`] (the routes), [`queue`] (jobs, leases, the reaper), [`policies`]
 //! (schedules and retention per host and set), [`admin`] (enrolment, revocation,
-//! tokens, audit), [`state`].
+//! tokens, audit), [`console`] (the web console), [`state`].
 
 pub mod admin;
 pub mod agents;
 pub mod auth;
 pub mod ca;
+pub mod console;
 pub mod db;
 pub mod listen;
 pub mod operators;
@@ -119,6 +120,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(operators::job).delete(operators::cancel),
         )
         .route("/v1/audit", get(operators::audit))
+        .merge(console::router())
         .fallback(|| async {
             ApiError::bad_input(StatusCode::NOT_FOUND, "no such route; the API is under /v1")
         })
@@ -264,5 +266,28 @@ pub fn revoke_token(options: &ServerOptions, name: &str) -> anyhow::Result<()> {
         let (pool, _) = open(options, 1, false).await?;
         let mut db = pool.get().await?;
         admin::revoke_token(&mut db, name, &local_actor()).await
+    })
+}
+
+/// `shadowcopy server user create NAME --role ROLE` (the password from stdin).
+pub fn create_user(
+    options: &ServerOptions,
+    name: &str,
+    password: &str,
+    role: Role,
+) -> anyhow::Result<()> {
+    runtime()?.block_on(async {
+        let (pool, _) = open(options, 1, false).await?;
+        let mut db = pool.get().await?;
+        console::session::create_user(&mut db, name, password, role, &local_actor()).await
+    })
+}
+
+/// `shadowcopy server user disable NAME`.
+pub fn disable_user(options: &ServerOptions, name: &str) -> anyhow::Result<()> {
+    runtime()?.block_on(async {
+        let (pool, _) = open(options, 1, false).await?;
+        let mut db = pool.get().await?;
+        console::session::disable_user(&mut db, name, &local_actor()).await
     })
 }

@@ -36,7 +36,7 @@ pub struct CopiesQuery {
     set: Option<String>,
 }
 
-async fn known_host(db: &impl GenericClient, host: &str) -> Result<(), ApiError> {
+pub(crate) async fn known_host(db: &impl GenericClient, host: &str) -> Result<(), ApiError> {
     let row = db
         .query_opt(
             "SELECT enrolled_at IS NOT NULL, revoked_at IS NOT NULL FROM hosts WHERE name = $1",
@@ -93,7 +93,11 @@ pub async fn copies(
 }
 
 /// The set of a copy of `host`, refused if the server has no record of it.
-async fn copy_set(db: &impl GenericClient, host: &str, copy: i64) -> Result<String, ApiError> {
+pub(crate) async fn copy_set(
+    db: &impl GenericClient,
+    host: &str,
+    copy: i64,
+) -> Result<String, ApiError> {
     let row = db
         .query_opt(
             "SELECT set_name FROM copies WHERE host = $1 AND copy_id = $2",
@@ -117,12 +121,24 @@ pub async fn submit(
     JsonBody(submit): JsonBody<SubmitJob>,
 ) -> Result<(StatusCode, Json<ServerJob>), ApiError> {
     caller.require(Role::Operator, "queueing a job")?;
-    let db = state.db.get().await.map_err(database)?;
-    known_host(&db, &host).await?;
-    let request = &submit.request;
+    let job = queue_job(&state, &host, &submit.request, &caller.actor()).await?;
+    Ok((StatusCode::CREATED, Json(job)))
+}
+
+/// Checks a job for `host` against what its agent last reported (the host enrolled and
+/// not revoked, the copies it names known), then queues it; restores, deletions and
+/// prunes are audited with it, in one transaction. What the API and the console share.
+pub(crate) async fn queue_job(
+    state: &AppState,
+    host: &str,
+    request: &JobRequest,
+    actor: &str,
+) -> Result<ServerJob, ApiError> {
+    let mut db = state.db.get().await.map_err(database)?;
+    known_host(&db, host).await?;
     let set = match request {
         JobRequest::Create { set } => set.clone(),
-        JobRequest::Verify { copy: Some(c), .. } => copy_set(&db, &host, *c).await?,
+        JobRequest::Verify { copy: Some(c), .. } => copy_set(&db, host, *c).await?,
         JobRequest::Verify { set: Some(s), .. } => s.clone(),
         JobRequest::Verify { .. } => {
             return Err(ApiError::bad_input(
@@ -131,7 +147,7 @@ pub async fn submit(
             ))
         }
         JobRequest::Restore { copy, .. } | JobRequest::Push { copy } => {
-            copy_set(&db, &host, *copy).await?
+            copy_set(&db, host, *copy).await?
         }
         JobRequest::Delete { copies } => {
             if copies.is_empty() {
@@ -141,7 +157,7 @@ pub async fn submit(
                 ));
             }
             for c in copies {
-                copy_set(&db, &host, *c).await?;
+                copy_set(&db, host, *c).await?;
             }
             "*".to_string()
         }
@@ -149,11 +165,9 @@ pub async fn submit(
     };
     let value = serde_json::to_value(request)
         .map_err(|e| ApiError::from(anyhow::anyhow!("the job could not be recorded: {e}")))?;
-    let actor = caller.actor();
     // The job and its audit line together, or neither.
-    let mut db = db;
     let tx = db.transaction().await.map_err(database)?;
-    let job = queue::submit(&tx, &host, request.kind(), &set, &value, &actor)
+    let job = queue::submit(&tx, host, request.kind(), &set, &value, actor)
         .await
         .map_err(database)?;
     if matches!(
@@ -162,9 +176,9 @@ pub async fn submit(
     ) {
         admin::audit(
             &tx,
-            &actor,
+            actor,
             request.kind(),
-            Some(&host),
+            Some(host),
             serde_json::json!({ "job": job.id, "request": value }),
         )
         .await
@@ -172,8 +186,8 @@ pub async fn submit(
     }
     tx.commit().await.map_err(database)?;
     tracing::info!(job = job.id, host = %host, kind = %job.kind, by = %actor, "job queued");
-    state.queued_for(&host).notify_waiters();
-    Ok((StatusCode::CREATED, Json(job)))
+    state.queued_for(host).notify_waiters();
+    Ok(job)
 }
 
 #[derive(Deserialize)]
@@ -220,9 +234,18 @@ pub async fn cancel(
     Param(Path(id)): Param<Path<i64>>,
 ) -> Result<Json<ServerJob>, ApiError> {
     caller.require(Role::Operator, "cancelling a job")?;
+    Ok(Json(cancel_job(&state, id, &caller.actor()).await?))
+}
+
+/// Cancels a queued job, audited (what the API and the console share).
+pub(crate) async fn cancel_job(
+    state: &AppState,
+    id: i64,
+    actor: &str,
+) -> Result<ServerJob, ApiError> {
     let mut db = state.db.get().await.map_err(database)?;
     let tx = db.transaction().await.map_err(database)?;
-    let why = format!("cancelled before its turn by {}", caller.actor());
+    let why = format!("cancelled before its turn by {actor}");
     let Some(job) = queue::cancel(&tx, id, &why).await.map_err(database)? else {
         return Err(ApiError::bad_input(
             StatusCode::CONFLICT,
@@ -231,7 +254,7 @@ pub async fn cancel(
     };
     admin::audit(
         &tx,
-        &caller.actor(),
+        actor,
         "cancel",
         Some(&job.host),
         serde_json::json!({ "job": id }),
@@ -239,7 +262,7 @@ pub async fn cancel(
     .await
     .map_err(database)?;
     tx.commit().await.map_err(database)?;
-    Ok(Json(job))
+    Ok(job)
 }
 
 #[derive(Deserialize)]

@@ -53,6 +53,12 @@ fn skips_fail() -> bool {
     std::env::var(REQUIRE_ROOT_ENV).is_ok_and(|v| v == "1")
 }
 
+/// Says why `test` skips (returns false), or panics under
+/// `SHADOWCOPY_TEST_REQUIRE_ROOT=1`, where a skip is a failure.
+pub fn skip_or_fail(test: &str, why: &str) -> bool {
+    skip(test, why)
+}
+
 pub(crate) fn skip(test: &str, why: &str) -> bool {
     if skips_fail() {
         panic!("{test} cannot run: {why}; a skip is a failure under {REQUIRE_ROOT_ENV}=1");

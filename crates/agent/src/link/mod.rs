@@ -148,6 +148,7 @@ impl Link {
                     "/v1/agent/sync",
                     Some(&SyncRequest {
                         version: env!("CARGO_PKG_VERSION").to_string(),
+                        sets: self.shared.engine().config.sets.keys().cloned().collect(),
                         reset,
                         changes,
                     }),

@@ -35,6 +35,9 @@ pub struct EnrollResponse {
 pub struct SyncRequest {
     /// The agent's version, shown by `hosts`.
     pub version: String,
+    /// The sets of the agent's config.
+    #[serde(default)]
+    pub sets: Vec<String>,
     /// Forget every copy recorded for this host first: the agent sends all of them again
     /// (its catalog was restored or made anew, and its numbers start below the server's).
     #[serde(default)]
@@ -149,6 +152,9 @@ pub struct HostInfo {
     pub enrolled_ms: Option<i64>,
     pub last_seen_ms: Option<i64>,
     pub agent_version: Option<String>,
+    /// The sets of its agent's config, as last reported.
+    #[serde(default)]
+    pub sets: Vec<String>,
     pub copies: i64,
     pub usable_copies: i64,
     pub newest_copy_ms: Option<i64>,

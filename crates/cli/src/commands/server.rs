@@ -67,6 +67,24 @@ pub enum ServerCommand {
     /// Operators' API tokens (for `--server`)
     #[command(subcommand)]
     Token(TokenCommand),
+    /// The web console's accounts (its pages are at https://SERVER:PORT/console/)
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UserCommand {
+    /// Make an account; its password is read from standard input (asked for, unechoed,
+    /// at a terminal), at least 12 characters
+    Create {
+        name: String,
+        /// viewer: read; operator: also create copies, restore, cancel jobs; admin: also
+        /// enrol and revoke hosts
+        #[arg(long, default_value = "operator", value_parser = ["viewer", "operator", "admin"])]
+        role: String,
+    },
+    /// Disable an account and end its sessions
+    Disable { name: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -192,6 +210,22 @@ pub fn run(g: &GlobalArgs, args: ServerArgs) -> anyhow::Result<()> {
             println!("use it as: SHADOWCOPY_SERVER_TOKEN=TOKEN shadowcopy --server https://THIS-SERVER:PORT hosts");
             Ok(())
         }
+        Some(ServerCommand::User(UserCommand::Create { name, role })) => {
+            let role = Role::parse(role).expect("clap checked the role");
+            let password = read_password(&format!("password for {name}: "))?;
+            shadowcopy_server::create_user(&options, name, &password, role)?;
+            if !out.quiet {
+                println!("console account `{name}` ({}) made", role.as_str());
+            }
+            Ok(())
+        }
+        Some(ServerCommand::User(UserCommand::Disable { name })) => {
+            shadowcopy_server::disable_user(&options, name)?;
+            if !out.quiet {
+                println!("console account `{name}` disabled; its sessions ended");
+            }
+            Ok(())
+        }
         Some(ServerCommand::Token(TokenCommand::Revoke { name })) => {
             shadowcopy_server::revoke_token(&options, name)?;
             if !out.quiet {
@@ -200,4 +234,32 @@ pub fn run(g: &GlobalArgs, args: ServerArgs) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// A line of standard input, without its line end; at a terminal, asked for with
+/// `prompt` and not echoed.
+fn read_password(prompt: &str) -> anyhow::Result<String> {
+    use rustix::termios::{tcgetattr, tcsetattr, LocalModes, OptionalActions};
+    use std::io::{BufRead, IsTerminal, Write};
+    let stdin = std::io::stdin();
+    let terminal = stdin.is_terminal();
+    let saved = if terminal {
+        eprint!("{prompt}");
+        std::io::stderr().flush()?;
+        let saved = tcgetattr(&stdin)?;
+        let mut quiet = saved.clone();
+        quiet.local_modes.remove(LocalModes::ECHO);
+        tcsetattr(&stdin, OptionalActions::Now, &quiet)?;
+        Some(saved)
+    } else {
+        None
+    };
+    let mut line = String::new();
+    let read = stdin.lock().read_line(&mut line);
+    if let Some(saved) = saved {
+        let _ = tcsetattr(&stdin, OptionalActions::Now, &saved);
+        eprintln!();
+    }
+    read?;
+    Ok(line.trim_end_matches(['\n', '\r']).to_string())
 }

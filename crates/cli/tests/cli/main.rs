@@ -9,6 +9,7 @@ mod btrfs_restore;
 mod catalog;
 mod central;
 mod commands;
+mod console;
 mod crash;
 mod exec_provider;
 mod expose;

@@ -1,0 +1,386 @@
+//! The web console in a real browser: Debian's chromium driven through chromedriver
+//! (WebDriver, fantoccini). An admin signs in, creates a copy of a live SQLite ledger on a
+//! real agent and watches the job end, damages the data, restores it through the guided
+//! form (refused first without the confirmation, the message beside the field) and finds
+//! the ledger back; a viewer sees no restore or create and gets 403 from the endpoint; a
+//! form posted without its CSRF token is refused. Screenshots of the main pages go to
+//! $SHADOWCOPY_SCREENSHOTS (docs/img when the README's are taken again), else the temp dir.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::json;
+use shadowcopy_testing::loopfs::skip_or_fail;
+
+use crate::central::{Central, Host};
+use crate::support::describe;
+
+/// chromedriver on a free port, stopped when dropped.
+struct Driver {
+    child: Child,
+    port: u16,
+}
+
+impl Driver {
+    fn start() -> Driver {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver runs");
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "chromedriver did not listen"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Driver { child, port }
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn browser(driver: &Driver) -> Client {
+    let mut caps = serde_json::Map::new();
+    caps.insert("acceptInsecureCerts".into(), json!(true));
+    caps.insert(
+        "goog:chromeOptions".into(),
+        json!({
+            "binary": "/usr/bin/chromium",
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,800"]
+        }),
+    );
+    ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(caps)
+        .connect(&format!("http://127.0.0.1:{}", driver.port))
+        .await
+        .expect("a browser session")
+}
+
+fn screenshots() -> Option<PathBuf> {
+    std::env::var_os("SHADOWCOPY_SCREENSHOTS").map(PathBuf::from)
+}
+
+async fn shot(c: &Client, dir: &Path, name: &str) {
+    let png = c.screenshot().await.unwrap();
+    std::fs::write(dir.join(format!("console-{name}.png")), png).unwrap();
+}
+
+async fn sign_in(c: &Client, base: &str, name: &str, password: &str) {
+    c.goto(&format!("{base}/console/")).await.unwrap();
+    c.wait()
+        .for_element(Locator::Css("form.signin"))
+        .await
+        .unwrap();
+    c.find(Locator::Css("input[name=name]"))
+        .await
+        .unwrap()
+        .send_keys(name)
+        .await
+        .unwrap();
+    c.find(Locator::Css("input[name=password]"))
+        .await
+        .unwrap()
+        .send_keys(password)
+        .await
+        .unwrap();
+    c.find(Locator::Css("form.signin button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    if c.wait()
+        .for_element(Locator::Css("span.who"))
+        .await
+        .is_err()
+    {
+        panic!(
+            "{name} is not signed in; the page at {} is:\n{}",
+            c.current_url().await.unwrap(),
+            c.source().await.unwrap()
+        );
+    }
+}
+
+/// Waits until the job page says the job has ended; its state.
+async fn job_end(c: &Client) -> String {
+    let started = Instant::now();
+    loop {
+        if let Ok(e) = c.find(Locator::Css("#job-state")).await {
+            if let Ok(Some(state)) = e.attr("data-state").await {
+                if matches!(state.as_str(), "done" | "failed" | "cancelled") {
+                    return state;
+                }
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "the job did not end within 90 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A POST from inside the page (the browser's cookie goes with it); its status.
+async fn post_status(c: &Client, path: &str, body: &str) -> u64 {
+    let v = c
+        .execute_async(
+            "const [path, body, done] = arguments;
+             fetch(path, {method: 'POST', headers: {'Content-Type': 'application/x-www-form-urlencoded'}, body, redirect: 'manual'})
+               .then(r => done(r.status)).catch(e => done(-1));",
+            vec![json!(path), json!(body)],
+        )
+        .await
+        .unwrap();
+    v.as_u64().unwrap_or(0)
+}
+
+fn make_user(central: &Central, name: &str, role: &str, password: &str) {
+    use std::io::Write;
+    let mut child = central
+        .server_cmd(&["user", "create", name, "--role", role])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+}
+
+#[test]
+fn the_console_creates_and_restores_a_copy_in_a_real_browser() {
+    let test = "the_console_creates_and_restores_a_copy_in_a_real_browser";
+    for tool in ["chromium", "chromedriver"] {
+        if Command::new(tool).arg("--version").output().is_err() {
+            skip_or_fail(
+                test,
+                &format!("{tool} is not installed (apt-get install chromium chromium-driver)"),
+            );
+            return;
+        }
+    }
+    let Some(central) = Central::start(test, "127.0.0.1", &["127.0.0.1".to_string()]) else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let shots = screenshots().unwrap_or_else(|| work.path().to_path_buf());
+    let config = "[sets.app]\nprovider = \"copy\"\n[[sets.app.writers]]\nkind = \"sqlite\"\npath = \"{DB}\"\n";
+    let mut host = Host::new("web1", &work.path().join("web1"), None, config);
+    host.write(1, 50);
+    let base = central.url("127.0.0.1");
+    host.start_agent(&base, Some(&central.enroll_token("web1")));
+    make_user(&central, "ada", "admin", "a long enough passphrase");
+    make_user(&central, "vic", "viewer", "another long passphrase");
+    let driver = Driver::start();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let c = browser(&driver).await;
+        // A wrong password: the sign-in page again, the message beside the fields.
+        c.goto(&format!("{base}/console/hosts")).await.unwrap();
+        c.wait()
+            .for_element(Locator::Css("form.signin"))
+            .await
+            .unwrap();
+        c.find(Locator::Css("input[name=name]"))
+            .await
+            .unwrap()
+            .send_keys("ada")
+            .await
+            .unwrap();
+        c.find(Locator::Css("input[name=password]"))
+            .await
+            .unwrap()
+            .send_keys("wrong")
+            .await
+            .unwrap();
+        c.find(Locator::Css("form.signin button"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        let error = c
+            .wait()
+            .for_element(Locator::Css(".field-error"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(error.contains("wrong"), "{error}");
+
+        sign_in(&c, &base, "ada", "a long enough passphrase").await;
+        let row = c
+            .wait()
+            .for_element(Locator::LinkText("web1"))
+            .await
+            .unwrap();
+        shot(&c, &shots, "hosts").await;
+        row.click().await.unwrap();
+
+        // Create a copy: one button, the job page follows it to its end.
+        c.wait()
+            .for_element(Locator::Css("button.primary"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        c.wait()
+            .for_element(Locator::Css("#job-state"))
+            .await
+            .unwrap();
+        assert_eq!(job_end(&c).await, "done", "{}", host.log());
+        shot(&c, &shots, "job").await;
+        let copy_link = c.find(Locator::Css("#job-state a")).await.unwrap();
+        let copy_href = copy_link.attr("href").await.unwrap().unwrap();
+        let copy_id: i64 = copy_href.rsplit('/').next().unwrap().parse().unwrap();
+
+        // The data damaged: rows gone.
+        {
+            let conn = rusqlite::Connection::open(&host.db).unwrap();
+            conn.execute("DELETE FROM ledger WHERE seq > 10", [])
+                .unwrap();
+        }
+        assert_eq!(host.ledger(), 10);
+
+        // The host page lists the copy (once the agent has sent it) with its Restore link.
+        c.goto(&format!("{base}/console/hosts/web1")).await.unwrap();
+        c.wait()
+            .for_element(Locator::Css("a.restore"))
+            .await
+            .unwrap();
+        shot(&c, &shots, "host").await;
+        c.goto(&format!(
+            "{base}/console/hosts/web1/copies/{copy_id}/restore"
+        ))
+        .await
+        .unwrap();
+        c.wait()
+            .for_element(Locator::Css("form.restore"))
+            .await
+            .unwrap();
+        shot(&c, &shots, "restore").await;
+        // Without the confirmation: refused, the reason beside the box, nothing queued.
+        c.find(Locator::Css("form.restore button.danger"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        let why = c
+            .wait()
+            .for_element(Locator::Css(".field-error"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(why.contains("confirm"), "{why}");
+        c.find(Locator::Css("input[name=confirm]"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        c.find(Locator::Css("form.restore button.danger"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        c.wait()
+            .for_element(Locator::Css("#job-state"))
+            .await
+            .unwrap();
+        assert_eq!(job_end(&c).await, "done", "{}", host.log());
+        assert_eq!(host.ledger(), 50, "the restore brought the ledger back");
+
+        // A copy that is gone (deleted in another tab, say): a clear page, not a 500.
+        c.goto(&format!("{base}/console/hosts/web1/copies/999/restore"))
+            .await
+            .unwrap();
+        let gone = c
+            .wait()
+            .for_element(Locator::Css("p.error"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(gone.contains("no copy 999"), "{gone}");
+
+        // A form without its CSRF token is refused.
+        let status = post_status(&c, "/console/hosts/web1/sets/app/create", "").await;
+        assert_eq!(status, 403);
+
+        // A viewer sees no create or restore, and the endpoint refuses them.
+        c.delete_all_cookies().await.unwrap();
+        sign_in(&c, &base, "vic", "another long passphrase").await;
+        c.goto(&format!("{base}/console/hosts/web1")).await.unwrap();
+        c.wait()
+            .for_element(Locator::Css("section.set"))
+            .await
+            .unwrap();
+        assert!(
+            c.find(Locator::Css("a.restore")).await.is_err(),
+            "a viewer sees a restore link"
+        );
+        assert!(
+            c.find(Locator::Css("button.primary")).await.is_err(),
+            "a viewer sees Create"
+        );
+        let csrf = c
+            .find(Locator::Css("form.signout input[name=csrf]"))
+            .await
+            .unwrap()
+            .attr("value")
+            .await
+            .unwrap()
+            .unwrap();
+        let status = post_status(
+            &c,
+            &format!("/console/hosts/web1/copies/{copy_id}/restore"),
+            &format!("csrf={csrf}&mode=point-in-time&confirm=yes"),
+        )
+        .await;
+        assert_eq!(status, 403);
+        c.goto(&format!("{base}/console/jobs")).await.unwrap();
+        c.wait()
+            .for_element(Locator::Css("table.dense"))
+            .await
+            .unwrap();
+        shot(&c, &shots, "jobs").await;
+        c.close().await.unwrap();
+    });
+    // Two jobs, both by ada, the restore audited.
+    let jobs = central.op_json(&["jobs", "--all-hosts", "--json"]);
+    assert_eq!(jobs.as_array().unwrap().len(), 2, "{jobs:#}");
+    let audit = central
+        .pg
+        .psql("SELECT actor || ' ' || action FROM audit WHERE action = 'restore'");
+    assert_eq!(audit.trim(), "console ada restore");
+    host.stop_agent();
+}

@@ -1,0 +1,307 @@
+//! What the console's forms do: sign in and out, enrol and revoke a host (admins),
+//! create a copy, restore one, cancel a waiting job (operators). Every form carries the
+//! session's CSRF token and is refused without it; each action goes through the same
+//! checks, queue and audit log as the API's (`operators::queue_job`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::Form;
+use maud::html;
+use serde::Deserialize;
+use shadowcopy_agent::job::JobRequest;
+use shadowcopy_engine::restore::Mode;
+
+use super::pages::{self, error_page, page, RestoreForm};
+use super::session::{self, csrf_ok, csrf_refused, Signed};
+use crate::auth::Role;
+use crate::operators::{cancel_job, queue_job};
+use crate::state::AppState;
+use crate::{admin, database};
+
+#[derive(Deserialize)]
+pub struct SignInForm {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    password: String,
+}
+
+pub async fn sign_in(State(state): State<Arc<AppState>>, Form(form): Form<SignInForm>) -> Response {
+    let db = match state.db.get().await {
+        Ok(db) => db,
+        Err(e) => return database(e).into_response(),
+    };
+    match session::sign_in(&db, form.name.trim(), &form.password).await {
+        Ok(Some(id)) => (
+            [(header::SET_COOKIE, session::cookie(Some(&id)))],
+            Redirect::to("/console/hosts"),
+        )
+            .into_response(),
+        Ok(None) => {
+            tracing::warn!(user = %form.name, "a console sign-in was refused");
+            (
+                StatusCode::UNAUTHORIZED,
+                pages::sign_in_page(Some("The name or the password is wrong."), &form.name),
+            )
+                .into_response()
+        }
+        Err(e) => database(e).into_response(),
+    }
+}
+
+/// Only the CSRF token.
+#[derive(Deserialize)]
+pub struct TokenOnly {
+    #[serde(default)]
+    csrf: String,
+}
+
+pub async fn sign_out(
+    State(state): State<Arc<AppState>>,
+    signed: Signed,
+    headers: HeaderMap,
+    Form(form): Form<TokenOnly>,
+) -> Response {
+    if !csrf_ok(&signed, &form.csrf) {
+        return csrf_refused();
+    }
+    if let Ok(db) = state.db.get().await {
+        let _ = session::sign_out(&db, session::request_session(&headers).as_deref()).await;
+    }
+    (
+        [(header::SET_COOKIE, session::cookie(None))],
+        Redirect::to("/console/signin"),
+    )
+        .into_response()
+}
+
+/// Refuses a form without the session's token, or from a user below `role`.
+fn allowed(signed: &Signed, csrf: &str, role: Role, what: &str) -> Option<Response> {
+    if !csrf_ok(signed, csrf) {
+        tracing::warn!(user = %signed.user, "a console form without its CSRF token was refused");
+        return Some(csrf_refused());
+    }
+    if !signed.can(role) {
+        tracing::warn!(user = %signed.user, "refused: {what} needs the {} role", role.as_str());
+        return Some(error_page(
+            StatusCode::FORBIDDEN,
+            Some(signed),
+            &format!(
+                "{what} needs the {} role; you are a {}.",
+                role.as_str(),
+                signed.role.as_str()
+            ),
+        ));
+    }
+    None
+}
+
+fn api_refusal(signed: &Signed, e: shadowcopy_agent::api::ApiError) -> Response {
+    error_page(e.status(), Some(signed), e.message())
+}
+
+#[derive(Deserialize)]
+pub struct EnrollForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    host: String,
+}
+
+pub async fn enroll(
+    State(state): State<Arc<AppState>>,
+    signed: Signed,
+    Form(form): Form<EnrollForm>,
+) -> Response {
+    if let Some(refused) = allowed(&signed, &form.csrf, Role::Admin, "Enrolling a host") {
+        return refused;
+    }
+    let host = form.host.trim();
+    let mut db = match state.db.get().await {
+        Ok(db) => db,
+        Err(e) => return database(e).into_response(),
+    };
+    let ttl = Duration::from_secs(3600);
+    match admin::enroll_token(&mut db, &state.ca, host, ttl, &signed.actor()).await {
+        Ok(token) => page(
+            &format!("Enrol {host}"),
+            Some(&signed),
+            html! {
+                p { "A one-time token for " strong { (host) } ", valid for one hour. On " (host) ", as root:" }
+                pre.command { "SHADOWCOPY_ENROLL_TOKEN=" (token) " shadowcopy agent --server https://THIS-SERVER:PORT --host-name " (host) }
+                p.hint { "The token names this server's CA: the agent trusts this server and no other. It is shown only now." }
+                p { a href="/console/hosts" { "Back to the hosts" } }
+            },
+        )
+        .into_response(),
+        Err(e) => {
+            let e = crate::api_error(e);
+            api_refusal(&signed, e)
+        }
+    }
+}
+
+pub async fn revoke(
+    State(state): State<Arc<AppState>>,
+    signed: Signed,
+    Path(host): Path<String>,
+    Form(form): Form<TokenOnly>,
+) -> Response {
+    if let Some(refused) = allowed(&signed, &form.csrf, Role::Admin, "Revoking a host") {
+        return refused;
+    }
+    let mut db = match state.db.get().await {
+        Ok(db) => db,
+        Err(e) => return database(e).into_response(),
+    };
+    match admin::revoke(&mut db, &host, &signed.actor()).await {
+        Ok(()) => Redirect::to("/console/hosts").into_response(),
+        Err(e) => api_refusal(&signed, crate::api_error(e)),
+    }
+}
+
+pub async fn create(
+    State(state): State<Arc<AppState>>,
+    signed: Signed,
+    Path((host, set)): Path<(String, String)>,
+    Form(form): Form<TokenOnly>,
+) -> Response {
+    if let Some(refused) = allowed(&signed, &form.csrf, Role::Operator, "Creating a copy") {
+        return refused;
+    }
+    match queue_job(&state, &host, &JobRequest::Create { set }, &signed.actor()).await {
+        Ok(job) => Redirect::to(&format!("/console/jobs/{}", job.id)).into_response(),
+        Err(e) => api_refusal(&signed, e),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct RestoreFields {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    mode: String,
+    #[serde(default)]
+    until: String,
+    #[serde(default)]
+    force: Option<String>,
+    #[serde(default)]
+    confirm: Option<String>,
+}
+
+pub async fn restore(
+    State(state): State<Arc<AppState>>,
+    signed: Signed,
+    Path((host, id)): Path<(String, i64)>,
+    Form(form): Form<RestoreFields>,
+) -> Response {
+    if let Some(refused) = allowed(&signed, &form.csrf, Role::Operator, "Restoring") {
+        return refused;
+    }
+    let mut errors = Vec::new();
+    let mode = match form.mode.as_str() {
+        "point-in-time" => Some(Mode::PointInTime),
+        "roll-forward" => Some(Mode::RollForward),
+        _ => {
+            errors.push(("mode", "Choose how far to restore.".to_string()));
+            None
+        }
+    };
+    let until = form.until.trim();
+    if !until.is_empty() && mode != Some(Mode::RollForward) {
+        errors.push(("mode", "A stop point is for roll-forward only.".to_string()));
+    }
+    if form.confirm.as_deref() != Some("yes") {
+        errors.push((
+            "confirm",
+            "Tick this to confirm: the data on the host will be replaced.".to_string(),
+        ));
+    }
+    // A copy that failed verification needs its own, second confirmation.
+    let failed = {
+        let db = match state.db.get().await {
+            Ok(db) => db,
+            Err(e) => return database(e).into_response(),
+        };
+        match db
+            .query_opt(
+                "SELECT verify_state FROM copies WHERE host = $1 AND copy_id = $2",
+                &[&host, &id],
+            )
+            .await
+        {
+            Ok(Some(r)) => r.get::<_, String>(0) == "failed",
+            Ok(None) => return pages::gone(&signed, &host, id),
+            Err(e) => return database(e).into_response(),
+        }
+    };
+    let force = form.force.as_deref() == Some("yes");
+    if failed && !force {
+        errors.push((
+            "force",
+            "This copy failed verification: tick this too to restore it anyway.".to_string(),
+        ));
+    }
+    let form_again = |errors| RestoreForm {
+        mode: if form.mode == "roll-forward" {
+            "roll-forward"
+        } else {
+            "point-in-time"
+        },
+        until,
+        errors,
+    };
+    if !errors.is_empty() {
+        return pages::render_restore(
+            &state,
+            &signed,
+            &host,
+            id,
+            form_again(errors),
+            StatusCode::BAD_REQUEST,
+        )
+        .await;
+    }
+    let request = JobRequest::Restore {
+        copy: id,
+        force,
+        discard_current: false,
+        mode: mode.expect("checked above"),
+        until: (!until.is_empty()).then(|| until.to_string()),
+    };
+    match queue_job(&state, &host, &request, &signed.actor()).await {
+        Ok(job) => Redirect::to(&format!("/console/jobs/{}", job.id)).into_response(),
+        Err(e) if e.status() == StatusCode::NOT_FOUND => pages::gone(&signed, &host, id),
+        Err(e) => {
+            let message = e.message().to_string();
+            pages::render_restore(
+                &state,
+                &signed,
+                &host,
+                id,
+                form_again(vec![("server", message)]),
+                e.status(),
+            )
+            .await
+        }
+    }
+}
+
+pub async fn cancel(
+    State(state): State<Arc<AppState>>,
+    signed: Signed,
+    Path(id): Path<i64>,
+    Form(form): Form<TokenOnly>,
+) -> Response {
+    if let Some(refused) = allowed(&signed, &form.csrf, Role::Operator, "Cancelling a job") {
+        return refused;
+    }
+    match cancel_job(&state, id, &signed.actor()).await {
+        Ok(_) => Redirect::to("/console/jobs").into_response(),
+        Err(e) => api_refusal(&signed, e),
+    }
+}
