@@ -2,6 +2,9 @@
 -- console can offer a copy of a set that has none yet.
 ALTER TABLE hosts ADD COLUMN sets text[] NOT NULL DEFAULT '{}';
 
+-- How far a running job has got (phases, bytes), as its agent reports it.
+ALTER TABLE jobs ADD COLUMN progress jsonb;
+
 -- The web console's local accounts (argon2id PHC strings) and sessions (only the
 -- SHA-256 of a session's id is kept; its CSRF token is per session).
 

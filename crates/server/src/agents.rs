@@ -219,17 +219,11 @@ pub async fn heartbeat(
     JsonBody(beat): JsonBody<JobHeartbeat>,
 ) -> Result<Json<ServerJob>, ApiError> {
     let db = state.db.get().await.map_err(database)?;
-    queue::heartbeat(
-        &db,
-        &caller.host,
-        id,
-        beat.agent_job,
-        state.lease.as_secs_f64(),
-    )
-    .await
-    .map_err(database)?
-    .map(Json)
-    .ok_or_else(|| not_yours(&caller, id))
+    queue::heartbeat(&db, &caller.host, id, &beat, state.lease.as_secs_f64())
+        .await
+        .map_err(database)?
+        .map(Json)
+        .ok_or_else(|| not_yours(&caller, id))
 }
 
 pub async fn finish(

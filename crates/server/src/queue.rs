@@ -6,11 +6,12 @@
 //! again); its agent, when it returns, still reports how it ended, and that is kept.
 
 use deadpool_postgres::GenericClient;
-use shadowcopy_agent::link::protocol::{JobFinish, ServerJob};
+use shadowcopy_agent::link::protocol::{JobFinish, JobHeartbeat, ServerJob};
 use tokio_postgres::Row;
 
 const COLUMNS: &str = "id, host, kind, set_name, request, state, created_by, ms(created_at), \
-                       ms(claimed_at), ms(finished_at), ms(lease_until), agent_job, copy_id, result";
+                       ms(claimed_at), ms(finished_at), ms(lease_until), agent_job, copy_id, result, \
+                       progress";
 
 fn job(r: &Row) -> ServerJob {
     ServerJob {
@@ -28,6 +29,9 @@ fn job(r: &Row) -> ServerJob {
         agent_job: r.get(11),
         copy_id: r.get(12),
         result: r.get(13),
+        progress: r
+            .get::<_, Option<serde_json::Value>>(14)
+            .and_then(|v| serde_json::from_value(v).ok()),
     }
 }
 
@@ -101,23 +105,28 @@ pub async fn claim(
     Ok(row.as_ref().map(job))
 }
 
-/// Renews the lease of `host`'s job `id` (a lost job whose agent is back runs again).
+/// Renews the lease of `host`'s job `id` (a lost job whose agent is back runs again)
+/// and records how far it has got.
 pub async fn heartbeat(
     db: &impl GenericClient,
     host: &str,
     id: i64,
-    agent_job: Option<i64>,
+    beat: &JobHeartbeat,
     lease_secs: f64,
 ) -> Result<Option<ServerJob>, tokio_postgres::Error> {
+    let progress = beat
+        .progress
+        .as_ref()
+        .and_then(|p| serde_json::to_value(p).ok());
     let row = db
         .query_opt(
             &format!(
                 "UPDATE jobs SET state = 'running', lease_until = now() + make_interval(secs => $4),
-                        agent_job = COALESCE($3, agent_job)
+                        agent_job = COALESCE($3, agent_job), progress = COALESCE($5, progress)
                   WHERE id = $1 AND host = $2 AND state IN ('claimed', 'running', 'lost')
               RETURNING {COLUMNS}"
             ),
-            &[&id, &host, &agent_job, &lease_secs],
+            &[&id, &host, &beat.agent_job, &lease_secs, &progress],
         )
         .await?;
     Ok(row.as_ref().map(job))
@@ -138,7 +147,8 @@ pub async fn finish(
                         finished_at = now(), lease_until = NULL,
                         result = $4 || CASE WHEN lost_at IS NOT NULL
                                  THEN ' (reported after its lease ran out)' ELSE '' END,
-                        copy_id = $5, agent_job = COALESCE($6, agent_job)
+                        copy_id = $5, agent_job = COALESCE($6, agent_job),
+                        progress = COALESCE($7, progress)
                   WHERE id = $1 AND host = $2 AND state IN ('claimed', 'running', 'lost')
               RETURNING {COLUMNS}"
             ),
@@ -149,6 +159,9 @@ pub async fn finish(
                 &end.result,
                 &end.copy_id,
                 &end.agent_job,
+                &end.progress
+                    .as_ref()
+                    .and_then(|p| serde_json::to_value(p).ok()),
             ],
         )
         .await?;

@@ -23,10 +23,12 @@ use std::time::Duration;
 use shadowcopy_catalog::{Catalog, JobRecord};
 use tokio::sync::oneshot;
 
+use crate::events::AgentEvent;
 use crate::link::https::ServerClient;
 use crate::link::identity::Identity;
 use crate::link::protocol::{
-    JobFinish, JobHeartbeat, Policies, ServerJob, SyncRequest, SyncResponse, LONG_POLL_MAX_SECS,
+    JobFinish, JobHeartbeat, JobProgress, PhaseDone, Policies, ServerJob, SyncRequest,
+    SyncResponse, LONG_POLL_MAX_SECS,
 };
 use crate::scheduler::Wake;
 use crate::state::{Command, Shared};
@@ -311,6 +313,8 @@ impl Link {
     async fn see_through(&self, job: ServerJob) {
         let trigger = Identity::trigger(&self.tag, job.id);
         tracing::info!(job = job.id, kind = %job.kind, set = %job.set, "a job from the backup server");
+        // Listening before the job is queued, so that none of its phases is missed.
+        let events = self.shared.events.subscribe();
         let known = self
             .catalog()
             .and_then(|c| Ok(c.job_with_trigger(&trigger)?));
@@ -326,12 +330,13 @@ impl Link {
             )),
         };
         let finish = match local {
-            Ok(local) => self.wait_for(&job, local).await,
+            Ok(local) => self.wait_for(&job, local, events).await,
             Err(result) => JobFinish {
                 ok: false,
                 result,
                 copy_id: None,
                 agent_job: None,
+                progress: None,
             },
         };
         self.report(&job, finish).await;
@@ -356,9 +361,16 @@ impl Link {
         }
     }
 
-    /// Waits for the agent's job to end, renewing the server's lease meanwhile (not once
-    /// it has ended: a job given up as lost stays so until its end is reported).
-    async fn wait_for(&self, job: &ServerJob, local: JobRecord) -> JobFinish {
+    /// Waits for the agent's job to end, renewing the server's lease meanwhile and
+    /// telling it the phases and bytes as they come (at most four times a second); not
+    /// once the job has ended (a job given up as lost stays so until its end is
+    /// reported).
+    async fn wait_for(
+        &self,
+        job: &ServerJob,
+        local: JobRecord,
+        mut events: tokio::sync::broadcast::Receiver<AgentEvent>,
+    ) -> JobFinish {
         // A third of the lease the server gives, at most HEARTBEAT_EVERY.
         let every = match (job.claimed_ms, job.lease_until_ms) {
             (Some(from), Some(until)) if until > from => {
@@ -367,9 +379,38 @@ impl Link {
             }
             _ => HEARTBEAT_EVERY,
         };
+        let mut progress = JobProgress::default();
+        let mut told = progress.clone();
         let mut last_beat = tokio::time::Instant::now() - every;
+        let mut catalog = None;
         loop {
-            let now = self.catalog().and_then(|c| Ok(c.job(local.id)?));
+            while let Ok(event) = events.try_recv() {
+                match event {
+                    AgentEvent::CopyStarted { job, copy, .. } if job == local.id => {
+                        progress.copy = Some(copy)
+                    }
+                    AgentEvent::Phase {
+                        job,
+                        phase,
+                        took_us,
+                        ok,
+                    } if job == local.id => progress.phases.push(PhaseDone { phase, took_us, ok }),
+                    AgentEvent::Progress { job, done, total } if job == local.id => {
+                        progress.bytes = Some((done, total))
+                    }
+                    _ => {}
+                }
+            }
+            if catalog.is_none() {
+                catalog = self.catalog().ok();
+            }
+            let now = match &catalog {
+                Some(c) => c.job(local.id).map_err(anyhow::Error::from),
+                None => Err(anyhow::anyhow!("the catalog cannot be opened")),
+            };
+            if now.is_err() {
+                catalog = None;
+            }
             match now {
                 Ok(Some(record)) if record.finished_ms.is_some() => {
                     return JobFinish {
@@ -380,6 +421,7 @@ impl Link {
                             .unwrap_or_else(|| record.state.clone()),
                         copy_id: record.copy_id,
                         agent_job: Some(record.id),
+                        progress: (progress != JobProgress::default()).then_some(progress),
                     }
                 }
                 Ok(Some(_)) => {}
@@ -389,25 +431,31 @@ impl Link {
                         result: format!("the agent's job {} vanished from its catalog", local.id),
                         copy_id: None,
                         agent_job: Some(local.id),
+                        progress: None,
                     }
                 }
                 Err(e) => tracing::warn!(job = job.id, "the agent's catalog cannot be read: {e:#}"),
             }
-            if last_beat.elapsed() >= every {
+            let news = progress != told && last_beat.elapsed() >= Duration::from_millis(250);
+            if news || last_beat.elapsed() >= every {
                 last_beat = tokio::time::Instant::now();
                 let beat = JobHeartbeat {
                     agent_job: Some(local.id),
+                    progress: Some(progress.clone()),
                 };
                 let path = format!("/v1/agent/jobs/{}/heartbeat", job.id);
-                if let Err(e) = self
+                match self
                     .client
                     .json::<serde_json::Value>("POST", &path, Some(&beat), CALL_TIMEOUT)
                     .await
                 {
-                    tracing::debug!(job = job.id, "the lease could not be renewed: {e:#}");
+                    Ok(_) => told = progress.clone(),
+                    Err(e) => {
+                        tracing::debug!(job = job.id, "the lease could not be renewed: {e:#}")
+                    }
                 }
             }
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 

@@ -108,6 +108,30 @@ pub struct ServerJob {
     pub agent_job: Option<i64>,
     pub copy_id: Option<i64>,
     pub result: Option<String>,
+    /// How far the agent has got: the phases done, the bytes (while it runs, and at the
+    /// end).
+    #[serde(default)]
+    pub progress: Option<JobProgress>,
+}
+
+/// A running job's progress as its agent reports it with each heartbeat.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct JobProgress {
+    /// The copy the job made, once it has an id.
+    #[serde(default)]
+    pub copy: Option<i64>,
+    pub phases: Vec<PhaseDone>,
+    /// Bytes copied, hashed or restored so far, of the total.
+    #[serde(default)]
+    pub bytes: Option<(u64, u64)>,
+}
+
+/// A phase that ended.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct PhaseDone {
+    pub phase: String,
+    pub took_us: u64,
+    pub ok: bool,
 }
 
 impl ServerJob {
@@ -124,6 +148,8 @@ impl ServerJob {
 pub struct JobHeartbeat {
     /// The agent's own job running it, once queued there.
     pub agent_job: Option<i64>,
+    #[serde(default)]
+    pub progress: Option<JobProgress>,
 }
 
 /// `POST /v1/agent/jobs/{id}/finish`: how it ended.
@@ -134,6 +160,8 @@ pub struct JobFinish {
     pub result: String,
     pub copy_id: Option<i64>,
     pub agent_job: Option<i64>,
+    #[serde(default)]
+    pub progress: Option<JobProgress>,
 }
 
 /// `POST /v1/hosts/{host}/jobs`: an operator's job for a host.

@@ -1,6 +1,6 @@
 //! The web console in a real browser: Debian's chromium driven through chromedriver
 //! (WebDriver, fantoccini). An admin signs in, creates a copy of a live SQLite ledger on a
-//! real agent and watches the job end, damages the data, restores it through the guided
+//! real agent and watches its phases arrive until the job ends, damages the data, restores it through the guided
 //! form (refused first without the confirmation, the message beside the field) and finds
 //! the ledger back; a viewer sees no restore or create and gets 403 from the endpoint; a
 //! form posted without its CSRF token is refused. Screenshots of the main pages go to
@@ -253,6 +253,21 @@ fn the_console_creates_and_restores_a_copy_in_a_real_browser() {
             .await
             .unwrap();
         assert_eq!(job_end(&c).await, "done", "{}", host.log());
+        // Its phases streamed in, as the agent reported them.
+        let mut phases = Vec::new();
+        for row in c
+            .find_all(Locator::Css("#job-state tr.phase td:first-child"))
+            .await
+            .unwrap()
+        {
+            phases.push(row.text().await.unwrap());
+        }
+        for phase in ["freeze", "commit", "thaw", "verify"] {
+            assert!(
+                phases.iter().any(|p| p == phase),
+                "{phase} missing from {phases:?}"
+            );
+        }
         shot(&c, &shots, "job").await;
         let copy_link = c.find(Locator::Css("#job-state a")).await.unwrap();
         let copy_href = copy_link.attr("href").await.unwrap().unwrap();

@@ -64,7 +64,7 @@ pub fn router() -> Router<Arc<AppState>> {
         .route("/console/jobs", get(pages::jobs))
         .route("/console/jobs/rows", get(pages::job_list_rows))
         .route("/console/jobs/{id}", get(pages::job))
-        .route("/console/jobs/{id}/state", get(pages::job_state_fragment))
+        .route("/console/jobs/{id}/events", get(pages::job_events))
         .route("/console/jobs/{id}/cancel", post(forms::cancel))
         .route(
             "/console/assets/htmx.min.js",

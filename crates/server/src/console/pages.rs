@@ -1,12 +1,14 @@
 //! The console's pages, rendered on the server (maud: HTML checked when compiled), each
 //! readable with JavaScript off: hosts, a host's sets and copies, a copy, the restore
-//! form, jobs, a job. With JavaScript, htmx refreshes what changes (a running job, the
-//! job list) and times are shown in the browser's zone (UTC on hover).
+//! form, jobs, a job. With JavaScript, a running job's phases stream in (Server-Sent
+//! Events), htmx refreshes the job list, and times are shown in the browser's zone (UTC
+//! on hover); without it, a running job's page reloads itself.
 
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use maud::{html, Markup, DOCTYPE};
 use shadowcopy_agent::link::protocol::{HostInfo, ServerJob, SetPolicy};
@@ -582,10 +584,17 @@ pub async fn job_list_rows(State(state): State<Arc<AppState>>, signed: Signed) -
     }
 }
 
-fn job_state(j: &ServerJob) -> Markup {
-    let done = matches!(j.state.as_str(), "done" | "failed" | "cancelled");
+/// Whether a job has ended.
+pub fn ended(j: &ServerJob) -> bool {
+    matches!(j.state.as_str(), "done" | "failed" | "cancelled")
+}
+
+/// A job's state, its phases as its agent reports them, and its bytes: the block the
+/// job page's event stream replaces.
+pub fn job_state(j: &ServerJob) -> Markup {
+    let progress = j.progress.clone().unwrap_or_default();
     html! {
-        div #job-state hx-get={"/console/jobs/" (j.id) "/state"} hx-trigger=[(!done).then_some("every 1s")] hx-swap="outerHTML" data-state=(j.state) {
+        div #job-state data-state=(j.state) data-events=[(!ended(j)).then(|| format!("/console/jobs/{}/events", j.id))] {
             dl.facts {
                 dt { "State" } dd { (badge(&j.state)) }
                 dt { "Queued" } dd { (when(Some(j.created_ms))) " by " (j.created_by) }
@@ -593,6 +602,24 @@ fn job_state(j: &ServerJob) -> Markup {
                 dt { "Ended" } dd { (when(j.finished_ms)) }
                 @if let Some(r) = &j.result { dt { "Result" } dd.result { (r) } }
                 @if let Some(c) = j.copy_id { dt { "Copy" } dd { a href={"/console/hosts/" (j.host) "/copies/" (c)} { "copy " (c) } } }
+            }
+            @if !progress.phases.is_empty() || progress.bytes.is_some() {
+                h2 { "Progress" }
+                @if let Some((done, total)) = progress.bytes {
+                    p { progress value=(done) max=(total.max(1)) {} " " (bytes(done as i64)) " of " (bytes(total as i64)) }
+                }
+                table.dense.phases {
+                    thead { tr { th { "Phase" } th.num { "Took" } th { "" } } }
+                    tbody {
+                        @for p in &progress.phases {
+                            tr.phase {
+                                td { (p.phase) }
+                                td.num { (micros(Some(p.took_us as i64))) }
+                                td { @if p.ok { (badge("done")) } @else { (badge("failed")) } }
+                            }
+                        }
+                    }
+                }
             }
             @if j.kind == "restore" && j.state == "done" {
                 p.hint { "To undo it, restore the pre-restore copy it kept (the newest " em { "pre-restore" } " copy of the set)." }
@@ -640,16 +667,46 @@ pub async fn job(
     page(&format!("Job {id}"), Some(&signed), body).into_response()
 }
 
-/// A job's state block (what htmx refreshes).
-pub async fn job_state_fragment(
+/// The job page's event stream: the state block again each time it changes (phases
+/// arriving, the job ending), then the stream ends.
+pub async fn job_events(
     State(state): State<Arc<AppState>>,
     signed: Signed,
     Path(id): Path<i64>,
 ) -> Response {
-    match load_job(&state, &signed, id).await {
-        Ok(j) => Html(job_state(&j).into_string()).into_response(),
-        Err(r) => r,
+    if let Err(r) = load_job(&state, &signed, id).await {
+        return r;
     }
+    let stream = futures_util::stream::unfold(
+        (state, None::<String>, false),
+        move |(state, last, finished)| async move {
+            if finished {
+                return None;
+            }
+            loop {
+                let job = match state.db.get().await {
+                    Ok(db) => queue::get(&db, id).await.ok().flatten(),
+                    Err(_) => None,
+                };
+                if let Some(job) = job {
+                    let html = job_state(&job).into_string();
+                    if last.as_deref() != Some(html.as_str()) {
+                        let event = Event::default()
+                            .event("state")
+                            .data(html.replace('\n', " "));
+                        return Some((
+                            Ok::<_, std::convert::Infallible>(event),
+                            (state, Some(html), ended(&job)),
+                        ));
+                    }
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            }
+        },
+    );
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
 }
 
 pub fn sign_in_page(error: Option<&str>, name: &str) -> Html<String> {
