@@ -333,10 +333,69 @@ fn the_console_creates_and_restores_a_copy_in_a_real_browser() {
         assert_eq!(job_end(&c).await, "done", "{}", host.log());
         assert_eq!(host.ledger(), 50, "the restore brought the ledger back");
 
-        // A copy that is gone (deleted in another tab, say): a clear page, not a 500.
-        c.goto(&format!("{base}/console/hosts/web1/copies/999/restore"))
+        // Old copies: a second copy, then the preview of "keep the newest 1" (the first
+        // copy goes; the pre-restore copy stays, with its reason), then delete.
+        c.goto(&format!("{base}/console/hosts/web1")).await.unwrap();
+        c.wait()
+            .for_element(Locator::Css("button.primary"))
+            .await
+            .unwrap()
+            .click()
             .await
             .unwrap();
+        c.wait()
+            .for_element(Locator::Css("#job-state"))
+            .await
+            .unwrap();
+        assert_eq!(job_end(&c).await, "done", "{}", host.log());
+        c.goto(&format!(
+            "{base}/console/hosts/web1/sets/app/prune?keep_last=1"
+        ))
+        .await
+        .unwrap();
+        c.wait()
+            .for_element(Locator::Css("tr.decision"))
+            .await
+            .unwrap();
+        let going = c
+            .find_all(Locator::Css("tr.decision[data-keep=false]"))
+            .await
+            .unwrap();
+        assert_eq!(going.len(), 1, "one copy goes");
+        let gone_id: i64 = going[0]
+            .find(Locator::Css("td"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(gone_id, copy_id, "the older created copy goes");
+        shot(&c, &shots, "prune").await;
+        c.find(Locator::Css("form button.danger"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        c.accept_alert().await.unwrap();
+        c.wait()
+            .for_element(Locator::Css("#job-state"))
+            .await
+            .unwrap();
+        assert_eq!(job_end(&c).await, "done", "{}", host.log());
+        assert!(
+            !host.local_copies().iter().any(|(id, _, _)| *id == copy_id),
+            "copy {copy_id} was deleted on the host"
+        );
+
+        // A copy that is gone (deleted in another tab, say): a clear page, not a 500.
+        c.goto(&format!(
+            "{base}/console/hosts/web1/copies/{copy_id}/restore"
+        ))
+        .await
+        .unwrap();
         let gone = c
             .wait()
             .for_element(Locator::Css("p.error"))
@@ -345,7 +404,7 @@ fn the_console_creates_and_restores_a_copy_in_a_real_browser() {
             .text()
             .await
             .unwrap();
-        assert!(gone.contains("no copy 999"), "{gone}");
+        assert!(gone.contains(&format!("no copy {copy_id}")), "{gone}");
 
         // A form without its CSRF token is refused.
         let status = post_status(&c, "/console/hosts/web1/sets/app/create", "").await;
@@ -390,12 +449,13 @@ fn the_console_creates_and_restores_a_copy_in_a_real_browser() {
         shot(&c, &shots, "jobs").await;
         c.close().await.unwrap();
     });
-    // Two jobs, both by ada, the restore audited.
+    // Four jobs (two copies, a restore, a deletion), all by ada; the restore and the
+    // deletion audited.
     let jobs = central.op_json(&["jobs", "--all-hosts", "--json"]);
-    assert_eq!(jobs.as_array().unwrap().len(), 2, "{jobs:#}");
-    let audit = central
-        .pg
-        .psql("SELECT actor || ' ' || action FROM audit WHERE action = 'restore'");
-    assert_eq!(audit.trim(), "console ada restore");
+    assert_eq!(jobs.as_array().unwrap().len(), 4, "{jobs:#}");
+    let audit = central.pg.psql(
+        "SELECT string_agg(actor || ' ' || action, ',' ORDER BY id) FROM audit WHERE action IN ('restore', 'delete')",
+    );
+    assert_eq!(audit.trim(), "console ada restore,console ada delete");
     host.stop_agent();
 }

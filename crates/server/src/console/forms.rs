@@ -305,3 +305,71 @@ pub async fn cancel(
         Err(e) => api_refusal(&signed, e),
     }
 }
+
+#[derive(Deserialize)]
+pub struct PruneFields {
+    #[serde(default)]
+    csrf: String,
+    /// The ids the preview listed as going, comma-separated.
+    #[serde(default)]
+    copies: String,
+}
+
+/// Deletes exactly the copies the preview listed (all of the set), as one job.
+pub async fn prune(
+    State(state): State<Arc<AppState>>,
+    signed: Signed,
+    Path((host, set)): Path<(String, String)>,
+    Form(form): Form<PruneFields>,
+) -> Response {
+    if let Some(refused) = allowed(&signed, &form.csrf, Role::Operator, "Deleting copies") {
+        return refused;
+    }
+    let ids: Result<Vec<i64>, _> = form
+        .copies
+        .split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| s.trim().parse::<i64>())
+        .collect();
+    let ids = match ids {
+        Ok(ids) if !ids.is_empty() => ids,
+        _ => {
+            return error_page(
+                StatusCode::BAD_REQUEST,
+                Some(&signed),
+                "No copies to delete were sent; preview again.",
+            )
+        }
+    };
+    // Every copy must be of this set (a stale preview can name one deleted since: the
+    // job then fails with the agent's reason, and nothing else goes).
+    let db = match state.db.get().await {
+        Ok(db) => db,
+        Err(e) => return database(e).into_response(),
+    };
+    for id in &ids {
+        match crate::operators::copy_set(&db, &host, *id).await {
+            Ok(s) if s == set => {}
+            Ok(other) => {
+                return error_page(
+                    StatusCode::BAD_REQUEST,
+                    Some(&signed),
+                    &format!("Copy {id} is of set {other}, not {set}; preview again."),
+                )
+            }
+            Err(_) => return pages::gone(&signed, &host, *id),
+        }
+    }
+    drop(db);
+    match queue_job(
+        &state,
+        &host,
+        &JobRequest::Delete { copies: ids },
+        &signed.actor(),
+    )
+    .await
+    {
+        Ok(job) => Redirect::to(&format!("/console/jobs/{}", job.id)).into_response(),
+        Err(e) => api_refusal(&signed, e),
+    }
+}

@@ -56,6 +56,10 @@ pub fn router() -> Router<Arc<AppState>> {
             "/console/hosts/{host}/sets/{set}/create",
             post(forms::create),
         )
+        .route(
+            "/console/hosts/{host}/sets/{set}/prune",
+            get(pages::prune_preview).post(forms::prune),
+        )
         .route("/console/hosts/{host}/copies/{id}", get(pages::copy))
         .route(
             "/console/hosts/{host}/copies/{id}/restore",

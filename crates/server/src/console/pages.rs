@@ -122,11 +122,11 @@ fn age(ms: i64) -> String {
 /// A state as a word with its colour (never the colour alone).
 fn badge(word: &str) -> Markup {
     let class = match word {
-        "usable" | "passed" | "done" | "enrolled" | "fresh" => "ok",
+        "usable" | "passed" | "done" | "enrolled" | "fresh" | "keep" => "ok",
         "queued" | "claimed" | "running" | "in-progress" | "not-verified" | "late" | "waiting" => {
             "busy"
         }
-        "failed" | "lost" | "revoked" | "stale" | "cancelled" => "bad",
+        "failed" | "lost" | "revoked" | "stale" | "cancelled" | "goes" => "bad",
         _ => "plain",
     };
     html! { span class={"badge " (class)} { (word) } }
@@ -357,6 +357,8 @@ pub async fn host(
                             input type="hidden" name="csrf" value=(signed.csrf);
                             button.primary type="submit" { "Create a copy" }
                         }
+                        " "
+                        a.restore.prune href={"/console/hosts/" (host) "/sets/" (set) "/prune"} { "Delete old copies…" }
                     }
                     table.dense {
                         thead { tr { th.num { "ID" } th { "Created" } th { "Origin" } th { "State" } th { "Verified" } th.num { "Freeze window" } th.num { "Size" } th {} } }
@@ -722,4 +724,125 @@ pub fn sign_in_page(error: Option<&str>, name: &str) -> Html<String> {
             }
         },
     )
+}
+
+#[derive(serde::Deserialize)]
+pub struct PruneQuery {
+    #[serde(default)]
+    keep_last: Option<String>,
+}
+
+/// What a retention policy would delete of a set, and why each copy stays: the set's
+/// policy on the server, or "keep the newest N" asked for here. Then one button deletes
+/// exactly the copies listed as going.
+pub async fn prune_preview(
+    State(state): State<Arc<AppState>>,
+    signed: Signed,
+    Path((host, set)): Path<(String, String)>,
+    axum::extract::Query(query): axum::extract::Query<PruneQuery>,
+) -> Response {
+    if !signed.can(Role::Operator) {
+        return error_page(
+            StatusCode::FORBIDDEN,
+            Some(&signed),
+            "Deleting copies needs the operator role.",
+        );
+    }
+    let copies: Vec<CopySummary> = match host_copies(&state, &host).await {
+        Ok(c) => c.into_iter().filter(|c| c.set == set).collect(),
+        Err(r) => return r,
+    };
+    let central = match state.db.get().await {
+        Ok(db) => policies::for_host(&db, &host)
+            .await
+            .ok()
+            .and_then(|p| p.sets.into_iter().find(|p| p.set == set))
+            .and_then(|p| p.retention),
+        Err(e) => return database(e).into_response(),
+    };
+    let asked = query
+        .keep_last
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty());
+    let (policy, source, field_error) = match asked.map(str::parse::<u32>) {
+        Some(Ok(n)) if n >= 1 => (
+            Some(shadowcopy_engine::RetentionPolicy {
+                keep_last: Some(n),
+                ..Default::default()
+            }),
+            format!("keep the newest {n}"),
+            None,
+        ),
+        Some(_) => (
+            None,
+            String::new(),
+            Some("Give a whole number of copies, at least 1."),
+        ),
+        None => (
+            central.clone(),
+            central
+                .as_ref()
+                .map(|p| format!("the set's policy on the server: {p}"))
+                .unwrap_or_default(),
+            None,
+        ),
+    };
+    let decisions = policy
+        .as_ref()
+        .map(|p| shadowcopy_engine::retention::decide(&copies, p, None, &chrono::Utc))
+        .unwrap_or_default();
+    let going: Vec<i64> = decisions.iter().filter(|d| !d.keep).map(|d| d.id).collect();
+    let status = if field_error.is_some() {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::OK
+    };
+    let body = html! {
+        form.inline method="get" action={"/console/hosts/" (host) "/sets/" (set) "/prune"} {
+            label { "Keep the newest " input type="text" name="keep_last" size="4" value=(asked.unwrap_or("")) inputmode="numeric"; " copies" }
+            " " button type="submit" { "Preview" }
+            @if let Some(e) = field_error { p.field-error role="alert" { (e) } }
+        }
+        @if policy.is_none() && field_error.is_none() {
+            p.hint { "The set has no retention policy on the server (its agent's config may have one, applied after each scheduled copy). Say how many copies to keep to see what would go." }
+        }
+        @if policy.is_some() {
+            p { "By " (source) " (hourly and daily buckets in UTC here; the agent prunes in its own time zone):" }
+            table.dense {
+                thead { tr { th.num { "ID" } th { "Created" } th { "" } th { "Why" } } }
+                tbody {
+                    @for d in decisions.iter().rev() {
+                        tr.decision data-keep=(d.keep) {
+                            td.num { (d.id) }
+                            td { (when(Some(d.created_ms))) }
+                            td { @if d.keep { (badge("keep")) } @else { (badge("goes")) } }
+                            td { (d.reasons.join("; ")) }
+                        }
+                    }
+                }
+            }
+            @if going.is_empty() {
+                p { "Nothing would go." }
+            } @else {
+                form.inline method="post" action={"/console/hosts/" (host) "/sets/" (set) "/prune"} data-confirm="Delete these copies on the host? This cannot be undone." {
+                    input type="hidden" name="csrf" value=(signed.csrf);
+                    input type="hidden" name="copies" value=(going.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(","));
+                    button.danger type="submit" {
+                        @if going.len() == 1 { "Delete the copy that goes" }
+                        @else { "Delete the " (going.len()) " copies that go" }
+                    }
+                }
+            }
+        }
+    };
+    (
+        status,
+        page(
+            &format!("Delete old copies of {set} on {host}"),
+            Some(&signed),
+            body,
+        ),
+    )
+        .into_response()
 }
