@@ -14,7 +14,7 @@ use shadowcopy_agent::link::protocol::{EnrollRequest, EnrollResponse, HostInfo};
 use shadowcopy_engine::UsageError;
 
 use crate::auth::Role;
-use crate::ca::Authority;
+use crate::ca::{Authority, Signed};
 
 /// Writes one line of the audit log.
 pub async fn audit(
@@ -93,6 +93,7 @@ pub struct EnrollRefused {
 pub async fn enroll(
     db: &mut deadpool_postgres::Object,
     ca: &Authority,
+    lifetime: std::time::Duration,
     request: &EnrollRequest,
     peer: &str,
 ) -> anyhow::Result<EnrollResponse> {
@@ -127,7 +128,7 @@ pub async fn enroll(
         tracing::warn!(host = %request.host, %peer, "an enrolment was refused: {why}");
         return Err(EnrollRefused { why }.into());
     }
-    let signed = ca.sign_agent(&request.csr_pem, &request.host)?;
+    let signed = ca.sign_agent(&request.csr_pem, &request.host, lifetime)?;
     tx.execute(
         "UPDATE agent_certificates SET revoked_at = now() WHERE host = $1 AND revoked_at IS NULL",
         &[&request.host],
@@ -156,10 +157,47 @@ pub async fn enroll(
     .await?;
     tx.commit().await?;
     tracing::info!(host = %request.host, %peer, serial = %signed.serial, "a host enrolled");
-    Ok(EnrollResponse {
+    Ok(response(ca, signed))
+}
+
+fn response(ca: &Authority, signed: Signed) -> EnrollResponse {
+    EnrollResponse {
+        issued_ms: (signed.issued.unix_timestamp_nanos() / 1_000_000) as i64,
+        not_after_ms: (signed.not_after.unix_timestamp_nanos() / 1_000_000) as i64,
         certificate_pem: signed.pem,
         ca_pem: ca.ca_pem().to_string(),
-    })
+    }
+}
+
+/// A new certificate for `host`, whose agent called with its current one (the current
+/// one stays valid until it expires: an answer lost on the way does not lock the agent
+/// out).
+pub async fn renew(
+    db: &mut deadpool_postgres::Object,
+    ca: &Authority,
+    lifetime: std::time::Duration,
+    host: &str,
+    csr_pem: &str,
+) -> anyhow::Result<EnrollResponse> {
+    let signed = ca.sign_agent(csr_pem, host, lifetime)?;
+    let tx = db.transaction().await?;
+    let not_after = std::time::SystemTime::from(signed.not_after);
+    tx.execute(
+        "INSERT INTO agent_certificates (fingerprint, host, serial, not_after) VALUES ($1, $2, $3, $4)",
+        &[&signed.fingerprint.as_slice(), &host, &signed.serial, &not_after],
+    )
+    .await?;
+    audit(
+        &tx,
+        &format!("agent {host}"),
+        "renew",
+        Some(host),
+        serde_json::json!({ "serial": signed.serial }),
+    )
+    .await?;
+    tx.commit().await?;
+    tracing::info!(host, serial = %signed.serial, "an agent's certificate renewed");
+    Ok(response(ca, signed))
 }
 
 /// Cuts `host` off: its certificates and unused tokens stop working at once, its queued

@@ -14,8 +14,8 @@ use axum::Json;
 use serde::Deserialize;
 use shadowcopy_agent::api::{ApiError, JsonBody, Param};
 use shadowcopy_agent::link::protocol::{
-    EnrollRequest, EnrollResponse, JobFinish, JobHeartbeat, Policies, ServerJob, SyncRequest,
-    SyncResponse, LONG_POLL_MAX_SECS,
+    EnrollRequest, EnrollResponse, JobFinish, JobHeartbeat, Policies, RenewRequest, ServerJob,
+    SyncRequest, SyncResponse, LONG_POLL_MAX_SECS,
 };
 
 use crate::admin::{self, EnrollRefused};
@@ -36,16 +36,22 @@ pub async fn enroll(
     JsonBody(request): JsonBody<EnrollRequest>,
 ) -> Result<Json<EnrollResponse>, ApiError> {
     let mut db = state.db.get().await.map_err(database)?;
-    admin::enroll(&mut db, &state.ca, &request, &peer.to_string())
-        .await
-        .map(Json)
-        .map_err(|e| {
-            if e.downcast_ref::<EnrollRefused>().is_some() {
-                ApiError::new(StatusCode::FORBIDDEN, 1, e.to_string())
-            } else {
-                crate::api_error(e)
-            }
-        })
+    admin::enroll(
+        &mut db,
+        &state.ca,
+        state.agent_cert_lifetime,
+        &request,
+        &peer.to_string(),
+    )
+    .await
+    .map(Json)
+    .map_err(|e| {
+        if e.downcast_ref::<EnrollRefused>().is_some() {
+            ApiError::new(StatusCode::FORBIDDEN, 1, e.to_string())
+        } else {
+            crate::api_error(e)
+        }
+    })
 }
 
 pub async fn sync(
@@ -263,4 +269,23 @@ fn without_nul(value: &mut serde_json::Value) {
         serde_json::Value::Object(map) => map.values_mut().for_each(without_nul),
         _ => {}
     }
+}
+
+/// A new certificate for the caller's host (its current one still valid).
+pub async fn renew(
+    State(state): State<Arc<AppState>>,
+    caller: AgentCaller,
+    JsonBody(request): JsonBody<RenewRequest>,
+) -> Result<Json<EnrollResponse>, ApiError> {
+    let mut db = state.db.get().await.map_err(database)?;
+    admin::renew(
+        &mut db,
+        &state.ca,
+        state.agent_cert_lifetime,
+        &caller.host,
+        &request.csr_pem,
+    )
+    .await
+    .map(Json)
+    .map_err(crate::api_error)
 }

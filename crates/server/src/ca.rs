@@ -21,8 +21,9 @@ use time::{Duration, OffsetDateTime};
 /// The CA's directory in the state directory: `ca.key` (0600) and `ca.pem`.
 pub const CA_DIR: &str = "ca";
 
-/// How long an agent's certificate is valid.
-pub const AGENT_CERT_DAYS: i64 = 397;
+/// How long an agent's certificate is valid (its agent renews it two thirds of the way).
+pub const AGENT_CERT_LIFETIME: std::time::Duration =
+    std::time::Duration::from_secs(397 * 24 * 3600);
 
 pub struct Authority {
     issuer: Issuer<'static, KeyPair>,
@@ -33,6 +34,7 @@ pub struct Authority {
 /// An agent's certificate as signed.
 pub struct Signed {
     pub pem: String,
+    pub issued: OffsetDateTime,
     pub fingerprint: [u8; 32],
     pub serial: String,
     pub not_after: OffsetDateTime,
@@ -170,7 +172,12 @@ impl Authority {
     /// Signs a certificate for `host` with the key of `csr_pem` (whose signature proves
     /// the agent holds it). Only the key is taken from the request: the name, the
     /// lifetime and the use (client authentication) are the server's.
-    pub fn sign_agent(&self, csr_pem: &str, host: &str) -> anyhow::Result<Signed> {
+    pub fn sign_agent(
+        &self,
+        csr_pem: &str,
+        host: &str,
+        lifetime: std::time::Duration,
+    ) -> anyhow::Result<Signed> {
         let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| {
             UsageError::new(format!("the certificate signing request is not valid: {e}"))
         })?;
@@ -182,11 +189,12 @@ impl Authority {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         let now = OffsetDateTime::now_utc();
         params.not_before = now - Duration::minutes(5);
-        params.not_after = now + Duration::days(AGENT_CERT_DAYS);
+        params.not_after = now + Duration::try_from(lifetime)?;
         let serial = random_serial();
         params.serial_number = Some(serial.clone());
         let cert = params.signed_by(&csr.public_key, &self.issuer)?;
         Ok(Signed {
+            issued: now,
             pem: cert.pem(),
             fingerprint: sha256(cert.der().as_ref()),
             serial: shadowcopy_agent::link::identity::hex(&serial.to_bytes()),

@@ -56,6 +56,9 @@ pub struct ServerOptions {
     pub names: Vec<String>,
     /// How long a claimed job stays its agent's without a heartbeat.
     pub job_lease: Duration,
+    /// How long an agent's certificate is valid (`ca::AGENT_CERT_LIFETIME`; shorter in
+    /// tests of renewal).
+    pub agent_cert_lifetime: Duration,
 }
 
 /// Request bodies over this are refused (413); a sync may carry more.
@@ -93,6 +96,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(agents::sync).layer(DefaultBodyLimit::max(SYNC_BODY_LIMIT)),
         )
         .route("/v1/agent/policies", get(agents::policies))
+        .route("/v1/agent/renew", post(agents::renew))
         .route("/v1/agent/jobs/open", get(agents::open))
         .route("/v1/agent/jobs/next", post(agents::next))
         .route("/v1/agent/jobs/{id}/heartbeat", post(agents::heartbeat))
@@ -162,6 +166,9 @@ async fn open(
 /// Runs the server until SIGTERM or SIGINT.
 pub fn run(options: &ServerOptions) -> anyhow::Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
+    if options.agent_cert_lifetime < Duration::from_secs(30) {
+        return Err(UsageError::new("--agent-cert-lifetime must be at least 30 s").into());
+    }
     if options.job_lease < Duration::from_secs(3) {
         return Err(UsageError::new(
             "--job-lease must be at least 3 s (agents renew it every third of it, at most every 5 s; 60 s is the default)",
@@ -180,6 +187,7 @@ pub fn run(options: &ServerOptions) -> anyhow::Result<()> {
             db: pool,
             ca: authority,
             lease: options.job_lease,
+            agent_cert_lifetime: options.agent_cert_lifetime,
             queued: Default::default(),
         });
         tokio::spawn(reaper(state.clone()));

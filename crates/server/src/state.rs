@@ -16,6 +16,8 @@ pub struct AppState {
     pub ca: Authority,
     /// How long a claimed job stays an agent's without a heartbeat.
     pub lease: Duration,
+    /// How long the agents' certificates are valid.
+    pub agent_cert_lifetime: Duration,
     /// Per host: woken when a job is queued for it (its waiting poll looks again).
     pub queued: Mutex<HashMap<String, Arc<Notify>>>,
 }

@@ -6,9 +6,12 @@
 //! CA signs for its host name. From then on it calls the server with that certificate
 //! (mutual TLS) and trusts only that CA.
 //!
-//! Kept in the catalog directory, `server/` (0700): `agent.key` (0600), `agent.pem`,
-//! `ca.pem` and `link.json` (the server's URL and the host name). Nothing is written
-//! unless the server accepted the enrolment.
+//! Kept in the catalog directory, `server/` (0700): the key (0600) and the certificate,
+//! `ca.pem` and `link.json` (the server's URL, the host name, which key and certificate
+//! are current, and when the certificate was issued and expires). Nothing is written
+//! unless the server accepted the enrolment. Two thirds of the way through its
+//! certificate's life the agent renews it ([`Identity::renew`]): a new key, signed with
+//! the current certificate; `link.json` is replaced whole to point at the new pair.
 
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -25,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use shadowcopy_engine::UsageError;
 
 use crate::link::https::ServerClient;
-use crate::link::protocol::{EnrollRequest, EnrollResponse};
+use crate::link::protocol::{EnrollRequest, EnrollResponse, RenewRequest};
 
 /// The directory below the catalog holding the agent's identity.
 pub const IDENTITY_DIR: &str = "server";
@@ -230,6 +233,23 @@ pub fn this_host() -> String {
 struct LinkFile {
     url: String,
     host: String,
+    /// The current key and certificate, in the identity directory.
+    #[serde(default = "default_key")]
+    key: String,
+    #[serde(default = "default_cert")]
+    cert: String,
+    #[serde(default)]
+    issued_ms: i64,
+    #[serde(default)]
+    not_after_ms: i64,
+}
+
+fn default_key() -> String {
+    "agent.key".into()
+}
+
+fn default_cert() -> String {
+    "agent.pem".into()
 }
 
 /// An enrolled agent: its server, its host name, and where its key and certificates are.
@@ -238,6 +258,11 @@ pub struct Identity {
     pub dir: PathBuf,
     pub url: String,
     pub host: String,
+    key: String,
+    cert: String,
+    /// When the certificate was issued and expires (Unix ms; 0: unknown).
+    pub issued_ms: i64,
+    pub not_after_ms: i64,
 }
 
 impl Identity {
@@ -256,7 +281,79 @@ impl Identity {
             dir,
             url: file.url,
             host: file.host,
+            key: file.key,
+            cert: file.cert,
+            issued_ms: file.issued_ms,
+            not_after_ms: file.not_after_ms,
         }))
+    }
+
+    /// Whether the certificate is two thirds of the way through its life.
+    pub fn needs_renewal(&self, now_ms: i64) -> bool {
+        self.not_after_ms > self.issued_ms
+            && self.issued_ms > 0
+            && now_ms >= self.issued_ms + (self.not_after_ms - self.issued_ms) * 2 / 3
+    }
+
+    /// A new key and certificate from the server (called with the current one), kept
+    /// beside the current pair, then made current by replacing `link.json` whole; the
+    /// old pair is removed after. A crash leaves the old pair current, and still valid.
+    pub async fn renew(&self, client: &ServerClient) -> anyhow::Result<Identity> {
+        let (key, csr) = key_and_csr(&self.host)?;
+        let answer: EnrollResponse = client
+            .json(
+                "POST",
+                "/v1/agent/renew",
+                Some(&RenewRequest { csr_pem: csr }),
+                Duration::from_secs(30),
+            )
+            .await?;
+        let stem = format!("agent-{}", answer.not_after_ms);
+        let (key_file, cert_file) = (format!("{stem}.key"), format!("{stem}.pem"));
+        let _ = std::fs::remove_file(self.dir.join(&key_file));
+        let _ = std::fs::remove_file(self.dir.join(&cert_file));
+        write_new(
+            &self.dir.join(&key_file),
+            key.serialize_pem().as_bytes(),
+            0o600,
+        )?;
+        write_new(
+            &self.dir.join(&cert_file),
+            answer.certificate_pem.as_bytes(),
+            0o644,
+        )?;
+        let renewed = Identity {
+            key: key_file,
+            cert: cert_file,
+            issued_ms: answer.issued_ms,
+            not_after_ms: answer.not_after_ms,
+            ..self.clone()
+        };
+        renewed.write_link()?;
+        for old in [&self.key, &self.cert] {
+            if *old != renewed.key && *old != renewed.cert {
+                let _ = std::fs::remove_file(self.dir.join(old));
+            }
+        }
+        Ok(renewed)
+    }
+
+    /// Writes `link.json` anew (a new file renamed over the old one, synced).
+    fn write_link(&self) -> anyhow::Result<()> {
+        let text = serde_json::to_vec_pretty(&LinkFile {
+            url: self.url.clone(),
+            host: self.host.clone(),
+            key: self.key.clone(),
+            cert: self.cert.clone(),
+            issued_ms: self.issued_ms,
+            not_after_ms: self.not_after_ms,
+        })?;
+        let temporary = self.dir.join(format!(".link.json.{}", std::process::id()));
+        let _ = std::fs::remove_file(&temporary);
+        write_new(&temporary, &text, 0o644)?;
+        std::fs::rename(&temporary, self.dir.join("link.json"))?;
+        std::fs::File::open(&self.dir)?.sync_all()?;
+        Ok(())
     }
 
     /// A short name of the server (the first bytes of its CA's SHA-256), so that the
@@ -278,9 +375,9 @@ impl Identity {
         for ca in CertificateDer::pem_file_iter(self.dir.join("ca.pem"))? {
             roots.add(ca?)?;
         }
-        let chain = CertificateDer::pem_file_iter(self.dir.join("agent.pem"))?
+        let chain = CertificateDer::pem_file_iter(self.dir.join(&self.cert))?
             .collect::<Result<Vec<_>, _>>()?;
-        let key = PrivateKeyDer::from_pem_file(self.dir.join("agent.key"))?;
+        let key = PrivateKeyDer::from_pem_file(self.dir.join(&self.key))?;
         let config = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
             .with_safe_default_protocol_versions()?
             .with_root_certificates(roots)
@@ -312,12 +409,7 @@ pub fn enroll(catalog_dir: &Path, url: &str, token: &str, host: &str) -> anyhow:
         ))
         .into());
     }
-    let key = rcgen::KeyPair::generate()?;
-    let mut params = rcgen::CertificateParams::new(vec![host.to_string()])?;
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, host);
-    let csr = params.serialize_request(&key)?.pem()?;
+    let (key, csr) = key_and_csr(host)?;
     let client = ServerClient::new(url, pinned_client_config(parsed.ca_pin)?, None)?;
     let request = EnrollRequest {
         host: host.to_string(),
@@ -354,6 +446,10 @@ pub fn enroll(catalog_dir: &Path, url: &str, token: &str, host: &str) -> anyhow:
         let link = serde_json::to_vec_pretty(&LinkFile {
             url: client.url().to_string(),
             host: host.to_string(),
+            key: default_key(),
+            cert: default_cert(),
+            issued_ms: answer.issued_ms,
+            not_after_ms: answer.not_after_ms,
         })?;
         // Last: its presence says the enrolment is complete.
         write_new(&dir.join("link.json"), &link, 0o644)?;
@@ -370,7 +466,22 @@ pub fn enroll(catalog_dir: &Path, url: &str, token: &str, host: &str) -> anyhow:
         dir,
         url: client.url().to_string(),
         host: host.to_string(),
+        key: default_key(),
+        cert: default_cert(),
+        issued_ms: answer.issued_ms,
+        not_after_ms: answer.not_after_ms,
     })
+}
+
+/// A new key, and a certificate signing request for `host` made with it.
+fn key_and_csr(host: &str) -> anyhow::Result<(rcgen::KeyPair, String)> {
+    let key = rcgen::KeyPair::generate()?;
+    let mut params = rcgen::CertificateParams::new(vec![host.to_string()])?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, host);
+    let csr = params.serialize_request(&key)?.pem()?;
+    Ok((key, csr))
 }
 
 /// Creates `path` (it must not exist, and is never a symlink followed), writes `bytes`

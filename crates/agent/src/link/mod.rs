@@ -65,8 +65,9 @@ pub fn spawn(shared: Arc<Shared>, identity: Identity) -> anyhow::Result<()> {
             runtime.block_on(async move {
                 let link = Link {
                     shared,
-                    client,
-                    host: identity.host,
+                    client: std::sync::Mutex::new(client),
+                    host: identity.host.clone(),
+                    identity: std::sync::Mutex::new(identity),
                     tag,
                     reset: std::sync::atomic::AtomicBool::new(false),
                 };
@@ -78,7 +79,9 @@ pub fn spawn(shared: Arc<Shared>, identity: Identity) -> anyhow::Result<()> {
 
 struct Link {
     shared: Arc<Shared>,
-    client: ServerClient,
+    /// The client with the current certificate (replaced when it is renewed).
+    client: std::sync::Mutex<ServerClient>,
+    identity: std::sync::Mutex<Identity>,
     host: String,
     /// The server's short name, in the triggers of the agent's jobs for its jobs.
     tag: String,
@@ -127,6 +130,48 @@ impl Backoff {
 }
 
 impl Link {
+    fn client(&self) -> ServerClient {
+        self.client
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Renews the agent's certificate once it is two thirds of the way through its life
+    /// (logged, and tried again at the next sync if the server refuses or is away).
+    async fn renew_if_due(&self) {
+        let identity = self
+            .identity
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if !identity.needs_renewal(chrono::Utc::now().timestamp_millis()) {
+            return;
+        }
+        let renewed = match identity.renew(&self.client()).await {
+            Ok(renewed) => renewed,
+            Err(e) => {
+                tracing::warn!(
+                    "the agent's certificate could not be renewed: {e:#}; trying again later"
+                );
+                return;
+            }
+        };
+        match renewed.client() {
+            Ok(client) => {
+                *self.client.lock().unwrap_or_else(|e| e.into_inner()) = client;
+                tracing::info!(
+                    until = %chrono::DateTime::from_timestamp_millis(renewed.not_after_ms)
+                        .map(|t| t.to_rfc3339())
+                        .unwrap_or_default(),
+                    "the agent's certificate renewed"
+                );
+                *self.identity.lock().unwrap_or_else(|e| e.into_inner()) = renewed;
+            }
+            Err(e) => tracing::error!("the renewed certificate cannot be used: {e:#}"),
+        }
+    }
+
     fn catalog(&self) -> anyhow::Result<Catalog> {
         self.shared.engine().open_catalog()
     }
@@ -144,7 +189,7 @@ impl Link {
             let n = changes.len();
             let last = changes.last().map(|c| c.seq);
             let answer: SyncResponse = self
-                .client
+                .client()
                 .json(
                     "POST",
                     "/v1/agent/sync",
@@ -203,6 +248,7 @@ impl Link {
                     Ok((n, version)) => {
                         backoff.ok();
                         alive = tokio::time::Instant::now();
+                        self.renew_if_due().await;
                         if n > 0 {
                             tracing::debug!(changes = n, "copies sent to the backup server");
                         }
@@ -228,7 +274,7 @@ impl Link {
     /// Fetches this host's policies, keeps them and has the agent reload; their version.
     async fn fetch_policies(&self, catalog_dir: &std::path::Path) -> anyhow::Result<i64> {
         let policies: Policies = self
-            .client
+            .client()
             .json("GET", "/v1/agent/policies", None::<&()>, CALL_TIMEOUT)
             .await?;
         policies::store(catalog_dir, &policies)?;
@@ -248,7 +294,7 @@ impl Link {
     /// (never run twice); false when the server could not be asked.
     async fn see_open_jobs(&self) -> bool {
         match self
-            .client
+            .client()
             .json::<Vec<ServerJob>>("GET", "/v1/agent/jobs/open", None::<&()>, CALL_TIMEOUT)
             .await
         {
@@ -286,7 +332,7 @@ impl Link {
             }
             unsure = false;
             let next = self
-                .client
+                .client()
                 .json::<Option<ServerJob>>(
                     "POST",
                     &format!("/v1/agent/jobs/next?wait={LONG_POLL_MAX_SECS}"),
@@ -445,7 +491,7 @@ impl Link {
                 };
                 let path = format!("/v1/agent/jobs/{}/heartbeat", job.id);
                 match self
-                    .client
+                    .client()
                     .json::<serde_json::Value>("POST", &path, Some(&beat), CALL_TIMEOUT)
                     .await
                 {
@@ -472,7 +518,7 @@ impl Link {
                 }
             }
             match self
-                .client
+                .client()
                 .json::<ServerJob>("POST", &path, Some(&finish), CALL_TIMEOUT)
                 .await
             {

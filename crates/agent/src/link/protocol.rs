@@ -27,6 +27,19 @@ pub struct EnrollRequest {
 pub struct EnrollResponse {
     pub certificate_pem: String,
     pub ca_pem: String,
+    /// When the certificate was issued and when it expires (Unix ms): the agent renews
+    /// it two thirds of the way through.
+    #[serde(default)]
+    pub issued_ms: i64,
+    #[serde(default)]
+    pub not_after_ms: i64,
+}
+
+/// `POST /v1/agent/renew`: a new key's CSR, signed with the caller's current certificate.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenewRequest {
+    pub csr_pem: String,
 }
 
 /// `POST /v1/agent/sync`: the outbox's next changes.

@@ -46,6 +46,10 @@ pub struct ServerArgs {
     /// How long a claimed job stays its agent's without a heartbeat (then it is lost)
     #[arg(long, value_name = "DURATION", value_parser = shadowcopy_engine::parse_duration, default_value = "60s")]
     pub job_lease: HumanDuration,
+    /// How long the certificates signed for agents are valid; each agent renews its own
+    /// two thirds of the way through
+    #[arg(long, value_name = "DURATION", value_parser = shadowcopy_engine::parse_duration, default_value = "397days")]
+    pub agent_cert_lifetime: HumanDuration,
 }
 
 #[derive(Subcommand, Debug)]
@@ -155,6 +159,7 @@ impl ServerArgs {
             listen: self.listen,
             names,
             job_lease: self.job_lease.0,
+            agent_cert_lifetime: self.agent_cert_lifetime.0,
         })
     }
 }

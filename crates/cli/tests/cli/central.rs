@@ -33,12 +33,24 @@ pub struct Central {
     server: Option<Child>,
     pub admin_token: String,
     starts: usize,
+    /// More arguments of `shadowcopy server` at each start.
+    extra: Vec<String>,
 }
 
 impl Central {
     /// PostgreSQL (None: the test skips) and the server on `listen_ip`, with a
     /// certificate for `names`; an admin token made.
     pub fn start(test: &str, listen_ip: &str, names: &[String]) -> Option<Central> {
+        Central::start_with(test, listen_ip, names, &[])
+    }
+
+    /// [`Central::start`] with more arguments for the server.
+    pub fn start_with(
+        test: &str,
+        listen_ip: &str,
+        names: &[String],
+        extra: &[&str],
+    ) -> Option<Central> {
         let pg = shadowcopy_testing::postgres::postgres_or_skip(test, PgOptions::new())?;
         let mut central = Central {
             dir: tempfile::tempdir().unwrap(),
@@ -49,6 +61,7 @@ impl Central {
             server: None,
             admin_token: String::new(),
             starts: 0,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         central.start_server();
         central.admin_token = central
@@ -114,6 +127,7 @@ impl Central {
         for n in &self.names {
             cmd.arg("--name").arg(n);
         }
+        cmd.args(&self.extra);
         let child = cmd.stdout(Stdio::null()).stderr(log).spawn().unwrap();
         self.server = Some(child);
         let this_start = self.log_path(self.starts);

@@ -422,3 +422,48 @@ fn a_restored_catalog_and_a_new_enrolment_leave_the_server_listing_what_the_agen
     assert!(host.log().contains("enrolled already"), "{}", host.log());
     host.stop_agent();
 }
+
+#[test]
+fn an_agent_renews_its_certificate_before_it_expires() {
+    let test = "an_agent_renews_its_certificate_before_it_expires";
+    let Some(central) = Central::start_with(
+        test,
+        "127.0.0.1",
+        &["127.0.0.1".to_string()],
+        &["--agent-cert-lifetime", "30s"],
+    ) else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let config = "[sets.app]\nprovider = \"copy\"\n[[sets.app.writers]]\nkind = \"sqlite\"\npath = \"{DB}\"\n";
+    let mut host = Host::new("renewer", &work.path().join("renewer"), None, config);
+    host.write(1, 5);
+    let enrolled = Instant::now();
+    host.start_agent(
+        &central.url("127.0.0.1"),
+        Some(&central.enroll_token("renewer")),
+    );
+    until(
+        Duration::from_secs(45),
+        || host.log().contains("certificate renewed"),
+        || format!("the agent did not renew its certificate:\n{}", host.log()),
+    );
+    // Past the first certificate's 30 s: the agent works on with the renewed one.
+    if let Some(left) = Duration::from_secs(32).checked_sub(enrolled.elapsed()) {
+        std::thread::sleep(left);
+    }
+    let out = central.op(&["create", "--host", "renewer", "app"]);
+    assert!(out.status.success(), "{}\n{}", describe(&out), host.log());
+    let issued: i64 = central
+        .pg
+        .psql("SELECT COUNT(*) FROM agent_certificates WHERE host = 'renewer'")
+        .parse()
+        .unwrap();
+    assert!(issued >= 2, "{issued} certificates");
+    let identity = host.catalog().join("server");
+    assert!(
+        !identity.join("agent.pem").exists() && !identity.join("agent.key").exists(),
+        "the first key and certificate are removed once replaced"
+    );
+    host.stop_agent();
+}
