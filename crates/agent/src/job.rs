@@ -38,6 +38,9 @@ pub enum JobRequest {
         /// verification.
         #[serde(default)]
         force: bool,
+        /// Restore a copy that failed verification (data in use is still refused).
+        #[serde(default)]
+        accept_failed_verification: bool,
         #[serde(default)]
         discard_current: bool,
         #[serde(default)]
@@ -166,11 +169,13 @@ impl JobRequest {
             JobRequest::Restore {
                 copy,
                 force,
+                accept_failed_verification,
                 discard_current,
                 mode,
                 until,
             } => RestoreOptions {
                 force: *force,
+                accept_failed_verification: *accept_failed_verification,
                 discard_current: *discard_current,
                 mode: *mode,
                 until: until.clone(),

@@ -28,6 +28,11 @@ pub struct RestoreOptions {
     #[arg(long)]
     #[serde(default)]
     pub force: bool,
+    /// Restore a copy that failed verification (and only that: data in use is still
+    /// refused)
+    #[arg(long)]
+    #[serde(default)]
+    pub accept_failed_verification: bool,
     /// Do not keep the state being replaced as a pre-restore copy
     #[arg(long)]
     #[serde(default)]
@@ -100,6 +105,7 @@ impl RestoreOptions {
             id,
             to: None,
             force: false,
+            accept_failed_verification: false,
             discard_current: false,
             mode: Mode::PointInTime,
             until: None,
@@ -119,11 +125,15 @@ impl RestoreOptions {
         }
     }
 
-    /// A copy that failed verification is restored only with `force`.
+    /// A copy that failed verification is restored only with `force` or
+    /// `accept_failed_verification`.
     fn check(&self, copy: &UsableCopy) -> Result<(), UsageError> {
-        if copy.summary.verify_state == VerifyState::Failed && !self.force {
+        if copy.summary.verify_state == VerifyState::Failed
+            && !self.force
+            && !self.accept_failed_verification
+        {
             return Err(UsageError::new(format!(
-                "copy {} failed verification (`shadowcopy show {}` says why); pass --force to restore it anyway",
+                "copy {} failed verification (`shadowcopy show {}` says why); pass --accept-failed-verification to restore it anyway",
                 self.id, self.id
             )));
         }

@@ -169,18 +169,52 @@ fn response(ca: &Authority, signed: Signed) -> EnrollResponse {
     }
 }
 
-/// A new certificate for `host`, whose agent called with its current one (the current
-/// one stays valid until it expires: an answer lost on the way does not lock the agent
-/// out).
+/// A new certificate for `host`, whose agent called with the certificate `fingerprint`
+/// names: not before that one is halfway through its life, never for a revoked one (both
+/// checked under a lock, so a revocation or enrolment meanwhile wins). The caller's
+/// certificate stays valid until it expires (an answer lost on the way does not lock
+/// the agent out); replacements issued to it before, which it evidently never got, are
+/// revoked.
 pub async fn renew(
     db: &mut deadpool_postgres::Object,
     ca: &Authority,
     lifetime: std::time::Duration,
     host: &str,
+    fingerprint: &[u8; 32],
     csr_pem: &str,
 ) -> anyhow::Result<EnrollResponse> {
-    let signed = ca.sign_agent(csr_pem, host, lifetime)?;
     let tx = db.transaction().await?;
+    let row = tx
+        .query_opt(
+            "SELECT c.revoked_at IS NOT NULL OR h.revoked_at IS NOT NULL,
+                    now() < c.issued_at + (c.not_after - c.issued_at) / 2,
+                    c.issued_at
+               FROM agent_certificates c JOIN hosts h ON h.name = c.host
+              WHERE c.fingerprint = $1 AND c.host = $2
+                FOR UPDATE OF c, h",
+            &[&fingerprint.as_slice(), &host],
+        )
+        .await?;
+    let Some(row) = row else {
+        return Err(UsageError::new("this certificate is not one of this host's").into());
+    };
+    if row.get::<_, bool>(0) {
+        return Err(UsageError::new("this host or certificate is revoked").into());
+    }
+    if row.get::<_, bool>(1) {
+        return Err(UsageError::new(
+            "this certificate is not halfway through its life yet; renew later",
+        )
+        .into());
+    }
+    let issued: std::time::SystemTime = row.get(2);
+    tx.execute(
+        "UPDATE agent_certificates SET revoked_at = now()
+          WHERE host = $1 AND issued_at > $2 AND revoked_at IS NULL",
+        &[&host, &issued],
+    )
+    .await?;
+    let signed = ca.sign_agent(csr_pem, host, lifetime)?;
     let not_after = std::time::SystemTime::from(signed.not_after);
     tx.execute(
         "INSERT INTO agent_certificates (fingerprint, host, serial, not_after) VALUES ($1, $2, $3, $4)",

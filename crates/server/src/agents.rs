@@ -283,6 +283,7 @@ pub async fn renew(
         &state.ca,
         state.agent_cert_lifetime,
         &caller.host,
+        &caller.fingerprint,
         &request.csr_pem,
     )
     .await

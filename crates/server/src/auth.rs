@@ -50,6 +50,8 @@ impl Role {
 #[derive(Clone, Debug)]
 pub struct AgentCaller {
     pub host: String,
+    /// The SHA-256 of the certificate it called with.
+    pub fingerprint: [u8; 32],
 }
 
 /// A call from an operator's token.
@@ -158,7 +160,10 @@ impl FromRequestParts<Arc<AppState>> for AgentCaller {
                 "the certificate of host `{}` has expired; enrol the agent again",
                 r.get::<_, String>(0)
             ))),
-            Some(r) => Ok(AgentCaller { host: r.get(0) }),
+            Some(r) => Ok(AgentCaller {
+                host: r.get(0),
+                fingerprint,
+            }),
         }
     }
 }

@@ -189,7 +189,9 @@ impl Authority {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         let now = OffsetDateTime::now_utc();
         params.not_before = now - Duration::minutes(5);
-        params.not_after = now + Duration::try_from(lifetime)?;
+        params.not_after = now
+            .checked_add(Duration::try_from(lifetime)?)
+            .ok_or_else(|| anyhow::anyhow!("the certificate lifetime is too long"))?;
         let serial = random_serial();
         params.serial_number = Some(serial.clone());
         let cert = params.signed_by(&csr.public_key, &self.issuer)?;

@@ -288,11 +288,13 @@ impl Identity {
         }))
     }
 
-    /// Whether the certificate is two thirds of the way through its life.
+    /// Whether the certificate is two thirds of the way through its life (or of an
+    /// unknown one: an identity kept before the times were, renewed once to learn them).
     pub fn needs_renewal(&self, now_ms: i64) -> bool {
-        self.not_after_ms > self.issued_ms
-            && self.issued_ms > 0
-            && now_ms >= self.issued_ms + (self.not_after_ms - self.issued_ms) * 2 / 3
+        if self.issued_ms <= 0 || self.not_after_ms <= self.issued_ms {
+            return true;
+        }
+        now_ms >= self.issued_ms + (self.not_after_ms - self.issued_ms) * 2 / 3
     }
 
     /// A new key and certificate from the server (called with the current one), kept
@@ -323,12 +325,31 @@ impl Identity {
             0o644,
         )?;
         let renewed = Identity {
-            key: key_file,
-            cert: cert_file,
+            key: key_file.clone(),
+            cert: cert_file.clone(),
             issued_ms: answer.issued_ms,
             not_after_ms: answer.not_after_ms,
             ..self.clone()
         };
+        // The new pair is made current only once the server has taken it in a call.
+        let proven = async {
+            let client = renewed.client()?;
+            let _: serde_json::Value = client
+                .json(
+                    "GET",
+                    "/v1/agent/jobs/open",
+                    None::<&()>,
+                    Duration::from_secs(30),
+                )
+                .await?;
+            anyhow::Ok(())
+        }
+        .await;
+        if let Err(e) = proven {
+            let _ = std::fs::remove_file(self.dir.join(&key_file));
+            let _ = std::fs::remove_file(self.dir.join(&cert_file));
+            return Err(e.context("the renewed certificate does not work; the current one stays"));
+        }
         renewed.write_link()?;
         for old in [&self.key, &self.cert] {
             if *old != renewed.key && *old != renewed.cert {

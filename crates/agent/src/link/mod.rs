@@ -168,7 +168,11 @@ impl Link {
                 );
                 *self.identity.lock().unwrap_or_else(|e| e.into_inner()) = renewed;
             }
-            Err(e) => tracing::error!("the renewed certificate cannot be used: {e:#}"),
+            Err(e) => {
+                // Kept on disk and proven in a call: only this process's copy failed.
+                tracing::error!("the renewed certificate cannot be loaded: {e:#}");
+                *self.identity.lock().unwrap_or_else(|e| e.into_inner()) = renewed;
+            }
         }
     }
 
@@ -428,6 +432,7 @@ impl Link {
         let mut progress = JobProgress::default();
         let mut told = progress.clone();
         let mut last_beat = tokio::time::Instant::now() - every;
+        let mut failed = false;
         let mut catalog = None;
         loop {
             while let Ok(event) = events.try_recv() {
@@ -482,7 +487,14 @@ impl Link {
                 }
                 Err(e) => tracing::warn!(job = job.id, "the agent's catalog cannot be read: {e:#}"),
             }
-            let news = progress != told && last_beat.elapsed() >= Duration::from_millis(250);
+            // A phase goes at once; bytes alone at most once a second; after a failed
+            // call, nothing before the next regular beat.
+            let phases_new =
+                progress.phases.len() != told.phases.len() || progress.copy != told.copy;
+            let bytes_new = progress.bytes != told.bytes;
+            let news = !failed
+                && ((phases_new && last_beat.elapsed() >= Duration::from_millis(250))
+                    || (bytes_new && last_beat.elapsed() >= Duration::from_secs(1)));
             if news || last_beat.elapsed() >= every {
                 last_beat = tokio::time::Instant::now();
                 let beat = JobHeartbeat {
@@ -495,8 +507,12 @@ impl Link {
                     .json::<serde_json::Value>("POST", &path, Some(&beat), CALL_TIMEOUT)
                     .await
                 {
-                    Ok(_) => told = progress.clone(),
+                    Ok(_) => {
+                        told = progress.clone();
+                        failed = false;
+                    }
                     Err(e) => {
+                        failed = true;
                         tracing::debug!(job = job.id, "the lease could not be renewed: {e:#}")
                     }
                 }

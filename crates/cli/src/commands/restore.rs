@@ -83,6 +83,7 @@ fn on_host(
         shadowcopy_agent::job::JobRequest::Restore {
             copy: o.id,
             force: o.force,
+            accept_failed_verification: o.accept_failed_verification,
             discard_current: o.discard_current,
             mode: o.mode,
             until: o.until.clone(),

@@ -390,6 +390,26 @@ fn the_console_creates_and_restores_a_copy_in_a_real_browser() {
             "copy {copy_id} was deleted on the host"
         );
 
+        // A deletion whose list is not what the policy lists now (a stale preview, a
+        // forged form) is refused, nothing deleted.
+        let csrf = c
+            .find(Locator::Css("form.signout input[name=csrf]"))
+            .await
+            .unwrap()
+            .attr("value")
+            .await
+            .unwrap()
+            .unwrap();
+        let before = host.local_copies().len();
+        let status = post_status(
+            &c,
+            "/console/hosts/web1/sets/app/prune",
+            &format!("csrf={csrf}&copies=2:1&keep_last=1"),
+        )
+        .await;
+        assert_eq!(status, 409);
+        assert_eq!(host.local_copies().len(), before);
+
         // A copy that is gone (deleted in another tab, say): a clear page, not a 500.
         c.goto(&format!(
             "{base}/console/hosts/web1/copies/{copy_id}/restore"

@@ -30,7 +30,48 @@ pub struct SignInForm {
     password: String,
 }
 
-pub async fn sign_in(State(state): State<Arc<AppState>>, Form(form): Form<SignInForm>) -> Response {
+/// Sign-ins checked at once (each an argon2id hash: 19 MiB and tens of milliseconds);
+/// more wait, up to a few seconds, then are refused.
+static SIGN_INS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
+/// Whether a form was posted from the console's own pages: browsers say where a request
+/// comes from (`Sec-Fetch-Site`, `Origin`); a sign-in posted by another site (to sign a
+/// victim into the attacker's account) is refused.
+fn same_origin(headers: &HeaderMap) -> bool {
+    if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
+        return matches!(site, "same-origin" | "none");
+    }
+    match (
+        headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()),
+        headers.get(header::HOST).and_then(|v| v.to_str().ok()),
+    ) {
+        (Some(origin), Some(host)) => origin
+            .split_once("://")
+            .is_some_and(|(_, rest)| rest == host),
+        _ => true,
+    }
+}
+
+pub async fn sign_in(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Form(form): Form<SignInForm>,
+) -> Response {
+    if !same_origin(&headers) {
+        tracing::warn!(user = %form.name, "a console sign-in posted from another site was refused");
+        return (StatusCode::FORBIDDEN, "sign in from the console's own page").into_response();
+    }
+    let Ok(Ok(_slot)) = tokio::time::timeout(Duration::from_secs(5), SIGN_INS.acquire()).await
+    else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            pages::sign_in_page(
+                Some("Too many sign-ins at once; try again in a moment."),
+                &form.name,
+            ),
+        )
+            .into_response();
+    };
     let db = match state.db.get().await {
         Ok(db) => db,
         Err(e) => return database(e).into_response(),
@@ -266,9 +307,11 @@ pub async fn restore(
         )
         .await;
     }
+    // Only the verification is overridden: data in use is refused all the same.
     let request = JobRequest::Restore {
         copy: id,
-        force,
+        force: false,
+        accept_failed_verification: force,
         discard_current: false,
         mode: mode.expect("checked above"),
         until: (!until.is_empty()).then(|| until.to_string()),
@@ -310,12 +353,17 @@ pub async fn cancel(
 pub struct PruneFields {
     #[serde(default)]
     csrf: String,
-    /// The ids the preview listed as going, comma-separated.
+    /// What the preview listed as going (`ID:CREATED_MS,…`).
     #[serde(default)]
     copies: String,
+    /// The preview's "keep the newest N" (empty: the set's policy on the server).
+    #[serde(default)]
+    keep_last: String,
 }
 
-/// Deletes exactly the copies the preview listed (all of the set), as one job.
+/// Deletes exactly the copies the preview listed, as one job, once the same policy
+/// over the copies as they are now still lists exactly those (a copy deleted or an id
+/// reused since the preview refuses it).
 pub async fn prune(
     State(state): State<Arc<AppState>>,
     signed: Signed,
@@ -325,42 +373,25 @@ pub async fn prune(
     if let Some(refused) = allowed(&signed, &form.csrf, Role::Operator, "Deleting copies") {
         return refused;
     }
-    let ids: Result<Vec<i64>, _> = form
-        .copies
-        .split(',')
-        .filter(|s| !s.trim().is_empty())
-        .map(|s| s.trim().parse::<i64>())
-        .collect();
-    let ids = match ids {
-        Ok(ids) if !ids.is_empty() => ids,
-        _ => {
-            return error_page(
-                StatusCode::BAD_REQUEST,
-                Some(&signed),
-                "No copies to delete were sent; preview again.",
-            )
-        }
+    let keep_last = Some(form.keep_last.trim()).filter(|s| !s.is_empty());
+    let now = match pages::prune_decisions(&state, &host, &set, keep_last).await {
+        Ok(p) => p,
+        Err(r) => return r,
     };
-    // Every copy must be of this set (a stale preview can name one deleted since: the
-    // job then fails with the agent's reason, and nothing else goes).
-    let db = match state.db.get().await {
-        Ok(db) => db,
-        Err(e) => return database(e).into_response(),
-    };
-    for id in &ids {
-        match crate::operators::copy_set(&db, &host, *id).await {
-            Ok(s) if s == set => {}
-            Ok(other) => {
-                return error_page(
-                    StatusCode::BAD_REQUEST,
-                    Some(&signed),
-                    &format!("Copy {id} is of set {other}, not {set}; preview again."),
-                )
-            }
-            Err(_) => return pages::gone(&signed, &host, *id),
-        }
+    let going = pages::going_key(&now.decisions);
+    if now.policy.is_none() || going.is_empty() || going != form.copies {
+        return error_page(
+            StatusCode::CONFLICT,
+            Some(&signed),
+            "The set's copies changed since the preview (or nothing goes now); nothing was deleted. Preview again.",
+        );
     }
-    drop(db);
+    let ids: Vec<i64> = now
+        .decisions
+        .iter()
+        .filter(|d| !d.keep)
+        .map(|d| d.id)
+        .collect();
     match queue_job(
         &state,
         &host,
@@ -371,5 +402,36 @@ pub async fn prune(
     {
         Ok(job) => Redirect::to(&format!("/console/jobs/{}", job.id)).into_response(),
         Err(e) => api_refusal(&signed, e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn a_sign_in_posted_by_another_site_is_told_apart() {
+        assert!(same_origin(&headers(&[("sec-fetch-site", "same-origin")])));
+        assert!(same_origin(&headers(&[("sec-fetch-site", "none")])));
+        assert!(!same_origin(&headers(&[("sec-fetch-site", "cross-site")])));
+        assert!(!same_origin(&headers(&[("sec-fetch-site", "same-site")])));
+        assert!(same_origin(&headers(&[
+            ("origin", "https://backup:8443"),
+            ("host", "backup:8443")
+        ])));
+        assert!(!same_origin(&headers(&[
+            ("origin", "https://evil.example"),
+            ("host", "backup:8443")
+        ])));
+        // A client that says neither (curl, a script) is not a browser another site drives.
+        assert!(same_origin(&headers(&[("host", "backup:8443")])));
     }
 }

@@ -19,6 +19,17 @@ use crate::auth::Role;
 use crate::state::AppState;
 use crate::{admin, database, policies, queue};
 
+/// One path segment, percent-encoded (set names come from agents: a `/`, `?` or `..`
+/// in one must not turn a link or a form into another).
+pub fn seg(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// A page: the layout around `body`.
 pub fn page(title: &str, signed: Option<&Signed>, body: Markup) -> Html<String> {
     Html(
@@ -29,6 +40,8 @@ pub fn page(title: &str, signed: Option<&Signed>, body: Markup) -> Html<String> 
                     meta charset="utf-8";
                     meta name="viewport" content="width=device-width, initial-scale=1";
                     title { (title) " · shadowcopy" }
+                    // htmx's own indicator styles would be inline, which the CSP refuses.
+                    meta name="htmx-config" content=r#"{"includeIndicatorStyles":false}"#;
                     link rel="stylesheet" href="/console/assets/console.css";
                     script src="/console/assets/htmx.min.js" defer {}
                     script src="/console/assets/console.js" defer {}
@@ -353,12 +366,12 @@ pub async fn host(
                         " · retention: " (p.retention.as_ref().map(|r| r.to_string()).unwrap_or_else(|| "the agent's config".into()))
                     }
                     @if signed.can(Role::Operator) && info.state == "enrolled" {
-                        form.inline method="post" action={"/console/hosts/" (host) "/sets/" (set) "/create"} {
+                        form.inline method="post" action={"/console/hosts/" (seg(&host)) "/sets/" (seg(set)) "/create"} {
                             input type="hidden" name="csrf" value=(signed.csrf);
                             button.primary type="submit" { "Create a copy" }
                         }
                         " "
-                        a.restore.prune href={"/console/hosts/" (host) "/sets/" (set) "/prune"} { "Delete old copies…" }
+                        a.restore.prune href={"/console/hosts/" (seg(&host)) "/sets/" (seg(set)) "/prune"} { "Delete old copies…" }
                     }
                     table.dense {
                         thead { tr { th.num { "ID" } th { "Created" } th { "Origin" } th { "State" } th { "Verified" } th.num { "Freeze window" } th.num { "Size" } th {} } }
@@ -679,6 +692,9 @@ pub async fn job_events(
     if let Err(r) = load_job(&state, &signed, id).await {
         return r;
     }
+    // At most two minutes per stream: the browser then asks again, and its session is
+    // checked again.
+    let until = tokio::time::Instant::now() + std::time::Duration::from_secs(120);
     let stream = futures_util::stream::unfold(
         (state, None::<String>, false),
         move |(state, last, finished)| async move {
@@ -686,8 +702,15 @@ pub async fn job_events(
                 return None;
             }
             loop {
+                if tokio::time::Instant::now() >= until {
+                    return None;
+                }
                 let job = match state.db.get().await {
-                    Ok(db) => queue::get(&db, id).await.ok().flatten(),
+                    Ok(db) => match queue::get(&db, id).await {
+                        Ok(None) => return None,
+                        Ok(job) => job,
+                        Err(_) => None,
+                    },
                     Err(_) => None,
                 };
                 if let Some(job) = job {
@@ -732,40 +755,39 @@ pub struct PruneQuery {
     keep_last: Option<String>,
 }
 
-/// What a retention policy would delete of a set, and why each copy stays: the set's
-/// policy on the server, or "keep the newest N" asked for here. Then one button deletes
-/// exactly the copies listed as going.
-pub async fn prune_preview(
-    State(state): State<Arc<AppState>>,
-    signed: Signed,
-    Path((host, set)): Path<(String, String)>,
-    axum::extract::Query(query): axum::extract::Query<PruneQuery>,
-) -> Response {
-    if !signed.can(Role::Operator) {
-        return error_page(
-            StatusCode::FORBIDDEN,
-            Some(&signed),
-            "Deleting copies needs the operator role.",
-        );
-    }
-    let copies: Vec<CopySummary> = match host_copies(&state, &host).await {
-        Ok(c) => c.into_iter().filter(|c| c.set == set).collect(),
-        Err(r) => return r,
-    };
-    let central = match state.db.get().await {
-        Ok(db) => policies::for_host(&db, &host)
-            .await
-            .ok()
-            .and_then(|p| p.sets.into_iter().find(|p| p.set == set))
-            .and_then(|p| p.retention),
-        Err(e) => return database(e).into_response(),
-    };
-    let asked = query
-        .keep_last
-        .as_deref()
-        .map(str::trim)
-        .filter(|s| !s.is_empty());
-    let (policy, source, field_error) = match asked.map(str::parse::<u32>) {
+/// What a retention policy decides for a set's copies: the policy (`keep_last` asked for
+/// on the page, else the set's policy on the server), where it comes from, and a
+/// message for a `keep_last` that is not a number.
+pub struct Prune {
+    pub policy: Option<shadowcopy_engine::RetentionPolicy>,
+    pub source: String,
+    pub field_error: Option<&'static str>,
+    pub decisions: Vec<shadowcopy_engine::Decision>,
+}
+
+/// The decisions the preview shows and the deletion checks again.
+pub async fn prune_decisions(
+    state: &AppState,
+    host: &str,
+    set: &str,
+    keep_last: Option<&str>,
+) -> Result<Prune, Response> {
+    let copies: Vec<CopySummary> = host_copies(state, host)
+        .await?
+        .into_iter()
+        .filter(|c| c.set == set)
+        .collect();
+    let db = state
+        .db
+        .get()
+        .await
+        .map_err(|e| database(e).into_response())?;
+    let central = policies::for_host(&db, host)
+        .await
+        .ok()
+        .and_then(|p| p.sets.into_iter().find(|p| p.set == set))
+        .and_then(|p| p.retention);
+    let (policy, source, field_error) = match keep_last.map(str::parse::<u32>) {
         Some(Ok(n)) if n >= 1 => (
             Some(shadowcopy_engine::RetentionPolicy {
                 keep_last: Some(n),
@@ -792,14 +814,64 @@ pub async fn prune_preview(
         .as_ref()
         .map(|p| shadowcopy_engine::retention::decide(&copies, p, None, &chrono::Utc))
         .unwrap_or_default();
+    Ok(Prune {
+        policy,
+        source,
+        field_error,
+        decisions,
+    })
+}
+
+/// The copies that go, as `ID:CREATED_MS` joined by commas: what the deletion form
+/// carries and must match again (an id reused since would not).
+pub fn going_key(decisions: &[shadowcopy_engine::Decision]) -> String {
+    decisions
+        .iter()
+        .filter(|d| !d.keep)
+        .map(|d| format!("{}:{}", d.id, d.created_ms))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// What a retention policy would delete of a set, and why each copy stays: the set's
+/// policy on the server, or "keep the newest N" asked for here. Then one button deletes
+/// exactly the copies listed as going.
+pub async fn prune_preview(
+    State(state): State<Arc<AppState>>,
+    signed: Signed,
+    Path((host, set)): Path<(String, String)>,
+    axum::extract::Query(query): axum::extract::Query<PruneQuery>,
+) -> Response {
+    if !signed.can(Role::Operator) {
+        return error_page(
+            StatusCode::FORBIDDEN,
+            Some(&signed),
+            "Deleting copies needs the operator role.",
+        );
+    }
+    let asked = query
+        .keep_last
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty());
+    let Prune {
+        policy,
+        source,
+        field_error,
+        decisions,
+    } = match prune_decisions(&state, &host, &set, asked).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
     let going: Vec<i64> = decisions.iter().filter(|d| !d.keep).map(|d| d.id).collect();
+    let going_key = going_key(&decisions);
     let status = if field_error.is_some() {
         StatusCode::BAD_REQUEST
     } else {
         StatusCode::OK
     };
     let body = html! {
-        form.inline method="get" action={"/console/hosts/" (host) "/sets/" (set) "/prune"} {
+        form.inline method="get" action={"/console/hosts/" (seg(&host)) "/sets/" (seg(&set)) "/prune"} {
             label { "Keep the newest " input type="text" name="keep_last" size="4" value=(asked.unwrap_or("")) inputmode="numeric"; " copies" }
             " " button type="submit" { "Preview" }
             @if let Some(e) = field_error { p.field-error role="alert" { (e) } }
@@ -825,9 +897,10 @@ pub async fn prune_preview(
             @if going.is_empty() {
                 p { "Nothing would go." }
             } @else {
-                form.inline method="post" action={"/console/hosts/" (host) "/sets/" (set) "/prune"} data-confirm="Delete these copies on the host? This cannot be undone." {
+                form.inline method="post" action={"/console/hosts/" (seg(&host)) "/sets/" (seg(&set)) "/prune"} data-confirm="Delete these copies on the host? This cannot be undone." {
                     input type="hidden" name="csrf" value=(signed.csrf);
-                    input type="hidden" name="copies" value=(going.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(","));
+                    input type="hidden" name="copies" value=(going_key);
+                    input type="hidden" name="keep_last" value=(asked.unwrap_or(""));
                     button.danger type="submit" {
                         @if going.len() == 1 { "Delete the copy that goes" }
                         @else { "Delete the " (going.len()) " copies that go" }

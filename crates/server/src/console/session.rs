@@ -76,8 +76,21 @@ impl FromRequestParts<Arc<AppState>> for Signed {
         parts: &mut Parts,
         state: &Arc<AppState>,
     ) -> Result<Self, Response> {
+        // A partial refresh (htmx) of a page whose session has ended: the whole page
+        // goes to the sign-in, rather than the sign-in page into a table.
+        let refused = || {
+            if parts.headers.contains_key("hx-request") {
+                (
+                    StatusCode::UNAUTHORIZED,
+                    [("hx-redirect", "/console/signin")],
+                )
+                    .into_response()
+            } else {
+                SignIn.into_response()
+            }
+        };
         let Some(id) = session_id(parts) else {
-            return Err(SignIn.into_response());
+            return Err(refused());
         };
         let db = state
             .db
@@ -94,7 +107,7 @@ impl FromRequestParts<Arc<AppState>> for Signed {
             .await
             .map_err(|e| database(e).into_response())?;
         let Some(row) = row else {
-            return Err(SignIn.into_response());
+            return Err(refused());
         };
         let role: String = row.get(1);
         Ok(Signed {
