@@ -1,8 +1,10 @@
 //! The routes agents call: `/v1/enroll` (with a one-time token, no certificate yet),
 //! and under `/v1/agent/` with the certificate the server signed: `sync` (the outbox's
 //! copy changes), `jobs/next` (a long poll for the host's next job), `jobs/open` (what
-//! a returning agent must see through), `jobs/{id}/heartbeat` and `jobs/{id}/finish`.
-//! Each acts on the caller's own host only: a job of another host is "not found".
+//! a returning agent must see through), `jobs/{id}/heartbeat` (with the progress) and
+//! `jobs/{id}/finish`, `policies` (its schedules and retention), `renew` (a new
+//! certificate). Each acts on the caller's own host only: a job of another host is "not
+//! found".
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -152,6 +152,17 @@ async fn post_status(c: &Client, path: &str, body: &str) -> u64 {
     v.as_u64().unwrap_or(0)
 }
 
+/// The session's CSRF token, from the sign-out form every page has.
+async fn csrf_of(c: &Client) -> String {
+    c.find(Locator::Css("form.signout input[name=csrf]"))
+        .await
+        .unwrap()
+        .attr("value")
+        .await
+        .unwrap()
+        .unwrap()
+}
+
 fn make_user(central: &Central, name: &str, role: &str, password: &str) {
     use std::io::Write;
     let mut child = central
@@ -392,14 +403,7 @@ fn the_console_creates_and_restores_a_copy_in_a_real_browser() {
 
         // A deletion whose list is not what the policy lists now (a stale preview, a
         // forged form) is refused, nothing deleted.
-        let csrf = c
-            .find(Locator::Css("form.signout input[name=csrf]"))
-            .await
-            .unwrap()
-            .attr("value")
-            .await
-            .unwrap()
-            .unwrap();
+        let csrf = csrf_of(&c).await;
         let before = host.local_copies().len();
         let status = post_status(
             &c,
@@ -446,14 +450,7 @@ fn the_console_creates_and_restores_a_copy_in_a_real_browser() {
             c.find(Locator::Css("button.primary")).await.is_err(),
             "a viewer sees Create"
         );
-        let csrf = c
-            .find(Locator::Css("form.signout input[name=csrf]"))
-            .await
-            .unwrap()
-            .attr("value")
-            .await
-            .unwrap()
-            .unwrap();
+        let csrf = csrf_of(&c).await;
         let status = post_status(
             &c,
             &format!("/console/hosts/web1/copies/{copy_id}/restore"),

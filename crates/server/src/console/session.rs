@@ -46,20 +46,6 @@ impl Signed {
     }
 }
 
-fn session_id(parts: &Parts) -> Option<String> {
-    parts
-        .headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|c| {
-            c.trim()
-                .strip_prefix(&format!("{COOKIE}="))
-                .map(str::to_string)
-        })
-}
-
 /// Not signed in: to the sign-in page.
 pub struct SignIn;
 
@@ -89,7 +75,7 @@ impl FromRequestParts<Arc<AppState>> for Signed {
                 SignIn.into_response()
             }
         };
-        let Some(id) = session_id(parts) else {
+        let Some(id) = request_session(&parts.headers) else {
             return Err(refused());
         };
         let db = state
