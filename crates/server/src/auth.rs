@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use shadowcopy_agent::api::ApiError;
 use shadowcopy_agent::link::identity::{sha256, Token, OPERATOR_PREFIX};
 
+use crate::database;
 use crate::listen::PeerCertificate;
 use crate::state::AppState;
 
@@ -92,15 +93,6 @@ fn peer(parts: &Parts) -> String {
         .get::<SocketAddr>()
         .map(|a| a.to_string())
         .unwrap_or_else(|| "?".into())
-}
-
-fn database(e: impl std::fmt::Display) -> ApiError {
-    tracing::error!("the central catalog cannot be read: {e}");
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        1,
-        "the central catalog cannot be reached; try again",
-    )
 }
 
 impl FromRequestParts<Arc<AppState>> for AgentCaller {

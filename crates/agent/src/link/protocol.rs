@@ -202,3 +202,15 @@ pub struct HostInfo {
     /// Jobs waiting for the host (queued, claimed or running).
     pub open_jobs: i64,
 }
+
+/// One path segment of a server URL, percent-encoded: everything but letters, digits and
+/// `-_~` (so a name with `/`, `?`, `#` or `..` stays one segment, in the CLI's calls and in
+/// the console's links alike).
+pub fn path_segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

@@ -3,10 +3,10 @@
 //! its next sync, keeps them, and runs by them also while the server is unreachable.
 
 use clap::{Args, Subcommand};
-use shadowcopy_agent::link::protocol::{HostPolicy, SetPolicy};
+use shadowcopy_agent::link::protocol::{path_segment as encode, HostPolicy, SetPolicy};
 use shadowcopy_engine::{HumanDuration, RetentionPolicy};
 
-use crate::commands::remote::{self, block, encode, CALL_TIMEOUT};
+use crate::commands::remote::{self, block, CALL_TIMEOUT};
 use crate::output::local_time;
 use crate::GlobalArgs;
 

@@ -9,7 +9,7 @@ use clap::Args;
 use shadowcopy_agent::job::JobRequest;
 use shadowcopy_agent::link::https::{ServerClient, Unreachable};
 use shadowcopy_agent::link::identity::operator_client;
-use shadowcopy_agent::link::protocol::{HostInfo, ServerJob, SubmitJob};
+use shadowcopy_agent::link::protocol::{path_segment as encode, HostInfo, ServerJob, SubmitJob};
 use shadowcopy_catalog::CopySummary;
 use shadowcopy_engine::error::WaitExceeded;
 use shadowcopy_engine::{UsageError, WaitOptions};
@@ -130,18 +130,6 @@ pub fn copies(
         path.push_str(&format!("?set={}", encode(set)));
     }
     block(client.json("GET", &path, None::<&()>, CALL_TIMEOUT))
-}
-
-/// Percent-encodes what goes into a path or query.
-pub fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// Queues `request` for `host` and, unless told not to wait, follows it to its end

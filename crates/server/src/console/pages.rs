@@ -11,24 +11,13 @@ use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use maud::{html, Markup, DOCTYPE};
-use shadowcopy_agent::link::protocol::{HostInfo, ServerJob, SetPolicy};
+use shadowcopy_agent::link::protocol::{path_segment as seg, HostInfo, ServerJob, SetPolicy};
 use shadowcopy_catalog::CopySummary;
 
 use super::session::Signed;
 use crate::auth::Role;
 use crate::state::AppState;
 use crate::{admin, database, policies, queue};
-
-/// One path segment, percent-encoded (set names come from agents: a `/`, `?` or `..`
-/// in one must not turn a link or a form into another).
-pub fn seg(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
 
 /// A page: the layout around `body`.
 pub fn page(title: &str, signed: Option<&Signed>, body: Markup) -> Html<String> {
