@@ -349,8 +349,11 @@ pub async fn revoke_token(
     Ok(())
 }
 
-/// Every host, with its copies and open jobs.
-pub async fn hosts(db: &impl GenericClient) -> Result<Vec<HostInfo>, tokio_postgres::Error> {
+/// Every host (or `only` the one named), with its copies and open jobs.
+pub async fn hosts(
+    db: &impl GenericClient,
+    only: Option<&str>,
+) -> Result<Vec<HostInfo>, tokio_postgres::Error> {
     let rows = db
         .query(
             "SELECT h.name,
@@ -362,8 +365,8 @@ pub async fn hosts(db: &impl GenericClient) -> Result<Vec<HostInfo>, tokio_postg
                     (SELECT MAX(created_ms) FROM copies c WHERE c.host = h.name AND c.state = 'usable'),
                     (SELECT COUNT(*) FROM jobs j WHERE j.host = h.name
                         AND j.state IN ('queued', 'claimed', 'running'))
-               FROM hosts h ORDER BY h.name",
-            &[],
+               FROM hosts h WHERE ($1::text IS NULL OR h.name = $1) ORDER BY h.name",
+            &[&only],
         )
         .await?;
     Ok(rows

@@ -26,7 +26,7 @@ pub async fn hosts(
 ) -> Result<Json<Vec<HostInfo>>, ApiError> {
     caller.require(Role::Viewer, "listing hosts")?;
     let db = state.db.get().await.map_err(database)?;
-    Ok(Json(admin::hosts(&db).await.map_err(database)?))
+    Ok(Json(admin::hosts(&db, None).await.map_err(database)?))
 }
 
 #[derive(Deserialize)]

@@ -184,7 +184,7 @@ async fn host_info(state: &AppState, signed: &Signed, host: &str) -> Result<Host
         .get()
         .await
         .map_err(|e| database(e).into_response())?;
-    let hosts = admin::hosts(&db)
+    let hosts = admin::hosts(&db, Some(host))
         .await
         .map_err(|e| database(e).into_response())?;
     hosts.into_iter().find(|h| h.name == host).ok_or_else(|| {
@@ -225,7 +225,7 @@ pub async fn hosts(State(state): State<Arc<AppState>>, signed: Signed) -> Respon
         Ok(db) => db,
         Err(e) => return database(e).into_response(),
     };
-    let hosts = match admin::hosts(&db).await {
+    let hosts = match admin::hosts(&db, None).await {
         Ok(h) => h,
         Err(e) => return database(e).into_response(),
     };
