@@ -100,12 +100,7 @@ async fn sign_in(c: &Client, base: &str, name: &str, password: &str) {
         .send_keys(password)
         .await
         .unwrap();
-    c.find(Locator::Css("form.signin button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(c, "form.signin button").await;
     if c.wait()
         .for_element(Locator::Css("span.who"))
         .await
@@ -150,6 +145,28 @@ async fn post_status(c: &Client, path: &str, body: &str) -> u64 {
         .await
         .unwrap();
     v.as_u64().unwrap_or(0)
+}
+
+/// Clicks the element `css` names, once it is there.
+async fn click(c: &Client, css: &str) {
+    c.wait()
+        .for_element(Locator::Css(css))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
+/// The text of the element `css` names, once it is there.
+async fn text(c: &Client, css: &str) -> String {
+    c.wait()
+        .for_element(Locator::Css(css))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
 }
 
 /// The session's CSRF token, from the sign-out form every page has.
@@ -226,20 +243,8 @@ fn the_console_creates_and_restores_a_copy_in_a_real_browser() {
             .send_keys("wrong")
             .await
             .unwrap();
-        c.find(Locator::Css("form.signin button"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
-        let error = c
-            .wait()
-            .for_element(Locator::Css(".field-error"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        click(&c, "form.signin button").await;
+        let error = text(&c, ".field-error").await;
         assert!(error.contains("wrong"), "{error}");
 
         sign_in(&c, &base, "ada", "a long enough passphrase").await;
@@ -252,13 +257,7 @@ fn the_console_creates_and_restores_a_copy_in_a_real_browser() {
         row.click().await.unwrap();
 
         // Create a copy: one button, the job page follows it to its end.
-        c.wait()
-            .for_element(Locator::Css("button.primary"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        click(&c, "button.primary").await;
         c.wait()
             .for_element(Locator::Css("#job-state"))
             .await
@@ -310,33 +309,11 @@ fn the_console_creates_and_restores_a_copy_in_a_real_browser() {
             .unwrap();
         shot(&c, &shots, "restore").await;
         // Without the confirmation: refused, the reason beside the box, nothing queued.
-        c.find(Locator::Css("form.restore button.danger"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
-        let why = c
-            .wait()
-            .for_element(Locator::Css(".field-error"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        click(&c, "form.restore button.danger").await;
+        let why = text(&c, ".field-error").await;
         assert!(why.contains("confirm"), "{why}");
-        c.find(Locator::Css("input[name=confirm]"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
-        c.find(Locator::Css("form.restore button.danger"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        click(&c, "input[name=confirm]").await;
+        click(&c, "form.restore button.danger").await;
         c.wait()
             .for_element(Locator::Css("#job-state"))
             .await
@@ -347,13 +324,7 @@ fn the_console_creates_and_restores_a_copy_in_a_real_browser() {
         // Old copies: a second copy, then the preview of "keep the newest 1" (the first
         // copy goes; the pre-restore copy stays, with its reason), then delete.
         c.goto(&format!("{base}/console/hosts/web1")).await.unwrap();
-        c.wait()
-            .for_element(Locator::Css("button.primary"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        click(&c, "button.primary").await;
         c.wait()
             .for_element(Locator::Css("#job-state"))
             .await
@@ -384,12 +355,7 @@ fn the_console_creates_and_restores_a_copy_in_a_real_browser() {
             .unwrap();
         assert_eq!(gone_id, copy_id, "the older created copy goes");
         shot(&c, &shots, "prune").await;
-        c.find(Locator::Css("form button.danger"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        click(&c, "form button.danger").await;
         c.accept_alert().await.unwrap();
         c.wait()
             .for_element(Locator::Css("#job-state"))
@@ -420,14 +386,7 @@ fn the_console_creates_and_restores_a_copy_in_a_real_browser() {
         ))
         .await
         .unwrap();
-        let gone = c
-            .wait()
-            .for_element(Locator::Css("p.error"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let gone = text(&c, "p.error").await;
         assert!(gone.contains(&format!("no copy {copy_id}")), "{gone}");
 
         // A form without its CSRF token is refused.
