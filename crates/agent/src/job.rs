@@ -31,7 +31,8 @@ pub enum JobRequest {
         full: bool,
     },
     /// Restore a copy in place (the current state kept as a pre-restore copy unless
-    /// `discard_current`). Restoring elsewhere (`--to`) is for the CLI, as root.
+    /// `discard_current`), or into `to`, a new directory in the agent's restore area
+    /// ([`restore_area`]: only there, since the agent writes as root what the copy holds).
     Restore {
         copy: i64,
         /// Restore even while the data is held open, or from a copy that failed
@@ -48,6 +49,10 @@ pub enum JobRequest {
         /// With `roll-forward`: where replay stops (as `restore --until`).
         #[serde(default)]
         until: Option<String>,
+        /// Restore into this directory, below the agent's restore area, instead of in place.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schema(value_type = Option<String>)]
+        to: Option<std::path::PathBuf>,
     },
     /// Delete these copies.
     Delete { copies: Vec<i64> },
@@ -120,7 +125,18 @@ impl JobRequest {
                 "say which copy to verify: `copy` (an id) or `set` (its newest usable copy)",
             )
             .into()),
-            JobRequest::Restore { .. } => engine.check_restore(&self.restore_options()),
+            JobRequest::Restore { to, mode, .. } => {
+                if let Some(to) = to {
+                    if *mode == Mode::RollForward {
+                        return Err(UsageError::new(
+                            "a roll-forward restores in place (it replays the server's own logs); leave out `to`, or restore point-in-time into the directory",
+                        )
+                        .into());
+                    }
+                    check_restore_to(engine, to)?;
+                }
+                engine.check_restore(&self.restore_options())
+            }
             JobRequest::Push { copy } => {
                 let set = engine.check_verify(*copy)?;
                 engine.archive_url(None, Some(&set))?;
@@ -173,7 +189,9 @@ impl JobRequest {
                 discard_current,
                 mode,
                 until,
+                to,
             } => RestoreOptions {
+                to: to.clone(),
                 force: *force,
                 accept_failed_verification: *accept_failed_verification,
                 discard_current: *discard_current,
@@ -184,6 +202,72 @@ impl JobRequest {
             _ => unreachable!("restore options of a {} job", self.kind()),
         }
     }
+}
+
+/// Where a job may restore into a directory: `restores/` in the agent's catalog
+/// directory, made private (0700) when missing. Nobody but root can plant anything
+/// there, and nothing outside it is written by a restore asked for over the network.
+pub fn restore_area(engine: &Engine) -> std::path::PathBuf {
+    engine.catalog_dir.join("restores")
+}
+
+/// Refuses a `to` that is not a new directory directly in [`restore_area`] (given
+/// absolute, without `..`), and makes the area when missing.
+fn check_restore_to(engine: &Engine, to: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    use std::path::Component;
+    let area = restore_area(engine);
+    let plain = to
+        .components()
+        .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
+    // One level only: deeper, a symlink an earlier restore recreated could lead out.
+    let in_area = to.parent() == Some(area.as_path());
+    if !to.is_absolute() || !plain || !in_area {
+        return Err(UsageError::new(format!(
+            "`to` must be a new directory directly in the agent's restore area {} (such as {}/NAME), given absolute, without `..`; got {}",
+            area.display(),
+            area.display(),
+            to.display()
+        ))
+        .into());
+    }
+    if std::fs::symlink_metadata(to).is_ok() {
+        return Err(UsageError::new(format!(
+            "{} exists already: restore into a new directory (another name)",
+            to.display()
+        ))
+        .into());
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(&area) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            use std::os::unix::fs::MetadataExt;
+            let meta = std::fs::symlink_metadata(&area)?;
+            if !meta.is_dir() || meta.uid() != rustix::process::geteuid().as_raw() {
+                return Err(anyhow::anyhow!(
+                    "the restore area {} is not a directory of the agent's own; remove it and the agent makes it again",
+                    area.display()
+                ));
+            }
+            std::fs::set_permissions(&area, std::fs::Permissions::from_mode(0o700))?;
+        }
+        Err(e) => {
+            return Err(anyhow::Error::new(e)
+                .context(format!("cannot make the restore area {}", area.display())))
+        }
+    }
+    Ok(())
+}
+
+/// Checks `to` again as the job starts (another restore may have taken the name since
+/// it was queued) and makes it, exclusively, so two restores never share a directory.
+fn claim_restore_dir(engine: &Engine, to: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    check_restore_to(engine, to)?;
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(to)
+        .map_err(|e| anyhow::Error::new(e).context(format!("cannot make {}", to.display())))
 }
 
 /// How a job ended: ok or not, the copy it made, verified or restored, a line on what
@@ -240,8 +324,10 @@ pub fn run(engine: &Engine, request: &JobRequest, progress: Arc<JobProgress>) ->
                 outcome.into_result()?;
                 Ok((Some(id), line))
             }),
-        JobRequest::Restore { copy, .. } => engine
-            .restore(&request.restore_options(), &wait, progress)
+        JobRequest::Restore { copy, to, .. } => to
+            .as_deref()
+            .map_or(Ok(()), |to| claim_restore_dir(engine, to))
+            .and_then(|()| engine.restore(&request.restore_options(), &wait, progress))
             .map(|r| {
                 (
                     Some(*copy),
@@ -373,13 +459,58 @@ mod tests {
                 ..
             }
         ));
-        let e = serde_json::from_str::<JobRequest>(r#"{"kind":"restore","copy":7,"to":"/etc"}"#)
+        let e = serde_json::from_str::<JobRequest>(r#"{"kind":"restore","copy":7,"into":"/etc"}"#)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("unknown field `to`"), "{e}");
+        assert!(e.contains("unknown field `into`"), "{e}");
         let e = serde_json::from_str::<JobRequest>(r#"{"kind":"format-disk"}"#)
             .unwrap_err()
             .to_string();
         assert!(e.contains("unknown variant `format-disk`"), "{e}");
+    }
+
+    #[test]
+    fn a_restore_into_a_directory_stays_in_the_agent_restore_area() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine {
+            config: Default::default(),
+            catalog_dir: dir.path().join("catalog"),
+        };
+        std::fs::create_dir(&engine.catalog_dir).unwrap();
+        let area = restore_area(&engine);
+        let refused = |to: std::path::PathBuf| {
+            let e = check_restore_to(&engine, &to).unwrap_err();
+            assert!(
+                e.downcast_ref::<UsageError>().is_some(),
+                "{}: {e:#}",
+                to.display()
+            );
+            format!("{e:#}")
+        };
+        for outside in [
+            std::path::PathBuf::from("/etc/cron.d"),
+            area.clone(),
+            area.join("../escape"),
+            area.join("x/../../escape"),
+            area.join("x/deeper"),
+            std::path::PathBuf::from("restores/x"),
+            dir.path().join("catalog/restoresX/y"),
+        ] {
+            let e = refused(outside);
+            assert!(e.contains("restore area"), "{e}");
+        }
+        assert!(!area.exists(), "nothing made for a refused directory");
+        check_restore_to(&engine, &area.join("check1")).unwrap();
+        let mode = std::fs::metadata(&area).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "the area is private");
+        std::fs::create_dir(area.join("check1")).unwrap();
+        let e = refused(area.join("check1"));
+        assert!(e.contains("exists already"), "{e}");
+        // An area that is a symlink (planted before the agent made it) is refused.
+        std::fs::remove_dir_all(&area).unwrap();
+        std::os::unix::fs::symlink("/etc", &area).unwrap();
+        let e = check_restore_to(&engine, &area.join("x")).unwrap_err();
+        assert!(format!("{e:#}").contains("not a directory"), "{e:#}");
     }
 }

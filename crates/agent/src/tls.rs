@@ -126,6 +126,8 @@ impl TlsListen {
                     continue;
                 }
             };
+            // Answers are small and written in pieces: no Nagle delay waiting for an ACK.
+            let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let app = app.clone();
             tokio::spawn(async move {

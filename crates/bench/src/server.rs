@@ -16,7 +16,9 @@
 //!    workload), enrolled fresh: the time until the server lists every copy, the agent's
 //!    and the server's CPU meanwhile; then the linked agent's CPU and memory over
 //!    `--idle-seconds` with nothing to do (the cost of being managed, against the
-//!    standalone agent's in the agent workload).
+//!    standalone agent's in the agent workload). Then the web console's pages over that
+//!    host (its set of `--copies` copies), each fetched `--page-runs` times by curl with a
+//!    signed-in session: the time to the last byte (median, p95) and the page's size.
 //!
 //! This is a measurement, not a test: nothing asserts on time. It fails when the server
 //! or an agent does not start, a call fails, or a job is not claimed.
@@ -68,6 +70,9 @@ pub struct ServerArgs {
     /// The shadowcopy binary [default: `shadowcopy` beside this binary]
     #[arg(long, value_name = "PATH")]
     shadowcopy: Option<PathBuf>,
+    /// How many times each console page is fetched in the sync part
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    page_runs: u32,
     /// Where the catalogs go [default: $TMPDIR]
     #[arg(long, value_name = "DIR")]
     dir: Option<PathBuf>,
@@ -463,6 +468,7 @@ fn sync(args: &ServerArgs, bin: &Path) -> anyhow::Result<String> {
     let synced = started.elapsed();
     let (s1, p1) = central.ticks();
     let a1 = cpu(agent.pid())?.ticks;
+    let pages = console_pages(&central, bin, args.page_runs)?;
     let after_sync = mem(agent.pid())?;
     eprintln!(
         "  synced in {}; the linked agent idle {} s ...",
@@ -478,7 +484,7 @@ fn sync(args: &ServerArgs, bin: &Path) -> anyhow::Result<String> {
     let tck = clock_ticks() as f64;
     Ok(format!(
         "**Catalog sync and the cost of being managed** (a real agent whose catalog holds {copies} copies enrolls; \
-         its outbox goes in batches of 500)\n\n\
+         its outbox goes in batches of 200, each copy with its phases, verifications, components and largest files)\n\n\
          | | |\n|---|---:|\n\
          | start to every copy listed by the server | {synced} |\n\
          | agent CPU from its start (enrolment included) | {ac:.2} s |\n\
@@ -494,5 +500,117 @@ fn sync(args: &ServerArgs, bin: &Path) -> anyhow::Result<String> {
         ai = percent(a2.ticks - a1, idle_s),
         m0 = mib(after_sync.rss),
         m1 = mib(after_idle.rss),
-    ))
+    ) + &pages)
+}
+
+/// Each console page over the synced host, fetched `runs` times by curl with a signed-in
+/// session (a fresh TLS connection each time, as a browser's first visit): a table of
+/// the median and p95 time to the last byte, and the size.
+fn console_pages(central: &Central, bin: &Path, runs: u32) -> anyhow::Result<String> {
+    use std::io::Write;
+    let state = central._work.path().join("state");
+    let password = "a bench passphrase, long enough";
+    let mut child = Command::new(bin)
+        .args([
+            "server", "user", "create", "bench-ui", "--role", "admin", "--state",
+        ])
+        .arg(&state)
+        .env("SHADOWCOPY_SERVER_DATABASE", central.pg.url())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    writeln!(child.stdin.take().context("stdin")?, "{password}")?;
+    let out = child.wait_with_output()?;
+    ensure!(
+        out.status.success(),
+        "user create: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let jar = central._work.path().join("cookies");
+    let signed_in = Command::new("curl")
+        .args(["-k", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-c"])
+        .arg(&jar)
+        .args([
+            "--data-urlencode",
+            "name=bench-ui",
+            "--data-urlencode",
+            &format!("password={password}"),
+            &format!("{}/console/signin", central.url),
+        ])
+        .output()
+        .context("curl (apt-get install curl)")?;
+    ensure!(
+        String::from_utf8_lossy(&signed_in.stdout) == "303",
+        "the console sign-in answered {}",
+        String::from_utf8_lossy(&signed_in.stdout)
+    );
+    // The newest copy, and one in the middle of the set.
+    let newest: i64 = central
+        .pg
+        .psql("SELECT max(copy_id) FROM copies WHERE host = 'real-agent'")
+        .trim()
+        .parse()?;
+    let pages = [
+        ("hosts", "/console/hosts".to_string()),
+        ("a host", "/console/hosts/real-agent".to_string()),
+        (
+            "a set (newest 100 copies)",
+            "/console/hosts/real-agent/sets/bank".to_string(),
+        ),
+        (
+            "a set, a page of older copies",
+            format!("/console/hosts/real-agent/sets/bank?before={}", newest / 2),
+        ),
+        (
+            "a copy",
+            format!("/console/hosts/real-agent/copies/{newest}"),
+        ),
+        (
+            "the restore form",
+            format!("/console/hosts/real-agent/copies/{newest}/restore"),
+        ),
+        (
+            "delete old copies: keep the newest 10 (decides over every copy)",
+            "/console/hosts/real-agent/sets/bank/prune?keep_last=10".to_string(),
+        ),
+        ("jobs", "/console/jobs".to_string()),
+    ];
+    eprintln!("  the console's pages, {runs} times each ...");
+    let mut table = String::from(
+        "\n**The web console over that host** (curl, signed in, a new TLS connection per request)\n\n\
+         | page | median | p95 | size |\n|---|---:|---:|---:|\n",
+    );
+    for (name, path) in pages {
+        let mut times = Vec::new();
+        let mut size: u64 = 0;
+        for _ in 0..runs {
+            let out = Command::new("curl")
+                .args([
+                    "-k",
+                    "-s",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code} %{time_total} %{size_download}",
+                    "-b",
+                ])
+                .arg(&jar)
+                .arg(format!("{}{path}", central.url))
+                .output()?;
+            let line = String::from_utf8_lossy(&out.stdout).into_owned();
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            ensure!(fields.first() == Some(&"200"), "{path} answered {line}");
+            times.push(Duration::from_secs_f64(fields[1].parse()?));
+            size = fields[2].parse()?;
+        }
+        times.sort();
+        table.push_str(&format!(
+            "| {name} | {} | {} | {:.0} KiB |\n",
+            human(percentile(&times, 50.0)),
+            human(percentile(&times, 95.0)),
+            size as f64 / 1024.0
+        ));
+    }
+    Ok(table)
 }

@@ -47,7 +47,7 @@ pub use jobs::JobRecord;
 pub use leaf_hashes::LeafBase;
 pub use outbox::CopyChange;
 pub use queries::{
-    CopyDetail, CopySummary, NewestCopy, PhaseRecord, SetTotals, VerificationRecord,
+    CopyDetail, CopyFacts, CopySummary, NewestCopy, PhaseRecord, SetTotals, VerificationRecord,
 };
 pub use queue::{QueueError, QueueGuard, QueueHolder, Wait};
 pub use recovery::{ProviderFor, Recovered};

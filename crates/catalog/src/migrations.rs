@@ -208,6 +208,9 @@ const MIGRATIONS: &[&str] = &[
         WHEN EXISTS (SELECT 1 FROM outbox_link)
         BEGIN INSERT OR REPLACE INTO outbox (copy_id) VALUES (OLD.id); END;
     ",
+    // 11: a copy's verifications found by its id (`show`, what the outbox sends, and the
+    // cascade when a copy is deleted read them per copy).
+    "CREATE INDEX verifications_by_copy ON verifications(copy_id, at_ms);",
 ];
 
 /// How many migrations a catalog at schema version `found` lacks, or `Err(known)` when

@@ -12,7 +12,7 @@ use rusqlite::params;
 use serde::{Deserialize, Serialize};
 use shadowcopy_core::model::CopyId;
 
-use crate::{Catalog, CatalogError, CopySummary};
+use crate::{Catalog, CatalogError, CopyFacts, CopySummary};
 
 /// One copy's newest change.
 #[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
@@ -22,6 +22,9 @@ pub struct CopyChange {
     pub copy_id: CopyId,
     /// The copy now; absent when it was deleted.
     pub copy: Option<CopySummary>,
+    /// Its phases, verifications, components and largest files (absent when deleted).
+    #[serde(default)]
+    pub facts: Option<CopyFacts>,
 }
 
 impl Catalog {
@@ -38,12 +41,17 @@ impl Catalog {
         };
         let mut changes = Vec::with_capacity(rows.len());
         for (seq, copy_id) in rows {
-            let copy = match self.summary(copy_id) {
-                Ok(copy) => Some(copy),
-                Err(CatalogError::NoSuchCopy(_)) => None,
+            let (copy, facts) = match self.summary(copy_id) {
+                Ok(copy) => (Some(copy), Some(self.facts(copy_id)?)),
+                Err(CatalogError::NoSuchCopy(_)) => (None, None),
                 Err(e) => return Err(e),
             };
-            changes.push(CopyChange { seq, copy_id, copy });
+            changes.push(CopyChange {
+                seq,
+                copy_id,
+                copy,
+                facts,
+            });
         }
         Ok(changes)
     }

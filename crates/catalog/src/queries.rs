@@ -38,7 +38,7 @@ pub struct CopySummary {
     pub spec_json: String,
 }
 
-#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PhaseRecord {
     pub phase: String,
     pub started_ms: i64,
@@ -46,7 +46,7 @@ pub struct PhaseRecord {
     pub error: Option<String>,
 }
 
-#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct VerificationRecord {
     pub at_ms: i64,
     pub ok: bool,
@@ -54,8 +54,55 @@ pub struct VerificationRecord {
     pub detail: String,
     /// The verified copy whose shared blocks it did not read again (absent: it read
     /// everything).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base: Option<i64>,
+}
+
+/// How many of a copy's verifications, largest files and components [`CopyFacts`]
+/// carries, and the longest text (an error, a verification's detail) it keeps whole:
+/// a change stays a few KiB however big the copy.
+pub const FACTS_VERIFICATIONS: usize = 5;
+pub const FACTS_FILES: usize = 10;
+pub const FACTS_COMPONENTS: usize = 50;
+pub const FACTS_TEXT: usize = 2000;
+
+/// A manifest row: `path, size, mode, mtime_ns, blake3`.
+fn file_entry(r: &Row) -> rusqlite::Result<FileEntry> {
+    Ok(FileEntry {
+        path: paths::from_row(r, 0)?,
+        size: r.get::<_, i64>(1)? as u64,
+        mode: r.get(2)?,
+        mtime_ns: r.get(3)?,
+        blake3: r.get(4)?,
+    })
+}
+
+/// Cuts `text` to at most `max` bytes (on a character boundary), saying so.
+fn truncate_text(text: &mut String, max: usize) {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push_str(" … (cut; `shadowcopy show` on the host has it whole)");
+    }
+}
+
+/// What a backup server keeps of a copy beyond its [`CopySummary`], for its console:
+/// the phases with their timings, the newest verifications, what each writer reported,
+/// and the largest files (a whole manifest stays in the host's catalog: `show --files`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CopyFacts {
+    pub phases: Vec<PhaseRecord>,
+    pub verifications: Vec<VerificationRecord>,
+    /// The first [`FACTS_COMPONENTS`] of `components_total`.
+    #[schema(value_type = Vec<Object>)]
+    pub components: Vec<Component>,
+    #[serde(default)]
+    pub components_total: usize,
+    #[schema(value_type = Vec<Object>)]
+    pub largest_files: Vec<FileEntry>,
 }
 
 /// Everything the catalog knows of one copy.
@@ -286,34 +333,8 @@ impl Catalog {
     pub fn detail(&self, id: CopyId) -> Result<CopyDetail, CatalogError> {
         let summary = self.summary(id)?;
         let spec = serde_json::from_str(&summary.spec_json).unwrap_or(serde_json::Value::Null);
-        let mut stmt = self.conn.prepare(
-            "SELECT phase, started_ms, took_us, error FROM phases WHERE copy_id = ?1 ORDER BY seq",
-        )?;
-        let phases = stmt
-            .query_map([id], |r| {
-                Ok(PhaseRecord {
-                    phase: r.get(0)?,
-                    started_ms: r.get(1)?,
-                    took_us: r.get(2)?,
-                    error: r.get(3)?,
-                })
-            })?
-            .collect::<Result<_, _>>()?;
-        let mut stmt = self.conn.prepare(
-            "SELECT at_ms, ok, took_us, detail, base_copy_id FROM verifications WHERE copy_id = ?1
-             ORDER BY at_ms",
-        )?;
-        let verifications = stmt
-            .query_map([id], |r| {
-                Ok(VerificationRecord {
-                    at_ms: r.get(0)?,
-                    ok: r.get(1)?,
-                    took_us: r.get(2)?,
-                    detail: r.get(3)?,
-                    base: r.get(4)?,
-                })
-            })?
-            .collect::<Result<_, _>>()?;
+        let phases = self.phases(id)?;
+        let verifications = self.verifications(id)?;
         Ok(CopyDetail {
             components: self.components(id)?,
             manifest: self.manifest(id)?,
@@ -324,8 +345,75 @@ impl Catalog {
         })
     }
 
+    /// Copy `id`'s phases, in the order they ran.
+    pub fn phases(&self, id: CopyId) -> Result<Vec<PhaseRecord>, CatalogError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT phase, started_ms, took_us, error FROM phases WHERE copy_id = ?1 ORDER BY seq",
+        )?;
+        let rows = stmt.query_map([id], |r| {
+            Ok(PhaseRecord {
+                phase: r.get(0)?,
+                started_ms: r.get(1)?,
+                took_us: r.get(2)?,
+                error: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Copy `id`'s verifications, oldest first.
+    pub fn verifications(&self, id: CopyId) -> Result<Vec<VerificationRecord>, CatalogError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT at_ms, ok, took_us, detail, base_copy_id FROM verifications WHERE copy_id = ?1
+             ORDER BY at_ms",
+        )?;
+        let rows = stmt.query_map([id], |r| {
+            Ok(VerificationRecord {
+                at_ms: r.get(0)?,
+                ok: r.get(1)?,
+                took_us: r.get(2)?,
+                detail: r.get(3)?,
+                base: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// What a backup server shows of copy `id` beyond its summary (see [`CopyFacts`]).
+    pub fn facts(&self, id: CopyId) -> Result<CopyFacts, CatalogError> {
+        let mut verifications = self.verifications(id)?;
+        let keep_from = verifications.len().saturating_sub(FACTS_VERIFICATIONS);
+        verifications.drain(..keep_from);
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT path, size, mode, mtime_ns, blake3 FROM files WHERE copy_id = ?1
+             ORDER BY size DESC, path LIMIT ?2",
+        )?;
+        let largest_files = stmt
+            .query_map(params![id, FACTS_FILES as i64], file_entry)?
+            .collect::<Result<_, _>>()?;
+        for v in &mut verifications {
+            truncate_text(&mut v.detail, FACTS_TEXT);
+        }
+        let mut phases = self.phases(id)?;
+        for p in &mut phases {
+            if let Some(e) = &mut p.error {
+                truncate_text(e, FACTS_TEXT);
+            }
+        }
+        let mut components = self.components(id)?;
+        let components_total = components.len();
+        components.truncate(FACTS_COMPONENTS);
+        Ok(CopyFacts {
+            phases,
+            verifications,
+            components,
+            components_total,
+            largest_files,
+        })
+    }
+
     pub fn components(&self, id: CopyId) -> Result<Vec<Component>, CatalogError> {
-        let mut stmt = self.conn.prepare(
+        let mut stmt = self.conn.prepare_cached(
             "SELECT writer, name, role, path, required, pinned FROM components WHERE copy_id = ?1 ORDER BY rowid",
         )?;
         let rows = stmt.query_map([id], |r| {
@@ -346,15 +434,7 @@ impl Catalog {
         let mut stmt = self.conn.prepare(
             "SELECT path, size, mode, mtime_ns, blake3 FROM files WHERE copy_id = ?1 ORDER BY path",
         )?;
-        let rows = stmt.query_map([id], |r| {
-            Ok(FileEntry {
-                path: paths::from_row(r, 0)?,
-                size: r.get::<_, i64>(1)? as u64,
-                mode: r.get(2)?,
-                mtime_ns: r.get(3)?,
-                blake3: r.get(4)?,
-            })
-        })?;
+        let rows = stmt.query_map([id], file_entry)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 

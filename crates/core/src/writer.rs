@@ -173,6 +173,12 @@ pub trait Writer: Send {
         false
     }
 
+    /// What a roll-forward's stop point (`until`) may be, in words with examples, for
+    /// forms and help (empty when it cannot roll forward).
+    fn until_forms(&self) -> &'static str {
+        ""
+    }
+
     /// Refuses a restore mode this writer cannot carry out as asked (an `until` it cannot
     /// parse), before anything is written; the error is a usage error.
     fn check_restore_mode(&self, _mode: &RestoreMode) -> Result<(), BoxError> {

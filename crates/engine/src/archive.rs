@@ -520,7 +520,7 @@ fn archived_as_summary(id: i64, c: &ArchivedCopy) -> shadowcopy_catalog::CopySum
 }
 
 /// This host's name, as manifests record it.
-fn hostname() -> String {
+pub(crate) fn hostname() -> String {
     rustix::system::uname()
         .nodename()
         .to_string_lossy()

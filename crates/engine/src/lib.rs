@@ -21,6 +21,7 @@ pub mod progress;
 pub mod restore;
 pub mod retention;
 pub mod set;
+pub mod status;
 pub mod verify;
 
 pub use config::{Config, HumanDuration};

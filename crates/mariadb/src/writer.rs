@@ -306,6 +306,10 @@ impl Writer for MariaDbWriter {
         self.layout.as_ref().is_some_and(|l| l.binlog.is_some())
     }
 
+    fn until_forms(&self) -> &'static str {
+        r#"a time such as "2026-12-08 10:00:00Z", a binlog position such as mariadb-bin.000042:1234, or a GTID position such as 0-1-100"#
+    }
+
     fn check_restore_mode(&self, mode: &RestoreMode) -> Result<(), BoxError> {
         if let RestoreMode::RollForward { until } = mode {
             if self.layout()?.binlog.is_none() {

@@ -467,6 +467,10 @@ impl Writer for PostgresWriter {
         true
     }
 
+    fn until_forms(&self) -> &'static str {
+        r#"a time such as "2026-12-08 10:00:00+00", an LSN such as 0/3000060, or xid:NNN"#
+    }
+
     fn check_restore_mode(&self, mode: &RestoreMode) -> Result<(), BoxError> {
         if let RestoreMode::RollForward { until: Some(u) } = mode {
             recovery::target_settings(u)?;

@@ -360,12 +360,15 @@ pub async fn hosts(
                     CASE WHEN h.revoked_at IS NOT NULL THEN 'revoked'
                          WHEN h.enrolled_at IS NOT NULL THEN 'enrolled' ELSE 'waiting' END,
                     ms(h.enrolled_at), ms(h.last_seen_at), h.agent_version, h.sets,
-                    (SELECT COUNT(*) FROM copies c WHERE c.host = h.name),
-                    (SELECT COUNT(*) FROM copies c WHERE c.host = h.name AND c.state = 'usable'),
-                    (SELECT MAX(created_ms) FROM copies c WHERE c.host = h.name AND c.state = 'usable'),
+                    c.copies, c.usable, c.newest,
                     (SELECT COUNT(*) FROM jobs j WHERE j.host = h.name
                         AND j.state IN ('queued', 'claimed', 'running'))
-               FROM hosts h WHERE ($1::text IS NULL OR h.name = $1) ORDER BY h.name",
+               FROM hosts h,
+                    LATERAL (SELECT COUNT(*) AS copies,
+                                    COUNT(*) FILTER (WHERE state = 'usable') AS usable,
+                                    MAX(created_ms) FILTER (WHERE state = 'usable') AS newest
+                               FROM copies WHERE host = h.name) c
+              WHERE ($1::text IS NULL OR h.name = $1) ORDER BY h.name",
             &[&only],
         )
         .await?;

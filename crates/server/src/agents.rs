@@ -3,7 +3,7 @@
 //! copy changes), `jobs/next` (a long poll for the host's next job), `jobs/open` (what
 //! a returning agent must see through), `jobs/{id}/heartbeat` (with the progress) and
 //! `jobs/{id}/finish`, `policies` (its schedules and retention), `renew` (a new
-//! certificate). Each acts on the caller's own host only: a job of another host is "not
+//! certificate), `report` (its sets now, for the console). Each acts on the caller's own host only: a job of another host is "not
 //! found".
 
 use std::net::SocketAddr;
@@ -16,8 +16,8 @@ use axum::Json;
 use serde::Deserialize;
 use shadowcopy_agent::api::{ApiError, JsonBody, Param};
 use shadowcopy_agent::link::protocol::{
-    EnrollRequest, EnrollResponse, JobFinish, JobHeartbeat, Policies, RenewRequest, ServerJob,
-    SyncRequest, SyncResponse, LONG_POLL_MAX_SECS,
+    EnrollRequest, EnrollResponse, HostReport, JobFinish, JobHeartbeat, Policies, RenewRequest,
+    ServerJob, SyncRequest, SyncResponse, LONG_POLL_MAX_SECS,
 };
 
 use crate::admin::{self, EnrollRefused};
@@ -31,6 +31,9 @@ const RECHECK_EVERY: Duration = Duration::from_secs(2);
 
 /// The most changes one sync may carry.
 pub const SYNC_MAX_CHANGES: usize = 1000;
+
+/// The most sets one report may carry.
+pub const REPORT_MAX_SETS: usize = 1000;
 
 pub async fn enroll(
     State(state): State<Arc<AppState>>,
@@ -104,15 +107,14 @@ pub async fn sync(
     for change in request.changes.iter().filter(|c| c.seq > applied) {
         match &change.copy {
             Some(copy) => {
-                let mut record = serde_json::to_value(copy).map_err(|e| {
-                    ApiError::from(anyhow::anyhow!("a copy could not be recorded: {e}"))
-                })?;
-                without_nul(&mut record);
+                let record = json_value(copy)?;
+                let facts = change.facts.as_ref().map(json_value).transpose()?;
                 tx.execute(
-                    "INSERT INTO copies (host, copy_id, set_name, state, verify_state, created_ms, record, seq)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                    "INSERT INTO copies (host, copy_id, set_name, state, verify_state, created_ms, record, seq, facts)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
                      ON CONFLICT (host, copy_id) DO UPDATE SET set_name = $3, state = $4,
-                         verify_state = $5, created_ms = $6, record = $7, seq = $8, updated_at = now()",
+                         verify_state = $5, created_ms = $6, record = $7, seq = $8, facts = $9,
+                         updated_at = now()",
                     &[
                         &caller.host,
                         &change.copy_id,
@@ -122,6 +124,7 @@ pub async fn sync(
                         &copy.created_ms,
                         &record,
                         &change.seq,
+                        &facts,
                     ],
                 )
                 .await
@@ -264,6 +267,37 @@ pub async fn policies(
 
 /// Takes NUL characters out of the strings of `value`: PostgreSQL's `jsonb` refuses them
 /// (an error text from a tool could hold one), and a copy must not fail the whole sync.
+/// `value` as JSON PostgreSQL takes (no NUL in its text).
+fn json_value(value: &impl serde::Serialize) -> Result<serde_json::Value, ApiError> {
+    let mut json = serde_json::to_value(value)
+        .map_err(|e| ApiError::from(anyhow::anyhow!("a copy could not be recorded: {e}")))?;
+    without_nul(&mut json);
+    Ok(json)
+}
+
+/// The caller's sets now, kept whole in place of the last report.
+pub async fn report(
+    State(state): State<Arc<AppState>>,
+    caller: AgentCaller,
+    JsonBody(report): JsonBody<HostReport>,
+) -> Result<StatusCode, ApiError> {
+    if report.sets.len() > REPORT_MAX_SETS {
+        return Err(ApiError::bad_input(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("at most {REPORT_MAX_SETS} sets per report"),
+        ));
+    }
+    let json = json_value(&report)?;
+    let db = state.db.get().await.map_err(database)?;
+    db.execute(
+        "UPDATE hosts SET report = $2, report_ms = $3 WHERE name = $1",
+        &[&caller.host, &json, &report.built_ms],
+    )
+    .await
+    .map_err(database)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 fn without_nul(value: &mut serde_json::Value) {
     match value {
         serde_json::Value::String(s) if s.contains('\0') => *s = s.replace('\0', ""),

@@ -64,6 +64,8 @@ pub struct ServerOptions {
 /// Request bodies over this are refused (413); a sync may carry more.
 const BODY_LIMIT: usize = 64 * 1024;
 const SYNC_BODY_LIMIT: usize = 8 * 1024 * 1024;
+/// The largest report of a host's sets.
+const REPORT_BODY_LIMIT: usize = 4 * 1024 * 1024;
 
 /// The database cannot be used: logged in full, answered briefly (503).
 pub(crate) fn database(e: impl std::fmt::Display) -> ApiError {
@@ -94,6 +96,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/v1/agent/sync",
             post(agents::sync).layer(DefaultBodyLimit::max(SYNC_BODY_LIMIT)),
+        )
+        .route(
+            "/v1/agent/report",
+            post(agents::report).layer(DefaultBodyLimit::max(REPORT_BODY_LIMIT)),
         )
         .route("/v1/agent/policies", get(agents::policies))
         .route("/v1/agent/renew", post(agents::renew))

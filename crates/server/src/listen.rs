@@ -42,6 +42,8 @@ pub async fn serve(
                 continue;
             }
         };
+        // Answers are small and written in pieces: no Nagle delay waiting for an ACK.
+        let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let app = app.clone();
         tokio::spawn(async move {

@@ -7,7 +7,9 @@
 //! until the server takes it, even after the server gave the job up as lost).
 //!
 //! The server's schedules and retention for this host's sets ([`policies`]) are fetched
-//! when their version changes, kept on disk, and put in force by a reload.
+//! when their version changes, kept on disk, and put in force by a reload. The sets'
+//! state now (engine `status`: writers, provider, log reach, the archive's copies) goes
+//! to the server as a report, for its console.
 //!
 //! Modules: [`identity`] (enrolment, the key and certificates), [`https`] (calling the
 //! server), [`protocol`] (what both ends say), [`policies`].
@@ -27,14 +29,14 @@ use crate::events::AgentEvent;
 use crate::link::https::ServerClient;
 use crate::link::identity::Identity;
 use crate::link::protocol::{
-    JobFinish, JobHeartbeat, JobProgress, PhaseDone, Policies, ServerJob, SyncRequest,
+    HostReport, JobFinish, JobHeartbeat, JobProgress, PhaseDone, Policies, ServerJob, SyncRequest,
     SyncResponse, LONG_POLL_MAX_SECS,
 };
 use crate::scheduler::Wake;
 use crate::state::{Command, Shared};
 
 /// How many outbox changes go in one call.
-const SYNC_BATCH: usize = 500;
+const SYNC_BATCH: usize = 200;
 /// How often the outbox is looked at, and the server told the agent is alive.
 const SYNC_EVERY: Duration = Duration::from_secs(1);
 const ALIVE_EVERY: Duration = Duration::from_secs(10);
@@ -44,6 +46,12 @@ const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
 const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 /// The longest pause between attempts while the server cannot be reached.
 const MAX_BACKOFF: Duration = Duration::from_secs(15);
+/// How often the sets' report is built and sent when nothing prompts it, how long after
+/// a prompt (copies changed, policies taken) it waits for more to settle, and the least
+/// time between two builds.
+const REPORT_EVERY: Duration = Duration::from_secs(300);
+const REPORT_SETTLE: Duration = Duration::from_secs(2);
+const REPORT_GAP: Duration = Duration::from_secs(20);
 
 /// Starts the link on a thread of its own.
 pub fn spawn(shared: Arc<Shared>, identity: Identity) -> anyhow::Result<()> {
@@ -70,8 +78,9 @@ pub fn spawn(shared: Arc<Shared>, identity: Identity) -> anyhow::Result<()> {
                     identity: std::sync::Mutex::new(identity),
                     tag,
                     reset: std::sync::atomic::AtomicBool::new(false),
+                    report_due: tokio::sync::Notify::new(),
                 };
-                tokio::join!(link.sync_loop(), link.job_loop());
+                tokio::join!(link.sync_loop(), link.job_loop(), link.report_loop());
             })
         })?;
     Ok(())
@@ -88,6 +97,8 @@ struct Link {
     /// The next sync asks the server to forget this host's copies first (every copy is
     /// in the outbox again).
     reset: std::sync::atomic::AtomicBool,
+    /// Something the sets' report shows changed: build and send it again soon.
+    report_due: tokio::sync::Notify,
 }
 
 /// Pauses that grow while the server stays away, and logs an outage once.
@@ -187,12 +198,21 @@ impl Link {
     async fn sync_once(&self, catalog: &Catalog) -> anyhow::Result<(usize, i64)> {
         use std::sync::atomic::Ordering;
         let mut sent = 0;
+        // Halved when the server finds a batch too large (copies with huge facts), so
+        // the outbox never sticks on one batch.
+        let mut batch = SYNC_BATCH;
         loop {
             let reset = self.reset.load(Ordering::SeqCst);
-            let changes = catalog.outbox_after(0, SYNC_BATCH)?;
+            // Read on a blocking thread (a copy of many files takes a while to sum up):
+            // heartbeats and polls on this thread go on meanwhile.
+            let engine = self.shared.engine();
+            let changes = tokio::task::spawn_blocking(move || {
+                anyhow::Ok(engine.open_catalog()?.outbox_after(0, batch)?)
+            })
+            .await??;
             let n = changes.len();
             let last = changes.last().map(|c| c.seq);
-            let answer: SyncResponse = self
+            let answer: SyncResponse = match self
                 .client()
                 .json(
                     "POST",
@@ -205,7 +225,23 @@ impl Link {
                     }),
                     CALL_TIMEOUT,
                 )
-                .await?;
+                .await
+            {
+                Ok(answer) => answer,
+                Err(e)
+                    if batch > 1
+                        && e.downcast_ref::<https::Refused>()
+                            .is_some_and(|r| r.status == 413) =>
+                {
+                    batch = (batch / 2).max(1);
+                    tracing::warn!(
+                        batch,
+                        "the server found the copies sent too large at once; sending fewer"
+                    );
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             if reset {
                 self.reset.store(false, Ordering::SeqCst);
             }
@@ -222,7 +258,7 @@ impl Link {
                 catalog.outbox_acknowledged(answer.applied_seq.min(last))?;
             }
             sent += n;
-            if n < SYNC_BATCH {
+            if n < batch {
                 return Ok((sent, answer.policy_version));
             }
         }
@@ -255,10 +291,14 @@ impl Link {
                         self.renew_if_due().await;
                         if n > 0 {
                             tracing::debug!(changes = n, "copies sent to the backup server");
+                            self.report_due.notify_one();
                         }
                         if version != policy_version {
                             match self.fetch_policies(&catalog_dir).await {
-                                Ok(v) => policy_version = v,
+                                Ok(v) => {
+                                    policy_version = v;
+                                    self.report_due.notify_one();
+                                }
                                 Err(e) => tracing::warn!(
                                     "the server's policies could not be taken: {e:#}"
                                 ),
@@ -272,6 +312,55 @@ impl Link {
                 }
             }
             tokio::time::sleep(SYNC_EVERY).await;
+        }
+    }
+
+    /// Builds the sets' report (writers identified, log reach, the archive's copies: on
+    /// a blocking thread) and sends it: at the start, soon after copies change or new
+    /// policies are taken, and every [`REPORT_EVERY`] otherwise. A report that cannot be
+    /// sent waits for the next occasion; nothing depends on it but the console.
+    async fn report_loop(&self) {
+        let mut last: Option<tokio::time::Instant> = None;
+        loop {
+            // The engine after any reload the policies caused; and never more often
+            // than every REPORT_GAP (each build identifies every writer and reads logs).
+            tokio::time::sleep(REPORT_SETTLE).await;
+            if let Some(last) = last {
+                tokio::time::sleep_until(last + REPORT_GAP).await;
+            }
+            last = Some(tokio::time::Instant::now());
+            let engine = self.shared.engine();
+            let started = std::time::Instant::now();
+            let built = tokio::task::spawn_blocking(move || HostReport {
+                built_ms: chrono::Utc::now().timestamp_millis(),
+                restore_area: crate::job::restore_area(&engine).display().to_string(),
+                sets: engine.sets_status(),
+            })
+            .await;
+            match built {
+                Ok(report) => {
+                    if let Err(e) = self
+                        .client()
+                        .json::<serde::de::IgnoredAny>(
+                            "POST",
+                            "/v1/agent/report",
+                            Some(&report),
+                            CALL_TIMEOUT,
+                        )
+                        .await
+                    {
+                        tracing::warn!("the sets' report was not taken: {e:#}");
+                    } else {
+                        tracing::info!(
+                            sets = report.sets.len(),
+                            took_ms = started.elapsed().as_millis() as u64,
+                            "the sets' report sent to the backup server"
+                        );
+                    }
+                }
+                Err(e) => tracing::warn!("the sets' report could not be built: {e}"),
+            }
+            let _ = tokio::time::timeout(REPORT_EVERY, self.report_due.notified()).await;
         }
     }
 

@@ -67,6 +67,18 @@ pub struct SyncResponse {
     pub policy_version: i64,
 }
 
+/// `POST /v1/agent/report`: the agent's sets now (sent every few minutes and soon after
+/// its copies change), for the console.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HostReport {
+    /// When the agent built it.
+    pub built_ms: i64,
+    /// Where a restore into a directory may go on this host (`restore --to`).
+    pub restore_area: String,
+    pub sets: Vec<shadowcopy_engine::status::SetStatus>,
+}
+
 /// What the server decides for one set of a host's agent: when it is copied and
 /// verified, and which copies stay. It replaces the set's `schedule`,
 /// `verify_schedule` and `retention` in the agent's config (a field left out: none).

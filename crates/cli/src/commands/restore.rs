@@ -71,12 +71,6 @@ fn on_host(
     out: Output,
 ) -> anyhow::Result<()> {
     let o = &args.options;
-    if o.to.is_some() {
-        return Err(shadowcopy_engine::UsageError::new(
-            "--to is not taken with --host: an agent restores in place; restore elsewhere on the host itself",
-        )
-        .into());
-    }
     let job = remote::run_job(
         server,
         host,
@@ -87,6 +81,7 @@ fn on_host(
             discard_current: o.discard_current,
             mode: o.mode,
             until: o.until.clone(),
+            to: o.to.clone(),
         },
         &args.wait,
         out,

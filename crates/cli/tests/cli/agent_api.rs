@@ -433,7 +433,7 @@ fn bad_api_calls_get_json_errors_and_record_nothing() {
         "/v1/jobs",
         post("{\"kind\": \"restore\", \"copy\": 1, \"to\": \"/etc\"}"),
         400,
-        "unknown field `to`",
+        "restore area",
     );
     refuse(
         "POST",

@@ -1,8 +1,11 @@
 //! The web console in a real browser: Debian's chromium driven through chromedriver
 //! (WebDriver, fantoccini). An admin signs in, creates a copy of a live SQLite ledger on a
-//! real agent and watches its phases arrive until the job ends, damages the data, restores it through the guided
-//! form (refused first without the confirmation, the message beside the field) and finds
-//! the ledger back; a viewer sees no restore or create and gets 403 from the endpoint; a
+//! real agent and watches its phases arrive until the job ends, reads the copy's phases,
+//! verification and files and the set's writers and provider, damages the data, restores
+//! the copy into a new directory (the live data untouched) and then in place through the
+//! guided form (refused first without the confirmation, the message beside the field;
+//! roll-forward and a directory outside the restore area refused) and finds the ledger
+//! back; a PostgreSQL set's copy shows its log reach and is offered roll-forward; a viewer sees no restore or create and gets 403 from the endpoint; a
 //! form posted without its CSRF token is refused. Screenshots of the main pages go to
 //! $SHADOWCOPY_SCREENSHOTS (docs/img when the README's are taken again), else the temp dir.
 
@@ -14,6 +17,7 @@ use std::time::{Duration, Instant};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::json;
 use shadowcopy_testing::loopfs::skip_or_fail;
+use shadowcopy_testing::postgres::{postgres_or_skip, PgOptions};
 
 use crate::central::{Central, Host};
 use crate::support::describe;
@@ -169,6 +173,38 @@ async fn text(c: &Client, css: &str) -> String {
         .unwrap()
 }
 
+/// The texts of every element `css` names.
+async fn texts(c: &Client, css: &str) -> Vec<String> {
+    let mut texts = Vec::new();
+    for e in c.find_all(Locator::Css(css)).await.unwrap() {
+        texts.push(e.text().await.unwrap());
+    }
+    texts
+}
+
+/// Loads `url` again until the element `css` names is on it (what the agent reports
+/// arrives a few seconds after the job that changed it ends).
+async fn reload_until(c: &Client, url: &str, css: &str) {
+    let started = Instant::now();
+    loop {
+        c.goto(url).await.unwrap();
+        if c.find(Locator::Css(css)).await.is_ok() {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{url} has no {css} after 60 s:\n{}",
+            c.source().await.unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The host page's Create button for `set`.
+fn create_button(set: &str) -> String {
+    format!("form[action$='/sets/{set}/create'] button")
+}
+
 /// The session's CSRF token, from the sign-out form every page has.
 async fn csrf_of(c: &Client) -> String {
     c.find(Locator::Css("form.signout input[name=csrf]"))
@@ -209,10 +245,18 @@ fn the_console_creates_and_restores_a_copy_in_a_real_browser() {
     let Some(central) = Central::start(test, "127.0.0.1", &["127.0.0.1".to_string()]) else {
         return;
     };
+    let Some(cluster) = postgres_or_skip(test, PgOptions::new()) else {
+        return;
+    };
     let work = tempfile::tempdir().unwrap();
     let shots = screenshots().unwrap_or_else(|| work.path().to_path_buf());
-    let config = "[sets.app]\nprovider = \"copy\"\n[[sets.app.writers]]\nkind = \"sqlite\"\npath = \"{DB}\"\n";
-    let mut host = Host::new("web1", &work.path().join("web1"), None, config);
+    // A SQLite set (point-in-time restores only) and a PostgreSQL one (roll-forward too).
+    let config = format!(
+        "[sets.app]\nprovider = \"copy\"\n[[sets.app.writers]]\nkind = \"sqlite\"\npath = \"{{DB}}\"\n\
+         [sets.pg]\nprovider = \"copy\"\nverify = false\n[[sets.pg.writers]]\nkind = \"postgres\"\nurl = \"{}\"\n",
+        cluster.url()
+    );
+    let mut host = Host::new("web1", &work.path().join("web1"), None, &config);
     host.write(1, 50);
     let base = central.url("127.0.0.1");
     host.start_agent(&base, Some(&central.enroll_token("web1")));
@@ -256,8 +300,8 @@ fn the_console_creates_and_restores_a_copy_in_a_real_browser() {
         shot(&c, &shots, "hosts").await;
         row.click().await.unwrap();
 
-        // Create a copy: one button, the job page follows it to its end.
-        click(&c, "button.primary").await;
+        // Create a copy: one button per set, the job page follows it to its end.
+        click(&c, &create_button("app")).await;
         c.wait()
             .for_element(Locator::Css("#job-state"))
             .await
@@ -291,18 +335,94 @@ fn the_console_creates_and_restores_a_copy_in_a_real_browser() {
         }
         assert_eq!(host.ledger(), 10);
 
-        // The host page lists the copy (once the agent has sent it) with its Restore link.
-        c.goto(&format!("{base}/console/hosts/web1")).await.unwrap();
+        // The copy's page: its phases with their timings, its verification, what the
+        // writer reported and its files (once the agent has sent them).
+        let copy_page = format!("{base}/console/hosts/web1/copies/{copy_id}");
+        reload_until(&c, &copy_page, "table.phases tr.phase").await;
+        let phases = texts(&c, "table.phases tr.phase td:first-child").await;
+        for phase in ["identify", "freeze", "commit", "thaw", "verify"] {
+            assert!(phases.iter().any(|p| p == phase), "{phase} missing from {phases:?}");
+        }
+        let verification = text(&c, "table.verifications").await;
+        assert!(verification.contains("passed"), "{verification}");
+        let page = text(&c, "main").await;
+        assert!(page.contains("app.db") && page.contains("sqlite"), "{page}");
+        shot(&c, &shots, "copy").await;
+
+        // The host page: each set with its writers as the agent found them.
+        let host_page = format!("{base}/console/hosts/web1");
+        reload_until(&c, &host_page, "table.sets .badge").await;
+        let sets = text(&c, "table.sets").await;
+        assert!(sets.contains("stable"), "{sets}");
+        shot(&c, &shots, "host").await;
+
+        // The set page: writers and provider, policy, copies; SQLite keeps no logs, so
+        // restores are point-in-time only.
+        c.goto(&format!("{base}/console/hosts/web1/sets/app")).await.unwrap();
+        let provider = text(&c, "tr.provider").await;
+        assert!(provider.contains("ready") && provider.contains("copy"), "{provider}");
+        let writer = text(&c, "tr.writer").await;
+        assert!(writer.contains("stable"), "{writer}");
+        let policy = text(&c, "dl.facts").await;
+        assert!(policy.contains("point-in-time only"), "{policy}");
+        shot(&c, &shots, "set").await;
+
+        let restore_page = format!("{base}/console/hosts/web1/copies/{copy_id}/restore");
+        c.goto(&restore_page).await.unwrap();
         c.wait()
-            .for_element(Locator::Css("a.restore"))
+            .for_element(Locator::Css("form.restore"))
             .await
             .unwrap();
-        shot(&c, &shots, "host").await;
-        c.goto(&format!(
-            "{base}/console/hosts/web1/copies/{copy_id}/restore"
-        ))
-        .await
-        .unwrap();
+        assert!(
+            c.find(Locator::Css("input[value=roll-forward]")).await.is_err(),
+            "roll-forward offered for SQLite"
+        );
+        // Posted anyway: refused, beside the field, nothing queued.
+        let csrf = csrf_of(&c).await;
+        let restore_path = format!("/console/hosts/web1/copies/{copy_id}/restore");
+        let status = post_status(
+            &c,
+            &restore_path,
+            &format!("csrf={csrf}&mode=roll-forward&target=in-place&confirm=yes"),
+        )
+        .await;
+        assert_eq!(status, 400, "roll-forward of a SQLite copy");
+        // A directory that would leave the restore area: refused.
+        let status = post_status(
+            &c,
+            &restore_path,
+            &format!("csrf={csrf}&mode=point-in-time&target=directory&directory=..%2F..%2Fetc&confirm=yes"),
+        )
+        .await;
+        assert_eq!(status, 400, "a directory outside the restore area");
+
+        // Into a new directory first: the copy's data there, the live data untouched.
+        click(&c, "input[name=target][value=directory]").await;
+        c.find(Locator::Css("input[name=directory]"))
+            .await
+            .unwrap()
+            .send_keys("check1")
+            .await
+            .unwrap();
+        click(&c, "input[name=confirm]").await;
+        click(&c, "form.restore button.danger").await;
+        c.wait()
+            .for_element(Locator::Css("#job-state"))
+            .await
+            .unwrap();
+        assert_eq!(job_end(&c).await, "done", "{}", host.log());
+        let outcome = text(&c, "#job-state").await;
+        assert!(outcome.contains("restores/check1"), "{outcome}");
+        let restored = host.catalog().join("restores/check1/app.db");
+        let rows: i64 = rusqlite::Connection::open(&restored)
+            .unwrap_or_else(|e| panic!("{}: {e}", restored.display()))
+            .query_row("SELECT count(*) FROM ledger", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 50, "the copy's ledger in the directory");
+        assert_eq!(host.ledger(), 10, "the live data untouched");
+
+        // Then in place.
+        c.goto(&restore_page).await.unwrap();
         c.wait()
             .for_element(Locator::Css("form.restore"))
             .await
@@ -321,10 +441,68 @@ fn the_console_creates_and_restores_a_copy_in_a_real_browser() {
         assert_eq!(job_end(&c).await, "done", "{}", host.log());
         assert_eq!(host.ledger(), 50, "the restore brought the ledger back");
 
+        // The PostgreSQL set: a copy, then its log reach on the set page and roll-forward
+        // offered with the stop points PostgreSQL takes.
+        c.goto(&host_page).await.unwrap();
+        click(&c, &create_button("pg")).await;
+        c.wait()
+            .for_element(Locator::Css("#job-state"))
+            .await
+            .unwrap();
+        assert_eq!(job_end(&c).await, "done", "{}", host.log());
+        let pg_copy: i64 = c
+            .find(Locator::Css("#job-state a"))
+            .await
+            .unwrap()
+            .attr("href")
+            .await
+            .unwrap()
+            .unwrap()
+            .rsplit('/')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        reload_until(
+            &c,
+            &format!("{base}/console/hosts/web1/sets/pg"),
+            "td.reach div",
+        )
+        .await;
+        let reach = text(&c, "td.reach").await;
+        assert!(
+            reach.contains("point-in-time") && reach.contains("WAL from"),
+            "{reach}"
+        );
+        // Tall enough to show the copies with their log reach.
+        c.set_window_size(1280, 1100).await.unwrap();
+        shot(&c, &shots, "set-postgres").await;
+        c.set_window_size(1280, 800).await.unwrap();
+        c.goto(&format!("{base}/console/hosts/web1/copies/{pg_copy}/restore"))
+            .await
+            .unwrap();
+        c.wait()
+            .for_element(Locator::Css("input[value=roll-forward]"))
+            .await
+            .unwrap();
+        let form = text(&c, "form.restore").await;
+        assert!(form.contains("an LSN") && form.contains("Would replay"), "{form}");
+        shot(&c, &shots, "restore-postgres").await;
+
+        // On a phone-sized screen.
+        c.set_window_size(390, 844).await.unwrap();
+        c.goto(&host_page).await.unwrap();
+        c.wait().for_element(Locator::Css("table.sets")).await.unwrap();
+        shot(&c, &shots, "phone-host").await;
+        c.goto(&restore_page).await.unwrap();
+        c.wait().for_element(Locator::Css("form.restore")).await.unwrap();
+        shot(&c, &shots, "phone-restore").await;
+        c.set_window_size(1280, 800).await.unwrap();
+
         // Old copies: a second copy, then the preview of "keep the newest 1" (the first
         // copy goes; the pre-restore copy stays, with its reason), then delete.
-        c.goto(&format!("{base}/console/hosts/web1")).await.unwrap();
-        click(&c, "button.primary").await;
+        c.goto(&host_page).await.unwrap();
+        click(&c, &create_button("app")).await;
         c.wait()
             .for_element(Locator::Css("#job-state"))
             .await
@@ -396,9 +574,9 @@ fn the_console_creates_and_restores_a_copy_in_a_real_browser() {
         // A viewer sees no create or restore, and the endpoint refuses them.
         c.delete_all_cookies().await.unwrap();
         sign_in(&c, &base, "vic", "another long passphrase").await;
-        c.goto(&format!("{base}/console/hosts/web1")).await.unwrap();
+        c.goto(&format!("{base}/console/hosts/web1/sets/app")).await.unwrap();
         c.wait()
-            .for_element(Locator::Css("section.set"))
+            .for_element(Locator::Css("table.copies"))
             .await
             .unwrap();
         assert!(
@@ -425,13 +603,16 @@ fn the_console_creates_and_restores_a_copy_in_a_real_browser() {
         shot(&c, &shots, "jobs").await;
         c.close().await.unwrap();
     });
-    // Four jobs (two copies, a restore, a deletion), all by ada; the restore and the
-    // deletion audited.
+    // Six jobs (three copies, two restores, a deletion), all by ada; the restores and
+    // the deletion audited.
     let jobs = central.op_json(&["jobs", "--all-hosts", "--json"]);
-    assert_eq!(jobs.as_array().unwrap().len(), 4, "{jobs:#}");
+    assert_eq!(jobs.as_array().unwrap().len(), 6, "{jobs:#}");
     let audit = central.pg.psql(
         "SELECT string_agg(actor || ' ' || action, ',' ORDER BY id) FROM audit WHERE action IN ('restore', 'delete')",
     );
-    assert_eq!(audit.trim(), "console ada restore,console ada delete");
+    assert_eq!(
+        audit.trim(),
+        "console ada restore,console ada restore,console ada delete"
+    );
     host.stop_agent();
 }

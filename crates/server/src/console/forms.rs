@@ -15,7 +15,8 @@ use serde::Deserialize;
 use shadowcopy_agent::job::JobRequest;
 use shadowcopy_engine::restore::Mode;
 
-use super::pages::{self, error_page, page, RestoreForm};
+use super::copies::{self, RestoreForm};
+use super::pages::{self, error_page, page};
 use super::session::{self, csrf_ok, csrf_refused, Signed};
 use crate::auth::Role;
 use crate::operators::{cancel_job, queue_job};
@@ -229,6 +230,10 @@ pub struct RestoreFields {
     #[serde(default)]
     until: String,
     #[serde(default)]
+    target: String,
+    #[serde(default)]
+    directory: String,
+    #[serde(default)]
     force: Option<String>,
     #[serde(default)]
     confirm: Option<String>,
@@ -254,12 +259,71 @@ pub async fn restore(
     };
     let until = form.until.trim();
     if !until.is_empty() && mode != Some(Mode::RollForward) {
-        errors.push(("mode", "A stop point is for roll-forward only.".to_string()));
+        errors.push((
+            "until",
+            "A stop point is for roll-forward only.".to_string(),
+        ));
     }
+    let report = match copies::host_report(&state, &host).await {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    if mode == Some(Mode::RollForward) {
+        let db = match state.db.get().await {
+            Ok(db) => db,
+            Err(e) => return database(e).into_response(),
+        };
+        let set: Option<String> = match db
+            .query_opt(
+                "SELECT set_name FROM copies WHERE host = $1 AND copy_id = $2",
+                &[&host, &id],
+            )
+            .await
+        {
+            Ok(row) => row.map(|r| r.get(0)),
+            Err(e) => return database(e).into_response(),
+        };
+        let can = set
+            .and_then(|set| copies::set_status(report.as_ref(), &set).cloned())
+            .is_some_and(|s| s.roll_forward_until.is_some());
+        if !can {
+            errors.push((
+                "mode",
+                "This set's writers keep no logs to roll forward with: choose point in time."
+                    .to_string(),
+            ));
+        }
+    }
+    let directory = form.directory.trim();
+    let to = match form.target.as_str() {
+        "in-place" => None,
+        "directory" => {
+            let refused = if !valid_directory_name(directory) {
+                Some("Name the new directory: letters, digits, `.`, `_` and `-` only (not `.` or `..`).")
+            } else if mode == Some(Mode::RollForward) {
+                Some("A roll-forward restores in place (it replays the server's own logs): choose in place, or point in time.")
+            } else if report.is_none() {
+                Some("The host's agent has not said where it may restore to yet: restore in place, or try again in a minute.")
+            } else {
+                None
+            };
+            if let Some(why) = refused {
+                errors.push(("target", why.to_string()));
+            }
+            report
+                .as_ref()
+                .filter(|_| refused.is_none())
+                .map(|r| std::path::PathBuf::from(&r.restore_area).join(directory))
+        }
+        _ => {
+            errors.push(("target", "Choose in place or a new directory.".to_string()));
+            None
+        }
+    };
     if form.confirm.as_deref() != Some("yes") {
         errors.push((
             "confirm",
-            "Tick this to confirm: the data on the host will be replaced.".to_string(),
+            "Tick this to confirm what will happen on the host.".to_string(),
         ));
     }
     // A copy that failed verification needs its own, second confirmation.
@@ -276,7 +340,7 @@ pub async fn restore(
             .await
         {
             Ok(Some(r)) => r.get::<_, String>(0) == "failed",
-            Ok(None) => return pages::gone(&signed, &host, id),
+            Ok(None) => return copies::gone(&signed, &host, id),
             Err(e) => return database(e).into_response(),
         }
     };
@@ -294,10 +358,16 @@ pub async fn restore(
             "point-in-time"
         },
         until,
+        target: if form.target == "directory" {
+            "directory"
+        } else {
+            "in-place"
+        },
+        directory,
         errors,
     };
     if !errors.is_empty() {
-        return pages::render_restore(
+        return copies::render_restore(
             &state,
             &signed,
             &host,
@@ -315,13 +385,14 @@ pub async fn restore(
         discard_current: false,
         mode: mode.expect("checked above"),
         until: (!until.is_empty()).then(|| until.to_string()),
+        to,
     };
     match queue_job(&state, &host, &request, &signed.actor()).await {
         Ok(job) => Redirect::to(&format!("/console/jobs/{}", job.id)).into_response(),
-        Err(e) if e.status() == StatusCode::NOT_FOUND => pages::gone(&signed, &host, id),
+        Err(e) if e.status() == StatusCode::NOT_FOUND => copies::gone(&signed, &host, id),
         Err(e) => {
             let message = e.message().to_string();
-            pages::render_restore(
+            copies::render_restore(
                 &state,
                 &signed,
                 &host,
@@ -332,6 +403,17 @@ pub async fn restore(
             .await
         }
     }
+}
+
+/// A new directory's name in a host's restore area: one plain path segment.
+fn valid_directory_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 200
+        && name != "."
+        && name != ".."
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 pub async fn cancel(
@@ -374,11 +456,11 @@ pub async fn prune(
         return refused;
     }
     let keep_last = Some(form.keep_last.trim()).filter(|s| !s.is_empty());
-    let now = match pages::prune_decisions(&state, &host, &set, keep_last).await {
+    let now = match copies::prune_decisions(&state, &host, &set, keep_last).await {
         Ok(p) => p,
         Err(r) => return r,
     };
-    let going = pages::going_key(&now.decisions);
+    let going = copies::going_key(&now.decisions);
     if now.policy.is_none() || going.is_empty() || going != form.copies {
         return error_page(
             StatusCode::CONFLICT,

@@ -1,11 +1,13 @@
 //! The web console, served by the backup server on its own HTTPS listener under
 //! `/console/`: hosts with their agents' state and the age of each set's newest usable
-//! copy against its schedule, a host's sets and copies, a copy, a guided restore, jobs;
-//! enrolment and revocation for admins. Server-rendered ([`pages`], maud), forms that
+//! copy against its schedule, a host's sets, a set (writers, provider, policy, copies
+//! with their log reach), a copy, a guided restore, deleting old copies, jobs;
+//! enrolment and revocation for admins. Server-rendered ([`pages`], [`copies`]: maud), forms that
 //! work without JavaScript ([`forms`]), a vendored htmx (`assets/htmx.min.js`, 2.0.11,
 //! 0BSD) for the parts that refresh. Sign-in with local accounts ([`session`]); every
 //! page sends a Content-Security-Policy that allows only the console's own scripts.
 
+pub mod copies;
 pub mod forms;
 pub mod pages;
 pub mod session;
@@ -56,14 +58,15 @@ pub fn router() -> Router<Arc<AppState>> {
             "/console/hosts/{host}/sets/{set}/create",
             post(forms::create),
         )
+        .route("/console/hosts/{host}/sets/{set}", get(copies::set))
         .route(
             "/console/hosts/{host}/sets/{set}/prune",
-            get(pages::prune_preview).post(forms::prune),
+            get(copies::prune_preview).post(forms::prune),
         )
-        .route("/console/hosts/{host}/copies/{id}", get(pages::copy))
+        .route("/console/hosts/{host}/copies/{id}", get(copies::copy))
         .route(
             "/console/hosts/{host}/copies/{id}/restore",
-            get(pages::restore_form).post(forms::restore),
+            get(copies::restore_form).post(forms::restore),
         )
         .route("/console/jobs", get(pages::jobs))
         .route("/console/jobs/rows", get(pages::job_list_rows))

@@ -1,6 +1,7 @@
 //! The console's pages, rendered on the server (maud: HTML checked when compiled), each
-//! readable with JavaScript off: hosts, a host's sets and copies, a copy, the restore
-//! form, jobs, a job. With JavaScript, a running job's phases stream in (Server-Sent
+//! readable with JavaScript off: the layout and the small renderings every page shares,
+//! hosts, a host's sets, jobs, a job, sign-in (a set, its copies and the restore form
+//! are in [`super::copies`]). With JavaScript, a running job's phases stream in (Server-Sent
 //! Events), htmx refreshes the job list, and times are shown in the browser's zone (UTC
 //! on hover); without it, a running job's page reloads itself.
 
@@ -11,9 +12,9 @@ use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use maud::{html, Markup, DOCTYPE};
-use shadowcopy_agent::link::protocol::{path_segment as seg, HostInfo, ServerJob, SetPolicy};
-use shadowcopy_catalog::CopySummary;
+use shadowcopy_agent::link::protocol::{path_segment as seg, HostInfo, ServerJob};
 
+use super::copies::{host_report, schedule_of, set_status, set_totals};
 use super::session::Signed;
 use crate::auth::Role;
 use crate::state::AppState;
@@ -101,7 +102,7 @@ pub fn bytes(n: i64) -> String {
     }
 }
 
-fn micros(us: Option<i64>) -> String {
+pub(super) fn micros(us: Option<i64>) -> String {
     match us {
         None => "—".into(),
         Some(us) if us >= 1_000_000 => format!("{:.2} s", us as f64 / 1e6),
@@ -111,7 +112,7 @@ fn micros(us: Option<i64>) -> String {
 }
 
 /// How old `ms` is, in words.
-fn age(ms: i64) -> String {
+pub(super) fn age(ms: i64) -> String {
     let secs = (chrono::Utc::now().timestamp_millis() - ms).max(0) / 1000;
     match secs {
         s if s < 120 => format!("{s} s"),
@@ -122,20 +123,20 @@ fn age(ms: i64) -> String {
 }
 
 /// A state as a word with its colour (never the colour alone).
-fn badge(word: &str) -> Markup {
+pub(super) fn badge(word: &str) -> Markup {
     let class = match word {
-        "usable" | "passed" | "done" | "enrolled" | "fresh" | "keep" => "ok",
-        "queued" | "claimed" | "running" | "in-progress" | "not-verified" | "late" | "waiting" => {
-            "busy"
-        }
-        "failed" | "lost" | "revoked" | "stale" | "cancelled" | "goes" => "bad",
+        "usable" | "passed" | "done" | "enrolled" | "fresh" | "keep" | "stable" | "ready"
+        | "archived" | "complete" => "ok",
+        "queued" | "claimed" | "running" | "in-progress" | "not-verified" | "late" | "waiting"
+        | "not archived" => "busy",
+        "failed" | "lost" | "revoked" | "stale" | "cancelled" | "goes" | "holes" => "bad",
         _ => "plain",
     };
     html! { span class={"badge " (class)} { (word) } }
 }
 
 /// How the newest usable copy's age stands against the set's schedule.
-fn freshness(newest_ms: Option<i64>, schedule: Option<&str>) -> Markup {
+pub(super) fn freshness(newest_ms: Option<i64>, schedule: Option<&str>) -> Markup {
     let Some(newest) = newest_ms else {
         return html! { (badge("none")) " no usable copy" };
     };
@@ -159,26 +160,11 @@ fn freshness(newest_ms: Option<i64>, schedule: Option<&str>) -> Markup {
     }
 }
 
-async fn host_copies(state: &AppState, host: &str) -> Result<Vec<CopySummary>, Response> {
-    let db = state
-        .db
-        .get()
-        .await
-        .map_err(|e| database(e).into_response())?;
-    let rows = db
-        .query(
-            "SELECT record FROM copies WHERE host = $1 ORDER BY copy_id",
-            &[&host],
-        )
-        .await
-        .map_err(|e| database(e).into_response())?;
-    Ok(rows
-        .iter()
-        .filter_map(|r| serde_json::from_value(r.get(0)).ok())
-        .collect())
-}
-
-async fn host_info(state: &AppState, signed: &Signed, host: &str) -> Result<HostInfo, Response> {
+pub(super) async fn host_info(
+    state: &AppState,
+    signed: &Signed,
+    host: &str,
+) -> Result<HostInfo, Response> {
     let db = state
         .db
         .get()
@@ -229,8 +215,19 @@ pub async fn hosts(State(state): State<Arc<AppState>>, signed: Signed) -> Respon
         Ok(h) => h,
         Err(e) => return database(e).into_response(),
     };
+    // A set's schedule: the server's policy, else the agent's config as it last reported.
     let policies = match db
-        .query("SELECT host, set_name, schedule FROM set_policies", &[])
+        .query(
+            "SELECT host, set_name, schedule FROM set_policies WHERE schedule IS NOT NULL
+             UNION ALL
+             SELECT h.name, s->>'set', s->>'schedule'
+               FROM hosts h, jsonb_array_elements(h.report->'sets') s
+              WHERE s->>'schedule' IS NOT NULL
+                AND NOT EXISTS (SELECT 1 FROM set_policies p
+                                 WHERE p.host = h.name AND p.set_name = s->>'set'
+                                   AND p.schedule IS NOT NULL)",
+            &[],
+        )
         .await
     {
         Ok(rows) => rows,
@@ -313,8 +310,12 @@ pub async fn host(
         Ok(i) => i,
         Err(r) => return r,
     };
-    let copies = match host_copies(&state, &host).await {
-        Ok(c) => c,
+    let totals = match set_totals(&state, &host).await {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let report = match host_report(&state, &host).await {
+        Ok(r) => r,
         Err(r) => return r,
     };
     let policies = match state.db.get().await {
@@ -325,58 +326,47 @@ pub async fn host(
         Err(e) => return database(e).into_response(),
     };
     let mut sets: Vec<String> = info.sets.clone();
-    sets.extend(copies.iter().map(|c| c.set.clone()));
+    sets.extend(totals.iter().map(|(set, _, _)| set.clone()));
     sets.extend(policies.iter().map(|p| p.set.clone()));
     sets.sort();
     sets.dedup();
-    let policy = |set: &str| {
-        policies
-            .iter()
-            .find(|p| p.set == set)
-            .cloned()
-            .unwrap_or_else(|| SetPolicy {
-                set: set.to_string(),
-                ..Default::default()
-            })
-    };
+    let can_act = signed.can(Role::Operator) && info.state == "enrolled";
     page(
         &format!("Host {host}"),
         Some(&signed),
         html! {
             p { (badge(&info.state)) " · last seen " (when(info.last_seen_ms)) " · agent " (info.agent_version.as_deref().unwrap_or("—")) " · " (info.open_jobs) " open jobs" }
-            @if sets.is_empty() { p { "This host's agent has reported no copies yet." } }
-            @for set in &sets {
-                @let p = policy(set);
-                section.set {
-                    h2 { "Set " (set) }
-                    p.policy {
-                        "Schedule: " (p.schedule.as_deref().unwrap_or("the agent's config"))
-                        " · verify: " (p.verify_schedule.as_deref().unwrap_or("the agent's config"))
-                        " · retention: " (p.retention.as_ref().map(|r| r.to_string()).unwrap_or_else(|| "the agent's config".into()))
-                    }
-                    @if signed.can(Role::Operator) && info.state == "enrolled" {
-                        form.inline method="post" action={"/console/hosts/" (seg(&host)) "/sets/" (seg(set)) "/create"} {
-                            input type="hidden" name="csrf" value=(signed.csrf);
-                            button.primary type="submit" { "Create a copy" }
-                        }
-                        " "
-                        a.restore.prune href={"/console/hosts/" (seg(&host)) "/sets/" (seg(set)) "/prune"} { "Delete old copies…" }
-                    }
-                    table.dense {
-                        thead { tr { th.num { "ID" } th { "Created" } th { "Origin" } th { "State" } th { "Verified" } th.num { "Freeze window" } th.num { "Size" } th {} } }
-                        tbody {
-                            @for c in copies.iter().filter(|c| &c.set == set).rev() {
-                                tr {
-                                    td.num { a href={"/console/hosts/" (host) "/copies/" (c.id)} { (c.id) } }
-                                    td { (when(Some(c.created_ms))) }
-                                    td { (c.origin.as_str()) }
-                                    td { (badge(c.state.as_str())) }
-                                    td { (badge(c.verify_state.as_str())) }
-                                    td.num { (micros(c.freeze_window_us)) }
-                                    td.num { (bytes(c.bytes)) }
+            @if sets.is_empty() { p { "This host's agent has reported no sets or copies yet." } }
+            @else {
+                table.dense.sets {
+                    thead { tr { th { "Set" } th { "Writers" } th { "Provider" } th { "Schedule" } th { "Newest usable copy" } th.num { "Copies" } @if can_act { th {} } } }
+                    tbody {
+                        @for set in &sets {
+                            @let status = set_status(report.as_ref(), set);
+                            @let policy = policies.iter().find(|p| &p.set == set);
+                            @let (count, newest) = totals.iter().find(|(s, _, _)| s == set).map_or((0, None), |(_, n, newest)| (*n, *newest));
+                            @let schedule = schedule_of(policy, status);
+                            tr {
+                                td { a href={"/console/hosts/" (seg(&host)) "/sets/" (seg(set))} { (set) } }
+                                td {
+                                    @match status {
+                                        Some(s) => { @for w in &s.writers { div { (w.writer) " " (badge(&w.state)) } } }
+                                        None => { span.hint { "not reported yet" } }
+                                    }
+                                }
+                                td {
+                                    @if let Some(s) = status {
+                                        @if s.provider_state.ok { (s.provider_state.detail) } @else { (badge("failed")) }
+                                    }
+                                }
+                                td { code { (schedule.as_deref().unwrap_or("—")) } }
+                                td { (freshness(newest, schedule.as_deref())) }
+                                td.num { (count) }
+                                @if can_act {
                                     td {
-                                        @if signed.can(Role::Operator) && c.state.as_str() == "usable" && info.state == "enrolled" {
-                                            a.restore href={"/console/hosts/" (host) "/copies/" (c.id) "/restore"} { "Restore…" }
+                                        form.inline method="post" action={"/console/hosts/" (seg(&host)) "/sets/" (seg(set)) "/create"} {
+                                            input type="hidden" name="csrf" value=(signed.csrf);
+                                            button.primary type="submit" { "Create a copy" }
                                         }
                                     }
                                 }
@@ -388,143 +378,6 @@ pub async fn host(
         },
     )
     .into_response()
-}
-
-pub async fn copy(
-    State(state): State<Arc<AppState>>,
-    signed: Signed,
-    Path((host, id)): Path<(String, i64)>,
-) -> Response {
-    let copies = match host_copies(&state, &host).await {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
-    let Some(c) = copies.into_iter().find(|c| c.id == id) else {
-        return gone(&signed, &host, id);
-    };
-    page(
-        &format!("Copy {id} of {} on {host}", c.set),
-        Some(&signed),
-        html! {
-            dl.facts {
-                dt { "State" } dd { (badge(c.state.as_str())) " (phase " (c.phase) ")" }
-                dt { "Verified" } dd { (badge(c.verify_state.as_str())) }
-                dt { "Created" } dd { (when(Some(c.created_ms))) }
-                dt { "Finished" } dd { (when(c.finished_ms)) }
-                dt { "Origin" } dd { (c.origin.as_str()) }
-                dt { "Provider" } dd { (c.provider) }
-                dt { "Location" } dd { code { (c.location.as_deref().unwrap_or("—")) } }
-                dt { "Freeze window" } dd { (micros(c.freeze_window_us)) }
-                dt { "Files" } dd { (c.files) ", " (bytes(c.bytes)) }
-                @if let Some(e) = &c.error { dt { "Error" } dd.error { (e) } }
-            }
-            p.hint { "Phase timings and the file manifest are in the host's own catalog: " code { "shadowcopy show " (id) } " on " (host) "." }
-            @if signed.can(Role::Operator) && c.state.as_str() == "usable" {
-                p { a.restore href={"/console/hosts/" (host) "/copies/" (id) "/restore"} { "Restore this copy…" } }
-            }
-        },
-    )
-    .into_response()
-}
-
-/// A copy the server no longer lists (deleted, perhaps in another tab).
-pub fn gone(signed: &Signed, host: &str, id: i64) -> Response {
-    error_page(
-        StatusCode::NOT_FOUND,
-        Some(signed),
-        &format!("Host {host} has no copy {id} any more (it may have been deleted or pruned since the page was loaded). See the host's copies."),
-    )
-}
-
-/// The restore form (also shown again, with messages, when what was sent is refused).
-pub struct RestoreForm<'a> {
-    pub mode: &'a str,
-    pub until: &'a str,
-    pub errors: Vec<(&'static str, String)>,
-}
-
-pub async fn restore_form(
-    State(state): State<Arc<AppState>>,
-    signed: Signed,
-    Path((host, id)): Path<(String, i64)>,
-) -> Response {
-    render_restore(
-        &state,
-        &signed,
-        &host,
-        id,
-        RestoreForm {
-            mode: "point-in-time",
-            until: "",
-            errors: Vec::new(),
-        },
-        StatusCode::OK,
-    )
-    .await
-}
-
-pub async fn render_restore(
-    state: &AppState,
-    signed: &Signed,
-    host: &str,
-    id: i64,
-    form: RestoreForm<'_>,
-    status: StatusCode,
-) -> Response {
-    if !signed.can(Role::Operator) {
-        return error_page(
-            StatusCode::FORBIDDEN,
-            Some(signed),
-            "Restoring needs the operator role.",
-        );
-    }
-    let copies = match host_copies(state, host).await {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
-    let Some(c) = copies.into_iter().find(|c| c.id == id) else {
-        return gone(signed, host, id);
-    };
-    let failed = c.verify_state.as_str() == "failed";
-    let err = |field: &str| {
-        form.errors
-            .iter()
-            .find(|(f, _)| *f == field)
-            .map(|(_, m)| m.clone())
-    };
-    let body = html! {
-        p { "Copy " strong { (id) } " of set " strong { (c.set) } ", made " (when(Some(c.created_ms))) ", " (badge(c.verify_state.as_str())) "." }
-        form.restore method="post" action={"/console/hosts/" (host) "/copies/" (id) "/restore"} {
-            input type="hidden" name="csrf" value=(signed.csrf);
-            fieldset {
-                legend { "How far" }
-                label { input type="radio" name="mode" value="point-in-time" checked[form.mode == "point-in-time"]; " Point in time: the data as it was when the copy was made" }
-                label { input type="radio" name="mode" value="roll-forward" checked[form.mode == "roll-forward"]; " Roll forward: the copy, then the database's logs replayed (for writers that keep them: PostgreSQL's WAL archive, MariaDB's binlogs)" }
-                label { "Stop replay at (optional, roll-forward): " input type="text" name="until" value=(form.until) placeholder="2026-12-07 10:15:00+00 or an LSN or a GTID"; }
-                @if let Some(m) = err("mode") { p.field-error role="alert" { (m) } }
-            }
-            h2 { "What will happen" }
-            ul.summary {
-                li { "The agent on " strong { (host) } " replaces the set's files in place with the copy's." }
-                li { "What is there now is kept first as a " em { "pre-restore" } " copy: restoring that copy undoes this." }
-                li { "The database must be stopped first: a SQLite file held open, or a PostgreSQL or MariaDB server that is up, is refused (start it again after)." }
-            }
-            @if failed {
-                p.warning { "This copy FAILED its verification. Restoring it may bring back damaged data." }
-                label { input type="checkbox" name="force" value="yes"; " I restore it anyway" }
-                @if let Some(m) = err("force") { p.field-error role="alert" { (m) } }
-            }
-            label { input type="checkbox" name="confirm" value="yes"; " I understand the data on " (host) " will be replaced" }
-            @if let Some(m) = err("confirm") { p.field-error role="alert" { (m) } }
-            @if let Some(m) = err("server") { p.field-error role="alert" { (m) } }
-            p { button.danger type="submit" { "Restore" } " " a href={"/console/hosts/" (host)} { "Cancel" } }
-        }
-    };
-    (
-        status,
-        page(&format!("Restore copy {id} on {host}"), Some(signed), body),
-    )
-        .into_response()
 }
 
 fn job_rows(jobs: &[ServerJob], signed: &Signed) -> Markup {
@@ -626,7 +479,10 @@ pub fn job_state(j: &ServerJob) -> Markup {
                 }
             }
             @if j.kind == "restore" && j.state == "done" {
-                p.hint { "To undo it, restore the pre-restore copy it kept (the newest " em { "pre-restore" } " copy of the set)." }
+                @match j.request.get("to").and_then(|t| t.as_str()) {
+                    Some(to) => { p.hint { "The copy's files are in " code { (to) } " on " (j.host) "; nothing live was changed." } }
+                    None => { p.hint { "To undo it, restore the pre-restore copy it kept (the newest " em { "pre-restore" } " copy of the set)." } }
+                }
             }
         }
     }
@@ -736,175 +592,4 @@ pub fn sign_in_page(error: Option<&str>, name: &str) -> Html<String> {
             }
         },
     )
-}
-
-#[derive(serde::Deserialize)]
-pub struct PruneQuery {
-    #[serde(default)]
-    keep_last: Option<String>,
-}
-
-/// What a retention policy decides for a set's copies: the policy (`keep_last` asked for
-/// on the page, else the set's policy on the server), where it comes from, and a
-/// message for a `keep_last` that is not a number.
-pub struct Prune {
-    pub policy: Option<shadowcopy_engine::RetentionPolicy>,
-    pub source: String,
-    pub field_error: Option<&'static str>,
-    pub decisions: Vec<shadowcopy_engine::Decision>,
-}
-
-/// The decisions the preview shows and the deletion checks again.
-pub async fn prune_decisions(
-    state: &AppState,
-    host: &str,
-    set: &str,
-    keep_last: Option<&str>,
-) -> Result<Prune, Response> {
-    let copies: Vec<CopySummary> = host_copies(state, host)
-        .await?
-        .into_iter()
-        .filter(|c| c.set == set)
-        .collect();
-    let db = state
-        .db
-        .get()
-        .await
-        .map_err(|e| database(e).into_response())?;
-    let central = policies::for_host(&db, host)
-        .await
-        .ok()
-        .and_then(|p| p.sets.into_iter().find(|p| p.set == set))
-        .and_then(|p| p.retention);
-    let (policy, source, field_error) = match keep_last.map(str::parse::<u32>) {
-        Some(Ok(n)) if n >= 1 => (
-            Some(shadowcopy_engine::RetentionPolicy {
-                keep_last: Some(n),
-                ..Default::default()
-            }),
-            format!("keep the newest {n}"),
-            None,
-        ),
-        Some(_) => (
-            None,
-            String::new(),
-            Some("Give a whole number of copies, at least 1."),
-        ),
-        None => (
-            central.clone(),
-            central
-                .as_ref()
-                .map(|p| format!("the set's policy on the server: {p}"))
-                .unwrap_or_default(),
-            None,
-        ),
-    };
-    let decisions = policy
-        .as_ref()
-        .map(|p| shadowcopy_engine::retention::decide(&copies, p, None, &chrono::Utc))
-        .unwrap_or_default();
-    Ok(Prune {
-        policy,
-        source,
-        field_error,
-        decisions,
-    })
-}
-
-/// The copies that go, as `ID:CREATED_MS` joined by commas: what the deletion form
-/// carries and must match again (an id reused since would not).
-pub fn going_key(decisions: &[shadowcopy_engine::Decision]) -> String {
-    decisions
-        .iter()
-        .filter(|d| !d.keep)
-        .map(|d| format!("{}:{}", d.id, d.created_ms))
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-/// What a retention policy would delete of a set, and why each copy stays: the set's
-/// policy on the server, or "keep the newest N" asked for here. Then one button deletes
-/// exactly the copies listed as going.
-pub async fn prune_preview(
-    State(state): State<Arc<AppState>>,
-    signed: Signed,
-    Path((host, set)): Path<(String, String)>,
-    axum::extract::Query(query): axum::extract::Query<PruneQuery>,
-) -> Response {
-    if !signed.can(Role::Operator) {
-        return error_page(
-            StatusCode::FORBIDDEN,
-            Some(&signed),
-            "Deleting copies needs the operator role.",
-        );
-    }
-    let asked = query
-        .keep_last
-        .as_deref()
-        .map(str::trim)
-        .filter(|s| !s.is_empty());
-    let Prune {
-        policy,
-        source,
-        field_error,
-        decisions,
-    } = match prune_decisions(&state, &host, &set, asked).await {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    let going: Vec<i64> = decisions.iter().filter(|d| !d.keep).map(|d| d.id).collect();
-    let going_key = going_key(&decisions);
-    let status = if field_error.is_some() {
-        StatusCode::BAD_REQUEST
-    } else {
-        StatusCode::OK
-    };
-    let body = html! {
-        form.inline method="get" action={"/console/hosts/" (seg(&host)) "/sets/" (seg(&set)) "/prune"} {
-            label { "Keep the newest " input type="text" name="keep_last" size="4" value=(asked.unwrap_or("")) inputmode="numeric"; " copies" }
-            " " button type="submit" { "Preview" }
-            @if let Some(e) = field_error { p.field-error role="alert" { (e) } }
-        }
-        @if policy.is_none() && field_error.is_none() {
-            p.hint { "The set has no retention policy on the server (its agent's config may have one, applied after each scheduled copy). Say how many copies to keep to see what would go." }
-        }
-        @if policy.is_some() {
-            p { "By " (source) " (hourly and daily buckets in UTC here; the agent prunes in its own time zone):" }
-            table.dense {
-                thead { tr { th.num { "ID" } th { "Created" } th { "" } th { "Why" } } }
-                tbody {
-                    @for d in decisions.iter().rev() {
-                        tr.decision data-keep=(d.keep) {
-                            td.num { (d.id) }
-                            td { (when(Some(d.created_ms))) }
-                            td { @if d.keep { (badge("keep")) } @else { (badge("goes")) } }
-                            td { (d.reasons.join("; ")) }
-                        }
-                    }
-                }
-            }
-            @if going.is_empty() {
-                p { "Nothing would go." }
-            } @else {
-                form.inline method="post" action={"/console/hosts/" (seg(&host)) "/sets/" (seg(&set)) "/prune"} data-confirm="Delete these copies on the host? This cannot be undone." {
-                    input type="hidden" name="csrf" value=(signed.csrf);
-                    input type="hidden" name="copies" value=(going_key);
-                    input type="hidden" name="keep_last" value=(asked.unwrap_or(""));
-                    button.danger type="submit" {
-                        @if going.len() == 1 { "Delete the copy that goes" }
-                        @else { "Delete the " (going.len()) " copies that go" }
-                    }
-                }
-            }
-        }
-    };
-    (
-        status,
-        page(
-            &format!("Delete old copies of {set} on {host}"),
-            Some(&signed),
-            body,
-        ),
-    )
-        .into_response()
 }
