@@ -49,7 +49,8 @@ pub enum JobRequest {
         /// With `roll-forward`: where replay stops (as `restore --until`).
         #[serde(default)]
         until: Option<String>,
-        /// Restore into this directory, below the agent's restore area, instead of in place.
+        /// Restore into this new directory, directly in the agent's restore area, instead
+        /// of in place.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         #[schema(value_type = Option<String>)]
         to: Option<std::path::PathBuf>,
@@ -327,7 +328,14 @@ pub fn run(engine: &Engine, request: &JobRequest, progress: Arc<JobProgress>) ->
         JobRequest::Restore { copy, to, .. } => to
             .as_deref()
             .map_or(Ok(()), |to| claim_restore_dir(engine, to))
-            .and_then(|()| engine.restore(&request.restore_options(), &wait, progress))
+            .and_then(|()| {
+                let restored = engine.restore(&request.restore_options(), &wait, progress);
+                if let (Err(_), Some(to)) = (&restored, to) {
+                    // Left as it was: the name is free again (only if nothing is in it).
+                    let _ = std::fs::remove_dir(to);
+                }
+                restored
+            })
             .map(|r| {
                 (
                     Some(*copy),

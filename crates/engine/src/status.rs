@@ -32,7 +32,8 @@ pub struct SetStatus {
     /// What a roll-forward's stop point may be; absent: no writer of the set keeps logs
     /// to roll forward with (its restores are point-in-time only).
     pub roll_forward_until: Option<String>,
-    /// The newest usable copies' log reach, newest first (sets whose writers keep logs).
+    /// The log reach of those of the newest usable copies whose writers keep logs,
+    /// newest first.
     pub reach: Vec<CopyReach>,
     /// The set's archive off the host, when it has one.
     pub archive: Option<ArchiveStatus>,
@@ -120,18 +121,22 @@ impl Engine {
             .rev()
             .filter(|c| c.set == name && c.state == CopyState::Usable)
             .collect();
-        // Whether restores can roll forward, from the writers as configured now, else as
-        // the newest usable copy recorded them: a database server that is stopped (as an
-        // in-place restore wants it) cannot be discovered, yet its copies roll forward.
-        let recorded_forms = usable
-            .first()
-            .and_then(|c| SetSpec::from_json(&c.spec_json).ok())
-            .and_then(|spec| {
-                spec.build_writers()
+        // Of the newest usable copies, those whose recorded writers can roll forward (a
+        // pre-restore copy, raw files, cannot), with the forms their stop point takes.
+        let rolling: Vec<(&CopySummary, String)> = usable
+            .iter()
+            .take(REACH_COPIES)
+            .filter_map(|c| {
+                let spec = SetSpec::from_json(&c.spec_json).ok()?;
+                let forms = spec
+                    .build_writers()
                     .into_iter()
-                    .find(|w| w.can_roll_forward())
-                    .map(|w| w.until_forms().to_string())
-            });
+                    .find(|w| w.can_roll_forward())?
+                    .until_forms()
+                    .to_string();
+                Some((*c, forms))
+            })
+            .collect();
         match SetSpec::from_config(&self.config, name, &CreateOptions::default()) {
             Ok(spec) => self.live_state(&spec, &mut status),
             Err(e) => {
@@ -147,23 +152,23 @@ impl Engine {
                 };
             }
         }
+        // Whether restores can roll forward: by the writers as configured now, else as
+        // the newest copies recorded them (a database server that is stopped, as an
+        // in-place restore wants it, cannot be discovered, yet its copies roll forward).
         if status.roll_forward_until.is_none() {
-            status.roll_forward_until = recorded_forms;
+            status.roll_forward_until = rolling.first().map(|(_, forms)| forms.clone());
         }
-        if status.roll_forward_until.is_some() {
-            status.reach = usable
-                .iter()
-                .take(REACH_COPIES)
-                .map(|c| {
-                    self.copy_reach(c.id).unwrap_or_else(|e| CopyReach {
-                        copy_id: c.id,
-                        point_in_time: String::new(),
-                        roll_forward: format!("cannot be worked out: {e:#}"),
-                        complete: false,
-                    })
+        status.reach = rolling
+            .iter()
+            .map(|(c, _)| {
+                self.copy_reach(c.id).unwrap_or_else(|e| CopyReach {
+                    copy_id: c.id,
+                    point_in_time: String::new(),
+                    roll_forward: format!("cannot be worked out: {e:#}"),
+                    complete: false,
                 })
-                .collect();
-        }
+            })
+            .collect();
         status
     }
 

@@ -3,8 +3,8 @@
 //! copy changes), `jobs/next` (a long poll for the host's next job), `jobs/open` (what
 //! a returning agent must see through), `jobs/{id}/heartbeat` (with the progress) and
 //! `jobs/{id}/finish`, `policies` (its schedules and retention), `renew` (a new
-//! certificate), `report` (its sets now, for the console). Each acts on the caller's own host only: a job of another host is "not
-//! found".
+//! certificate), `report` (its sets now, for the console). Each acts on the caller's
+//! own host only: a job of another host is "not found".
 
 use std::net::SocketAddr;
 use std::sync::Arc;

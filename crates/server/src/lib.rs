@@ -89,6 +89,17 @@ pub(crate) fn api_error(e: anyhow::Error) -> ApiError {
     }
 }
 
+/// `https://NAME:PORT` by the first name the server's certificate carries (an IPv6
+/// address in brackets).
+fn public_url(names: &[String], port: u16) -> String {
+    let name = names.first().map(String::as_str).unwrap_or("localhost");
+    if name.contains(':') {
+        format!("https://[{name}]:{port}")
+    } else {
+        format!("https://{name}:{port}")
+    }
+}
+
 /// The routes.
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
@@ -194,6 +205,7 @@ pub fn run(options: &ServerOptions) -> anyhow::Result<()> {
             ca: authority,
             lease: options.job_lease,
             agent_cert_lifetime: options.agent_cert_lifetime,
+            url: public_url(&options.names, listener.local_addr()?.port()),
             queued: Default::default(),
         });
         tokio::spawn(reaper(state.clone()));

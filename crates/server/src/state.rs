@@ -18,6 +18,9 @@ pub struct AppState {
     pub lease: Duration,
     /// How long the agents' certificates are valid.
     pub agent_cert_lifetime: Duration,
+    /// The URL agents and operators reach this server by (its first `--name` and port),
+    /// shown in the commands the console prints.
+    pub url: String,
     /// Per host: woken when a job is queued for it (its waiting poll looks again).
     pub queued: Mutex<HashMap<String, Arc<Notify>>>,
 }

@@ -349,9 +349,14 @@ impl Link {
                         )
                         .await
                     {
-                        tracing::warn!("the sets' report was not taken: {e:#}");
+                        // An outage is logged once by the sync; a refusal is news.
+                        if e.downcast_ref::<https::Unreachable>().is_some() {
+                            tracing::debug!("the sets' report was not sent: {e:#}");
+                        } else {
+                            tracing::warn!("the sets' report was not taken: {e:#}");
+                        }
                     } else {
-                        tracing::info!(
+                        tracing::debug!(
                             sets = report.sets.len(),
                             took_ms = started.elapsed().as_millis() as u64,
                             "the sets' report sent to the backup server"

@@ -292,12 +292,31 @@ fn the_console_creates_and_restores_a_copy_in_a_real_browser() {
         assert!(error.contains("wrong"), "{error}");
 
         sign_in(&c, &base, "ada", "a long enough passphrase").await;
+        c.wait()
+            .for_element(Locator::LinkText("web1"))
+            .await
+            .unwrap();
+        shot(&c, &shots, "hosts").await;
+        // Enrolment: the one-time command to run on the new host, with this server's URL.
+        c.find(Locator::Css("input[name=host]"))
+            .await
+            .unwrap()
+            .send_keys("db9")
+            .await
+            .unwrap();
+        click(&c, "form[action='/console/hosts/enroll'] button").await;
+        let command = text(&c, "pre.command").await;
+        assert!(
+            command.contains("SHADOWCOPY_ENROLL_TOKEN=sce1_")
+                && command.contains(&format!("--server {base} --host-name db9")),
+            "{command}"
+        );
+        c.goto(&format!("{base}/console/hosts")).await.unwrap();
         let row = c
             .wait()
             .for_element(Locator::LinkText("web1"))
             .await
             .unwrap();
-        shot(&c, &shots, "hosts").await;
         row.click().await.unwrap();
 
         // Create a copy: one button per set, the job page follows it to its end.

@@ -569,7 +569,6 @@ pub async fn render_restore(
                         }
                         label { "Stop replay at (optional): " input type="text" name="until" value=(form.until) placeholder="a time, LSN or GTID"; }
                         p.hint { "A stop point may be " (forms) "." }
-                        @if let Some(m) = err("until") { p.field-error role="alert" { (m) } }
                     }
                     None => {
                         p.hint {
@@ -578,6 +577,7 @@ pub async fn render_restore(
                         }
                     }
                 }
+                @if let Some(m) = err("until") { p.field-error role="alert" { (m) } }
                 @if let Some(m) = err("mode") { p.field-error role="alert" { (m) } }
             }
             fieldset {

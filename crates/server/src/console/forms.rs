@@ -174,7 +174,7 @@ pub async fn enroll(
             Some(&signed),
             html! {
                 p { "A one-time token for " strong { (host) } ", valid for one hour. On " (host) ", as root:" }
-                pre.command { "SHADOWCOPY_ENROLL_TOKEN=" (token) " shadowcopy agent --server https://THIS-SERVER:PORT --host-name " (host) }
+                pre.command { "SHADOWCOPY_ENROLL_TOKEN=" (token) " shadowcopy agent --server " (state.url) " --host-name " (host) }
                 p.hint { "The token names this server's CA: the agent trusts this server and no other. It is shown only now." }
                 p { a href="/console/hosts" { "Back to the hosts" } }
             },

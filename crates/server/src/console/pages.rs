@@ -1,9 +1,9 @@
 //! The console's pages, rendered on the server (maud: HTML checked when compiled), each
 //! readable with JavaScript off: the layout and the small renderings every page shares,
 //! hosts, a host's sets, jobs, a job, sign-in (a set, its copies and the restore form
-//! are in [`super::copies`]). With JavaScript, a running job's phases stream in (Server-Sent
-//! Events), htmx refreshes the job list, and times are shown in the browser's zone (UTC
-//! on hover); without it, a running job's page reloads itself.
+//! are in [`super::copies`]). With JavaScript, a running job's phases stream in
+//! (Server-Sent Events), htmx refreshes the job list, and times are shown in the
+//! browser's zone (UTC on hover); without it, a running job's page reloads itself.
 
 use std::sync::Arc;
 
