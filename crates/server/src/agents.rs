@@ -32,6 +32,9 @@ const RECHECK_EVERY: Duration = Duration::from_secs(2);
 /// The most changes one sync may carry.
 pub const SYNC_MAX_CHANGES: usize = 1000;
 
+/// Enrolments handled at once; more wait a little, then are refused (503).
+static ENROLMENTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
+
 /// The most sets one report may carry.
 pub const REPORT_MAX_SETS: usize = 1000;
 
@@ -40,6 +43,25 @@ pub async fn enroll(
     Extension(peer): Extension<SocketAddr>,
     JsonBody(request): JsonBody<EnrollRequest>,
 ) -> Result<Json<EnrollResponse>, ApiError> {
+    if state.enrol_blocked(peer.ip()) {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            1,
+            format!(
+                "too many refused enrolments from {}; wait a minute, and ask for a new token: shadowcopy server enroll HOST",
+                peer.ip()
+            ),
+        ));
+    }
+    // At most a few at once: each signs a certificate and holds a connection.
+    let Ok(Ok(_slot)) = tokio::time::timeout(Duration::from_secs(5), ENROLMENTS.acquire()).await
+    else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            1,
+            "too many enrolments at once; try again in a moment".to_string(),
+        ));
+    };
     let mut db = state.db.get().await.map_err(database)?;
     admin::enroll(
         &mut db,
@@ -52,6 +74,7 @@ pub async fn enroll(
     .map(Json)
     .map_err(|e| {
         if e.downcast_ref::<EnrollRefused>().is_some() {
+            state.enrol_refused(peer.ip());
             ApiError::new(StatusCode::FORBIDDEN, 1, e.to_string())
         } else {
             crate::api_error(e)

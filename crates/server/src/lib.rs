@@ -207,6 +207,7 @@ pub fn run(options: &ServerOptions) -> anyhow::Result<()> {
             agent_cert_lifetime: options.agent_cert_lifetime,
             url: public_url(&options.names, listener.local_addr()?.port()),
             queued: Default::default(),
+            enrol_refusals: Default::default(),
         });
         tokio::spawn(reaper(state.clone()));
         let app = router(state.clone());

@@ -366,6 +366,40 @@ fn the_server_refuses_strangers_and_each_agent_acts_on_its_own_host_only() {
     let (status, _) = call(&admin, "GET", "/v1/nothing", None).unwrap();
     assert_eq!(status, 404);
 
+    // A flood of enrolments with made-up tokens: each refused, then the address is
+    // turned away (429) until a minute has passed; enrolled agents go on working.
+    let mut refused = 0;
+    let turned_away = loop {
+        let (status, v) = call(
+            &anonymous,
+            "POST",
+            "/v1/enroll",
+            json_body(json!({
+                "host": format!("flood{refused}"),
+                "token": format!("sce1_{refused:048}"),
+                "csr_pem": "not a CSR",
+            })),
+        )
+        .unwrap();
+        if status != 403 {
+            break (status, v);
+        }
+        refused += 1;
+        assert!(refused <= 10, "still refused one by one after 10");
+    };
+    assert_eq!(turned_away.0, 429, "{}", turned_away.1);
+    assert!(
+        turned_away.1["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("too many refused enrolments"),
+        "{}",
+        turned_away.1
+    );
+    assert!(refused >= 8, "turned away after only {refused}");
+    let (status, v) = call(&alpha_client, "GET", "/v1/agent/jobs/open", None).unwrap();
+    assert_eq!(status, 200, "{v}");
+
     // The audit log has the revocation, who made it, and the enrolments.
     let (status, audit) = call(&admin, "GET", "/v1/audit", None).unwrap();
     assert_eq!(status, 200);
