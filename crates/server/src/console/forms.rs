@@ -268,31 +268,33 @@ pub async fn restore(
         Ok(r) => r,
         Err(r) => return r,
     };
-    if mode == Some(Mode::RollForward) {
-        let db = match state.db.get().await {
+    // The copy's set and verification, once: gone since the form was loaded is a page
+    // saying so.
+    let (set, failed): (String, bool) = {
+        let db = match copies::connection(&state).await {
             Ok(db) => db,
-            Err(e) => return database(e).into_response(),
+            Err(r) => return r,
         };
-        let set: Option<String> = match db
+        match db
             .query_opt(
-                "SELECT set_name FROM copies WHERE host = $1 AND copy_id = $2",
+                "SELECT set_name, verify_state FROM copies WHERE host = $1 AND copy_id = $2",
                 &[&host, &id],
             )
             .await
         {
-            Ok(row) => row.map(|r| r.get(0)),
+            Ok(Some(r)) => (r.get(0), r.get::<_, String>(1) == "failed"),
+            Ok(None) => return copies::gone(&signed, &host, id),
             Err(e) => return database(e).into_response(),
-        };
-        let can = set
-            .and_then(|set| copies::set_status(report.as_ref(), &set).cloned())
-            .is_some_and(|s| s.roll_forward_until.is_some());
-        if !can {
-            errors.push((
-                "mode",
-                "This set's writers keep no logs to roll forward with: choose point in time."
-                    .to_string(),
-            ));
         }
+    };
+    if mode == Some(Mode::RollForward)
+        && copies::set_status(report.as_ref(), &set).is_none_or(|s| s.roll_forward_until.is_none())
+    {
+        errors.push((
+            "mode",
+            "This set's writers keep no logs to roll forward with: choose point in time."
+                .to_string(),
+        ));
     }
     let directory = form.directory.trim();
     let to = match form.target.as_str() {
@@ -327,23 +329,6 @@ pub async fn restore(
         ));
     }
     // A copy that failed verification needs its own, second confirmation.
-    let failed = {
-        let db = match state.db.get().await {
-            Ok(db) => db,
-            Err(e) => return database(e).into_response(),
-        };
-        match db
-            .query_opt(
-                "SELECT verify_state FROM copies WHERE host = $1 AND copy_id = $2",
-                &[&host, &id],
-            )
-            .await
-        {
-            Ok(Some(r)) => r.get::<_, String>(0) == "failed",
-            Ok(None) => return copies::gone(&signed, &host, id),
-            Err(e) => return database(e).into_response(),
-        }
-    };
     let force = form.force.as_deref() == Some("yes");
     if failed && !force {
         errors.push((
